@@ -1,0 +1,3 @@
+//! keel's engine: topics, partitions, publishing with dedupe, reading.
+
+pub mod event;
