@@ -1,28 +1,32 @@
 //! keel's HTTP API: routes mapping HTTP to engine calls, problem+json errors, metrics.
 //!
-//! STUB: the public API below is the contract the CLI codes against.
+//! Dependency direction: `keel-engine` → this crate → `keel-cli`.
 
+pub mod config;
+pub mod health;
+pub mod problem;
+pub mod publish;
+pub mod read;
+pub mod state;
+pub mod topics;
+
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
-/// Settings of `keel serve`, read from the TOML config file, `KEEL_*` variables and flags.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Where everything durable is stored.
-    pub data_dir: PathBuf,
-    /// Address the HTTP API listens on.
-    pub listen: SocketAddr,
-}
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, Uri};
+use axum::routing::{get, post, put};
+use keel_engine::{Engine, EngineConfig, EngineError};
+use tokio::net::TcpListener;
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self { data_dir: PathBuf::from("keel-data"), listen: SocketAddr::from(([127, 0, 0, 1], 7171)) }
-    }
-}
+pub use config::ServerConfig;
+pub use problem::ApiError;
+pub use state::AppState;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     /// Binding or serving the socket failed.
     #[error("cannot serve on {listen}: {source}")]
@@ -33,10 +37,114 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The engine could not open the data directory or create a declared topic.
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
-/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully.
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/topics", get(topics::list))
+        .route("/v1/topics/{topic}", put(topics::create).get(topics::describe).delete(topics::delete))
+        .route("/v1/topics/{topic}/events", post(publish::publish))
+        .route("/v1/topics/{topic}/partitions/{partition}/events", get(read::read))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.request_bytes_max))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+}
+
+async fn method_not_allowed(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {}", uri.path()))
+}
+
+/// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stops accepting,
+/// finishes in-flight requests (their appends are committed and fsynced), exits.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let _ = config;
-    todo!()
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { listen: config.listen, source })?;
+    serve(listener, config, shutdown_signal()).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    let listen = listener.local_addr().map_err(|source| ServerError::Listen { listen: config.listen, source })?;
+    let state = AppState::new(config.request_bytes_max);
+    let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
+    let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
+    tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
+    let shutdown_state = state.clone();
+    let graceful = async move {
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
+            _ = failed => {}
+        }
+        if let Some(engine) = shutdown_state.ready_engine() {
+            engine.begin_shutdown();
+        }
+    };
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(graceful)
+        .await
+        .map_err(|source| ServerError::Listen { listen, source })?;
+    match opener.await {
+        Ok(Ok(engine)) => {
+            engine.shut_down().await;
+            tracing::info!("keel stopped cleanly");
+            Ok(())
+        }
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(ServerError::Engine(EngineError::ShuttingDown)),
+    }
+}
+
+async fn open_engine(config: ServerConfig, state: AppState, failed: tokio::sync::oneshot::Sender<()>) -> Result<Engine, ServerError> {
+    let result = async {
+        let mut engine_config = EngineConfig::new(&config.data_dir);
+        engine_config.event_bytes_max = config.event_bytes_max;
+        engine_config.log.segment_bytes_max = config.segment_bytes_max;
+        let engine = Engine::open(engine_config).await?;
+        for (name, topic) in &config.topics {
+            engine.create_topic(name, *topic).await?;
+        }
+        Ok::<_, EngineError>(engine)
+    }
+    .await;
+    match result {
+        Ok(engine) => {
+            state.set_engine(engine.clone());
+            tracing::info!("recovery done; ready");
+            Ok(engine)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot start the engine");
+            let _ = failed.send(());
+            Err(error.into())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
 }

@@ -1,0 +1,34 @@
+//! Every bound the engine keeps, as a named constant. Tunable limits live in config, default
+//! to these and are checked against them.
+
+/// Largest stored event (its JSON), by default; configurable up to [`EVENT_BYTES_CEILING`].
+pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
+/// The most any configuration may raise the event size limit to.
+pub const EVENT_BYTES_CEILING: usize = 8 * 1024 * 1024;
+/// Largest publish request body, by default.
+pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Most events in one published batch.
+pub const BATCH_EVENTS_MAX: usize = 10_000;
+/// Most partitions one topic may have.
+pub const PARTITIONS_MAX: u32 = 1024;
+/// Longest topic name.
+pub const TOPIC_NAME_BYTES_MAX: usize = 128;
+/// Most records one read returns.
+pub const READ_RECORDS_MAX: usize = 1000;
+/// About the most bytes of events one read returns (at least one record is returned).
+pub const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest a read may long-poll.
+pub const READ_WAIT_MS_MAX: u64 = 30_000;
+/// Append requests queued per partition before publishers wait (backpressure).
+pub const APPEND_QUEUE_CAPACITY: usize = 1024;
+/// Most append requests one group commit takes from the queue.
+pub const GROUP_COMMIT_REQUESTS_MAX: usize = 512;
+/// Most payload bytes one group commit writes.
+pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Most (source, id) pairs remembered per topic for dedupe; beyond it the oldest are forgotten
+/// before their window ends (counted in `keel_dedupe_evicted_early_total`).
+pub const DEDUPE_ENTRIES_MAX: usize = 2_000_000;
+
+const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
+const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
+const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);

@@ -1,0 +1,422 @@
+//! One partition of a topic: its log, the writer thread that group-commits appends, and the
+//! committed offset readers wait on.
+//!
+//! Invariants:
+//! - Only the writer thread appends to the log, so offsets are assigned in queue order.
+//! - An append request is answered `Ok` only after `Log::commit` returned `Ok` for a commit
+//!   that holds all its records (with `fsync = always`, after the fsync).
+//! - Readers only see records of successful commits (`Log::read` stops at the visible end).
+//! - After a failed write or fsync the partition answers every later append with an error
+//!   until keel restarts and recovery has checked the log; it never retries the fsync.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use keel_log::{Log, LogError, Record};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::FsyncPolicy;
+use crate::error::EngineError;
+use crate::event::Event;
+use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
+use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
+
+/// Events to append to one partition, answered with the offset of the first.
+pub(crate) struct AppendRequest {
+    pub(crate) events: Vec<Event>,
+    pub(crate) reply: oneshot::Sender<Result<u64, EngineError>>,
+    enqueued: Instant,
+}
+
+enum Command {
+    Append(AppendRequest),
+    /// Fsync what is written (the `interval` policy's tick).
+    Sync,
+}
+
+/// State shared by the writer thread and readers.
+struct Shared {
+    topic: String,
+    number: u32,
+    /// The log; `None` when it could not be opened (see `unavailable`).
+    log: Option<Arc<Log>>,
+    /// Why the partition refuses service, once it does.
+    unavailable: Mutex<Option<String>>,
+    /// The visible next offset; readers long-poll on it.
+    committed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+/// A partition of a topic.
+pub(crate) struct Partition {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Figures describing a partition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionInfo {
+    /// Partition number.
+    pub partition: u32,
+    /// First offset kept.
+    pub start_offset: u64,
+    /// Offset the next event will get.
+    pub next_offset: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// Why it refuses service, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl Partition {
+    /// Wraps an opened log (or the error that kept it from opening) and starts its writer.
+    pub(crate) fn start(
+        topic: &str,
+        number: u32,
+        log: Result<Log, LogError>,
+        fsync: FsyncPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (log, unavailable) = match log {
+            Ok(log) => (Some(Arc::new(log)), None),
+            Err(error) => {
+                let reason = format!("its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica, or move them aside to start it empty");
+                tracing::error!(topic, partition = number, %error, "partition refuses service");
+                (None, Some(reason))
+            }
+        };
+        let next_offset = log.as_ref().map_or(0, |log| log.next_offset());
+        let shared = Arc::new(Shared {
+            topic: topic.to_owned(),
+            number,
+            log,
+            unavailable: Mutex::new(unavailable),
+            committed: watch::Sender::new(next_offset),
+            metrics,
+        });
+        shared.publish_gauges();
+        let (queue, writer) = match shared.log.clone() {
+            Some(log) => {
+                let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
+                let writer_shared = shared.clone();
+                let handle = std::thread::Builder::new()
+                    .name(format!("keel-writer-{topic}-{number}"))
+                    .spawn(move || Writer::new(writer_shared, log, fsync).run(receiver))
+                    .expect("the OS can start a thread");
+                (Some(sender), Some(handle))
+            }
+            None => (None, None),
+        };
+        Self { shared, queue: Mutex::new(queue), writer: Mutex::new(writer) }
+    }
+
+    /// Starts the periodic fsync of the `interval` policy.
+    pub(crate) fn spawn_interval_sync(&self, interval: Duration) {
+        let Some(weak) = self.sender().map(|sender| sender.downgrade()) else { return };
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let Some(sender) = weak.upgrade() else { return };
+                // A full queue means the writer is busy; its next tick will sync.
+                let _ = sender.try_send(Command::Sync);
+            }
+        });
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Command>> {
+        self.queue.lock().expect("queue lock").clone()
+    }
+
+    /// Why the partition refuses service, if it does.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        self.shared.unavailable.lock().expect("unavailable lock").clone()
+    }
+
+    fn unavailable_error(&self, reason: String) -> EngineError {
+        EngineError::PartitionUnavailable { topic: self.shared.topic.clone(), partition: self.shared.number, reason }
+    }
+
+    fn log(&self) -> Result<&Arc<Log>, EngineError> {
+        match &self.shared.log {
+            Some(log) => Ok(log),
+            None => Err(self.unavailable_error(self.unavailable().unwrap_or_default())),
+        }
+    }
+
+    /// Appends events; resolves with the first one's offset once they are committed.
+    pub(crate) async fn append(&self, events: Vec<Event>) -> Result<u64, EngineError> {
+        if let Some(reason) = self.unavailable() {
+            return Err(self.unavailable_error(reason));
+        }
+        let sender = self.sender().ok_or(EngineError::ShuttingDown)?;
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest { events, reply, enqueued: Instant::now() };
+        sender.send(Command::Append(request)).await.map_err(|_| EngineError::ShuttingDown)?;
+        answer.await.map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Figures for describe.
+    pub(crate) fn info(&self) -> PartitionInfo {
+        let log = self.shared.log.as_ref();
+        PartitionInfo {
+            partition: self.shared.number,
+            start_offset: log.map_or(0, |log| log.start_offset()),
+            next_offset: log.map_or(0, |log| log.next_offset()),
+            bytes: log.map_or(0, |log| log.size_bytes()),
+            unavailable: self.unavailable(),
+        }
+    }
+
+    /// Reads up to `records_max` records from `from`, waiting up to `wait` for the first.
+    /// A long poll ends early when `closing` turns true (shutdown).
+    pub(crate) async fn read(
+        &self,
+        from: Option<u64>,
+        records_max: usize,
+        wait: Duration,
+        mut closing: watch::Receiver<bool>,
+    ) -> Result<(Vec<Record>, u64), EngineError> {
+        let log = self.log()?.clone();
+        let from = from.unwrap_or_else(|| log.start_offset());
+        self.check_offset(&log, from)?;
+        if !wait.is_zero() {
+            let mut committed = self.shared.committed.subscribe();
+            // A timeout simply means nothing arrived: answer with no records.
+            let arrived = committed.wait_for(|next| *next > from);
+            tokio::select! {
+                _ = tokio::time::timeout(wait, arrived) => {}
+                _ = closing.wait_for(|closing| *closing) => {}
+            }
+        }
+        let records = tokio::task::spawn_blocking(move || log.read(from, records_max, crate::limits::READ_BYTES_MAX))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|source| self.read_error(from, source))?;
+        let next_offset = records.last().map_or(from, |record| record.offset + 1);
+        Ok((records, next_offset))
+    }
+
+    fn check_offset(&self, log: &Log, offset: u64) -> Result<(), EngineError> {
+        let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
+        let (start_offset, next_offset) = (log.start_offset(), log.next_offset());
+        if offset > next_offset {
+            return Err(EngineError::OffsetBeyondEnd { topic, partition, offset, next_offset });
+        }
+        if offset < start_offset {
+            return Err(EngineError::OffsetBeforeStart { topic, partition, offset, start_offset });
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, from: u64, source: LogError) -> EngineError {
+        match source {
+            LogError::OffsetOutOfRange { start_offset, next_offset, .. } => {
+                let log = keel_log::LogError::OffsetOutOfRange { offset: from, start_offset, next_offset };
+                // Retention may have moved the start between the check and the read.
+                if from < start_offset {
+                    let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
+                    return EngineError::OffsetBeforeStart { topic, partition, offset: from, start_offset };
+                }
+                EngineError::Log { context: format!("read {:?} partition {}", self.shared.topic, self.shared.number), source: log }
+            }
+            LogError::Corrupt { .. } => {
+                let reason = format!("a stored record failed its checksum: {source}");
+                tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %source, "corrupt record on read");
+                self.unavailable_error(reason)
+            }
+            other => EngineError::Log { context: format!("read {:?} partition {}", self.shared.topic, self.shared.number), source: other },
+        }
+    }
+
+    /// The first offset appended at or after `timestamp_ms`.
+    pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, EngineError> {
+        let log = self.log()?;
+        log.offset_for_timestamp(timestamp_ms).map_err(|source| EngineError::Log { context: "time index lookup".into(), source })
+    }
+
+    /// Reads records without waiting and without the offset checks (recovery scans).
+    pub(crate) fn scan(&self, from: u64, records_max: usize) -> Result<Vec<Record>, EngineError> {
+        let log = self.log()?;
+        log.read(from, records_max, crate::limits::READ_BYTES_MAX)
+            .map_err(|source| EngineError::Log { context: "scan".into(), source })
+    }
+
+    /// Applies retention and refreshes the size gauges.
+    pub(crate) fn apply_retention(&self, now_ms: i64, age_ms_max: Option<u64>, bytes_max: Option<u64>) {
+        let Some(log) = &self.shared.log else { return };
+        match log.apply_retention(now_ms, age_ms_max, bytes_max) {
+            Ok(report) if report.segments_deleted > 0 => tracing::info!(
+                topic = %self.shared.topic, partition = self.shared.number,
+                segments = report.segments_deleted, bytes = report.bytes_deleted, start_offset = log.start_offset(),
+                "retention deleted segments"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, %error, "retention failed; will retry"),
+        }
+        self.shared.publish_gauges();
+    }
+
+    /// Stops taking appends, lets the writer finish what is queued (and fsync it), and waits
+    /// for it. Blocking: call from a blocking context.
+    pub(crate) fn shut_down(&self) {
+        self.queue.lock().expect("queue lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            if handle.join().is_err() {
+                tracing::error!(topic = %self.shared.topic, partition = self.shared.number, "writer thread panicked");
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn publish_gauges(&self) {
+        let labels = PartitionLabels::new(&self.topic, self.number);
+        if let Some(log) = &self.log {
+            self.metrics.partition_bytes.get_or_create(&labels).set(gauge_value(log.size_bytes()));
+            self.metrics.partition_start_offset.get_or_create(&labels).set(gauge_value(log.start_offset()));
+            self.metrics.partition_next_offset.get_or_create(&labels).set(gauge_value(log.next_offset()));
+        }
+        let unavailable = self.unavailable.lock().expect("unavailable lock").is_some();
+        self.metrics.partition_unavailable.get_or_create(&labels).set(i64::from(unavailable));
+    }
+
+    fn refuse_service(&self, reason: String) {
+        tracing::error!(topic = %self.topic, partition = self.number, %reason, "partition stops accepting writes");
+        self.unavailable.lock().expect("unavailable lock").get_or_insert(reason);
+        self.publish_gauges();
+    }
+}
+
+fn gauge_value(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The writer thread's state.
+struct Writer {
+    shared: Arc<Shared>,
+    log: Arc<Log>,
+    fsync: FsyncPolicy,
+    /// Timestamps are kept non-decreasing within the partition so the time index is ordered.
+    last_timestamp_ms: i64,
+    topic_labels: TopicLabels,
+}
+
+impl Writer {
+    fn new(shared: Arc<Shared>, log: Arc<Log>, fsync: FsyncPolicy) -> Self {
+        let topic_labels = TopicLabels { topic: shared.topic.clone() };
+        Self { shared, log, fsync, last_timestamp_ms: 0, topic_labels }
+    }
+
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        let mut group = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
+        while let Some(first) = receiver.blocking_recv() {
+            group.push(first);
+            self.fill_group(&mut receiver, &mut group);
+            self.commit_group(&mut group);
+        }
+        // The queue is closed and drained: make what `interval`/`never` wrote durable too.
+        if self.fsync != FsyncPolicy::Always {
+            if let Err(error) = self.log.sync() {
+                tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %error, "final fsync failed");
+            }
+        }
+    }
+
+    /// Takes whatever else is queued, up to the group limits: one fsync will cover them all.
+    fn fill_group(&self, receiver: &mut mpsc::Receiver<Command>, group: &mut Vec<Command>) {
+        let mut bytes = group.iter().map(command_bytes).sum::<usize>();
+        while group.len() < GROUP_COMMIT_REQUESTS_MAX && bytes < GROUP_COMMIT_BYTES_MAX {
+            match receiver.try_recv() {
+                Ok(command) => {
+                    bytes += command_bytes(&command);
+                    group.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn commit_group(&mut self, group: &mut Vec<Command>) {
+        let mut answers = Vec::with_capacity(group.len());
+        let mut sync_requested = false;
+        let mut records = 0u64;
+        let mut failure = None;
+        for command in group.drain(..) {
+            match command {
+                Command::Sync => sync_requested = true,
+                Command::Append(request) => match self.append_request(&request.events) {
+                    Ok(first_offset) => {
+                        records += request.events.len() as u64;
+                        answers.push((request, first_offset));
+                    }
+                    Err(error) => {
+                        failure.get_or_insert_with(|| error.to_string());
+                        answers.push((request, u64::MAX));
+                    }
+                },
+            }
+        }
+        let started = Instant::now();
+        let committed = match failure {
+            Some(cause) => Err(cause),
+            None => self.commit(sync_requested).map_err(|error| error.to_string()),
+        };
+        let metrics = &self.shared.metrics;
+        metrics.fsync_seconds.get_or_create(&self.topic_labels).observe(started.elapsed().as_secs_f64());
+        metrics.commit_records.get_or_create(&self.topic_labels).observe(records as f64);
+        self.answer(answers, committed);
+    }
+
+    fn append_request(&mut self, events: &[Event]) -> Result<u64, LogError> {
+        let now_ms = crate::clock::now_ms();
+        self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
+        let mut first_offset = None;
+        for event in events {
+            let offset = self.log.append(self.last_timestamp_ms, event.json().as_bytes())?;
+            first_offset.get_or_insert(offset);
+        }
+        Ok(first_offset.unwrap_or_else(|| self.log.next_offset()))
+    }
+
+    fn commit(&self, sync_requested: bool) -> Result<u64, LogError> {
+        let next_offset = self.log.commit(self.fsync == FsyncPolicy::Always)?;
+        if sync_requested && self.fsync == FsyncPolicy::Interval {
+            self.log.sync()?;
+        }
+        Ok(next_offset)
+    }
+
+    fn answer(&self, answers: Vec<(AppendRequest, u64)>, committed: Result<u64, String>) {
+        match committed {
+            Ok(next_offset) => {
+                self.shared.committed.send_replace(next_offset);
+                let append_seconds = self.shared.metrics.append_seconds.get_or_create(&self.topic_labels);
+                for (request, first_offset) in answers {
+                    append_seconds.observe(request.enqueued.elapsed().as_secs_f64());
+                    // The publisher may have given up waiting; the events are stored anyway.
+                    let _ = request.reply.send(Ok(first_offset));
+                }
+                self.shared.publish_gauges();
+            }
+            Err(cause) => {
+                let reason = format!("a write or fsync failed ({cause}); the events of that commit were not acknowledged. Fix the disk, then restart keel: recovery checks the log and serves the partition again");
+                self.shared.refuse_service(reason.clone());
+                for (request, _) in answers {
+                    let error = EngineError::PartitionUnavailable { topic: self.shared.topic.clone(), partition: self.shared.number, reason: reason.clone() };
+                    let _ = request.reply.send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::Append(request) => request.events.iter().map(|event| event.json().len()).sum(),
+        Command::Sync => 0,
+    }
+}

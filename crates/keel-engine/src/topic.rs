@@ -1,0 +1,329 @@
+//! A topic: its configuration, partitions and dedupe table, and publishing into it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::clock::now_ms;
+use crate::config::{FsyncPolicy, TopicConfig};
+use crate::dedupe::{Dedupe, Lookup, Outcome, PairHash, Position};
+use crate::error::EngineError;
+use crate::event::{self, Event};
+use crate::limits::READ_RECORDS_MAX;
+use crate::metrics::{Metrics, TopicLabels};
+use crate::partition::{Partition, PartitionInfo};
+use crate::routing::partition_for_key;
+
+/// The file in a topic's directory that holds its configuration.
+pub(crate) const CONFIG_FILE: &str = "topic.json";
+
+/// The answer for one published event, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishResult {
+    /// The event's id.
+    pub id: String,
+    /// The partition it is stored in.
+    pub partition: u32,
+    /// Its offset there.
+    pub offset: u64,
+    /// True when an earlier publish stored it and this one appended nothing.
+    pub duplicate: bool,
+}
+
+/// A topic's configuration and figures, as describe shows them: the configuration's fields,
+/// with `partitions` holding each partition's figures instead of their count.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicInfo {
+    /// The name.
+    pub name: String,
+    /// Per partition figures.
+    pub partitions: Vec<PartitionInfo>,
+    /// Retention by age and size.
+    pub retention: crate::config::Retention,
+    /// When appends are fsynced.
+    pub fsync: FsyncPolicy,
+    /// With `fsync = "interval"`, how often.
+    #[serde(with = "crate::duration::serde_text")]
+    pub fsync_interval: std::time::Duration,
+    /// How long a (source, id) pair is remembered.
+    #[serde(with = "crate::duration::serde_text")]
+    pub dedupe_window: std::time::Duration,
+}
+
+/// How one event of a publish is answered.
+enum Plan {
+    New(PairHash),
+    Stored(Position),
+    Pending(watch::Receiver<Outcome>, usize),
+    SameRequest(usize),
+}
+
+/// A topic.
+pub(crate) struct Topic {
+    pub(crate) name: String,
+    pub(crate) config: TopicConfig,
+    pub(crate) dir: PathBuf,
+    partitions: Vec<Partition>,
+    dedupe: Mutex<Dedupe>,
+    next_sticky: AtomicU32,
+    metrics: Arc<Metrics>,
+    labels: TopicLabels,
+}
+
+impl Topic {
+    /// Opens a topic directory: recovers each partition's log, rebuilds the dedupe table.
+    /// Blocking. A partition whose log fails recovery is kept, refusing service.
+    pub(crate) fn open(dir: &Path, name: &str, config: TopicConfig, log_config: &keel_log::LogConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let partitions = (0..config.partitions)
+            .map(|number| {
+                let log = open_log(&dir.join(number.to_string()), name, number, log_config, &metrics);
+                Partition::start(name, number, log, config.fsync, metrics.clone())
+            })
+            .collect();
+        let window_ms = i64::try_from(config.dedupe_window.as_millis()).unwrap_or(i64::MAX);
+        let topic = Arc::new(Self {
+            name: name.to_owned(),
+            config,
+            dir: dir.to_owned(),
+            partitions,
+            dedupe: Mutex::new(Dedupe::new(window_ms)),
+            next_sticky: AtomicU32::new(0),
+            labels: TopicLabels { topic: name.to_owned() },
+            metrics,
+        });
+        topic.rebuild_dedupe(window_ms);
+        topic
+    }
+
+    /// Starts the topic's background tasks (the `interval` fsync). Call inside the runtime.
+    pub(crate) fn start_tasks(&self) {
+        if self.config.fsync == FsyncPolicy::Interval {
+            for partition in &self.partitions {
+                partition.spawn_interval_sync(self.config.fsync_interval);
+            }
+        }
+    }
+
+    /// Refills the dedupe table from the last window of every partition.
+    fn rebuild_dedupe(&self, window_ms: i64) {
+        let since_ms = now_ms().saturating_sub(window_ms);
+        let mut stored = Vec::new();
+        for (number, partition) in (0u32..).zip(&self.partitions) {
+            let Ok(mut offset) = partition.offset_for_timestamp(since_ms) else { continue };
+            while let Ok(records) = partition.scan(offset, READ_RECORDS_MAX) {
+                let Some(last) = records.last() else { break };
+                offset = last.offset + 1;
+                for record in records {
+                    if let Some((source, id)) = event::identity_of(&record.payload) {
+                        stored.push((record.timestamp_ms, source, id, Position { partition: number, offset: record.offset }));
+                    }
+                }
+            }
+        }
+        stored.sort_by_key(|(timestamp_ms, ..)| *timestamp_ms);
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        for (timestamp_ms, source, id, position) in &stored {
+            let pair = dedupe.hash(source, id);
+            dedupe.stored(pair, *position, *timestamp_ms);
+        }
+        if !stored.is_empty() {
+            tracing::info!(topic = %self.name, events = stored.len(), "rebuilt the dedupe table from the log");
+        }
+    }
+
+    pub(crate) fn partition(&self, number: u32) -> Result<&Partition, EngineError> {
+        self.partitions.get(number as usize).ok_or_else(|| EngineError::PartitionNotFound {
+            topic: self.name.clone(),
+            partition: number,
+            partitions: self.config.partitions,
+        })
+    }
+
+    pub(crate) fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    pub(crate) fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.name.clone(),
+            partitions: self.partitions.iter().map(Partition::info).collect(),
+            retention: self.config.retention,
+            fsync: self.config.fsync,
+            fsync_interval: self.config.fsync_interval,
+            dedupe_window: self.config.dedupe_window,
+        }
+    }
+
+    /// Publishes events: new ones are appended (durable per the fsync policy when this
+    /// returns), repeated (source, id) pairs answer with the original position.
+    pub(crate) async fn publish(self: &Arc<Self>, events: Vec<Event>) -> Result<Vec<PublishResult>, EngineError> {
+        let (outcome_sender, outcome) = watch::channel(None);
+        let plans = self.plan(&events, &outcome);
+        let ids: Vec<String> = events.iter().map(|event| event.id().to_owned()).collect();
+        let identities: Vec<(String, String)> = events.iter().map(|e| (e.source().to_owned(), e.id().to_owned())).collect();
+        let groups = self.route(events, &plans);
+        // Spawned so that a publisher hanging up cannot leave reservations pending forever.
+        let topic = self.clone();
+        let new_pairs: Vec<Option<PairHash>> = plans.iter().map(|plan| match plan { Plan::New(pair) => Some(*pair), _ => None }).collect();
+        let positions = tokio::spawn(async move { topic.append_groups(groups, new_pairs, outcome_sender).await })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
+        let mut results = Vec::with_capacity(plans.len());
+        for (index, plan) in plans.into_iter().enumerate() {
+            let (position, duplicate) = match plan {
+                Plan::New(_) => (positions[index], false),
+                Plan::Stored(position) => (Some(position), true),
+                Plan::SameRequest(first) => (positions[first], true),
+                Plan::Pending(outcome, at) => (wait_for_original(outcome, at).await, true),
+            };
+            let Some(position) = position else {
+                let (source_attr, id) = identities[index].clone();
+                return Err(EngineError::OriginalFailed { source_attr, id });
+            };
+            results.push(PublishResult { id: ids[index].clone(), partition: position.partition, offset: position.offset, duplicate });
+        }
+        let duplicates = results.iter().filter(|result| result.duplicate).count() as u64;
+        if duplicates > 0 {
+            self.metrics.publish_duplicates.get_or_create(&self.labels).inc_by(duplicates);
+        }
+        Ok(results)
+    }
+
+    /// Decides per event: new (reserved), stored, pending elsewhere, or a repeat in this request.
+    fn plan(&self, events: &[Event], outcome: &watch::Receiver<Outcome>) -> Vec<Plan> {
+        let now = now_ms();
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        let mut in_request: HashMap<PairHash, usize> = HashMap::new();
+        let mut plans = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            let pair = dedupe.hash(event.source(), event.id());
+            if let Some(&first) = in_request.get(&pair) {
+                plans.push(Plan::SameRequest(first));
+                continue;
+            }
+            plans.push(match dedupe.check_and_reserve(pair, now, outcome, index) {
+                Lookup::New => {
+                    in_request.insert(pair, index);
+                    Plan::New(pair)
+                }
+                Lookup::Stored(position) => Plan::Stored(position),
+                Lookup::Pending(outcome, at) => Plan::Pending(outcome, at),
+            });
+        }
+        plans
+    }
+
+    /// Groups the new events by partition: keyed ones by key, keyless ones all to one
+    /// partition chosen round-robin per request (spreads evenly, one fsync per request).
+    fn route(&self, events: Vec<Event>, plans: &[Plan]) -> BTreeMap<u32, (Vec<Event>, Vec<usize>)> {
+        let sticky = self.sticky_partition();
+        let mut groups: BTreeMap<u32, (Vec<Event>, Vec<usize>)> = BTreeMap::new();
+        for (index, event) in events.into_iter().enumerate() {
+            if !matches!(plans[index], Plan::New(_)) {
+                continue;
+            }
+            let partition = match event.key() {
+                Some(key) => partition_for_key(key, self.config.partitions),
+                None => sticky,
+            };
+            let group = groups.entry(partition).or_default();
+            group.0.push(event);
+            group.1.push(index);
+        }
+        groups
+    }
+
+    /// The next partition in round-robin order that serves, or the next one if none does.
+    fn sticky_partition(&self) -> u32 {
+        let count = self.config.partitions;
+        let start = self.next_sticky.fetch_add(1, Ordering::Relaxed) % count;
+        (0..count)
+            .map(|step| (start + step) % count)
+            .find(|&number| self.partitions[number as usize].unavailable().is_none())
+            .unwrap_or(start)
+    }
+
+    async fn append_groups(
+        self: Arc<Self>,
+        groups: BTreeMap<u32, (Vec<Event>, Vec<usize>)>,
+        new_pairs: Vec<Option<PairHash>>,
+        outcome: watch::Sender<Outcome>,
+    ) -> Result<Vec<Option<Position>>, EngineError> {
+        let mut positions = vec![None; new_pairs.len()];
+        let mut tasks = Vec::with_capacity(groups.len());
+        for (number, (events, indexes)) in groups {
+            let bytes: u64 = events.iter().map(|event| event.json().len() as u64).sum();
+            let count = events.len() as u64;
+            let topic = self.clone();
+            let task = tokio::spawn(async move { topic.partitions[number as usize].append(events).await });
+            tasks.push((number, indexes, count, bytes, task));
+        }
+        let mut first_error = None;
+        for (number, indexes, count, bytes, task) in tasks {
+            match task.await.unwrap_or(Err(EngineError::ShuttingDown)) {
+                Ok(first_offset) => {
+                    for (index, offset) in indexes.into_iter().zip(first_offset..) {
+                        positions[index] = Some(Position { partition: number, offset });
+                    }
+                    self.metrics.publish_events.get_or_create(&self.labels).inc_by(count);
+                    self.metrics.publish_bytes.get_or_create(&self.labels).inc_by(bytes);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        self.settle(&new_pairs, &positions);
+        outcome.send_replace(Some(Ok(positions.clone())));
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(positions),
+        }
+    }
+
+    /// Turns this request's reservations into stored entries, or releases the failed ones.
+    fn settle(&self, new_pairs: &[Option<PairHash>], positions: &[Option<Position>]) {
+        let now = now_ms();
+        let mut evicted_early = 0;
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        for (pair, position) in new_pairs.iter().zip(positions) {
+            match (pair, position) {
+                (Some(pair), Some(position)) => evicted_early += dedupe.stored(*pair, *position, now),
+                (Some(pair), None) => dedupe.release(*pair),
+                (None, _) => {}
+            }
+        }
+        drop(dedupe);
+        if evicted_early > 0 {
+            self.metrics.dedupe_evicted_early.get_or_create(&self.labels).inc_by(evicted_early);
+        }
+    }
+
+    /// Stops the writers after they finish what is queued. Blocking.
+    pub(crate) fn shut_down(&self) {
+        for partition in &self.partitions {
+            partition.shut_down();
+        }
+    }
+}
+
+async fn wait_for_original(mut outcome: watch::Receiver<Outcome>, index: usize) -> Option<Position> {
+    let settled = outcome.wait_for(Option::is_some).await.ok()?;
+    match settled.as_ref() {
+        Some(Ok(positions)) => positions.get(index).copied().flatten(),
+        _ => None,
+    }
+}
+
+fn open_log(dir: &Path, topic: &str, number: u32, config: &keel_log::LogConfig, metrics: &Metrics) -> Result<keel_log::Log, keel_log::LogError> {
+    let (log, report) = keel_log::Log::open(dir, config.clone())?;
+    if report.truncated_bytes > 0 {
+        metrics.recovery_truncated_bytes.inc_by(report.truncated_bytes);
+        tracing::warn!(topic, partition = number, bytes = report.truncated_bytes, reason = report.truncation_reason.as_deref().unwrap_or(""), "recovery cut a torn tail");
+    }
+    Ok(log)
+}

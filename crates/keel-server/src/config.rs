@@ -1,0 +1,59 @@
+//! Settings of `keel serve`, read from the TOML config file, `KEEL_*` variables and flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keel_engine::TopicConfig;
+use keel_engine::limits::{EVENT_BYTES_MAX, REQUEST_BYTES_MAX};
+
+/// Settings of the server. Every field has a default; a config file sets any of them.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where everything durable is stored.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest event accepted (bytes of its JSON); over it → 413.
+    pub event_bytes_max: usize,
+    /// Largest request body accepted; over it → 413.
+    pub request_bytes_max: usize,
+    /// A segment file rolls over at this size.
+    pub segment_bytes_max: u64,
+    /// Topics to create at start if missing (declarative; a conflicting existing topic is an
+    /// error at start).
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("keel-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
+            event_bytes_max: EVENT_BYTES_MAX,
+            request_bytes_max: REQUEST_BYTES_MAX,
+            segment_bytes_max: keel_engine::LogConfig::default().segment_bytes_max,
+            topics: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: a config file with topics parses, and a misspelt key is refused by name.
+    #[test]
+    fn config_file_parses_and_refuses_unknown_keys() {
+        let config: ServerConfig = toml_like(r#"{"listen": "127.0.0.1:9000", "topics": {"orders": {"partitions": 4}}}"#).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.topics["orders"].partitions, 4);
+        let error = toml_like(r#"{"listne": "x"}"#).unwrap_err();
+        assert!(error.to_string().contains("listne"), "{error}");
+    }
+
+    fn toml_like(json: &str) -> Result<ServerConfig, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}

@@ -1,0 +1,41 @@
+//! What every handler shares: the engine, once recovery has opened it.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::http::StatusCode;
+use keel_engine::Engine;
+
+use crate::problem::ApiError;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Arc<OnceLock<Engine>>,
+    /// Largest request body accepted.
+    pub request_bytes_max: usize,
+}
+
+impl AppState {
+    /// State whose engine is still recovering.
+    pub fn new(request_bytes_max: usize) -> Self {
+        Self { engine: Arc::new(OnceLock::new()), request_bytes_max }
+    }
+
+    /// Marks recovery done: from now on the API serves.
+    pub fn set_engine(&self, engine: Engine) {
+        // Set once, by the task that opened the engine.
+        let _ = self.engine.set(engine);
+    }
+
+    /// The engine, if recovery is done.
+    pub fn ready_engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    /// The engine, or 503 while recovery runs.
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "keel is still recovering its logs; retry shortly (GET /readyz turns 200 when it is done)")
+        })
+    }
+}
