@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub request_bytes_max: usize,
     /// A segment file rolls over at this size.
     pub segment_bytes_max: u64,
+    /// How often retention deletes expired segments (`"30s"`).
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub retention_check_interval: std::time::Duration,
     /// Topics to create at start if missing (declarative; a conflicting existing topic is an
     /// error at start).
     pub topics: BTreeMap<String, TopicConfig>,
@@ -34,6 +37,7 @@ impl Default for ServerConfig {
             event_bytes_max: EVENT_BYTES_MAX,
             request_bytes_max: REQUEST_BYTES_MAX,
             segment_bytes_max: keel_engine::LogConfig::default().segment_bytes_max,
+            retention_check_interval: std::time::Duration::from_secs(30),
             topics: BTreeMap::new(),
         }
     }

@@ -84,7 +84,7 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: impl F
     let graceful = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
-            _ = failed => {}
+            Ok(()) = failed => {}
         }
         if let Some(engine) = shutdown_state.ready_engine() {
             engine.begin_shutdown();
@@ -110,6 +110,7 @@ async fn open_engine(config: ServerConfig, state: AppState, failed: tokio::sync:
         let mut engine_config = EngineConfig::new(&config.data_dir);
         engine_config.event_bytes_max = config.event_bytes_max;
         engine_config.log.segment_bytes_max = config.segment_bytes_max;
+        engine_config.retention_check_interval = config.retention_check_interval;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             engine.create_topic(name, *topic).await?;

@@ -1,0 +1,52 @@
+//! Every bound the client keeps, as a named constant: request sizes, waits, queue capacities.
+
+/// Most events the client asks for in one read request (`max=` of the read endpoint).
+pub(crate) const READ_EVENTS_MAX: u64 = 1000;
+
+/// How long one long-poll read waits on the server when there is nothing new yet.
+pub(crate) const LONG_POLL_WAIT_MS: u64 = 5000;
+
+/// Pause after an empty answer while following, in case a server answers at once instead of
+/// long-polling: keeps such a server from being spun on.
+pub(crate) const EMPTY_READ_PAUSE_MS: u64 = 100;
+
+/// Most events sent in one batch request; `--batch-size` is checked against it.
+pub(crate) const BATCH_EVENTS_MAX: u64 = 10_000;
+
+/// How long publishing from JSON Lines waits for more lines before sending a short batch, so a
+/// slow producer on stdin sees its events published promptly.
+pub(crate) const BATCH_LINGER_MS: u64 = 10;
+
+/// Lines read ahead of the publisher: the reader thread blocks once this many are queued.
+pub(crate) const LINE_QUEUE_CAPACITY: usize = 4096;
+
+/// Output lines queued between `tail` readers and the printer.
+pub(crate) const TAIL_QUEUE_CAPACITY: usize = 1024;
+
+/// Most concurrent requests `bench` keeps in flight; `--concurrency` is checked against it.
+pub(crate) const CONCURRENCY_MAX: u64 = 1024;
+
+/// Largest `data` of one `bench` event, in bytes.
+pub(crate) const BENCH_EVENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// Largest request body `bench publish` builds (`--size` × `--batch-size`, roughly).
+pub(crate) const BENCH_REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// Largest latency the `bench` histograms hold exactly; slower requests count as this.
+pub(crate) const LATENCY_US_MAX: u64 = 60_000_000;
+
+/// How long connecting to the server may take before the server counts as unreachable.
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5000;
+
+/// Longest a request may take, answer included; well above [`LONG_POLL_WAIT_MS`] so a long
+/// poll is never cut short, and a hung server still ends in an error, not a hung CLI.
+pub(crate) const REQUEST_TIMEOUT_MS: u64 = 60_000;
+
+/// Longest text of a non-problem error body quoted in an error message.
+pub(crate) const ERROR_BODY_CHARS_MAX: usize = 200;
+
+/// Idle connections a client keeps for reuse, unless it sizes its pool itself (`bench`).
+pub(crate) const IDLE_CONNECTIONS_MAX: usize = 64;
+
+const _: () = assert!(REQUEST_TIMEOUT_MS > 2 * LONG_POLL_WAIT_MS);
+const _: () = assert!(BENCH_EVENT_BYTES_MAX <= BENCH_REQUEST_BYTES_MAX);

@@ -1,0 +1,174 @@
+//! `keel serve`: the server in this process. Settings come from the TOML file (`--config`),
+//! then `KEEL_*` variables and flags override them; logs go to stderr, filtered by `KEEL_LOG`.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use keel_server::ServerConfig;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::error::CliError;
+
+/// The environment variable holding the log filter, e.g. `info` or `warn,keel_engine=debug`.
+const LOG_FILTER_VARIABLE: &str = "KEEL_LOG";
+
+/// The log filter when `KEEL_LOG` is not set.
+const LOG_FILTER_DEFAULT: &str = "info";
+
+/// Arguments of `keel serve`; each overrides the config file.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Directory where everything durable is stored [config default: ./keel-data]
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address the HTTP API listens on [config default: 127.0.0.1:7171]
+    #[arg(long, env = "KEEL_LISTEN", value_name = "HOST:PORT")]
+    pub(crate) listen: Option<String>,
+    /// TOML file of server settings (log filter: KEEL_LOG, e.g. "info,keel_engine=debug")
+    #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// Runs the server until SIGTERM or SIGINT; returns once it has shut down gracefully.
+pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let config = load_config(&args)?;
+    let log_filter = std::env::var(LOG_FILTER_VARIABLE).ok();
+    init_tracing(log_filter.as_deref().unwrap_or(LOG_FILTER_DEFAULT))?;
+    keel_server::run(config).await?;
+    Ok(())
+}
+
+/// The config file's settings (defaults without one), with the flags applied over them.
+fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                CliError::io(format!("read config file {}", path.display()), error)
+            })?;
+            parse_config(path, &text)?
+        }
+        None => ServerConfig::default(),
+    };
+    if let Some(data_dir) = &args.data_dir {
+        config.data_dir = data_dir.clone();
+    }
+    if let Some(listen) = &args.listen {
+        config.listen = resolve_listen(listen)?;
+    }
+    Ok(config)
+}
+
+/// Parses the config file's text; errors name the file and the place in it.
+fn parse_config(path: &Path, text: &str) -> Result<ServerConfig, CliError> {
+    toml::from_str(text).map_err(|source| CliError::Config {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// `HOST:PORT` as a socket address: an IP address as is, a host name looked up (first
+/// address wins, so `localhost:7171` works).
+fn resolve_listen(listen: &str) -> Result<SocketAddr, CliError> {
+    if let Ok(address) = listen.parse() {
+        return Ok(address);
+    }
+    let invalid =
+        |detail: String| CliError::Usage(format!("invalid --listen {listen:?}: {detail}"));
+    let mut addresses = listen
+        .to_socket_addrs()
+        .map_err(|error| invalid(error.to_string()))?;
+    addresses
+        .next()
+        .ok_or_else(|| invalid("the host has no address".to_owned()))
+}
+
+/// Sends logs to stderr, filtered by `filter` (`tracing_subscriber` targets syntax).
+fn init_tracing(filter: &str) -> Result<(), CliError> {
+    let targets: Targets = filter.parse().map_err(|error| {
+        CliError::Usage(format!("invalid {LOG_FILTER_VARIABLE} {filter:?}: {error}"))
+    })?;
+    let stderr = std::io::stderr;
+    let format = tracing_subscriber::fmt::layer()
+        .with_writer(stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry()
+        .with(format)
+        .with(targets)
+        .try_init()
+        .map_err(|error| CliError::Usage(format!("cannot set up logging: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>, data_dir: Option<&str>, listen: Option<&str>) -> ServeArgs {
+        ServeArgs {
+            data_dir: data_dir.map(PathBuf::from),
+            listen: listen.map(str::to_owned),
+            config,
+        }
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        // Goal: file < flags, per field. Method: a file setting both, a flag overriding one.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/lib/keel\"\nlisten = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
+        let from_file = load_config(&args(Some(path.clone()), None, None)).unwrap();
+        assert_eq!(from_file.data_dir, PathBuf::from("/var/lib/keel"));
+        assert_eq!(from_file.listen, "0.0.0.0:9000".parse().unwrap());
+        let overridden = load_config(&args(Some(path), None, Some("127.0.0.1:17171"))).unwrap();
+        assert_eq!(overridden.data_dir, PathBuf::from("/var/lib/keel"));
+        assert_eq!(overridden.listen, "127.0.0.1:17171".parse().unwrap());
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let config = load_config(&args(None, Some("/tmp/k"), None)).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/k"));
+        assert_eq!(config.listen, ServerConfig::default().listen);
+    }
+
+    #[test]
+    fn bad_config_names_the_file_and_the_problem() {
+        let error = parse_config(Path::new("keel.toml"), "colour = \"blue\"\n").unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("invalid config file keel.toml: "),
+            "{message}"
+        );
+        assert!(message.contains("colour"), "{message}");
+        let missing = load_config(&args(Some("/nonexistent/keel.toml".into()), None, None));
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .starts_with("cannot read config file")
+        );
+    }
+
+    #[test]
+    fn listen_accepts_addresses_and_host_names() {
+        assert_eq!(
+            resolve_listen("127.0.0.1:80").unwrap(),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(resolve_listen("localhost:80").unwrap().port(), 80);
+        assert!(resolve_listen("no-port").is_err());
+    }
+
+    #[test]
+    fn log_filter_must_parse() {
+        assert!(init_tracing("info,keel_engine=[").is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! `keel topic`: create, list, describe and delete topics; and the topic description that
+//! `tail` and `bench` read (partitions and their offsets).
+
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
+use crate::error::CliError;
+use crate::output::{
+    Align, Table, cell, count_of, human_bytes, render_pairs, write_json_body, write_stdout,
+};
+
+/// `keel topic` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopicCommand {
+    /// Create a topic; creating it again with the same configuration is not an error
+    Create(CreateArgs),
+    /// List all topics
+    List,
+    /// Show a topic's configuration and each partition's offsets and size
+    Describe {
+        /// The topic's name
+        name: String,
+    },
+    /// Delete a topic and all its events
+    Delete {
+        /// The topic's name
+        name: String,
+    },
+}
+
+/// Arguments of `keel topic create`; what is not given is left to the server's defaults.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct CreateArgs {
+    /// The topic's name
+    pub(crate) name: String,
+    /// Number of partitions
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) partitions: Option<u32>,
+    /// Drop events older than this, e.g. 12h or 7d
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) retention_age: Option<String>,
+    /// Drop a partition's oldest events once it holds more than this many bytes
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) retention_bytes: Option<u64>,
+    /// When a publish is made durable before it is acknowledged
+    #[arg(long, value_enum)]
+    pub(crate) fsync: Option<Fsync>,
+    /// How long a repeated (source, id) is answered as a duplicate, e.g. 2m
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) dedupe_window: Option<String>,
+}
+
+/// A topic's fsync policy, as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Fsync {
+    /// Fsync before acknowledging (many publishes share one fsync)
+    Always,
+    /// Fsync on a timer: a crash may lose the last interval's acknowledged events
+    Interval,
+    /// Leave flushing to the operating system
+    Never,
+}
+
+/// The body of `PUT /v1/topics/{name}`: only the settings given.
+#[derive(Debug, Serialize)]
+struct TopicSpec<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partitions: Option<u32>,
+    #[serde(skip_serializing_if = "Retention::is_empty")]
+    retention: Retention<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fsync: Option<Fsync>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedupe_window: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Retention<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_age: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_bytes: Option<u64>,
+}
+
+impl Retention<'_> {
+    fn is_empty(&self) -> bool {
+        self.max_age.is_none() && self.max_bytes.is_none()
+    }
+}
+
+/// The parts of a topic's description that other commands need.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct TopicInfo {
+    /// One entry per partition.
+    pub(crate) partitions: Vec<PartitionInfo>,
+}
+
+/// One partition's offsets: the records in `start_offset..next_offset` are readable.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PartitionInfo {
+    /// The partition's number.
+    pub(crate) partition: u32,
+    /// Offset of the oldest retained record.
+    pub(crate) start_offset: u64,
+    /// Offset the next published record will get.
+    pub(crate) next_offset: u64,
+    /// Bytes the partition holds on disk.
+    #[serde(default)]
+    pub(crate) bytes: u64,
+}
+
+/// Runs a `keel topic` subcommand; `json` prints the server's JSON instead of text.
+pub(crate) async fn run(
+    client: &Client,
+    command: TopicCommand,
+    json: bool,
+) -> Result<(), CliError> {
+    match command {
+        TopicCommand::Create(args) => create(client, &args, json).await,
+        TopicCommand::List => list(client, json).await,
+        TopicCommand::Describe { name } => describe(client, &name, json).await,
+        TopicCommand::Delete { name } => delete(client, &name, json).await,
+    }
+}
+
+/// The JSON body that creates the topic `args` describes.
+fn create_body(args: &CreateArgs) -> Value {
+    let spec = TopicSpec {
+        partitions: args.partitions,
+        retention: Retention {
+            max_age: args.retention_age.as_deref(),
+            max_bytes: args.retention_bytes,
+        },
+        fsync: args.fsync,
+        dedupe_window: args.dedupe_window.as_deref(),
+    };
+    serde_json::to_value(spec).expect("a struct of strings and numbers is JSON")
+}
+
+/// `PUT`s the topic: 201 when created, 200 when it already existed with this configuration.
+pub(crate) async fn put_topic(client: &Client, args: &CreateArgs) -> Result<Reply, ClientError> {
+    let bytes = create_body(args).to_string().into_bytes();
+    let body = Body {
+        content_type: CONTENT_TYPE_JSON,
+        bytes,
+    };
+    client
+        .send(Method::PUT, &["v1", "topics", &args.name], &[], Some(body))
+        .await
+}
+
+async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), CliError> {
+    let reply = put_topic(client, args).await?;
+    if json {
+        return write_json_body(&reply.body);
+    }
+    let message = if reply.status == StatusCode::CREATED {
+        let answered = serde_json::from_slice::<Value>(&reply.body).ok();
+        let partitions = answered
+            .as_ref()
+            .and_then(|topic| partition_count(topic.get("partitions")))
+            .or(args.partitions.map(u64::from));
+        created_message(&args.name, partitions)
+    } else {
+        format!(
+            "topic {} already exists with this configuration\n",
+            args.name
+        )
+    };
+    write_stdout(&message)
+}
+
+/// Reads a topic's description; a missing topic is the server's 404 error.
+pub(crate) async fn fetch_topic(client: &Client, name: &str) -> Result<TopicInfo, ClientError> {
+    client.get(&["v1", "topics", name], &[]).await?.json()
+}
+
+fn created_message(name: &str, partitions: Option<u64>) -> String {
+    match partitions {
+        Some(count) => format!("created topic {name} ({})\n", count_of(count, "partition")),
+        None => format!("created topic {name}\n"),
+    }
+}
+
+/// A `partitions` member as a count: a number, or an array with one entry per partition.
+fn partition_count(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Array(partitions) => Some(partitions.len() as u64),
+        other => other.as_u64(),
+    }
+}
+
+async fn list(client: &Client, json: bool) -> Result<(), CliError> {
+    let reply = client.get(&["v1", "topics"], &[]).await?;
+    if json {
+        return write_json_body(&reply.body);
+    }
+    let listing: Value = reply.json()?;
+    let topics = listing
+        .get("topics")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ClientError::Unexpected {
+            detail: "topic list has no \"topics\" array".to_owned(),
+        })?;
+    write_stdout(&list_text(topics))
+}
+
+fn list_text(topics: &[Value]) -> String {
+    if topics.is_empty() {
+        return "no topics\n".to_owned();
+    }
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("PARTITIONS", Align::Right),
+        ("RETENTION", Align::Left),
+        ("FSYNC", Align::Left),
+        ("DEDUPE WINDOW", Align::Left),
+    ]);
+    for topic in topics {
+        table.push(vec![
+            cell(topic.get("name")),
+            partition_count(topic.get("partitions")).map_or("-".to_owned(), |n| n.to_string()),
+            inline(topic.get("retention")),
+            cell(topic.get("fsync")),
+            cell(topic.get("dedupe_window")),
+        ]);
+    }
+    table.render()
+}
+
+async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
+    let reply = client.get(&["v1", "topics", name], &[]).await?;
+    if json {
+        return write_json_body(&reply.body);
+    }
+    let topic: Value = reply.json()?;
+    let info: TopicInfo = reply.json()?;
+    write_stdout(&describe_text(&topic, &info.partitions))
+}
+
+/// The topic's settings as label/value lines (every member the server sent, so new ones show
+/// up), a blank line, then a table of partitions with a total.
+fn describe_text(topic: &Value, partitions: &[PartitionInfo]) -> String {
+    let mut pairs = vec![
+        ("topic".to_owned(), cell(topic.get("name"))),
+        ("partitions".to_owned(), partitions.len().to_string()),
+    ];
+    if let Some(members) = topic.as_object() {
+        let shown = members
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "name" | "partitions"));
+        pairs.extend(shown.map(|(key, value)| (key.replace('_', " "), inline(Some(value)))));
+    }
+    format!("{}\n{}", render_pairs(&pairs), partitions_table(partitions))
+}
+
+fn partitions_table(partitions: &[PartitionInfo]) -> String {
+    let mut table = Table::new(&[
+        ("PARTITION", Align::Right),
+        ("START OFFSET", Align::Right),
+        ("NEXT OFFSET", Align::Right),
+        ("EVENTS", Align::Right),
+        ("BYTES", Align::Right),
+    ]);
+    let events = |p: &PartitionInfo| p.next_offset.saturating_sub(p.start_offset);
+    for p in partitions {
+        table.push(vec![
+            p.partition.to_string(),
+            p.start_offset.to_string(),
+            p.next_offset.to_string(),
+            events(p).to_string(),
+            human_bytes(p.bytes),
+        ]);
+    }
+    let events_total: u64 = partitions.iter().map(events).sum();
+    let bytes_total: u64 = partitions.iter().map(|p| p.bytes).sum();
+    let total = [
+        "total",
+        "",
+        "",
+        &events_total.to_string(),
+        &human_bytes(bytes_total),
+    ];
+    table.push(total.map(str::to_owned).to_vec());
+    table.render()
+}
+
+/// A value on one line: objects as `key value, key value`, anything else as a table cell.
+fn inline(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::Object(members)) => members
+            .iter()
+            .map(|(key, value)| format!("{key} {}", cell(Some(value))))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => cell(other),
+    }
+}
+
+async fn delete(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
+    let reply = client
+        .send(Method::DELETE, &["v1", "topics", name], &[], None)
+        .await?;
+    if json {
+        return if reply.body.is_empty() {
+            Ok(())
+        } else {
+            write_json_body(&reply.body)
+        };
+    }
+    write_stdout(&format!("deleted topic {name}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_server::FakeServer;
+    use serde_json::json;
+
+    #[test]
+    fn create_body_holds_only_given_settings() {
+        // Goal: omitted flags leave the server's defaults. Method: map flag sets to bodies.
+        let full = CreateArgs {
+            name: "orders".to_owned(),
+            partitions: Some(8),
+            retention_age: Some("7d".to_owned()),
+            retention_bytes: Some(1_000_000),
+            fsync: Some(Fsync::Always),
+            dedupe_window: Some("2m".to_owned()),
+        };
+        assert_eq!(
+            create_body(&full),
+            json!({"partitions": 8, "retention": {"max_age": "7d", "max_bytes": 1_000_000},
+                   "fsync": "always", "dedupe_window": "2m"})
+        );
+        let age_only = CreateArgs {
+            retention_age: Some("1h".to_owned()),
+            ..CreateArgs::default()
+        };
+        assert_eq!(
+            create_body(&age_only),
+            json!({"retention": {"max_age": "1h"}})
+        );
+        assert_eq!(create_body(&CreateArgs::default()), json!({}));
+    }
+
+    #[test]
+    fn list_shows_one_row_per_topic() {
+        let topics = [
+            json!({"name": "orders", "partitions": 8, "retention": {"max_age": "7d",
+                   "max_bytes": null}, "fsync": "always", "dedupe_window": "2m"}),
+            json!({"name": "audit", "partitions": [{}, {}]}),
+        ];
+        assert_eq!(
+            list_text(&topics),
+            "NAME    PARTITIONS  RETENTION                FSYNC   DEDUPE WINDOW\n\
+             orders           8  max_age 7d, max_bytes -  always  2m\n\
+             audit            2  -                        -       -\n"
+        );
+        assert_eq!(list_text(&[]), "no topics\n");
+    }
+
+    #[test]
+    fn describe_shows_settings_then_partitions_with_total() {
+        // Goal: every server member is shown, partitions add up. Method: render a description.
+        let topic = json!({
+            "name": "orders", "fsync": "always", "dedupe_window": "2m",
+            "retention": {"max_age": "7d", "max_bytes": null},
+            "partitions": [
+                {"partition": 0, "start_offset": 0, "next_offset": 12, "bytes": 2048},
+                {"partition": 1, "start_offset": 5, "next_offset": 7, "bytes": 100},
+            ],
+        });
+        let info: TopicInfo = serde_json::from_value(topic.clone()).unwrap();
+        assert_eq!(
+            describe_text(&topic, &info.partitions),
+            "topic          orders\n\
+             partitions     2\n\
+             dedupe window  2m\n\
+             fsync          always\n\
+             retention      max_age 7d, max_bytes -\n\
+             \n\
+             PARTITION  START OFFSET  NEXT OFFSET  EVENTS    BYTES\n\
+             \x20       0             0           12      12  2.0 KiB\n\
+             \x20       1             5            7       2    100 B\n\
+             \x20   total                                 14  2.1 KiB\n"
+        );
+    }
+
+    #[test]
+    fn created_message_counts_partitions() {
+        assert_eq!(
+            created_message("t", Some(8)),
+            "created topic t (8 partitions)\n"
+        );
+        assert_eq!(
+            created_message("t", Some(1)),
+            "created topic t (1 partition)\n"
+        );
+        assert_eq!(created_message("t", None), "created topic t\n");
+        assert_eq!(partition_count(Some(&json!([1, 2, 3]))), Some(3));
+    }
+
+    #[tokio::test]
+    async fn create_puts_the_spec_as_json() {
+        // Goal: the request is the contract's PUT. Method: a fake server records it.
+        let server = FakeServer::start(vec![(201, r#"{"name":"orders","partitions":3}"#)]).await;
+        let client = Client::new(&server.url(), 1).unwrap();
+        let args = CreateArgs {
+            name: "orders".to_owned(),
+            partitions: Some(3),
+            ..Default::default()
+        };
+        let reply = put_topic(&client, &args).await.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        let request = &server.requests().await[0];
+        assert_eq!(
+            (request.method.as_str(), request.target.as_str()),
+            ("PUT", "/v1/topics/orders")
+        );
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.json(), json!({"partitions": 3}));
+    }
+}
