@@ -1,0 +1,48 @@
+//! Every bound of the log as a named constant, with the asserts that tie them together.
+//!
+//! Tunable limits live in [`LogConfig`](crate::LogConfig), default below these constants and are
+//! checked against them when a log is opened.
+
+use crate::record::{FRAME_BYTES_MAX, RECORD_HEADER_BYTES};
+
+/// The largest payload of one record, in bytes. The engine's own event limit must stay below it.
+pub const PAYLOAD_BYTES_MAX: u32 = 8 * 1024 * 1024;
+
+/// The most bytes of frames that `append` buffers before a `commit` must write them.
+///
+/// Bounds the writer's memory and the size of one group-commit write.
+pub const PENDING_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The largest `LogConfig::segment_bytes_max`.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// The smallest `LogConfig::segment_bytes_max` (tiny segments are for tests).
+pub const SEGMENT_BYTES_MIN: u64 = 64;
+
+/// The largest `LogConfig::index_interval_bytes`.
+pub const INDEX_INTERVAL_BYTES_MAX: u32 = 64 * 1024 * 1024;
+
+/// The smallest `LogConfig::index_interval_bytes` (1 indexes every record).
+pub const INDEX_INTERVAL_BYTES_MIN: u32 = 1;
+
+/// The largest file a segment can grow to.
+///
+/// A batch goes into the active segment unless that would push a non-empty segment past
+/// `segment_bytes_max`, so a segment holds at most `max(segment_bytes_max, one batch)` bytes.
+pub const SEGMENT_FILE_BYTES_MAX: u64 = if SEGMENT_BYTES_MAX > PENDING_BYTES_MAX {
+    SEGMENT_BYTES_MAX
+} else {
+    PENDING_BYTES_MAX
+};
+
+/// Bytes fetched by one positioned read when scanning or reading frames.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+// Index entries store byte positions and relative offsets as u32.
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_FILE_BYTES_MAX / (RECORD_HEADER_BYTES as u64) <= u32::MAX as u64);
+// One record of the largest size must fit in one batch.
+const _: () = assert!(FRAME_BYTES_MAX as u64 <= PENDING_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(INDEX_INTERVAL_BYTES_MIN <= INDEX_INTERVAL_BYTES_MAX);
+const _: () = assert!(READ_CHUNK_BYTES >= RECORD_HEADER_BYTES);

@@ -1,0 +1,576 @@
+//! The log of one partition: appends, group commit, reads, lookups and retention.
+//!
+//! Concurrency: one writer at a time (the `writer` mutex: append, commit, sync, rolling) and any
+//! number of readers that never take that mutex, so an fsync in progress never blocks a read.
+//! Readers find segments in an `RwLock`ed list held only for a lookup, read with positioned reads
+//! on shared file handles, and see records only below `next_offset`, an atomic the writer stores
+//! (Release) after the records' bytes are in the file and their segment's counters are updated.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::durable_mark::{DurableMark, MARK_FILE_NAME};
+use crate::error::LogError;
+use crate::index::IndexBuilder;
+use crate::limits::{
+    INDEX_INTERVAL_BYTES_MAX, INDEX_INTERVAL_BYTES_MIN, PAYLOAD_BYTES_MAX, PENDING_BYTES_MAX,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_FILE_BYTES_MAX,
+};
+use crate::record::{Record, encode_frame, frame_bytes};
+use crate::recovery::{RecoveryReport, recover};
+use crate::retention::{RetentionReport, SegmentStats, delete_segment_files, expired_prefix};
+use crate::segment::{ReadLimits, Segment, parse_segment_file_name};
+use crate::storage::{FileStorage, Storage};
+
+/// Tunables of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment rolls over once it holds this many bytes: a batch that would push a non-empty
+    /// segment past it goes into a new segment. Between `SEGMENT_BYTES_MIN` and
+    /// `SEGMENT_BYTES_MAX`.
+    pub segment_bytes_max: u64,
+    /// One sparse offset-index and time-index entry every this many log bytes. Between
+    /// `INDEX_INTERVAL_BYTES_MIN` and `INDEX_INTERVAL_BYTES_MAX`.
+    pub index_interval_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes_max: 128 * 1024 * 1024,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks every value against its bound in [`limits`](crate::limits).
+    pub fn validate(&self) -> Result<(), LogError> {
+        let segment_bytes = SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX;
+        if !segment_bytes.contains(&self.segment_bytes_max) {
+            let detail = format!(
+                "segment_bytes_max {} is outside {segment_bytes:?}",
+                self.segment_bytes_max
+            );
+            return Err(LogError::Config { detail });
+        }
+        let interval_bytes = INDEX_INTERVAL_BYTES_MIN..=INDEX_INTERVAL_BYTES_MAX;
+        if !interval_bytes.contains(&self.index_interval_bytes) {
+            let detail = format!(
+                "index_interval_bytes {} is outside {interval_bytes:?}",
+                self.index_interval_bytes
+            );
+            return Err(LogError::Config { detail });
+        }
+        Ok(())
+    }
+}
+
+/// State only the writer touches.
+#[derive(Debug)]
+struct Writer {
+    /// The last segment, where records are appended.
+    active: Arc<Segment>,
+    /// Decides the active segment's index entries.
+    builder: IndexBuilder,
+    /// Frames appended since the last commit, back to back, at most `PENDING_BYTES_MAX`.
+    pending: Vec<u8>,
+    /// Timestamp and size of each pending frame, for the index.
+    pending_records: Vec<PendingRecord>,
+    /// The offset the next append gets: the visible next offset plus the pending records.
+    next_offset: u64,
+    /// Bytes were written to the active segment since its last fsync.
+    unsynced: bool,
+    mark: DurableMark,
+    /// The first write or fsync failure; set, the log accepts no more writes.
+    poison: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingRecord {
+    timestamp_ms: i64,
+    frame_bytes: u64,
+}
+
+impl Writer {
+    fn check_healthy(&self) -> Result<(), LogError> {
+        match &self.poison {
+            Some(cause) => Err(LogError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The log of one partition.
+///
+/// `Log` is `Send + Sync`: share it in an `Arc`. Writes (`append`, `commit`, `sync`) are
+/// serialized by an internal mutex; reads run concurrently with them and with each other.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    storage: Arc<dyn Storage>,
+    /// Oldest first; never empty, the last is the active segment.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    /// One past the last visible (committed) record.
+    next_offset: AtomicU64,
+    writer: Mutex<Writer>,
+    /// Serializes retention passes, which remove segments from the front of the list.
+    retention: Mutex<()>,
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("start_offset", &self.start_offset())
+            .field("next_offset", &self.next_offset())
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if missing) the log in `dir`, recovering its tail.
+    ///
+    /// A torn tail past the durable mark is cut and reported; damage to records the mark says
+    /// were fsynced is `LogError::Corrupt`, and then nothing is changed on disk.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(Log, RecoveryReport), LogError> {
+        Self::open_with_storage(dir, config, Arc::new(FileStorage))
+    }
+
+    /// Like [`Log::open`], over a given file layer (for fault injection in tests).
+    pub fn open_with_storage(
+        dir: &Path,
+        config: LogConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(Log, RecoveryReport), LogError> {
+        config.validate()?;
+        let recovered = recover(&*storage, dir, config.index_interval_bytes)?;
+        let active = Arc::clone(
+            recovered
+                .segments
+                .last()
+                .expect("recovery returns the active segment"),
+        );
+        let next_offset = active.next_offset();
+        let writer = Writer {
+            active,
+            builder: recovered.builder,
+            pending: Vec::new(),
+            pending_records: Vec::new(),
+            next_offset,
+            unsynced: false,
+            mark: recovered.mark,
+            poison: None,
+        };
+        let log = Log {
+            dir: dir.to_path_buf(),
+            config,
+            storage,
+            segments: RwLock::new(recovered.segments),
+            next_offset: AtomicU64::new(next_offset),
+            writer: Mutex::new(writer),
+            retention: Mutex::new(()),
+        };
+        Ok((log, recovered.report))
+    }
+
+    /// Buffers one record and returns its offset; neither visible nor durable until `commit`.
+    ///
+    /// Fails without buffering when the payload is over `PAYLOAD_BYTES_MAX`, when the buffered
+    /// records would exceed `PENDING_BYTES_MAX` (commit first), or when the log is poisoned.
+    pub fn append(&self, timestamp_ms: i64, payload: &[u8]) -> Result<u64, LogError> {
+        let mut guard = self.lock_writer()?;
+        let writer = &mut *guard;
+        writer.check_healthy()?;
+        if payload.len() > PAYLOAD_BYTES_MAX as usize {
+            return Err(LogError::RecordTooLarge {
+                payload_bytes: payload.len() as u64,
+                payload_bytes_max: u64::from(PAYLOAD_BYTES_MAX),
+            });
+        }
+        let frame_bytes = frame_bytes(payload.len()) as u64;
+        let pending_bytes = writer.pending.len() as u64;
+        if pending_bytes + frame_bytes > PENDING_BYTES_MAX {
+            return Err(LogError::BatchFull {
+                pending_bytes,
+                pending_bytes_max: PENDING_BYTES_MAX,
+            });
+        }
+        let offset = writer.next_offset;
+        encode_frame(offset, timestamp_ms, payload, &mut writer.pending);
+        writer.pending_records.push(PendingRecord {
+            timestamp_ms,
+            frame_bytes,
+        });
+        writer.next_offset += 1;
+        Ok(offset)
+    }
+
+    /// Writes the buffered records, fsyncs them when `fsync`, then makes them visible.
+    /// Returns the new visible next offset.
+    ///
+    /// All buffered records go out in one write (group commit). When the write or the fsync
+    /// fails, the error is returned, the buffered records are dropped, nothing new becomes
+    /// visible and the log is poisoned: later writes return `LogError::Poisoned` (the fsync is
+    /// not retried: after a failed fsync Linux may have dropped the dirty pages). With nothing
+    /// buffered, `commit(true)` only fsyncs earlier unsynced commits, if any.
+    pub fn commit(&self, fsync: bool) -> Result<u64, LogError> {
+        let mut guard = self.lock_writer()?;
+        let writer = &mut *guard;
+        writer.check_healthy()?;
+        let result = if !writer.pending_records.is_empty() {
+            self.write_batch(writer, fsync)
+        } else if fsync && writer.unsynced {
+            let next_offset = self.next_offset();
+            self.sync_active(writer, next_offset).map(|()| next_offset)
+        } else {
+            return Ok(self.next_offset());
+        };
+        result.map_err(|error| self.poison(writer, error))
+    }
+
+    /// Fsyncs everything committed so far (for the `interval` policy). On failure the log is
+    /// poisoned, as for `commit`.
+    pub fn sync(&self) -> Result<(), LogError> {
+        let mut guard = self.lock_writer()?;
+        let writer = &mut *guard;
+        writer.check_healthy()?;
+        if !writer.unsynced {
+            return Ok(());
+        }
+        // Everything written is visible: commit publishes right after its write.
+        self.sync_active(writer, self.next_offset())
+            .map_err(|error| self.poison(writer, error))
+    }
+
+    /// Reads visible records from `from`, at most `records_max` and about `bytes_max` bytes of
+    /// payload (at least one record when one is there).
+    ///
+    /// `from` below `start_offset` or above `next_offset` is `OffsetOutOfRange`; `from ==
+    /// next_offset` gives no record. Every record's CRC is checked again: a bad one is
+    /// `LogError::Corrupt`, never data.
+    pub fn read(
+        &self,
+        from: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let next_offset = self.next_offset();
+        let mut segment = self.segment_for(from, next_offset)?;
+        let mut records = Vec::new();
+        let mut limits = ReadLimits::new(records_max, bytes_max);
+        let mut offset = from;
+        while offset < next_offset && !limits.is_full(records.len()) {
+            let read_to = segment.read_into(offset, next_offset, &mut limits, &mut records)?;
+            if read_to >= next_offset || limits.is_full(records.len()) {
+                break;
+            }
+            // This segment has nothing more below `next_offset`: go on in the next one.
+            debug_assert_eq!(read_to, segment.next_offset());
+            offset = read_to;
+            segment = match self.segment_for(offset, next_offset) {
+                Ok(next) if next.base_offset() == offset => next,
+                // Retention removed what came next, or the list changed under us: return what
+                // was read.
+                Ok(_) | Err(LogError::OffsetOutOfRange { .. }) if !records.is_empty() => break,
+                Ok(_) => return Err(self.out_of_range(offset, next_offset)),
+                Err(error) => return Err(error),
+            };
+        }
+        Ok(records)
+    }
+
+    /// First offset still kept.
+    pub fn start_offset(&self) -> u64 {
+        self.segments_read()
+            .first()
+            .expect("the active segment is always listed")
+            .base_offset()
+    }
+
+    /// The offset the next visible record will get (one past the last visible record).
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes of all segments' visible records.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments_read()
+            .iter()
+            .map(|segment| segment.size_bytes())
+            .sum()
+    }
+
+    /// Number of segment files, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments_read().len()
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The first offset whose timestamp is at or after `timestamp_ms` (the next offset if none).
+    ///
+    /// Finds the segment from each segment's newest timestamp, then the starting point in its
+    /// time index, then scans forward.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, LogError> {
+        let next_offset = self.next_offset();
+        let segments: Vec<Arc<Segment>> = self.segments_read().clone();
+        for segment in segments {
+            if segment.timestamp_ms_max() < timestamp_ms {
+                continue;
+            }
+            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, next_offset)? {
+                return Ok(offset);
+            }
+        }
+        Ok(next_offset)
+    }
+
+    /// Deletes whole segments older than `age_ms_max` or beyond `bytes_max` in total,
+    /// never the active one.
+    ///
+    /// A segment is older than `age_ms_max` when its newest record's timestamp is below
+    /// `now_ms - age_ms_max`. Segments go oldest first and only as a prefix, so `start_offset`
+    /// moves to the first kept segment's base offset.
+    pub fn apply_retention(
+        &self,
+        now_ms: i64,
+        age_ms_max: Option<u64>,
+        bytes_max: Option<u64>,
+    ) -> Result<RetentionReport, LogError> {
+        let _pass = self
+            .retention
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let expired: Vec<Arc<Segment>> = {
+            let segments = self.segments_read();
+            let stats: Vec<SegmentStats> = segments
+                .iter()
+                .map(|s| SegmentStats {
+                    size_bytes: s.size_bytes(),
+                    timestamp_ms_max: s.timestamp_ms_max(),
+                })
+                .collect();
+            let count = expired_prefix(&stats, now_ms, age_ms_max, bytes_max);
+            segments[..count].to_vec()
+        };
+        let mut report = RetentionReport::default();
+        for segment in expired {
+            delete_segment_files(&*self.storage, &self.dir, &segment, || {
+                let mut segments = self.segments_write();
+                // Only retention removes segments and it holds `self.retention`, so the oldest
+                // is still first; rolling only appends.
+                assert!(segments.len() > 1 && Arc::ptr_eq(&segments[0], &segment));
+                segments.remove(0);
+            })?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += segment.size_bytes();
+            tracing::info!(
+                segment = %segment.path().display(), size_bytes = segment.size_bytes(),
+                next_offset = segment.next_offset(), "retention deleted a segment"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Deletes the whole log: every segment, index and mark file, then its directory.
+    ///
+    /// The mark goes first and segments go oldest first, so a crash midway leaves a log that
+    /// still opens (a suffix of its segments, no mark to contradict it) and can be deleted again.
+    pub fn delete(self) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        let storage = Arc::clone(&self.storage);
+        drop(self);
+        let remove = |name: &str| {
+            let path = dir.join(name);
+            match storage.remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LogError::io("remove", &path, error))
+                }
+                _ => Ok(()),
+            }
+        };
+        remove(MARK_FILE_NAME)?;
+        let mut names = storage
+            .list_dir(&dir)
+            .map_err(|source| LogError::io("list", &dir, source))?;
+        names.retain(|name| parse_segment_file_name(name).is_some());
+        // Names sort by base offset; `.index` and `.timeindex` sort before `.log`, which is
+        // fine: a segment without index files is rebuilt.
+        names.sort();
+        for name in &names {
+            remove(name)?;
+        }
+        storage
+            .remove_dir(&dir)
+            .map_err(|source| LogError::io("remove", &dir, source))
+    }
+
+    /// Rolls if needed, writes the pending frames with one write, fsyncs when asked, then
+    /// publishes them. The caller poisons the log on error.
+    fn write_batch(&self, writer: &mut Writer, fsync: bool) -> Result<u64, LogError> {
+        let batch_bytes = writer.pending.len() as u64;
+        let active_bytes = writer.active.size_bytes();
+        if !writer.active.is_empty() && active_bytes + batch_bytes > self.config.segment_bytes_max {
+            self.roll(writer)?;
+        }
+        let active = Arc::clone(&writer.active);
+        let position = active.size_bytes();
+        // Invariant: a segment holds at most max(segment_bytes_max, one batch), so positions and
+        // relative offsets fit the indexes' u32 fields.
+        assert!(position + batch_bytes <= SEGMENT_FILE_BYTES_MAX);
+        writer.unsynced = true;
+        active
+            .file()
+            .write_all_at(&writer.pending, position)
+            .map_err(|source| LogError::io("write", active.path(), source))?;
+        if fsync {
+            self.sync_active(writer, writer.next_offset)?;
+        }
+        let first_offset = writer.next_offset - writer.pending_records.len() as u64;
+        let mut entries = Vec::new();
+        let mut frame_position = position;
+        for (number, record) in writer.pending_records.iter().enumerate() {
+            let relative_offset = first_offset + number as u64 - active.base_offset();
+            let entry = writer.builder.observe(
+                u32::try_from(relative_offset).expect("relative offsets fit in u32, see above"),
+                u32::try_from(frame_position).expect("positions fit in u32, see above"),
+                record.frame_bytes,
+                record.timestamp_ms,
+            );
+            entries.extend(entry);
+            frame_position += record.frame_bytes;
+        }
+        active.publish(
+            &entries,
+            position + batch_bytes,
+            writer.next_offset,
+            writer.builder.timestamp_ms_max(),
+        );
+        self.next_offset
+            .store(writer.next_offset, Ordering::Release);
+        writer.pending.clear();
+        writer.pending_records.clear();
+        Ok(writer.next_offset)
+    }
+
+    /// Seals the active segment and starts a new one at its next offset.
+    fn roll(&self, writer: &mut Writer) -> Result<(), LogError> {
+        let sealed = Arc::clone(&writer.active);
+        if writer.unsynced {
+            // Crash: recovery scans only the last segment and trusts sealed ones whole, so a
+            // segment's records must be durable before a newer segment exists.
+            self.sync_active(writer, sealed.next_offset())?;
+        }
+        sealed.write_index_files(&*self.storage)?;
+        let segment = Arc::new(Segment::create(
+            &*self.storage,
+            &self.dir,
+            sealed.next_offset(),
+        )?);
+        // Crash: fdatasync of a file does not make its directory entry durable; without this a
+        // crash could lose the new segment with records fsynced into it and acknowledged. It also
+        // makes the sealed segment's index file names durable.
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|source| LogError::io("fsync", &self.dir, source))?;
+        self.segments_write().push(Arc::clone(&segment));
+        tracing::debug!(
+            sealed = %sealed.path().display(), size_bytes = sealed.size_bytes(),
+            base_offset = segment.base_offset(), "rolled to a new segment"
+        );
+        writer.active = segment;
+        writer.builder = IndexBuilder::new(self.config.index_interval_bytes);
+        Ok(())
+    }
+
+    /// Fsyncs the active segment, then advances the durable mark to `durable_next_offset`.
+    fn sync_active(&self, writer: &mut Writer, durable_next_offset: u64) -> Result<(), LogError> {
+        let active = &writer.active;
+        active
+            .file()
+            .sync_data()
+            .map_err(|source| LogError::io("fsync", active.path(), source))?;
+        writer.unsynced = false;
+        if let Err(error) = writer.mark.advance(durable_next_offset) {
+            // The records are durable; only the mark is stale, and a stale mark is still a true
+            // lower bound (see durable_mark.rs). Failing the commit would report durable
+            // records as lost.
+            let mark = writer.mark.path().display();
+            tracing::warn!(%mark, %error, "could not advance the durable mark");
+        }
+        Ok(())
+    }
+
+    /// Poisons the log after a failed write or fsync and drops the pending records; returns
+    /// `error` for the caller.
+    fn poison(&self, writer: &mut Writer, error: LogError) -> LogError {
+        let dir = self.dir.display();
+        tracing::error!(%dir, %error, "a log write failed; the log accepts no more writes");
+        writer.poison = Some(error.to_string());
+        writer.pending.clear();
+        writer.pending_records.clear();
+        writer.next_offset = self.next_offset();
+        // Best effort: cut what the failed commit wrote past the visible records, so reopening
+        // does not resurface records whose commit returned an error. If this fails too, reopen
+        // still recovers: it keeps intact frames and cuts at the first bad one.
+        let active = &writer.active;
+        if let Err(cut_error) = active.file().set_size_bytes(active.size_bytes()) {
+            let segment = active.path().display();
+            tracing::warn!(%segment, error = %cut_error, "could not cut a failed write");
+        }
+        error
+    }
+
+    /// The segment holding `offset`, checking it against `[start_offset, next_offset]`.
+    fn segment_for(&self, offset: u64, next_offset: u64) -> Result<Arc<Segment>, LogError> {
+        let segments = self.segments_read();
+        let start_offset = segments
+            .first()
+            .expect("the active segment is always listed")
+            .base_offset();
+        if offset < start_offset || offset > next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start_offset,
+                next_offset,
+            });
+        }
+        let count = segments.partition_point(|segment| segment.base_offset() <= offset);
+        Ok(Arc::clone(&segments[count - 1]))
+    }
+
+    fn out_of_range(&self, offset: u64, next_offset: u64) -> LogError {
+        LogError::OffsetOutOfRange {
+            offset,
+            start_offset: self.start_offset(),
+            next_offset,
+        }
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, LogError> {
+        self.writer.lock().map_err(|_| LogError::Poisoned {
+            cause: "a thread panicked while writing to the log".to_owned(),
+        })
+    }
+
+    // The list is changed only by single pushes and removals, so it is consistent even after a
+    // panic elsewhere: ignore lock poisoning.
+    fn segments_read(&self) -> RwLockReadGuard<'_, Vec<Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn segments_write(&self) -> RwLockWriteGuard<'_, Vec<Arc<Segment>>> {
+        self.segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
