@@ -55,7 +55,7 @@ async fn published_events_read_back_unchanged_in_all_three_modes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     server.put_topic("t", json!({"partitions": 1})).await;
-    let structured = event("s1", json!({"time": "2026-11-25T10:00:00.5+01:00", "amount": 1.50, "flag": true}));
+    let structured = event("s1", json!({"time": "2026-11-25T10:00:00.5+01:00", "amount": 150, "flag": true, "data": {"price": 1.50}}));
     let (status, body) = server.publish("t", STRUCTURED, structured.to_string()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"], json!([{"id": "s1", "partition": 0, "offset": 0, "duplicate": false}]));
@@ -260,14 +260,15 @@ async fn retention_deletes_whole_segments_and_moves_the_start() {
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         partition = server.get("/v1/topics/t").await.1["partitions"][0].clone();
-        if partition["start_offset"].as_u64().unwrap() > 0 {
+        // Retention may also have run while the events were published: wait for a pass after.
+        if partition["start_offset"].as_u64().unwrap() > 0 && partition["bytes"].as_u64().unwrap() <= 8192 + 4096 {
             break;
         }
     }
     let start = partition["start_offset"].as_u64().unwrap();
     assert!(start > 0, "retention ran: {partition}");
     assert_eq!(partition["next_offset"], 100);
-    assert!(partition["bytes"].as_u64().unwrap() <= 8192 + 4096 + 1024, "{partition}");
+    assert!(partition["bytes"].as_u64().unwrap() <= 8192 + 4096, "{partition}");
     let (status, problem) = server.read("t", 0, "from=0").await;
     assert_eq!(status, 404, "{problem}");
     assert_eq!(problem["start_offset"], start);

@@ -1,0 +1,171 @@
+//! A failed fsync is never acknowledged, with the real server and a real failing syscall.
+//!
+//! Method: run `keel serve` under `fiu-run -x` (libfiu's POSIX preload), then make every
+//! `fdatasync` fail with `fiu-ctrl` while publishing.
+//! Invariants: the publish waiting on the failed fsync gets an error (503), not an ack; the
+//! partition then refuses writes even after fsync works again (Linux may have dropped the
+//! dirty pages, so retrying the fsync would be pretending) and `/readyz` names it; other
+//! partitions keep serving; after a restart every acknowledged event is there.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{free_port, read_partition};
+
+fn fiu_ctrl(pid: u32, command: &str) {
+    let status = Command::new("fiu-ctrl")
+        .args(["-c", command, &pid.to_string()])
+        .status()
+        .expect("fiu-ctrl runs");
+    assert!(status.success(), "fiu-ctrl {command}");
+}
+
+async fn publish(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    id: &str,
+    key: &str,
+) -> (u16, Value) {
+    let event = json!({"specversion": "1.0", "id": id, "source": "fsync-test", "type": "t", "partitionkey": key});
+    let response = client
+        .post(format!("{url}/v1/topics/{topic}/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("keel not ready at {url}");
+}
+
+// Goal and method: see the module doc.
+#[tokio::test]
+async fn failed_fsync_is_never_acknowledged_and_stops_the_partition() {
+    if Command::new("fiu-run")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        assert!(
+            std::env::var("KEEL_SKIP_FIU").is_ok(),
+            "fiu-run is missing: run scripts/install-test-deps.sh (or set KEEL_SKIP_FIU=1 to skip this test)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let mut child = Command::new("fiu-run")
+        .args([
+            "-x",
+            env!("CARGO_BIN_EXE_keel"),
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    wait_ready(&client, &url).await;
+    for topic in ["a", "b"] {
+        client
+            .put(format!("{url}/v1/topics/{topic}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(publish(&client, &url, "a", "before", "k").await.0, 200);
+
+    fiu_ctrl(child.id(), "enable name=posix/io/sync/fdatasync,failinfo=5");
+    let (status, problem) = publish(&client, &url, "a", "during", "k").await;
+    assert_eq!(
+        status, 503,
+        "the publish whose fsync failed is not acknowledged: {problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("fsync failed"),
+        "{problem}"
+    );
+    fiu_ctrl(child.id(), "disable name=posix/io/sync/fdatasync");
+
+    let (status, problem) = publish(&client, &url, "a", "after", "k").await;
+    assert_eq!(
+        status, 503,
+        "the partition stays stopped after a failed fsync: {problem}"
+    );
+    assert_eq!(
+        publish(&client, &url, "b", "other", "k").await.0,
+        200,
+        "other partitions keep serving"
+    );
+    let ready: Value = serde_json::from_str(
+        &client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["unavailable_partitions"][0]["topic"], "a");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let keel = support::KeelProcess::start_on(&data_dir, &listen).await;
+    let ids: Vec<Value> = read_partition(&client, &keel.url, "a", 0)
+        .await
+        .iter()
+        .map(|r| r["event"]["id"].clone())
+        .collect();
+    assert_eq!(
+        ids.first(),
+        Some(&json!("before")),
+        "the acknowledged event survives"
+    );
+    assert!(
+        !ids.contains(&json!("after")),
+        "nothing was appended after the failure: {ids:?}"
+    );
+    assert_eq!(
+        publish(&client, &keel.url, "a", "recovered", "k").await.0,
+        200,
+        "a restart recovers the partition"
+    );
+}

@@ -1,0 +1,143 @@
+//! The real `keel` binary as a child process, for tests that kill or signal it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `keel serve` child process.
+pub struct KeelProcess {
+    pub url: String,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    child: Child,
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl KeelProcess {
+    /// Starts `keel serve` and waits until /readyz answers 200.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_on(data_dir, &format!("127.0.0.1:{}", free_port())).await
+    }
+
+    pub async fn start_on(data_dir: &Path, listen: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args([
+                "serve",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--listen",
+                listen,
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start keel");
+        let process = Self {
+            url: format!("http://{listen}"),
+            listen: listen.to_owned(),
+            data_dir: data_dir.to_owned(),
+            child,
+        };
+        process.wait_ready().await;
+        process
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "keel at {} not ready after 30 s; its log: {}",
+            self.url,
+            std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        );
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or fsync anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for KeelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a whole partition from offset 0.
+pub async fn read_partition(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    partition: u32,
+) -> Vec<Value> {
+    let mut records = Vec::new();
+    let mut from = 0u64;
+    loop {
+        let text = client
+            .get(format!(
+                "{url}/v1/topics/{topic}/partitions/{partition}/events?from={from}&max=1000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("read answered {text}"));
+        let batch = body["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("read answered {text}"))
+            .clone();
+        if batch.is_empty() {
+            return records;
+        }
+        from = body["next_offset"].as_u64().unwrap();
+        records.extend(batch);
+    }
+}
