@@ -30,7 +30,11 @@ pub enum FsyncPolicy {
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Keep events at least this long (`"7d"`); none = forever.
-    #[serde(default, with = "optional_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_age: Option<Duration>,
     /// Keep at most about this many bytes per partition; none = unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +89,10 @@ impl TopicConfig {
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |detail: String| Err(EngineError::InvalidConfig { detail });
         if self.partitions == 0 || self.partitions > PARTITIONS_MAX {
-            return bad(format!("partitions must be between 1 and {PARTITIONS_MAX}, got {}", self.partitions));
+            return bad(format!(
+                "partitions must be between 1 and {PARTITIONS_MAX}, got {}",
+                self.partitions
+            ));
         }
         if self.retention.max_age == Some(Duration::ZERO) {
             return bad("retention.max_age must be longer than 0".into());
@@ -104,7 +111,10 @@ impl TopicConfig {
 /// digit (names starting otherwise are kept for keel's internal topics).
 pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let starts_well = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if name.len() <= TOPIC_NAME_BYTES_MAX && starts_well && name.chars().all(valid_char) {
         return Ok(());
     }
@@ -120,14 +130,19 @@ mod optional_duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub(super) fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(duration) => serializer.serialize_str(&crate::duration::format(*duration)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(deserializer)?
             .map(|text| crate::duration::parse(&text).map_err(serde::de::Error::custom))
             .transpose()
@@ -145,7 +160,17 @@ mod tests {
         for good in ["orders", "a", "Orders.v2_eu-1", &"x".repeat(128)] {
             assert!(validate_topic_name(good).is_ok(), "{good}");
         }
-        for bad in ["", ".", "..", "_internal", "-x", "a/b", "a b", "ordérs", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "_internal",
+            "-x",
+            "a/b",
+            "a b",
+            "ordérs",
+            &"x".repeat(129),
+        ] {
             assert!(validate_topic_name(bad).is_err(), "{bad}");
         }
     }
@@ -154,15 +179,25 @@ mod tests {
     // refused.
     #[test]
     fn topic_config_parses_with_defaults_and_refuses_unknown_fields() {
-        let config: TopicConfig =
-            serde_json::from_str(r#"{"partitions": 8, "retention": {"max_age": "7d", "max_bytes": null}}"#).unwrap();
+        let config: TopicConfig = serde_json::from_str(
+            r#"{"partitions": 8, "retention": {"max_age": "7d", "max_bytes": null}}"#,
+        )
+        .unwrap();
         assert_eq!(config.partitions, 8);
-        assert_eq!(config.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(
+            config.retention.max_age,
+            Some(Duration::from_secs(7 * 86_400))
+        );
         assert_eq!(config.fsync, FsyncPolicy::Always);
         assert_eq!(config.dedupe_window, Duration::from_secs(120));
         assert!(serde_json::from_str::<TopicConfig>(r#"{"partitons": 8}"#).is_err());
-        assert!(serde_json::from_str::<TopicConfig>(r#"{"retention": {"max_age": "7 days"}}"#).is_err());
-        let zero = TopicConfig { partitions: 0, ..TopicConfig::default() };
+        assert!(
+            serde_json::from_str::<TopicConfig>(r#"{"retention": {"max_age": "7 days"}}"#).is_err()
+        );
+        let zero = TopicConfig {
+            partitions: 0,
+            ..TopicConfig::default()
+        };
         assert!(zero.validate().is_err());
     }
 }

@@ -36,8 +36,14 @@ pub(crate) enum Lookup {
 }
 
 enum Slot {
-    Stored { position: Position, stored_ms: i64 },
-    Pending { outcome: watch::Receiver<Outcome>, index: usize },
+    Stored {
+        position: Position,
+        stored_ms: i64,
+    },
+    Pending {
+        outcome: watch::Receiver<Outcome>,
+        index: usize,
+    },
 }
 
 /// A 128-bit identity of a (source, id) pair.
@@ -55,7 +61,12 @@ pub(crate) struct Dedupe {
 
 impl Dedupe {
     pub(crate) fn new(window_ms: i64) -> Self {
-        Self { window_ms, hasher: RandomState::new(), slots: HashMap::new(), order: VecDeque::new() }
+        Self {
+            window_ms,
+            hasher: RandomState::new(),
+            slots: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     pub(crate) fn hash(&self, source: &str, id: &str) -> PairHash {
@@ -71,12 +82,27 @@ impl Dedupe {
     }
 
     /// Looks a pair up; a new pair is reserved as pending for `outcome[index]`.
-    pub(crate) fn check_and_reserve(&mut self, pair: PairHash, now_ms: i64, outcome: &watch::Receiver<Outcome>, index: usize) -> Lookup {
+    pub(crate) fn check_and_reserve(
+        &mut self,
+        pair: PairHash,
+        now_ms: i64,
+        outcome: &watch::Receiver<Outcome>,
+        index: usize,
+    ) -> Lookup {
         match self.slots.get(&pair) {
-            Some(Slot::Stored { position, stored_ms }) if now_ms - stored_ms < self.window_ms => Lookup::Stored(*position),
+            Some(Slot::Stored {
+                position,
+                stored_ms,
+            }) if now_ms - stored_ms < self.window_ms => Lookup::Stored(*position),
             Some(Slot::Pending { outcome, index }) => Lookup::Pending(outcome.clone(), *index),
             _ => {
-                self.slots.insert(pair, Slot::Pending { outcome: outcome.clone(), index });
+                self.slots.insert(
+                    pair,
+                    Slot::Pending {
+                        outcome: outcome.clone(),
+                        index,
+                    },
+                );
                 Lookup::New
             }
         }
@@ -85,7 +111,13 @@ impl Dedupe {
     /// Records where a reserved pair was stored. Returns how many pairs were forgotten early
     /// because the table was full.
     pub(crate) fn stored(&mut self, pair: PairHash, position: Position, now_ms: i64) -> u64 {
-        self.slots.insert(pair, Slot::Stored { position, stored_ms: now_ms });
+        self.slots.insert(
+            pair,
+            Slot::Stored {
+                position,
+                stored_ms: now_ms,
+            },
+        );
         self.order.push_back((now_ms, pair));
         self.expire(now_ms)
     }
@@ -109,7 +141,10 @@ impl Dedupe {
             evicted_early += u64::from(!expired);
             self.order.pop_front();
             // The slot may have been re-stored later under the same pair; only drop our own.
-            if let Some(Slot::Stored { stored_ms: slot_ms, .. }) = self.slots.get(&pair) {
+            if let Some(Slot::Stored {
+                stored_ms: slot_ms, ..
+            }) = self.slots.get(&pair)
+            {
                 if *slot_ms == stored_ms {
                     self.slots.remove(&pair);
                 }
@@ -132,16 +167,33 @@ mod tests {
         let pair = dedupe.hash("shop", "1");
         assert_ne!(pair, dedupe.hash("shop", "2"));
         assert_ne!(dedupe.hash("ab", "c"), dedupe.hash("a", "bc"));
-        assert!(matches!(dedupe.check_and_reserve(pair, 0, &outcome, 0), Lookup::New));
-        assert!(matches!(dedupe.check_and_reserve(pair, 1, &outcome, 3), Lookup::Pending(_, 0)));
-        let position = Position { partition: 2, offset: 7 };
+        assert!(matches!(
+            dedupe.check_and_reserve(pair, 0, &outcome, 0),
+            Lookup::New
+        ));
+        assert!(matches!(
+            dedupe.check_and_reserve(pair, 1, &outcome, 3),
+            Lookup::Pending(_, 0)
+        ));
+        let position = Position {
+            partition: 2,
+            offset: 7,
+        };
         dedupe.stored(pair, position, 10);
-        assert!(matches!(dedupe.check_and_reserve(pair, 1009, &outcome, 0), Lookup::Stored(p) if p == position));
+        assert!(
+            matches!(dedupe.check_and_reserve(pair, 1009, &outcome, 0), Lookup::Stored(p) if p == position)
+        );
         let other = dedupe.hash("shop", "other");
         dedupe.check_and_reserve(other, 1010, &outcome, 0);
         dedupe.stored(other, position, 1010);
-        assert!(matches!(dedupe.check_and_reserve(pair, 1011, &outcome, 0), Lookup::New));
+        assert!(matches!(
+            dedupe.check_and_reserve(pair, 1011, &outcome, 0),
+            Lookup::New
+        ));
         dedupe.release(pair);
-        assert!(matches!(dedupe.check_and_reserve(pair, 1011, &outcome, 0), Lookup::New));
+        assert!(matches!(
+            dedupe.check_and_reserve(pair, 1011, &outcome, 0),
+            Lookup::New
+        ));
     }
 }

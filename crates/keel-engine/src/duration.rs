@@ -3,17 +3,31 @@
 
 use std::time::Duration;
 
-const UNITS: [(&str, u64); 5] =
-    [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000), ("d", 86_400_000)];
+const UNITS: [(&str, u64); 5] = [
+    ("ms", 1),
+    ("s", 1000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
 
 /// Parses a duration like `"30s"`; the error says what is accepted.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
-    let bad = || format!("invalid duration {text:?}: use a whole number and a unit of ms, s, m, h or d, like \"30s\"");
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: use a whole number and a unit of ms, s, m, h or d, like \"30s\""
+        )
+    };
     let count: u64 = number.parse().map_err(|_| bad())?;
-    let (_, unit_ms) = UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(bad)?;
+    let (_, unit_ms) = UNITS
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .ok_or_else(bad)?;
     let ms = count.checked_mul(*unit_ms).ok_or_else(bad)?;
     Ok(Duration::from_millis(ms))
 }
@@ -54,12 +68,26 @@ mod tests {
     // is refused with a message naming the input.
     #[test]
     fn durations_parse_and_format_round_trip() {
-        for (text, ms) in [("500ms", 500), ("30s", 30_000), ("2m", 120_000), ("1h", 3_600_000), ("7d", 604_800_000)] {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("7d", 604_800_000),
+        ] {
             assert_eq!(parse(text), Ok(Duration::from_millis(ms)), "{text}");
             assert_eq!(format(Duration::from_millis(ms)), text);
         }
         assert_eq!(format(Duration::from_millis(90_000)), "90s");
-        for bad in ["", "7", "d", "1.5s", "-1s", "10 years", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "1.5s",
+            "-1s",
+            "10 years",
+            "99999999999999999999d",
+        ] {
             let error = parse(bad).expect_err(bad);
             assert!(error.contains("invalid duration"), "{error}");
         }

@@ -11,7 +11,9 @@ use crate::clock::now_ms;
 use crate::config::{TopicConfig, validate_topic_name};
 use crate::error::EngineError;
 use crate::event::Event;
-use crate::limits::{BATCH_EVENTS_MAX, EVENT_BYTES_CEILING, EVENT_BYTES_MAX, READ_RECORDS_MAX, READ_WAIT_MS_MAX};
+use crate::limits::{
+    BATCH_EVENTS_MAX, EVENT_BYTES_CEILING, EVENT_BYTES_MAX, READ_RECORDS_MAX, READ_WAIT_MS_MAX,
+};
 use crate::metrics::Metrics;
 use crate::topic::{CONFIG_FILE, PublishResult, Topic, TopicInfo};
 
@@ -89,18 +91,29 @@ impl Engine {
     /// Opens the data directory: recovers every topic's logs and rebuilds dedupe tables.
     pub async fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         if config.event_bytes_max == 0 || config.event_bytes_max > EVENT_BYTES_CEILING {
-            return Err(EngineError::InvalidConfig { detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}") });
+            return Err(EngineError::InvalidConfig {
+                detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}"),
+            });
         }
         let metrics = Arc::new(Metrics::new());
         let recovery_config = config.clone();
         let recovery_metrics = metrics.clone();
-        let topics = tokio::task::spawn_blocking(move || recover(&recovery_config, &recovery_metrics))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)??;
+        let topics =
+            tokio::task::spawn_blocking(move || recover(&recovery_config, &recovery_metrics))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)??;
         for topic in topics.values() {
             topic.start_tasks();
         }
-        let engine = Engine { inner: Arc::new(Inner { config, topics: RwLock::new(topics), admin: tokio::sync::Mutex::new(()), metrics, closing: tokio::sync::watch::Sender::new(false) }) };
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config,
+                topics: RwLock::new(topics),
+                admin: tokio::sync::Mutex::new(()),
+                metrics,
+                closing: tokio::sync::watch::Sender::new(false),
+            }),
+        };
         engine.spawn_retention();
         Ok(engine)
     }
@@ -117,7 +130,12 @@ impl Engine {
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
         let topics = self.inner.topics.read().expect("topics lock");
-        topics.get(name).cloned().ok_or_else(|| EngineError::TopicNotFound { topic: name.to_owned() })
+        topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::TopicNotFound {
+                topic: name.to_owned(),
+            })
     }
 
     fn topics_dir(&self) -> PathBuf {
@@ -125,7 +143,11 @@ impl Engine {
     }
 
     /// Creates a topic; the same configuration again is not an error, another one is.
-    pub async fn create_topic(&self, name: &str, config: TopicConfig) -> Result<Created, EngineError> {
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<Created, EngineError> {
         validate_topic_name(name)?;
         config.validate()?;
         let _admin = self.inner.admin.lock().await;
@@ -133,7 +155,10 @@ impl Engine {
             if existing.config == config {
                 return Ok(Created::Existing);
             }
-            return Err(EngineError::TopicConflict { topic: name.to_owned(), existing: Box::new(existing.config) });
+            return Err(EngineError::TopicConflict {
+                topic: name.to_owned(),
+                existing: Box::new(existing.config),
+            });
         }
         let (topics_dir, name_owned) = (self.topics_dir(), name.to_owned());
         let (log_config, metrics) = (self.inner.config.log.clone(), self.inner.metrics.clone());
@@ -144,8 +169,16 @@ impl Engine {
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         topic.start_tasks();
-        tracing::info!(topic = name, partitions = config.partitions, "created topic");
-        self.inner.topics.write().expect("topics lock").insert(name.to_owned(), topic);
+        tracing::info!(
+            topic = name,
+            partitions = config.partitions,
+            "created topic"
+        );
+        self.inner
+            .topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_owned(), topic);
         Ok(Created::New)
     }
 
@@ -173,32 +206,62 @@ impl Engine {
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
-        self.inner.metrics.remove_topic(name, topic.config.partitions);
+        self.inner
+            .metrics
+            .remove_topic(name, topic.config.partitions);
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
 
     /// Publishes validated events to a topic (a batch: all validated before any is appended).
-    pub async fn publish(&self, topic: &str, events: Vec<Event>) -> Result<Vec<PublishResult>, EngineError> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: Vec<Event>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
         let topic = self.topic(topic)?;
         if events.len() > BATCH_EVENTS_MAX {
-            return Err(EngineError::BatchTooLarge { count: events.len(), max: BATCH_EVENTS_MAX });
+            return Err(EngineError::BatchTooLarge {
+                count: events.len(),
+                max: BATCH_EVENTS_MAX,
+            });
         }
         let limit = self.inner.config.event_bytes_max;
         let batch = events.len() > 1;
-        if let Some((index, event)) = events.iter().enumerate().find(|(_, event)| event.json().len() > limit) {
-            return Err(EngineError::EventTooLarge { index: batch.then_some(index), bytes: event.json().len(), limit });
+        if let Some((index, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, event)| event.json().len() > limit)
+        {
+            return Err(EngineError::EventTooLarge {
+                index: batch.then_some(index),
+                bytes: event.json().len(),
+                limit,
+            });
         }
         topic.publish(events).await
     }
 
     /// Reads from a partition from `from` (default: its start), long-polling up to `wait`.
-    pub async fn read(&self, topic: &str, partition: u32, from: Option<u64>, records_max: usize, wait: Duration) -> Result<ReadBatch, EngineError> {
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: Option<u64>,
+        records_max: usize,
+        wait: Duration,
+    ) -> Result<ReadBatch, EngineError> {
         let topic = self.topic(topic)?;
         let records_max = records_max.clamp(1, READ_RECORDS_MAX);
         let wait = wait.min(Duration::from_millis(READ_WAIT_MS_MAX));
-        let (records, next_offset) = topic.partition(partition)?.read(from, records_max, wait, self.inner.closing.subscribe()).await?;
-        Ok(ReadBatch { records, next_offset })
+        let (records, next_offset) = topic
+            .partition(partition)?
+            .read(from, records_max, wait, self.inner.closing.subscribe())
+            .await?;
+        Ok(ReadBatch {
+            records,
+            next_offset,
+        })
     }
 
     /// Partitions that refuse service and why.
@@ -208,7 +271,11 @@ impl Engine {
         for topic in topics.values() {
             for (number, partition) in (0u32..).zip(topic.partitions()) {
                 if let Some(reason) = partition.unavailable() {
-                    unavailable.push(UnavailablePartition { topic: topic.name.clone(), partition: number, reason });
+                    unavailable.push(UnavailablePartition {
+                        topic: topic.name.clone(),
+                        partition: number,
+                        reason,
+                    });
                 }
             }
         }
@@ -223,8 +290,17 @@ impl Engine {
     /// Stops every writer after it has committed (and fsynced) what is queued.
     pub async fn shut_down(&self) {
         self.begin_shutdown();
-        let topics: Vec<Arc<Topic>> = self.inner.topics.read().expect("topics lock").values().cloned().collect();
-        let _ = tokio::task::spawn_blocking(move || topics.iter().for_each(|topic| topic.shut_down())).await;
+        let topics: Vec<Arc<Topic>> = self
+            .inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect();
+        let _ =
+            tokio::task::spawn_blocking(move || topics.iter().for_each(|topic| topic.shut_down()))
+                .await;
     }
 
     fn spawn_retention(&self) {
@@ -236,7 +312,13 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let topics: Vec<Arc<Topic>> = inner.topics.read().expect("topics lock").values().cloned().collect();
+                let topics: Vec<Arc<Topic>> = inner
+                    .topics
+                    .read()
+                    .expect("topics lock")
+                    .values()
+                    .cloned()
+                    .collect();
                 drop(inner);
                 let _ = tokio::task::spawn_blocking(move || apply_retention(&topics)).await;
             }
@@ -248,7 +330,9 @@ fn apply_retention(topics: &[Arc<Topic>]) {
     let now = now_ms();
     for topic in topics {
         let retention = topic.config.retention;
-        let age_ms_max = retention.max_age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        let age_ms_max = retention
+            .max_age
+            .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         for partition in topic.partitions() {
             partition.apply_retention(now, age_ms_max, retention.max_bytes);
         }
@@ -256,7 +340,10 @@ fn apply_retention(topics: &[Arc<Topic>]) {
 }
 
 /// Opens every topic under the data directory. Blocking.
-fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<BTreeMap<String, Arc<Topic>>, EngineError> {
+fn recover(
+    config: &EngineConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<BTreeMap<String, Arc<Topic>>, EngineError> {
     let topics_dir = config.data_dir.join("topics");
     std::fs::create_dir_all(&topics_dir).map_err(EngineError::io("create", &topics_dir))?;
     empty_trash(&config.data_dir.join("trash"));
@@ -264,7 +351,13 @@ fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<BTreeMap<Str
     let entries = std::fs::read_dir(&topics_dir).map_err(EngineError::io("list", &topics_dir))?;
     for entry in entries {
         let dir = entry.map_err(EngineError::io("list", &topics_dir))?.path();
-        let Some(name) = dir.file_name().and_then(|name| name.to_str()).map(str::to_owned) else { continue };
+        let Some(name) = dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .map(str::to_owned)
+        else {
+            continue;
+        };
         if validate_topic_name(&name).is_err() {
             // A creation that crashed before its rename left a temporary directory.
             let _ = std::fs::remove_dir_all(&dir);
@@ -272,8 +365,14 @@ fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<BTreeMap<Str
         }
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read(&config_path).map_err(EngineError::io("read", &config_path))?;
-        let topic_config: TopicConfig = serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig { detail: format!("{}: {error}", config_path.display()) })?;
-        topics.insert(name.clone(), Topic::open(&dir, &name, topic_config, &config.log, metrics.clone()));
+        let topic_config: TopicConfig =
+            serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
+                detail: format!("{}: {error}", config_path.display()),
+            })?;
+        topics.insert(
+            name.clone(),
+            Topic::open(&dir, &name, topic_config, &config.log, metrics.clone()),
+        );
         tracing::info!(topic = %name, "recovered topic");
     }
     Ok(topics)
@@ -281,7 +380,11 @@ fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<BTreeMap<Str
 
 /// Writes a new topic directory atomically: a temporary directory with `topic.json`, renamed
 /// into place. Blocking.
-fn write_topic_dir(topics_dir: &Path, name: &str, config: &TopicConfig) -> Result<PathBuf, EngineError> {
+fn write_topic_dir(
+    topics_dir: &Path,
+    name: &str,
+    config: &TopicConfig,
+) -> Result<PathBuf, EngineError> {
     let temporary = topics_dir.join(format!(".creating-{name}"));
     let _ = std::fs::remove_dir_all(&temporary);
     std::fs::create_dir_all(&temporary).map_err(EngineError::io("create", &temporary))?;
@@ -300,19 +403,25 @@ fn write_topic_dir(topics_dir: &Path, name: &str, config: &TopicConfig) -> Resul
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     use std::io::Write;
     let mut file = std::fs::File::create(path).map_err(EngineError::io("create", path))?;
-    file.write_all(bytes).map_err(EngineError::io("write", path))?;
+    file.write_all(bytes)
+        .map_err(EngineError::io("write", path))?;
     file.sync_all().map_err(EngineError::io("fsync", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), EngineError> {
-    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(EngineError::io("fsync", dir))
+    std::fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(EngineError::io("fsync", dir))
 }
 
 /// Moves a topic directory to the trash (one durable rename: after a crash the topic is
 /// either whole or gone), then deletes it. Blocking.
 fn remove_topic_dir(dir: &Path, trash: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(trash).map_err(EngineError::io("create", trash))?;
-    let name = dir.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let target = trash.join(format!("{name}.{}", now_ms()));
     std::fs::rename(dir, &target).map_err(EngineError::io("rename", dir))?;
     if let Some(parent) = dir.parent() {

@@ -48,7 +48,9 @@ pub enum EngineError {
         partitions: u32,
     },
     /// Reading from past the end of the partition.
-    #[error("offset {offset} is beyond the end of {topic:?} partition {partition} (next_offset is {next_offset})")]
+    #[error(
+        "offset {offset} is beyond the end of {topic:?} partition {partition} (next_offset is {next_offset})"
+    )]
     OffsetBeyondEnd {
         /// The topic.
         topic: String,
@@ -60,7 +62,9 @@ pub enum EngineError {
         next_offset: u64,
     },
     /// Reading from before the first record kept.
-    #[error("offset {offset} of {topic:?} partition {partition} was removed by retention; the first offset kept is {start_offset}")]
+    #[error(
+        "offset {offset} of {topic:?} partition {partition} was removed by retention; the first offset kept is {start_offset}"
+    )]
     OffsetBeforeStart {
         /// The topic.
         topic: String,
@@ -103,7 +107,9 @@ pub enum EngineError {
     #[error(transparent)]
     Event(#[from] EventError),
     /// An earlier publish of the same (source, id) failed while this one waited for it.
-    #[error("an earlier publish of event (source {source_attr:?}, id {id:?}) failed; publish it again")]
+    #[error(
+        "an earlier publish of event (source {source_attr:?}, id {id:?}) failed; publish it again"
+    )]
     OriginalFailed {
         /// The event's source.
         source_attr: String,
@@ -136,7 +142,10 @@ pub enum EngineError {
 }
 
 impl EngineError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
     }

@@ -25,7 +25,10 @@ pub struct PartitionLabels {
 
 impl PartitionLabels {
     pub(crate) fn new(topic: &str, partition: u32) -> Self {
-        Self { topic: topic.to_owned(), partition: partition.to_string() }
+        Self {
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        }
     }
 }
 
@@ -87,19 +90,75 @@ impl Metrics {
             recovery_truncated_bytes: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("publish_events", "Events appended by publishes", metrics.publish_events.clone());
-        registry.register_with_unit("publish", "Bytes of events appended by publishes", Unit::Bytes, metrics.publish_bytes.clone());
-        registry.register("publish_duplicates", "Published events answered as duplicates", metrics.publish_duplicates.clone());
-        registry.register_with_unit("append", "Time from an append request entering a partition queue to its events being durable", Unit::Seconds, metrics.append_seconds.clone());
-        registry.register_with_unit("fsync", "Time of one group commit: write and fsync", Unit::Seconds, metrics.fsync_seconds.clone());
-        registry.register("commit_records", "Records per group commit", metrics.commit_records.clone());
-        registry.register_with_unit("partition_size", "Bytes on disk per partition", Unit::Bytes, metrics.partition_bytes.clone());
-        registry.register("partition_start_offset", "First offset kept per partition", metrics.partition_start_offset.clone());
-        registry.register("partition_next_offset", "Next offset per partition", metrics.partition_next_offset.clone());
-        registry.register("partition_unavailable", "1 while a partition refuses service", metrics.partition_unavailable.clone());
-        registry.register("dedupe_evicted_early", "Dedupe entries forgotten before their window ended", metrics.dedupe_evicted_early.clone());
-        registry.register_with_unit("recovery_truncated", "Bytes cut from torn log tails by recovery", Unit::Bytes, metrics.recovery_truncated_bytes.clone());
-        Self { registry, ..metrics }
+        registry.register(
+            "publish_events",
+            "Events appended by publishes",
+            metrics.publish_events.clone(),
+        );
+        registry.register_with_unit(
+            "publish",
+            "Bytes of events appended by publishes",
+            Unit::Bytes,
+            metrics.publish_bytes.clone(),
+        );
+        registry.register(
+            "publish_duplicates",
+            "Published events answered as duplicates",
+            metrics.publish_duplicates.clone(),
+        );
+        registry.register_with_unit(
+            "append",
+            "Time from an append request entering a partition queue to its events being durable",
+            Unit::Seconds,
+            metrics.append_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "fsync",
+            "Time of one group commit: write and fsync",
+            Unit::Seconds,
+            metrics.fsync_seconds.clone(),
+        );
+        registry.register(
+            "commit_records",
+            "Records per group commit",
+            metrics.commit_records.clone(),
+        );
+        registry.register_with_unit(
+            "partition_size",
+            "Bytes on disk per partition",
+            Unit::Bytes,
+            metrics.partition_bytes.clone(),
+        );
+        registry.register(
+            "partition_start_offset",
+            "First offset kept per partition",
+            metrics.partition_start_offset.clone(),
+        );
+        registry.register(
+            "partition_next_offset",
+            "Next offset per partition",
+            metrics.partition_next_offset.clone(),
+        );
+        registry.register(
+            "partition_unavailable",
+            "1 while a partition refuses service",
+            metrics.partition_unavailable.clone(),
+        );
+        registry.register(
+            "dedupe_evicted_early",
+            "Dedupe entries forgotten before their window ended",
+            metrics.dedupe_evicted_early.clone(),
+        );
+        registry.register_with_unit(
+            "recovery_truncated",
+            "Bytes cut from torn log tails by recovery",
+            Unit::Bytes,
+            metrics.recovery_truncated_bytes.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
     }
 
     /// Appends the Prometheus text exposition of every metric to `out`.
@@ -109,7 +168,9 @@ impl Metrics {
 
     /// Forgets the metrics of a deleted topic.
     pub(crate) fn remove_topic(&self, topic: &str, partitions: u32) {
-        let labels = TopicLabels { topic: topic.to_owned() };
+        let labels = TopicLabels {
+            topic: topic.to_owned(),
+        };
         self.publish_events.remove(&labels);
         self.publish_bytes.remove(&labels);
         self.publish_duplicates.remove(&labels);

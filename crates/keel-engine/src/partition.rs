@@ -83,7 +83,9 @@ impl Partition {
         let (log, unavailable) = match log {
             Ok(log) => (Some(Arc::new(log)), None),
             Err(error) => {
-                let reason = format!("its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica, or move them aside to start it empty");
+                let reason = format!(
+                    "its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica, or move them aside to start it empty"
+                );
                 tracing::error!(topic, partition = number, %error, "partition refuses service");
                 (None, Some(reason))
             }
@@ -110,12 +112,18 @@ impl Partition {
             }
             None => (None, None),
         };
-        Self { shared, queue: Mutex::new(queue), writer: Mutex::new(writer) }
+        Self {
+            shared,
+            queue: Mutex::new(queue),
+            writer: Mutex::new(writer),
+        }
     }
 
     /// Starts the periodic fsync of the `interval` policy.
     pub(crate) fn spawn_interval_sync(&self, interval: Duration) {
-        let Some(weak) = self.sender().map(|sender| sender.downgrade()) else { return };
+        let Some(weak) = self.sender().map(|sender| sender.downgrade()) else {
+            return;
+        };
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             loop {
@@ -133,11 +141,19 @@ impl Partition {
 
     /// Why the partition refuses service, if it does.
     pub(crate) fn unavailable(&self) -> Option<String> {
-        self.shared.unavailable.lock().expect("unavailable lock").clone()
+        self.shared
+            .unavailable
+            .lock()
+            .expect("unavailable lock")
+            .clone()
     }
 
     fn unavailable_error(&self, reason: String) -> EngineError {
-        EngineError::PartitionUnavailable { topic: self.shared.topic.clone(), partition: self.shared.number, reason }
+        EngineError::PartitionUnavailable {
+            topic: self.shared.topic.clone(),
+            partition: self.shared.number,
+            reason,
+        }
     }
 
     fn log(&self) -> Result<&Arc<Log>, EngineError> {
@@ -154,8 +170,15 @@ impl Partition {
         }
         let sender = self.sender().ok_or(EngineError::ShuttingDown)?;
         let (reply, answer) = oneshot::channel();
-        let request = AppendRequest { events, reply, enqueued: Instant::now() };
-        sender.send(Command::Append(request)).await.map_err(|_| EngineError::ShuttingDown)?;
+        let request = AppendRequest {
+            events,
+            reply,
+            enqueued: Instant::now(),
+        };
+        sender
+            .send(Command::Append(request))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
         answer.await.map_err(|_| EngineError::ShuttingDown)?
     }
 
@@ -192,10 +215,12 @@ impl Partition {
                 _ = closing.wait_for(|closing| *closing) => {}
             }
         }
-        let records = tokio::task::spawn_blocking(move || log.read(from, records_max, crate::limits::READ_BYTES_MAX))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(|source| self.read_error(from, source))?;
+        let records = tokio::task::spawn_blocking(move || {
+            log.read(from, records_max, crate::limits::READ_BYTES_MAX)
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+        .map_err(|source| self.read_error(from, source))?;
         let next_offset = records.last().map_or(from, |record| record.offset + 1);
         Ok((records, next_offset))
     }
@@ -204,49 +229,96 @@ impl Partition {
         let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
         let (start_offset, next_offset) = (log.start_offset(), log.next_offset());
         if offset > next_offset {
-            return Err(EngineError::OffsetBeyondEnd { topic, partition, offset, next_offset });
+            return Err(EngineError::OffsetBeyondEnd {
+                topic,
+                partition,
+                offset,
+                next_offset,
+            });
         }
         if offset < start_offset {
-            return Err(EngineError::OffsetBeforeStart { topic, partition, offset, start_offset });
+            return Err(EngineError::OffsetBeforeStart {
+                topic,
+                partition,
+                offset,
+                start_offset,
+            });
         }
         Ok(())
     }
 
     fn read_error(&self, from: u64, source: LogError) -> EngineError {
         match source {
-            LogError::OffsetOutOfRange { start_offset, next_offset, .. } => {
-                let log = keel_log::LogError::OffsetOutOfRange { offset: from, start_offset, next_offset };
+            LogError::OffsetOutOfRange {
+                start_offset,
+                next_offset,
+                ..
+            } => {
+                let log = keel_log::LogError::OffsetOutOfRange {
+                    offset: from,
+                    start_offset,
+                    next_offset,
+                };
                 // Retention may have moved the start between the check and the read.
                 if from < start_offset {
                     let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
-                    return EngineError::OffsetBeforeStart { topic, partition, offset: from, start_offset };
+                    return EngineError::OffsetBeforeStart {
+                        topic,
+                        partition,
+                        offset: from,
+                        start_offset,
+                    };
                 }
-                EngineError::Log { context: format!("read {:?} partition {}", self.shared.topic, self.shared.number), source: log }
+                EngineError::Log {
+                    context: format!(
+                        "read {:?} partition {}",
+                        self.shared.topic, self.shared.number
+                    ),
+                    source: log,
+                }
             }
             LogError::Corrupt { .. } => {
                 let reason = format!("a stored record failed its checksum: {source}");
                 tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %source, "corrupt record on read");
                 self.unavailable_error(reason)
             }
-            other => EngineError::Log { context: format!("read {:?} partition {}", self.shared.topic, self.shared.number), source: other },
+            other => EngineError::Log {
+                context: format!(
+                    "read {:?} partition {}",
+                    self.shared.topic, self.shared.number
+                ),
+                source: other,
+            },
         }
     }
 
     /// The first offset appended at or after `timestamp_ms`.
     pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, EngineError> {
         let log = self.log()?;
-        log.offset_for_timestamp(timestamp_ms).map_err(|source| EngineError::Log { context: "time index lookup".into(), source })
+        log.offset_for_timestamp(timestamp_ms)
+            .map_err(|source| EngineError::Log {
+                context: "time index lookup".into(),
+                source,
+            })
     }
 
     /// Reads records without waiting and without the offset checks (recovery scans).
     pub(crate) fn scan(&self, from: u64, records_max: usize) -> Result<Vec<Record>, EngineError> {
         let log = self.log()?;
         log.read(from, records_max, crate::limits::READ_BYTES_MAX)
-            .map_err(|source| EngineError::Log { context: "scan".into(), source })
+            .map_err(|source| EngineError::Log {
+                context: "scan".into(),
+                source,
+            })
     }
 
     /// Applies retention and refreshes the size gauges.
-    pub(crate) fn apply_retention(&self, now_ms: i64, age_ms_max: Option<u64>, bytes_max: Option<u64>) {
+    pub(crate) fn apply_retention(
+        &self,
+        now_ms: i64,
+        age_ms_max: Option<u64>,
+        bytes_max: Option<u64>,
+    ) {
         let Some(log) = &self.shared.log else { return };
         match log.apply_retention(now_ms, age_ms_max, bytes_max) {
             Ok(report) if report.segments_deleted > 0 => tracing::info!(
@@ -255,7 +327,9 @@ impl Partition {
                 "retention deleted segments"
             ),
             Ok(_) => {}
-            Err(error) => tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, %error, "retention failed; will retry"),
+            Err(error) => {
+                tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, %error, "retention failed; will retry")
+            }
         }
         self.shared.publish_gauges();
     }
@@ -276,17 +350,32 @@ impl Shared {
     fn publish_gauges(&self) {
         let labels = PartitionLabels::new(&self.topic, self.number);
         if let Some(log) = &self.log {
-            self.metrics.partition_bytes.get_or_create(&labels).set(gauge_value(log.size_bytes()));
-            self.metrics.partition_start_offset.get_or_create(&labels).set(gauge_value(log.start_offset()));
-            self.metrics.partition_next_offset.get_or_create(&labels).set(gauge_value(log.next_offset()));
+            self.metrics
+                .partition_bytes
+                .get_or_create(&labels)
+                .set(gauge_value(log.size_bytes()));
+            self.metrics
+                .partition_start_offset
+                .get_or_create(&labels)
+                .set(gauge_value(log.start_offset()));
+            self.metrics
+                .partition_next_offset
+                .get_or_create(&labels)
+                .set(gauge_value(log.next_offset()));
         }
         let unavailable = self.unavailable.lock().expect("unavailable lock").is_some();
-        self.metrics.partition_unavailable.get_or_create(&labels).set(i64::from(unavailable));
+        self.metrics
+            .partition_unavailable
+            .get_or_create(&labels)
+            .set(i64::from(unavailable));
     }
 
     fn refuse_service(&self, reason: String) {
         tracing::error!(topic = %self.topic, partition = self.number, %reason, "partition stops accepting writes");
-        self.unavailable.lock().expect("unavailable lock").get_or_insert(reason);
+        self.unavailable
+            .lock()
+            .expect("unavailable lock")
+            .get_or_insert(reason);
         self.publish_gauges();
     }
 }
@@ -307,8 +396,16 @@ struct Writer {
 
 impl Writer {
     fn new(shared: Arc<Shared>, log: Arc<Log>, fsync: FsyncPolicy) -> Self {
-        let topic_labels = TopicLabels { topic: shared.topic.clone() };
-        Self { shared, log, fsync, last_timestamp_ms: 0, topic_labels }
+        let topic_labels = TopicLabels {
+            topic: shared.topic.clone(),
+        };
+        Self {
+            shared,
+            log,
+            fsync,
+            last_timestamp_ms: 0,
+            topic_labels,
+        }
     }
 
     fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
@@ -363,11 +460,19 @@ impl Writer {
         let started = Instant::now();
         let committed = match failure {
             Some(cause) => Err(cause),
-            None => self.commit(sync_requested).map_err(|error| error.to_string()),
+            None => self
+                .commit(sync_requested)
+                .map_err(|error| error.to_string()),
         };
         let metrics = &self.shared.metrics;
-        metrics.fsync_seconds.get_or_create(&self.topic_labels).observe(started.elapsed().as_secs_f64());
-        metrics.commit_records.get_or_create(&self.topic_labels).observe(records as f64);
+        metrics
+            .fsync_seconds
+            .get_or_create(&self.topic_labels)
+            .observe(started.elapsed().as_secs_f64());
+        metrics
+            .commit_records
+            .get_or_create(&self.topic_labels)
+            .observe(records as f64);
         self.answer(answers, committed);
     }
 
@@ -376,7 +481,9 @@ impl Writer {
         self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
         let mut first_offset = None;
         for event in events {
-            let offset = self.log.append(self.last_timestamp_ms, event.json().as_bytes())?;
+            let offset = self
+                .log
+                .append(self.last_timestamp_ms, event.json().as_bytes())?;
             first_offset.get_or_insert(offset);
         }
         Ok(first_offset.unwrap_or_else(|| self.log.next_offset()))
@@ -394,7 +501,11 @@ impl Writer {
         match committed {
             Ok(next_offset) => {
                 self.shared.committed.send_replace(next_offset);
-                let append_seconds = self.shared.metrics.append_seconds.get_or_create(&self.topic_labels);
+                let append_seconds = self
+                    .shared
+                    .metrics
+                    .append_seconds
+                    .get_or_create(&self.topic_labels);
                 for (request, first_offset) in answers {
                     append_seconds.observe(request.enqueued.elapsed().as_secs_f64());
                     // The publisher may have given up waiting; the events are stored anyway.
@@ -403,10 +514,16 @@ impl Writer {
                 self.shared.publish_gauges();
             }
             Err(cause) => {
-                let reason = format!("a write or fsync failed ({cause}); the events of that commit were not acknowledged. Fix the disk, then restart keel: recovery checks the log and serves the partition again");
+                let reason = format!(
+                    "a write or fsync failed ({cause}); the events of that commit were not acknowledged. Fix the disk, then restart keel: recovery checks the log and serves the partition again"
+                );
                 self.shared.refuse_service(reason.clone());
                 for (request, _) in answers {
-                    let error = EngineError::PartitionUnavailable { topic: self.shared.topic.clone(), partition: self.shared.number, reason: reason.clone() };
+                    let error = EngineError::PartitionUnavailable {
+                        topic: self.shared.topic.clone(),
+                        partition: self.shared.number,
+                        reason: reason.clone(),
+                    };
                     let _ = request.reply.send(Err(error));
                 }
             }

@@ -21,12 +21,21 @@ mod tests {
     // spread across partitions.
     #[test]
     fn key_routing_is_stable_and_spreads() {
-        assert_eq!(partition_for_key("order-1001", 8), partition_for_key("order-1001", 8));
-        assert_eq!(partition_for_key("", 8), (0xcbf2_9ce4_8422_2325_u64 % 8) as u32);
+        assert_eq!(
+            partition_for_key("order-1001", 8),
+            partition_for_key("order-1001", 8)
+        );
+        assert_eq!(
+            partition_for_key("", 8),
+            (0xcbf2_9ce4_8422_2325_u64 % 8) as u32
+        );
         let mut counts = [0u32; 8];
         for i in 0..8000 {
             counts[partition_for_key(&format!("key-{i}"), 8) as usize] += 1;
         }
-        assert!(counts.iter().all(|&c| (700..1300).contains(&c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (700..1300).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

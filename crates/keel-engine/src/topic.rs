@@ -77,10 +77,22 @@ pub(crate) struct Topic {
 impl Topic {
     /// Opens a topic directory: recovers each partition's log, rebuilds the dedupe table.
     /// Blocking. A partition whose log fails recovery is kept, refusing service.
-    pub(crate) fn open(dir: &Path, name: &str, config: TopicConfig, log_config: &keel_log::LogConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn open(
+        dir: &Path,
+        name: &str,
+        config: TopicConfig,
+        log_config: &keel_log::LogConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let partitions = (0..config.partitions)
             .map(|number| {
-                let log = open_log(&dir.join(number.to_string()), name, number, log_config, &metrics);
+                let log = open_log(
+                    &dir.join(number.to_string()),
+                    name,
+                    number,
+                    log_config,
+                    &metrics,
+                );
                 Partition::start(name, number, log, config.fsync, metrics.clone())
             })
             .collect();
@@ -92,7 +104,9 @@ impl Topic {
             partitions,
             dedupe: Mutex::new(Dedupe::new(window_ms)),
             next_sticky: AtomicU32::new(0),
-            labels: TopicLabels { topic: name.to_owned() },
+            labels: TopicLabels {
+                topic: name.to_owned(),
+            },
             metrics,
         });
         topic.rebuild_dedupe(window_ms);
@@ -113,13 +127,23 @@ impl Topic {
         let since_ms = now_ms().saturating_sub(window_ms);
         let mut stored = Vec::new();
         for (number, partition) in (0u32..).zip(&self.partitions) {
-            let Ok(mut offset) = partition.offset_for_timestamp(since_ms) else { continue };
+            let Ok(mut offset) = partition.offset_for_timestamp(since_ms) else {
+                continue;
+            };
             while let Ok(records) = partition.scan(offset, READ_RECORDS_MAX) {
                 let Some(last) = records.last() else { break };
                 offset = last.offset + 1;
                 for record in records {
                     if let Some((source, id)) = event::identity_of(&record.payload) {
-                        stored.push((record.timestamp_ms, source, id, Position { partition: number, offset: record.offset }));
+                        stored.push((
+                            record.timestamp_ms,
+                            source,
+                            id,
+                            Position {
+                                partition: number,
+                                offset: record.offset,
+                            },
+                        ));
                     }
                 }
             }
@@ -136,11 +160,13 @@ impl Topic {
     }
 
     pub(crate) fn partition(&self, number: u32) -> Result<&Partition, EngineError> {
-        self.partitions.get(number as usize).ok_or_else(|| EngineError::PartitionNotFound {
-            topic: self.name.clone(),
-            partition: number,
-            partitions: self.config.partitions,
-        })
+        self.partitions
+            .get(number as usize)
+            .ok_or_else(|| EngineError::PartitionNotFound {
+                topic: self.name.clone(),
+                partition: number,
+                partitions: self.config.partitions,
+            })
     }
 
     pub(crate) fn partitions(&self) -> &[Partition] {
@@ -160,16 +186,31 @@ impl Topic {
 
     /// Publishes events: new ones are appended (durable per the fsync policy when this
     /// returns), repeated (source, id) pairs answer with the original position.
-    pub(crate) async fn publish(self: &Arc<Self>, events: Vec<Event>) -> Result<Vec<PublishResult>, EngineError> {
+    pub(crate) async fn publish(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
         let (outcome_sender, outcome) = watch::channel(None);
         let plans = self.plan(&events, &outcome);
         let ids: Vec<String> = events.iter().map(|event| event.id().to_owned()).collect();
-        let identities: Vec<(String, String)> = events.iter().map(|e| (e.source().to_owned(), e.id().to_owned())).collect();
+        let identities: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.source().to_owned(), e.id().to_owned()))
+            .collect();
         let groups = self.route(events, &plans);
         // Spawned so that a publisher hanging up cannot leave reservations pending forever.
         let topic = self.clone();
-        let new_pairs: Vec<Option<PairHash>> = plans.iter().map(|plan| match plan { Plan::New(pair) => Some(*pair), _ => None }).collect();
-        let positions = tokio::spawn(async move { topic.append_groups(groups, new_pairs, outcome_sender).await })
+        let new_pairs: Vec<Option<PairHash>> = plans
+            .iter()
+            .map(|plan| match plan {
+                Plan::New(pair) => Some(*pair),
+                _ => None,
+            })
+            .collect();
+        let positions =
+            tokio::spawn(
+                async move { topic.append_groups(groups, new_pairs, outcome_sender).await },
+            )
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
         let mut results = Vec::with_capacity(plans.len());
@@ -184,11 +225,19 @@ impl Topic {
                 let (source_attr, id) = identities[index].clone();
                 return Err(EngineError::OriginalFailed { source_attr, id });
             };
-            results.push(PublishResult { id: ids[index].clone(), partition: position.partition, offset: position.offset, duplicate });
+            results.push(PublishResult {
+                id: ids[index].clone(),
+                partition: position.partition,
+                offset: position.offset,
+                duplicate,
+            });
         }
         let duplicates = results.iter().filter(|result| result.duplicate).count() as u64;
         if duplicates > 0 {
-            self.metrics.publish_duplicates.get_or_create(&self.labels).inc_by(duplicates);
+            self.metrics
+                .publish_duplicates
+                .get_or_create(&self.labels)
+                .inc_by(duplicates);
         }
         Ok(results)
     }
@@ -259,7 +308,8 @@ impl Topic {
             let bytes: u64 = events.iter().map(|event| event.json().len() as u64).sum();
             let count = events.len() as u64;
             let topic = self.clone();
-            let task = tokio::spawn(async move { topic.partitions[number as usize].append(events).await });
+            let task =
+                tokio::spawn(async move { topic.partitions[number as usize].append(events).await });
             tasks.push((number, indexes, count, bytes, task));
         }
         let mut first_error = None;
@@ -267,10 +317,19 @@ impl Topic {
             match task.await.unwrap_or(Err(EngineError::ShuttingDown)) {
                 Ok(first_offset) => {
                     for (index, offset) in indexes.into_iter().zip(first_offset..) {
-                        positions[index] = Some(Position { partition: number, offset });
+                        positions[index] = Some(Position {
+                            partition: number,
+                            offset,
+                        });
                     }
-                    self.metrics.publish_events.get_or_create(&self.labels).inc_by(count);
-                    self.metrics.publish_bytes.get_or_create(&self.labels).inc_by(bytes);
+                    self.metrics
+                        .publish_events
+                        .get_or_create(&self.labels)
+                        .inc_by(count);
+                    self.metrics
+                        .publish_bytes
+                        .get_or_create(&self.labels)
+                        .inc_by(bytes);
                 }
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -292,14 +351,19 @@ impl Topic {
         let mut dedupe = self.dedupe.lock().expect("dedupe lock");
         for (pair, position) in new_pairs.iter().zip(positions) {
             match (pair, position) {
-                (Some(pair), Some(position)) => evicted_early += dedupe.stored(*pair, *position, now),
+                (Some(pair), Some(position)) => {
+                    evicted_early += dedupe.stored(*pair, *position, now)
+                }
                 (Some(pair), None) => dedupe.release(*pair),
                 (None, _) => {}
             }
         }
         drop(dedupe);
         if evicted_early > 0 {
-            self.metrics.dedupe_evicted_early.get_or_create(&self.labels).inc_by(evicted_early);
+            self.metrics
+                .dedupe_evicted_early
+                .get_or_create(&self.labels)
+                .inc_by(evicted_early);
         }
     }
 
@@ -311,7 +375,10 @@ impl Topic {
     }
 }
 
-async fn wait_for_original(mut outcome: watch::Receiver<Outcome>, index: usize) -> Option<Position> {
+async fn wait_for_original(
+    mut outcome: watch::Receiver<Outcome>,
+    index: usize,
+) -> Option<Position> {
     let settled = outcome.wait_for(Option::is_some).await.ok()?;
     match settled.as_ref() {
         Some(Ok(positions)) => positions.get(index).copied().flatten(),
@@ -319,11 +386,25 @@ async fn wait_for_original(mut outcome: watch::Receiver<Outcome>, index: usize) 
     }
 }
 
-fn open_log(dir: &Path, topic: &str, number: u32, config: &keel_log::LogConfig, metrics: &Metrics) -> Result<keel_log::Log, keel_log::LogError> {
+fn open_log(
+    dir: &Path,
+    topic: &str,
+    number: u32,
+    config: &keel_log::LogConfig,
+    metrics: &Metrics,
+) -> Result<keel_log::Log, keel_log::LogError> {
     let (log, report) = keel_log::Log::open(dir, config.clone())?;
     if report.truncated_bytes > 0 {
-        metrics.recovery_truncated_bytes.inc_by(report.truncated_bytes);
-        tracing::warn!(topic, partition = number, bytes = report.truncated_bytes, reason = report.truncation_reason.as_deref().unwrap_or(""), "recovery cut a torn tail");
+        metrics
+            .recovery_truncated_bytes
+            .inc_by(report.truncated_bytes);
+        tracing::warn!(
+            topic,
+            partition = number,
+            bytes = report.truncated_bytes,
+            reason = report.truncation_reason.as_deref().unwrap_or(""),
+            "recovery cut a torn tail"
+        );
     }
     Ok(log)
 }

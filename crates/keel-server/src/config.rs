@@ -50,7 +50,9 @@ mod tests {
     // Goal: a config file with topics parses, and a misspelt key is refused by name.
     #[test]
     fn config_file_parses_and_refuses_unknown_keys() {
-        let config: ServerConfig = toml_like(r#"{"listen": "127.0.0.1:9000", "topics": {"orders": {"partitions": 4}}}"#).unwrap();
+        let config: ServerConfig =
+            toml_like(r#"{"listen": "127.0.0.1:9000", "topics": {"orders": {"partitions": 4}}}"#)
+                .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.topics["orders"].partitions, 4);
         let error = toml_like(r#"{"listne": "x"}"#).unwrap_err();

@@ -1,7 +1,9 @@
 //! Liveness, readiness and metrics.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use std::collections::HashSet;
+
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -17,15 +19,28 @@ pub async fn healthz() -> impl IntoResponse {
 /// partitions keep serving, so the node stays ready.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let Some(engine) = state.ready_engine() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "recovering"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "recovering"})),
+        )
+            .into_response();
     };
     let unavailable = engine.unavailable_partitions();
-    let status = if unavailable.is_empty() { "ready" } else { "degraded" };
+    let status = if unavailable.is_empty() {
+        "ready"
+    } else {
+        "degraded"
+    };
     axum::Json(json!({"status": status, "unavailable_partitions": unavailable})).into_response()
 }
 
-/// `GET /metrics`: Prometheus text exposition (OpenMetrics format).
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: the Prometheus text format (0.0.4), or OpenMetrics when the scraper's
+/// `Accept` asks for it (Prometheus itself does).
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let mut body = String::new();
     if let Some(engine) = state.ready_engine() {
         if let Err(error) = engine.metrics().encode(&mut body) {
@@ -35,5 +50,54 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     } else {
         body.push_str("# EOF\n");
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    if wants_openmetrics {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        return ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    }
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        openmetrics_to_prometheus_text(&body),
+    )
+        .into_response()
+}
+
+/// Rewrites OpenMetrics text into the Prometheus text format: a counter family `x` is
+/// named by its samples, `x_total`; `# UNIT` and `# EOF` lines do not exist there.
+fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let family_line = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        text.push_str(family_line.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: counter families take their samples' `_total` name, OpenMetrics-only lines go,
+    // everything else is kept.
+    #[test]
+    fn openmetrics_counters_become_prometheus_total_families() {
+        let openmetrics = "# HELP keel_x Things.\n# TYPE keel_x counter\n# UNIT keel_x bytes\n\
+            keel_x_total 3\n# HELP keel_g A gauge.\n# TYPE keel_g gauge\nkeel_g 1\n# EOF\n";
+        let expected = "# HELP keel_x_total Things.\n# TYPE keel_x_total counter\n\
+            keel_x_total 3\n# HELP keel_g A gauge.\n# TYPE keel_g gauge\nkeel_g 1\n";
+        assert_eq!(openmetrics_to_prometheus_text(openmetrics), expected);
+    }
 }

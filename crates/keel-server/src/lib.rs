@@ -49,9 +49,17 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/topics", get(topics::list))
-        .route("/v1/topics/{topic}", put(topics::create).get(topics::describe).delete(topics::delete))
+        .route(
+            "/v1/topics/{topic}",
+            put(topics::create)
+                .get(topics::describe)
+                .delete(topics::delete),
+        )
         .route("/v1/topics/{topic}/events", post(publish::publish))
-        .route("/v1/topics/{topic}/partitions/{partition}/events", get(read::read))
+        .route(
+            "/v1/topics/{topic}/partitions/{partition}/events",
+            get(read::read),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
@@ -59,23 +67,44 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {}", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
 }
 
 async fn method_not_allowed(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed on {}", uri.path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed on {}", uri.path()),
+    )
 }
 
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stops accepting,
 /// finishes in-flight requests (their appends are committed and fsynced), exits.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| ServerError::Listen { listen: config.listen, source })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                listen: config.listen,
+                source,
+            })?;
     serve(listener, config, shutdown_signal()).await
 }
 
 /// Serves on a bound listener until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    let listen = listener.local_addr().map_err(|source| ServerError::Listen { listen: config.listen, source })?;
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listen = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            listen: config.listen,
+            source,
+        })?;
     let state = AppState::new(config.request_bytes_max);
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
@@ -105,7 +134,11 @@ pub async fn serve(listener: TcpListener, config: ServerConfig, shutdown: impl F
     }
 }
 
-async fn open_engine(config: ServerConfig, state: AppState, failed: tokio::sync::oneshot::Sender<()>) -> Result<Engine, ServerError> {
+async fn open_engine(
+    config: ServerConfig,
+    state: AppState,
+    failed: tokio::sync::oneshot::Sender<()>,
+) -> Result<Engine, ServerError> {
     let result = async {
         let mut engine_config = EngineConfig::new(&config.data_dir);
         engine_config.event_bytes_max = config.event_bytes_max;

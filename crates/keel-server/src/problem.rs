@@ -18,7 +18,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with a status and a detail.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self { status, detail: detail.into(), extensions: serde_json::Map::new() }
+        Self {
+            status,
+            detail: detail.into(),
+            extensions: serde_json::Map::new(),
+        }
     }
 
     /// 400 Bad Request.
@@ -41,21 +45,37 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let status = match &error {
-            EngineError::TopicNotFound { .. } | EngineError::PartitionNotFound { .. } | EngineError::OffsetBeforeStart { .. } => StatusCode::NOT_FOUND,
+            EngineError::TopicNotFound { .. }
+            | EngineError::PartitionNotFound { .. }
+            | EngineError::OffsetBeforeStart { .. } => StatusCode::NOT_FOUND,
             EngineError::TopicConflict { .. } => StatusCode::CONFLICT,
-            EngineError::InvalidTopicName { .. } | EngineError::InvalidConfig { .. } | EngineError::OffsetBeyondEnd { .. } | EngineError::Event(_) => StatusCode::BAD_REQUEST,
-            EngineError::EventTooLarge { .. } | EngineError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            EngineError::PartitionUnavailable { .. } | EngineError::ShuttingDown | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::InvalidTopicName { .. }
+            | EngineError::InvalidConfig { .. }
+            | EngineError::OffsetBeyondEnd { .. }
+            | EngineError::Event(_) => StatusCode::BAD_REQUEST,
+            EngineError::EventTooLarge { .. } | EngineError::BatchTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            EngineError::PartitionUnavailable { .. }
+            | EngineError::ShuttingDown
+            | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal error");
-            return Self::new(status, format!("internal error: {error}. See keel's log for details"));
+            return Self::new(
+                status,
+                format!("internal error: {error}. See keel's log for details"),
+            );
         }
         let mut api_error = Self::new(status, error.to_string());
         match &error {
-            EngineError::OffsetBeforeStart { start_offset, .. } => api_error = api_error.with("start_offset", json!(start_offset)),
-            EngineError::OffsetBeyondEnd { next_offset, .. } => api_error = api_error.with("next_offset", json!(next_offset)),
+            EngineError::OffsetBeforeStart { start_offset, .. } => {
+                api_error = api_error.with("start_offset", json!(start_offset))
+            }
+            EngineError::OffsetBeyondEnd { next_offset, .. } => {
+                api_error = api_error.with("next_offset", json!(next_offset))
+            }
             _ => {}
         }
         api_error
@@ -74,9 +94,14 @@ impl IntoResponse for ApiError {
             object.extend(self.extensions);
         }
         let mut response = (self.status, body.to_string()).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -38,19 +38,40 @@ pub async fn publish(
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is over the limit of {request_bytes_max} bytes; send fewer events per batch"));
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over the limit of {request_bytes_max} bytes; send fewer events per batch"
+            ),
+        );
     }
-    ApiError::new(rejection.status(), format!("cannot read the request body: {}", rejection.body_text()))
+    ApiError::new(
+        rejection.status(),
+        format!("cannot read the request body: {}", rejection.body_text()),
+    )
 }
 
 /// Picks the mode from the headers and parses the events.
 pub fn parse_events(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).map(|value| value.to_str().unwrap_or(""));
-    let media_type = content_type.map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or(""));
+    let media_type = content_type.map(|value| {
+        value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
     match media_type.as_deref() {
-        Some(STRUCTURED) => Ok(vec![event::parse_structured(body).map_err(keel_engine::EngineError::from)?]),
+        Some(STRUCTURED) => Ok(vec![
+            event::parse_structured(body).map_err(keel_engine::EngineError::from)?,
+        ]),
         Some(BATCH) => Ok(event::parse_batch(body).map_err(keel_engine::EngineError::from)?),
-        _ if headers.contains_key("ce-specversion") => Ok(vec![binary_event(headers, content_type, body)?]),
+        _ if headers.contains_key("ce-specversion") => {
+            Ok(vec![binary_event(headers, content_type, body)?])
+        }
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
@@ -61,12 +82,23 @@ pub fn parse_events(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Event>, ApiE
     }
 }
 
-fn binary_event(headers: &HeaderMap, content_type: Option<&str>, body: &[u8]) -> Result<Event, ApiError> {
+fn binary_event(
+    headers: &HeaderMap,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Event, ApiError> {
     let mut attributes = Vec::new();
     for (name, value) in headers {
-        let Some(attribute) = name.as_str().strip_prefix("ce-") else { continue };
-        let value = value.to_str().map_err(|_| ApiError::bad_request(format!("header {name} must be visible ASCII (percent-encode other characters)")))?;
+        let Some(attribute) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        let value = value.to_str().map_err(|_| {
+            ApiError::bad_request(format!(
+                "header {name} must be visible ASCII (percent-encode other characters)"
+            ))
+        })?;
         attributes.push((attribute, value));
     }
-    Ok(event::from_binary(&attributes, content_type, body).map_err(keel_engine::EngineError::from)?)
+    Ok(event::from_binary(&attributes, content_type, body)
+        .map_err(keel_engine::EngineError::from)?)
 }

@@ -31,10 +31,24 @@ pub async fn read(
     query: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
-    let Query(query) = query.map_err(|rejection| ApiError::bad_request(format!("invalid query: {}", rejection.body_text())))?;
-    let partition: u32 = partition.parse().map_err(|_| ApiError::bad_request(format!("partition must be a whole number, got {partition:?}")))?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    let partition: u32 = partition.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "partition must be a whole number, got {partition:?}"
+        ))
+    })?;
     let wait = Duration::from_millis(query.wait.unwrap_or(0));
-    let batch = engine.read(&topic, partition, query.from, query.max.unwrap_or(100), wait).await?;
+    let batch = engine
+        .read(
+            &topic,
+            partition,
+            query.from,
+            query.max.unwrap_or(100),
+            wait,
+        )
+        .await?;
     let body = encode_records(&batch.records, batch.next_offset);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -50,8 +64,15 @@ fn encode_records(records: &[Record], next_offset: u64) -> String {
             body.push(',');
         }
         let event = String::from_utf8_lossy(&record.payload);
-        debug_assert!(serde_json::from_str::<&serde_json::value::RawValue>(&event).is_ok(), "stored events are JSON");
-        body.push_str(&format!("{{\"offset\":{},\"timestamp\":\"{}\",\"event\":{event}}}", record.offset, format_rfc3339_ms(record.timestamp_ms)));
+        debug_assert!(
+            serde_json::from_str::<&serde_json::value::RawValue>(&event).is_ok(),
+            "stored events are JSON"
+        );
+        body.push_str(&format!(
+            "{{\"offset\":{},\"timestamp\":\"{}\",\"event\":{event}}}",
+            record.offset,
+            format_rfc3339_ms(record.timestamp_ms)
+        ));
     }
     body.push_str(&format!("],\"next_offset\":{next_offset}}}"));
     body
@@ -65,8 +86,16 @@ mod tests {
     #[test]
     fn encoded_records_are_json_with_events_verbatim() {
         let records = vec![
-            Record { offset: 7, timestamp_ms: 0, payload: br#"{"id":"a","n":1.50}"#.to_vec() },
-            Record { offset: 8, timestamp_ms: 1, payload: br#"{"id":"b"}"#.to_vec() },
+            Record {
+                offset: 7,
+                timestamp_ms: 0,
+                payload: br#"{"id":"a","n":1.50}"#.to_vec(),
+            },
+            Record {
+                offset: 8,
+                timestamp_ms: 1,
+                payload: br#"{"id":"b"}"#.to_vec(),
+            },
         ];
         let body = encode_records(&records, 9);
         let value: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -18,7 +18,10 @@ pub struct AppState {
 impl AppState {
     /// State whose engine is still recovering.
     pub fn new(request_bytes_max: usize) -> Self {
-        Self { engine: Arc::new(OnceLock::new()), request_bytes_max }
+        Self {
+            engine: Arc::new(OnceLock::new()),
+            request_bytes_max,
+        }
     }
 
     /// Marks recovery done: from now on the API serves.

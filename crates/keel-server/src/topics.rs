@@ -12,15 +12,25 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// `PUT /v1/topics/{topic}`: 201 when created, 200 when it exists with this configuration.
-pub async fn create(State(state): State<AppState>, Path(topic): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let config: TopicConfig = if body.iter().all(u8::is_ascii_whitespace) {
         TopicConfig::default()
     } else {
-        serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("invalid topic configuration: {error}")))?
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(format!("invalid topic configuration: {error}"))
+        })?
     };
     let created = engine.create_topic(&topic, config).await?;
-    let status = if created == Created::New { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created == Created::New {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(engine.describe_topic(&topic)?)).into_response())
 }
 
@@ -30,12 +40,18 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `GET /v1/topics/{topic}`.
-pub async fn describe(State(state): State<AppState>, Path(topic): Path<String>) -> Result<Response, ApiError> {
+pub async fn describe(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Response, ApiError> {
     Ok(Json(state.engine()?.describe_topic(&topic)?).into_response())
 }
 
 /// `DELETE /v1/topics/{topic}`: 204.
-pub async fn delete(State(state): State<AppState>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.engine()?.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
 }

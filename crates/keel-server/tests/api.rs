@@ -22,15 +22,27 @@ async fn topic_lifecycle_create_is_idempotent_and_conflicts_are_409() {
     assert_eq!(body["retention"]["max_age"], "7d");
     let (status, body) = server.put_topic("orders", json!({"partitions": 4})).await;
     assert_eq!(status, 409, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("already exists"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("already exists"),
+        "{body}"
+    );
     let (status, body) = server.get("/v1/topics").await;
     assert_eq!(status, 200);
     assert_eq!(body["topics"][0]["name"], "orders");
     let partition = &server.get("/v1/topics/orders").await.1["partitions"][2];
-    assert_eq!((partition["partition"].as_u64(), partition["start_offset"].as_u64(), partition["next_offset"].as_u64()), (Some(2), Some(0), Some(0)));
+    assert_eq!(
+        (
+            partition["partition"].as_u64(),
+            partition["start_offset"].as_u64(),
+            partition["next_offset"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0))
+    );
     let topic_dir = dir.path().join("topics/orders");
     assert!(topic_dir.exists());
-    let (status, _, _) = server.request(Method::DELETE, "/v1/topics/orders", None, "").await;
+    let (status, _, _) = server
+        .request(Method::DELETE, "/v1/topics/orders", None, "")
+        .await;
     assert_eq!(status, 204);
     assert!(!topic_dir.exists(), "delete removes the topic's files");
     assert_eq!(server.get("/v1/topics/orders").await.0, 404);
@@ -39,11 +51,18 @@ async fn topic_lifecycle_create_is_idempotent_and_conflicts_are_409() {
         ("a%20b", json!({}), "invalid topic name"),
         ("ok", json!({"partitions": 0}), "partitions must be between"),
         ("ok", json!({"partitons": 2}), "unknown field"),
-        ("ok", json!({"retention": {"max_age": "7 days"}}), "invalid duration"),
+        (
+            "ok",
+            json!({"retention": {"max_age": "7 days"}}),
+            "invalid duration",
+        ),
     ] {
         let (status, body) = server.put_topic(name, config).await;
         assert_eq!(status, 400, "{name}: {body}");
-        assert!(body["detail"].as_str().unwrap().contains(needle), "{name}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(needle),
+            "{name}: {body}"
+        );
     }
     server.stop().await;
 }
@@ -55,19 +74,39 @@ async fn published_events_read_back_unchanged_in_all_three_modes() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     server.put_topic("t", json!({"partitions": 1})).await;
-    let structured = event("s1", json!({"time": "2026-11-25T10:00:00.5+01:00", "amount": 150, "flag": true, "data": {"price": 1.50}}));
-    let (status, body) = server.publish("t", STRUCTURED, structured.to_string()).await;
+    let structured = event(
+        "s1",
+        json!({"time": "2026-11-25T10:00:00.5+01:00", "amount": 150, "flag": true, "data": {"price": 1.50}}),
+    );
+    let (status, body) = server
+        .publish("t", STRUCTURED, structured.to_string())
+        .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["results"], json!([{"id": "s1", "partition": 0, "offset": 0, "duplicate": false}]));
-    let batch = json!([event("b1", json!({})), event("b2", json!({"data": [1, "two", null]}))]);
+    assert_eq!(
+        body["results"],
+        json!([{"id": "s1", "partition": 0, "offset": 0, "duplicate": false}])
+    );
+    let batch = json!([
+        event("b1", json!({})),
+        event("b2", json!({"data": [1, "two", null]}))
+    ]);
     let (status, body) = server.publish("t", BATCH, batch.to_string()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][1]["offset"], 2);
     let binary = [0u8, 159, 146, 150, 255];
-    let response = server.client.post(format!("{}/v1/topics/t/events", server.url))
-        .header("ce-specversion", "1.0").header("ce-id", "bin1").header("ce-source", "test")
-        .header("ce-type", "test.binary").header("ce-subject", "hello%20world")
-        .header("content-type", "application/octet-stream").body(binary.to_vec()).send().await.unwrap();
+    let response = server
+        .client
+        .post(format!("{}/v1/topics/t/events", server.url))
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "bin1")
+        .header("ce-source", "test")
+        .header("ce-type", "test.binary")
+        .header("ce-subject", "hello%20world")
+        .header("content-type", "application/octet-stream")
+        .body(binary.to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let (status, body) = server.read("t", 0, "from=0&max=10").await;
     assert_eq!(status, 200, "{body}");
@@ -81,7 +120,9 @@ async fn published_events_read_back_unchanged_in_all_three_modes() {
     assert_eq!(stored["subject"], "hello world");
     assert_eq!(stored["datacontenttype"], "application/octet-stream");
     use base64::Engine as _;
-    let data = base64::engine::general_purpose::STANDARD.decode(stored["data_base64"].as_str().unwrap()).unwrap();
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(stored["data_base64"].as_str().unwrap())
+        .unwrap();
     assert_eq!(data, binary);
     assert!(records[0]["timestamp"].as_str().unwrap().ends_with('Z'));
     server.stop().await;
@@ -92,43 +133,122 @@ async fn published_events_read_back_unchanged_in_all_three_modes() {
 #[tokio::test]
 async fn bad_input_is_a_precise_problem_and_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = keel_server::ServerConfig { data_dir: dir.path().to_owned(), event_bytes_max: 2048, request_bytes_max: 64 * 1024, ..Default::default() };
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        event_bytes_max: 2048,
+        request_bytes_max: 64 * 1024,
+        ..Default::default()
+    };
     let server = TestServer::start_with(config).await;
     server.put_topic("t", json!({"partitions": 2})).await;
     let big = event("big", json!({"data": "x".repeat(4096)})).to_string();
-    let huge: Vec<Value> = (0..40).map(|i| event(&format!("h{i}"), json!({"data": "y".repeat(1800)}))).collect();
+    let huge: Vec<Value> = (0..40)
+        .map(|i| event(&format!("h{i}"), json!({"data": "y".repeat(1800)})))
+        .collect();
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         ("t", STRUCTURED, "{not json".into(), 400, "malformed JSON"),
-        ("t", STRUCTURED, json!({"specversion": "1.0", "id": "x", "type": "t"}).to_string(), 400, "source"),
-        ("t", STRUCTURED, event("x", json!({"specversion": "0.3"})).to_string(), 400, "specversion"),
-        ("t", STRUCTURED, event("x", json!({"Bad-Name": 1})).to_string(), 400, "Bad-Name"),
-        ("t", STRUCTURED, event("x", json!({"data_base64": "AAAA"})).to_string(), 400, "data_base64"),
-        ("t", BATCH, json!([event("ok", json!({})), {"id": "no-source"}]).to_string(), 400, "index 1"),
+        (
+            "t",
+            STRUCTURED,
+            json!({"specversion": "1.0", "id": "x", "type": "t"}).to_string(),
+            400,
+            "source",
+        ),
+        (
+            "t",
+            STRUCTURED,
+            event("x", json!({"specversion": "0.3"})).to_string(),
+            400,
+            "specversion",
+        ),
+        (
+            "t",
+            STRUCTURED,
+            event("x", json!({"Bad-Name": 1})).to_string(),
+            400,
+            "Bad-Name",
+        ),
+        (
+            "t",
+            STRUCTURED,
+            event("x", json!({"data_base64": "AAAA"})).to_string(),
+            400,
+            "data_base64",
+        ),
+        (
+            "t",
+            BATCH,
+            json!([event("ok", json!({})), {"id": "no-source"}]).to_string(),
+            400,
+            "index 1",
+        ),
         ("t", BATCH, "[]".into(), 400, "empty"),
         ("t", "text/plain", "hello".into(), 415, "Content-Type"),
         ("t", STRUCTURED, big, 413, "over the limit of 2048 bytes"),
         ("t", BATCH, Value::Array(huge).to_string(), 413, "65536"),
-        ("missing", STRUCTURED, event("x", json!({})).to_string(), 404, "does not exist"),
+        (
+            "missing",
+            STRUCTURED,
+            event("x", json!({})).to_string(),
+            404,
+            "does not exist",
+        ),
     ];
     for (topic, content_type, body, status_expected, needle) in cases {
-        let (status, problem, headers) = server.request(Method::POST, &format!("/v1/topics/{topic}/events"), Some(content_type), body).await;
+        let (status, problem, headers) = server
+            .request(
+                Method::POST,
+                &format!("/v1/topics/{topic}/events"),
+                Some(content_type),
+                body,
+            )
+            .await;
         assert_eq!(status, status_expected, "{needle}: {problem}");
-        assert_eq!(headers["content-type"], "application/problem+json", "{needle}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{needle}"
+        );
         assert_eq!(problem["status"], status_expected);
-        assert!(problem["detail"].as_str().unwrap().to_lowercase().contains(&needle.to_lowercase()), "{needle}: {problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains(&needle.to_lowercase()),
+            "{needle}: {problem}"
+        );
     }
-    assert_eq!(server.next_offsets("t").await, vec![0, 0], "nothing was appended");
+    assert_eq!(
+        server.next_offsets("t").await,
+        vec![0, 0],
+        "nothing was appended"
+    );
     for (path, status_expected, needle) in [
         ("/v1/topics/t/partitions/7/events", 404, "no partition 7"),
         ("/v1/topics/t/partitions/x/events", 400, "whole number"),
-        ("/v1/topics/t/partitions/0/events?from=5", 400, "beyond the end"),
-        ("/v1/topics/t/partitions/0/events?from=-1", 400, "invalid query"),
-        ("/v1/topics/t/partitions/0/events?frm=1", 400, "invalid query"),
+        (
+            "/v1/topics/t/partitions/0/events?from=5",
+            400,
+            "beyond the end",
+        ),
+        (
+            "/v1/topics/t/partitions/0/events?from=-1",
+            400,
+            "invalid query",
+        ),
+        (
+            "/v1/topics/t/partitions/0/events?frm=1",
+            400,
+            "invalid query",
+        ),
         ("/v1/nothing", 404, "no such endpoint"),
     ] {
         let (status, problem) = server.get(path).await;
         assert_eq!(status, status_expected, "{path}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(needle), "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{path}: {problem}"
+        );
     }
     server.stop().await;
 }
@@ -140,23 +260,47 @@ async fn duplicate_publish_returns_original_offset_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     server.put_topic("t", json!({"partitions": 4})).await;
-    let first = server.publish("t", STRUCTURED, event("e1", json!({})).to_string()).await.1["results"][0].clone();
-    let again = server.publish("t", STRUCTURED, event("e1", json!({})).to_string()).await.1["results"][0].clone();
+    let first = server
+        .publish("t", STRUCTURED, event("e1", json!({})).to_string())
+        .await
+        .1["results"][0]
+        .clone();
+    let again = server
+        .publish("t", STRUCTURED, event("e1", json!({})).to_string())
+        .await
+        .1["results"][0]
+        .clone();
     assert_eq!(again["duplicate"], true);
-    assert_eq!((&again["partition"], &again["offset"]), (&first["partition"], &first["offset"]));
+    assert_eq!(
+        (&again["partition"], &again["offset"]),
+        (&first["partition"], &first["offset"])
+    );
     let batch = json!([event("e2", json!({})), event("e2", json!({}))]);
     let results = server.publish("t", BATCH, batch.to_string()).await.1["results"].clone();
     assert_eq!(results[1]["duplicate"], true);
     assert_eq!(results[1]["offset"], results[0]["offset"]);
     let other_source = event("e1", json!({"source": "elsewhere"}));
-    assert_eq!(server.publish("t", STRUCTURED, other_source.to_string()).await.1["results"][0]["duplicate"], false);
+    assert_eq!(
+        server
+            .publish("t", STRUCTURED, other_source.to_string())
+            .await
+            .1["results"][0]["duplicate"],
+        false
+    );
     let total: u64 = server.next_offsets("t").await.iter().sum();
     assert_eq!(total, 3);
     let data_dir = server.stop().await;
     let server = TestServer::start(&data_dir).await;
-    let after = server.publish("t", STRUCTURED, event("e1", json!({})).to_string()).await.1["results"][0].clone();
+    let after = server
+        .publish("t", STRUCTURED, event("e1", json!({})).to_string())
+        .await
+        .1["results"][0]
+        .clone();
     assert_eq!(after["duplicate"], true, "dedupe survives a restart");
-    assert_eq!((&after["partition"], &after["offset"]), (&first["partition"], &first["offset"]));
+    assert_eq!(
+        (&after["partition"], &after["offset"]),
+        (&first["partition"], &first["offset"])
+    );
     assert_eq!(server.next_offsets("t").await.iter().sum::<u64>(), 3);
     server.stop().await;
 }
@@ -177,17 +321,43 @@ async fn keyed_events_keep_their_partition_and_order_across_restart() {
         assert_eq!(*partition_of_key.entry(key).or_insert(partition), partition);
     }
     for i in 0..8 {
-        server.publish("t", STRUCTURED, event(&format!("free{i}"), json!({})).to_string()).await;
+        server
+            .publish(
+                "t",
+                STRUCTURED,
+                event(&format!("free{i}"), json!({})).to_string(),
+            )
+            .await;
     }
     let data_dir = server.stop().await;
     let server = TestServer::start(&data_dir).await;
     for (key, partition) in &partition_of_key {
         let body = event(&format!("late-{key}"), json!({"partitionkey": key})).to_string();
-        assert_eq!(server.publish("t", STRUCTURED, body).await.1["results"][0]["partition"].as_u64().unwrap(), *partition);
-        let records = server.read("t", *partition as u32, "max=1000").await.1["records"].as_array().unwrap().clone();
-        let ids: Vec<u64> = records.iter().filter(|r| r["event"]["partitionkey"] == key.as_str())
-            .filter_map(|r| r["event"]["id"].as_str().unwrap().strip_prefix('e').and_then(|n| n.parse().ok())).collect();
-        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "key {key} in order: {ids:?}");
+        assert_eq!(
+            server.publish("t", STRUCTURED, body).await.1["results"][0]["partition"]
+                .as_u64()
+                .unwrap(),
+            *partition
+        );
+        let records = server.read("t", *partition as u32, "max=1000").await.1["records"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let ids: Vec<u64> = records
+            .iter()
+            .filter(|r| r["event"]["partitionkey"] == key.as_str())
+            .filter_map(|r| {
+                r["event"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix('e')
+                    .and_then(|n| n.parse().ok())
+            })
+            .collect();
+        assert!(
+            ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "key {key} in order: {ids:?}"
+        );
     }
     let offsets = server.next_offsets("t").await;
     let keyless_partitions = offsets.iter().filter(|&&n| n > 0).count();
@@ -204,19 +374,33 @@ async fn long_poll_read_returns_when_an_event_arrives() {
     server.put_topic("t", json!({})).await;
     let started = std::time::Instant::now();
     let (status, body) = server.read("t", 0, "from=0&wait=200").await;
-    assert_eq!((status, body["records"].as_array().unwrap().len()), (200, 0));
+    assert_eq!(
+        (status, body["records"].as_array().unwrap().len()),
+        (200, 0)
+    );
     assert!(started.elapsed() >= std::time::Duration::from_millis(190));
     let reader = {
         let (url, client) = (server.url.clone(), server.client.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let text = client.get(format!("{url}/v1/topics/t/partitions/0/events?from=0&wait=10000")).send().await.unwrap().text().await.unwrap();
+            let text = client
+                .get(format!(
+                    "{url}/v1/topics/t/partitions/0/events?from=0&wait=10000"
+                ))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
             let body: Value = serde_json::from_str(&text).unwrap();
             (body, started.elapsed())
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    server.publish("t", STRUCTURED, event("late", json!({})).to_string()).await;
+    server
+        .publish("t", STRUCTURED, event("late", json!({})).to_string())
+        .await;
     let (body, waited) = reader.await.unwrap();
     assert_eq!(body["records"][0]["event"]["id"], "late");
     assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
@@ -229,13 +413,35 @@ async fn health_readiness_and_metrics_report_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     server.put_topic("t", json!({})).await;
-    server.publish("t", STRUCTURED, event("m1", json!({})).to_string()).await;
+    server
+        .publish("t", STRUCTURED, event("m1", json!({})).to_string())
+        .await;
     assert_eq!(server.get("/healthz").await.0, 200);
-    assert_eq!(server.get("/readyz").await, (200, json!({"status": "ready", "unavailable_partitions": []})));
-    let metrics = server.client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("keel_publish_events_total{topic=\"t\"} 1"), "{metrics}");
+    assert_eq!(
+        server.get("/readyz").await,
+        (
+            200,
+            json!({"status": "ready", "unavailable_partitions": []})
+        )
+    );
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keel_publish_events_total{topic=\"t\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("keel_fsync_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("keel_partition_size_bytes{topic=\"t\",partition=\"0\"}"), "{metrics}");
+    assert!(
+        metrics.contains("keel_partition_size_bytes{topic=\"t\",partition=\"0\"}"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
@@ -251,24 +457,39 @@ async fn retention_deletes_whole_segments_and_moves_the_start() {
         ..Default::default()
     };
     let server = TestServer::start_with(config).await;
-    server.put_topic("t", json!({"retention": {"max_bytes": 8192}})).await;
+    server
+        .put_topic("t", json!({"retention": {"max_bytes": 8192}}))
+        .await;
     for i in 0..20 {
-        let batch: Vec<Value> = (0..5).map(|j| event(&format!("r{i}-{j}"), json!({"data": "z".repeat(400)}))).collect();
-        assert_eq!(server.publish("t", BATCH, Value::Array(batch).to_string()).await.0, 200);
+        let batch: Vec<Value> = (0..5)
+            .map(|j| event(&format!("r{i}-{j}"), json!({"data": "z".repeat(400)})))
+            .collect();
+        assert_eq!(
+            server
+                .publish("t", BATCH, Value::Array(batch).to_string())
+                .await
+                .0,
+            200
+        );
     }
     let mut partition = Value::Null;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         partition = server.get("/v1/topics/t").await.1["partitions"][0].clone();
         // Retention may also have run while the events were published: wait for a pass after.
-        if partition["start_offset"].as_u64().unwrap() > 0 && partition["bytes"].as_u64().unwrap() <= 8192 + 4096 {
+        if partition["start_offset"].as_u64().unwrap() > 0
+            && partition["bytes"].as_u64().unwrap() <= 8192 + 4096
+        {
             break;
         }
     }
     let start = partition["start_offset"].as_u64().unwrap();
     assert!(start > 0, "retention ran: {partition}");
     assert_eq!(partition["next_offset"], 100);
-    assert!(partition["bytes"].as_u64().unwrap() <= 8192 + 4096, "{partition}");
+    assert!(
+        partition["bytes"].as_u64().unwrap() <= 8192 + 4096,
+        "{partition}"
+    );
     let (status, problem) = server.read("t", 0, "from=0").await;
     assert_eq!(status, 404, "{problem}");
     assert_eq!(problem["start_offset"], start);
@@ -290,8 +511,14 @@ async fn corruption_before_the_durable_mark_stops_only_that_partition() {
     let mut keys_by_partition = [None, None];
     for i in 0..20 {
         let key = format!("key{i}");
-        let body = event(&format!("c{i}"), json!({"partitionkey": key, "data": "payload ".repeat(20)})).to_string();
-        let partition = server.publish("t", STRUCTURED, body).await.1["results"][0]["partition"].as_u64().unwrap() as usize;
+        let body = event(
+            &format!("c{i}"),
+            json!({"partitionkey": key, "data": "payload ".repeat(20)}),
+        )
+        .to_string();
+        let partition = server.publish("t", STRUCTURED, body).await.1["results"][0]["partition"]
+            .as_u64()
+            .unwrap() as usize;
         keys_by_partition[partition].get_or_insert(key);
     }
     let data_dir = server.stop().await;
@@ -305,14 +532,34 @@ async fn corruption_before_the_durable_mark_stops_only_that_partition() {
     let (status, ready) = server.get("/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(ready["status"], "degraded", "{ready}");
-    assert_eq!((&ready["unavailable_partitions"][0]["topic"], &ready["unavailable_partitions"][0]["partition"]), (&json!("t"), &json!(0)));
+    assert_eq!(
+        (
+            &ready["unavailable_partitions"][0]["topic"],
+            &ready["unavailable_partitions"][0]["partition"]
+        ),
+        (&json!("t"), &json!(0))
+    );
     let (status, problem) = server.read("t", 0, "from=0").await;
     assert_eq!(status, 503, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("partition 0 is unavailable"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("partition 0 is unavailable"),
+        "{problem}"
+    );
     let other_key = keys_by_partition[1].clone().unwrap();
     let body = event("after", json!({"partitionkey": other_key})).to_string();
-    assert_eq!(server.publish("t", STRUCTURED, body).await.0, 200, "partition 1 keeps serving");
+    assert_eq!(
+        server.publish("t", STRUCTURED, body).await.0,
+        200,
+        "partition 1 keeps serving"
+    );
     assert_eq!(server.read("t", 1, "from=0").await.0, 200);
-    assert_eq!(std::fs::metadata(&segment).unwrap().len() as usize, length_before, "not truncated");
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len() as usize,
+        length_before,
+        "not truncated"
+    );
     server.stop().await;
 }

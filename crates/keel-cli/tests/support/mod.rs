@@ -1,7 +1,6 @@
 //! The real `keel` binary as a child process, for tests that kill or signal it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! A real keel server on a real socket for the API tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
@@ -21,7 +20,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(data_dir: &Path) -> Self {
-        Self::start_with(ServerConfig { data_dir: data_dir.to_owned(), ..ServerConfig::default() }).await
+        Self::start_with(ServerConfig {
+            data_dir: data_dir.to_owned(),
+            ..ServerConfig::default()
+        })
+        .await
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
@@ -32,7 +35,13 @@ impl TestServer {
         let task = tokio::spawn(keel_server::serve(listener, config, async move {
             let _ = stopped.await;
         }));
-        let server = Self { url, client: reqwest::Client::new(), data_dir, stop: Some(stop), task: Some(task) };
+        let server = Self {
+            url,
+            client: reqwest::Client::new(),
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
         server.wait_ready().await;
         server
     }
@@ -56,8 +65,17 @@ impl TestServer {
         self.data_dir.clone()
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, content_type: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut request = self.client.request(method, format!("{}{path}", self.url)).body(body);
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -65,22 +83,52 @@ impl TestServer {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value, headers)
     }
 
     pub async fn put_topic(&self, name: &str, config: Value) -> (u16, Value) {
-        let (status, body, _) = self.request(reqwest::Method::PUT, &format!("/v1/topics/{name}"), Some("application/json"), config.to_string()).await;
+        let (status, body, _) = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/topics/{name}"),
+                Some("application/json"),
+                config.to_string(),
+            )
+            .await;
         (status, body)
     }
 
-    pub async fn publish(&self, topic: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let (status, body, _) = self.request(reqwest::Method::POST, &format!("/v1/topics/{topic}/events"), Some(content_type), body).await;
+    pub async fn publish(
+        &self,
+        topic: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let (status, body, _) = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/topics/{topic}/events"),
+                Some(content_type),
+                body,
+            )
+            .await;
         (status, body)
     }
 
     pub async fn read(&self, topic: &str, partition: u32, query: &str) -> (u16, Value) {
-        let (status, body, _) = self.request(reqwest::Method::GET, &format!("/v1/topics/{topic}/partitions/{partition}/events?{query}"), None, "").await;
+        let (status, body, _) = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/topics/{topic}/partitions/{partition}/events?{query}"),
+                None,
+                "",
+            )
+            .await;
         (status, body)
     }
 
@@ -93,7 +141,12 @@ impl TestServer {
     pub async fn next_offsets(&self, topic: &str) -> Vec<u64> {
         let (status, body) = self.get(&format!("/v1/topics/{topic}")).await;
         assert_eq!(status, 200, "{body}");
-        body["partitions"].as_array().unwrap().iter().map(|p| p["next_offset"].as_u64().unwrap()).collect()
+        body["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["next_offset"].as_u64().unwrap())
+            .collect()
     }
 }
 

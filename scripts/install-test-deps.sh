@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the outside tools the tests check keel against, on a fresh Debian machine:
+# promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
+# and the CloudEvents Python SDK as an outside publisher. Idempotent and quiet when present.
+set -euo pipefail
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v fiu-run >/dev/null 2>&1 || need_apt+=(fiu-utils)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing with apt-get: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import cloudevents' 2>/dev/null; then
+  echo "installing with pip: cloudevents"
+  python3 -m pip install -q 'cloudevents==1.12.0'
+fi
