@@ -163,8 +163,12 @@ impl Partition {
         }
     }
 
-    /// Appends events; resolves with the first one's offset once they are committed.
-    pub(crate) async fn append(&self, events: Vec<Event>) -> Result<u64, EngineError> {
+    /// Queues events for the writer (waiting while the queue is full: backpressure) and
+    /// returns the receiver of the first one's offset, sent once they are committed.
+    pub(crate) async fn enqueue(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<oneshot::Receiver<Result<u64, EngineError>>, EngineError> {
         if let Some(reason) = self.unavailable() {
             return Err(self.unavailable_error(reason));
         }
@@ -179,7 +183,7 @@ impl Partition {
             .send(Command::Append(request))
             .await
             .map_err(|_| EngineError::ShuttingDown)?;
-        answer.await.map_err(|_| EngineError::ShuttingDown)?
+        Ok(answer)
     }
 
     /// Figures for describe.

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -17,6 +17,11 @@ use crate::limits::READ_RECORDS_MAX;
 use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::{Partition, PartitionInfo};
 use crate::routing::partition_for_key;
+
+/// Keyless events sent to one partition before the sticky partition moves on.
+const STICKY_EVENTS: u64 = 1024;
+/// A request with at least this many keyless events gets a partition of its own.
+const LARGE_REQUEST_EVENTS: u64 = 32;
 
 /// The file in a topic's directory that holds its configuration.
 pub(crate) const CONFIG_FILE: &str = "topic.json";
@@ -69,7 +74,10 @@ pub(crate) struct Topic {
     pub(crate) dir: PathBuf,
     partitions: Vec<Partition>,
     dedupe: Mutex<Dedupe>,
-    next_sticky: AtomicU32,
+    /// Keyless events routed so far; their partition changes every `STICKY_EVENTS` of them.
+    keyless_routed: AtomicU64,
+    /// Requests of at least `LARGE_REQUEST_EVENTS` keyless events routed so far.
+    large_requests_routed: AtomicU64,
     metrics: Arc<Metrics>,
     labels: TopicLabels,
 }
@@ -103,7 +111,8 @@ impl Topic {
             dir: dir.to_owned(),
             partitions,
             dedupe: Mutex::new(Dedupe::new(window_ms)),
-            next_sticky: AtomicU32::new(0),
+            keyless_routed: AtomicU64::new(0),
+            large_requests_routed: AtomicU64::new(0),
             labels: TopicLabels {
                 topic: name.to_owned(),
             },
@@ -267,9 +276,14 @@ impl Topic {
     }
 
     /// Groups the new events by partition: keyed ones by key, keyless ones all to one
-    /// partition chosen round-robin per request (spreads evenly, one fsync per request).
+    /// sticky partition (see `sticky_partition`).
     fn route(&self, events: Vec<Event>, plans: &[Plan]) -> BTreeMap<u32, (Vec<Event>, Vec<usize>)> {
-        let sticky = self.sticky_partition();
+        let keyless = events
+            .iter()
+            .zip(plans)
+            .filter(|(e, p)| e.key().is_none() && matches!(p, Plan::New(_)))
+            .count();
+        let sticky = self.sticky_partition(keyless as u64);
         let mut groups: BTreeMap<u32, (Vec<Event>, Vec<usize>)> = BTreeMap::new();
         for (index, event) in events.into_iter().enumerate() {
             if !matches!(plans[index], Plan::New(_)) {
@@ -286,10 +300,21 @@ impl Topic {
         groups
     }
 
-    /// The next partition in round-robin order that serves, or the next one if none does.
-    fn sticky_partition(&self) -> u32 {
+    /// The partition for a request's keyless events. Small requests share a partition that
+    /// moves on round-robin after every `STICKY_EVENTS` keyless events (Kafka's sticky
+    /// partitioner): concurrent small publishes then share one group commit — one fsync for
+    /// many requests — instead of each paying an fsync on another file. Large requests
+    /// amortise their own fsync, so each takes the next partition and they commit in
+    /// parallel. Over time every partition gets the same share. A partition that refuses
+    /// service is skipped.
+    fn sticky_partition(&self, keyless: u64) -> u32 {
+        let turn = if keyless >= LARGE_REQUEST_EVENTS {
+            self.large_requests_routed.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.keyless_routed.fetch_add(keyless, Ordering::Relaxed) / STICKY_EVENTS
+        };
         let count = self.config.partitions;
-        let start = self.next_sticky.fetch_add(1, Ordering::Relaxed) % count;
+        let start = u32::try_from(turn % u64::from(count)).expect("below the partition count");
         (0..count)
             .map(|step| (start + step) % count)
             .find(|&number| self.partitions[number as usize].unavailable().is_none())
@@ -303,18 +328,22 @@ impl Topic {
         outcome: watch::Sender<Outcome>,
     ) -> Result<Vec<Option<Position>>, EngineError> {
         let mut positions = vec![None; new_pairs.len()];
-        let mut tasks = Vec::with_capacity(groups.len());
+        // All groups are queued before any answer is awaited, so the partitions commit them
+        // concurrently without a task per partition.
+        let mut queued = Vec::with_capacity(groups.len());
         for (number, (events, indexes)) in groups {
             let bytes: u64 = events.iter().map(|event| event.json().len() as u64).sum();
             let count = events.len() as u64;
-            let topic = self.clone();
-            let task =
-                tokio::spawn(async move { topic.partitions[number as usize].append(events).await });
-            tasks.push((number, indexes, count, bytes, task));
+            let answer = self.partitions[number as usize].enqueue(events).await;
+            queued.push((number, indexes, count, bytes, answer));
         }
         let mut first_error = None;
-        for (number, indexes, count, bytes, task) in tasks {
-            match task.await.unwrap_or(Err(EngineError::ShuttingDown)) {
+        for (number, indexes, count, bytes, answer) in queued {
+            let committed = match answer {
+                Ok(answer) => answer.await.unwrap_or(Err(EngineError::ShuttingDown)),
+                Err(error) => Err(error),
+            };
+            match committed {
                 Ok(first_offset) => {
                     for (index, offset) in indexes.into_iter().zip(first_offset..) {
                         positions[index] = Some(Position {
