@@ -1,12 +1,13 @@
 //! Publish dedupe: which (source, id) pairs a topic has stored recently, and where.
 //!
-//! A pair is remembered for the topic's dedupe window (and at most `DEDUPE_ENTRIES_MAX`
-//! pairs per topic). The table is a cache of the log: after a restart it is rebuilt by
-//! scanning the last window of every partition, so it survives restarts without a file of its
-//! own.
+//! A pair is remembered for the topic's dedupe window, and at most `DEDUPE_ENTRIES_MAX`
+//! pairs per topic (beyond it the oldest are forgotten early and counted). The table is a
+//! cache of the log: after a restart it is rebuilt by scanning the newest events of every
+//! partition, so it survives restarts without a file of its own.
 //!
 //! Pairs are kept as 128-bit hashes (the seed is random per process; nothing persists them):
-//! with two million entries the chance of any collision is below 10^-26.
+//! with a million entries the chance of any collision is below 10^-26. Memory: about 60
+//! bytes per remembered pair (hash table entry plus expiry queue entry).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -35,26 +36,25 @@ pub(crate) enum Lookup {
     Pending(watch::Receiver<Outcome>, usize),
 }
 
-enum Slot {
-    Stored {
-        position: Position,
-        stored_ms: i64,
-    },
-    Pending {
-        outcome: watch::Receiver<Outcome>,
-        index: usize,
-    },
-}
-
-/// A 128-bit identity of a (source, id) pair.
+/// A 128-bit identity of a (source, id) pair (two words: 8-byte alignment keeps entries small).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct PairHash(u128);
+pub(crate) struct PairHash([u64; 2]);
+
+/// A stored pair: where, and when (the expiry queue entry it belongs to).
+#[derive(Clone, Copy)]
+struct Stored {
+    position: Position,
+    stored_ms: i64,
+}
 
 /// The dedupe table of one topic.
 pub(crate) struct Dedupe {
     window_ms: i64,
     hasher: RandomState,
-    slots: HashMap<PairHash, Slot>,
+    /// Pairs stored within the window (expired ones are removed before every lookup).
+    stored: HashMap<PairHash, Stored>,
+    /// Pairs being published right now.
+    pending: HashMap<PairHash, (watch::Receiver<Outcome>, usize)>,
     /// Stored pairs in the order they were stored, for expiry.
     order: VecDeque<(i64, PairHash)>,
 }
@@ -64,7 +64,8 @@ impl Dedupe {
         Self {
             window_ms,
             hasher: RandomState::new(),
-            slots: HashMap::new(),
+            stored: HashMap::new(),
+            pending: HashMap::new(),
             order: VecDeque::new(),
         }
     }
@@ -78,59 +79,50 @@ impl Dedupe {
             hasher.write(id.as_bytes());
             hasher.finish()
         };
-        PairHash((u128::from(half(1)) << 64) | u128::from(half(2)))
+        PairHash([half(1), half(2)])
     }
 
-    /// Looks a pair up; a new pair is reserved as pending for `outcome[index]`.
+    /// Looks a pair up; a new pair is reserved as pending for `outcome[index]`. Call
+    /// `expire` first so that `stored` holds only pairs within the window.
     pub(crate) fn check_and_reserve(
         &mut self,
         pair: PairHash,
-        now_ms: i64,
         outcome: &watch::Receiver<Outcome>,
         index: usize,
     ) -> Lookup {
-        match self.slots.get(&pair) {
-            Some(Slot::Stored {
-                position,
-                stored_ms,
-            }) if now_ms - stored_ms < self.window_ms => Lookup::Stored(*position),
-            Some(Slot::Pending { outcome, index }) => Lookup::Pending(outcome.clone(), *index),
-            _ => {
-                self.slots.insert(
-                    pair,
-                    Slot::Pending {
-                        outcome: outcome.clone(),
-                        index,
-                    },
-                );
-                Lookup::New
-            }
+        if let Some((outcome, index)) = self.pending.get(&pair) {
+            return Lookup::Pending(outcome.clone(), *index);
         }
+        if let Some(stored) = self.stored.get(&pair) {
+            return Lookup::Stored(stored.position);
+        }
+        self.pending.insert(pair, (outcome.clone(), index));
+        Lookup::New
     }
 
-    /// Records where a reserved pair was stored. Returns how many pairs were forgotten early
-    /// because the table was full.
-    pub(crate) fn stored(&mut self, pair: PairHash, position: Position, now_ms: i64) -> u64 {
-        self.slots.insert(
+    /// Records where a pair was stored (reserved by this process, or found in the log on
+    /// restart). Returns how many pairs were forgotten early because the table was full.
+    pub(crate) fn stored(&mut self, pair: PairHash, position: Position, stored_ms: i64) -> u64 {
+        self.pending.remove(&pair);
+        self.stored.insert(
             pair,
-            Slot::Stored {
+            Stored {
                 position,
-                stored_ms: now_ms,
+                stored_ms,
             },
         );
-        self.order.push_back((now_ms, pair));
-        self.expire(now_ms)
+        self.order.push_back((stored_ms, pair));
+        self.expire(stored_ms)
     }
 
     /// Forgets a reservation whose publish failed.
     pub(crate) fn release(&mut self, pair: PairHash) {
-        if matches!(self.slots.get(&pair), Some(Slot::Pending { .. })) {
-            self.slots.remove(&pair);
-        }
+        self.pending.remove(&pair);
     }
 
-    /// Drops pairs older than the window, and the oldest beyond the size bound.
-    fn expire(&mut self, now_ms: i64) -> u64 {
+    /// Drops pairs older than the window, and the oldest beyond the size bound; returns how
+    /// many were dropped before their window ended.
+    pub(crate) fn expire(&mut self, now_ms: i64) -> u64 {
         let mut evicted_early = 0;
         while let Some(&(stored_ms, pair)) = self.order.front() {
             let expired = now_ms - stored_ms >= self.window_ms;
@@ -140,15 +132,18 @@ impl Dedupe {
             }
             evicted_early += u64::from(!expired);
             self.order.pop_front();
-            // The slot may have been re-stored later under the same pair; only drop our own.
-            if let Some(Slot::Stored {
-                stored_ms: slot_ms, ..
-            }) = self.slots.get(&pair)
+            // A pair found twice in the log on restart has a newer queue entry: keep it.
+            if self
+                .stored
+                .get(&pair)
+                .is_some_and(|stored| stored.stored_ms == stored_ms)
             {
-                if *slot_ms == stored_ms {
-                    self.slots.remove(&pair);
-                }
+                self.stored.remove(&pair);
             }
+        }
+        if self.stored.capacity() > 1024 && self.stored.len() < self.stored.capacity() / 4 {
+            self.stored.shrink_to_fit();
+            self.order.shrink_to_fit();
         }
         evicted_early
     }
@@ -168,11 +163,11 @@ mod tests {
         assert_ne!(pair, dedupe.hash("shop", "2"));
         assert_ne!(dedupe.hash("ab", "c"), dedupe.hash("a", "bc"));
         assert!(matches!(
-            dedupe.check_and_reserve(pair, 0, &outcome, 0),
+            dedupe.check_and_reserve(pair, &outcome, 0),
             Lookup::New
         ));
         assert!(matches!(
-            dedupe.check_and_reserve(pair, 1, &outcome, 3),
+            dedupe.check_and_reserve(pair, &outcome, 3),
             Lookup::Pending(_, 0)
         ));
         let position = Position {
@@ -180,20 +175,46 @@ mod tests {
             offset: 7,
         };
         dedupe.stored(pair, position, 10);
+        dedupe.expire(1009);
         assert!(
-            matches!(dedupe.check_and_reserve(pair, 1009, &outcome, 0), Lookup::Stored(p) if p == position)
+            matches!(dedupe.check_and_reserve(pair, &outcome, 0), Lookup::Stored(p) if p == position)
         );
-        let other = dedupe.hash("shop", "other");
-        dedupe.check_and_reserve(other, 1010, &outcome, 0);
-        dedupe.stored(other, position, 1010);
+        dedupe.expire(1010);
         assert!(matches!(
-            dedupe.check_and_reserve(pair, 1011, &outcome, 0),
+            dedupe.check_and_reserve(pair, &outcome, 0),
             Lookup::New
         ));
         dedupe.release(pair);
         assert!(matches!(
-            dedupe.check_and_reserve(pair, 1011, &outcome, 0),
+            dedupe.check_and_reserve(pair, &outcome, 0),
             Lookup::New
         ));
+    }
+
+    // Goal: a pair stored twice (found twice in the log) is remembered from its newer copy.
+    #[test]
+    fn a_pair_stored_twice_expires_with_its_newer_copy() {
+        let mut dedupe = Dedupe::new(1000);
+        let (_sender, outcome) = watch::channel(None);
+        let pair = dedupe.hash("s", "twice");
+        dedupe.stored(
+            pair,
+            Position {
+                partition: 0,
+                offset: 1,
+            },
+            0,
+        );
+        dedupe.stored(
+            pair,
+            Position {
+                partition: 0,
+                offset: 9,
+            },
+            500,
+        );
+        dedupe.expire(1200);
+        let found = dedupe.check_and_reserve(pair, &outcome, 0);
+        assert!(matches!(found, Lookup::Stored(Position { offset: 9, .. })));
     }
 }

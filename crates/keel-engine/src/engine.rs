@@ -329,6 +329,7 @@ impl Engine {
 fn apply_retention(topics: &[Arc<Topic>]) {
     let now = now_ms();
     for topic in topics {
+        topic.expire_dedupe();
         let retention = topic.config.retention;
         let age_ms_max = retention
             .max_age

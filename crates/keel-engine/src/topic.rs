@@ -13,7 +13,7 @@ use crate::config::{FsyncPolicy, TopicConfig};
 use crate::dedupe::{Dedupe, Lookup, Outcome, PairHash, Position};
 use crate::error::EngineError;
 use crate::event::{self, Event};
-use crate::limits::READ_RECORDS_MAX;
+use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::{Partition, PartitionInfo};
 use crate::routing::partition_for_key;
@@ -131,40 +131,60 @@ impl Topic {
         }
     }
 
-    /// Refills the dedupe table from the last window of every partition.
+    /// Refills the dedupe table from the last window of every partition, reading at most
+    /// the newest `DEDUPE_ENTRIES_MAX / partitions` events of each (the table's bound), so a
+    /// restart after a burst does not rescan gigabytes.
     fn rebuild_dedupe(&self, window_ms: i64) {
-        let since_ms = now_ms().saturating_sub(window_ms);
+        let now = now_ms();
+        let scan_records_max = (DEDUPE_ENTRIES_MAX / self.partitions.len()) as u64;
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
         let mut stored = Vec::new();
         for (number, partition) in (0u32..).zip(&self.partitions) {
-            let Ok(mut offset) = partition.offset_for_timestamp(since_ms) else {
+            let Ok(since_window) = partition.offset_for_timestamp(now.saturating_sub(window_ms))
+            else {
                 continue;
             };
+            let info = partition.info();
+            let mut offset = since_window
+                .max(info.next_offset.saturating_sub(scan_records_max))
+                .max(info.start_offset);
             while let Ok(records) = partition.scan(offset, READ_RECORDS_MAX) {
                 let Some(last) = records.last() else { break };
                 offset = last.offset + 1;
                 for record in records {
                     if let Some((source, id)) = event::identity_of(&record.payload) {
-                        stored.push((
-                            record.timestamp_ms,
-                            source,
-                            id,
-                            Position {
-                                partition: number,
-                                offset: record.offset,
-                            },
-                        ));
+                        let position = Position {
+                            partition: number,
+                            offset: record.offset,
+                        };
+                        stored.push((record.timestamp_ms, dedupe.hash(&source, &id), position));
                     }
                 }
             }
         }
         stored.sort_by_key(|(timestamp_ms, ..)| *timestamp_ms);
-        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
-        for (timestamp_ms, source, id, position) in &stored {
-            let pair = dedupe.hash(source, id);
-            dedupe.stored(pair, *position, *timestamp_ms);
+        for (timestamp_ms, pair, position) in &stored {
+            dedupe.stored(*pair, *position, *timestamp_ms);
         }
+        dedupe.expire(now);
         if !stored.is_empty() {
             tracing::info!(topic = %self.name, events = stored.len(), "rebuilt the dedupe table from the log");
+        }
+    }
+
+    /// Forgets dedupe entries past their window (the publish path does this too; this call
+    /// frees the memory of topics nobody publishes to).
+    pub(crate) fn expire_dedupe(&self) {
+        let evicted_early = self.dedupe.lock().expect("dedupe lock").expire(now_ms());
+        self.count_evicted_early(evicted_early);
+    }
+
+    fn count_evicted_early(&self, evicted_early: u64) {
+        if evicted_early > 0 {
+            self.metrics
+                .dedupe_evicted_early
+                .get_or_create(&self.labels)
+                .inc_by(evicted_early);
         }
     }
 
@@ -255,6 +275,8 @@ impl Topic {
     fn plan(&self, events: &[Event], outcome: &watch::Receiver<Outcome>) -> Vec<Plan> {
         let now = now_ms();
         let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        let evicted_early = dedupe.expire(now);
+        self.count_evicted_early(evicted_early);
         let mut in_request: HashMap<PairHash, usize> = HashMap::new();
         let mut plans = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
@@ -263,7 +285,7 @@ impl Topic {
                 plans.push(Plan::SameRequest(first));
                 continue;
             }
-            plans.push(match dedupe.check_and_reserve(pair, now, outcome, index) {
+            plans.push(match dedupe.check_and_reserve(pair, outcome, index) {
                 Lookup::New => {
                     in_request.insert(pair, index);
                     Plan::New(pair)
@@ -388,12 +410,7 @@ impl Topic {
             }
         }
         drop(dedupe);
-        if evicted_early > 0 {
-            self.metrics
-                .dedupe_evicted_early
-                .get_or_create(&self.labels)
-                .inc_by(evicted_early);
-        }
+        self.count_evicted_early(evicted_early);
     }
 
     /// Stops the writers after they finish what is queued. Blocking.
