@@ -12,10 +12,15 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_engine::event::{self, Event};
-use serde_json::json;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
+
+/// The answer to a publish, fields in the documented order.
+#[derive(serde::Serialize)]
+struct PublishResponse {
+    results: Vec<keel_engine::PublishResult>,
+}
 
 const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
@@ -33,7 +38,7 @@ pub async fn publish(
     engine.describe_topic(&topic)?;
     let events = parse_events(&headers, &body)?;
     let results = engine.publish(&topic, events).await?;
-    Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
+    Ok((StatusCode::OK, Json(PublishResponse { results })).into_response())
 }
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {
