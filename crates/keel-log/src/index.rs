@@ -3,7 +3,9 @@
 //!
 //! Indexes are caches: the segment's frames are the truth. Both files get one entry for the same
 //! records — the segment's first record, then the first record after every
-//! `index_interval_bytes` of frames — so in memory they are one sorted `Vec<IndexEntry>`.
+//! `index_interval_bytes` of frames — so in memory they are one sorted `Vec<IndexEntry>`. Only
+//! the active segment keeps that whole `Vec` ([`SparseIndex`]); a sealed segment keeps a bounded
+//! sample of it and reads the rest from its files (`sealed_index.rs`).
 //!
 //! On disk (little-endian): an `.index` entry is `relative_offset: u32 | position: u32` and a
 //! `.timeindex` entry is `timestamp_ms_max: i64 | relative_offset: u32`. `timestamp_ms_max` is the
@@ -56,7 +58,6 @@ pub(crate) struct SparseIndex {
 }
 
 impl SparseIndex {
-    #[cfg(test)]
     pub(crate) fn entries(&self) -> &[IndexEntry] {
         &self.entries
     }

@@ -35,6 +35,7 @@ mod log;
 mod record;
 mod recovery;
 mod retention;
+mod sealed_index;
 mod segment;
 mod storage;
 

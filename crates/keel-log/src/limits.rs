@@ -38,6 +38,22 @@ pub const SEGMENT_FILE_BYTES_MAX: u64 = if SEGMENT_BYTES_MAX > PENDING_BYTES_MAX
 /// Bytes fetched by one positioned read when scanning or reading frames.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// The most index entries a sealed segment keeps in memory, whatever its size.
+///
+/// A sealed segment keeps an evenly spaced sample of its index entries (16 bytes each) and looks
+/// up the others in its index files (`sealed_index.rs`), so it holds at most
+/// `128 * 16 B = 2 KiB` of index, and the log's memory grows with its number of segments, not
+/// its bytes. With the default 128 MiB segments and 4 KiB index interval (32768 entries per
+/// segment) every 256th entry is kept: one per MiB of log.
+pub(crate) const SEALED_INDEX_ENTRIES_IN_MEMORY_MAX: usize = 128;
+
+/// The most index entries one positioned read of an index file fetches during a lookup in a
+/// sealed segment (4 KiB of `.index`, 6 KiB of `.timeindex`).
+///
+/// A lookup narrows between two sampled entries with single-entry reads until at most this many
+/// entries are left, then reads those at once; with the default config that is one read.
+pub(crate) const INDEX_LOOKUP_READ_ENTRIES_MAX: usize = 512;
+
 // Index entries store byte positions and relative offsets as u32.
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX / (RECORD_HEADER_BYTES as u64) <= u32::MAX as u64);
@@ -46,3 +62,12 @@ const _: () = assert!(FRAME_BYTES_MAX as u64 <= PENDING_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(INDEX_INTERVAL_BYTES_MIN <= INDEX_INTERVAL_BYTES_MAX);
 const _: () = assert!(READ_CHUNK_BYTES >= RECORD_HEADER_BYTES);
+// A sealed segment keeps at least its first entry, and a lookup reads at least one entry at once.
+const _: () = assert!(SEALED_INDEX_ENTRIES_IN_MEMORY_MAX >= 1);
+const _: () = assert!(INDEX_LOOKUP_READ_ENTRIES_MAX >= 1);
+// With the default config (128 MiB segments, 4 KiB interval: 32768 entries), the entries between
+// two sampled ones fit one lookup read.
+const _: () = assert!(
+    (128 * 1024 * 1024 / 4096_usize).div_ceil(SEALED_INDEX_ENTRIES_IN_MEMORY_MAX)
+        <= INDEX_LOOKUP_READ_ENTRIES_MAX
+);

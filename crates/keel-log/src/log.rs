@@ -470,7 +470,8 @@ impl Log {
             // segment's records must be durable before a newer segment exists.
             self.sync_active(writer, sealed.next_offset())?;
         }
-        sealed.write_index_files(&*self.storage)?;
+        // From here on the sealed segment keeps only a sample of its index in memory.
+        sealed.seal(&*self.storage)?;
         let segment = Arc::new(Segment::create(
             &*self.storage,
             &self.dir,
@@ -572,5 +573,84 @@ impl Log {
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::SEALED_INDEX_ENTRIES_IN_MEMORY_MAX;
+
+    /// Index entries each segment of `log` holds in memory, oldest first.
+    fn entries_in_memory(log: &Log) -> Vec<usize> {
+        let segments = log.segments_read();
+        segments
+            .iter()
+            .map(|s| s.index_entries_in_memory())
+            .collect()
+    }
+
+    /// Checks that every sealed segment of `log` keeps at most the bound in memory, and the
+    /// active one its whole index.
+    fn assert_bounded(log: &Log, active_entries: usize, when: &str) {
+        let entries = entries_in_memory(log);
+        let (active, sealed) = entries.split_last().expect("an active segment");
+        assert!(sealed.len() >= 3, "{when}: several sealed segments");
+        for (number, count) in sealed.iter().enumerate() {
+            assert!(
+                *count <= SEALED_INDEX_ENTRIES_IN_MEMORY_MAX,
+                "{when}: segment {number}"
+            );
+        }
+        assert_eq!(
+            *active, active_entries,
+            "{when}: the active segment is indexed whole"
+        );
+    }
+
+    #[test]
+    fn sealed_segments_keep_a_bounded_index_in_memory() {
+        // Goal: a sealed segment holds at most SEALED_INDEX_ENTRIES_IN_MEMORY_MAX index entries
+        // in memory however many it has on disk (memory grows with segments, not bytes), whether
+        // it was sealed by a roll, loaded on open or rebuilt; reads still find every record.
+        // Method: index every record of 64 KiB segments (~2700 entries each), then check the
+        // in-memory counts after writing, after reopening, and after a rebuild.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = LogConfig {
+            segment_bytes_max: 64 * 1024,
+            index_interval_bytes: 1,
+        };
+        let (log, _) = Log::open(dir.path(), config.clone()).expect("open");
+        let records = 12_000u64;
+        for offset in 0..records {
+            log.append(offset as i64, &offset.to_le_bytes())
+                .expect("append");
+            if offset % 500 == 499 {
+                log.commit(false).expect("commit");
+            }
+        }
+        log.commit(true).expect("commit");
+        let active_entries = {
+            let segments = log.segments_read();
+            let active = segments.last().expect("an active segment");
+            (active.next_offset() - active.base_offset()) as usize
+        };
+        assert_bounded(&log, active_entries, "after rolls");
+        drop(log);
+        let (log, report) = Log::open(dir.path(), config.clone()).expect("reopen");
+        assert_eq!(report.indexes_rebuilt, 0);
+        assert_bounded(&log, active_entries, "after reopening");
+        drop(log);
+        let first_index = crate::segment::segment_path(dir.path(), 0, "index");
+        std::fs::remove_file(first_index).expect("remove an index file");
+        let (log, report) = Log::open(dir.path(), config).expect("reopen");
+        assert_eq!(report.indexes_rebuilt, 1);
+        assert_bounded(&log, active_entries, "after a rebuild");
+        for from in (0..records).step_by(7) {
+            let read = log.read(from, 2, usize::MAX).expect("read");
+            assert_eq!(read[0].offset, from);
+            assert_eq!(read[0].payload, from.to_le_bytes());
+            assert_eq!(log.offset_for_timestamp(from as i64).expect("lookup"), from);
+        }
     }
 }

@@ -16,9 +16,10 @@ use crate::durable_mark::DurableMark;
 use crate::error::LogError;
 use crate::index::{IndexBounds, IndexBuilder, SparseIndex, TIME_INDEX_ENTRY_BYTES};
 use crate::limits::SEGMENT_FILE_BYTES_MAX;
+use crate::sealed_index::{IndexFiles, SealedBounds, SealedIndex};
 use crate::segment::{
-    CursorError, FrameCursor, INDEX_EXTENSION, LOG_EXTENSION, Segment, TIME_INDEX_EXTENSION,
-    parse_segment_file_name, scan_segment, segment_path,
+    CursorError, FrameCursor, INDEX_EXTENSION, LOG_EXTENSION, Segment, SegmentIndex,
+    TIME_INDEX_EXTENSION, parse_segment_file_name, scan_segment, segment_path,
 };
 use crate::storage::{OpenMode, Storage, StorageFile, read_full_at};
 
@@ -256,19 +257,29 @@ fn open_sealed(
         file_bytes,
     };
     let checked = match load_index(storage, &path, bounds) {
-        Ok(index) => check_tail(&*file, &path, base_offset, bounds, index)?,
+        Ok((index, files)) => check_tail(&*file, &path, base_offset, bounds, index)?
+            .map(|(index, timestamp_ms_max)| (index, files, timestamp_ms_max)),
         Err(why) => Err(why),
     };
     match checked {
-        Ok((index, timestamp_ms_max)) => Ok(Segment::new(
-            base_offset,
-            path,
-            file,
-            index,
-            file_bytes,
-            next_base_offset,
-            timestamp_ms_max,
-        )),
+        Ok((index, files, timestamp_ms_max)) => {
+            let sealed_bounds = SealedBounds {
+                record_count,
+                file_bytes,
+                timestamp_ms_max,
+            };
+            // The whole index was read to check it; only a sample stays in memory.
+            let index = SealedIndex::new(index.entries(), sealed_bounds, Some(files));
+            Ok(Segment::new(
+                base_offset,
+                path,
+                file,
+                SegmentIndex::Sealed(index),
+                file_bytes,
+                next_base_offset,
+                timestamp_ms_max,
+            ))
+        }
         Err(why) => {
             let segment = path.display();
             tracing::warn!(%segment, reason = %why, "rebuilding the segment's index files");
@@ -285,29 +296,40 @@ fn open_sealed(
     }
 }
 
-/// Reads both index files of the segment at `log_path` and checks them against `bounds`.
+/// Reads both index files of the segment at `log_path` and checks them against `bounds`;
+/// returns them decoded and open.
 fn load_index(
     storage: &dyn Storage,
     log_path: &Path,
     bounds: IndexBounds,
-) -> Result<SparseIndex, String> {
-    let offset_index = read_small_file(
+) -> Result<(SparseIndex, IndexFiles), String> {
+    let (offset_file, offset_index) = read_small_file(
         storage,
         &log_path.with_extension(INDEX_EXTENSION),
         bounds.offset_index_bytes_max(),
     )?;
-    let time_index = read_small_file(
+    let (time_file, time_index) = read_small_file(
         storage,
         &log_path.with_extension(TIME_INDEX_EXTENSION),
         bounds
             .record_count
             .saturating_mul(TIME_INDEX_ENTRY_BYTES as u64),
     )?;
-    SparseIndex::decode(&offset_index, &time_index, bounds)
+    let index = SparseIndex::decode(&offset_index, &time_index, bounds)?;
+    let files = IndexFiles {
+        offset_index: offset_file,
+        time_index: time_file,
+    };
+    Ok((index, files))
 }
 
-/// The whole file at `path`, refusing one over `bytes_max` before reading it.
-fn read_small_file(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
+/// The file at `path`, open, and its whole content, refusing one over `bytes_max` before
+/// reading it.
+fn read_small_file(
+    storage: &dyn Storage,
+    path: &Path,
+    bytes_max: u64,
+) -> Result<(Arc<dyn StorageFile>, Vec<u8>), String> {
     let describe = |error: io::Error| format!("{}: {error}", path.display());
     let file = storage.open(path, OpenMode::Existing).map_err(describe)?;
     let file_bytes = file.size_bytes().map_err(describe)?;
@@ -320,7 +342,7 @@ fn read_small_file(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Result
     let mut bytes = vec![0; file_bytes as usize];
     let read = read_full_at(&*file, &mut bytes, 0).map_err(describe)?;
     bytes.truncate(read);
-    Ok(bytes)
+    Ok((file, bytes))
 }
 
 /// Reads the frames after the last index entry to the end of the file. They must be intact and
@@ -397,14 +419,14 @@ fn rebuild_sealed(
         base_offset,
         path,
         file,
-        index,
+        SegmentIndex::Active(index),
         bounds.file_bytes,
         next_offset,
         timestamp_ms_max,
     );
-    if let Err(error) = segment.write_index_files(storage) {
-        // Index files are caches: serving from the in-memory index is fine; the next open
-        // rebuilds again.
+    if let Err(error) = segment.seal(storage) {
+        // Index files are caches: lookups scan from the in-memory sample instead, slower but
+        // correct; the next open rebuilds again.
         let shown = segment.path().display();
         tracing::warn!(segment = %shown, %error, "could not rewrite index files");
     }
@@ -471,7 +493,7 @@ fn recover_last(
         base_offset,
         path,
         file,
-        index,
+        SegmentIndex::Active(index),
         scan.size_bytes,
         scan.next_offset,
         timestamp_ms_max,

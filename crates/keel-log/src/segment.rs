@@ -6,13 +6,14 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::LogError;
 use crate::index::{IndexBuilder, IndexEntry, SparseIndex};
 use crate::limits::{READ_CHUNK_BYTES, SEGMENT_FILE_BYTES_MAX};
 use crate::record::{FrameError, RECORD_HEADER_BYTES, Record, decode_frame, decode_header};
+use crate::sealed_index::{Floor, IndexFiles, Lookup, SealedBounds, SealedIndex};
 use crate::storage::{OpenMode, Storage, StorageFile, read_full_at};
 
 /// Extension of segment data files.
@@ -52,10 +53,25 @@ pub(crate) struct Segment {
     base_offset: u64,
     path: PathBuf,
     file: Arc<dyn StorageFile>,
-    index: RwLock<SparseIndex>,
+    index: RwLock<SegmentIndex>,
     size_bytes: AtomicU64,
     next_offset: AtomicU64,
     timestamp_ms_max: AtomicI64,
+    /// A damaged index file was already reported (once per segment, not once per lookup).
+    index_damage_reported: AtomicBool,
+}
+
+/// The index of a segment, by its state.
+///
+/// Memory: the active segment's whole index, 16 bytes per `index_interval_bytes` of its frames
+/// (512 KiB for a full default segment); a sealed segment's at most
+/// `SEALED_INDEX_ENTRIES_IN_MEMORY_MAX` entries (2 KiB), see `sealed_index.rs`.
+#[derive(Debug)]
+pub(crate) enum SegmentIndex {
+    /// Every entry, in memory: the active segment, which is appended to.
+    Active(SparseIndex),
+    /// A sample in memory, the rest in the index files: a sealed segment.
+    Sealed(SealedIndex),
 }
 
 impl fmt::Debug for Segment {
@@ -203,6 +219,18 @@ impl<'a> FrameCursor<'a> {
         }))
     }
 
+    /// Checks the next frame without moving past it; returns its timestamp, `None` at `end`.
+    /// The frame's bytes stay buffered for the `next_frame` that follows.
+    pub(crate) fn check_next_frame(&mut self) -> Result<Option<i64>, CursorError> {
+        let (position, expected_offset) = (self.position, self.expected_offset);
+        let timestamp_ms = self
+            .next_frame()
+            .map(|frame| frame.map(|frame| frame.timestamp_ms));
+        self.position = position;
+        self.expected_offset = expected_offset;
+        timestamp_ms
+    }
+
     /// Position of the next frame (the end of the last good one).
     pub(crate) fn position(&self) -> u64 {
         self.position
@@ -333,7 +361,7 @@ impl Segment {
         base_offset: u64,
         path: PathBuf,
         file: Arc<dyn StorageFile>,
-        index: SparseIndex,
+        index: SegmentIndex,
         size_bytes: u64,
         next_offset: u64,
         timestamp_ms_max: i64,
@@ -351,6 +379,7 @@ impl Segment {
             size_bytes: AtomicU64::new(size_bytes),
             next_offset: AtomicU64::new(next_offset),
             timestamp_ms_max: AtomicI64::new(timestamp_ms_max),
+            index_damage_reported: AtomicBool::new(false),
         }
     }
 
@@ -364,7 +393,7 @@ impl Segment {
         let file = storage
             .open(&path, OpenMode::CreateNew)
             .map_err(|source| LogError::io("create", &path, source))?;
-        let index = SparseIndex::default();
+        let index = SegmentIndex::Active(SparseIndex::default());
         Ok(Segment::new(
             base_offset,
             path,
@@ -427,10 +456,10 @@ impl Segment {
     ) {
         assert!(size_bytes >= self.size_bytes() && next_offset >= self.next_offset());
         if !entries.is_empty() {
-            self.index
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(entries);
+            match &mut *self.index.write().unwrap_or_else(PoisonError::into_inner) {
+                SegmentIndex::Active(index) => index.extend(entries),
+                SegmentIndex::Sealed(_) => panic!("records published to a sealed segment"),
+            }
         }
         self.timestamp_ms_max
             .fetch_max(timestamp_ms_max, Ordering::AcqRel);
@@ -438,15 +467,53 @@ impl Segment {
         self.next_offset.store(next_offset, Ordering::Release);
     }
 
-    /// Writes both index files from the in-memory index and fsyncs them.
-    pub(crate) fn write_index_files(&self, storage: &dyn Storage) -> Result<(), LogError> {
-        let (offset_index, time_index) = {
-            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-            (index.encode_offset_index(), index.encode_time_index())
-        };
+    /// Seals the segment once nothing more will be appended to it: writes both index files from
+    /// the in-memory index and fsyncs them, then keeps only a sample of the index in memory and
+    /// looks the rest up in the files. Writer only.
+    ///
+    /// When the files cannot be written the error is returned, and the segment is sealed anyway
+    /// without them: lookups then scan from the sampled entries, slower but correct.
+    pub(crate) fn seal(&self, storage: &dyn Storage) -> Result<(), LogError> {
+        let (offset_index, time_index) =
+            match &*self.index.read().unwrap_or_else(PoisonError::into_inner) {
+                SegmentIndex::Active(index) => {
+                    (index.encode_offset_index(), index.encode_time_index())
+                }
+                SegmentIndex::Sealed(_) => return Ok(()),
+            };
+        // Written outside the lock, so readers of this segment go on during the fsyncs.
         let [offset_path, time_path] = self.index_paths();
-        write_whole_file(storage, &offset_path, &offset_index)?;
-        write_whole_file(storage, &time_path, &time_index)
+        let files = write_whole_file(storage, &offset_path, &offset_index).and_then(|offset| {
+            let time = write_whole_file(storage, &time_path, &time_index)?;
+            Ok(IndexFiles {
+                offset_index: offset,
+                time_index: time,
+            })
+        });
+        let (files, result) = match files {
+            Ok(files) => (Some(files), Ok(())),
+            Err(error) => (None, Err(error)),
+        };
+        let bounds = SealedBounds {
+            record_count: self.next_offset() - self.base_offset,
+            file_bytes: self.size_bytes(),
+            timestamp_ms_max: self.timestamp_ms_max(),
+        };
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        if let SegmentIndex::Active(active) = &*index {
+            // Only the writer seals and publishes, so this is the index the files were made of.
+            *index = SegmentIndex::Sealed(SealedIndex::new(active.entries(), bounds, files));
+        }
+        result
+    }
+
+    /// Index entries held in memory.
+    #[cfg(test)]
+    pub(crate) fn index_entries_in_memory(&self) -> usize {
+        match &*self.index.read().unwrap_or_else(PoisonError::into_inner) {
+            SegmentIndex::Active(index) => index.entries().len(),
+            SegmentIndex::Sealed(index) => index.entries_in_memory(),
+        }
     }
 
     /// Appends visible records from `from` (which this segment holds) to `out`, below
@@ -459,8 +526,12 @@ impl Segment {
         out: &mut Vec<Record>,
     ) -> Result<u64, LogError> {
         let limit_offset = limit_offset.min(self.next_offset());
-        let start = self.index_floor(|index| index.floor_for_offset(self.relative(from)));
-        let mut cursor = self.cursor_from(start);
+        let relative_offset = self.relative(from);
+        let floor = self.lookup(|index| match index {
+            SegmentIndex::Active(index) => in_memory(index.floor_for_offset(relative_offset)),
+            SegmentIndex::Sealed(index) => index.floor_for_offset(relative_offset),
+        });
+        let mut cursor = self.cursor_at(floor, false)?;
         let mut next = from;
         while next < limit_offset && !limits.is_full(out.len()) {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
@@ -490,8 +561,11 @@ impl Segment {
         limit_offset: u64,
     ) -> Result<Option<u64>, LogError> {
         let limit_offset = limit_offset.min(self.next_offset());
-        let start = self.index_floor(|index| index.floor_for_timestamp(timestamp_ms));
-        let mut cursor = self.cursor_from(start);
+        let floor = self.lookup(|index| match index {
+            SegmentIndex::Active(index) => in_memory(index.floor_for_timestamp(timestamp_ms)),
+            SegmentIndex::Sealed(index) => index.floor_for_timestamp(timestamp_ms),
+        });
+        let mut cursor = self.cursor_at(floor, true)?;
         while cursor.expected_offset() < limit_offset {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
                 return Err(self.ends_early(cursor.position(), cursor.expected_offset()));
@@ -507,11 +581,60 @@ impl Segment {
         u32::try_from(offset.saturating_sub(self.base_offset)).unwrap_or(u32::MAX)
     }
 
-    fn index_floor(
+    /// Runs `search` on the index, reporting damage it found in the index files.
+    fn lookup(&self, search: impl FnOnce(&SegmentIndex) -> Lookup) -> Option<Floor> {
+        let lookup = search(&self.index.read().unwrap_or_else(PoisonError::into_inner));
+        if let Some(why) = &lookup.damage {
+            self.report_index_damage(why);
+        }
+        lookup.floor
+    }
+
+    fn report_index_damage(&self, why: &str) {
+        // Once per segment: every later lookup in a damaged file falls back again and would warn.
+        if self.index_damage_reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let message = "an index entry does not fit the segment's frames (a damaged index file, or \
+                       a damaged record); lookups there scan from an earlier entry instead, and \
+                       reopening the log checks the index files and rebuilds damaged ones";
+        tracing::warn!(segment = %self.path.display(), reason = why, "{message}");
+    }
+
+    /// A cursor from `floor`, or from the segment's start.
+    ///
+    /// The frame at the floor's entry must be the record the entry names and, when
+    /// `check_timestamp` (a time lookup), not newer than the entry's `timestamp_ms_max`;
+    /// otherwise the cursor starts from the floor's fallback instead. So an index entry that is
+    /// out of place (a damaged index file) costs a longer scan, never a wrong record. The check
+    /// reads nothing more: the frame stays buffered for the scan.
+    fn cursor_at(
         &self,
-        lookup: impl FnOnce(&SparseIndex) -> Option<IndexEntry>,
-    ) -> Option<IndexEntry> {
-        lookup(&self.index.read().unwrap_or_else(PoisonError::into_inner))
+        floor: Option<Floor>,
+        check_timestamp: bool,
+    ) -> Result<FrameCursor<'_>, LogError> {
+        let Some(floor) = floor else {
+            return Ok(self.cursor_from(None));
+        };
+        let mut cursor = self.cursor_from(Some(floor.entry));
+        let why = match cursor.check_next_frame() {
+            Ok(Some(timestamp_ms))
+                if !check_timestamp || timestamp_ms <= floor.entry.timestamp_ms_max =>
+            {
+                return Ok(cursor);
+            }
+            // Only in the active segment, for an entry published after the size was read: the
+            // records there are past the lookup's limit anyway (sealed segments' entries are
+            // checked to be within the file).
+            Ok(None) => return Ok(cursor),
+            Ok(Some(timestamp_ms)) => format!("its record is newer ({timestamp_ms} ms)"),
+            // When the record there is damaged rather than the index, the scan from the fallback
+            // reports it again, as corruption.
+            Err(CursorError::Bad(bad)) => format!("at byte {}: {}", bad.position, bad.reason),
+            Err(CursorError::Io(source)) => return Err(LogError::io("read", &self.path, source)),
+        };
+        self.report_index_damage(&format!("entry {:?}: {why}", floor.entry));
+        Ok(self.cursor_from(floor.fallback))
     }
 
     /// A cursor over the visible bytes, from an index entry or from the start.
@@ -547,8 +670,20 @@ impl Segment {
     }
 }
 
-/// Replaces the file at `path` with `bytes` and fsyncs it.
-fn write_whole_file(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<(), LogError> {
+/// A lookup in an in-memory index, which never finds damage.
+fn in_memory(entry: Option<IndexEntry>) -> Lookup {
+    Lookup {
+        floor: entry.map(Floor::in_memory),
+        damage: None,
+    }
+}
+
+/// Replaces the file at `path` with `bytes`, fsyncs it, and returns it open.
+fn write_whole_file(
+    storage: &dyn Storage,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Arc<dyn StorageFile>, LogError> {
     let file = storage
         .open(path, OpenMode::Create)
         .map_err(|source| LogError::io("create", path, source))?;
@@ -560,7 +695,8 @@ fn write_whole_file(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<
     // after a crash. Either is caught by the sanity check on open and rebuilt, so this only saves
     // a rebuild; the directory entry is made durable by the caller's directory fsync.
     file.sync_data()
-        .map_err(|source| LogError::io("fsync", path, source))
+        .map_err(|source| LogError::io("fsync", path, source))?;
+    Ok(file)
 }
 
 #[cfg(test)]

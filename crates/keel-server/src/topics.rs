@@ -6,7 +6,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_engine::{Created, TopicConfig};
-use serde_json::json;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -34,9 +33,16 @@ pub async fn create(
     Ok((status, Json(engine.describe_topic(&topic)?)).into_response())
 }
 
+/// The answer to a list, fields in the documented order.
+#[derive(serde::Serialize)]
+struct TopicList {
+    topics: Vec<keel_engine::TopicInfo>,
+}
+
 /// `GET /v1/topics`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(json!({"topics": state.engine()?.list_topics()})).into_response())
+    let topics = state.engine()?.list_topics();
+    Ok(Json(TopicList { topics }).into_response())
 }
 
 /// `GET /v1/topics/{topic}`.
