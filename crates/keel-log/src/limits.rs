@@ -13,6 +13,10 @@ pub const PAYLOAD_BYTES_MAX: u32 = 8 * 1024 * 1024;
 /// Bounds the writer's memory and the size of one group-commit write.
 pub const PENDING_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
+/// The pending buffer's capacity kept between commits; a larger one is shrunk back, so an
+/// idle partition holds at most this much.
+pub const PENDING_BYTES_RETAINED_MAX: usize = 1024 * 1024;
+
 /// The largest `LogConfig::segment_bytes_max`.
 pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 

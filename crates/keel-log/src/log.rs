@@ -16,7 +16,7 @@ use crate::error::LogError;
 use crate::index::IndexBuilder;
 use crate::limits::{
     INDEX_INTERVAL_BYTES_MAX, INDEX_INTERVAL_BYTES_MIN, PAYLOAD_BYTES_MAX, PENDING_BYTES_MAX,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_FILE_BYTES_MAX,
+    PENDING_BYTES_RETAINED_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_FILE_BYTES_MAX,
 };
 use crate::record::{Record, encode_frame, frame_bytes};
 use crate::recovery::{RecoveryReport, recover};
@@ -459,6 +459,11 @@ impl Log {
             .store(writer.next_offset, Ordering::Release);
         writer.pending.clear();
         writer.pending_records.clear();
+        // One large batch must not pin its buffer for the life of the partition.
+        if writer.pending.capacity() > PENDING_BYTES_RETAINED_MAX {
+            writer.pending.shrink_to(PENDING_BYTES_RETAINED_MAX);
+            writer.pending_records.shrink_to_fit();
+        }
         Ok(writer.next_offset)
     }
 
