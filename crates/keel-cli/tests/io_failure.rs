@@ -1,11 +1,13 @@
-//! A failed fsync is never acknowledged, with the real server and a real failing syscall.
+//! A failed write or fsync is never acknowledged, with the real server and a real failing
+//! syscall: fdatasync failing with EIO, and pwrite failing with ENOSPC (disk full).
 //!
-//! Method: run `keel serve` under `fiu-run -x` (libfiu's POSIX preload), then make every
-//! `fdatasync` fail with `fiu-ctrl` while publishing.
-//! Invariants: the publish waiting on the failed fsync gets an error (503), not an ack; the
-//! partition then refuses writes even after fsync works again (Linux may have dropped the
-//! dirty pages, so retrying the fsync would be pretending) and `/readyz` names it; other
-//! partitions keep serving; after a restart every acknowledged event is there.
+//! Method: run `keel serve` under `fiu-run -x` (libfiu's POSIX preload), then make the
+//! syscall fail with `fiu-ctrl` while publishing.
+//! Invariants: the publish waiting on the failed write or fsync gets an error (503), not an
+//! ack; the partition then refuses writes even after the syscall works again (after a
+//! failed fsync Linux may have dropped the dirty pages, so retrying it would be pretending)
+//! and `/readyz` names it; other partitions keep serving; after a restart every
+//! acknowledged event is there and the partition serves again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -63,9 +65,18 @@ async fn wait_ready(client: &reqwest::Client, url: &str) {
     panic!("keel not ready at {url}");
 }
 
-// Goal and method: see the module doc.
 #[tokio::test]
 async fn failed_fsync_is_never_acknowledged_and_stops_the_partition() {
+    failed_io_is_never_acknowledged("posix/io/sync/fdatasync", 5).await;
+}
+
+#[tokio::test]
+async fn disk_full_is_never_acknowledged_and_stops_the_partition() {
+    failed_io_is_never_acknowledged("posix/io/rw/pwrite", 28).await;
+}
+
+/// Goal and method: see the module doc. `errno` is what the failing syscall sets.
+async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     if Command::new("fiu-run")
         .arg("-h")
         .stdout(Stdio::null())
@@ -110,28 +121,25 @@ async fn failed_fsync_is_never_acknowledged_and_stops_the_partition() {
     }
     assert_eq!(publish(&client, &url, "a", "before", "k").await.0, 200);
 
-    fiu_ctrl(child.id(), "enable name=posix/io/sync/fdatasync,failinfo=5");
+    fiu_ctrl(child.id(), &format!("enable name={fault},failinfo={errno}"));
     let (status, problem) = publish(&client, &url, "a", "during", "k").await;
     assert_eq!(
         status, 503,
         "the publish whose fsync failed is not acknowledged: {problem}"
     );
     assert!(
-        problem["detail"].as_str().unwrap().contains("fsync failed"),
+        problem["detail"].as_str().unwrap().contains("write or fsync failed"),
         "{problem}"
     );
-    fiu_ctrl(child.id(), "disable name=posix/io/sync/fdatasync");
+    fiu_ctrl(child.id(), &format!("disable name={fault}"));
 
     let (status, problem) = publish(&client, &url, "a", "after", "k").await;
     assert_eq!(
         status, 503,
         "the partition stays stopped after a failed fsync: {problem}"
     );
-    assert_eq!(
-        publish(&client, &url, "b", "other", "k").await.0,
-        200,
-        "other partitions keep serving"
-    );
+    let (status, problem) = publish(&client, &url, "b", "other", "k").await;
+    assert_eq!(status, 200, "other partitions keep serving: {problem}");
     let ready: Value = serde_json::from_str(
         &client
             .get(format!("{url}/readyz"))
