@@ -563,3 +563,38 @@ async fn corruption_before_the_durable_mark_stops_only_that_partition() {
     );
     server.stop().await;
 }
+
+// Goal: the weaker fsync policies are opt-ins that still store, serve, and keep events over
+// a graceful restart (shutdown fsyncs what they wrote). Method: one topic per policy.
+#[tokio::test]
+async fn interval_and_never_fsync_policies_store_and_survive_a_graceful_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    for policy in ["interval", "never"] {
+        let (status, body) = server
+            .put_topic(policy, json!({"fsync": policy, "fsync_interval": "100ms"}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(body["fsync"], policy);
+        let batch: Vec<Value> = (0..50)
+            .map(|i| event(&format!("{policy}-{i}"), json!({})))
+            .collect();
+        assert_eq!(
+            server
+                .publish(policy, BATCH, Value::Array(batch).to_string())
+                .await
+                .0,
+            200
+        );
+        assert_eq!(server.next_offsets(policy).await, vec![50]);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let data_dir = server.stop().await;
+    let server = TestServer::start(&data_dir).await;
+    for policy in ["interval", "never"] {
+        let (_, body) = server.read(policy, 0, "max=1000").await;
+        assert_eq!(body["records"].as_array().unwrap().len(), 50, "{policy}");
+        assert_eq!(body["records"][49]["event"]["id"], format!("{policy}-49"));
+    }
+    server.stop().await;
+}
