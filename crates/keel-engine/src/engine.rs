@@ -290,14 +290,7 @@ impl Engine {
     /// Stops every writer after it has committed (and fsynced) what is queued.
     pub async fn shut_down(&self) {
         self.begin_shutdown();
-        let topics: Vec<Arc<Topic>> = self
-            .inner
-            .topics
-            .read()
-            .expect("topics lock")
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.inner.topics_snapshot();
         let _ =
             tokio::task::spawn_blocking(move || topics.iter().for_each(|topic| topic.shut_down()))
                 .await;
@@ -312,17 +305,23 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let topics: Vec<Arc<Topic>> = inner
-                    .topics
-                    .read()
-                    .expect("topics lock")
-                    .values()
-                    .cloned()
-                    .collect();
+                let topics = inner.topics_snapshot();
                 drop(inner);
                 let _ = tokio::task::spawn_blocking(move || apply_retention(&topics)).await;
             }
         });
+    }
+}
+
+impl Inner {
+    /// The topics now, without holding the lock afterwards.
+    fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .expect("topics lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

@@ -160,3 +160,20 @@ pub fn event(id: &str, extra: Value) -> Value {
 
 pub const STRUCTURED: &str = "application/cloudevents+json";
 pub const BATCH: &str = "application/cloudevents-batch+json";
+
+/// Checks a problem+json answer: its status, and that its detail mentions `needle`.
+pub fn assert_problem(
+    status: u16,
+    problem: &Value,
+    status_expected: u16,
+    needle: &str,
+    context: &str,
+) {
+    assert_eq!(status, status_expected, "{context}: {problem}");
+    assert_eq!(problem["status"], status_expected, "{context}: {problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.to_lowercase().contains(&needle.to_lowercase()),
+        "{context}: {problem}"
+    );
+}
