@@ -286,7 +286,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_server::FakeServer;
+    use crate::test_server::TestServer;
 
     #[test]
     fn problem_becomes_one_line_with_status_reason_and_detail() {
@@ -373,19 +373,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn error_answer_becomes_problem_error() {
-        // Goal: a problem+json answer over real HTTP ends as the one-line message.
-        let server = FakeServer::start(vec![(
-            404,
-            r#"{"title":"Not Found","status":404,"detail":"topic \"t\" does not exist"}"#,
-        )])
-        .await;
-        let client = Client::new(&server.url(), 1).unwrap();
-        let error = client.get(&["v1", "topics", "t"], &[]).await.unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            r#"404 Not Found: topic "t" does not exist"#
-        );
-        assert_eq!(server.requests().await[0].target, "/v1/topics/t");
+    async fn problem_answers_become_problem_errors_with_status_and_detail() {
+        // Goal: real problem+json answers become the one-line error, keeping their status.
+        // Method: requests a real server refuses: an unknown topic (404), a conflicting create.
+        let server = TestServer::start().await;
+        server.create_topic("orders", 1).await;
+        let client = server.client();
+        let other_config = Body {
+            content_type: CONTENT_TYPE_JSON,
+            bytes: br#"{"partitions": 2}"#.to_vec(),
+        };
+        let cases = [
+            (
+                Method::GET,
+                "missing",
+                None,
+                StatusCode::NOT_FOUND,
+                r#"404 Not Found: topic "missing" does not exist"#,
+            ),
+            (
+                Method::PUT,
+                "orders",
+                Some(other_config),
+                StatusCode::CONFLICT,
+                r#"409 Conflict: topic "orders" already exists with another configuration"#,
+            ),
+        ];
+        for (method, topic, body, status, message_start) in cases {
+            let error = client
+                .send(method, &["v1", "topics", topic], &[], body)
+                .await
+                .unwrap_err();
+            assert_eq!(error.status(), Some(status), "{error}");
+            assert!(error.to_string().starts_with(message_start), "{error}");
+        }
+        server.stop().await;
     }
 }

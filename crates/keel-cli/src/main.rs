@@ -7,13 +7,13 @@ mod bench;
 mod client;
 mod error;
 mod event_id;
-#[cfg(test)]
-mod fake_server;
 mod limits;
 mod output;
 mod publish;
 mod serve;
 mod tail;
+#[cfg(test)]
+mod test_server;
 mod topic;
 
 use std::process::ExitCode;

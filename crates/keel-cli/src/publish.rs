@@ -268,6 +268,9 @@ struct LineSource {
     reader: Box<dyn BufRead + Send>,
     /// Events in the input, when it can be counted up front (a file, for the progress bar).
     events: Option<u64>,
+    /// How long a partial batch waits for more lines: stdin may trickle, so it is sent after
+    /// [`BATCH_LINGER_MS`]; a file never waits on a producer, so its batches are always full.
+    linger: Option<Duration>,
 }
 
 impl LineSource {
@@ -277,6 +280,7 @@ impl LineSource {
             origin: "stdin".to_owned(),
             reader,
             events: None,
+            linger: Some(Duration::from_millis(BATCH_LINGER_MS)),
         }
     }
 
@@ -295,6 +299,7 @@ impl LineSource {
             origin,
             reader,
             events,
+            linger: None,
         })
     }
 }
@@ -335,9 +340,10 @@ async fn publish_lines(
 ) -> Result<(), CliError> {
     let bar = progress_bar(source.events, "events");
     let origin = source.origin.clone();
+    let linger = source.linger;
     let (sender, receiver) = mpsc::channel(LINE_QUEUE_CAPACITY);
     spawn_line_reader(source, ids, sender);
-    let mut batches = BatchReader::new(receiver, args.batch_size);
+    let mut batches = BatchReader::new(receiver, args.batch_size, linger);
     let mut tally = Tally::default();
     let outcome = async {
         while let Some(batch) = batches.next().await? {
@@ -463,19 +469,25 @@ struct Batch {
 }
 
 /// Groups queued lines into batches of at most `size` events: a batch is sent once full, or
-/// once no line came for [`BATCH_LINGER_MS`], so trickling input is published promptly.
+/// once no line came for `linger` (when set), so trickling input is published promptly.
 struct BatchReader {
     receiver: mpsc::Receiver<Result<Line, CliError>>,
     size: u64,
+    linger: Option<Duration>,
     /// A bad line met while filling the previous batch: that batch is sent first.
     pending_error: Option<CliError>,
 }
 
 impl BatchReader {
-    fn new(receiver: mpsc::Receiver<Result<Line, CliError>>, size: u64) -> Self {
+    fn new(
+        receiver: mpsc::Receiver<Result<Line, CliError>>,
+        size: u64,
+        linger: Option<Duration>,
+    ) -> Self {
         Self {
             receiver,
             size,
+            linger,
             pending_error: None,
         }
     }
@@ -494,9 +506,15 @@ impl BatchReader {
             last_line: first.number,
             events: vec![first.event],
         };
-        let deadline = Instant::now() + Duration::from_millis(BATCH_LINGER_MS);
+        let deadline = self.linger.map(|linger| Instant::now() + linger);
         while (batch.events.len() as u64) < self.size {
-            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+            let next = async {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, self.receiver.recv()).await,
+                    None => Ok(self.receiver.recv().await),
+                }
+            };
+            match next.await {
                 Ok(Some(Ok(line))) => {
                     batch.last_line = line.number;
                     batch.events.push(line.event);
@@ -530,7 +548,7 @@ fn join_batch(events: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_server::FakeServer;
+    use crate::test_server::TestServer;
     use serde_json::json;
 
     fn flags() -> EventArgs {
@@ -664,35 +682,75 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lines_are_batched_by_size_and_bad_lines_stop_after_earlier_ones() {
-        // Goal: batches fill up to the size, blank lines are skipped, and a bad line is reported
-        // with its number only after the events before it were handed out.
-        // Method: feed 5 good lines, a blank one and a bad one through the reader thread.
-        let input = (1..=5).map(|n| format!(r#"{{"id":"{n}","source":"s","type":"t"}}"#));
-        let text = input.collect::<Vec<_>>().join("\n") + "\n\nnot json\n";
-        let source = LineSource {
-            origin: "events.jsonl".to_owned(),
-            reader: Box::new(std::io::Cursor::new(text.into_bytes())),
-            events: None,
-        };
-        let (sender, receiver) = mpsc::channel(LINE_QUEUE_CAPACITY);
-        spawn_line_reader(source, Arc::new(EventIds::new()), sender);
-        let mut batches = BatchReader::new(receiver, 2);
-        let mut spans = Vec::new();
-        let error = loop {
-            match batches.next().await {
-                Ok(Some(batch)) => spans.push((batch.first_line, batch.last_line)),
-                Ok(None) => panic!("the bad line must be reported"),
-                Err(error) => break error,
-            }
-        };
-        assert_eq!(spans, [(1, 2), (3, 4), (5, 5)]);
-        assert!(
-            error
-                .to_string()
-                .starts_with("events.jsonl line 7: invalid JSON"),
-            "{error}"
-        );
+    async fn events_before_a_bad_line_are_stored_in_order_and_the_error_names_its_lines() {
+        // Goal: JSONL stores every event before the first bad line, in order, and names that line.
+        // Method: batches of 2 to a real server; a line that is not JSON, and one it refuses.
+        let good =
+            |n: u32| format!(r#"{{"specversion":"1.0","id":"{n}","source":"s","type":"t"}}"#);
+        let unparsable = [
+            good(1),
+            good(2),
+            good(3),
+            good(4),
+            good(5),
+            String::new(),
+            "not json".to_owned(),
+        ];
+        // Line 4 lacks the required "type": the server refuses its whole batch, lines 3-4.
+        let refused = [
+            good(1),
+            good(2),
+            good(3),
+            r#"{"specversion":"1.0","id":"4","source":"s"}"#.to_owned(),
+            good(5),
+        ];
+        let cases: [(&str, &[String], usize, &str, &str); 2] = [
+            (
+                "unparsable",
+                &unparsable,
+                5,
+                "events.jsonl line 7: invalid JSON",
+                "",
+            ),
+            (
+                "refused",
+                &refused,
+                2,
+                "400 Bad Request",
+                "(events.jsonl lines 3-4)",
+            ),
+        ];
+        let server = TestServer::start().await;
+        let client = server.client();
+        for (topic, lines, stored_count, message_start, message_end) in cases {
+            server.create_topic(topic, 1).await;
+            let source = LineSource {
+                origin: "events.jsonl".to_owned(),
+                reader: Box::new(std::io::Cursor::new(lines.join("\n").into_bytes())),
+                events: None,
+                linger: None,
+            };
+            let args = PublishArgs {
+                topic: topic.to_owned(),
+                event: EventArgs::default(),
+                stdin: false,
+                file: None,
+                batch_size: 2,
+                quiet: true,
+            };
+            let error = publish_lines(&client, &args, source, Arc::new(EventIds::new()), false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(message_start), "{topic}: {error}");
+            assert!(error.ends_with(message_end), "{topic}: {error}");
+            let expected: Vec<Value> = lines[..stored_count]
+                .iter()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            assert_eq!(server.events(topic, 0).await, expected, "{topic}");
+        }
+        server.stop().await;
     }
 
     #[test]
@@ -704,15 +762,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_event_is_posted_in_structured_mode() {
-        // Goal: the contract's structured-mode request. Method: a fake server records it.
-        let answer = r#"{"results":[{"id":"e-1","partition":1,"offset":0,"duplicate":false}]}"#;
-        let server = FakeServer::start(vec![(200, answer)]).await;
-        let client = Client::new(&server.url(), 1).unwrap();
+    async fn event_from_flags_reads_back_as_built() {
+        // Goal: an event built from flags is stored as built, and its position is printed.
+        // Method: publish to a real server, then read the partition back.
+        let server = TestServer::start().await;
+        server.create_topic("orders", 1).await;
         let args = PublishArgs {
             topic: "orders".to_owned(),
             event: EventArgs {
                 id: Some("e-1".to_owned()),
+                key: Some("order-1001".to_owned()),
+                subject: Some("orders/1001".to_owned()),
                 data: Some("hi".to_owned()),
                 ..flags()
             },
@@ -721,17 +781,18 @@ mod tests {
             batch_size: 100,
             quiet: false,
         };
-        let printed = publish_one(&client, &args, &EventIds::new(), false)
+        let printed = publish_one(&server.client(), &args, &EventIds::new(), false)
             .await
             .unwrap();
-        assert_eq!(printed, "e-1 → partition 1 offset 0\n");
-        let request = &server.requests().await[0];
-        assert_eq!(request.target, "/v1/topics/orders/events");
+        assert_eq!(printed, "e-1 → partition 0 offset 0\n");
         assert_eq!(
-            request.header("content-type"),
-            Some("application/cloudevents+json")
+            server.events("orders", 0).await,
+            [
+                json!({"specversion": "1.0", "id": "e-1", "source": "shop", "type": "order.created",
+                    "partitionkey": "order-1001", "subject": "orders/1001",
+                    "datacontenttype": "text/plain", "data": "hi"})
+            ]
         );
-        assert_eq!(request.json()["data"], "hi");
-        assert_eq!(request.json()["datacontenttype"], "text/plain");
+        server.stop().await;
     }
 }

@@ -318,7 +318,7 @@ async fn delete(client: &Client, name: &str, json: bool) -> Result<(), CliError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_server::FakeServer;
+    use crate::test_server::TestServer;
     use serde_json::json;
 
     #[test]
@@ -406,23 +406,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_puts_the_spec_as_json() {
-        // Goal: the request is the contract's PUT. Method: a fake server records it.
-        let server = FakeServer::start(vec![(201, r#"{"name":"orders","partitions":3}"#)]).await;
-        let client = Client::new(&server.url(), 1).unwrap();
+    async fn created_topic_is_described_with_the_given_settings() {
+        // Goal: every create flag reaches the server and is kept.
+        // Method: create with non-default settings on a real server, then describe the topic.
+        let server = TestServer::start().await;
+        let client = server.client();
         let args = CreateArgs {
             name: "orders".to_owned(),
             partitions: Some(3),
-            ..Default::default()
+            retention_age: Some("7d".to_owned()),
+            retention_bytes: Some(1_000_000),
+            fsync: Some(Fsync::Never),
+            dedupe_window: Some("90s".to_owned()),
         };
         let reply = put_topic(&client, &args).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
-        let request = &server.requests().await[0];
+        let described: Value = client
+            .get(&["v1", "topics", "orders"], &[])
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        let info = fetch_topic(&client, "orders").await.unwrap();
         assert_eq!(
-            (request.method.as_str(), request.target.as_str()),
-            ("PUT", "/v1/topics/orders")
+            (
+                &described["name"],
+                &described["retention"],
+                &described["fsync"],
+                &described["dedupe_window"]
+            ),
+            (
+                &json!("orders"),
+                &json!({"max_age": "7d", "max_bytes": 1_000_000}),
+                &json!("never"),
+                &json!("90s")
+            ),
+            "{described}"
         );
-        assert_eq!(request.header("content-type"), Some("application/json"));
-        assert_eq!(request.json(), json!({"partitions": 3}));
+        let partitions: Vec<_> = info.partitions.iter().map(|p| p.partition).collect();
+        assert_eq!(partitions, [0, 1, 2]);
+        server.stop().await;
     }
 }

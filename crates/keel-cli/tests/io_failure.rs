@@ -128,7 +128,10 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
         "the publish whose fsync failed is not acknowledged: {problem}"
     );
     assert!(
-        problem["detail"].as_str().unwrap().contains("write or fsync failed"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("write or fsync failed"),
         "{problem}"
     );
     fiu_ctrl(child.id(), &format!("disable name={fault}"));
