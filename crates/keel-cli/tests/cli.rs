@@ -155,3 +155,31 @@ async fn cli_errors_are_one_line_and_exit_non_zero() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+// Goal: a second server on the same data directory refuses to start with a clear message
+// (two writers on one log would destroy acknowledged events), and the first keeps serving.
+#[tokio::test]
+async fn a_second_server_on_one_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let first = KeelProcess::start(&data_dir).await;
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another keel process"),
+        "{stderr}"
+    );
+    let health = reqwest::get(format!("{}/readyz", first.url)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}

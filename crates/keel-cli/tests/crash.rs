@@ -188,3 +188,29 @@ async fn sigterm_shuts_down_cleanly_and_keeps_events() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["event"], event);
 }
+
+// Goal: a client holding a half-sent request cannot keep keel from stopping: SIGTERM exits
+// 0 within the 10 s grace period (plus slack).
+#[tokio::test]
+async fn sigterm_stops_even_while_a_client_holds_a_half_sent_request() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keel = KeelProcess::start(&dir.path().join("data")).await;
+    let mut stuck = tokio::net::TcpStream::connect(&keel.listen).await.unwrap();
+    stuck
+        .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || keel.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}

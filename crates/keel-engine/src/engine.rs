@@ -65,8 +65,8 @@ pub struct ReadBatch {
 pub struct UnavailablePartition {
     /// The topic.
     pub topic: String,
-    /// The partition.
-    pub partition: u32,
+    /// The partition; none when the whole topic could not be opened.
+    pub partition: Option<u32>,
     /// Why.
     pub reason: String,
 }
@@ -85,6 +85,11 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Turns true when shutdown begins; long polls end early on it.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Topics whose directory could not be opened at start, and why. They refuse service
+    /// (503) instead of stopping the whole server; deleting one removes its directory.
+    failed_topics: RwLock<BTreeMap<String, (PathBuf, String)>>,
+    /// Held for the engine's life: a second keel on the same data directory would corrupt it.
+    _data_dir_lock: std::fs::File,
 }
 
 impl Engine {
@@ -98,10 +103,13 @@ impl Engine {
         let metrics = Arc::new(Metrics::new());
         let recovery_config = config.clone();
         let recovery_metrics = metrics.clone();
-        let topics =
-            tokio::task::spawn_blocking(move || recover(&recovery_config, &recovery_metrics))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)??;
+        let (lock, topics, failed_topics) = tokio::task::spawn_blocking(move || {
+            let lock = lock_data_dir(&recovery_config.data_dir)?;
+            let (topics, failed) = recover(&recovery_config, &recovery_metrics)?;
+            Ok::<_, EngineError>((lock, topics, failed))
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)??;
         for topic in topics.values() {
             topic.start_tasks();
         }
@@ -112,6 +120,8 @@ impl Engine {
                 admin: tokio::sync::Mutex::new(()),
                 metrics,
                 closing: tokio::sync::watch::Sender::new(false),
+                failed_topics: RwLock::new(failed_topics),
+                _data_dir_lock: lock,
             }),
         };
         engine.spawn_retention();
@@ -129,13 +139,19 @@ impl Engine {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
-        let topics = self.inner.topics.read().expect("topics lock");
-        topics
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::TopicNotFound {
+        if let Some(topic) = self.inner.topics.read().expect("topics lock").get(name) {
+            return Ok(topic.clone());
+        }
+        let failed = self.inner.failed_topics.read().expect("failed topics lock");
+        Err(match failed.get(name) {
+            Some((_, reason)) => EngineError::TopicUnavailable {
                 topic: name.to_owned(),
-            })
+                reason: reason.clone(),
+            },
+            None => EngineError::TopicNotFound {
+                topic: name.to_owned(),
+            },
+        })
     }
 
     fn topics_dir(&self) -> PathBuf {
@@ -151,6 +167,9 @@ impl Engine {
         validate_topic_name(name)?;
         config.validate()?;
         let _admin = self.inner.admin.lock().await;
+        if let Err(error @ EngineError::TopicUnavailable { .. }) = self.topic(name) {
+            return Err(error);
+        }
         if let Ok(existing) = self.topic(name) {
             if existing.config == config {
                 return Ok(Created::Existing);
@@ -196,6 +215,20 @@ impl Engine {
     /// Deletes a topic and its files.
     pub async fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock().await;
+        let trash = self.inner.config.data_dir.join("trash");
+        let failed = self
+            .inner
+            .failed_topics
+            .write()
+            .expect("failed topics lock")
+            .remove(name);
+        if let Some((dir, _)) = failed {
+            tokio::task::spawn_blocking(move || remove_topic_dir(&dir, &trash))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)??;
+            tracing::info!(topic = name, "deleted unavailable topic");
+            return Ok(());
+        }
         let topic = self.topic(name)?;
         self.inner.topics.write().expect("topics lock").remove(name);
         let trash = self.inner.config.data_dir.join("trash");
@@ -266,14 +299,21 @@ impl Engine {
 
     /// Partitions that refuse service and why.
     pub fn unavailable_partitions(&self) -> Vec<UnavailablePartition> {
-        let topics = self.inner.topics.read().expect("topics lock");
-        let mut unavailable = Vec::new();
-        for topic in topics.values() {
+        let failed = self.inner.failed_topics.read().expect("failed topics lock");
+        let mut unavailable: Vec<UnavailablePartition> = failed
+            .iter()
+            .map(|(topic, (_, reason))| UnavailablePartition {
+                topic: topic.clone(),
+                partition: None,
+                reason: reason.clone(),
+            })
+            .collect();
+        for topic in self.inner.topics_snapshot() {
             for (number, partition) in (0u32..).zip(topic.partitions()) {
                 if let Some(reason) = partition.unavailable() {
                     unavailable.push(UnavailablePartition {
                         topic: topic.name.clone(),
-                        partition: number,
+                        partition: Some(number),
                         reason,
                     });
                 }
@@ -340,42 +380,86 @@ fn apply_retention(topics: &[Arc<Topic>]) {
 }
 
 /// Opens every topic under the data directory. Blocking.
-fn recover(
-    config: &EngineConfig,
-    metrics: &Arc<Metrics>,
-) -> Result<BTreeMap<String, Arc<Topic>>, EngineError> {
+fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<Recovered, EngineError> {
     let topics_dir = config.data_dir.join("topics");
     std::fs::create_dir_all(&topics_dir).map_err(EngineError::io("create", &topics_dir))?;
     empty_trash(&config.data_dir.join("trash"));
-    let mut topics = BTreeMap::new();
+    let (mut topics, mut failed) = (BTreeMap::new(), BTreeMap::new());
     let entries = std::fs::read_dir(&topics_dir).map_err(EngineError::io("list", &topics_dir))?;
     for entry in entries {
         let dir = entry.map_err(EngineError::io("list", &topics_dir))?.path();
-        let Some(name) = dir
+        let name = dir
             .file_name()
-            .and_then(|name| name.to_str())
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        if validate_topic_name(&name).is_err() {
-            // A creation that crashed before its rename left a temporary directory.
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(CREATING_PREFIX) {
+            // A creation that crashed before its rename: the topic never existed.
+            tracing::info!(path = %dir.display(), "removing an unfinished topic creation");
             let _ = std::fs::remove_dir_all(&dir);
             continue;
         }
-        let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read(&config_path).map_err(EngineError::io("read", &config_path))?;
-        let topic_config: TopicConfig =
-            serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
-                detail: format!("{}: {error}", config_path.display()),
-            })?;
-        topics.insert(
-            name.clone(),
-            Topic::open(&dir, &name, topic_config, &config.log, metrics.clone()),
-        );
-        tracing::info!(topic = %name, "recovered topic");
+        if validate_topic_name(&name).is_err() {
+            tracing::warn!(path = %dir.display(), "ignoring a directory that is not a topic; move it out of topics/");
+            continue;
+        }
+        match read_topic_config(&dir) {
+            Ok(topic_config) => {
+                let topic = Topic::open(&dir, &name, topic_config, &config.log, metrics.clone());
+                topics.insert(name.clone(), topic);
+                tracing::info!(topic = %name, "recovered topic");
+            }
+            Err(error) => {
+                let reason = format!(
+                    "its configuration cannot be read ({error}); fix or restore {CONFIG_FILE}, or delete the topic"
+                );
+                tracing::error!(topic = %name, %error, "topic refuses service");
+                failed.insert(name, (dir, reason));
+            }
+        }
     }
-    Ok(topics)
+    Ok((topics, failed))
+}
+
+/// Opened topics, and those that could not be opened with where and why.
+type Recovered = (
+    BTreeMap<String, Arc<Topic>>,
+    BTreeMap<String, (PathBuf, String)>,
+);
+
+/// Prefix of the temporary directory a topic is created in before its rename.
+const CREATING_PREFIX: &str = ".creating-";
+
+fn read_topic_config(dir: &Path) -> Result<TopicConfig, EngineError> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read(&config_path).map_err(EngineError::io("read", &config_path))?;
+    let config: TopicConfig =
+        serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
+            detail: format!("{}: {error}", config_path.display()),
+        })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Takes the data directory's lock file, so that two servers never share one directory.
+/// Blocking.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, EngineError> {
+    std::fs::create_dir_all(data_dir).map_err(EngineError::io("create", data_dir))?;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(EngineError::io("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::DataDirLocked { path }),
+        Err(std::fs::TryLockError::Error(source)) => Err(EngineError::Io {
+            op: "lock",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Writes a new topic directory atomically: a temporary directory with `topic.json`, renamed
@@ -385,7 +469,7 @@ fn write_topic_dir(
     name: &str,
     config: &TopicConfig,
 ) -> Result<PathBuf, EngineError> {
-    let temporary = topics_dir.join(format!(".creating-{name}"));
+    let temporary = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
     let _ = std::fs::remove_dir_all(&temporary);
     std::fs::create_dir_all(&temporary).map_err(EngineError::io("create", &temporary))?;
     let config_path = temporary.join(CONFIG_FILE);
@@ -431,9 +515,9 @@ fn remove_topic_dir(dir: &Path, trash: &Path) -> Result<(), EngineError> {
 }
 
 fn empty_trash(trash: &Path) {
-    if trash.exists() {
-        if let Err(error) = std::fs::remove_dir_all(trash) {
-            tracing::warn!(path = %trash.display(), %error, "could not empty the trash");
-        }
+    if trash.exists()
+        && let Err(error) = std::fs::remove_dir_all(trash)
+    {
+        tracing::warn!(path = %trash.display(), %error, "could not empty the trash");
     }
 }

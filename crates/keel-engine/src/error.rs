@@ -75,6 +75,22 @@ pub enum EngineError {
         /// The first offset kept.
         start_offset: u64,
     },
+    /// The topic could not be opened at start and refuses service.
+    #[error("topic {topic:?} is unavailable: {reason}")]
+    TopicUnavailable {
+        /// The topic.
+        topic: String,
+        /// What happened and what to do.
+        reason: String,
+    },
+    /// Another keel process holds the data directory.
+    #[error(
+        "the data directory is in use by another keel process (lock {path} is held); stop it or choose another --data-dir"
+    )]
+    DataDirLocked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The partition refuses service: its log is corrupt or a write failed.
     #[error("{topic:?} partition {partition} is unavailable: {reason}")]
     PartitionUnavailable {

@@ -7,6 +7,8 @@ pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
 pub const EVENT_BYTES_CEILING: usize = 8 * 1024 * 1024;
 /// Largest publish request body, by default.
 pub const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The most any configuration may raise the request size limit to.
+pub const REQUEST_BYTES_CEILING: usize = 32 * 1024 * 1024;
 /// Most events in one published batch.
 pub const BATCH_EVENTS_MAX: usize = 10_000;
 /// Most partitions one topic may have.
@@ -33,3 +35,10 @@ pub const DEDUPE_ENTRIES_MAX: usize = 1_000_000;
 const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
 const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
 const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);
+const _: () = assert!(REQUEST_BYTES_MAX <= REQUEST_BYTES_CEILING);
+// A group commit (up to GROUP_COMMIT_BYTES_MAX, then one more request whose binary-mode data
+// grew by a third in base64) always fits the log's pending buffer: it never fills mid-group.
+const _: () = assert!(
+    keel_log::limits::PENDING_BYTES_MAX
+        > (GROUP_COMMIT_BYTES_MAX + REQUEST_BYTES_CEILING / 3 * 4) as u64
+);

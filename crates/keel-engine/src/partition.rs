@@ -282,7 +282,10 @@ impl Partition {
                 }
             }
             LogError::Corrupt { .. } => {
-                let reason = format!("a stored record failed its checksum: {source}");
+                let reason = format!(
+                    "a stored record failed its checksum: {source}. Restore the partition's files from a backup or a replica"
+                );
+                self.shared.refuse_service(reason.clone());
                 tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %source, "corrupt record on read");
                 self.unavailable_error(reason)
             }
@@ -342,10 +345,10 @@ impl Partition {
     /// for it. Blocking: call from a blocking context.
     pub(crate) fn shut_down(&self) {
         self.queue.lock().expect("queue lock").take();
-        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
-            if handle.join().is_err() {
-                tracing::error!(topic = %self.shared.topic, partition = self.shared.number, "writer thread panicked");
-            }
+        if let Some(handle) = self.writer.lock().expect("writer lock").take()
+            && handle.join().is_err()
+        {
+            tracing::error!(topic = %self.shared.topic, partition = self.shared.number, "writer thread panicked");
         }
     }
 }
@@ -420,10 +423,10 @@ impl Writer {
             self.commit_group(&mut group);
         }
         // The queue is closed and drained: make what `interval`/`never` wrote durable too.
-        if self.fsync != FsyncPolicy::Always {
-            if let Err(error) = self.log.sync() {
-                tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %error, "final fsync failed");
-            }
+        if self.fsync != FsyncPolicy::Always
+            && let Err(error) = self.log.sync()
+        {
+            tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %error, "final fsync failed");
         }
     }
 

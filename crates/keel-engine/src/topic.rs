@@ -350,6 +350,22 @@ impl Topic {
         outcome: watch::Sender<Outcome>,
     ) -> Result<Vec<Option<Position>>, EngineError> {
         let mut positions = vec![None; new_pairs.len()];
+        // All or nothing: a batch that needs a partition refusing service appends nowhere.
+        // (Once queued, a write failing on one partition while another succeeds cannot be
+        // undone; the error then reports the failure and a retry is deduplicated.)
+        let refusing = groups.keys().find_map(|&number| {
+            let reason = self.partitions[number as usize].unavailable()?;
+            Some(EngineError::PartitionUnavailable {
+                topic: self.name.clone(),
+                partition: number,
+                reason,
+            })
+        });
+        if let Some(error) = refusing {
+            self.settle(&new_pairs, &positions);
+            outcome.send_replace(Some(Ok(positions)));
+            return Err(error);
+        }
         // All groups are queued before any answer is awaited, so the partitions commit them
         // concurrently without a task per partition.
         let mut queued = Vec::with_capacity(groups.len());

@@ -117,10 +117,10 @@ impl FaultPlan {
                 rule.countdown = Some((remaining - 1, error));
             }
         }
-        if let (None, Some((per_million, error))) = (fault, rule.random) {
-            if random % 1_000_000 < u64::from(per_million) {
-                fault = Some(error);
-            }
+        if let (None, Some((per_million, error))) = (fault, rule.random)
+            && random % 1_000_000 < u64::from(per_million)
+        {
+            fault = Some(error);
         }
         if fault.is_some() {
             self.injected_count += 1;

@@ -120,8 +120,8 @@ impl SparseIndex {
         time_index: &[u8],
         bounds: IndexBounds,
     ) -> Result<SparseIndex, String> {
-        if offset_index.len() % OFFSET_INDEX_ENTRY_BYTES != 0
-            || time_index.len() % TIME_INDEX_ENTRY_BYTES != 0
+        if !offset_index.len().is_multiple_of(OFFSET_INDEX_ENTRY_BYTES)
+            || !time_index.len().is_multiple_of(TIME_INDEX_ENTRY_BYTES)
         {
             return Err("a file size is not a whole number of entries".to_owned());
         }

@@ -29,6 +29,29 @@ pub struct ServerConfig {
     pub topics: BTreeMap<String, TopicConfig>,
 }
 
+impl ServerConfig {
+    /// Checks the limits against keel's ceilings; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        use keel_engine::limits::{EVENT_BYTES_CEILING, REQUEST_BYTES_CEILING};
+        if self.request_bytes_max == 0 || self.request_bytes_max > REQUEST_BYTES_CEILING {
+            return Err(format!(
+                "request_bytes_max must be between 1 and {REQUEST_BYTES_CEILING}, got {}",
+                self.request_bytes_max
+            ));
+        }
+        if self.event_bytes_max == 0 || self.event_bytes_max > EVENT_BYTES_CEILING {
+            return Err(format!(
+                "event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}, got {}",
+                self.event_bytes_max
+            ));
+        }
+        if self.retention_check_interval.is_zero() {
+            return Err("retention_check_interval must be longer than 0".to_owned());
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

@@ -10,7 +10,7 @@ pub mod read;
 pub mod state;
 pub mod topics;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -37,6 +37,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The engine could not open the data directory or create a declared topic.
     #[error("cannot start the engine: {0}")]
     Engine(#[from] EngineError),
@@ -80,9 +83,13 @@ async fn method_not_allowed(uri: Uri) -> ApiError {
     )
 }
 
+/// How long shutdown waits for open requests to finish before dropping their connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stops accepting,
 /// finishes in-flight requests (their appends are committed and fsynced), exits.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -110,6 +117,7 @@ pub async fn serve(
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
     tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
     let shutdown_state = state.clone();
+    let (stopping, stopping_started) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
@@ -118,11 +126,22 @@ pub async fn serve(
         if let Some(engine) = shutdown_state.ready_engine() {
             engine.begin_shutdown();
         }
+        let _ = stopping.send(());
     };
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(graceful)
-        .await
-        .map_err(|source| ServerError::Listen { listen, source })?;
+    // A client holding a half-sent request must not keep keel from stopping: after the
+    // grace period the remaining connections are dropped. Appends already queued are still
+    // committed and fsynced by the engine's shutdown below.
+    let grace_over = async {
+        match stopping_started.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(graceful);
+    tokio::select! {
+        served = server.into_future() => served.map_err(|source| ServerError::Listen { listen, source })?,
+        () = grace_over => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
+    }
     match opener.await {
         Ok(Ok(engine)) => {
             engine.shut_down().await;

@@ -13,6 +13,9 @@ pub struct ApiError {
     detail: String,
     /// Extra members of the problem object.
     extensions: serde_json::Map<String, serde_json::Value>,
+    /// Whether a retry may succeed soon (`Retry-After`): true while starting or stopping,
+    /// false for a partition that needs an operator.
+    retry_soon: bool,
 }
 
 impl ApiError {
@@ -22,6 +25,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             extensions: serde_json::Map::new(),
+            retry_soon: true,
         }
     }
 
@@ -57,6 +61,7 @@ impl From<EngineError> for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             EngineError::PartitionUnavailable { .. }
+            | EngineError::TopicUnavailable { .. }
             | EngineError::ShuttingDown
             | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,6 +74,10 @@ impl From<EngineError> for ApiError {
             );
         }
         let mut api_error = Self::new(status, error.to_string());
+        api_error.retry_soon = matches!(
+            error,
+            EngineError::ShuttingDown | EngineError::OriginalFailed { .. }
+        );
         match &error {
             EngineError::OffsetBeforeStart { start_offset, .. } => {
                 api_error = api_error.with("start_offset", json!(start_offset))
@@ -98,7 +107,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.retry_soon {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -40,6 +40,9 @@ pub async fn read(
         ))
     })?;
     let wait = Duration::from_millis(query.wait.unwrap_or(0));
+    if query.max == Some(0) {
+        return Err(ApiError::bad_request("max must be at least 1"));
+    }
     let batch = engine
         .read(
             &topic,

@@ -20,6 +20,11 @@ pub async fn create(
     let config: TopicConfig = if body.iter().all(u8::is_ascii_whitespace) {
         TopicConfig::default()
     } else {
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "a topic configuration must be a JSON object, like {\"partitions\": 8}",
+            ));
+        }
         serde_json::from_slice(&body).map_err(|error| {
             ApiError::bad_request(format!("invalid topic configuration: {error}"))
         })?

@@ -539,6 +539,19 @@ async fn corruption_before_the_durable_mark_stops_only_that_partition() {
         "partition 1 keeps serving"
     );
     assert_eq!(server.read("t", 1, "from=0").await.0, 200);
+    let before = server.next_offsets("t").await;
+    let keys = [keys_by_partition[0].clone().unwrap(), other_key];
+    let batch = json!([
+        event("both-1", json!({"partitionkey": keys[1]})),
+        event("both-0", json!({"partitionkey": keys[0]}))
+    ]);
+    let (status, problem) = server.publish("t", BATCH, batch.to_string()).await;
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(
+        server.next_offsets("t").await,
+        before,
+        "a batch is all or nothing"
+    );
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len() as usize,
         length_before,
@@ -579,5 +592,55 @@ async fn interval_and_never_fsync_policies_store_and_survive_a_graceful_restart(
         assert_eq!(body["records"].as_array().unwrap().len(), 50, "{policy}");
         assert_eq!(body["records"][49]["event"]["id"], format!("{policy}-49"));
     }
+    server.stop().await;
+}
+
+// Goal: one topic whose configuration cannot be read refuses service (503, named in
+// /readyz) while the others serve, it can be deleted, and directories under topics/ that
+// are not topics are left alone (never deleted).
+#[tokio::test]
+async fn an_unreadable_topic_refuses_service_and_the_others_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("good", json!({})).await;
+    server.put_topic("bad", json!({})).await;
+    let data_dir = server.stop().await;
+    std::fs::write(data_dir.join("topics/bad/topic.json"), "{not json").unwrap();
+    let stray = data_dir.join("topics/_moved-aside");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("keep.txt"), "operator's file").unwrap();
+
+    let server = TestServer::start(&data_dir).await;
+    let (_, ready) = server.get("/readyz").await;
+    assert_eq!(ready["status"], "degraded");
+    assert_eq!(ready["unavailable_partitions"][0]["topic"], "bad");
+    assert_eq!(ready["unavailable_partitions"][0]["partition"], Value::Null);
+    let (status, problem) = server
+        .publish("bad", STRUCTURED, event("x", json!({})).to_string())
+        .await;
+    assert_problem(
+        status,
+        &problem,
+        503,
+        "topic.json",
+        "publish to the unreadable topic",
+    );
+    assert_eq!(
+        server
+            .publish("good", STRUCTURED, event("x", json!({})).to_string())
+            .await
+            .0,
+        200
+    );
+    assert!(
+        stray.join("keep.txt").exists(),
+        "a stray directory is never deleted"
+    );
+    let (status, _, _) = server
+        .request(Method::DELETE, "/v1/topics/bad", None, "")
+        .await;
+    assert_eq!(status, 204);
+    assert!(!data_dir.join("topics/bad").exists());
+    assert_eq!(server.get("/readyz").await.1["status"], "ready");
     server.stop().await;
 }

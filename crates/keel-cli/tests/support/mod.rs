@@ -65,10 +65,10 @@ impl KeelProcess {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
+                && response.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

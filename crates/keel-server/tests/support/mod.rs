@@ -48,10 +48,10 @@ impl TestServer {
 
     async fn wait_ready(&self) {
         for _ in 0..500 {
-            if let Ok(response) = self.client.get(format!("{}/readyz", self.url)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = self.client.get(format!("{}/readyz", self.url)).send().await
+                && response.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
