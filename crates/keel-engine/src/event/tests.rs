@@ -232,6 +232,10 @@ const DATA_CASES: &[Case] = &[
     ("base64 data", r#","data_base64":"aGVsbG8=""#, Valid),
     ("empty base64", r#","data_base64":"""#, Valid),
     ("data and null base64", r#","data":1,"data_base64":null"#, Valid),
+    ("nested data with escapes", r#","data":{"a":[1.5e300,-0,"\u00e9\ud83d\ude00",{"\n":true}]}"#, Valid),
+    ("lone surrogate in data", r#","data":{"s":"\ud800"}"#, Json("escape")),
+    ("lone surrogate in a data key", r#","data":{"\udc00":1}"#, Json("surrogate")),
+    ("number out of range in data", r#","data":[1e400]"#, Json("out of range")),
     ("both", r#","data":1,"data_base64":"AA==""#,
         Invalid(r#""data" and "data_base64" are mutually exclusive"#)),
     ("null data and base64", r#","data":null,"data_base64":"AA==""#,
@@ -301,7 +305,7 @@ fn duplicate_member_names_are_refused() {
 fn bodies_that_are_not_event_objects_are_refused() {
     // Goal: malformed JSON is a Json error, and well-formed JSON of the wrong shape an Invalid
     // one saying what it is. Method: structured bodies of every JSON kind and some non-JSON.
-    // Deep data is skipped without recursion; a deep attribute hits serde_json's depth limit.
+    // Data and attributes nested deeper than serde_json's limit (128) are refused alike.
     let deep_data = event_with(&format!(
         r#","data":{}{}"#,
         "[".repeat(500),
@@ -322,7 +326,7 @@ fn bodies_that_are_not_event_objects_are_refused() {
         ("number", b"-12", Invalid("an event must be a JSON object, got a number")),
         ("boolean", b"true", Invalid("an event must be a JSON object, got a boolean")),
         ("null", b"null", Invalid("an event must be a JSON object, got null")),
-        ("deep data", deep_data.as_bytes(), Valid),
+        ("deep data", deep_data.as_bytes(), Json("recursion limit exceeded")),
         ("deep attribute", deep_value.as_bytes(), Json("recursion limit exceeded")),
     ];
     for &(case, body, expect) in cases {

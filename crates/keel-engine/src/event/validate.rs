@@ -40,7 +40,7 @@ const URI_FORBIDDEN: &str = "\"<>\\^`{|}";
 /// One member of an event's JSON object, as far as validation needs it.
 #[derive(Debug)]
 pub(super) enum Member {
-    /// The `data` member: any JSON value, even `null`; only scanned for syntax.
+    /// The `data` member: any interoperable JSON value (see `InteroperableJson`), even `null`.
     Data,
     /// Any other member: a context attribute, or `data_base64`.
     Attribute(Value),
@@ -58,6 +58,60 @@ impl<'de> Deserialize<'de> for Members {
 
 struct MembersVisitor;
 
+/// Any JSON value that every consumer can read back (I-JSON, RFC 7493): serde_json refuses
+/// lone surrogates in strings and numbers beyond the f64 range while visiting, which a
+/// skip (`IgnoredAny`) would let through and store for every reader to choke on. Values
+/// nest at most 128 deep (serde_json's recursion limit).
+struct InteroperableJson;
+
+impl<'de> serde::Deserialize<'de> for InteroperableJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(InteroperableJson)
+    }
+}
+
+impl<'de> Visitor<'de> for InteroperableJson {
+    type Value = InteroperableJson;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Self, E> {
+        if value.is_finite() {
+            Ok(self)
+        } else {
+            Err(E::custom("a number in \"data\" is out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<InteroperableJson>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map
+            .next_entry::<InteroperableJson, InteroperableJson>()?
+            .is_some()
+        {}
+        Ok(self)
+    }
+}
+
 impl<'de> Visitor<'de> for MembersVisitor {
     type Value = Members;
 
@@ -69,7 +123,7 @@ impl<'de> Visitor<'de> for MembersVisitor {
         let mut members = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
             let member = if name == "data" {
-                map.next_value::<IgnoredAny>()?;
+                map.next_value::<InteroperableJson>()?;
                 Member::Data
             } else {
                 Member::Attribute(map.next_value()?)
