@@ -231,14 +231,11 @@ impl Engine {
         }
         let topic = self.topic(name)?;
         self.inner.topics.write().expect("topics lock").remove(name);
-        let trash = self.inner.config.data_dir.join("trash");
-        let removed = topic.clone();
-        tokio::task::spawn_blocking(move || {
-            removed.shut_down();
-            remove_topic_dir(&removed.dir, &trash)
-        })
-        .await
-        .map_err(|_| EngineError::ShuttingDown)??;
+        topic.shut_down().await;
+        let dir = topic.dir.clone();
+        tokio::task::spawn_blocking(move || remove_topic_dir(&dir, &trash))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
         self.inner
             .metrics
             .remove_topic(name, topic.config.partitions);
@@ -330,10 +327,9 @@ impl Engine {
     /// Stops every writer after it has committed (and fsynced) what is queued.
     pub async fn shut_down(&self) {
         self.begin_shutdown();
-        let topics = self.inner.topics_snapshot();
-        let _ =
-            tokio::task::spawn_blocking(move || topics.iter().for_each(|topic| topic.shut_down()))
-                .await;
+        for topic in self.inner.topics_snapshot() {
+            topic.shut_down().await;
+        }
     }
 
     fn spawn_retention(&self) {

@@ -1,8 +1,8 @@
-//! One partition of a topic: its log, the writer thread that group-commits appends, and the
+//! One partition of a topic: its log, the writer task that group-commits appends, and the
 //! committed offset readers wait on.
 //!
 //! Invariants:
-//! - Only the writer thread appends to the log, so offsets are assigned in queue order.
+//! - Only the writer task appends to the log, so offsets are assigned in queue order.
 //! - An append request is answered `Ok` only after `Log::commit` returned `Ok` for a commit
 //!   that holds all its records (with `fsync = always`, after the fsync).
 //! - Readers only see records of successful commits (`Log::read` stops at the visible end).
@@ -10,7 +10,6 @@
 //!   until keel restarts and recovery has checked the log; it never retries the fsync.
 
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keel_log::{Log, LogError, Record};
@@ -35,7 +34,7 @@ enum Command {
     Sync,
 }
 
-/// State shared by the writer thread and readers.
+/// State shared by the writer task and readers.
 struct Shared {
     topic: String,
     number: u32,
@@ -52,7 +51,7 @@ struct Shared {
 pub(crate) struct Partition {
     shared: Arc<Shared>,
     queue: Mutex<Option<mpsc::Sender<Command>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Figures describing a partition.
@@ -103,12 +102,8 @@ impl Partition {
         let (queue, writer) = match shared.log.clone() {
             Some(log) => {
                 let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
-                let writer_shared = shared.clone();
-                let handle = std::thread::Builder::new()
-                    .name(format!("keel-writer-{topic}-{number}"))
-                    .spawn(move || Writer::new(writer_shared, log, fsync).run(receiver))
-                    .expect("the OS can start a thread");
-                (Some(sender), Some(handle))
+                let writer = Writer::new(shared.clone(), log, fsync);
+                (Some(sender), Some(tokio::spawn(writer.run(receiver))))
             }
             None => (None, None),
         };
@@ -342,13 +337,14 @@ impl Partition {
     }
 
     /// Stops taking appends, lets the writer finish what is queued (and fsync it), and waits
-    /// for it. Blocking: call from a blocking context.
-    pub(crate) fn shut_down(&self) {
+    /// for it.
+    pub(crate) async fn shut_down(&self) {
         self.queue.lock().expect("queue lock").take();
-        if let Some(handle) = self.writer.lock().expect("writer lock").take()
-            && handle.join().is_err()
+        let writer = self.writer.lock().expect("writer lock").take();
+        if let Some(writer) = writer
+            && writer.await.is_err()
         {
-            tracing::error!(topic = %self.shared.topic, partition = self.shared.number, "writer thread panicked");
+            tracing::error!(topic = %self.shared.topic, partition = self.shared.number, "writer panicked");
         }
     }
 }
@@ -391,7 +387,7 @@ fn gauge_value(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The writer thread's state.
+/// The writer's state.
 struct Writer {
     shared: Arc<Shared>,
     log: Arc<Log>,
@@ -415,18 +411,30 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+    /// Waits for appends as a task (a few hundred bytes per partition, however many there
+    /// are) and runs each group's write and fsync on tokio's blocking pool, whose threads are
+    /// shared by all partitions: memory and threads follow the commits in progress, not the
+    /// partition count.
+    async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
-        while let Some(first) = receiver.blocking_recv() {
+        while let Some(first) = receiver.recv().await {
             group.push(first);
             self.fill_group(&mut receiver, &mut group);
-            self.commit_group(&mut group);
+            let committed = tokio::task::spawn_blocking(move || {
+                self.commit_group(&mut group);
+                (self, group)
+            });
+            // A panic in a commit is a bug: the queue closes and publishers are told.
+            let Ok(writer) = committed.await else { return };
+            (self, group) = writer;
         }
         // The queue is closed and drained: make what `interval`/`never` wrote durable too.
-        if self.fsync != FsyncPolicy::Always
-            && let Err(error) = self.log.sync()
-        {
-            tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %error, "final fsync failed");
+        if self.fsync != FsyncPolicy::Always {
+            let (log, shared) = (self.log.clone(), self.shared.clone());
+            let synced = tokio::task::spawn_blocking(move || log.sync()).await;
+            if let Ok(Err(error)) = synced {
+                tracing::error!(topic = %shared.topic, partition = shared.number, %error, "final fsync failed");
+            }
         }
     }
 

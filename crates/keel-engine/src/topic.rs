@@ -429,10 +429,10 @@ impl Topic {
         self.count_evicted_early(evicted_early);
     }
 
-    /// Stops the writers after they finish what is queued. Blocking.
-    pub(crate) fn shut_down(&self) {
+    /// Stops the writers after they finish what is queued.
+    pub(crate) async fn shut_down(&self) {
         for partition in &self.partitions {
-            partition.shut_down();
+            partition.shut_down().await;
         }
     }
 }
