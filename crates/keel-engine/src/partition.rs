@@ -480,10 +480,14 @@ impl Writer {
                 .map_err(|error| error.to_string()),
         };
         let metrics = &self.shared.metrics;
-        metrics
-            .fsync_seconds
-            .get_or_create(&self.topic_labels)
-            .observe(started.elapsed().as_secs_f64());
+        let synced = self.fsync == FsyncPolicy::Always || sync_requested;
+        if committed.is_ok() && synced {
+            let seconds = started.elapsed().as_secs_f64();
+            metrics
+                .fsync_seconds
+                .get_or_create(&self.topic_labels)
+                .observe(seconds);
+        }
         metrics
             .commit_records
             .get_or_create(&self.topic_labels)
