@@ -24,6 +24,9 @@ pub struct ServerConfig {
     /// How often retention deletes expired segments (`"30s"`).
     #[serde(with = "keel_engine::duration::serde_text")]
     pub retention_check_interval: std::time::Duration,
+    /// How long a client may take to send a request head before its connection is closed.
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub header_read_timeout: std::time::Duration,
     /// Topics to create at start if missing (declarative; a conflicting existing topic is an
     /// error at start).
     pub topics: BTreeMap<String, TopicConfig>,
@@ -45,8 +48,10 @@ impl ServerConfig {
                 self.event_bytes_max
             ));
         }
-        if self.retention_check_interval.is_zero() {
-            return Err("retention_check_interval must be longer than 0".to_owned());
+        if self.retention_check_interval.is_zero() || self.header_read_timeout.is_zero() {
+            return Err(
+                "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
+            );
         }
         Ok(())
     }
@@ -61,6 +66,7 @@ impl Default for ServerConfig {
             request_bytes_max: REQUEST_BYTES_MAX,
             segment_bytes_max: keel_engine::LogConfig::default().segment_bytes_max,
             retention_check_interval: std::time::Duration::from_secs(30),
+            header_read_timeout: std::time::Duration::from_secs(30),
             topics: BTreeMap::new(),
         }
     }

@@ -4,13 +4,14 @@
 
 pub mod config;
 pub mod health;
+pub mod listener;
 pub mod problem;
 pub mod publish;
 pub mod read;
 pub mod state;
 pub mod topics;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -83,9 +84,6 @@ async fn method_not_allowed(uri: Uri) -> ApiError {
     )
 }
 
-/// How long shutdown waits for open requests to finish before dropping their connections.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stops accepting,
 /// finishes in-flight requests (their appends are committed and fsynced), exits.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
@@ -117,7 +115,6 @@ pub async fn serve(
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
     tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
     let shutdown_state = state.clone();
-    let (stopping, stopping_started) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
         tokio::select! {
             () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
@@ -126,22 +123,17 @@ pub async fn serve(
         if let Some(engine) = shutdown_state.ready_engine() {
             engine.begin_shutdown();
         }
-        let _ = stopping.send(());
     };
-    // A client holding a half-sent request must not keep keel from stopping: after the
-    // grace period the remaining connections are dropped. Appends already queued are still
-    // committed and fsynced by the engine's shutdown below.
-    let grace_over = async {
-        match stopping_started.await {
-            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(graceful);
-    tokio::select! {
-        served = server.into_future() => served.map_err(|source| ServerError::Listen { listen, source })?,
-        () = grace_over => tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them"),
-    }
+    // Appends already queued when connections are dropped are still committed and fsynced
+    // by the engine's shutdown below.
+    let header_read_timeout = config.header_read_timeout;
+    listener::serve_connections(
+        listener,
+        router(state.clone()),
+        header_read_timeout,
+        graceful,
+    )
+    .await;
     match opener.await {
         Ok(Ok(engine)) => {
             engine.shut_down().await;

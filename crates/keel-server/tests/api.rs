@@ -584,7 +584,6 @@ async fn interval_and_never_fsync_policies_store_and_survive_a_graceful_restart(
         );
         assert_eq!(server.next_offsets(policy).await, vec![50]);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     let data_dir = server.stop().await;
     let server = TestServer::start(&data_dir).await;
     for policy in ["interval", "never"] {
@@ -642,5 +641,38 @@ async fn an_unreadable_topic_refuses_service_and_the_others_serve() {
     assert_eq!(status, 204);
     assert!(!data_dir.join("topics/bad").exists());
     assert_eq!(server.get("/readyz").await.1["status"], "ready");
+    server.stop().await;
+}
+
+// Goal: a client that never finishes its request head is disconnected after the header read
+// timeout, so slow clients cannot hold connections (and file descriptors) forever.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        header_read_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buffer),
+    )
+    .await;
+    assert!(closed.is_ok(), "the server kept a half-sent request open");
+    assert_eq!(
+        server.get("/healthz").await.0,
+        200,
+        "other clients are served"
+    );
     server.stop().await;
 }

@@ -1,0 +1,99 @@
+//! Accepting connections: HTTP/1.1 with a header read timeout, a bound on open connections,
+//! and a graceful shutdown that ends after a grace period whatever clients do.
+//!
+//! axum's own `serve` sets no timer, so a client that sends half a request head holds its
+//! connection (and a file descriptor) forever; this loop gives hyper a timer.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// Most connections open at once; further clients wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// How long shutdown waits for open requests to finish before dropping their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish
+/// for at most [`SHUTDOWN_GRACE`]. A client gets `header_read_timeout` to send each request
+/// head.
+pub(crate) async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let (closing, closing_seen) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &connections) => accepted,
+        };
+        let Some((stream, permit)) = accepted else {
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut closing_seen = closing_seen.clone();
+        tokio::spawn(async move {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let closing = async move {
+                // The guard is dropped here, before the select's branch awaits.
+                let _ = closing_seen.wait_for(|closing| *closing).await;
+            };
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = closing => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    closing.send_replace(true);
+    let all_closed = connections.acquire_many(CONNECTIONS_MAX as u32);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+    }
+}
+
+/// Waits for a connection slot, then for a client. `None` after a failed accept (logged;
+/// the loop goes on, pausing briefly when the process is out of file descriptors).
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+) -> Option<(tokio::net::TcpStream, tokio::sync::OwnedSemaphorePermit)> {
+    let permit = connections
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, _)) => {
+            // Small answers go out at once rather than waiting for Nagle's timer.
+            let _ = stream.set_nodelay(true);
+            Some((stream, permit))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
