@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// How long a client may take to send a request head before its connection is closed.
     #[serde(with = "keel_engine::duration::serde_text")]
     pub header_read_timeout: std::time::Duration,
+    /// Longest a request may take from its head to its answer (a body that never finishes
+    /// arriving gets 408). Must exceed the longest long poll, 30 s.
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub request_timeout: std::time::Duration,
     /// Topics to create at start if missing (declarative; a conflicting existing topic is an
     /// error at start).
     pub topics: BTreeMap<String, TopicConfig>,
@@ -48,6 +52,14 @@ impl ServerConfig {
                 self.event_bytes_max
             ));
         }
+        let long_poll_max = std::time::Duration::from_millis(keel_engine::limits::READ_WAIT_MS_MAX);
+        if self.request_timeout <= long_poll_max {
+            return Err(format!(
+                "request_timeout must be longer than the longest long poll ({}), got {}",
+                keel_engine::duration::format(long_poll_max),
+                keel_engine::duration::format(self.request_timeout)
+            ));
+        }
         if self.retention_check_interval.is_zero() || self.header_read_timeout.is_zero() {
             return Err(
                 "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
@@ -67,6 +79,7 @@ impl Default for ServerConfig {
             segment_bytes_max: keel_engine::LogConfig::default().segment_bytes_max,
             retention_check_interval: std::time::Duration::from_secs(30),
             header_read_timeout: std::time::Duration::from_secs(30),
+            request_timeout: std::time::Duration::from_secs(60),
             topics: BTreeMap::new(),
         }
     }
@@ -86,6 +99,22 @@ mod tests {
         assert_eq!(config.topics["orders"].partitions, 4);
         let error = toml_like(r#"{"listne": "x"}"#).unwrap_err();
         assert!(error.to_string().contains("listne"), "{error}");
+    }
+
+    // Goal: limits beyond keel's ceilings, and a request timeout that would cut long polls
+    // short, are refused at start with the setting named.
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        for (json, needle) in [
+            (r#"{"request_bytes_max": 104857600}"#, "request_bytes_max"),
+            (r#"{"event_bytes_max": 0}"#, "event_bytes_max"),
+            (r#"{"request_timeout": "10s"}"#, "request_timeout"),
+            (r#"{"header_read_timeout": "0s"}"#, "header_read_timeout"),
+        ] {
+            let error = toml_like(json).unwrap().validate().unwrap_err();
+            assert!(error.contains(needle), "{json}: {error}");
+        }
     }
 
     fn toml_like(json: &str) -> Result<ServerConfig, serde_json::Error> {

@@ -67,7 +67,33 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .with_state(state)
+}
+
+/// Ends a request that takes longer than `request_timeout` from its head to its answer,
+/// such as one whose body never finishes arriving. A publish cut off after its events were
+/// queued may still store them (at-least-once); publishing again is deduplicated.
+async fn request_deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let timeout = state.request_timeout;
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let timeout_text = keel_engine::duration::format(timeout);
+            let detail = format!(
+                "the request took longer than {timeout_text} (was the body sent completely?)"
+            );
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, detail).into_response()
+        }
+    }
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -110,7 +136,7 @@ pub async fn serve(
             listen: config.listen,
             source,
         })?;
-    let state = AppState::new(config.request_bytes_max);
+    let state = AppState::new(config.request_bytes_max, config.request_timeout);
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
     tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");

@@ -13,14 +13,17 @@ pub struct AppState {
     engine: Arc<OnceLock<Engine>>,
     /// Largest request body accepted.
     pub request_bytes_max: usize,
+    /// Longest a request may take from its head to its answer.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
     /// State whose engine is still recovering.
-    pub fn new(request_bytes_max: usize) -> Self {
+    pub fn new(request_bytes_max: usize, request_timeout: std::time::Duration) -> Self {
         Self {
             engine: Arc::new(OnceLock::new()),
             request_bytes_max,
+            request_timeout,
         }
     }
 

@@ -676,3 +676,31 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     );
     server.stop().await;
 }
+
+// Goal: a request whose body never finishes arriving is answered 408 after the request
+// timeout and appends nothing, instead of holding its connection forever.
+#[tokio::test]
+async fn a_request_whose_body_never_arrives_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        request_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
+    server.put_topic("t", json!({})).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = "POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/cloudevents+json\r\nContent-Length: 100\r\n\r\n{\"specversion\"";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer)).await;
+    let answer =
+        String::from_utf8_lossy(&answer[..read.expect("answered in time").unwrap()]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert_eq!(server.next_offsets("t").await, vec![0]);
+    server.stop().await;
+}
