@@ -188,6 +188,18 @@ fn plan_reads(
             count.saturating_sub(1)
         )));
     }
+    if let Start::Offset(offset) = start
+        && chosen.iter().all(|p| offset > p.next_offset)
+    {
+        let ends: Vec<String> = chosen
+            .iter()
+            .map(|p| format!("{}: {}", p.partition, p.next_offset))
+            .collect();
+        return Err(CliError::Usage(format!(
+            "offset {offset} is past the end of topic {name} (next offset per partition: {})",
+            ends.join(", ")
+        )));
+    }
     let read = |p: &PartitionInfo| PartitionRead {
         partition: p.partition,
         from: start.offset_in(p),
@@ -356,6 +368,8 @@ mod tests {
 
     #[test]
     fn unknown_partition_is_a_usage_error() {
+        let past_end = plan_reads("t", &topic(), None, Start::Offset(1_000_000), false);
+        assert!(past_end.unwrap_err().to_string().contains("past the end"));
         let error = plan_reads("t", &topic(), Some(2), Start::Earliest, false).unwrap_err();
         assert_eq!(
             error.to_string(),
