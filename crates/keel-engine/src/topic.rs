@@ -222,9 +222,14 @@ impl Topic {
         let (outcome_sender, outcome) = watch::channel(None);
         let plans = self.plan(&events, &outcome);
         let ids: Vec<String> = events.iter().map(|event| event.id().to_owned()).collect();
-        let identities: Vec<(String, String)> = events
+        // Only a duplicate waiting on another publish can fail on its own: keep its source
+        // for the error, and allocate nothing for the others.
+        let sources: Vec<Option<String>> = events
             .iter()
-            .map(|e| (e.source().to_owned(), e.id().to_owned()))
+            .zip(&plans)
+            .map(|(event, plan)| {
+                matches!(plan, Plan::Pending(..)).then(|| event.source().to_owned())
+            })
             .collect();
         let groups = self.route(events, &plans);
         // Spawned so that a publisher hanging up cannot leave reservations pending forever.
@@ -251,7 +256,8 @@ impl Topic {
                 Plan::Pending(outcome, at) => (wait_for_original(outcome, at).await, true),
             };
             let Some(position) = position else {
-                let (source_attr, id) = identities[index].clone();
+                let source_attr = sources[index].clone().unwrap_or_default();
+                let id = ids[index].clone();
                 return Err(EngineError::OriginalFailed { source_attr, id });
             };
             results.push(PublishResult {

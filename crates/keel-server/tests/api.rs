@@ -692,3 +692,44 @@ async fn slow_clients_are_cut_off_by_the_timeouts() {
     );
     server.stop().await;
 }
+
+// Goal: concurrent publishes of one (source, id) store it once and all answer with its
+// position, one as the original and the rest as duplicates (the in-flight dedupe path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_store_the_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("t", json!({"partitions": 4})).await;
+    let body = event("same", json!({})).to_string();
+    let publishes: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url, body) = (server.client.clone(), server.url.clone(), body.clone());
+            tokio::spawn(async move {
+                let response = client
+                    .post(format!("{url}/v1/topics/t/events"))
+                    .header("content-type", STRUCTURED)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+                answer["results"][0].clone()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for publish in publishes {
+        results.push(publish.await.unwrap());
+    }
+    let originals = results.iter().filter(|r| r["duplicate"] == false).count();
+    assert_eq!(originals, 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["offset"] == results[0]["offset"]
+                && r["partition"] == results[0]["partition"])
+    );
+    assert_eq!(server.next_offsets("t").await.iter().sum::<u64>(), 1);
+    server.stop().await;
+}
