@@ -131,14 +131,15 @@ impl Topic {
         }
     }
 
-    /// Refills the dedupe table from the last window of every partition, reading at most
-    /// the newest `DEDUPE_ENTRIES_MAX / partitions` events of each (the table's bound), so a
-    /// restart after a burst does not rescan gigabytes.
+    /// Refills the dedupe table from the last window of every partition: the newest
+    /// `DEDUPE_ENTRIES_MAX` pairs of the topic, as the running table held them, however the
+    /// events were spread over partitions. Each partition is scanned for at most its newest
+    /// `DEDUPE_ENTRIES_MAX` events within the window, and the candidates are cut back to the
+    /// newest `DEDUPE_ENTRIES_MAX` after each, so at most twice that many are held.
     fn rebuild_dedupe(&self, window_ms: i64) {
         let now = now_ms();
-        let scan_records_max = (DEDUPE_ENTRIES_MAX / self.partitions.len()) as u64;
         let mut dedupe = self.dedupe.lock().expect("dedupe lock");
-        let mut stored = Vec::new();
+        let mut newest: Vec<(i64, PairHash, Position)> = Vec::new();
         for (number, partition) in (0u32..).zip(&self.partitions) {
             let Ok(since_window) = partition.offset_for_timestamp(now.saturating_sub(window_ms))
             else {
@@ -146,7 +147,7 @@ impl Topic {
             };
             let info = partition.info();
             let mut offset = since_window
-                .max(info.next_offset.saturating_sub(scan_records_max))
+                .max(info.next_offset.saturating_sub(DEDUPE_ENTRIES_MAX as u64))
                 .max(info.start_offset);
             while let Ok(records) = partition.scan(offset, READ_RECORDS_MAX) {
                 let Some(last) = records.last() else { break };
@@ -157,18 +158,18 @@ impl Topic {
                             partition: number,
                             offset: record.offset,
                         };
-                        stored.push((record.timestamp_ms, dedupe.hash(&source, &id), position));
+                        newest.push((record.timestamp_ms, dedupe.hash(&source, &id), position));
                     }
                 }
             }
+            keep_newest(&mut newest, DEDUPE_ENTRIES_MAX);
         }
-        stored.sort_by_key(|(timestamp_ms, ..)| *timestamp_ms);
-        for (timestamp_ms, pair, position) in &stored {
+        for (timestamp_ms, pair, position) in &newest {
             dedupe.stored(*pair, *position, *timestamp_ms);
         }
         dedupe.expire(now);
-        if !stored.is_empty() {
-            tracing::info!(topic = %self.name, events = stored.len(), "rebuilt the dedupe table from the log");
+        if !newest.is_empty() {
+            tracing::info!(topic = %self.name, events = newest.len(), "rebuilt the dedupe table from the log");
         }
     }
 
@@ -441,6 +442,13 @@ impl Topic {
             partition.shut_down().await;
         }
     }
+}
+
+/// Sorts `entries` by timestamp and drops all but the newest `count`.
+fn keep_newest(entries: &mut Vec<(i64, PairHash, Position)>, count: usize) {
+    entries.sort_by_key(|(timestamp_ms, ..)| *timestamp_ms);
+    let excess = entries.len().saturating_sub(count);
+    entries.drain(..excess);
 }
 
 async fn wait_for_original(

@@ -733,3 +733,40 @@ async fn concurrent_duplicates_store_the_event_once() {
     assert_eq!(server.next_offsets("t").await.iter().sum::<u64>(), 1);
     server.stop().await;
 }
+
+// Goal: after a restart the dedupe table remembers the topic's newest pairs however they
+// were spread over partitions: 60,000 events with one key (all in one partition of 8) are
+// all still known as duplicates, more than a per-partition share of the table's bound.
+#[tokio::test]
+async fn dedupe_survives_a_restart_when_one_key_takes_all_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server
+        .put_topic("t", json!({"partitions": 8, "dedupe_window": "1h"}))
+        .await;
+    let batch = |start: usize, count: usize| {
+        let events: Vec<Value> = (start..start + count)
+            .map(|i| json!({"specversion": "1.0", "id": format!("k{i}"), "source": "s", "type": "t", "partitionkey": "hot"}))
+            .collect();
+        Value::Array(events).to_string()
+    };
+    for start in (0..60_000).step_by(1000) {
+        assert_eq!(server.publish("t", BATCH, batch(start, 1000)).await.0, 200);
+    }
+    let data_dir = server.stop().await;
+    let server = TestServer::start(&data_dir).await;
+    let (status, body) = server.publish("t", BATCH, batch(0, 1000)).await;
+    assert_eq!(status, 200);
+    let duplicates = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["duplicate"] == true)
+        .count();
+    assert_eq!(
+        duplicates, 1000,
+        "the oldest events of the hot key are still known"
+    );
+    assert_eq!(server.next_offsets("t").await.iter().sum::<u64>(), 60_000);
+    server.stop().await;
+}
