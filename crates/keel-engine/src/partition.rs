@@ -416,6 +416,7 @@ impl Writer {
     /// shared by all partitions: memory and threads follow the commits in progress, not the
     /// partition count.
     async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        let shared = self.shared.clone();
         let mut group = Vec::with_capacity(GROUP_COMMIT_REQUESTS_MAX);
         while let Some(first) = receiver.recv().await {
             group.push(first);
@@ -424,8 +425,17 @@ impl Writer {
                 self.commit_group(&mut group);
                 (self, group)
             });
-            // A panic in a commit is a bug: the queue closes and publishers are told.
-            let Ok(writer) = committed.await else { return };
+            let writer = match committed.await {
+                Ok(writer) => writer,
+                Err(panic) => {
+                    // A bug: say so where operators look, and refuse what is still queued.
+                    let reason = format!(
+                        "its writer failed ({panic}); this is a bug in keel: restart it, and report the log"
+                    );
+                    shared.refuse_service(reason);
+                    return;
+                }
+            };
             (self, group) = writer;
         }
         // The queue is closed and drained: make what `interval`/`never` wrote durable too.

@@ -89,7 +89,7 @@ async fn request_deadline(
         Err(_) => {
             let timeout_text = keel_engine::duration::format(timeout);
             let detail = format!(
-                "the request took longer than {timeout_text} (was the body sent completely?)"
+                "the request took longer than {timeout_text}: its body did not arrive in time, or keel is overloaded. A publish may have been stored; publishing it again is deduplicated"
             );
             ApiError::new(StatusCode::REQUEST_TIMEOUT, detail).into_response()
         }
