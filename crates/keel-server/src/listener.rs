@@ -15,8 +15,31 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-/// Most connections open at once; further clients wait in the listen backlog.
+/// Most connections open at once; further clients wait in the listen backlog. Never more
+/// than half the process's open-file limit (see [`connections_max`]): the logs need file
+/// descriptors too, and running out of them while rolling a segment stops a partition.
 pub const CONNECTIONS_MAX: usize = 4096;
+
+/// Raises the soft open-file limit to the hard one (a server's first step; the default soft
+/// limit is often 1024), and returns how many connections may be open at once.
+pub fn connections_max() -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let connections = usize::try_from(limit / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(16, CONNECTIONS_MAX);
+    tracing::info!(
+        open_files_max = limit,
+        connections_max = connections,
+        "connection limit"
+    );
+    connections
+}
 /// How long shutdown waits for open requests to finish before dropping their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -29,7 +52,8 @@ pub(crate) async fn serve_connections(
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let connections_max = connections_max();
+    let connections = Arc::new(Semaphore::new(connections_max));
     let (closing, closing_seen) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -64,7 +88,7 @@ pub(crate) async fn serve_connections(
     }
     drop(listener);
     closing.send_replace(true);
-    let all_closed = connections.acquire_many(CONNECTIONS_MAX as u32);
+    let all_closed = connections.acquire_many(u32::try_from(connections_max).unwrap_or(u32::MAX));
     if tokio::time::timeout(SHUTDOWN_GRACE, all_closed)
         .await
         .is_err()
