@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::{free_port, read_partition};
 
+/// The server under fiu-run, killed even when an assertion fails first (no leftover server).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn fiu_ctrl(pid: u32, command: &str) {
     let status = Command::new("fiu-ctrl")
         .args(["-c", command, &pid.to_string()])
@@ -94,21 +104,23 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     let data_dir = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{listen}");
-    let mut child = Command::new("fiu-run")
-        .args([
-            "-x",
-            env!("CARGO_BIN_EXE_keel"),
-            "serve",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new("fiu-run")
+            .args([
+                "-x",
+                env!("CARGO_BIN_EXE_keel"),
+                "serve",
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = reqwest::Client::new();
     wait_ready(&client, &url).await;
     for topic in ["a", "b"] {
@@ -121,7 +133,10 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     }
     assert_eq!(publish(&client, &url, "a", "before", "k").await.0, 200);
 
-    fiu_ctrl(child.id(), &format!("enable name={fault},failinfo={errno}"));
+    fiu_ctrl(
+        child.0.id(),
+        &format!("enable name={fault},failinfo={errno}"),
+    );
     let (status, problem) = publish(&client, &url, "a", "during", "k").await;
     assert_eq!(
         status, 503,
@@ -134,7 +149,7 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
             .contains("write or fsync failed"),
         "{problem}"
     );
-    fiu_ctrl(child.id(), &format!("disable name={fault}"));
+    fiu_ctrl(child.0.id(), &format!("disable name={fault}"));
 
     let (status, problem) = publish(&client, &url, "a", "after", "k").await;
     assert_eq!(
@@ -157,8 +172,8 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     assert_eq!(ready["status"], "degraded");
     assert_eq!(ready["unavailable_partitions"][0]["topic"], "a");
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
     let keel = support::KeelProcess::start_on(&data_dir, &listen).await;
     let ids: Vec<Value> = read_partition(&client, &keel.url, "a", 0)
         .await
