@@ -18,7 +18,7 @@ use crate::index::{IndexBounds, IndexBuilder, SparseIndex, TIME_INDEX_ENTRY_BYTE
 use crate::limits::SEGMENT_FILE_BYTES_MAX;
 use crate::sealed_index::{IndexFiles, SealedBounds, SealedIndex};
 use crate::segment::{
-    CursorError, FrameCursor, INDEX_EXTENSION, LOG_EXTENSION, Segment, SegmentIndex,
+    CursorError, FrameCursor, INDEX_EXTENSION, LOG_EXTENSION, Scan, Segment, SegmentIndex,
     TIME_INDEX_EXTENSION, parse_segment_file_name, scan_segment, segment_path,
 };
 use crate::storage::{OpenMode, Storage, StorageFile, read_full_at};
@@ -412,17 +412,13 @@ fn rebuild_sealed(
         );
         return Err(corrupt(&path, scan.size_bytes, detail));
     }
-    let mut index = SparseIndex::default();
-    index.extend(&scan.entries);
-    let timestamp_ms_max = scan.builder.timestamp_ms_max();
-    let segment = Segment::new(
+    let segment = segment_from_scan(
         base_offset,
         path,
         file,
-        SegmentIndex::Active(index),
+        &scan,
         bounds.file_bytes,
         next_offset,
-        timestamp_ms_max,
     );
     if let Err(error) = segment.seal(storage) {
         // Index files are caches: lookups scan from the in-memory sample instead, slower but
@@ -435,6 +431,30 @@ fn rebuild_sealed(
 
 /// Scans the last segment from its start and cuts it at its first bad frame — unless that frame
 /// is below the durable mark, which makes it corruption and leaves the file untouched.
+/// A segment whose in-memory index is rebuilt from a scan of its frames.
+fn segment_from_scan(
+    base_offset: u64,
+    path: PathBuf,
+    file: Arc<dyn StorageFile>,
+    scan: &Scan,
+    size_bytes: u64,
+    next_offset: u64,
+) -> Segment {
+    let mut index = SparseIndex::default();
+    index.extend(&scan.entries);
+    let timestamp_ms_max = scan.builder.timestamp_ms_max();
+    let index = SegmentIndex::Active(index);
+    Segment::new(
+        base_offset,
+        path,
+        file,
+        index,
+        size_bytes,
+        next_offset,
+        timestamp_ms_max,
+    )
+}
+
 fn recover_last(
     storage: &dyn Storage,
     dir: &Path,
@@ -486,17 +506,7 @@ fn recover_last(
         ));
         report.first_truncated_offset = Some(bad.expected_offset);
     }
-    let mut index = SparseIndex::default();
-    index.extend(&scan.entries);
-    let timestamp_ms_max = scan.builder.timestamp_ms_max();
-    let segment = Segment::new(
-        base_offset,
-        path,
-        file,
-        SegmentIndex::Active(index),
-        scan.size_bytes,
-        scan.next_offset,
-        timestamp_ms_max,
-    );
+    let (size_bytes, next_offset) = (scan.size_bytes, scan.next_offset);
+    let segment = segment_from_scan(base_offset, path, file, &scan, size_bytes, next_offset);
     Ok((segment, scan.builder))
 }
