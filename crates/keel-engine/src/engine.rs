@@ -15,7 +15,11 @@ use crate::limits::{
     BATCH_EVENTS_MAX, EVENT_BYTES_CEILING, EVENT_BYTES_MAX, READ_RECORDS_MAX, READ_WAIT_MS_MAX,
 };
 use crate::metrics::Metrics;
+use crate::subscription::Subscription;
 use crate::topic::{CONFIG_FILE, PublishResult, Topic, TopicInfo};
+
+mod subscriptions;
+pub use subscriptions::SubscriptionCreated;
 
 /// Settings of an engine.
 #[derive(Debug, Clone)]
@@ -88,6 +92,7 @@ struct Inner {
     /// Topics whose directory could not be opened at start, and why. They refuse service
     /// (503) instead of stopping the whole server; deleting one removes its directory.
     failed_topics: RwLock<BTreeMap<String, (PathBuf, String)>>,
+    subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
     /// Held for the engine's life: a second keel on the same data directory would corrupt it.
     _data_dir_lock: std::fs::File,
 }
@@ -103,15 +108,26 @@ impl Engine {
         let metrics = Arc::new(Metrics::new());
         let recovery_config = config.clone();
         let recovery_metrics = metrics.clone();
-        let (lock, topics, failed_topics) = tokio::task::spawn_blocking(move || {
+        let closing = tokio::sync::watch::Sender::new(false);
+        let subscription_closing = closing.subscribe();
+        let (lock, topics, failed_topics, subscriptions) = tokio::task::spawn_blocking(move || {
             let lock = lock_data_dir(&recovery_config.data_dir)?;
             let (topics, failed) = recover(&recovery_config, &recovery_metrics)?;
-            Ok::<_, EngineError>((lock, topics, failed))
+            let subscriptions = subscriptions::recover(
+                &recovery_config.data_dir,
+                &topics,
+                &recovery_metrics,
+                &subscription_closing,
+            )?;
+            Ok::<_, EngineError>((lock, topics, failed, subscriptions))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         for topic in topics.values() {
             topic.start_tasks();
+        }
+        for subscription in subscriptions.values() {
+            subscription.start();
         }
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -119,8 +135,9 @@ impl Engine {
                 topics: RwLock::new(topics),
                 admin: tokio::sync::Mutex::new(()),
                 metrics,
-                closing: tokio::sync::watch::Sender::new(false),
+                closing,
                 failed_topics: RwLock::new(failed_topics),
+                subscriptions: RwLock::new(subscriptions),
                 _data_dir_lock: lock,
             }),
         };
@@ -212,9 +229,22 @@ impl Engine {
         Ok(self.topic(name)?.info())
     }
 
-    /// Deletes a topic and its files.
-    pub async fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
+    /// Deletes a topic and its files. A topic that subscriptions read is deleted only with
+    /// `force`, which deletes those subscriptions too.
+    pub async fn delete_topic(&self, name: &str, force: bool) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock().await;
+        let readers = self.subscriptions_of(name);
+        if !readers.is_empty() {
+            if !force {
+                return Err(EngineError::TopicHasSubscriptions {
+                    topic: name.to_owned(),
+                    names: readers.iter().map(|s| s.name().to_owned()).collect(),
+                });
+            }
+            for subscription in readers {
+                self.remove_subscription(&subscription).await?;
+            }
+        }
         let trash = self.inner.config.data_dir.join("trash");
         let failed = self
             .inner
@@ -223,7 +253,7 @@ impl Engine {
             .expect("failed topics lock")
             .remove(name);
         if let Some((dir, _)) = failed {
-            tokio::task::spawn_blocking(move || remove_topic_dir(&dir, &trash))
+            tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
                 .await
                 .map_err(|_| EngineError::ShuttingDown)??;
             tracing::info!(topic = name, "deleted unavailable topic");
@@ -233,7 +263,7 @@ impl Engine {
         self.inner.topics.write().expect("topics lock").remove(name);
         topic.shut_down().await;
         let dir = topic.dir.clone();
-        tokio::task::spawn_blocking(move || remove_topic_dir(&dir, &trash))
+        tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
         self.inner
@@ -327,6 +357,9 @@ impl Engine {
     /// Stops every writer after it has committed (and fsynced) what is queued.
     pub async fn shut_down(&self) {
         self.begin_shutdown();
+        for subscription in self.inner.subscriptions_snapshot() {
+            subscription.stop().await;
+        }
         for topic in self.inner.topics_snapshot() {
             topic.shut_down().await;
         }
@@ -350,6 +383,16 @@ impl Engine {
 }
 
 impl Inner {
+    /// The subscriptions now, without holding the lock afterwards.
+    fn subscriptions_snapshot(&self) -> Vec<Arc<Subscription>> {
+        self.subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The topics now, without holding the lock afterwards.
     fn topics_snapshot(&self) -> Vec<Arc<Topic>> {
         self.topics
@@ -422,8 +465,8 @@ type Recovered = (
     BTreeMap<String, (PathBuf, String)>,
 );
 
-/// Prefix of the temporary directory a topic is created in before its rename.
-const CREATING_PREFIX: &str = ".creating-";
+/// Prefix of the temporary directory a topic or subscription is created in before its rename.
+pub(crate) const CREATING_PREFIX: &str = ".creating-";
 
 fn read_topic_config(dir: &Path) -> Result<TopicConfig, EngineError> {
     let config_path = dir.join(CONFIG_FILE);
@@ -470,33 +513,19 @@ fn write_topic_dir(
     std::fs::create_dir_all(&temporary).map_err(EngineError::io("create", &temporary))?;
     let config_path = temporary.join(CONFIG_FILE);
     let text = serde_json::to_vec_pretty(config).expect("a topic config serialises");
-    write_synced(&config_path, &text)?;
+    crate::files::write_synced(&config_path, &text)?;
     // Survives a crash after the rename: the directory entries of the new files are durable.
-    sync_dir(&temporary)?;
+    crate::files::sync_dir(&temporary)?;
     let dir = topics_dir.join(name);
     std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
     // Survives a crash after create returns: the rename itself is durable.
-    sync_dir(topics_dir)?;
+    crate::files::sync_dir(topics_dir)?;
     Ok(dir)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(EngineError::io("create", path))?;
-    file.write_all(bytes)
-        .map_err(EngineError::io("write", path))?;
-    file.sync_all().map_err(EngineError::io("fsync", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), EngineError> {
-    std::fs::File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(EngineError::io("fsync", dir))
 }
 
 /// Moves a topic directory to the trash (one durable rename: after a crash the topic is
 /// either whole or gone), then deletes it. Blocking.
-fn remove_topic_dir(dir: &Path, trash: &Path) -> Result<(), EngineError> {
+pub(crate) fn remove_dir_durably(dir: &Path, trash: &Path) -> Result<(), EngineError> {
     std::fs::create_dir_all(trash).map_err(EngineError::io("create", trash))?;
     let name = dir
         .file_name()
@@ -505,7 +534,7 @@ fn remove_topic_dir(dir: &Path, trash: &Path) -> Result<(), EngineError> {
     let target = trash.join(format!("{name}.{}", now_ms()));
     std::fs::rename(dir, &target).map_err(EngineError::io("rename", dir))?;
     if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
+        crate::files::sync_dir(parent)?;
     }
     std::fs::remove_dir_all(&target).map_err(EngineError::io("remove", &target))
 }

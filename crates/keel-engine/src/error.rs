@@ -132,6 +132,74 @@ pub enum EngineError {
         /// The event's id.
         id: String,
     },
+    /// A subscription spec (or name) is invalid.
+    #[error("invalid subscription: {detail}")]
+    InvalidSubscription {
+        /// Which field and what is wrong with it.
+        detail: String,
+    },
+    /// No subscription has that name.
+    #[error("subscription {name:?} not found")]
+    SubscriptionNotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// A subscription of that name exists with another spec.
+    #[error("subscription {name:?} exists with another spec; delete it first to change it")]
+    SubscriptionConflict {
+        /// The name.
+        name: String,
+    },
+    /// A topic cannot be deleted while subscriptions read it.
+    #[error("topic {topic:?} has subscriptions ({}); delete them first or delete with force", names.join(", "))]
+    TopicHasSubscriptions {
+        /// The topic.
+        topic: String,
+        /// The subscriptions reading it.
+        names: Vec<String>,
+    },
+    /// The operation needs the other delivery mode (pull on a push subscription, …).
+    #[error("{detail}")]
+    WrongDeliveryMode {
+        /// What was asked and why it does not apply.
+        detail: String,
+    },
+    /// Stored subscription data (checkpoint, dead-letter queue) cannot be read.
+    #[error("stored data is damaged: {detail}")]
+    Corrupt {
+        /// What and where.
+        detail: String,
+    },
+    /// The subscription's storage failed; it refuses service until a restart.
+    #[error("subscription {name:?} is unavailable: {reason}")]
+    SubscriptionUnavailable {
+        /// The subscription.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The subscription is paused.
+    #[error("subscription {name:?} is paused: {reason}; resume it to continue")]
+    SubscriptionPaused {
+        /// The subscription.
+        name: String,
+        /// Why it was paused.
+        reason: String,
+    },
+    /// An ack id is malformed (not one keel issued).
+    #[error("malformed ack id {ack_id:?}: ack ids are returned by pull and used as given")]
+    MalformedAckId {
+        /// The id.
+        ack_id: String,
+    },
+    /// No dead-letter entry has that id.
+    #[error("dead-letter entry {id:?} not found in subscription {name:?}")]
+    DeadLetterNotFound {
+        /// The subscription.
+        name: String,
+        /// The entry id.
+        id: String,
+    },
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,

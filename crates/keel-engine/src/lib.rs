@@ -9,14 +9,20 @@ pub mod duration;
 mod engine;
 pub mod error;
 pub mod event;
+mod files;
+pub mod filter;
 pub mod limits;
 pub mod metrics;
 mod partition;
 pub mod routing;
+pub mod subscription;
 mod topic;
+pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
-pub use engine::{Created, Engine, EngineConfig, ReadBatch, UnavailablePartition};
+pub use engine::{
+    Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
+};
 pub use error::EngineError;
 pub use event::Event;
 pub use keel_log::{LogConfig, Record};

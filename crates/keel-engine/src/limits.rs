@@ -35,7 +35,32 @@ pub const GROUP_COMMIT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// entries expiring and arriving all the time, the table then rehashes in place instead of
 /// doubling (measured: a 500,000 bound doubled the table to 2^21 slots, +44 MB RSS).
 pub const DEDUPE_ENTRIES_MAX: usize = 400_000;
+/// Longest subscription name.
+pub const SUBSCRIPTION_NAME_BYTES_MAX: usize = 128;
+/// Most subscriptions one server holds.
+pub const SUBSCRIPTIONS_MAX: usize = 1000;
+/// Most events of one subscription delivered and not yet acknowledged.
+pub const IN_FLIGHT_MAX: u32 = 10_000;
+/// Most events one subscription holds in memory (pending, in flight or waiting), across its
+/// partitions; each partition holds at least [`LANE_PENDING_MIN`].
+pub const SUBSCRIPTION_PENDING_MAX: usize = 16_384;
+/// Fewest pending events per partition of a subscription.
+pub const LANE_PENDING_MIN: usize = 64;
+/// Longest ack timeout.
+pub const ACK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most attempts a retry policy may allow.
+pub const RETRY_ATTEMPTS_MAX: u32 = 100;
+/// Longest wait between attempts (also caps a sink's `Retry-After`).
+pub const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most messages one pull returns.
+pub const PULL_MESSAGES_MAX: usize = 1000;
+/// Most ack ids in one ack, nack or reject.
+pub const ACK_IDS_MAX: usize = 10_000;
+/// Most dead-letter entries one list returns.
+pub const DLQ_LIST_MAX: usize = 1000;
 
+const _: () = assert!(IN_FLIGHT_MAX as usize <= SUBSCRIPTION_PENDING_MAX);
+const _: () = assert!(PULL_MESSAGES_MAX <= IN_FLIGHT_MAX as usize);
 const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
 const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
 const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);

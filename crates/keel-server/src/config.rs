@@ -34,6 +34,9 @@ pub struct ServerConfig {
     /// Topics to create at start if missing (declarative; a conflicting existing topic is an
     /// error at start).
     pub topics: BTreeMap<String, TopicConfig>,
+    /// Subscriptions to create at start if missing, after the topics (declarative; a
+    /// conflicting existing subscription is an error at start).
+    pub subscriptions: BTreeMap<String, keel_engine::subscription::spec::SubscriptionSpec>,
 }
 
 impl ServerConfig {
@@ -81,6 +84,7 @@ impl Default for ServerConfig {
             header_read_timeout: std::time::Duration::from_secs(30),
             request_timeout: std::time::Duration::from_secs(60),
             topics: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
         }
     }
 }
@@ -89,14 +93,19 @@ impl Default for ServerConfig {
 mod tests {
     use super::*;
 
-    // Goal: a config file with topics parses, and a misspelt key is refused by name.
+    // Goal: a config file with topics and subscriptions parses, and a misspelt key is
+    // refused by name.
     #[test]
     fn config_file_parses_and_refuses_unknown_keys() {
-        let config: ServerConfig =
-            toml_like(r#"{"listen": "127.0.0.1:9000", "topics": {"orders": {"partitions": 4}}}"#)
-                .unwrap();
+        let config: ServerConfig = toml_like(
+            r#"{"listen": "127.0.0.1:9000", "topics": {"orders": {"partitions": 4}},
+                "subscriptions": {"billing": {"topic": "orders", "ordering": "key",
+                    "filters": [{"exact": {"type": "order.created"}}]}}}"#,
+        )
+        .unwrap();
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.topics["orders"].partitions, 4);
+        assert_eq!(config.subscriptions["billing"].filters.len(), 1);
         let error = toml_like(r#"{"listne": "x"}"#).unwrap_err();
         assert!(error.to_string().contains("listne"), "{error}");
     }

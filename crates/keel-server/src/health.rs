@@ -43,6 +43,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Respo
         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
     let mut body = String::new();
     if let Some(engine) = state.ready_engine() {
+        engine.refresh_subscription_gauges();
         if let Err(error) = engine.metrics().encode(&mut body) {
             tracing::error!(%error, "metrics encoding failed");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -2,13 +2,16 @@
 //!
 //! Dependency direction: `keel-engine` → this crate → `keel-cli`.
 
+pub mod body;
 pub mod config;
+pub mod dlq;
 pub mod health;
 pub mod listener;
 pub mod problem;
 pub mod publish;
 pub mod read;
 pub mod state;
+pub mod subscriptions;
 pub mod topics;
 
 use std::future::Future;
@@ -64,6 +67,32 @@ pub fn router(state: AppState) -> Router {
             "/v1/topics/{topic}/partitions/{partition}/events",
             get(read::read),
         )
+        .route("/v1/subscriptions", get(subscriptions::list))
+        .route(
+            "/v1/subscriptions/{name}",
+            put(subscriptions::create)
+                .get(subscriptions::describe)
+                .delete(subscriptions::delete),
+        )
+        .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))
+        .route(
+            "/v1/subscriptions/{name}/resume",
+            post(subscriptions::resume),
+        )
+        .route("/v1/subscriptions/{name}/seek", post(subscriptions::seek))
+        .route("/v1/subscriptions/{name}/pull", post(subscriptions::pull))
+        .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
+        .route("/v1/subscriptions/{name}/nack", post(subscriptions::nack))
+        .route(
+            "/v1/subscriptions/{name}/reject",
+            post(subscriptions::reject),
+        )
+        .route(
+            "/v1/subscriptions/{name}/dlq",
+            get(dlq::list).delete(dlq::purge),
+        )
+        .route("/v1/subscriptions/{name}/dlq/redrive", post(dlq::redrive))
+        .route("/v1/subscriptions/{name}/dlq/{id}", get(dlq::show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
@@ -184,6 +213,14 @@ async fn open_engine(
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             engine.create_topic(name, *topic).await?;
+        }
+        for (name, spec) in &config.subscriptions {
+            let created = engine.create_subscription(name, spec.clone()).await?;
+            if let Some(secret) = created.secret {
+                // Declared without a secret: this is the only time it can be seen. Declaring
+                // `sink.secret` in the configuration avoids this.
+                tracing::warn!(subscription = %name, %secret, "generated the signing secret of a declared push subscription; store it now, it is not shown again");
+            }
         }
         Ok::<_, EngineError>(engine)
     }

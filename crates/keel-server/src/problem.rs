@@ -50,10 +50,18 @@ impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
         let status = match &error {
             EngineError::TopicNotFound { .. }
+            | EngineError::SubscriptionNotFound { .. }
+            | EngineError::DeadLetterNotFound { .. }
             | EngineError::PartitionNotFound { .. }
             | EngineError::OffsetBeforeStart { .. } => StatusCode::NOT_FOUND,
-            EngineError::TopicConflict { .. } => StatusCode::CONFLICT,
+            EngineError::TopicConflict { .. }
+            | EngineError::SubscriptionConflict { .. }
+            | EngineError::TopicHasSubscriptions { .. }
+            | EngineError::WrongDeliveryMode { .. }
+            | EngineError::SubscriptionPaused { .. } => StatusCode::CONFLICT,
             EngineError::InvalidTopicName { .. }
+            | EngineError::InvalidSubscription { .. }
+            | EngineError::MalformedAckId { .. }
             | EngineError::InvalidConfig { .. }
             | EngineError::OffsetBeyondEnd { .. }
             | EngineError::Event(_) => StatusCode::BAD_REQUEST,
@@ -62,6 +70,8 @@ impl From<EngineError> for ApiError {
             }
             EngineError::PartitionUnavailable { .. }
             | EngineError::TopicUnavailable { .. }
+            | EngineError::SubscriptionUnavailable { .. }
+            | EngineError::Corrupt { .. }
             | EngineError::ShuttingDown
             | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +94,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::OffsetBeyondEnd { next_offset, .. } => {
                 api_error = api_error.with("next_offset", json!(next_offset))
+            }
+            EngineError::TopicHasSubscriptions { names, .. } => {
+                api_error = api_error.with("subscriptions", json!(names))
             }
             _ => {}
         }

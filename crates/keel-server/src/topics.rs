@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_engine::{Created, TopicConfig};
@@ -58,11 +59,25 @@ pub async fn describe(
     Ok(Json(state.engine()?.describe_topic(&topic)?).into_response())
 }
 
-/// `DELETE /v1/topics/{topic}`: 204.
+/// Query of a delete.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Delete the topic's subscriptions too.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/topics/{topic}[?force=true]`: 204; 409 while subscriptions read the topic,
+/// unless forced.
 pub async fn delete(
     State(state): State<AppState>,
     Path(topic): Path<String>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    state.engine()?.delete_topic(&topic).await?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    state.engine()?.delete_topic(&topic, query.force).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,397 @@
+//! The engine's subscriptions: create, recover, describe, delete, and every operation on one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CREATING_PREFIX, Created, Engine, remove_dir_durably};
+use crate::error::EngineError;
+use crate::limits::{DLQ_LIST_MAX, SUBSCRIPTIONS_MAX};
+use crate::metrics::Metrics;
+use crate::subscription::pull::Settle;
+use crate::subscription::spec::{
+    NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
+};
+use crate::subscription::{
+    AckResult, DeadLetterEntry, PulledMessage, SPEC_FILE, Subscription, SubscriptionInfo, write_new,
+};
+use crate::topic::Topic;
+use crate::webhook::WebhookSecret;
+
+/// What creating a subscription did.
+#[derive(Debug, Clone)]
+pub struct SubscriptionCreated {
+    /// New, or the same spec existed.
+    pub created: Created,
+    /// The subscription.
+    pub info: SubscriptionInfo,
+    /// The sink's signing secret, shown once: when a new push subscription was created.
+    pub secret: Option<WebhookSecret>,
+}
+
+impl Engine {
+    fn subscriptions_dir(&self) -> std::path::PathBuf {
+        self.inner.config.data_dir.join("subscriptions")
+    }
+
+    fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
+        self.inner
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::SubscriptionNotFound {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The subscriptions reading a topic.
+    pub(super) fn subscriptions_of(&self, topic: &str) -> Vec<Arc<Subscription>> {
+        self.inner
+            .subscriptions_snapshot()
+            .into_iter()
+            .filter(|subscription| subscription.topic_name() == topic)
+            .collect()
+    }
+
+    /// Creates a subscription; the same spec again is not an error (a push subscription
+    /// created without a secret matches whatever secret was generated), another spec is.
+    pub async fn create_subscription(
+        &self,
+        name: &str,
+        mut spec: SubscriptionSpec,
+    ) -> Result<SubscriptionCreated, EngineError> {
+        validate_subscription_name(name)?;
+        spec.validate()?;
+        let _admin = self.inner.admin.lock().await;
+        let topic = self.topic(&spec.topic).map_err(|error| match error {
+            EngineError::TopicNotFound { topic } => EngineError::InvalidSubscription {
+                detail: format!("topic {topic:?} not found; create it first"),
+            },
+            other => other,
+        })?;
+        if let Ok(existing) = self.subscription(name) {
+            return same_spec(existing.spec(), &spec)
+                .then(|| SubscriptionCreated {
+                    created: Created::Existing,
+                    info: existing.info(),
+                    secret: None,
+                })
+                .ok_or_else(|| EngineError::SubscriptionConflict {
+                    name: name.to_owned(),
+                });
+        }
+        if self
+            .inner
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .len()
+            >= SUBSCRIPTIONS_MAX
+        {
+            return Err(EngineError::InvalidSubscription {
+                detail: format!("at most {SUBSCRIPTIONS_MAX} subscriptions per server"),
+            });
+        }
+        let mut secret = None;
+        if let Some(sink) = &mut spec.sink
+            && sink.secret.is_none()
+        {
+            let generated = WebhookSecret::generate();
+            sink.secret = Some(generated.clone());
+            secret = Some(generated);
+        }
+        let starts = resolve_position(&topic, &spec.start)?;
+        let subscription = self.write_and_open(name, spec, topic, starts).await?;
+        subscription.start();
+        let info = subscription.info();
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .insert(name.to_owned(), Arc::new(subscription));
+        tracing::info!(subscription = name, topic = %info.spec.topic, mode = info.mode, "created subscription");
+        Ok(SubscriptionCreated {
+            created: Created::New,
+            info,
+            secret,
+        })
+    }
+
+    async fn write_and_open(
+        &self,
+        name: &str,
+        spec: SubscriptionSpec,
+        topic: Arc<Topic>,
+        starts: Vec<u64>,
+    ) -> Result<Subscription, EngineError> {
+        let (parent, name_owned) = (self.subscriptions_dir(), name.to_owned());
+        let metrics = self.inner.metrics.clone();
+        let closing = self.inner.closing.subscribe();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&parent).map_err(EngineError::io("create", &parent))?;
+            let temporary = parent.join(format!("{CREATING_PREFIX}{name_owned}"));
+            let _ = std::fs::remove_dir_all(&temporary);
+            write_new(&temporary, &spec, &starts)?;
+            let dir = parent.join(&name_owned);
+            std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
+            // Survives a crash after create returns: the rename itself is durable.
+            crate::files::sync_dir(&parent)?;
+            Subscription::open(&dir, &name_owned, spec, topic, metrics, closing)
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Every subscription, by name.
+    pub fn list_subscriptions(&self) -> Vec<SubscriptionInfo> {
+        self.inner
+            .subscriptions_snapshot()
+            .iter()
+            .map(|subscription| subscription.info())
+            .collect()
+    }
+
+    /// One subscription.
+    pub fn describe_subscription(&self, name: &str) -> Result<SubscriptionInfo, EngineError> {
+        Ok(self.subscription(name)?.info())
+    }
+
+    /// Refreshes every subscription's gauges (lag, in flight, DLQ depth, circuit), for a
+    /// metrics scrape.
+    pub fn refresh_subscription_gauges(&self) {
+        for subscription in self.inner.subscriptions_snapshot() {
+            subscription.info();
+        }
+    }
+
+    /// Deletes a subscription, its progress and its dead-letter queue.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
+        let _admin = self.inner.admin.lock().await;
+        let subscription = self.subscription(name)?;
+        self.remove_subscription(&subscription).await
+    }
+
+    pub(super) async fn remove_subscription(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<(), EngineError> {
+        let name = subscription.name().to_owned();
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .remove(&name);
+        subscription.stop().await;
+        let dir = subscription.dir.clone();
+        let trash = self.inner.config.data_dir.join("trash");
+        tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
+        self.inner.metrics.remove_subscription(&name);
+        tracing::info!(subscription = %name, "deleted subscription");
+        Ok(())
+    }
+
+    /// Pauses a subscription's delivery.
+    pub async fn pause_subscription(&self, name: &str) -> Result<SubscriptionInfo, EngineError> {
+        let subscription = self.subscription(name)?;
+        subscription.pause("paused by an operator").await?;
+        Ok(subscription.info())
+    }
+
+    /// Resumes a subscription's delivery.
+    pub async fn resume_subscription(&self, name: &str) -> Result<SubscriptionInfo, EngineError> {
+        let subscription = self.subscription(name)?;
+        subscription.resume().await?;
+        Ok(subscription.info())
+    }
+
+    /// Moves a subscription to `earliest`, `latest` or a time.
+    pub async fn seek_subscription(
+        &self,
+        name: &str,
+        to: &StartPosition,
+    ) -> Result<SubscriptionInfo, EngineError> {
+        let subscription = self.subscription(name)?;
+        let topic = self.topic(subscription.topic_name())?;
+        let starts = resolve_position(&topic, to)?;
+        subscription.seek(&starts).await?;
+        Ok(subscription.info())
+    }
+
+    /// Pulls up to `max` events from a pull subscription, long-polling up to `wait`.
+    pub async fn pull(
+        &self,
+        name: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<PulledMessage>, EngineError> {
+        self.subscription(name)?.pull(max, wait).await
+    }
+
+    /// Settles pulled events by ack id: ack, nack (optionally with a delay) or reject.
+    pub async fn settle(
+        &self,
+        name: &str,
+        ack_ids: &[String],
+        action: Settle,
+    ) -> Result<AckResult, EngineError> {
+        self.subscription(name)?.settle(ack_ids, action).await
+    }
+
+    /// Up to `max` dead-letter entries, oldest first, after the entry `after`.
+    pub async fn dlq_list(
+        &self,
+        name: &str,
+        after: Option<String>,
+        max: usize,
+    ) -> Result<Vec<DeadLetterEntry>, EngineError> {
+        let max = max.clamp(1, DLQ_LIST_MAX);
+        self.with_dlq(name, move |dlq, _| dlq.list(after.as_deref(), max))
+            .await
+    }
+
+    /// One dead-letter entry.
+    pub async fn dlq_get(&self, name: &str, id: String) -> Result<DeadLetterEntry, EngineError> {
+        self.with_dlq(name, move |dlq, subscription| {
+            dlq.get(&id)?
+                .ok_or_else(|| EngineError::DeadLetterNotFound {
+                    name: subscription.to_owned(),
+                    id,
+                })
+        })
+        .await
+    }
+
+    /// Sends entries (all when `ids` is none) back into the subscription with fresh attempt
+    /// counts; returns how many.
+    pub async fn dlq_redrive(
+        &self,
+        name: &str,
+        ids: Option<Vec<String>>,
+    ) -> Result<usize, EngineError> {
+        self.with_dlq(name, move |dlq, subscription| {
+            dlq.redrive(subscription, ids)
+        })
+        .await
+    }
+
+    /// Deletes every entry not being redriven; returns how many.
+    pub async fn dlq_purge(&self, name: &str) -> Result<usize, EngineError> {
+        self.with_dlq(name, |dlq, _| dlq.purge()).await
+    }
+
+    async fn with_dlq<T: Send + 'static>(
+        &self,
+        name: &str,
+        operation: impl FnOnce(
+            &mut crate::subscription::dlq::DeadLetterQueue,
+            &str,
+        ) -> Result<T, EngineError>
+        + Send
+        + 'static,
+    ) -> Result<T, EngineError> {
+        let subscription = self.subscription(name)?;
+        tokio::task::spawn_blocking(move || subscription.with_dlq(operation))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+    }
+}
+
+/// Whether a create repeats an existing spec; a create without a secret matches any.
+fn same_spec(existing: &SubscriptionSpec, asked: &SubscriptionSpec) -> bool {
+    let mut asked = asked.clone();
+    if let (Some(asked_sink), Some(existing_sink)) = (&mut asked.sink, &existing.sink)
+        && asked_sink.secret.is_none()
+    {
+        asked_sink.secret = existing_sink.secret.clone();
+    }
+    *existing == asked
+}
+
+/// Each partition's offset for a position.
+fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>, EngineError> {
+    topic
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let info = partition.info();
+            match position {
+                StartPosition::Named(NamedPosition::Earliest) => Ok(info.start_offset),
+                StartPosition::Named(NamedPosition::Latest) | StartPosition::Default => {
+                    Ok(info.next_offset)
+                }
+                StartPosition::Time { time } => {
+                    let ms = crate::clock::parse_rfc3339_ms(time).ok_or_else(|| {
+                        EngineError::InvalidSubscription {
+                            detail: format!("{time:?} is not an RFC 3339 timestamp"),
+                        }
+                    })?;
+                    partition.offset_for_timestamp(ms)
+                }
+            }
+        })
+        .collect()
+}
+
+/// Opens every subscription under the data directory. Blocking. A subscription whose files
+/// or topic cannot be opened is left on disk and logged; it does not stop the server.
+pub(super) fn recover(
+    data_dir: &Path,
+    topics: &BTreeMap<String, Arc<Topic>>,
+    metrics: &Arc<Metrics>,
+    closing: &tokio::sync::watch::Receiver<bool>,
+) -> Result<BTreeMap<String, Arc<Subscription>>, EngineError> {
+    let dir = data_dir.join("subscriptions");
+    std::fs::create_dir_all(&dir).map_err(EngineError::io("create", &dir))?;
+    let mut subscriptions = BTreeMap::new();
+    let entries = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
+    for entry in entries {
+        let path = entry.map_err(EngineError::io("list", &dir))?.path();
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(CREATING_PREFIX) {
+            // A creation that crashed before its rename: the subscription never existed.
+            let _ = std::fs::remove_dir_all(&path);
+            continue;
+        }
+        match open_one(&path, &name, topics, metrics, closing) {
+            Ok(subscription) => {
+                tracing::info!(subscription = %name, "recovered subscription");
+                subscriptions.insert(name, Arc::new(subscription));
+            }
+            Err(error) => {
+                tracing::error!(subscription = %name, %error, "subscription not started; fix or delete its directory");
+            }
+        }
+    }
+    Ok(subscriptions)
+}
+
+fn open_one(
+    dir: &Path,
+    name: &str,
+    topics: &BTreeMap<String, Arc<Topic>>,
+    metrics: &Arc<Metrics>,
+    closing: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Subscription, EngineError> {
+    validate_subscription_name(name)?;
+    let path = dir.join(SPEC_FILE);
+    let text = std::fs::read(&path).map_err(EngineError::io("read", &path))?;
+    let spec: SubscriptionSpec =
+        serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
+            detail: format!("{}: {error}", path.display()),
+        })?;
+    let topic = topics
+        .get(&spec.topic)
+        .cloned()
+        .ok_or_else(|| EngineError::TopicNotFound {
+            topic: spec.topic.clone(),
+        })?;
+    Subscription::open(dir, name, spec, topic, metrics.clone(), closing.clone())
+}

@@ -1,0 +1,568 @@
+//! Subscriptions: durable cursors over a topic that deliver every matching event to a handler
+//! until it is acknowledged or dead-lettered.
+//!
+//! A subscription runs as a few tasks around one [`DeliveryState`](state::DeliveryState)
+//! behind a mutex:
+//! - a *reader* per partition (and one for events redriven from the dead-letter queue) reads
+//!   the log from the lane's cursor, applies the filters and offers events, waiting while the
+//!   lane holds its most pending events;
+//! - a *dispatcher* (push) sends ready events to the sink, within `max_in_flight`, the circuit
+//!   breaker and the rate limit; pull consumers take ready events through [`Subscription::pull`];
+//! - a *timer* fires retry times and ack deadlines;
+//! - a *store* writes dead letters, then a checkpoint, each fsynced, and tells waiting acks
+//!   their state is durable.
+//!
+//! On disk, under `subscriptions/{name}/`: `subscription.json` (the spec), `checkpoints/` and
+//! `dlq/`, two small logs.
+
+mod checkpoint;
+pub mod circuit;
+pub(crate) mod dlq;
+pub mod pull;
+mod push;
+mod reader;
+pub mod spec;
+pub(crate) mod state;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::now_ms;
+use crate::error::EngineError;
+use crate::limits::{LANE_PENDING_MIN, SUBSCRIPTION_PENDING_MAX};
+use crate::metrics::{Metrics, SubscriptionLabels};
+use crate::topic::Topic;
+use checkpoint::{Checkpoint, CheckpointLog};
+use circuit::{CircuitBreaker, CircuitState};
+pub use dlq::DeadLetterEntry;
+use dlq::DeadLetterQueue;
+pub use pull::{AckResult, PulledMessage};
+use spec::SubscriptionSpec;
+use state::DeliveryState;
+
+/// The file holding a subscription's spec.
+pub(crate) const SPEC_FILE: &str = "subscription.json";
+
+/// What a subscription's mutable state holds, behind one lock.
+#[derive(Debug)]
+struct Core {
+    delivery: DeliveryState,
+    paused: Option<String>,
+    circuit: Option<CircuitBreaker>,
+    /// Ids of redriven dead-letter entries whose redelivery was acknowledged: the store
+    /// removes them from the queue.
+    redrive_acked: Vec<String>,
+}
+
+/// Whether the subscription's state is durable up to a version, or why it never will be.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    version: u64,
+    failed: Option<String>,
+}
+
+/// Everything a subscription's tasks share.
+struct Shared {
+    name: String,
+    spec: SubscriptionSpec,
+    topic: Arc<Topic>,
+    metrics: Arc<Metrics>,
+    labels: SubscriptionLabels,
+    core: Mutex<Core>,
+    dlq: Mutex<DeadLetterQueue>,
+    checkpoints: Mutex<CheckpointLog>,
+    /// Bumped when events may be taken (ready, or in-flight room freed, or resumed).
+    ready: watch::Sender<u64>,
+    /// Bumped when readers at their bound may read again (pending room freed, redrive).
+    room: watch::Sender<u64>,
+    /// Bumped when lane cursors moved under the readers (seek): a long poll restarts.
+    reset: watch::Sender<u64>,
+    /// Wakes the store.
+    dirty: Notify,
+    /// Wakes the timer (a nearer timer was set).
+    timers: Notify,
+    durable: watch::Sender<Durable>,
+    /// Part of every ack id: ack ids from before a restart are stale.
+    boot: u32,
+    /// Turns true when the subscription stops.
+    stopping: watch::Sender<bool>,
+    /// The engine's shutdown signal (ends long polls early).
+    closing: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn core(&self) -> std::sync::MutexGuard<'_, Core> {
+        self.core.lock().expect("subscription state lock")
+    }
+
+    /// After a change: wake the store, and the takers when events may be ready.
+    fn changed(&self, ready: bool) {
+        self.dirty.notify_one();
+        if ready {
+            self.ready.send_modify(|count| *count += 1);
+        }
+    }
+
+    fn wake_readers(&self) {
+        self.room.send_modify(|count| *count += 1);
+    }
+
+    fn random(&self) -> f64 {
+        fastrand::f64()
+    }
+
+    /// Waits until the state at `version` is durable.
+    async fn wait_durable(&self, version: u64) -> Result<(), EngineError> {
+        let mut durable = self.durable.subscribe();
+        let result = durable
+            .wait_for(|durable| durable.version >= version || durable.failed.is_some())
+            .await
+            .map(|durable| durable.failed.clone());
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => Err(EngineError::SubscriptionUnavailable {
+                name: self.name.clone(),
+                reason,
+            }),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    fn check_available(&self) -> Result<(), EngineError> {
+        match &self.durable.borrow().failed {
+            Some(reason) => Err(EngineError::SubscriptionUnavailable {
+                name: self.name.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A running subscription.
+pub(crate) struct Subscription {
+    shared: Arc<Shared>,
+    pub(crate) dir: PathBuf,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A subscription as describe shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionInfo {
+    /// Its name.
+    pub name: String,
+    /// Its spec; the sink's secret is never shown here.
+    #[serde(flatten)]
+    pub spec: SubscriptionSpec,
+    /// `push` or `pull`.
+    pub mode: &'static str,
+    /// Why it is paused, when it is.
+    pub paused: Option<String>,
+    /// Matching or not, events published and not yet done.
+    pub lag: u64,
+    /// Events delivered and not yet acknowledged.
+    pub in_flight: usize,
+    /// Events read and held in memory, not yet done.
+    pub pending: usize,
+    /// Events acknowledged since the server started.
+    pub delivered: u64,
+    /// Failed attempts followed by a retry since the server started.
+    pub retried: u64,
+    /// Events dead-lettered since the server started.
+    pub dead_lettered: u64,
+    /// Events retention deleted before they were delivered, since the server started.
+    pub skipped_by_retention: u64,
+    /// Entries in the dead-letter queue.
+    pub dlq_depth: usize,
+    /// The push sink's circuit; none for pull.
+    pub circuit: Option<CircuitState>,
+    /// The last failure.
+    pub last_error: Option<LastError>,
+    /// Why it refuses service, when it does (its storage failed).
+    pub unavailable: Option<String>,
+    /// Progress per partition.
+    pub partitions: Vec<PartitionProgress>,
+}
+
+/// The last failure of a subscription.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    /// When (RFC 3339).
+    pub at: String,
+    /// What.
+    pub error: String,
+}
+
+/// A subscription's progress on one partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionProgress {
+    /// The partition.
+    pub partition: u32,
+    /// Every event below is done.
+    pub committed: u64,
+    /// The next offset to read.
+    pub cursor: u64,
+    /// The partition's next offset.
+    pub next_offset: u64,
+}
+
+impl Subscription {
+    /// Opens a subscription directory written by [`write_new`]. Blocking.
+    pub(crate) fn open(
+        dir: &Path,
+        name: &str,
+        spec: SubscriptionSpec,
+        topic: Arc<Topic>,
+        metrics: Arc<Metrics>,
+        closing: watch::Receiver<bool>,
+    ) -> Result<Self, EngineError> {
+        let (checkpoints, newest) = CheckpointLog::open(&dir.join("checkpoints"))?;
+        let checkpoint = newest.ok_or_else(|| EngineError::InvalidConfig {
+            detail: format!(
+                "{} has no checkpoint; delete the subscription and create it again",
+                dir.display()
+            ),
+        })?;
+        let partitions = topic.config.partitions as usize;
+        if checkpoint.lanes.len() != partitions {
+            return Err(EngineError::InvalidConfig {
+                detail: format!(
+                    "the checkpoint of {name:?} has {} partitions, its topic {partitions}",
+                    checkpoint.lanes.len()
+                ),
+            });
+        }
+        let dlq = DeadLetterQueue::open(&dir.join("dlq"))?;
+        let delivery = DeliveryState::restore(
+            spec.ordering,
+            spec.max_in_flight as usize,
+            lane_pending_max(partitions),
+            &checkpoint.lanes,
+        );
+        let circuit = spec.sink.as_ref().map(|_| {
+            CircuitBreaker::new(
+                spec.circuit_breaker.failures,
+                spec.circuit_breaker.cool_down,
+            )
+        });
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            labels: SubscriptionLabels {
+                subscription: name.to_owned(),
+            },
+            spec,
+            topic,
+            metrics,
+            core: Mutex::new(Core {
+                delivery,
+                paused: checkpoint.paused,
+                circuit,
+                redrive_acked: Vec::new(),
+            }),
+            dlq: Mutex::new(dlq),
+            checkpoints: Mutex::new(checkpoints),
+            ready: watch::Sender::new(0),
+            room: watch::Sender::new(0),
+            reset: watch::Sender::new(0),
+            dirty: Notify::new(),
+            timers: Notify::new(),
+            durable: watch::Sender::new(Durable::default()),
+            boot: fastrand::u32(..),
+            stopping: watch::Sender::new(false),
+            closing,
+        });
+        Ok(Subscription {
+            shared,
+            dir: dir.to_owned(),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the subscription's tasks. Call inside the runtime.
+    pub(crate) fn start(&self) {
+        let shared = &self.shared;
+        let mut tasks = self.tasks.lock().expect("tasks lock");
+        for lane in 0..shared.topic.config.partitions {
+            tasks.push(tokio::spawn(reader::read_partition(shared.clone(), lane)));
+        }
+        tasks.push(tokio::spawn(reader::read_redriven(shared.clone())));
+        tasks.push(tokio::spawn(store::run(shared.clone())));
+        tasks.push(tokio::spawn(run_timers(shared.clone())));
+        if let Some(sink) = &shared.spec.sink {
+            tasks.push(tokio::spawn(push::dispatch(shared.clone(), sink.clone())));
+        }
+        shared.changed(true);
+    }
+
+    /// Stops every task after a last checkpoint.
+    pub(crate) async fn stop(&self) {
+        let shared = &self.shared;
+        let version = shared.core().delivery.version();
+        shared.dirty.notify_one();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            shared.wait_durable(version),
+        )
+        .await;
+        shared.stopping.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub(crate) fn spec(&self) -> &SubscriptionSpec {
+        &self.shared.spec
+    }
+
+    pub(crate) fn topic_name(&self) -> &str {
+        &self.shared.spec.topic
+    }
+
+    /// Its state for describe; also refreshes its gauges.
+    pub(crate) fn info(&self) -> SubscriptionInfo {
+        let shared = &self.shared;
+        let dlq_depth = shared.dlq.lock().expect("dlq lock").depth();
+        let core = shared.core();
+        let positions = core.delivery.lane_positions();
+        let partitions: Vec<PartitionProgress> = (0u32..)
+            .zip(positions)
+            .map(|(partition, (committed, cursor))| PartitionProgress {
+                partition,
+                committed,
+                cursor,
+                next_offset: shared
+                    .topic
+                    .partitions()
+                    .get(partition as usize)
+                    .map_or(cursor, |p| p.info().next_offset),
+            })
+            .collect();
+        let lag = partitions
+            .iter()
+            .map(|p| p.next_offset.saturating_sub(p.committed))
+            .sum::<u64>()
+            + core.delivery.redrive_pending() as u64;
+        let counters = &core.delivery.counters;
+        let mut spec = shared.spec.clone();
+        if let Some(sink) = &mut spec.sink {
+            sink.secret = None;
+        }
+        let info = SubscriptionInfo {
+            name: shared.name.clone(),
+            mode: if spec.is_push() { "push" } else { "pull" },
+            spec,
+            paused: core.paused.clone(),
+            lag,
+            in_flight: core.delivery.in_flight(),
+            pending: core.delivery.pending_count(),
+            delivered: counters.delivered,
+            retried: counters.retried,
+            dead_lettered: counters.dead_lettered,
+            skipped_by_retention: counters.skipped_by_retention,
+            dlq_depth,
+            circuit: core.circuit.as_ref().map(CircuitBreaker::state),
+            last_error: counters
+                .last_error
+                .as_ref()
+                .map(|(at_ms, error)| LastError {
+                    at: crate::clock::format_rfc3339_ms(*at_ms),
+                    error: error.clone(),
+                }),
+            unavailable: shared.durable.borrow().failed.clone(),
+            partitions,
+        };
+        drop(core);
+        self.publish_gauges(&info);
+        info
+    }
+
+    fn publish_gauges(&self, info: &SubscriptionInfo) {
+        let (metrics, labels) = (&self.shared.metrics, &self.shared.labels);
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        metrics
+            .subscription_lag
+            .get_or_create(labels)
+            .set(gauge(info.lag));
+        metrics
+            .subscription_in_flight
+            .get_or_create(labels)
+            .set(gauge(info.in_flight as u64));
+        metrics
+            .subscription_dlq_depth
+            .get_or_create(labels)
+            .set(gauge(info.dlq_depth as u64));
+        metrics
+            .subscription_paused
+            .get_or_create(labels)
+            .set(i64::from(info.paused.is_some()));
+        if let Some(circuit) = info.circuit {
+            metrics
+                .subscription_circuit_state
+                .get_or_create(labels)
+                .set(circuit.gauge_value());
+        }
+    }
+
+    /// Pauses delivery (durably); in-flight deliveries finish.
+    pub(crate) async fn pause(&self, reason: &str) -> Result<(), EngineError> {
+        self.set_paused(Some(reason.to_owned())).await
+    }
+
+    /// Resumes delivery (durably).
+    pub(crate) async fn resume(&self) -> Result<(), EngineError> {
+        self.set_paused(None).await
+    }
+
+    async fn set_paused(&self, paused: Option<String>) -> Result<(), EngineError> {
+        let shared = &self.shared;
+        shared.check_available()?;
+        let version = {
+            let mut core = shared.core();
+            core.paused = paused;
+            core.delivery.touch()
+        };
+        shared.changed(true);
+        shared.wait_durable(version).await
+    }
+
+    /// Moves every partition's cursor to `starts` (durably). Pending and in-flight events are
+    /// dropped; their acks turn stale.
+    pub(crate) async fn seek(&self, starts: &[u64]) -> Result<(), EngineError> {
+        let shared = &self.shared;
+        shared.check_available()?;
+        let version = {
+            let mut core = shared.core();
+            core.delivery.seek(starts);
+            core.delivery.version()
+        };
+        shared.reset.send_modify(|count| *count += 1);
+        shared.changed(true);
+        shared.wait_durable(version).await
+    }
+
+    /// The dead-letter queue, to list, show, redrive or purge. Blocking calls: run them on a
+    /// blocking thread.
+    pub(crate) fn with_dlq<T>(
+        &self,
+        operation: impl FnOnce(&mut DeadLetterQueue, &str) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut dlq = self.shared.dlq.lock().expect("dlq lock");
+        let result = operation(&mut dlq, &self.shared.name);
+        drop(dlq);
+        self.shared.wake_readers();
+        result
+    }
+
+    /// Pulls up to `max` events, long-polling up to `wait` for the first.
+    pub(crate) async fn pull(
+        &self,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<PulledMessage>, EngineError> {
+        pull::pull(&self.shared, max, wait).await
+    }
+
+    /// Acknowledges, nacks or rejects pulled events; returns once the result is durable.
+    pub(crate) async fn settle(
+        &self,
+        ack_ids: &[String],
+        action: pull::Settle,
+    ) -> Result<AckResult, EngineError> {
+        pull::settle(&self.shared, ack_ids, action).await
+    }
+}
+
+/// Events a lane may hold pending: the subscription's bound shared across its partitions.
+fn lane_pending_max(partitions: usize) -> usize {
+    (SUBSCRIPTION_PENDING_MAX / partitions.max(1)).max(LANE_PENDING_MIN)
+}
+
+/// The first checkpoint of a new subscription, its lanes at `starts`.
+pub(crate) fn first_checkpoint(spec: &SubscriptionSpec, starts: &[u64]) -> Checkpoint {
+    let partitions = starts.len();
+    let state = DeliveryState::new(
+        spec.ordering,
+        spec.max_in_flight as usize,
+        lane_pending_max(partitions),
+        starts,
+    );
+    Checkpoint {
+        lanes: state.checkpoint(),
+        paused: None,
+    }
+}
+
+/// Writes a new subscription's files into `dir` (which must not exist yet): the spec and a
+/// first checkpoint, each fsynced. Blocking.
+pub(crate) fn write_new(
+    dir: &Path,
+    spec: &SubscriptionSpec,
+    starts: &[u64],
+) -> Result<(), EngineError> {
+    std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
+    let text = serde_json::to_vec_pretty(spec).expect("a spec serialises");
+    crate::files::write_synced(&dir.join(SPEC_FILE), &text)?;
+    let (checkpoints, _) = CheckpointLog::open(&dir.join("checkpoints"))?;
+    checkpoints.write(&first_checkpoint(spec, starts))?;
+    // Survives a crash after the rename that publishes the directory: its entries are durable.
+    crate::files::sync_dir(dir)
+}
+
+/// Fires retry timers and ack deadlines when they come due.
+async fn run_timers(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.subscribe();
+    loop {
+        let (ready, timed_out, next_ms) = {
+            let mut core = shared.core();
+            let (ready, timed_out) =
+                core.delivery
+                    .tick(now_ms(), &shared.spec.retry, shared.random());
+            (ready, timed_out, core.delivery.next_timer_ms())
+        };
+        if timed_out > 0 {
+            shared
+                .metrics
+                .subscription_attempts
+                .get_or_create(&attempt_labels(&shared, "timed_out"))
+                .inc_by(timed_out as u64);
+        }
+        if ready || timed_out > 0 {
+            shared.changed(true);
+        }
+        let sleep_ms = next_ms.map_or(60_000, |next| (next - now_ms()).clamp(1, 60_000));
+        let sleep = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms as u64));
+        tokio::select! {
+            _ = sleep => {}
+            _ = shared.timers.notified() => {}
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+    }
+}
+
+fn attempt_labels(shared: &Shared, outcome: &'static str) -> crate::metrics::AttemptLabels {
+    crate::metrics::AttemptLabels {
+        subscription: shared.name.clone(),
+        outcome,
+    }
+}
+
+/// Records an acknowledged event's publish → ack latency.
+fn observe_ack(shared: &Shared, published_ms: i64) {
+    let seconds = (now_ms() - published_ms).max(0) as f64 / 1000.0;
+    shared
+        .metrics
+        .subscription_delivery_seconds
+        .get_or_create(&shared.labels)
+        .observe(seconds);
+}

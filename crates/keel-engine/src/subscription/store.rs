@@ -1,0 +1,101 @@
+//! The store of a subscription: writes dead letters, removes redriven entries that were
+//! delivered, and writes checkpoints — in that order, each fsynced — whenever the delivery
+//! state changed. Writes follow each other as fast as the disk syncs, so one fsync covers
+//! every change made while the previous one ran (group commit).
+//!
+//! Order matters: an event's dead-letter entry is durable before a checkpoint records the
+//! event as done, so a crash between the two redelivers the event (and replaces its entry)
+//! instead of losing it.
+
+use std::sync::Arc;
+
+use super::checkpoint::Checkpoint;
+use super::dlq::DeadLetterEntry;
+use super::{Shared, attempt_labels};
+use crate::error::EngineError;
+
+/// Runs until the subscription stops, or until a write fails: then the subscription refuses
+/// service (a failed fsync is never retried; the state on disk is unknown until a restart
+/// recovers it).
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut stopping = shared.stopping.subscribe();
+    let mut written = 0;
+    loop {
+        if let Err(error) = write_once(&shared, &mut written).await {
+            let reason = format!(
+                "its progress could not be stored ({error}); fix the disk and restart keel"
+            );
+            tracing::error!(subscription = %shared.name, %error, "subscription refuses service");
+            shared
+                .durable
+                .send_modify(|durable| durable.failed = Some(reason));
+            return;
+        }
+        tokio::select! {
+            _ = shared.dirty.notified() => {}
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+    }
+}
+
+async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), EngineError> {
+    let letters = shared.core().delivery.dead_letters_to_write();
+    if !letters.is_empty() {
+        let entries: Vec<DeadLetterEntry> = letters
+            .iter()
+            .map(|letter| DeadLetterEntry::new(letter.origin, &letter.json, letter.history.clone()))
+            .collect();
+        blocking(shared, move |shared| {
+            shared.dlq.lock().expect("dlq lock").add(entries)
+        })
+        .await?;
+        shared.core().delivery.finish_dead_letters(&letters);
+        shared
+            .metrics
+            .subscription_attempts
+            .get_or_create(&attempt_labels(shared, "dead_lettered"))
+            .inc_by(letters.len() as u64);
+        shared.wake_readers();
+        shared.changed(true);
+    }
+    let acked = std::mem::take(&mut shared.core().redrive_acked);
+    if !acked.is_empty() {
+        blocking(shared, move |shared| {
+            shared.dlq.lock().expect("dlq lock").remove(acked)
+        })
+        .await?;
+    }
+    let (version, checkpoint) = {
+        let core = shared.core();
+        let checkpoint = Checkpoint {
+            lanes: core.delivery.checkpoint(),
+            paused: core.paused.clone(),
+        };
+        (core.delivery.version(), checkpoint)
+    };
+    if version > *written {
+        blocking(shared, move |shared| {
+            shared
+                .checkpoints
+                .lock()
+                .expect("checkpoints lock")
+                .write(&checkpoint)
+        })
+        .await?;
+        *written = version;
+        shared
+            .durable
+            .send_modify(|durable| durable.version = version);
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    operation: impl FnOnce(&Shared) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || operation(&shared))
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+}

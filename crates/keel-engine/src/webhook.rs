@@ -1,0 +1,324 @@
+//! Push delivery: one stored event, one signed HTTP request to a subscription's sink, and what
+//! the answer means for the event.
+//!
+//! The request is a `POST` in the CloudEvents HTTP **binary** content mode (HTTP protocol
+//! binding 1.0.2 §3.1): `ce-*` headers, `Content-Type` from `datacontenttype`, body = data
+//! (mapping below). It is signed per **Standard Webhooks** 1.0.0, so any Standard Webhooks
+//! library verifies it:
+//!
+//! - `webhook-id`: the event id, as its `ce-id` header carries it (percent-encoded, which leaves
+//!   ids of printable ASCII without space, `"` or `%` unchanged);
+//! - `webhook-timestamp`: Unix seconds at the attempt;
+//! - `webhook-signature`: `v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
+//!   keyed with the subscription's [`WebhookSecret`].
+//!
+//! `keel-attempt: <n>` numbers the attempt (1 for the first).
+//!
+//! The binary mode is the inverse of [`crate::event::from_binary`]:
+//! - every attribute but `data`, `data_base64` and `datacontenttype` becomes a `ce-<name>`
+//!   header: strings percent-encoded (§3.1.3.2: space, `"`, `%` and all but printable ASCII
+//!   become `%XY` of their UTF-8 bytes), booleans and integers as their JSON text;
+//! - `Content-Type` is `datacontenttype`, or `application/json` when there is `data` without
+//!   one (JSON format §3.1);
+//! - the body is `data`'s JSON text for JSON content types (`*/json`, `*/*+json`), a `data`
+//!   string's text for other content types, the decoded `data_base64`, or empty without data.
+//!
+//! Publishing these parts in binary mode stores the same event, except what a header cannot
+//! say: extension booleans and integers come back as strings, and an implied
+//! `datacontenttype: application/json` becomes explicit.
+//!
+//! The answer is an [`AttemptOutcome`] (DESIGN.md §3): 2xx delivered; 410 gone; 408, 429, 5xx,
+//! 3xx (redirects are never followed), timeouts and connection errors retried, with
+//! `Retry-After` read; every other 4xx rejected. At most [`RESPONSE_BYTES_MAX`] of a response
+//! body are read, so a connection stays reusable without a sink making keel read without end.
+
+mod request;
+mod response;
+mod signature;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+
+pub use reqwest::Url;
+pub use signature::WebhookSecret;
+
+use response::Reply;
+
+/// Most bytes of a response body read; a longer body is abandoned with its connection.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of a response body quoted in an error.
+pub const ERROR_BODY_BYTES_MAX: usize = 200;
+/// Longest wait a sink's `Retry-After` can ask for; longer asks are cut to it.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
+/// Most idle keep-alive connections kept per sink host.
+pub const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
+/// How long an idle keep-alive connection is kept.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
+
+const _: () = assert!(ERROR_BODY_BYTES_MAX <= RESPONSE_BYTES_MAX);
+
+/// The answer to one delivery attempt, classified per keel's delivery contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The sink took the event (2xx): ack it.
+    Delivered {
+        /// The 2xx status.
+        status: u16,
+    },
+    /// Try again later: 408, 429, 5xx, 3xx, an answer that broke off, a timeout or a
+    /// connection error.
+    Retry {
+        /// The status, when the sink answered.
+        status: Option<u16>,
+        /// What happened, for the failure record: e.g. `503 Service Unavailable: <body start>`,
+        /// `timed out after 5s`, `cannot connect: ...: connection refused`.
+        error: String,
+        /// The sink's `Retry-After`, capped at [`RETRY_AFTER_MAX`].
+        retry_after: Option<Duration>,
+    },
+    /// 410 Gone: the sink wants no more events; the caller pauses the subscription.
+    Gone {
+        /// The status (410).
+        status: u16,
+    },
+    /// Any other 4xx: the sink refuses this event; dead-letter it at once.
+    Reject {
+        /// The 4xx status.
+        status: u16,
+        /// The status line and the start of the body, e.g. `400 Bad Request: <body start>`.
+        error: String,
+    },
+}
+
+/// Where and how to push a subscription's events. Serialises as
+/// `{"url": "https://…", "secret": "whsec_…"}`; `Debug` hides the secret and any password in
+/// the URL.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTarget {
+    /// The sink's URL: http or https, checked by [`validate_sink_url`].
+    #[serde(with = "url_text")]
+    pub url: Url,
+    /// The key every request is signed with.
+    pub secret: WebhookSecret,
+}
+
+impl fmt::Debug for SinkTarget {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("SinkTarget")
+            .field("url", &redacted_url(&self.url).as_str())
+            .field("secret", &self.secret)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced, for logs.
+fn redacted_url(url: &Url) -> Url {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have credentials, and this one has some.
+        let _ = url.set_password(Some("redacted"));
+    }
+    url
+}
+
+/// Checks a sink URL: absolute, `http` or `https`, with a host. Credentials in the URL are
+/// allowed (sent as basic auth). The error says what is wrong.
+pub fn validate_sink_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim())
+        .map_err(|error| format!("the sink URL is not a valid absolute URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "the sink URL must use http or https, not {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the sink URL has no host".to_owned());
+    }
+    Ok(url)
+}
+
+/// Serde for [`SinkTarget::url`]: a string, checked by [`validate_sink_url`].
+mod url_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Url;
+
+    pub(super) fn serialize<S: Serializer>(url: &Url, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(url.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::validate_sink_url(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Sends events to sinks. Cheap to clone (one shared connection pool): keep-alive and pooling
+/// per host, redirects never followed, user agent `keel/<version>`, https through rustls with
+/// the Mozilla root certificates (webpki-roots).
+#[derive(Debug, Clone)]
+pub struct PushClient {
+    client: reqwest::Client,
+}
+
+impl Default for PushClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PushClient {
+    /// A client with its own connection pool.
+    pub fn new() -> PushClient {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST_MAX)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+            .build()
+            // Building fails only for a TLS backend that cannot start or bad custom settings;
+            // rustls with built-in roots and these fixed settings always build.
+            .expect("the HTTP client's fixed configuration builds");
+        PushClient { client }
+    }
+
+    /// Delivers one event: `event_json` is its stored CloudEvents JSON object, `attempt` the
+    /// attempt's number (1 for the first), `timeout` the limit for the whole exchange,
+    /// connecting and reading the answer included.
+    ///
+    /// Never fails: every failure is a [`AttemptOutcome::Retry`]. Stored JSON that is not an
+    /// event (a bug or a corrupted store) is retried too, so the event ends in the dead-letter
+    /// queue with the reason rather than being lost.
+    pub async fn deliver(
+        &self,
+        target: &SinkTarget,
+        event_json: &str,
+        attempt: u32,
+        timeout: Duration,
+    ) -> AttemptOutcome {
+        let timestamp_s = crate::clock::now_ms() / 1000;
+        let outcome = match self.signed_request(target, event_json, attempt, timestamp_s) {
+            Ok(request) => exchange_within(request, timeout).await,
+            Err(error) => transport_failure(error),
+        };
+        tracing::debug!(
+            url = %redacted_url(&target.url),
+            attempt,
+            outcome = ?outcome,
+            "push attempt"
+        );
+        outcome
+    }
+
+    /// The request for one attempt: binary-mode headers and body, signature, attempt number.
+    fn signed_request(
+        &self,
+        target: &SinkTarget,
+        event_json: &str,
+        attempt: u32,
+        timestamp_s: i64,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let parts = request::binary_request(event_json)
+            .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
+        let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
+        let mut headers = reqwest::header::HeaderMap::with_capacity(parts.headers.len() + 5);
+        for (name, value) in &parts.headers {
+            headers.insert(header_name(name)?, header_value(name, value)?);
+        }
+        if let Some(content_type) = &parts.content_type {
+            headers.insert(CONTENT_TYPE, header_value("content-type", content_type)?);
+        }
+        let signing = [
+            ("webhook-id", parts.id.clone()),
+            ("webhook-timestamp", timestamp_s.to_string()),
+            ("webhook-signature", signature),
+            ("keel-attempt", attempt.to_string()),
+        ];
+        for (name, value) in signing {
+            headers.insert(header_name(name)?, header_value(name, &value)?);
+        }
+        Ok(self
+            .client
+            .post(target.url.clone())
+            .headers(headers)
+            .body(parts.body))
+    }
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("cannot build the request: {name:?} is not a valid header name"))
+}
+
+fn header_value(name: &str, value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value)
+        .map_err(|_| format!("cannot build the request: the {name} value is not a valid header"))
+}
+
+/// A failure before or without any answer from the sink.
+fn transport_failure(error: String) -> AttemptOutcome {
+    AttemptOutcome::Retry {
+        status: None,
+        error,
+        retry_after: None,
+    }
+}
+
+/// Sends the request and reads the answer, all within `timeout`.
+async fn exchange_within(request: reqwest::RequestBuilder, timeout: Duration) -> AttemptOutcome {
+    match tokio::time::timeout(timeout, exchange(request)).await {
+        Ok(Ok(reply)) => response::classify(&reply, crate::clock::now_ms() / 1000),
+        Ok(Err(error)) => transport_failure(response::transport_error(&error)),
+        Err(_elapsed) => transport_failure(format!(
+            "timed out after {}",
+            crate::duration::format(timeout)
+        )),
+    }
+}
+
+/// Sends the request, then reads the headers classification needs and at most
+/// [`RESPONSE_BYTES_MAX`] of the body: reading a body to its end lets the connection be
+/// reused, and a longer body is dropped with its connection.
+async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
+    let mut response = request.send().await?;
+    let header_text = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|value: &HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    let location = header_text(LOCATION);
+    let retry_after = header_text(RETRY_AFTER);
+    let mut body_start = Vec::new();
+    let mut body_bytes = 0;
+    let mut body_error = None;
+    while body_bytes < RESPONSE_BYTES_MAX {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = ERROR_BODY_BYTES_MAX.saturating_sub(body_start.len());
+                body_start.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+                body_bytes += chunk.len();
+            }
+            Ok(None) => break,
+            Err(error) => {
+                body_error = Some(response::error_causes(&error));
+                break;
+            }
+        }
+    }
+    Ok(Reply {
+        status: response.status(),
+        location,
+        retry_after,
+        body_start,
+        body_error,
+    })
+}

@@ -1,0 +1,168 @@
+//! A subscription's dead-letter queue: list, show, redrive, purge.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use keel_engine::clock::format_rfc3339_ms;
+use keel_engine::subscription::DeadLetterEntry;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::body::json_object;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// An entry as the API shows it.
+#[derive(Serialize)]
+struct EntryView {
+    id: String,
+    partition: u32,
+    offset: u64,
+    event: Box<RawValue>,
+    attempts: u32,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+    first_attempt_at: String,
+    last_attempt_at: String,
+    dead_lettered_at: String,
+    history: Vec<AttemptView>,
+}
+
+#[derive(Serialize)]
+struct AttemptView {
+    at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<DeadLetterEntry> for EntryView {
+    fn from(entry: DeadLetterEntry) -> Self {
+        EntryView {
+            id: entry.id,
+            partition: entry.partition,
+            offset: entry.offset,
+            event: entry.event,
+            attempts: entry.attempts,
+            last_status: entry.last_status,
+            last_error: entry.last_error,
+            first_attempt_at: format_rfc3339_ms(entry.first_attempt_ms),
+            last_attempt_at: format_rfc3339_ms(entry.last_attempt_ms),
+            dead_lettered_at: format_rfc3339_ms(entry.dead_lettered_ms),
+            history: entry
+                .history
+                .into_iter()
+                .map(|attempt| AttemptView {
+                    at: format_rfc3339_ms(attempt.at_ms),
+                    status: attempt.status,
+                    error: attempt.error,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Query of a list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Most entries (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Continue after this entry id.
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EntryList {
+    entries: Vec<EntryView>,
+    /// Pass as `after` for the next page; none on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// `GET /v1/subscriptions/{name}/dlq?limit=&after=`: entries, oldest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+    })?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let entries = engine.dlq_list(&name, query.after, limit).await?;
+    let next_after = (entries.len() == limit.min(keel_engine::limits::DLQ_LIST_MAX))
+        .then(|| entries.last().map(|entry| entry.id.clone()))
+        .flatten();
+    let entries = entries.into_iter().map(EntryView::from).collect();
+    Ok(Json(EntryList {
+        entries,
+        next_after,
+    })
+    .into_response())
+}
+
+/// `GET /v1/subscriptions/{name}/dlq/{id}`.
+pub async fn show(
+    State(state): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let entry = state.engine()?.dlq_get(&name, id).await?;
+    Ok(Json(EntryView::from(entry)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Serialize)]
+struct Redriven {
+    redriven: usize,
+}
+
+/// `POST /v1/subscriptions/{name}/dlq/redrive` with `{"ids": [...]}` or `{"all": true}`.
+pub async fn redrive(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let request: RedriveBody = json_object(&body, "redrive request")?;
+    let ids = match (request.ids, request.all) {
+        (Some(ids), false) if !ids.is_empty() => Some(ids),
+        (None, true) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                r#"name the entries to redrive: {"ids": ["0-17", ...]} or {"all": true}"#,
+            ));
+        }
+    };
+    let redriven = engine.dlq_redrive(&name, ids).await?;
+    Ok(Json(Redriven { redriven }).into_response())
+}
+
+#[derive(Serialize)]
+struct Purged {
+    purged: usize,
+}
+
+/// `DELETE /v1/subscriptions/{name}/dlq`: deletes every entry not being redriven.
+pub async fn purge(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let purged = state.engine()?.dlq_purge(&name).await?;
+    Ok(Json(Purged { purged }).into_response())
+}

@@ -1,0 +1,213 @@
+//! Subscriptions: create, list, describe, delete, pause, resume, seek; pull, ack, nack,
+//! reject.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keel_engine::subscription::pull::Settle;
+use keel_engine::subscription::spec::{StartPosition, SubscriptionSpec};
+use keel_engine::subscription::{PulledMessage, SubscriptionInfo};
+use keel_engine::{Created, duration};
+use serde::{Deserialize, Serialize};
+
+use crate::body::json_object;
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+/// The answer to a create: the subscription, and the generated secret once.
+#[derive(Serialize)]
+struct CreatedBody {
+    #[serde(flatten)]
+    info: SubscriptionInfo,
+    /// The sink's signing secret: shown only when keel generated it, in this answer only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+/// `PUT /v1/subscriptions/{name}`: 201 when created, 200 when it exists with this spec.
+pub async fn create(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let spec: SubscriptionSpec = json_object(&body, "subscription spec")?;
+    let created = engine.create_subscription(&name, spec).await?;
+    let status = if created.created == Created::New {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = CreatedBody {
+        info: created.info,
+        secret: created.secret.map(|secret| secret.to_string()),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Serialize)]
+struct SubscriptionList {
+    subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// `GET /v1/subscriptions`.
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let subscriptions = state.engine()?.list_subscriptions();
+    Ok(Json(SubscriptionList { subscriptions }).into_response())
+}
+
+/// `GET /v1/subscriptions/{name}`.
+pub async fn describe(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.engine()?.describe_subscription(&name)?).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{name}`: 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.engine()?.delete_subscription(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/subscriptions/{name}/pause`.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.engine()?.pause_subscription(&name).await?).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/resume`.
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(state.engine()?.resume_subscription(&name).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeekBody {
+    to: StartPosition,
+}
+
+/// `POST /v1/subscriptions/{name}/seek` with `{"to": "earliest" | "latest" | {"time": …}}`.
+pub async fn seek(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let seek: SeekBody = json_object(&body, "seek request")?;
+    Ok(Json(engine.seek_subscription(&name, &seek.to).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullBody {
+    /// Most messages (default 100, at most 1000).
+    #[serde(default = "default_pull_max")]
+    max: usize,
+    /// Long-poll for the first message (default 0, at most 30s).
+    #[serde(default, with = "optional_duration")]
+    wait: Option<Duration>,
+}
+
+fn default_pull_max() -> usize {
+    100
+}
+
+#[derive(Serialize)]
+struct PullAnswer {
+    messages: Vec<PulledMessage>,
+}
+
+/// `POST /v1/subscriptions/{name}/pull` with `{"max": 100, "wait": "5s"}`.
+pub async fn pull(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let pull: PullBody = json_object(&body, "pull request")?;
+    if pull.max == 0 {
+        return Err(ApiError::bad_request("max must be at least 1"));
+    }
+    let wait = pull.wait.unwrap_or_default();
+    let messages = engine.pull(&name, pull.max, wait).await?;
+    Ok(Json(PullAnswer { messages }).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    ack_ids: Vec<String>,
+    /// Nack only: wait this long before the redelivery (default: the retry backoff).
+    #[serde(default, with = "optional_duration")]
+    delay: Option<Duration>,
+}
+
+/// `POST /v1/subscriptions/{name}/ack`.
+pub async fn ack(
+    state: State<AppState>,
+    name: Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    settle(state, name, body, |_| Settle::Ack).await
+}
+
+/// `POST /v1/subscriptions/{name}/nack`.
+pub async fn nack(
+    state: State<AppState>,
+    name: Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    settle(state, name, body, |delay| Settle::Nack { delay }).await
+}
+
+/// `POST /v1/subscriptions/{name}/reject`: dead-letters the events.
+pub async fn reject(
+    state: State<AppState>,
+    name: Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    settle(state, name, body, |_| Settle::Reject).await
+}
+
+async fn settle(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+    action: fn(Option<Duration>) -> Settle,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let request: SettleBody = json_object(&body, "request")?;
+    let action = action(request.delay);
+    if request.delay.is_some() && !matches!(action, Settle::Nack { .. }) {
+        return Err(ApiError::bad_request("only nack takes a delay"));
+    }
+    let result = engine.settle(&name, &request.ack_ids, action).await?;
+    Ok(Json(result).into_response())
+}
+
+/// Optional durations as text (`"5s"`).
+mod optional_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| super::duration::parse(&text).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
