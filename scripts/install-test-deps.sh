@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the outside tools the tests check keel against, on a fresh Debian machine:
 # promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
-# and the CloudEvents Python SDK as an outside publisher. Idempotent and quiet when present.
+# the CloudEvents Python SDK as an outside publisher, and the official Standard Webhooks
+# Python library to verify pushed signatures. Idempotent and quiet when present.
 set -euo pipefail
 
 need_apt=()
@@ -16,4 +17,8 @@ fi
 if ! python3 -c 'import cloudevents' 2>/dev/null; then
   echo "installing with pip: cloudevents"
   python3 -m pip install -q 'cloudevents==1.12.0'
+fi
+if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
+  echo "installing with pip: standardwebhooks"
+  python3 -m pip install -q 'standardwebhooks==1.1.0'
 fi

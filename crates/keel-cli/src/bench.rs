@@ -1,6 +1,12 @@
 //! `keel bench`: load generators. `publish` keeps `--concurrency` requests of generated events
 //! in flight and reports throughput and latency percentiles; `read` reads a topic back from
-//! its start on every partition and reports throughput.
+//! its start on every partition and reports throughput; `e2e` (in [`e2e`]) times each event
+//! from its publish to its delivery through a subscription.
+//!
+//! Every mode is a client of the server at `--server`, like the rest of `keel`: start
+//! `keel serve --data-dir <a fresh dir>` first.
+
+mod e2e;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -38,6 +44,9 @@ pub(crate) enum BenchCommand {
     Publish(PublishBenchArgs),
     /// Read a topic back from its start on all partitions; report throughput
     Read(ReadBenchArgs),
+    /// Publish to a fresh topic and consume it through a pull or push subscription; report
+    /// end-to-end latency per event and delivered events/s
+    E2e(e2e::E2eBenchArgs),
 }
 
 /// Arguments of `keel bench publish`.
@@ -90,6 +99,7 @@ pub(crate) async fn run(server: &str, command: BenchCommand, json: bool) -> Resu
     match command {
         BenchCommand::Publish(args) => publish(server, args, json).await,
         BenchCommand::Read(args) => read(server, args, json).await,
+        BenchCommand::E2e(args) => e2e::run(server, args, json).await,
     }
 }
 
@@ -116,32 +126,48 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Builds request bodies of generated events without re-encoding anything per event: a fixed
-/// head (attributes, data, the run's id prefix) followed by the event's sequence number and
-/// partition key.
+/// head (attributes, the run's id prefix), the event's sequence number and partition key, then
+/// its data. Stamped data (`bench e2e`) opens with an [`e2e::Stamp`]: the sequence number, and
+/// a send-time field written in place just before the request is sent.
 #[derive(Debug)]
 struct BodyBuilder {
-    /// `{"specversion":…,"data":"xxx…","id":"<run prefix>-` up to the sequence number.
+    /// `{"specversion":…,"id":"<run prefix>-` up to the sequence number.
     head: String,
+    /// The data after the stamp (all of it when unstamped): `x` repeated.
+    padding: String,
     keys: u64,
     /// One event per request, sent in structured mode instead of as a batch.
     structured: bool,
+    /// The data opens with an [`e2e::Stamp`].
+    stamped: bool,
 }
 
 impl BodyBuilder {
-    fn new(id_prefix: &str, data_bytes: u64, keys: u64, structured: bool) -> Self {
-        let data = "x".repeat(usize::try_from(data_bytes).unwrap_or(usize::MAX));
+    /// Events of `data_bytes` bytes of data; stamped data needs at least
+    /// [`e2e::STAMP_BYTES`].
+    fn new(id_prefix: &str, data_bytes: u64, keys: u64, structured: bool, stamped: bool) -> Self {
+        assert!(
+            !stamped || data_bytes >= e2e::STAMP_BYTES,
+            "stamped data holds the stamp"
+        );
+        let padding_bytes = if stamped {
+            data_bytes - e2e::STAMP_BYTES
+        } else {
+            data_bytes
+        };
         let head = format!(
             concat!(
                 r#"{{"specversion":"1.0","type":"keel.bench","source":"keel-bench","#,
-                r#""datacontenttype":"text/plain","data":"{data}","id":"{id_prefix}-"#
+                r#""datacontenttype":"text/plain","id":"{id_prefix}-"#
             ),
-            data = data,
             id_prefix = id_prefix
         );
         Self {
             head,
+            padding: "x".repeat(usize::try_from(padding_bytes).unwrap_or(usize::MAX)),
             keys,
             structured,
+            stamped,
         }
     }
 
@@ -155,11 +181,29 @@ impl BodyBuilder {
 
     /// The body carrying events `first..first + count`; ids are unique per sequence number.
     fn build(&self, first: u64, count: u64) -> Vec<u8> {
+        self.write(first, count, &mut Vec::new()).into_bytes()
+    }
+
+    /// [`BodyBuilder::build`] for stamped data: the body, and where its send-time fields are.
+    fn build_stamped(&self, first: u64, count: u64) -> e2e::StampedBody {
+        debug_assert!(self.stamped, "only stamped data has send-time fields");
+        let mut send_time_positions = Vec::with_capacity(count as usize);
+        let bytes = self
+            .write(first, count, &mut send_time_positions)
+            .into_bytes();
+        e2e::StampedBody {
+            bytes,
+            send_time_positions,
+        }
+    }
+
+    /// Writes the body, pushing the position of each send-time field (stamped data only).
+    fn write(&self, first: u64, count: u64, send_time_positions: &mut Vec<usize>) -> String {
         debug_assert!(
             !self.structured || count == 1,
             "structured mode carries one event"
         );
-        let event_bytes = self.head.len() + 48;
+        let event_bytes = self.head.len() + self.padding.len() + 96;
         let mut body = String::with_capacity(event_bytes * count as usize + 2);
         if !self.structured {
             body.push('[');
@@ -174,12 +218,17 @@ impl BodyBuilder {
                 let key = sequence % self.keys;
                 write!(body, r#","partitionkey":"key-{key}""#).expect("writing to a String");
             }
-            body.push('}');
+            body.push_str(r#","data":""#);
+            if self.stamped {
+                e2e::Stamp::write_unsent(&mut body, sequence, send_time_positions);
+            }
+            body.push_str(&self.padding);
+            body.push_str("\"}");
         }
         if !self.structured {
             body.push(']');
         }
-        body.into_bytes()
+        body
     }
 }
 
@@ -192,15 +241,27 @@ enum Stop {
     At(Instant),
 }
 
-/// What the publish workers share: the topic, the bodies, and the events handed out so far.
+/// What the publish workers share: the topic, and the events handed out so far.
 #[derive(Debug)]
 struct Workload {
     topic: String,
     batch_size: u64,
     stop: Stop,
-    bodies: BodyBuilder,
     claimed: AtomicU64,
-    interrupted: AtomicBool,
+    /// Set by the first Ctrl-C: hand out nothing more.
+    interrupted: Arc<AtomicBool>,
+}
+
+impl Workload {
+    fn new(topic: String, batch_size: u64, stop: Stop) -> Self {
+        Self {
+            topic,
+            batch_size,
+            stop,
+            claimed: AtomicU64::new(0),
+            interrupted: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 impl Workload {
@@ -284,14 +345,21 @@ impl Tally {
     }
 }
 
-async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(), CliError> {
-    let request_bytes = args.size.saturating_mul(args.batch_size);
+/// Refuses requests of more than [`BENCH_REQUEST_BYTES_MAX`]: `size` bytes of data times
+/// `batch_size` events.
+fn check_request_bytes(size: u64, batch_size: u64) -> Result<(), CliError> {
+    let request_bytes = size.saturating_mul(batch_size);
     if request_bytes > BENCH_REQUEST_BYTES_MAX {
         return Err(CliError::Usage(format!(
             "--size × --batch-size is {request_bytes} bytes per request, over the limit of \
              {BENCH_REQUEST_BYTES_MAX}"
         )));
     }
+    Ok(())
+}
+
+async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(), CliError> {
+    check_request_bytes(args.size, args.batch_size)?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
     let client = Client::new(server, concurrency)?;
     let partitions = ensure_topic(&client, &args).await?;
@@ -300,15 +368,15 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
         (_, Some(duration)) => Stop::At(Instant::now() + duration),
         (events, None) => Stop::AfterEvents(events.unwrap_or(EVENTS_DEFAULT)),
     };
-    let workload = Arc::new(Workload {
-        topic: args.topic.clone(),
-        batch_size: args.batch_size,
-        stop,
-        bodies: BodyBuilder::new(EventIds::new().prefix(), args.size, args.keys, structured),
-        claimed: AtomicU64::new(0),
-        interrupted: AtomicBool::new(false),
-    });
-    let interrupt = tokio::spawn(stop_on_ctrl_c(Arc::clone(&workload)));
+    let workload = Arc::new(Workload::new(args.topic.clone(), args.batch_size, stop));
+    let bodies = Arc::new(BodyBuilder::new(
+        EventIds::new().prefix(),
+        args.size,
+        args.keys,
+        structured,
+        false,
+    ));
+    let interrupt = tokio::spawn(stop_on_ctrl_c(Arc::clone(&workload.interrupted)));
     let bar = progress_bar(workload.planned_events(), "events");
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -316,6 +384,7 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
         workers.spawn(publish_worker(
             client.clone(),
             Arc::clone(&workload),
+            Arc::clone(&bodies),
             bar.clone(),
         ));
     }
@@ -331,11 +400,11 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
     tally.failures_error()
 }
 
-/// First Ctrl-C: stop handing out batches, let requests in flight finish, report. Second:
-/// exit at once.
-async fn stop_on_ctrl_c(workload: Arc<Workload>) {
+/// First Ctrl-C: set `interrupted` (stop handing out batches), let requests in flight finish,
+/// report. Second: exit at once.
+async fn stop_on_ctrl_c(interrupted: Arc<AtomicBool>) {
     if tokio::signal::ctrl_c().await.is_ok() {
-        workload.interrupted.store(true, Ordering::Relaxed);
+        interrupted.store(true, Ordering::Relaxed);
         eprintln!("stopping: waiting for requests in flight (Ctrl-C again to quit)");
         if tokio::signal::ctrl_c().await.is_ok() {
             std::process::exit(130);
@@ -367,14 +436,19 @@ async fn ensure_topic(client: &Client, args: &PublishBenchArgs) -> Result<usize,
 
 /// Publishes claimed batches one request at a time until the run is over; a server that
 /// cannot be reached ends the worker, other failures are counted and the worker goes on.
-async fn publish_worker(client: Client, workload: Arc<Workload>, bar: ProgressBar) -> Tally {
+async fn publish_worker(
+    client: Client,
+    workload: Arc<Workload>,
+    bodies: Arc<BodyBuilder>,
+    bar: ProgressBar,
+) -> Tally {
     let mut tally = Tally::new();
     while let Some((first, count)) = workload.claim() {
         // Built before the clock starts: latency is the server's and the network's only.
-        let bytes = workload.bodies.build(first, count);
+        let bytes = bodies.build(first, count);
         let body_bytes = bytes.len() as u64;
         let body = Body {
-            content_type: workload.bodies.content_type(),
+            content_type: bodies.content_type(),
             bytes,
         };
         let started = Instant::now();
@@ -651,7 +725,7 @@ mod tests {
     #[test]
     fn batch_bodies_are_arrays_of_valid_events_with_unique_ids_and_rotating_keys() {
         // Goal: generated bodies are what the server accepts. Method: parse a built batch.
-        let builder = BodyBuilder::new("run", 16, 2, false);
+        let builder = BodyBuilder::new("run", 16, 2, false, false);
         assert_eq!(builder.content_type(), CONTENT_TYPE_BATCH);
         let events: Vec<Value> = serde_json::from_slice(&builder.build(10, 3)).unwrap();
         let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
@@ -667,7 +741,7 @@ mod tests {
 
     #[test]
     fn batch_of_one_is_a_structured_event_without_key() {
-        let builder = BodyBuilder::new("run", 0, 0, true);
+        let builder = BodyBuilder::new("run", 0, 0, true, false);
         assert_eq!(builder.content_type(), CONTENT_TYPE_EVENT);
         let event: Value = serde_json::from_slice(&builder.build(7, 1)).unwrap();
         assert_eq!(event["id"], "run-7");
@@ -676,14 +750,7 @@ mod tests {
     }
 
     fn workload(stop: Stop, batch_size: u64) -> Workload {
-        Workload {
-            topic: "bench".to_owned(),
-            batch_size,
-            stop,
-            bodies: BodyBuilder::new("run", 1, 0, false),
-            claimed: AtomicU64::new(0),
-            interrupted: AtomicBool::new(false),
-        }
+        Workload::new("bench".to_owned(), batch_size, stop)
     }
 
     #[test]

@@ -169,7 +169,18 @@ impl Client {
         query: &[(&str, u64)],
         body: Option<Body>,
     ) -> Result<Reply, ClientError> {
-        let mut request = self.http.request(method, self.url(segments, query));
+        self.send_to(method, self.url(segments, query), body).await
+    }
+
+    /// [`Client::send`] to a URL made by [`Client::url`] and then given query parameters that
+    /// are not numbers (`?force=true`, `?after=0-17`).
+    pub(crate) async fn send_to(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Body>,
+    ) -> Result<Reply, ClientError> {
+        let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, body.content_type)

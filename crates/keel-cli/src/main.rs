@@ -5,12 +5,14 @@
 
 mod bench;
 mod client;
+mod dlq;
 mod error;
 mod event_id;
 mod limits;
 mod output;
 mod publish;
 mod serve;
+mod sub;
 mod tail;
 #[cfg(test)]
 mod test_server;
@@ -22,10 +24,12 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchCommand;
 use crate::client::{Client, DEFAULT_SERVER};
+use crate::dlq::DlqCommand;
 use crate::error::CliError;
 use crate::limits::IDLE_CONNECTIONS_MAX;
 use crate::publish::PublishArgs;
 use crate::serve::ServeArgs;
+use crate::sub::SubCommand;
 use crate::tail::TailArgs;
 use crate::topic::TopicCommand;
 
@@ -67,6 +71,12 @@ enum Command {
     /// Load generators: publish or read as fast as the server allows, then report
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Subscriptions: create, list, describe, pause, seek; pull and ack events
+    #[command(subcommand, after_help = sub::SUB_EXAMPLES)]
+    Sub(SubCommand),
+    /// A subscription's dead-letter queue: list, show, redrive, purge
+    #[command(subcommand, after_help = dlq::DLQ_EXAMPLES)]
+    Dlq(DlqCommand),
 }
 
 /// glibc malloc took about a tenth of the server's CPU on the publish path (perf); mimalloc
@@ -96,6 +106,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Publish(args) => publish::run(&client()?, args, cli.json).await,
         Command::Tail(args) => tail::run(&client()?, args).await,
         Command::Bench(command) => bench::run(&cli.server, command, cli.json).await,
+        Command::Sub(command) => sub::run(&client()?, command, cli.json).await,
+        Command::Dlq(command) => dlq::run(&client()?, command, cli.json).await,
     }
 }
 

@@ -28,6 +28,9 @@ pub(crate) enum TopicCommand {
     Delete {
         /// The topic's name
         name: String,
+        /// Delete the subscriptions that read the topic too (refused without it while any do)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -123,7 +126,7 @@ pub(crate) async fn run(
         TopicCommand::Create(args) => create(client, &args, json).await,
         TopicCommand::List => list(client, json).await,
         TopicCommand::Describe { name } => describe(client, &name, json).await,
-        TopicCommand::Delete { name } => delete(client, &name, json).await,
+        TopicCommand::Delete { name, force } => delete(client, &name, force, json).await,
     }
 }
 
@@ -301,10 +304,15 @@ fn inline(value: Option<&Value>) -> String {
     }
 }
 
-async fn delete(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
+async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<(), CliError> {
+    let mut url = client.url(&["v1", "topics", name], &[]);
+    if force {
+        url.query_pairs_mut().append_pair("force", "true");
+    }
     let reply = client
-        .send(Method::DELETE, &["v1", "topics", name], &[], None)
-        .await?;
+        .send_to(Method::DELETE, url, None)
+        .await
+        .map_err(|error| with_force_hint(error, force))?;
     if json {
         return if reply.body.is_empty() {
             Ok(())
@@ -313,6 +321,25 @@ async fn delete(client: &Client, name: &str, json: bool) -> Result<(), CliError>
         };
     }
     write_stdout(&format!("deleted topic {name}\n"))
+}
+
+/// A 409 to a delete without `--force` means subscriptions read the topic: say how to go on.
+fn with_force_hint(error: ClientError, force: bool) -> ClientError {
+    match error {
+        ClientError::Problem {
+            status: StatusCode::CONFLICT,
+            title,
+            detail,
+        } if !force => ClientError::Problem {
+            status: StatusCode::CONFLICT,
+            title,
+            detail: Some(format!(
+                "{} (--force deletes the topic and its subscriptions)",
+                detail.as_deref().unwrap_or("the topic has subscriptions")
+            )),
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,11 @@ struct Shared {
     /// Wakes the timer (a nearer timer was set).
     timers: Notify,
     durable: watch::Sender<Durable>,
+    /// Callers waiting for durability (pull acks, admin calls): while there are none, the
+    /// store lets changes gather for up to `CHECKPOINT_GATHER` per write.
+    waiters: std::sync::atomic::AtomicUsize,
+    /// Wakes a gathering store: a caller now waits.
+    waiter_arrived: Notify,
     /// Part of every ack id: ack ids from before a restart are stale.
     boot: u32,
     /// Turns true when the subscription stops.
@@ -118,11 +123,15 @@ impl Shared {
 
     /// Waits until the state at `version` is durable.
     async fn wait_durable(&self, version: u64) -> Result<(), EngineError> {
+        use std::sync::atomic::Ordering::SeqCst;
         let mut durable = self.durable.subscribe();
+        self.waiters.fetch_add(1, SeqCst);
+        self.waiter_arrived.notify_one();
         let result = durable
             .wait_for(|durable| durable.version >= version || durable.failed.is_some())
             .await
             .map(|durable| durable.failed.clone());
+        self.waiters.fetch_sub(1, SeqCst);
         match result {
             Ok(None) => Ok(()),
             Ok(Some(reason)) => Err(EngineError::SubscriptionUnavailable {
@@ -272,6 +281,8 @@ impl Subscription {
             dirty: Notify::new(),
             timers: Notify::new(),
             durable: watch::Sender::new(Durable::default()),
+            waiters: std::sync::atomic::AtomicUsize::new(0),
+            waiter_arrived: Notify::new(),
             boot: fastrand::u32(..),
             stopping: watch::Sender::new(false),
             closing,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use super::state::{Outcome, REDRIVE_LANE, Settled, Slot};
 use super::{Shared, attempt_labels, observe_ack};
@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::limits::{ACK_IDS_MAX, PULL_MESSAGES_MAX, READ_WAIT_MS_MAX};
 
 /// A pulled event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PulledMessage {
     /// Settles this delivery.
     pub ack_id: String,
@@ -28,8 +28,8 @@ pub struct PulledMessage {
     pub partition: u32,
     /// Its offset there.
     pub offset: u64,
-    /// The event, as stored.
-    pub event: Box<RawValue>,
+    /// The event, as stored: JSON text (validated when published, checksummed in the log).
+    pub event: Arc<str>,
 }
 
 /// How pulled events are settled.
@@ -131,8 +131,7 @@ pub(super) async fn pull(
                     attempt: delivery.attempt,
                     partition: delivery.origin.0,
                     offset: delivery.origin.1,
-                    event: RawValue::from_string(delivery.json.to_string())
-                        .expect("stored events are JSON"),
+                    event: delivery.json,
                 })
                 .collect());
         }

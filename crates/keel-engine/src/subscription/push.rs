@@ -22,7 +22,7 @@ pub(super) async fn dispatch(shared: Arc<Shared>, sink: SinkSpec) {
         return;
     };
     let target = Arc::new(SinkTarget { url, secret });
-    let client = PushClient::new();
+    let client = PushClient::with_idle_connections(shared.spec.max_in_flight as usize);
     let mut ready = shared.ready.subscribe();
     let mut stopping = shared.stopping.subscribe();
     let mut limiter = shared.spec.rate_limit.map(RateLimiter::new);

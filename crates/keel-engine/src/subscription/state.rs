@@ -776,16 +776,21 @@ impl DeliveryState {
 fn checkpoint_lane(lane: &Lane) -> LaneCheckpoint {
     let restore = lane.restore.as_ref();
     // While a lane re-reads after a restore, the offsets it has not reached yet keep their
-    // checkpointed state.
+    // checkpointed state (a rare case: merge through a set).
     let cursor = restore.map_or(lane.cursor, |restore| restore.until.max(lane.cursor));
-    let not_reached = restore
-        .into_iter()
-        .flat_map(|restore| restore.undone.iter().copied());
-    let offsets: BTreeSet<u64> = lane.pending.keys().copied().chain(not_reached).collect();
+    let merged: Option<BTreeSet<u64>> = restore.map(|restore| {
+        let pending = lane.pending.keys().copied();
+        pending.chain(restore.undone.iter().copied()).collect()
+    });
+    let offsets: Box<dyn Iterator<Item = u64>> = match &merged {
+        Some(merged) => Box::new(merged.iter().copied()),
+        None => Box::new(lane.pending.keys().copied()),
+    };
+    let mut offsets = offsets.peekable();
     // Below the first undone offset (or the cursor) everything is done.
-    let committed = offsets.first().copied().unwrap_or(cursor);
+    let committed = offsets.peek().copied().unwrap_or(cursor);
     let mut undone: Vec<(u64, u64)> = Vec::new();
-    for offset in &offsets {
+    for offset in offsets {
         let delta = offset - committed;
         match undone.last_mut() {
             Some((start, run)) if *start + *run == delta => *run += 1,
