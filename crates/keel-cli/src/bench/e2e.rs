@@ -160,6 +160,10 @@ pub(crate) struct E2eBenchArgs {
     /// Keep the run's topic and subscription instead of deleting them
     #[arg(long)]
     pub(crate) keep: bool,
+    /// Publish every event first, then deliver the backlog: events/s is then the consumption
+    /// rate alone, counted from the moment delivery starts (latencies include the wait)
+    #[arg(long)]
+    pub(crate) backlog: bool,
 }
 
 impl E2eBenchArgs {
@@ -538,6 +542,8 @@ struct Measured {
     settle_us: u64,
     /// Push mode: connections the sink accepted.
     sink_connections: Option<u64>,
+    /// With `--backlog`: when delivery started, after publishing.
+    delivery_started_us: Option<u64>,
 }
 
 /// Consumes (pull) while publishing, waits for every published event to arrive, then for the
@@ -552,7 +558,7 @@ async fn measure(
 ) -> Result<Measured, CliError> {
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let mut consumers = JoinSet::new();
-    if args.mode == Mode::Pull {
+    let start_consumers = |consumers: &mut JoinSet<_>| {
         let subscription: Arc<str> = Arc::from(names.subscription.as_str());
         for _ in 0..args.consumers {
             let consumer = consume(
@@ -564,9 +570,24 @@ async fn measure(
             );
             consumers.spawn(consumer);
         }
+    };
+    let pull = args.mode == Mode::Pull;
+    if args.backlog && !pull {
+        set_paused(client, names, true).await?;
+    }
+    if pull && !args.backlog {
+        start_consumers(&mut consumers);
     }
     let ticker = tokio::spawn(show_progress(Arc::clone(receipts), bar.clone()));
     let publishing = publish_all(client, args, names, receipts.clock, interrupted).await;
+    let delivery_started_us = args.backlog.then(|| receipts.clock.now_us());
+    if args.backlog {
+        if pull {
+            start_consumers(&mut consumers);
+        } else {
+            set_paused(client, names, false).await?;
+        }
+    }
     let arrived = wait_for_arrivals(receipts, publishing.requests.events, args.drain_timeout).await;
     let settle_wait = if arrived {
         args.drain_timeout
@@ -593,7 +614,16 @@ async fn measure(
         settled,
         settle_us,
         sink_connections: None,
+        delivery_started_us,
     })
+}
+
+/// Pauses or resumes the run's subscription (push with `--backlog`).
+async fn set_paused(client: &Client, names: &RunNames, paused: bool) -> Result<(), CliError> {
+    let action = if paused { "pause" } else { "resume" };
+    let path = ["v1", "subscriptions", names.subscription.as_str(), action];
+    client.send(Method::POST, &path, &[], None).await?;
+    Ok(())
 }
 
 /// Moves the progress bar to the count of events received, until aborted.
@@ -1058,6 +1088,8 @@ struct E2eReport {
     event_data_bytes: u64,
     /// The paced publish rate in events/s; null when publishing flat out.
     rate_target: Option<u64>,
+    /// Whether every event was published before delivery started (`--backlog`).
+    backlog: bool,
     /// Events the publish endpoint acknowledged.
     published: u64,
     /// Distinct events received.
@@ -1114,7 +1146,8 @@ impl E2eReport {
     fn new(args: &E2eBenchArgs, names: &RunNames, receipts: &Receipts, run: Measured) -> Self {
         let (publishing, consuming) = (&run.publishing, &run.consuming);
         let last_received_us = receipts.last_received_us.load(Ordering::Relaxed);
-        let seconds = last_received_us.saturating_sub(publishing.first_sent_us) as f64 / 1e6;
+        let delivery_started_us = run.delivery_started_us.unwrap_or(publishing.first_sent_us);
+        let seconds = last_received_us.saturating_sub(delivery_started_us) as f64 / 1e6;
         let publish_seconds = publishing
             .last_answered_us
             .saturating_sub(publishing.first_sent_us) as f64
@@ -1138,6 +1171,7 @@ impl E2eReport {
             batch: args.batch,
             event_data_bytes: args.size,
             rate_target: paced.then_some(args.rate),
+            backlog: args.backlog,
             published: publishing.requests.events,
             delivered,
             duplicates: receipts.duplicates.load(Ordering::Relaxed),
@@ -1203,7 +1237,11 @@ impl E2eReport {
             ("events", self.events_line()),
             (
                 "seconds",
-                format!("{:.2} (first publish to last arrival)", self.seconds),
+                if self.backlog {
+                    format!("{:.2} (delivery start to last arrival)", self.seconds)
+                } else {
+                    format!("{:.2} (first publish to last arrival)", self.seconds)
+                },
             ),
             (
                 "events/s",

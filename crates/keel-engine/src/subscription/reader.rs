@@ -60,6 +60,9 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
                 let offered = offer_records(&shared, records);
                 let ready = shared.core().delivery.offer(lane, from, offered);
                 shared.changed(ready);
+                // A restored event may come back waiting for its retry time: the timer must
+                // look at its schedule again.
+                shared.timers.notify_one();
             }
             Err(EngineError::OffsetBeforeStart {
                 start_offset: start,
