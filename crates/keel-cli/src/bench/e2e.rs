@@ -1495,6 +1495,7 @@ mod tests {
             fsync: None,
             drain_timeout: Duration::from_secs(10),
             keep: false,
+            backlog: false,
         }
     }
 
@@ -1502,7 +1503,8 @@ mod tests {
     async fn e2e_runs_receive_every_event_and_end_settled_and_cleaned_up() {
         // Goal: in both modes every published event arrives once, the subscription ends with
         // lag 0 and nothing in flight, and the run deletes what it created. Method: real
-        // runs against a real server: pull, push, and keyed push with ordering and a pace.
+        // runs against a real server: pull, push, keyed push with ordering and a pace, and
+        // both modes delivering a backlog.
         let server = TestServer::start().await;
         let client = server.client();
         let keyed_paced_push = E2eBenchArgs {
@@ -1511,10 +1513,16 @@ mod tests {
             rate: 2000,
             ..small_run(Mode::Push)
         };
+        let backlog = |mode| E2eBenchArgs {
+            backlog: true,
+            ..small_run(mode)
+        };
         for args in [
             small_run(Mode::Pull),
             small_run(Mode::Push),
             keyed_paced_push,
+            backlog(Mode::Pull),
+            backlog(Mode::Push),
         ] {
             let stopped = Arc::new(AtomicBool::new(false));
             let report = run_e2e(&client, &args, &ProgressBar::hidden(), stopped)
