@@ -19,7 +19,7 @@ use crate::subscription::Subscription;
 use crate::topic::{CONFIG_FILE, PublishResult, Topic, TopicInfo};
 
 mod subscriptions;
-pub use subscriptions::SubscriptionCreated;
+pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 
 /// Settings of an engine.
 #[derive(Debug, Clone)]
@@ -93,6 +93,8 @@ struct Inner {
     /// (503) instead of stopping the whole server; deleting one removes its directory.
     failed_topics: RwLock<BTreeMap<String, (PathBuf, String)>>,
     subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
+    /// Subscriptions that could not be opened at start, where and why; they refuse service.
+    failed_subscriptions: RwLock<BTreeMap<String, (PathBuf, String)>>,
     /// Held for the engine's life: a second keel on the same data directory would corrupt it.
     _data_dir_lock: std::fs::File,
 }
@@ -110,7 +112,7 @@ impl Engine {
         let recovery_metrics = metrics.clone();
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
-        let (lock, topics, failed_topics, subscriptions) = tokio::task::spawn_blocking(move || {
+        let recovered = tokio::task::spawn_blocking(move || {
             let lock = lock_data_dir(&recovery_config.data_dir)?;
             let (topics, failed) = recover(&recovery_config, &recovery_metrics)?;
             let subscriptions = subscriptions::recover(
@@ -123,6 +125,7 @@ impl Engine {
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
+        let (lock, topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
         for topic in topics.values() {
             topic.start_tasks();
         }
@@ -138,6 +141,7 @@ impl Engine {
                 closing,
                 failed_topics: RwLock::new(failed_topics),
                 subscriptions: RwLock::new(subscriptions),
+                failed_subscriptions: RwLock::new(failed_subscriptions),
                 _data_dir_lock: lock,
             }),
         };

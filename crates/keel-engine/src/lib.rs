@@ -22,6 +22,7 @@ pub mod webhook;
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
     Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
+    UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;

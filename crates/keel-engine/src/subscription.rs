@@ -332,6 +332,11 @@ impl Subscription {
         &self.shared.name
     }
 
+    /// Why it refuses service, when its storage failed.
+    pub(crate) fn unavailable(&self) -> Option<String> {
+        self.shared.durable.borrow().failed.clone()
+    }
+
     pub(crate) fn spec(&self) -> &SubscriptionSpec {
         &self.shared.spec
     }

@@ -15,8 +15,8 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// `GET /readyz`: 503 while recovery runs; then 200, with `"status": "degraded"` and the
-/// partitions that refuse service (corrupt log, failed write) when there are any — the other
-/// partitions keep serving, so the node stays ready.
+/// partitions and subscriptions that refuse service (corrupt log, failed write) when there
+/// are any — the others keep serving, so the node stays ready.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let Some(engine) = state.ready_engine() else {
         return (
@@ -26,12 +26,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             .into_response();
     };
     let unavailable = engine.unavailable_partitions();
-    let status = if unavailable.is_empty() {
+    let subscriptions = engine.unavailable_subscriptions();
+    let status = if unavailable.is_empty() && subscriptions.is_empty() {
         "ready"
     } else {
         "degraded"
     };
-    axum::Json(json!({"status": status, "unavailable_partitions": unavailable})).into_response()
+    axum::Json(json!({
+        "status": status,
+        "unavailable_partitions": unavailable,
+        "unavailable_subscriptions": subscriptions,
+    }))
+    .into_response()
 }
 
 /// `GET /metrics`: the Prometheus text format (0.0.4), or OpenMetrics when the scraper's

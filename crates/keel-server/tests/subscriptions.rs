@@ -956,3 +956,67 @@ async fn metrics_count_subscription_attempts_lag_and_delivery_time() {
     }
     server.stop().await;
 }
+
+// Goal: a subscription whose files cannot be read at start refuses service alone: readyz
+// turns degraded and names it, describe and pull answer 503 with the reason, the other
+// subscriptions deliver, and deleting it removes it so the name can be used again.
+// Method: damage one subscription's spec file while the server is stopped, restart.
+#[tokio::test]
+async fn unreadable_subscription_refuses_service_alone_until_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("t", json!({})).await;
+    let spec = json!({"topic": "t", "start": "earliest"});
+    create_subscription(&server, "broken", spec.clone()).await;
+    create_subscription(&server, "fine", spec.clone()).await;
+    let data_dir = server.stop().await;
+    let spec_file = data_dir.join("subscriptions/broken/subscription.json");
+    std::fs::write(&spec_file, "{not json").unwrap();
+
+    let server = TestServer::start(&data_dir).await;
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &json!("degraded")),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["unavailable_subscriptions"][0]["name"], "broken",
+        "{ready}"
+    );
+    for (method, path) in [
+        (Method::GET, "/v1/subscriptions/broken"),
+        (Method::POST, "/v1/subscriptions/broken/pull"),
+    ] {
+        let (status, problem) = send(&server, method, path, Value::Null).await;
+        assert_problem(status, &problem, 503, "could not be opened at start", path);
+    }
+    let (status, problem) = send(
+        &server,
+        Method::PUT,
+        "/v1/subscriptions/broken",
+        spec.clone(),
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        503,
+        "could not be opened at start",
+        "re-create",
+    );
+    publish_all(&server, "t", vec![event("e1", json!({}))]).await;
+    assert_eq!(event_ids(&pull_exactly(&server, "fine", 1).await), ["e1"]);
+
+    let (status, _) = send(
+        &server,
+        Method::DELETE,
+        "/v1/subscriptions/broken",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(server.get("/readyz").await.1["status"], "ready");
+    create_subscription(&server, "broken", spec).await;
+    server.stop().await;
+}

@@ -19,6 +19,15 @@ use crate::subscription::{
 use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
 
+/// A subscription that refuses service, for readiness reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnavailableSubscription {
+    /// The subscription.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// What creating a subscription did.
 #[derive(Debug, Clone)]
 pub struct SubscriptionCreated {
@@ -36,15 +45,43 @@ impl Engine {
     }
 
     fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
-        self.inner
-            .subscriptions
-            .read()
-            .expect("subscriptions lock")
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::SubscriptionNotFound {
+        let running = self.inner.subscriptions.read().expect("subscriptions lock");
+        if let Some(subscription) = running.get(name) {
+            return Ok(subscription.clone());
+        }
+        let failed = self.inner.failed_subscriptions.read().expect("lock");
+        Err(match failed.get(name) {
+            Some((_, reason)) => EngineError::SubscriptionUnavailable {
                 name: name.to_owned(),
+                reason: reason.clone(),
+            },
+            None => EngineError::SubscriptionNotFound {
+                name: name.to_owned(),
+            },
+        })
+    }
+
+    /// Subscriptions that refuse service and why: those that could not be opened at start,
+    /// and those whose storage failed since.
+    pub fn unavailable_subscriptions(&self) -> Vec<UnavailableSubscription> {
+        let failed = self.inner.failed_subscriptions.read().expect("lock");
+        let mut unavailable: Vec<UnavailableSubscription> = failed
+            .iter()
+            .map(|(name, (_, reason))| UnavailableSubscription {
+                name: name.clone(),
+                reason: reason.clone(),
             })
+            .collect();
+        drop(failed);
+        for subscription in self.inner.subscriptions_snapshot() {
+            if let Some(reason) = subscription.unavailable() {
+                unavailable.push(UnavailableSubscription {
+                    name: subscription.name().to_owned(),
+                    reason,
+                });
+            }
+        }
+        unavailable
     }
 
     /// The subscriptions reading a topic.
@@ -72,7 +109,11 @@ impl Engine {
             },
             other => other,
         })?;
-        if let Ok(existing) = self.subscription(name) {
+        let existing = self.subscription(name);
+        if let Err(error @ EngineError::SubscriptionUnavailable { .. }) = existing {
+            return Err(error);
+        }
+        if let Ok(existing) = existing {
             return same_spec(existing.spec(), &spec)
                 .then(|| SubscriptionCreated {
                     created: Created::Existing,
@@ -170,6 +211,15 @@ impl Engine {
     /// Deletes a subscription, its progress and its dead-letter queue.
     pub async fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock().await;
+        let failed = self.inner.failed_subscriptions.write().expect("lock").remove(name);
+        if let Some((dir, _)) = failed {
+            let trash = self.inner.config.data_dir.join("trash");
+            tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)??;
+            tracing::info!(subscription = name, "deleted unavailable subscription");
+            return Ok(());
+        }
         let subscription = self.subscription(name)?;
         self.remove_subscription(&subscription).await
     }
@@ -337,17 +387,24 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
         .collect()
 }
 
+/// Subscriptions opened at start, and those that could not be, with where and why.
+pub(super) type RecoveredSubscriptions = (
+    BTreeMap<String, Arc<Subscription>>,
+    BTreeMap<String, (std::path::PathBuf, String)>,
+);
+
 /// Opens every subscription under the data directory. Blocking. A subscription whose files
-/// or topic cannot be opened is left on disk and logged; it does not stop the server.
+/// or topic cannot be opened is left on disk and refuses service (readyz lists it); it does
+/// not stop the server, and deleting it removes its directory.
 pub(super) fn recover(
     data_dir: &Path,
     topics: &BTreeMap<String, Arc<Topic>>,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
-) -> Result<BTreeMap<String, Arc<Subscription>>, EngineError> {
+) -> Result<RecoveredSubscriptions, EngineError> {
     let dir = data_dir.join("subscriptions");
     std::fs::create_dir_all(&dir).map_err(EngineError::io("create", &dir))?;
-    let mut subscriptions = BTreeMap::new();
+    let (mut subscriptions, mut failed) = (BTreeMap::new(), BTreeMap::new());
     let entries = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
     for entry in entries {
         let path = entry.map_err(EngineError::io("list", &dir))?.path();
@@ -366,11 +423,15 @@ pub(super) fn recover(
                 subscriptions.insert(name, Arc::new(subscription));
             }
             Err(error) => {
-                tracing::error!(subscription = %name, %error, "subscription not started; fix or delete its directory");
+                tracing::error!(subscription = %name, %error, "subscription refuses service");
+                let reason = format!(
+                    "it could not be opened at start ({error}); fix its files and restart, or delete it"
+                );
+                failed.insert(name, (path, reason));
             }
         }
     }
-    Ok(subscriptions)
+    Ok((subscriptions, failed))
 }
 
 fn open_one(
