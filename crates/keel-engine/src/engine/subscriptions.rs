@@ -211,7 +211,12 @@ impl Engine {
     /// Deletes a subscription, its progress and its dead-letter queue.
     pub async fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock().await;
-        let failed = self.inner.failed_subscriptions.write().expect("lock").remove(name);
+        let failed = self
+            .inner
+            .failed_subscriptions
+            .write()
+            .expect("lock")
+            .remove(name);
         if let Some((dir, _)) = failed {
             let trash = self.inner.config.data_dir.join("trash");
             tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
