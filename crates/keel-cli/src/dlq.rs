@@ -192,9 +192,16 @@ async fn redrive(client: &Client, args: &RedriveArgs, json: bool) -> Result<(), 
         .json::<Value>()?
         .get("redriven")
         .and_then(Value::as_u64);
-    let count = entries_count(redriven.unwrap_or(0));
+    let redriven = redriven.unwrap_or(0);
+    if redriven == 0 {
+        return write_stdout(&format!(
+            "nothing to redrive: no entry of {} is waiting in its dead-letter queue\n",
+            args.name
+        ));
+    }
+    let count = entries_count(redriven);
     write_stdout(&format!(
-        "redrove {count} of {}: delivered again with a fresh attempt count\n",
+        "redriving {count} of {}: each is delivered again with a fresh attempt count, and leaves the dead-letter queue once acknowledged\n",
         args.name
     ))
 }

@@ -134,16 +134,16 @@ pub(crate) struct SpecFlags {
     #[arg(long, value_name = "N")]
     pub(crate) max_in_flight: Option<u32>,
     /// How long a pulled event may stay unacknowledged, or a push attempt may take, e.g. 30s
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) ack_timeout: Option<String>,
     /// Attempts in all, the first included, before an event is dead-lettered
     #[arg(long, value_name = "N")]
     pub(crate) max_attempts: Option<u32>,
     /// Backoff ceiling after the first failed attempt, e.g. 1s
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) retry_initial: Option<String>,
     /// Largest backoff ceiling, e.g. 5m
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) retry_max: Option<String>,
     /// Growth of the backoff ceiling per failed attempt
     #[arg(long, value_name = "FACTOR")]
@@ -155,7 +155,7 @@ pub(crate) struct SpecFlags {
     #[arg(long, value_name = "N")]
     pub(crate) circuit_failures: Option<u32>,
     /// How long an open circuit waits before a probe, e.g. 10s
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) circuit_cool_down: Option<String>,
 }
 
@@ -256,7 +256,7 @@ pub(crate) struct PullArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max: Option<u32>,
     /// Wait this long for a first message when none is ready, e.g. 5s [default: no wait]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) wait: Option<String>,
     /// Acknowledge the messages once they are printed (with --json, the ack answer follows
     /// the pull answer as a second line)
@@ -280,7 +280,7 @@ pub(crate) struct NackArgs {
     #[command(flatten)]
     pub(crate) settle: SettleArgs,
     /// Redeliver after this long, e.g. 2s [default: the retry backoff]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) delay: Option<String>,
 }
 
@@ -726,6 +726,10 @@ async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliErr
         pulled.messages.iter().map(message_line).collect()
     };
     write_stdout(&output)?;
+    if pulled.messages.is_empty() && !json {
+        // Stdout holds only messages; the note goes to stderr, like nats does.
+        eprintln!("no messages");
+    }
     if !args.ack || pulled.messages.is_empty() {
         return Ok(());
     }
@@ -735,6 +739,7 @@ async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliErr
         return write_json_body(&reply.body);
     }
     let settled: Settled = reply.json()?;
+    eprintln!("acknowledged {}", settled.settled);
     if !settled.stale.is_empty() {
         // Stdout holds only messages; the warning goes with errors.
         eprintln!("warning: {}", stale_text(&settled.stale).trim_end());
@@ -809,6 +814,14 @@ fn stale_text(stale: &[String]) -> String {
         count_of(stale.len() as u64, "ack id"),
         stale.join(", ")
     )
+}
+
+/// Checks a duration flag (`500ms`, `30s`, `2m`, `1h`, `7d`) before anything is sent, so the
+/// error names the flag; the server gets the text as given.
+fn duration_text(text: &str) -> Result<String, String> {
+    keel_engine::duration::parse(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| format!("{text:?} is not a duration: use a whole number and ms, s, m, h or d, like 500ms or 30s"))
 }
 
 #[cfg(test)]

@@ -289,7 +289,7 @@ async fn cli_pull_subscription_delivers_rejects_and_redrives() {
     assert!(shown.contains("attempt history:"), "{shown}");
 
     let redriven = stdout(&keel(url, &["dlq", "redrive", "p", "--all"]));
-    assert!(redriven.starts_with("redrove 1 entry of p"), "{redriven}");
+    assert!(redriven.starts_with("redriving 1 entry of p"), "{redriven}");
     let again = pulled(&stdout(&keel(
         url,
         &["sub", "pull", "p", "--wait", "5s", "--ack"],

@@ -25,13 +25,18 @@ pub fn json_object<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, A
         let inner = error.into_inner();
         // The field path names where a value was refused inside its own parser (a
         // duration, a position), which serde_json's message cannot.
-        let message = inner.to_string();
+        // serde_json ends its messages with "at line 1 column 36": noise next to the path.
+        let text = inner.to_string();
+        let message = match text.rfind(" at line ") {
+            Some(at) if text[at..].contains(" column ") => text[..at].to_owned(),
+            _ => text,
+        };
         let named = message.starts_with(&path) || message.contains(&format!("`{path}`"));
         let at = if path == "." || named {
             String::new()
         } else {
             format!("{path}: ")
         };
-        ApiError::bad_request(format!("invalid {what}: {at}{inner}"))
+        ApiError::bad_request(format!("invalid {what}: {at}{message}"))
     })
 }

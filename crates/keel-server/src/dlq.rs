@@ -114,6 +114,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    check_entry_id(&id)?;
     let entry = state.engine()?.dlq_get(&name, id).await?;
     Ok(Json(EntryView::from(entry)).into_response())
 }
@@ -141,7 +142,10 @@ pub async fn redrive(
     let engine = state.engine()?;
     let request: RedriveBody = json_object(&body, "redrive request")?;
     let ids = match (request.ids, request.all) {
-        (Some(ids), false) if !ids.is_empty() => Some(ids),
+        (Some(ids), false) if !ids.is_empty() => {
+            ids.iter().try_for_each(|id| check_entry_id(id))?;
+            Some(ids)
+        }
         (None, true) => None,
         _ => {
             return Err(ApiError::bad_request(
@@ -151,6 +155,22 @@ pub async fn redrive(
     };
     let redriven = engine.dlq_redrive(&name, ids).await?;
     Ok(Json(Redriven { redriven }).into_response())
+}
+
+/// Entry ids are `{partition}-{offset}`: anything else is a mistake, not a missing entry.
+fn check_entry_id(id: &str) -> Result<(), ApiError> {
+    let well_formed = id
+        .split_once('-')
+        .is_some_and(|(partition, offset)| {
+            partition.parse::<u32>().is_ok() && offset.parse::<u64>().is_ok()
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{id:?} is not a dead-letter entry id: ids are PARTITION-OFFSET, like 0-17 (see the dlq list)"
+        )))
+    }
 }
 
 #[derive(Serialize)]

@@ -200,6 +200,25 @@ pub async fn serve(
     }
 }
 
+/// An error creating something the configuration declares, naming its section, with the way
+/// out of a conflict (the server cannot start to delete it while the file declares it).
+fn declared(section: &str, command: &str, name: &str, error: EngineError) -> EngineError {
+    let conflict = matches!(
+        error,
+        EngineError::TopicConflict { .. } | EngineError::SubscriptionConflict { .. }
+    );
+    let hint = if conflict {
+        format!(
+            ". To change it, start keel once without [{section}.{name}] in the configuration, run `keel {command} delete {name}`, then start it with the new settings"
+        )
+    } else {
+        String::new()
+    };
+    EngineError::InvalidConfig {
+        detail: format!("[{section}.{name}] in the configuration: {error}{hint}"),
+    }
+}
+
 async fn open_engine(
     config: ServerConfig,
     state: AppState,
@@ -212,10 +231,12 @@ async fn open_engine(
         engine_config.retention_check_interval = config.retention_check_interval;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
-            engine.create_topic(name, *topic).await?;
+            let created = engine.create_topic(name, *topic).await;
+            created.map_err(|error| declared("topics", "topic", name, error))?;
         }
         for (name, spec) in &config.subscriptions {
-            let created = engine.create_subscription(name, spec.clone()).await?;
+            let created = engine.create_subscription(name, spec.clone()).await;
+            let created = created.map_err(|error| declared("subscriptions", "sub", name, error))?;
             if let Some(secret) = created.secret {
                 // Declared without a secret: this is the only time it can be seen. Declaring
                 // `sink.secret` in the configuration avoids this.

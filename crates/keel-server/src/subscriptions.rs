@@ -160,10 +160,20 @@ pub async fn pull(
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let pull: PullBody = json_object(&body, "pull request")?;
-    if pull.max == 0 {
-        return Err(ApiError::bad_request("max must be at least 1"));
+    let max_limit = keel_engine::limits::PULL_MESSAGES_MAX;
+    if !(1..=max_limit).contains(&pull.max) {
+        return Err(ApiError::bad_request(format!(
+            "max must be between 1 and {max_limit}"
+        )));
     }
     let wait = pull.wait.unwrap_or_default();
+    let wait_limit = Duration::from_millis(keel_engine::limits::READ_WAIT_MS_MAX);
+    if wait > wait_limit {
+        return Err(ApiError::bad_request(format!(
+            "wait must be at most {}",
+            duration::format(wait_limit)
+        )));
+    }
     let messages = engine.pull(&name, pull.max, wait).await?;
     let body = encode_messages(&messages);
     Ok((

@@ -404,7 +404,7 @@ async fn health_readiness_and_metrics_report_the_server() {
         server.get("/readyz").await,
         (
             200,
-            json!({"status": "ready", "unavailable_partitions": []})
+            json!({"status": "ready", "unavailable_partitions": [], "unavailable_subscriptions": []})
         )
     );
     let metrics = server

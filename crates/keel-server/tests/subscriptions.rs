@@ -799,6 +799,16 @@ async fn bad_subscription_input_is_a_precise_problem() {
             "filters[0]",
         ),
         (
+            "circuit breaker on pull",
+            with(json!({"circuit_breaker": {"failures": 3}})),
+            "circuit_breaker applies to push",
+        ),
+        (
+            "rate limit on pull",
+            with(json!({"rate_limit": 10})),
+            "rate_limit applies to push",
+        ),
+        (
             "cel syntax",
             with(json!({"filters": [{"cel": "data.amount >= )"}]})),
             "filters[0].cel",
@@ -1018,5 +1028,62 @@ async fn unreadable_subscription_refuses_service_alone_until_deleted() {
     assert_eq!(status, 204);
     assert_eq!(server.get("/readyz").await.1["status"], "ready");
     create_subscription(&server, "broken", spec).await;
+    server.stop().await;
+}
+
+// Goal: operations that do not fit the request are refused precisely, never half-applied:
+// acking on a push subscription (409), a pull asking for more than 1,000 or waiting longer
+// than 30 s (400), a dead-letter id that is not PARTITION-OFFSET (400, not 404). Method: one
+// request of each against real subscriptions.
+#[tokio::test]
+async fn misfit_operations_are_refused_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("t", json!({})).await;
+    create_subscription(&server, "p", json!({"topic": "t"})).await;
+    let push = json!({"topic": "t", "sink": {"url": "http://127.0.0.1:9/hook"}});
+    create_subscription(&server, "h", push).await;
+    let fake_id = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let cases = [
+        (
+            Method::POST,
+            "/v1/subscriptions/h/ack",
+            json!({"ack_ids": [fake_id]}),
+            409,
+            "pushes to a sink",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions/p/pull",
+            json!({"max": 5000}),
+            400,
+            "max must be between 1 and 1000",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions/p/pull",
+            json!({"wait": "1m"}),
+            400,
+            "wait must be at most 30s",
+        ),
+        (
+            Method::GET,
+            "/v1/subscriptions/p/dlq/bogus",
+            Value::Null,
+            400,
+            "PARTITION-OFFSET",
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions/p/dlq/redrive",
+            json!({"ids": ["x"]}),
+            400,
+            "PARTITION-OFFSET",
+        ),
+    ];
+    for (method, path, body, expected, needle) in cases {
+        let (status, problem) = send(&server, method, path, body).await;
+        assert_problem(status, &problem, expected, needle, path);
+    }
     server.stop().await;
 }

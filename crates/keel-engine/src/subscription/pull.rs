@@ -150,6 +150,14 @@ pub(super) async fn settle(
     ack_ids: &[String],
     action: Settle,
 ) -> Result<AckResult, EngineError> {
+    if shared.spec.is_push() {
+        return Err(EngineError::WrongDeliveryMode {
+            detail: format!(
+                "subscription {:?} pushes to a sink, which acknowledges by its answer; ack, nack and reject apply to pull subscriptions",
+                shared.name
+            ),
+        });
+    }
     if ack_ids.len() > ACK_IDS_MAX {
         return Err(EngineError::InvalidSubscription {
             detail: format!("at most {ACK_IDS_MAX} ack ids per call"),

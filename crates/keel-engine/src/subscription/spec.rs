@@ -248,6 +248,18 @@ impl SubscriptionSpec {
         {
             return invalid(format!("start.time {time:?} is not an RFC 3339 timestamp"));
         }
+        if self.sink.is_none() && self.circuit_breaker != CircuitPolicy::default() {
+            return invalid(
+                "circuit_breaker applies to push subscriptions only (give a sink, or leave it out)"
+                    .to_owned(),
+            );
+        }
+        if self.sink.is_none() && self.rate_limit.is_some() {
+            return invalid(
+                "rate_limit applies to push subscriptions only: pull consumers set their pace by pulling"
+                    .to_owned(),
+            );
+        }
         if let Some(sink) = &self.sink {
             crate::webhook::validate_sink_url(&sink.url)
                 .map(drop)
