@@ -159,11 +159,9 @@ pub async fn redrive(
 
 /// Entry ids are `{partition}-{offset}`: anything else is a mistake, not a missing entry.
 fn check_entry_id(id: &str) -> Result<(), ApiError> {
-    let well_formed = id
-        .split_once('-')
-        .is_some_and(|(partition, offset)| {
-            partition.parse::<u32>().is_ok() && offset.parse::<u64>().is_ok()
-        });
+    let well_formed = id.split_once('-').is_some_and(|(partition, offset)| {
+        partition.parse::<u32>().is_ok() && offset.parse::<u64>().is_ok()
+    });
     if well_formed {
         Ok(())
     } else {
