@@ -231,6 +231,13 @@ async fn settle(
     if request.delay.is_some() && !matches!(action, Settle::Nack { .. }) {
         return Err(ApiError::bad_request("only nack takes a delay"));
     }
+    let delay_limit = keel_engine::limits::RETRY_DELAY_MAX;
+    if request.delay.is_some_and(|delay| delay > delay_limit) {
+        return Err(ApiError::bad_request(format!(
+            "delay must be at most {}",
+            duration::format(delay_limit)
+        )));
+    }
     let result = engine.settle(&name, &request.ack_ids, action).await?;
     Ok(Json(result).into_response())
 }

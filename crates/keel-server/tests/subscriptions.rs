@@ -1080,10 +1080,42 @@ async fn misfit_operations_are_refused_precisely() {
             400,
             "PARTITION-OFFSET",
         ),
+        (
+            Method::POST,
+            "/v1/subscriptions/p/nack",
+            json!({"ack_ids": [fake_id], "delay": "1000d"}),
+            400,
+            "delay must be at most 1d",
+        ),
     ];
     for (method, path, body, expected, needle) in cases {
         let (status, problem) = send(&server, method, path, body).await;
         assert_problem(status, &problem, expected, needle, path);
     }
+    server.stop().await;
+}
+
+// Goal: an ack id forged from a real one (same server start, a partition the topic does not
+// have) is answered as stale, and the subscription goes on serving: it once panicked the
+// server while holding the subscription's lock. Method: pull a message, rewrite the
+// partition bytes of its ack id, ack the forgery, then ack the real id and describe.
+#[tokio::test]
+async fn forged_ack_id_is_stale_and_harmless() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("t", json!({})).await;
+    create_subscription(&server, "s", json!({"topic": "t", "start": "earliest"})).await;
+    publish_all(&server, "t", vec![event("e1", json!({}))]).await;
+    let real = ack_ids(&pull_exactly(&server, "s", 1).await);
+    let mut bytes = URL_SAFE_NO_PAD.decode(&real[0]).unwrap();
+    bytes[4..8].copy_from_slice(&7u32.to_be_bytes());
+    let forged = URL_SAFE_NO_PAD.encode(bytes);
+    let answer = settle(&server, "s", "ack", std::slice::from_ref(&forged)).await;
+    assert_eq!(answer, json!({"settled": 0, "stale": [forged]}));
+    let answer = settle(&server, "s", "ack", &real).await;
+    assert_eq!(answer["settled"], 1, "{answer}");
+    assert_eq!(describe(&server, "s").await["delivered"], 1);
     server.stop().await;
 }

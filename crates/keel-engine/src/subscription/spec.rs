@@ -240,6 +240,15 @@ impl SubscriptionSpec {
         if self.circuit_breaker.failures == 0 {
             return invalid("circuit_breaker.failures must be at least 1".to_owned());
         }
+        let cool_down_max = super::circuit::COOL_DOWN_MAX;
+        if self.circuit_breaker.cool_down.is_zero()
+            || self.circuit_breaker.cool_down > cool_down_max
+        {
+            return invalid(format!(
+                "circuit_breaker.cool_down must be above 0 and at most {}",
+                duration::format(cool_down_max)
+            ));
+        }
         if self.rate_limit == Some(0) {
             return invalid("rate_limit must be at least 1 event per second".to_owned());
         }

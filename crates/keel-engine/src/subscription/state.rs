@@ -51,13 +51,13 @@ pub struct AttemptRecord {
 enum Phase {
     /// May be delivered once it is the head of its key.
     Ready,
+    /// Delivered under `lease`; with a deadline (pull), it fails if not settled by then.
     InFlight {
         lease: u64,
+        deadline_ms: Option<i64>,
     },
     /// Waits for its retry time.
-    Waiting {
-        due_ms: i64,
-    },
+    Waiting { due_ms: i64 },
     /// Its dead-letter entry is being written.
     DeadLettering,
 }
@@ -479,7 +479,7 @@ impl DeliveryState {
             if pending.phase != Phase::Ready {
                 continue;
             }
-            pending.phase = Phase::InFlight { lease };
+            pending.phase = Phase::InFlight { lease, deadline_ms };
             let attempt = u32::try_from(pending.history.len()).unwrap_or(u32::MAX) + 1;
             taken.push(Delivery {
                 slot,
@@ -507,12 +507,29 @@ impl DeliveryState {
         policy: &RetryPolicy,
         random: f64,
     ) -> Result<Completed, Stale> {
+        // The slot comes from a client's ack id: a lane that does not exist is stale, never
+        // an index out of bounds.
+        if slot.lane != REDRIVE_LANE && slot.lane as usize >= self.lanes.len() {
+            return Err(Stale);
+        }
         let lane = self.lane_mut(slot.lane);
         let pending = lane.pending.get_mut(&slot.offset).ok_or(Stale)?;
-        if pending.phase != (Phase::InFlight { lease }) {
+        let Phase::InFlight {
+            lease: current,
+            deadline_ms,
+        } = pending.phase
+        else {
+            return Err(Stale);
+        };
+        if current != lease {
             return Err(Stale);
         }
         let (published_ms, origin) = (pending.published_ms, pending.origin);
+        if let Some(deadline_ms) = deadline_ms {
+            // Settled before its deadline: forget the deadline now, so the set holds only
+            // deliveries in flight (it grew with throughput × ack_timeout before).
+            self.deadlines.remove(&(deadline_ms, slot, lease));
+        }
         let completed = |settled| Completed {
             settled,
             published_ms,
@@ -716,15 +733,32 @@ impl DeliveryState {
     }
 
     /// A lane's oldest events are gone (retention deleted them before delivery): its reader
-    /// continues at `start`.
+    /// continues at `start`. What a restored checkpoint says about offsets from `start` on is
+    /// kept: events done before the restart stay done.
     pub(crate) fn skip_to(&mut self, lane_number: u32, start: u64) {
         let lane = self.lane_mut(lane_number);
         if lane.cursor >= start {
             return;
         }
-        let skipped = start - lane.cursor;
+        let skipped = match &mut lane.restore {
+            Some(restore) => {
+                // Below `until`, only the offsets still undone were lost; beyond it, all.
+                let kept = restore.undone.split_off(&start);
+                let lost = restore.undone.len() as u64 + start.saturating_sub(restore.until);
+                restore.undone = kept;
+                restore.retries.retain(|offset, _| *offset >= start);
+                lost
+            }
+            None => start - lane.cursor,
+        };
         lane.cursor = start;
-        lane.restore = None;
+        if lane
+            .restore
+            .as_ref()
+            .is_some_and(|restore| restore.until <= start)
+        {
+            lane.restore = None;
+        }
         lane.update_committed();
         self.counters.skipped_by_retention += skipped;
         self.version += 1;
@@ -763,6 +797,26 @@ impl DeliveryState {
             }
         }
         assert_eq!(in_flight, self.in_flight);
+        let with_deadline = self
+            .lanes
+            .iter()
+            .chain(std::iter::once(&self.redrive))
+            .flat_map(|lane| lane.pending.values())
+            .filter(|pending| {
+                matches!(
+                    pending.phase,
+                    Phase::InFlight {
+                        deadline_ms: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(
+            with_deadline,
+            self.deadlines.len(),
+            "a deadline per pulled delivery"
+        );
         assert!(self.in_flight <= self.max_in_flight);
         let mut seen = std::collections::HashSet::new();
         for slot in &self.ready {

@@ -391,3 +391,48 @@ fn failed_probes_do_not_spend_attempts() {
     assert_eq!(state.dead_letters_to_write()[0].history.len(), 7);
     state.check_invariants();
 }
+
+// Goal: an ack naming a lane the topic does not have (a forged ack id) is stale, not a panic.
+#[test]
+fn unknown_lane_is_stale() {
+    let mut state = DeliveryState::new(Ordering::None, 10, 100, &[0]);
+    let forged = Slot { lane: 7, offset: 0 };
+    let completed = state.complete(forged, 1, Outcome::Ack, 0, &policy(3), 0.0);
+    assert_eq!(completed.map(|c| c.settled), Err(Stale));
+}
+
+// Goal: when retention removes the oldest events while a restored lane re-reads, only the
+// events still undone are lost: events acknowledged before the restart stay done and are
+// not delivered again, and retries beyond the new start keep their state.
+#[test]
+fn retention_skip_keeps_what_the_checkpoint_says_is_done() {
+    let mut state = DeliveryState::new(Ordering::None, 10, 100, &[0]);
+    state.offer(0, 0, (0..10).map(|o| record(o, None)).collect());
+    let policy = policy(5);
+    for delivery in state.take_ready(10, None) {
+        let outcome = match delivery.slot.offset {
+            0 | 7 => continue,
+            8 => fail(),
+            _ => Outcome::Ack,
+        };
+        state
+            .complete(delivery.slot, delivery.lease, outcome, 0, &policy, 0.5)
+            .expect("in flight");
+    }
+    let checkpoint = state.checkpoint();
+    let mut restored = DeliveryState::restore(Ordering::None, 10, 100, &checkpoint);
+    restored.skip_to(0, 5);
+    assert_eq!(
+        restored.counters.skipped_by_retention, 1,
+        "only offset 0 was undone"
+    );
+    restored.offer(0, 5, (5..12).map(|o| record(o, None)).collect());
+    assert!(restored.tick_ready(10_000, &policy, 0.5));
+    let delivered = offsets(&restored.take_ready(10, None));
+    assert_eq!(
+        delivered,
+        [7, 10, 11, 8],
+        "done events stay done; the retry keeps its time"
+    );
+    restored.check_invariants();
+}
