@@ -320,7 +320,13 @@ impl Engine {
         let wait = wait.min(Duration::from_millis(READ_WAIT_MS_MAX));
         let (records, next_offset) = topic
             .partition(partition)?
-            .read(from, records_max, wait, self.inner.closing.subscribe())
+            .read(
+                from,
+                records_max,
+                crate::limits::READ_BYTES_MAX,
+                wait,
+                self.inner.closing.subscribe(),
+            )
             .await?;
         Ok(ReadBatch {
             records,

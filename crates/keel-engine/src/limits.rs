@@ -46,6 +46,12 @@ pub const IN_FLIGHT_MAX: u32 = 10_000;
 pub const SUBSCRIPTION_PENDING_MAX: usize = 16_384;
 /// Fewest pending events per partition of a subscription.
 pub const LANE_PENDING_MIN: usize = 64;
+/// Most bytes of events one subscription holds in memory, across its partitions; each
+/// partition may hold [`LANE_PENDING_BYTES_MIN`] (and one event more, as a read returns at
+/// least one).
+pub const SUBSCRIPTION_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Fewest bytes of pending events per partition of a subscription.
+pub const LANE_PENDING_BYTES_MIN: usize = 256 * 1024;
 /// Longest ack timeout.
 pub const ACK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Most attempts a retry policy may allow.

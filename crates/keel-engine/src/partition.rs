@@ -199,6 +199,7 @@ impl Partition {
         &self,
         from: Option<u64>,
         records_max: usize,
+        bytes_max: usize,
         wait: Duration,
         mut closing: watch::Receiver<bool>,
     ) -> Result<(Vec<Record>, u64), EngineError> {
@@ -214,12 +215,10 @@ impl Partition {
                 _ = closing.wait_for(|closing| *closing) => {}
             }
         }
-        let records = tokio::task::spawn_blocking(move || {
-            log.read(from, records_max, crate::limits::READ_BYTES_MAX)
-        })
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?
-        .map_err(|source| self.read_error(from, source))?;
+        let records = tokio::task::spawn_blocking(move || log.read(from, records_max, bytes_max))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(|source| self.read_error(from, source))?;
         let next_offset = records.last().map_or(from, |record| record.offset + 1);
         Ok((records, next_offset))
     }

@@ -34,7 +34,10 @@ use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
 use crate::error::EngineError;
-use crate::limits::{LANE_PENDING_MIN, SUBSCRIPTION_PENDING_MAX};
+use crate::limits::{
+    LANE_PENDING_BYTES_MIN, LANE_PENDING_MIN, SUBSCRIPTION_PENDING_BYTES_MAX,
+    SUBSCRIPTION_PENDING_MAX,
+};
 use crate::metrics::{Metrics, SubscriptionLabels};
 use crate::topic::Topic;
 use checkpoint::{Checkpoint, CheckpointLog};
@@ -252,7 +255,8 @@ impl Subscription {
             spec.max_in_flight as usize,
             lane_pending_max(partitions),
             &checkpoint.lanes,
-        );
+        )
+        .with_lane_bytes_max(lane_bytes_max(partitions));
         let circuit = spec.sink.as_ref().map(|_| {
             CircuitBreaker::new(
                 spec.circuit_breaker.failures,
@@ -502,6 +506,12 @@ impl Subscription {
 /// Events a lane may hold pending: the subscription's bound shared across its partitions.
 fn lane_pending_max(partitions: usize) -> usize {
     (SUBSCRIPTION_PENDING_MAX / partitions.max(1)).max(LANE_PENDING_MIN)
+}
+
+/// Bytes of events a lane may hold pending: the subscription's bound shared across its
+/// partitions (plus at most one event each, since a read returns at least one).
+fn lane_bytes_max(partitions: usize) -> usize {
+    (SUBSCRIPTION_PENDING_BYTES_MAX / partitions.max(1)).max(LANE_PENDING_BYTES_MIN)
 }
 
 /// The first checkpoint of a new subscription, its lanes at `starts`.

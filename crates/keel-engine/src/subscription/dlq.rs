@@ -215,8 +215,18 @@ impl DeadLetterQueue {
         self.write(operations)
     }
 
-    /// Removes entries (after their redrive was acknowledged, or a purge).
-    pub(crate) fn remove(&mut self, ids: Vec<String>) -> Result<(), EngineError> {
+    /// Removes redriven entries whose redelivery was acknowledged. An entry dead-lettered
+    /// again since (after a seek back, say) is not being redriven: it stays.
+    pub(crate) fn remove_redriven(&mut self, ids: Vec<String>) -> Result<(), EngineError> {
+        let ids = ids
+            .into_iter()
+            .filter(|id| self.live.get(id).is_some_and(|live| live.redriving))
+            .collect();
+        self.remove(ids)
+    }
+
+    /// Removes entries (a purge).
+    fn remove(&mut self, ids: Vec<String>) -> Result<(), EngineError> {
         let ids: Vec<String> = ids
             .into_iter()
             .filter(|id| self.live.contains_key(id))
@@ -369,7 +379,8 @@ mod tests {
     }
 
     // Goal: entries, redrives and removals survive reopening; dead-lettering an event again
-    // replaces its entry; redriven entries are handed over again after a restart.
+    // replaces its entry (and an older redriven copy's ack does not remove the new one);
+    // redriven entries are handed over again after a restart.
     #[test]
     fn operations_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -401,11 +412,24 @@ mod tests {
             missing,
             Err(EngineError::DeadLetterNotFound { .. })
         ));
-        queue.remove(vec!["1-1".into()]).expect("remove");
+        // 1-1 is redriven, then dead-lettered again: acknowledging the redriven copy must
+        // not remove the newer entry.
+        assert_eq!(
+            queue
+                .redrive("s", Some(vec!["1-1".into()]))
+                .expect("redrive"),
+            1
+        );
+        queue.add(vec![entry(1, 404)]).expect("dead again");
+        queue.remove_redriven(vec!["1-1".into()]).expect("remove");
+        assert_eq!(
+            queue.get("1-1").expect("get").map(|e| e.last_status),
+            Some(Some(404))
+        );
         drop(queue);
 
         let mut queue = DeadLetterQueue::open(dir.path()).expect("reopen");
-        assert_eq!(queue.depth(), 2);
+        assert_eq!(queue.depth(), 3);
         assert_eq!(
             queue.get("1-2").expect("get").map(|e| e.last_status),
             Some(Some(502))
@@ -417,11 +441,13 @@ mod tests {
         );
         assert_eq!(
             queue.purge().expect("purge"),
-            1,
+            2,
             "the redriving entry stays"
         );
         assert_eq!(queue.depth(), 1);
         let page = queue.list(Some("1-3"), 10).expect("after");
         assert!(page.is_empty());
+        queue.remove_redriven(vec!["1-3".into()]).expect("remove");
+        assert_eq!(queue.depth(), 0);
     }
 }

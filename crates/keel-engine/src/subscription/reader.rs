@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::Shared;
 use super::state::{Offered, REDRIVE_LANE};
 use crate::error::EngineError;
-use crate::limits::READ_RECORDS_MAX;
+use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX};
 
 /// How long one read long-polls for new events before it looks again.
 const READ_WAIT: Duration = Duration::from_secs(5);
@@ -31,7 +31,7 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
     loop {
         room.borrow_and_update();
         reset.borrow_and_update();
-        let (from, space) = {
+        let (from, (space, bytes)) = {
             let core = shared.core();
             (core.delivery.cursor(lane), core.delivery.room(lane))
         };
@@ -45,6 +45,7 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
         let read = partition.read(
             Some(from),
             space.min(READ_RECORDS_MAX),
+            bytes.min(READ_BYTES_MAX),
             READ_WAIT,
             shared.closing.clone(),
         );
@@ -144,7 +145,7 @@ pub(super) async fn read_redriven(shared: Arc<Shared>) {
             let core = shared.core();
             (
                 core.delivery.cursor(REDRIVE_LANE),
-                core.delivery.room(REDRIVE_LANE),
+                core.delivery.room(REDRIVE_LANE).0,
             )
         };
         let waiting = shared.dlq.lock().expect("dlq lock").has_redriven();

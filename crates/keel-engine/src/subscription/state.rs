@@ -196,6 +196,8 @@ struct Lane {
     committed: u64,
     cursor: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Bytes of the events in `pending`.
+    pending_bytes: usize,
     keys: HashMap<u64, VecDeque<u64>>,
     restore: Option<Restore>,
 }
@@ -237,6 +239,7 @@ pub(crate) struct DeliveryState {
     ordering: Ordering,
     max_in_flight: usize,
     lane_pending_max: usize,
+    lane_bytes_max: usize,
     lanes: Vec<Lane>,
     redrive: Lane,
     ready: VecDeque<Slot>,
@@ -263,6 +266,7 @@ impl DeliveryState {
             ordering,
             max_in_flight,
             lane_pending_max,
+            lane_bytes_max: usize::MAX,
             lanes: starts.iter().map(|&offset| Lane::at(offset)).collect(),
             redrive: Lane::default(),
             ready: VecDeque::new(),
@@ -330,10 +334,24 @@ impl DeliveryState {
         self.lane(lane).cursor
     }
 
-    /// How many more events a lane may hold pending (its reader waits at 0).
-    pub(crate) fn room(&self, lane: u32) -> usize {
-        self.lane_pending_max
-            .saturating_sub(self.lane(lane).pending.len())
+    /// How many more events a lane may hold pending, and about how many more bytes of them
+    /// (its reader waits at 0; a read returns at least one event, so a lane may pass its byte
+    /// bound by one event).
+    pub(crate) fn room(&self, lane: u32) -> (usize, usize) {
+        let lane = self.lane(lane);
+        let bytes = self.lane_bytes_max.saturating_sub(lane.pending_bytes);
+        if bytes == 0 {
+            return (0, 0);
+        }
+        let events = self.lane_pending_max.saturating_sub(lane.pending.len());
+        (events, bytes)
+    }
+
+    /// Bounds the bytes of events each lane holds pending (default: unbounded).
+    pub(crate) fn with_lane_bytes_max(mut self, lane_bytes_max: usize) -> Self {
+        assert!(lane_bytes_max > 0);
+        self.lane_bytes_max = lane_bytes_max;
+        self
     }
 
     /// Every lane's cursor and committed offset, for lag.
@@ -421,6 +439,7 @@ impl DeliveryState {
             lane.keys.entry(key).or_default().push_back(record.offset);
         }
         let head = lane.is_head(record.offset, key);
+        lane.pending_bytes += record.json.len();
         lane.pending.insert(
             record.offset,
             Pending {
@@ -593,6 +612,7 @@ impl DeliveryState {
         let Some(pending) = lane.pending.remove(&slot.offset) else {
             return;
         };
+        lane.pending_bytes -= pending.json.len();
         let mut next = None;
         if let Some(key) = pending.key
             && let Some(queue) = lane.keys.get_mut(&key)
@@ -778,6 +798,8 @@ impl DeliveryState {
     fn check_invariants(&self) {
         let mut in_flight = 0;
         for lane in self.lanes.iter().chain(std::iter::once(&self.redrive)) {
+            let bytes: usize = lane.pending.values().map(|p| p.json.len()).sum();
+            assert_eq!(bytes, lane.pending_bytes, "pending bytes are counted");
             let first = lane.pending.keys().next().copied().unwrap_or(lane.cursor);
             assert_eq!(
                 lane.committed, first,

@@ -78,7 +78,7 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
     let acked = std::mem::take(&mut shared.core().redrive_acked);
     if !acked.is_empty() {
         blocking(shared, move |shared| {
-            shared.dlq.lock().expect("dlq lock").remove(acked)
+            shared.dlq.lock().expect("dlq lock").remove_redriven(acked)
         })
         .await?;
     }

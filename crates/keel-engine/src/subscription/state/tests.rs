@@ -275,7 +275,7 @@ proptest! {
                         log[lane as usize].push(Some(u64::from(keys[index % keys.len()])));
                     }
                     let from = state.cursor(lane);
-                    let room = state.room(lane);
+                    let room = state.room(lane).0;
                     let records: Vec<Offered> = log[lane as usize].iter().enumerate()
                         .skip(from as usize).take(room)
                         .map(|(offset, key)| record(offset as u64, *key)).collect();
@@ -325,7 +325,7 @@ proptest! {
             for lane in 0..2u32 {
                 let from = state.cursor(lane);
                 let records: Vec<Offered> = log[lane as usize].iter().enumerate()
-                    .skip(from as usize).take(state.room(lane))
+                    .skip(from as usize).take(state.room(lane).0)
                     .map(|(offset, key)| record(offset as u64, *key)).collect();
                 state.offer(lane, from, records);
             }
@@ -435,4 +435,32 @@ fn retention_skip_keeps_what_the_checkpoint_says_is_done() {
         "done events stay done; the retry keeps its time"
     );
     restored.check_invariants();
+}
+
+// Goal: a lane stops taking events once it holds its bound of bytes (so large events cannot
+// fill memory up to the event-count bound), and takes more once some are done.
+#[test]
+fn lane_bytes_bound_the_room() {
+    let mut state = DeliveryState::new(Ordering::None, 100, 100, &[0]).with_lane_bytes_max(100);
+    let event_bytes = record(0, None).json.len();
+    assert_eq!(state.room(0), (100, 100));
+    state.offer(0, 0, (0..10).map(|o| record(o, None)).collect());
+    assert!(10 * event_bytes >= 100, "the test fills the bound");
+    assert_eq!(state.room(0), (0, 0));
+    let taken = state.take_ready(3, None);
+    for delivery in &taken {
+        state
+            .complete(
+                delivery.slot,
+                delivery.lease,
+                Outcome::Ack,
+                0,
+                &policy(3),
+                0.0,
+            )
+            .expect("in flight");
+    }
+    let (events, bytes) = state.room(0);
+    assert_eq!((events, bytes), (93, 100 - 7 * event_bytes));
+    state.check_invariants();
 }
