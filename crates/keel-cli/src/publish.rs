@@ -182,12 +182,25 @@ fn event_data(bytes: Vec<u8>, content_type: Option<&str>) -> Result<(Data, Strin
         Some(media_type) => Ok((text_or_binary(bytes), media_type.to_owned())),
         None => match serde_json::from_slice(&bytes) {
             Ok(value) => Ok((Data::Json(value), "application/json".to_owned())),
+            // What opens like a JSON object or array was meant as JSON: storing it as text
+            // would make every filter on its fields miss, silently.
+            Err(error) if looks_like_json(&bytes) => Err(format!(
+                "data looks like JSON but does not parse ({error}); fix it, or pass --content-type text/plain to send it as text"
+            )),
             Err(_) => match text_or_binary(bytes) {
                 text @ Data::Text(_) => Ok((text, "text/plain".to_owned())),
                 other => Ok((other, "application/octet-stream".to_owned())),
             },
         },
     }
+}
+
+/// Whether data opens like a JSON object or array.
+fn looks_like_json(bytes: &[u8]) -> bool {
+    matches!(
+        bytes.iter().find(|byte| !byte.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
 }
 
 fn text_or_binary(bytes: Vec<u8>) -> Data {
@@ -619,6 +632,13 @@ mod tests {
         }
         let error = event_data(b"not json".to_vec(), Some("application/json")).unwrap_err();
         assert!(error.starts_with("data is not valid JSON for content type application/json"));
+        let error = event_data(br#" {"amount": 42"#.to_vec(), None).unwrap_err();
+        assert!(
+            error.starts_with("data looks like JSON but does not parse"),
+            "{error}"
+        );
+        let text = event_data(br#"{"amount": 42"#.to_vec(), Some("text/plain")).unwrap();
+        assert_eq!(text.0, Data::Text(r#"{"amount": 42"#.to_owned()));
     }
 
     #[test]

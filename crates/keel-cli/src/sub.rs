@@ -63,7 +63,7 @@ pub(crate) enum SubCommand {
         /// The subscription's name
         name: String,
         /// earliest, latest, or an RFC 3339 time (the first event appended at or after it)
-        #[arg(long, value_name = "POSITION")]
+        #[arg(long, value_name = "POSITION", value_parser = position_text)]
         to: String,
     },
     /// Delete a subscription, its progress and its dead-letter queue
@@ -125,7 +125,7 @@ pub(crate) struct SpecFlags {
     pub(crate) filters: Vec<FilterArg>,
     /// Where a new subscription starts: earliest, latest or an RFC 3339 time [default:
     /// latest]
-    #[arg(long, value_name = "POSITION")]
+    #[arg(long, value_name = "POSITION", value_parser = position_text)]
     pub(crate) start: Option<String>,
     /// key: one event per partition key in flight at a time, in order; none: no order
     #[arg(long, value_enum)]
@@ -816,6 +816,19 @@ fn stale_text(stale: &[String]) -> String {
     )
 }
 
+/// Checks a position flag (`earliest`, `latest` or an RFC 3339 time) before anything is sent.
+fn position_text(text: &str) -> Result<String, String> {
+    let valid = matches!(text, "earliest" | "latest")
+        || keel_engine::clock::parse_rfc3339_ms(text).is_some();
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a position: use earliest, latest or an RFC 3339 time with its offset, like 2026-11-25T10:00:00Z"
+        ))
+    }
+}
+
 /// Checks a duration flag (`500ms`, `30s`, `2m`, `1h`, `7d`) before anything is sent, so the
 /// error names the flag; the server gets the text as given.
 fn duration_text(text: &str) -> Result<String, String> {
@@ -970,6 +983,29 @@ mod tests {
             position_json("2026-11-25T10:00:00Z"),
             json!({"time": "2026-11-25T10:00:00Z"})
         );
+    }
+
+    // Goal: position and duration flags are checked before anything is sent, with a message
+    // that says what to write instead.
+    #[test]
+    fn position_and_duration_flags_are_checked_locally() {
+        for good in [
+            "earliest",
+            "latest",
+            "2026-11-25T10:00:00Z",
+            "2026-11-25T10:00:00+01:00",
+        ] {
+            assert_eq!(position_text(good).as_deref(), Ok(good));
+        }
+        for bad in ["yesterday", "2026-11-25T10:00:00", "2026-11-25"] {
+            let error = position_text(bad).unwrap_err();
+            assert!(error.contains("like 2026-11-25T10:00:00Z"), "{error}");
+        }
+        assert_eq!(duration_text("500ms").as_deref(), Ok("500ms"));
+        for bad in ["5", "1.5s", "soon"] {
+            let error = duration_text(bad).unwrap_err();
+            assert!(error.contains("like 500ms or 30s"), "{error}");
+        }
     }
 
     #[test]

@@ -378,6 +378,9 @@ impl Subscription {
         if let Some(sink) = &mut spec.sink {
             sink.secret = None;
         }
+        if spec.start == spec::StartPosition::Default {
+            spec.start = spec::StartPosition::Named(spec::NamedPosition::Latest);
+        }
         let info = SubscriptionInfo {
             name: shared.name.clone(),
             mode: if spec.is_push() { "push" } else { "pull" },

@@ -854,7 +854,14 @@ async fn bad_subscription_input_is_a_precise_problem() {
     )
     .await;
     assert_problem(status, &problem, 409, "another spec", "different spec");
-    create_subscription(&server, "b", json!({"topic": "orders"})).await;
+    let described = create_subscription(&server, "b", json!({"topic": "orders"})).await;
+    assert_eq!(
+        described["start"], "latest",
+        "a start left out shows as latest"
+    );
+    let explicit = json!({"topic": "orders", "start": "latest"});
+    let (status, _) = send(&server, Method::PUT, "/v1/subscriptions/b", explicit).await;
+    assert_eq!(status, 200, "an explicit latest repeats a start left out");
 
     let (status, problem) = send(&server, Method::DELETE, "/v1/topics/orders", Value::Null).await;
     assert_problem(status, &problem, 409, "has subscriptions", "delete topic");

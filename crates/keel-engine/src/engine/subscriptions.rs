@@ -356,15 +356,21 @@ impl Engine {
     }
 }
 
-/// Whether a create repeats an existing spec; a create without a secret matches any.
+/// Whether a create repeats an existing spec; a create without a secret matches any, and a
+/// start left out is `latest` (describe shows it so).
 fn same_spec(existing: &SubscriptionSpec, asked: &SubscriptionSpec) -> bool {
-    let mut asked = asked.clone();
+    let (mut existing, mut asked) = (existing.clone(), asked.clone());
+    for spec in [&mut existing, &mut asked] {
+        if spec.start == StartPosition::Default {
+            spec.start = StartPosition::Named(NamedPosition::Latest);
+        }
+    }
     if let (Some(asked_sink), Some(existing_sink)) = (&mut asked.sink, &existing.sink)
         && asked_sink.secret.is_none()
     {
         asked_sink.secret = existing_sink.secret.clone();
     }
-    *existing == asked
+    existing == asked
 }
 
 /// Each partition's offset for a position.
@@ -382,7 +388,9 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
                 StartPosition::Time { time } => {
                     let ms = crate::clock::parse_rfc3339_ms(time).ok_or_else(|| {
                         EngineError::InvalidSubscription {
-                            detail: format!("{time:?} is not an RFC 3339 timestamp"),
+                            detail: format!(
+                                "time {time:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z"
+                            ),
                         }
                     })?;
                     partition.offset_for_timestamp(ms)

@@ -168,6 +168,16 @@ impl Parser {
             return Err(unexpected(&token, "a field name after '.'"));
         };
         if self.peek().kind != Kind::LeftParen {
+            // Attributes other than `data` are strings, booleans or integers: a field of one
+            // never exists, and `type == order.created` meant a quoted string.
+            if let Expr::Ident(attribute) = &target
+                && attribute != "data"
+            {
+                return Err(format!(
+                    "'{attribute}.{name}' at column {}: the attribute {attribute} has no fields (only data does); to compare with text, quote it: '{attribute}.{name}'",
+                    token.column.saturating_sub(attribute.len() + 1)
+                ));
+            }
             return Ok(Expr::Member(Box::new(target), name));
         }
         self.advance();

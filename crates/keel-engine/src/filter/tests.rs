@@ -636,3 +636,21 @@ proptest! {
         }
     }
 }
+
+// Goal: a field of an attribute other than data is refused when the filter is created, with a
+// hint to quote: `type == order.created` (a forgotten quote) could otherwise never match.
+#[test]
+fn fields_of_plain_attributes_are_refused_with_a_quoting_hint() {
+    let message = cel_error("type == order.created");
+    assert!(
+        message.contains("the attribute order has no fields"),
+        "{message}"
+    );
+    assert!(message.contains("quote it: 'order.created'"), "{message}");
+    let quoted = filter(json!({"cel": "type == 'order.created'"}));
+    assert!(quoted.matches(&json!({"type": "order.created"})));
+    assert!(
+        filter(json!({"cel": "data.order.created == 1"}))
+            .matches(&json!({"data": {"order": {"created": 1}}}))
+    );
+}

@@ -255,7 +255,9 @@ impl SubscriptionSpec {
         if let StartPosition::Time { time } = &self.start
             && crate::clock::parse_rfc3339_ms(time).is_none()
         {
-            return invalid(format!("start.time {time:?} is not an RFC 3339 timestamp"));
+            return invalid(format!(
+                "start.time {time:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z"
+            ));
         }
         if self.sink.is_none() && self.circuit_breaker != CircuitPolicy::default() {
             return invalid(
