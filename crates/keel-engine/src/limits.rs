@@ -64,6 +64,8 @@ pub const PULL_MESSAGES_MAX: usize = 1000;
 pub const ACK_IDS_MAX: usize = 10_000;
 /// Most dead-letter entries one list returns.
 pub const DLQ_LIST_MAX: usize = 1000;
+/// About the most bytes of events one dead-letter list returns (at least one entry).
+pub const DLQ_LIST_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 const _: () = assert!(IN_FLIGHT_MAX as usize <= SUBSCRIPTION_PENDING_MAX);
 const _: () = assert!(PULL_MESSAGES_MAX <= IN_FLIGHT_MAX as usize);

@@ -97,8 +97,8 @@ pub async fn list(
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
-    let entries = engine.dlq_list(&name, query.after, limit).await?;
-    let next_after = (entries.len() == limit.min(keel_engine::limits::DLQ_LIST_MAX))
+    let (entries, more) = engine.dlq_list(&name, query.after, limit).await?;
+    let next_after = more
         .then(|| entries.last().map(|entry| entry.id.clone()))
         .flatten();
     let entries = entries.into_iter().map(EntryView::from).collect();

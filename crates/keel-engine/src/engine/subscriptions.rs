@@ -297,13 +297,14 @@ impl Engine {
         self.subscription(name)?.settle(ack_ids, action).await
     }
 
-    /// Up to `max` dead-letter entries, oldest first, after the entry `after`.
+    /// Up to `max` dead-letter entries (and about 4 MiB of events), oldest first, after the
+    /// entry `after`; and whether more follow.
     pub async fn dlq_list(
         &self,
         name: &str,
         after: Option<String>,
         max: usize,
-    ) -> Result<Vec<DeadLetterEntry>, EngineError> {
+    ) -> Result<(Vec<DeadLetterEntry>, bool), EngineError> {
         let max = max.clamp(1, DLQ_LIST_MAX);
         self.with_dlq(name, move |dlq, _| dlq.list(after.as_deref(), max))
             .await

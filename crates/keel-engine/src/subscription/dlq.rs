@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use super::state::AttemptRecord;
 use crate::clock::now_ms;
 use crate::error::EngineError;
+use crate::limits::DLQ_LIST_BYTES_MAX;
 
 /// Segments of a dead-letter log roll at this size.
 const DLQ_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
@@ -398,24 +399,34 @@ impl DeadLetterQueue {
         self.read_entry(live.position).map(Some)
     }
 
-    /// Up to `max` entries in dead-letter order, after the entry `after` (an id) when given.
+    /// Up to `max` entries in dead-letter order, after the entry `after` (an id) when given,
+    /// and whether more follow. A page stops early once its events reach
+    /// [`DLQ_LIST_BYTES_MAX`] (it always holds at least one entry).
     pub(crate) fn list(
         &self,
         after: Option<&str>,
         max: usize,
-    ) -> Result<Vec<DeadLetterEntry>, EngineError> {
+    ) -> Result<(Vec<DeadLetterEntry>, bool), EngineError> {
         let from = match after {
             Some(id) => match self.live.get(id) {
                 Some(live) => live.position + 1,
-                None => return Ok(Vec::new()),
+                None => return Ok((Vec::new(), false)),
             },
             None => 0,
         };
-        self.by_position
-            .range(from..)
-            .take(max)
-            .map(|(position, _)| self.read_entry(*position))
-            .collect()
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut positions = self.by_position.range(from..).peekable();
+        while let Some((position, _)) = positions.peek() {
+            if entries.len() >= max || (bytes >= DLQ_LIST_BYTES_MAX && !entries.is_empty()) {
+                break;
+            }
+            let entry = self.read_entry(**position)?;
+            bytes += entry.event.get().len();
+            entries.push(entry);
+            positions.next();
+        }
+        Ok((entries, positions.peek().is_some()))
     }
 
     fn read_entry(&self, position: u64) -> Result<DeadLetterEntry, EngineError> {
@@ -502,12 +513,11 @@ mod tests {
             .expect("add");
         queue.add(vec![entry(2, 502)]).expect("again");
         assert_eq!(queue.depth(), 3);
-        let ids: Vec<String> = queue
-            .list(None, 10)
-            .expect("list")
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let (page, more) = queue.list(None, 2).expect("list");
+        assert!(more, "a third entry follows a page of two");
+        let (rest, more) = queue.list(Some(&page[1].id), 10).expect("list");
+        assert!(!more);
+        let ids: Vec<String> = page.into_iter().chain(rest).map(|e| e.id).collect();
         assert_eq!(
             ids,
             ["1-1", "1-3", "1-2"],
@@ -557,8 +567,8 @@ mod tests {
             "the redriving entry stays"
         );
         assert_eq!(queue.depth(), 1);
-        let page = queue.list(Some("1-3"), 10).expect("after");
-        assert!(page.is_empty());
+        let (page, more) = queue.list(Some("1-3"), 10).expect("after");
+        assert!(page.is_empty() && !more);
         queue.remove_redriven(vec!["1-3".into()]).expect("remove");
         assert_eq!(queue.depth(), 0);
     }
@@ -578,7 +588,7 @@ mod compaction_tests {
     }
 
     fn ids(queue: &DeadLetterQueue) -> Vec<String> {
-        let entries = queue.list(None, 1000).expect("list");
+        let (entries, _) = queue.list(None, 1000).expect("list");
         entries.into_iter().map(|entry| entry.id).collect()
     }
 
