@@ -330,6 +330,13 @@ impl Subscription {
             task.abort();
             let _ = task.await;
         }
+        // Nothing will be stored any more: a call still waiting for durability (an ack that
+        // raced a delete or shutdown) is answered now instead of at its request timeout.
+        shared.durable.send_modify(|durable| {
+            durable
+                .failed
+                .get_or_insert_with(|| "it was deleted, or keel is stopping".to_owned());
+        });
     }
 
     pub(crate) fn name(&self) -> &str {
