@@ -21,6 +21,11 @@ use crate::event::Event;
 use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
 
+/// A read this close to the end of the log runs inline (see [`Partition::read`]).
+const INLINE_READ_RECORDS_MAX: u64 = 64;
+/// Most bytes an inline read returns (at least one record).
+const INLINE_READ_BYTES_MAX: usize = 256 * 1024;
+
 /// Events to append to one partition, answered with the offset of the first.
 pub(crate) struct AppendRequest {
     pub(crate) events: Vec<Event>,
@@ -194,6 +199,8 @@ impl Partition {
     }
 
     /// Reads up to `records_max` records from `from`, waiting up to `wait` for the first.
+    /// Reads at the tail (at most [`INLINE_READ_RECORDS_MAX`] records behind) run on the
+    /// calling task; others on the blocking pool.
     /// A long poll ends early when `closing` turns true (shutdown).
     pub(crate) async fn read(
         &self,
@@ -215,10 +222,18 @@ impl Partition {
                 _ = closing.wait_for(|closing| *closing) => {}
             }
         }
-        let records = tokio::task::spawn_blocking(move || log.read(from, records_max, bytes_max))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(|source| self.read_error(from, source))?;
+        let tail = log.next_offset().saturating_sub(from) <= INLINE_READ_RECORDS_MAX;
+        let records = if tail {
+            // A few records at the tail were just written: they are in the page cache and
+            // reading them takes microseconds, less than the hop to the blocking pool, whose
+            // wake-up is most of a follower's latency. (Reads take no lock a commit holds.)
+            log.read(from, records_max, bytes_max.min(INLINE_READ_BYTES_MAX))
+        } else {
+            tokio::task::spawn_blocking(move || log.read(from, records_max, bytes_max))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?
+        };
+        let records = records.map_err(|source| self.read_error(from, source))?;
         let next_offset = records.last().map_or(from, |record| record.offset + 1);
         Ok((records, next_offset))
     }
