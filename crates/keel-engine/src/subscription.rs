@@ -77,7 +77,13 @@ struct Shared {
     metrics: Arc<Metrics>,
     labels: SubscriptionLabels,
     core: Mutex<Core>,
+    /// Held across the queue's fsyncs and compactions, so only blocking threads take it;
+    /// async code reads `dlq_depth` and `dlq_redriven` instead.
     dlq: Mutex<DeadLetterQueue>,
+    /// The queue's depth after its last change.
+    dlq_depth: std::sync::atomic::AtomicUsize,
+    /// Whether redriven entries wait to be handed over, after the queue's last change.
+    dlq_redriven: std::sync::atomic::AtomicBool,
     checkpoints: Mutex<CheckpointLog>,
     /// Bumped when events may be taken (ready, or in-flight room freed, or resumed).
     ready: watch::Sender<u64>,
@@ -114,6 +120,20 @@ impl Shared {
         if ready {
             self.ready.send_modify(|count| *count += 1);
         }
+    }
+
+    /// Runs an operation on the dead-letter queue (blocking: call it on a blocking thread)
+    /// and publishes the queue's depth and redrive state for async readers.
+    fn with_dlq<T>(
+        &self,
+        operation: impl FnOnce(&mut DeadLetterQueue) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut dlq = self.dlq.lock().expect("dlq lock");
+        let result = operation(&mut dlq);
+        self.dlq_depth.store(dlq.depth(), Relaxed);
+        self.dlq_redriven.store(dlq.has_redriven(), Relaxed);
+        result
     }
 
     fn wake_readers(&self) {
@@ -277,6 +297,8 @@ impl Subscription {
                 circuit,
                 redrive_acked: Vec::new(),
             }),
+            dlq_depth: std::sync::atomic::AtomicUsize::new(dlq.depth()),
+            dlq_redriven: std::sync::atomic::AtomicBool::new(dlq.has_redriven()),
             dlq: Mutex::new(dlq),
             checkpoints: Mutex::new(checkpoints),
             ready: watch::Sender::new(0),
@@ -359,7 +381,7 @@ impl Subscription {
     /// Its state for describe; also refreshes its gauges.
     pub(crate) fn info(&self) -> SubscriptionInfo {
         let shared = &self.shared;
-        let dlq_depth = shared.dlq.lock().expect("dlq lock").depth();
+        let dlq_depth = shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed);
         let core = shared.core();
         let positions = core.delivery.lane_positions();
         let partitions: Vec<PartitionProgress> = (0u32..)
@@ -487,9 +509,8 @@ impl Subscription {
         &self,
         operation: impl FnOnce(&mut DeadLetterQueue, &str) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let mut dlq = self.shared.dlq.lock().expect("dlq lock");
-        let result = operation(&mut dlq, &self.shared.name);
-        drop(dlq);
+        let name = &self.shared.name;
+        let result = self.shared.with_dlq(|dlq| operation(dlq, name));
         self.shared.wake_readers();
         result
     }

@@ -114,7 +114,10 @@ fn offer_records(shared: &Shared, records: Vec<Record>) -> Vec<Offered> {
                     Err(_) => (true, None),
                 }
             };
-            let json = String::from_utf8_lossy(&record.payload).into_owned();
+            // Stored events are UTF-8 JSON (checked on publish, checksummed in the log): the
+            // payload becomes the text without a copy, and the Arc takes the one copy.
+            let json = String::from_utf8(record.payload)
+                .unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned());
             Offered {
                 offset: record.offset,
                 published_ms: record.timestamp_ms,
@@ -148,13 +151,14 @@ pub(super) async fn read_redriven(shared: Arc<Shared>) {
                 core.delivery.room(REDRIVE_LANE).0,
             )
         };
-        let waiting = shared.dlq.lock().expect("dlq lock").has_redriven();
+        let waiting = shared
+            .dlq_redriven
+            .load(std::sync::atomic::Ordering::Relaxed);
         if space > 0 && waiting {
             let taker = shared.clone();
-            let entries = tokio::task::spawn_blocking(move || {
-                taker.dlq.lock().expect("dlq lock").take_redriven(space)
-            })
-            .await;
+            let entries =
+                tokio::task::spawn_blocking(move || taker.with_dlq(|dlq| dlq.take_redriven(space)))
+                    .await;
             match entries {
                 Ok(Ok(entries)) => {
                     let offered = (from..)

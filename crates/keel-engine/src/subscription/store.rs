@@ -63,7 +63,7 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
             .map(|letter| DeadLetterEntry::new(letter.origin, &letter.json, letter.history.clone()))
             .collect();
         blocking(shared, move |shared| {
-            shared.dlq.lock().expect("dlq lock").add(entries)
+            shared.with_dlq(|dlq| dlq.add(entries))
         })
         .await?;
         shared.core().delivery.finish_dead_letters(&letters);
@@ -78,7 +78,7 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
     let acked = std::mem::take(&mut shared.core().redrive_acked);
     if !acked.is_empty() {
         blocking(shared, move |shared| {
-            shared.dlq.lock().expect("dlq lock").remove_redriven(acked)
+            shared.with_dlq(|dlq| dlq.remove_redriven(acked))
         })
         .await?;
     }
