@@ -9,6 +9,7 @@ use keel_log::Record;
 
 use crate::clock::now_ms;
 use crate::config::{TopicConfig, validate_topic_name};
+use crate::data_dir::{DataDir, DataDirDamage};
 use crate::error::EngineError;
 use crate::event::Event;
 use crate::limits::{
@@ -95,8 +96,8 @@ struct Inner {
     subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
     /// Subscriptions that could not be opened at start, where and why; they refuse service.
     failed_subscriptions: RwLock<BTreeMap<String, (PathBuf, String)>>,
-    /// Held for the engine's life: a second keel on the same data directory would corrupt it.
-    _data_dir_lock: std::fs::File,
+    /// The locked data directory, and what of it is damaged.
+    data_dir: DataDir,
 }
 
 impl Engine {
@@ -113,19 +114,19 @@ impl Engine {
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
         let recovered = tokio::task::spawn_blocking(move || {
-            let lock = lock_data_dir(&recovery_config.data_dir)?;
-            let (topics, failed) = recover(&recovery_config, &recovery_metrics)?;
+            let data_dir = DataDir::open(&recovery_config.data_dir)?;
+            let (topics, failed) = recover(&data_dir, &recovery_config, &recovery_metrics)?;
             let subscriptions = subscriptions::recover(
-                &recovery_config.data_dir,
+                &data_dir,
                 &topics,
                 &recovery_metrics,
                 &subscription_closing,
             )?;
-            Ok::<_, EngineError>((lock, topics, failed, subscriptions))
+            Ok::<_, EngineError>((data_dir, topics, failed, subscriptions))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
-        let (lock, topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
+        let (data_dir, topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
         for topic in topics.values() {
             topic.start_tasks();
         }
@@ -142,7 +143,7 @@ impl Engine {
                 failed_topics: RwLock::new(failed_topics),
                 subscriptions: RwLock::new(subscriptions),
                 failed_subscriptions: RwLock::new(failed_subscriptions),
-                _data_dir_lock: lock,
+                data_dir,
             }),
         };
         engine.spawn_retention();
@@ -176,7 +177,13 @@ impl Engine {
     }
 
     fn topics_dir(&self) -> PathBuf {
-        self.inner.config.data_dir.join("topics")
+        self.inner.data_dir.topics()
+    }
+
+    /// Parts of the data directory that are missing or unreadable (readiness reports them);
+    /// empty when it is whole.
+    pub fn data_dir_damage(&self) -> Vec<DataDirDamage> {
+        self.inner.data_dir.damage().to_vec()
     }
 
     /// Creates a topic; the same configuration again is not an error, another one is.
@@ -200,7 +207,9 @@ impl Engine {
                 existing: Box::new(existing.config),
             });
         }
-        let (topics_dir, name_owned) = (self.topics_dir(), name.to_owned());
+        let topics_dir = self.topics_dir();
+        self.inner.data_dir.check_usable(&topics_dir)?;
+        let name_owned = name.to_owned();
         let (log_config, metrics) = (self.inner.config.log.clone(), self.inner.metrics.clone());
         let topic = tokio::task::spawn_blocking(move || {
             let dir = write_topic_dir(&topics_dir, &name_owned, &config)?;
@@ -249,7 +258,7 @@ impl Engine {
                 self.remove_subscription(&subscription).await?;
             }
         }
-        let trash = self.inner.config.data_dir.join("trash");
+        let trash = self.inner.data_dir.trash();
         let failed = self
             .inner
             .failed_topics
@@ -428,12 +437,18 @@ fn apply_retention(topics: &[Arc<Topic>]) {
     }
 }
 
-/// Opens every topic under the data directory. Blocking.
-fn recover(config: &EngineConfig, metrics: &Arc<Metrics>) -> Result<Recovered, EngineError> {
-    let topics_dir = config.data_dir.join("topics");
-    std::fs::create_dir_all(&topics_dir).map_err(EngineError::io("create", &topics_dir))?;
-    empty_trash(&config.data_dir.join("trash"));
+/// Opens every topic under the data directory (none when `topics/` is damaged). Blocking.
+fn recover(
+    data_dir: &DataDir,
+    config: &EngineConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Recovered, EngineError> {
+    empty_trash(&data_dir.trash());
+    let topics_dir = data_dir.topics();
     let (mut topics, mut failed) = (BTreeMap::new(), BTreeMap::new());
+    if data_dir.check_usable(&topics_dir).is_err() {
+        return Ok((topics, failed));
+    }
     let entries = std::fs::read_dir(&topics_dir).map_err(EngineError::io("list", &topics_dir))?;
     for entry in entries {
         let dir = entry.map_err(EngineError::io("list", &topics_dir))?.path();
@@ -489,28 +504,6 @@ fn read_topic_config(dir: &Path) -> Result<TopicConfig, EngineError> {
     Ok(config)
 }
 
-/// Takes the data directory's lock file, so that two servers never share one directory.
-/// Blocking.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, EngineError> {
-    std::fs::create_dir_all(data_dir).map_err(EngineError::io("create", data_dir))?;
-    let path = data_dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(EngineError::io("open", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::DataDirLocked { path }),
-        Err(std::fs::TryLockError::Error(source)) => Err(EngineError::Io {
-            op: "lock",
-            path,
-            source,
-        }),
-    }
-}
-
 /// Writes a new topic directory atomically: a temporary directory with `topic.json`, renamed
 /// into place. Blocking.
 fn write_topic_dir(
@@ -520,7 +513,8 @@ fn write_topic_dir(
 ) -> Result<PathBuf, EngineError> {
     let temporary = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
     let _ = std::fs::remove_dir_all(&temporary);
-    std::fs::create_dir_all(&temporary).map_err(EngineError::io("create", &temporary))?;
+    // Not `create_dir_all`: a missing topics/ is damage to report, never to recreate.
+    std::fs::create_dir(&temporary).map_err(EngineError::io("create", &temporary))?;
     let config_path = temporary.join(CONFIG_FILE);
     let text = serde_json::to_vec_pretty(config).expect("a topic config serialises");
     crate::files::write_synced(&config_path, &text)?;
@@ -528,24 +522,30 @@ fn write_topic_dir(
     crate::files::sync_dir(&temporary)?;
     let dir = topics_dir.join(name);
     std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
-    // Survives a crash after create returns: the rename itself is durable.
+    // Survives a crash after create returns: the rename itself is durable (the temporary
+    // directory's own creation needs no fsync: the rename replaces that entry).
     crate::files::sync_dir(topics_dir)?;
     Ok(dir)
 }
 
-/// Moves a topic directory to the trash (one durable rename: after a crash the topic is
-/// either whole or gone), then deletes it. Blocking.
+/// Moves a topic or subscription directory to the trash (one durable rename: after a crash
+/// it is either whole or gone), then deletes it. Blocking.
 pub(crate) fn remove_dir_durably(dir: &Path, trash: &Path) -> Result<(), EngineError> {
-    std::fs::create_dir_all(trash).map_err(EngineError::io("create", trash))?;
+    // Crash: a trash directory whose entry is lost would orphan what is renamed into it.
+    crate::files::create_dir_durably(trash)?;
     let name = dir
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let target = trash.join(format!("{name}.{}", now_ms()));
     std::fs::rename(dir, &target).map_err(EngineError::io("rename", dir))?;
+    // Crash: both directories of the rename are fsynced: the trash first, so the moved
+    // directory is never in neither; then the parent, so the delete answered is durable.
+    crate::files::sync_dir(trash)?;
     if let Some(parent) = dir.parent() {
         crate::files::sync_dir(parent)?;
     }
+    // Not fsynced: a removal lost in a crash is redone when the trash is emptied at start.
     std::fs::remove_dir_all(&target).map_err(EngineError::io("remove", &target))
 }
 

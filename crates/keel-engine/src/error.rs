@@ -91,6 +91,15 @@ pub enum EngineError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A directory of the data directory that keel created is missing (or the manifest that
+    /// records them is unreadable): nothing is created under it until an operator restores it.
+    #[error("the data directory is damaged at {path}: {reason}")]
+    DataDirDamaged {
+        /// The missing directory, or the manifest.
+        path: PathBuf,
+        /// What happened and what to do.
+        reason: String,
+    },
     /// The partition refuses service: its log is corrupt or a write failed.
     #[error("{topic:?} partition {partition} is unavailable: {reason}")]
     PartitionUnavailable {

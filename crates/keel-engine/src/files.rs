@@ -19,3 +19,32 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), EngineError> {
         .and_then(|file| file.sync_all())
         .map_err(EngineError::io("fsync", dir))
 }
+
+/// Creates `dir` and its missing parents, making each new entry durable by fsyncing the
+/// directory it was created in.
+///
+/// Crash: a directory entry is durable only once its parent is fsynced; without that, a power
+/// loss can drop the new directory together with everything fsynced under it.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
+    let mut missing = Vec::new();
+    let mut cursor = dir;
+    while !cursor.exists() {
+        missing.push(cursor);
+        match cursor.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => cursor = parent,
+            _ => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
+    for created in missing.iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod config;
+mod data_dir;
 mod dedupe;
 pub mod duration;
 mod engine;
@@ -20,6 +21,7 @@ mod topic;
 pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
+pub use data_dir::DataDirDamage;
 pub use engine::{
     Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
     UnavailableSubscription,

@@ -567,7 +567,9 @@ pub(crate) fn write_new(
     spec: &SubscriptionSpec,
     starts: &[u64],
 ) -> Result<(), EngineError> {
-    std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
+    // Not `create_dir_all`: a missing subscriptions/ is damage to report, never to recreate.
+    // No fsync of the parent: the caller's rename replaces this entry and is fsynced.
+    std::fs::create_dir(dir).map_err(EngineError::io("create", dir))?;
     let text = serde_json::to_vec_pretty(spec).expect("a spec serialises");
     crate::files::write_synced(&dir.join(SPEC_FILE), &text)?;
     let (checkpoints, _) = CheckpointLog::open(&dir.join("checkpoints"))?;

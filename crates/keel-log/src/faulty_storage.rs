@@ -81,6 +81,8 @@ struct FaultPlan {
     write: FaultRule,
     sync: FaultRule,
     injected_count: u64,
+    /// When set, only paths whose name ends with one of these are failed.
+    fault_suffixes: Option<Vec<String>>,
     files: HashMap<PathBuf, FileHistory>,
     /// Per directory, the names as of its last fsync.
     durable_names: HashMap<PathBuf, BTreeSet<String>>,
@@ -101,9 +103,18 @@ impl FaultPlan {
         self.next_random() % bound
     }
 
-    /// Decides whether this operation fails, and with what.
-    fn decide(&mut self, op: FaultOp) -> Option<FaultError> {
+    /// Decides whether this operation on `path` fails, and with what.
+    fn decide(&mut self, op: FaultOp, path: &Path) -> Option<FaultError> {
         let random = self.next_random();
+        if let Some(suffixes) = &self.fault_suffixes {
+            let name = path.to_string_lossy();
+            if !suffixes
+                .iter()
+                .any(|suffix| name.ends_with(suffix.as_str()))
+            {
+                return None;
+            }
+        }
         let rule = match op {
             FaultOp::Write => &mut self.write,
             FaultOp::Sync => &mut self.sync,
@@ -202,6 +213,7 @@ impl FaultyStorage {
             write: FaultRule::default(),
             sync: FaultRule::default(),
             injected_count: 0,
+            fault_suffixes: None,
             files: HashMap::new(),
             durable_names: HashMap::new(),
         };
@@ -225,6 +237,12 @@ impl FaultyStorage {
         self.rule(op, |rule| {
             rule.random = (per_million > 0).then_some((per_million, error))
         });
+    }
+
+    /// Injects faults only on paths ending with one of `suffixes` (such as `".index"`); the
+    /// rules above still decide when. Counts only those paths' operations.
+    pub fn only_on_paths_ending(&self, suffixes: &[&str]) {
+        self.lock().fault_suffixes = Some(suffixes.iter().map(|s| (*s).to_owned()).collect());
     }
 
     /// Stops injecting faults.
@@ -308,7 +326,7 @@ impl StorageFile for FaultyFile {
     }
     fn write_all_at(&self, bytes: &[u8], position: u64) -> io::Result<()> {
         let mut plan = self.storage.lock();
-        let fault = plan.decide(FaultOp::Write);
+        let fault = plan.decide(FaultOp::Write, &self.path);
         let written = match fault {
             None => bytes.len(),
             Some(_) => plan.below(bytes.len() as u64 + 1) as usize,
@@ -328,7 +346,7 @@ impl StorageFile for FaultyFile {
     }
     fn sync_data(&self) -> io::Result<()> {
         let mut plan = self.storage.lock();
-        if let Some(error) = plan.decide(FaultOp::Sync) {
+        if let Some(error) = plan.decide(FaultOp::Sync, &self.path) {
             return Err(error.to_io_error());
         }
         self.inner.sync_data()?;
@@ -400,7 +418,7 @@ impl Storage for FaultyStorage {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut plan = self.lock();
-        if let Some(error) = plan.decide(FaultOp::Sync) {
+        if let Some(error) = plan.decide(FaultOp::Sync, dir) {
             return Err(error.to_io_error());
         }
         FileStorage.sync_dir(dir)?;

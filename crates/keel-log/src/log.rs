@@ -476,7 +476,23 @@ impl Log {
             self.sync_active(writer, sealed.next_offset())?;
         }
         // From here on the sealed segment keeps only a sample of its index in memory.
-        sealed.seal(&*self.storage)?;
+        if let Err(error) = sealed.seal(&*self.storage) {
+            // Index files are caches of the segment: a failed write or fsync of one must not
+            // stop the partition. The sealed segment serves lookups by scanning from its
+            // in-memory sample, and the next open rebuilds the files. Whatever part of them
+            // reached the disk goes, so no open ever meets a half-written index (the directory
+            // fsync below makes the removal durable; a removal that fails is still caught by
+            // the sanity check on open).
+            let segment = sealed.path().display();
+            tracing::warn!(%segment, %error, "could not write index files; serving from the segment, the next open rebuilds them");
+            for path in sealed.index_paths() {
+                if let Err(error) = self.storage.remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), %error, "could not remove a partial index file");
+                }
+            }
+        }
         let segment = Arc::new(Segment::create(
             &*self.storage,
             &self.dir,

@@ -16,7 +16,9 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// `GET /readyz`: 503 while recovery runs; then 200, with `"status": "degraded"` and the
 /// partitions and subscriptions that refuse service (corrupt log, failed write) when there
-/// are any — the others keep serving, so the node stays ready.
+/// are any — the others keep serving, so the node stays ready. A damaged data directory (a
+/// directory keel created is missing) is 503 `"damaged"`: the node lacks what it acknowledged
+/// and must not take traffic until an operator acts.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let Some(engine) = state.ready_engine() else {
         return (
@@ -25,6 +27,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     };
+    let damage = engine.data_dir_damage();
+    if !damage.is_empty() {
+        let body = json!({"status": "damaged", "data_dir_damage": damage});
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
     let unavailable = engine.unavailable_partitions();
     let subscriptions = engine.unavailable_subscriptions();
     let status = if unavailable.is_empty() && subscriptions.is_empty() {

@@ -71,6 +71,7 @@ impl From<EngineError> for ApiError {
             EngineError::PartitionUnavailable { .. }
             | EngineError::TopicUnavailable { .. }
             | EngineError::SubscriptionUnavailable { .. }
+            | EngineError::DataDirDamaged { .. }
             | EngineError::Corrupt { .. }
             | EngineError::ShuttingDown
             | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -644,6 +644,64 @@ async fn an_unreadable_topic_refuses_service_and_the_others_serve() {
     server.stop().await;
 }
 
+// Goal: a data directory whose topics/ vanished (a power loss on a filesystem that dropped the
+// entry, or an operator) is reported damaged: readyz is 503 "damaged" naming the directory and
+// what to do, creating a topic is refused (503) instead of recreating topics/ empty, and once
+// the operator recreates the directory the server serves again.
+// Method: a topic with events, stop, remove topics/, restart; then mkdir and restart again.
+#[tokio::test]
+async fn a_vanished_topics_directory_is_damage_not_an_empty_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("orders", json!({})).await;
+    let published = server
+        .publish("orders", STRUCTURED, event("a", json!({})).to_string())
+        .await;
+    assert_eq!(published.0, 200);
+    let data_dir = server.stop().await;
+    std::fs::remove_dir_all(data_dir.join("topics")).unwrap();
+
+    let server = TestServer::start(&data_dir).await;
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (503, Some("damaged")));
+    let damage = &ready["data_dir_damage"][0];
+    assert!(
+        damage["path"].as_str().unwrap().ends_with("topics"),
+        "{ready}"
+    );
+    assert!(
+        damage["reason"].as_str().unwrap().contains("mkdir"),
+        "{ready}"
+    );
+    let (status, problem, _) = server
+        .request(
+            Method::PUT,
+            "/v1/topics/orders",
+            Some("application/json"),
+            "{}",
+        )
+        .await;
+    assert_problem(
+        status,
+        &problem,
+        503,
+        "damaged",
+        "create under a lost topics/",
+    );
+    assert!(
+        !data_dir.join("topics").exists(),
+        "never recreated silently"
+    );
+    server.stop().await;
+
+    std::fs::create_dir(data_dir.join("topics")).unwrap();
+    let server = TestServer::start(&data_dir).await;
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
+    server.put_topic("orders", json!({})).await;
+    server.stop().await;
+}
+
 // Goal: slow clients cannot hold connections (and file descriptors) forever: a request head
 // that never finishes is cut off after the header read timeout, a body that never finishes
 // is answered 408 problem+json after the request timeout, and nothing is appended.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CREATING_PREFIX, Created, Engine, remove_dir_durably};
+use crate::data_dir::DataDir;
 use crate::error::EngineError;
 use crate::limits::{DLQ_LIST_MAX, SUBSCRIPTIONS_MAX};
 use crate::metrics::Metrics;
@@ -41,7 +42,7 @@ pub struct SubscriptionCreated {
 
 impl Engine {
     fn subscriptions_dir(&self) -> std::path::PathBuf {
-        self.inner.config.data_dir.join("subscriptions")
+        self.inner.data_dir.subscriptions()
     }
 
     fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
@@ -169,10 +170,10 @@ impl Engine {
         starts: Vec<u64>,
     ) -> Result<Subscription, EngineError> {
         let (parent, name_owned) = (self.subscriptions_dir(), name.to_owned());
+        self.inner.data_dir.check_usable(&parent)?;
         let metrics = self.inner.metrics.clone();
         let closing = self.inner.closing.subscribe();
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&parent).map_err(EngineError::io("create", &parent))?;
             let temporary = parent.join(format!("{CREATING_PREFIX}{name_owned}"));
             let _ = std::fs::remove_dir_all(&temporary);
             write_new(&temporary, &spec, &starts)?;
@@ -218,7 +219,7 @@ impl Engine {
             .expect("lock")
             .remove(name);
         if let Some((dir, _)) = failed {
-            let trash = self.inner.config.data_dir.join("trash");
+            let trash = self.inner.data_dir.trash();
             tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
                 .await
                 .map_err(|_| EngineError::ShuttingDown)??;
@@ -241,7 +242,7 @@ impl Engine {
             .remove(&name);
         subscription.stop().await;
         let dir = subscription.dir.clone();
-        let trash = self.inner.config.data_dir.join("trash");
+        let trash = self.inner.data_dir.trash();
         tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
@@ -407,18 +408,21 @@ pub(super) type RecoveredSubscriptions = (
     BTreeMap<String, (std::path::PathBuf, String)>,
 );
 
-/// Opens every subscription under the data directory. Blocking. A subscription whose files
+/// Opens every subscription under the data directory (none when `subscriptions/` is
+/// damaged). Blocking. A subscription whose files
 /// or topic cannot be opened is left on disk and refuses service (readyz lists it); it does
 /// not stop the server, and deleting it removes its directory.
 pub(super) fn recover(
-    data_dir: &Path,
+    data_dir: &DataDir,
     topics: &BTreeMap<String, Arc<Topic>>,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<RecoveredSubscriptions, EngineError> {
-    let dir = data_dir.join("subscriptions");
-    std::fs::create_dir_all(&dir).map_err(EngineError::io("create", &dir))?;
+    let dir = data_dir.subscriptions();
     let (mut subscriptions, mut failed) = (BTreeMap::new(), BTreeMap::new());
+    if data_dir.check_usable(&dir).is_err() {
+        return Ok((subscriptions, failed));
+    }
     let entries = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
     for entry in entries {
         let path = entry.map_err(EngineError::io("list", &dir))?.path();

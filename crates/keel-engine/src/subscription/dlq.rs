@@ -151,8 +151,10 @@ impl DeadLetterQueue {
         let (fresh, old) = compaction_dirs(&dir);
         let _ = std::fs::remove_dir_all(&fresh);
         self.write_live_to(&fresh)?;
-        // The swap: two renames, each durable before the next step. `finish_compaction`
-        // resolves a crash at any point between them.
+        // The swap: two renames in one directory, made durable together by the fsync of the
+        // parent below, before the old log is removed. The new log is durable whole before
+        // them (`write_live_to`). A crash may keep neither rename, the first alone, or both;
+        // `finish_compaction` resolves each at the next open.
         std::fs::rename(&dir, &old).map_err(EngineError::io("rename", &dir))?;
         if let Err(source) = std::fs::rename(&fresh, &dir) {
             // Put the old log back: it is the one this queue still writes to.
@@ -467,6 +469,10 @@ fn finish_compaction(dir: &Path) -> Result<(), EngineError> {
     if !dir.exists() && !fresh.exists() && old.exists() {
         // Not a state compaction leaves, but never delete the only copy.
         std::fs::rename(&old, dir).map_err(EngineError::io("rename", &old))?;
+        if let Some(parent) = dir.parent() {
+            // Crash: the log keeps its name before anything else is written to it.
+            crate::files::sync_dir(parent)?;
+        }
     }
     if !dir.exists() && fresh.exists() {
         std::fs::rename(&fresh, dir).map_err(EngineError::io("rename", &fresh))?;

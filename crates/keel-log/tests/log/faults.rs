@@ -99,8 +99,9 @@ fn a_failed_sync_poisons_the_log_but_keeps_visible_records() {
 #[test]
 fn failures_while_rolling_a_segment_poison_without_losing_visible_records() {
     // Goal: a roll does several writes and fsyncs (the sealed segment, its index files, the
-    // directory); a failure at any of them fails the commit that needed the roll, and
-    // reopening serves exactly the acknowledged records.
+    // directory); a failure at any of them either fails the commit that needed the roll (the
+    // segment, the directory) or is absorbed (an index file, a cache), and reopening serves
+    // exactly the acknowledged records.
     // Method: fill a segment with unsynced commits, then fail the k-th write or sync of the
     // commit that rolls, for every k that the roll performs.
     for op in [FaultOp::Write, FaultOp::Sync] {
@@ -126,6 +127,47 @@ fn failures_while_rolling_a_segment_poison_without_losing_visible_records() {
             assert_eq!(log.next_offset(), acknowledged, "{op:?} after {successes}");
             check_all(&log, |_| 40);
         }
+    }
+}
+
+#[test]
+fn failed_index_file_writes_never_stop_the_partition() {
+    // Goal: index files are caches: when every write or every fsync of them fails, commits
+    // still succeed, reads and time lookups stay right, and the next open rebuilds the files.
+    // Method: fail all `.index`/`.timeindex` writes (then fsyncs) over many rolls; check every
+    // record and a time lookup per record; reopen without faults and check again.
+    for op in [FaultOp::Write, FaultOp::Sync] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FaultyStorage::new(17);
+        storage.only_on_paths_ending(&[".index", ".timeindex"]);
+        storage.fail_randomly(op, 1_000_000, FaultError::Enospc);
+        let log = open_faulty(dir.path(), &storage, small_config());
+        for first in (0..60).step_by(3) {
+            append_records(&log, first, 3).expect("append");
+            assert_eq!(
+                log.commit(true).expect("commit despite index faults"),
+                first + 3
+            );
+        }
+        assert!(
+            storage.injected_count() > 0,
+            "{op:?}: the faults were injected"
+        );
+        let check = |log: &Log| {
+            check_all(log, |_| 40);
+            for offset in 0..60 {
+                let found = log
+                    .offset_for_timestamp(timestamp_for(offset))
+                    .expect("lookup");
+                assert_eq!(found, offset, "{op:?}: time lookup of {offset}");
+            }
+        };
+        check(&log);
+        drop(log);
+        let (log, report) = open(dir.path(), small_config());
+        assert!(report.indexes_rebuilt > 0, "{op:?}: {report:?}");
+        assert_eq!(log.next_offset(), 60);
+        check(&log);
     }
 }
 

@@ -48,12 +48,17 @@ impl TestServer {
         server
     }
 
+    /// Waits until recovery is over: ready, degraded, or damaged (a damaged data directory
+    /// stays 503, and its tests look at it).
     async fn wait_ready(&self) {
         for _ in 0..500 {
-            if let Ok(response) = self.client.get(format!("{}/readyz", self.url)).send().await
-                && response.status() == 200
-            {
-                return;
+            if let Ok(response) = self.client.get(format!("{}/readyz", self.url)).send().await {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if status == 200 || body["status"] == "damaged" {
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
