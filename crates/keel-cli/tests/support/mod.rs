@@ -16,6 +16,8 @@ pub struct KeelProcess {
     pub url: String,
     pub listen: String,
     pub data_dir: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
     child: Child,
 }
 
@@ -34,11 +36,22 @@ impl KeelProcess {
         Self::start_on(data_dir, &format!("127.0.0.1:{}", free_port())).await
     }
 
+    /// Starts `keel serve` on `listen`, logging beside the data dir.
     pub async fn start_on(data_dir: &Path, listen: &str) -> Self {
+        Self::start_with(data_dir, listen, &data_dir.with_extension("log"), &[]).await
+    }
+
+    /// Starts `keel serve` on `listen` with `extra_args`, appending its output to `log_path`.
+    pub async fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        log_path: &Path,
+        extra_args: &[&str],
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.with_extension("log"))
+            .open(log_path)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args([
@@ -48,6 +61,7 @@ impl KeelProcess {
                 "--listen",
                 listen,
             ])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -57,6 +71,7 @@ impl KeelProcess {
             url: format!("http://{listen}"),
             listen: listen.to_owned(),
             data_dir: data_dir.to_owned(),
+            log: log_path.to_owned(),
             child,
         };
         process.wait_ready().await;
@@ -67,17 +82,26 @@ impl KeelProcess {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await
-                && response.status() == 200
-            {
-                return;
+            if let Ok(response) = client.get(format!("{}/readyz", self.url)).send().await {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                if status == 200 {
+                    return;
+                }
+                // A damaged data directory stays 503: no point waiting.
+                assert!(
+                    !body.contains("\"damaged\""),
+                    "keel at {} started damaged: {body}; its log: {}",
+                    self.url,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!(
             "keel at {} not ready after 30 s; its log: {}",
             self.url,
-            std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+            std::fs::read_to_string(&self.log).unwrap_or_default()
         );
     }
 
