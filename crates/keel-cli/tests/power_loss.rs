@@ -250,37 +250,19 @@ async fn verify_topology(
     subscriptions: &[&str],
 ) {
     let client = reqwest::Client::new();
-    for topic in deleted {
-        let response = client
-            .get(format!("{}/v1/topics/{topic}", keel.url))
-            .send()
-            .await;
-        assert_eq!(
-            response.unwrap().status(),
-            404,
-            "deleted topic {topic} stays deleted"
+    let expected = (topics.iter().map(|topic| (format!("topics/{topic}"), 200)))
+        .chain(deleted.iter().map(|topic| (format!("topics/{topic}"), 404)))
+        .chain(
+            subscriptions
+                .iter()
+                .map(|name| (format!("subscriptions/{name}"), 200)),
         );
-    }
-    for topic in topics {
-        let response = client
-            .get(format!("{}/v1/topics/{topic}", keel.url))
-            .send()
-            .await;
+    for (path, status) in expected {
+        let response = client.get(format!("{}/v1/{path}", keel.url)).send().await;
         assert_eq!(
             response.unwrap().status(),
-            200,
-            "created topic {topic} survives"
-        );
-    }
-    for name in subscriptions {
-        let response = client
-            .get(format!("{}/v1/subscriptions/{name}", keel.url))
-            .send()
-            .await;
-        assert_eq!(
-            response.unwrap().status(),
-            200,
-            "created subscription {name} survives"
+            status,
+            "{path} after the power loss"
         );
     }
 }
