@@ -518,6 +518,12 @@ fn write_topic_dir(
     let config_path = temporary.join(CONFIG_FILE);
     let text = serde_json::to_vec_pretty(config).expect("a topic config serialises");
     crate::files::write_synced(&config_path, &text)?;
+    // The partitions' directories, empty (each log starts in its own at its first open):
+    // made with the topic, so that a missing one at a later open is damage, not an empty log.
+    for number in 0..config.partitions {
+        let partition_dir = temporary.join(number.to_string());
+        std::fs::create_dir(&partition_dir).map_err(EngineError::io("create", &partition_dir))?;
+    }
     // Survives a crash after the rename: the directory entries of the new files are durable.
     crate::files::sync_dir(&temporary)?;
     let dir = topics_dir.join(name);

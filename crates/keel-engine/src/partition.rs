@@ -88,7 +88,7 @@ impl Partition {
             Ok(log) => (Some(Arc::new(log)), None),
             Err(error) => {
                 let reason = format!(
-                    "its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica, or move them aside to start it empty"
+                    "its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica; or, to start it empty, replace its directory with an empty one"
                 );
                 tracing::error!(topic, partition = number, %error, "partition refuses service");
                 (None, Some(reason))

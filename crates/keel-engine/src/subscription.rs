@@ -50,6 +50,8 @@ use state::DeliveryState;
 
 /// The file holding a subscription's spec.
 pub(crate) const SPEC_FILE: &str = "subscription.json";
+/// The dead-letter queue's directory, in a subscription's directory.
+const DLQ_DIR: &str = "dlq";
 
 /// What a subscription's mutable state holds, behind one lock.
 #[derive(Debug)]
@@ -269,7 +271,7 @@ impl Subscription {
                 ),
             });
         }
-        let dlq = DeadLetterQueue::open(&dir.join("dlq"))?;
+        let dlq = DeadLetterQueue::open(&dir.join(DLQ_DIR))?;
         let delivery = DeliveryState::restore(
             spec.ordering,
             spec.max_in_flight as usize,
@@ -574,6 +576,10 @@ pub(crate) fn write_new(
     crate::files::write_synced(&dir.join(SPEC_FILE), &text)?;
     let (checkpoints, _) = CheckpointLog::open(&dir.join("checkpoints"))?;
     checkpoints.write(&first_checkpoint(spec, starts))?;
+    // Empty: the queue's log is made in it at the first open. Created now so that a missing
+    // one at a later open is damage, not an empty queue.
+    let dlq = dir.join(DLQ_DIR);
+    std::fs::create_dir(&dlq).map_err(EngineError::io("create", &dlq))?;
     // Survives a crash after the rename that publishes the directory: its entries are durable.
     crate::files::sync_dir(dir)
 }

@@ -469,6 +469,16 @@ fn open_log(
     config: &keel_log::LogConfig,
     metrics: &Metrics,
 ) -> Result<keel_log::Log, keel_log::LogError> {
+    if !dir.is_dir() {
+        // Made with the topic (`write_topic_dir`): a missing one was lost, and an empty log in
+        // its place would silently serve a partition without its events.
+        let detail = "the partition's directory is missing (lost in a crash, or removed)";
+        return Err(keel_log::LogError::Io {
+            op: "open",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, detail),
+        });
+    }
     let (log, report) = keel_log::Log::open(dir, config.clone())?;
     if report.truncated_bytes > 0 {
         metrics

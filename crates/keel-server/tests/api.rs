@@ -702,6 +702,39 @@ async fn a_vanished_topics_directory_is_damage_not_an_empty_server() {
     server.stop().await;
 }
 
+// Goal: a partition directory lost while keel was down refuses that partition (named in
+// readyz, "missing"), never comes back as an empty log, and the topic's other partitions serve.
+// Method: a 2-partition topic, stop, remove partition 1's directory, restart.
+#[tokio::test]
+async fn a_vanished_partition_directory_refuses_that_partition_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("orders", json!({"partitions": 2})).await;
+    let data_dir = server.stop().await;
+    std::fs::remove_dir_all(data_dir.join("topics/orders/1")).unwrap();
+
+    let server = TestServer::start(&data_dir).await;
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("degraded")));
+    let unavailable = &ready["unavailable_partitions"];
+    assert_eq!(unavailable.as_array().unwrap().len(), 1, "{ready}");
+    assert_eq!(unavailable[0]["partition"], 1, "{ready}");
+    assert!(
+        unavailable[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{ready}"
+    );
+    assert!(
+        !data_dir.join("topics/orders/1").exists(),
+        "never recreated silently"
+    );
+    let (status, _) = server.read("orders", 0, "").await;
+    assert_eq!(status, 200, "partition 0 serves");
+    server.stop().await;
+}
+
 // Goal: slow clients cannot hold connections (and file descriptors) forever: a request head
 // that never finishes is cut off after the header read timeout, a body that never finishes
 // is answered 408 problem+json after the request timeout, and nothing is appended.

@@ -974,12 +974,31 @@ async fn metrics_count_subscription_attempts_lag_and_delivery_time() {
     server.stop().await;
 }
 
-// Goal: a subscription whose files cannot be read at start refuses service alone: readyz
-// turns degraded and names it, describe and pull answer 503 with the reason, the other
+// Goal: a subscription whose files cannot be read at start (a damaged spec, a lost dead-letter
+// directory, which must not come back as an empty queue) refuses service alone: readyz turns
+// degraded and names it, describe and pull answer 503 with the reason, the other
 // subscriptions deliver, and deleting it removes it so the name can be used again.
-// Method: damage one subscription's spec file while the server is stopped, restart.
+// Method: for each damage, damage one subscription while the server is stopped, restart.
 #[tokio::test]
 async fn unreadable_subscription_refuses_service_alone_until_deleted() {
+    let damages: [(&str, Damage); 2] = [
+        ("spec", |dir| {
+            std::fs::write(dir.join("subscription.json"), "{not json").unwrap()
+        }),
+        ("dlq", |dir| {
+            std::fs::remove_dir_all(dir.join("dlq")).unwrap()
+        }),
+    ];
+    for (what, damage) in damages {
+        eprintln!("damage: {what}");
+        subscription_damaged_at_start(damage).await;
+    }
+}
+
+/// Damages a subscription's directory while the server is stopped.
+type Damage = fn(&std::path::Path);
+
+async fn subscription_damaged_at_start(damage: Damage) {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path()).await;
     server.put_topic("t", json!({})).await;
@@ -987,8 +1006,7 @@ async fn unreadable_subscription_refuses_service_alone_until_deleted() {
     create_subscription(&server, "broken", spec.clone()).await;
     create_subscription(&server, "fine", spec.clone()).await;
     let data_dir = server.stop().await;
-    let spec_file = data_dir.join("subscriptions/broken/subscription.json");
-    std::fs::write(&spec_file, "{not json").unwrap();
+    damage(&data_dir.join("subscriptions/broken"));
 
     let server = TestServer::start(&data_dir).await;
     let (status, ready) = server.get("/readyz").await;

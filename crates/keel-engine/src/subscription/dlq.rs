@@ -115,6 +115,16 @@ impl DeadLetterQueue {
 
     fn open_with(dir: &Path, compact_records_min: u64) -> Result<Self, EngineError> {
         finish_compaction(dir)?;
+        if !dir.is_dir() {
+            // Created with the subscription (`write_new`): a missing one was lost, and an empty
+            // one in its place would silently drop every dead letter.
+            let detail = "the dead-letter directory is missing (lost in a crash, or removed);                           restore it from a backup, or create it empty to go on without its entries";
+            return Err(EngineError::Io {
+                op: "open",
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, detail),
+            });
+        }
         let config = LogConfig {
             segment_bytes_max: DLQ_SEGMENT_BYTES_MAX,
             ..LogConfig::default()
@@ -605,6 +615,7 @@ mod compaction_tests {
     fn purges_compact_the_log_keeping_live_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dlq");
+        std::fs::create_dir(&path).expect("create");
         let mut queue = DeadLetterQueue::open_with(&path, 40).expect("open");
         queue.add(vec![entry(1), entry(2)]).expect("add");
         assert_eq!(
@@ -642,6 +653,7 @@ mod compaction_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dlq");
         let (fresh, old) = compaction_dirs(&path);
+        std::fs::create_dir(&path).expect("create");
         let mut queue = DeadLetterQueue::open(&path).expect("open");
         queue.add(vec![entry(1), entry(2)]).expect("add");
         drop(queue);
