@@ -20,11 +20,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), EngineError> {
         .map_err(EngineError::io("fsync", dir))
 }
 
-/// Creates `dir` and its missing parents, making each new entry durable by fsyncing the
-/// directory it was created in.
+/// Creates `dir` and its missing parents, and makes `dir`'s entry (and each new parent's)
+/// durable by fsyncing the directory that holds it.
 ///
 /// Crash: a directory entry is durable only once its parent is fsynced; without that, a power
-/// loss can drop the new directory together with everything fsynced under it.
+/// loss can drop the new directory together with everything fsynced under it. An existing
+/// `dir` gets its parent fsynced too: a run that crashed between its `mkdir` and that fsync
+/// left an entry that looks permanent but is not.
 pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
     let mut missing = Vec::new();
     let mut cursor = dir;
@@ -35,10 +37,12 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
             _ => break,
         }
     }
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
     }
-    std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
+    if missing.is_empty() {
+        missing.push(dir);
+    }
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,

@@ -118,7 +118,8 @@ impl DeadLetterQueue {
         if !dir.is_dir() {
             // Created with the subscription (`write_new`): a missing one was lost, and an empty
             // one in its place would silently drop every dead letter.
-            let detail = "the dead-letter directory is missing (lost in a crash, or removed);                           restore it from a backup, or create it empty to go on without its entries";
+            let detail = "the dead-letter directory is missing (lost in a crash, or removed); \
+                restore it from a backup, or create it empty to go on without its entries";
             return Err(EngineError::Io {
                 op: "open",
                 path: dir.to_path_buf(),

@@ -55,8 +55,21 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// One round: the dead letters and redriven acks taken at its start, then a checkpoint.
+///
+/// Invariant: the version announced as durable is the one read together with the dead letters
+/// and redriven acks this round writes, under one lock. A change made later (a reject, an ack
+/// of a redriven entry) has a higher version, so its waiter is answered only by a round that
+/// wrote its dead letter or its removal. (The checkpoint itself may hold later changes too:
+/// it is built from the state when it is written, which only ever records an event as done
+/// after its dead letter is durable.)
 async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), EngineError> {
-    let letters = shared.core().delivery.dead_letters_to_write();
+    let (version, letters, acked) = {
+        let mut core = shared.core();
+        let letters = core.delivery.dead_letters_to_write();
+        let acked = std::mem::take(&mut core.redrive_acked);
+        (core.delivery.version(), letters, acked)
+    };
     if !letters.is_empty() {
         let entries: Vec<DeadLetterEntry> = letters
             .iter()
@@ -75,22 +88,20 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
         shared.wake_readers();
         shared.changed(true);
     }
-    let acked = std::mem::take(&mut shared.core().redrive_acked);
     if !acked.is_empty() {
         blocking(shared, move |shared| {
             shared.with_dlq(|dlq| dlq.remove_redriven(acked))
         })
         .await?;
     }
-    let (version, checkpoint) = {
-        let core = shared.core();
-        let checkpoint = Checkpoint {
-            lanes: core.delivery.checkpoint(),
-            paused: core.paused.clone(),
-        };
-        (core.delivery.version(), checkpoint)
-    };
     if version > *written {
+        let checkpoint = {
+            let core = shared.core();
+            Checkpoint {
+                lanes: core.delivery.checkpoint(),
+                paused: core.paused.clone(),
+            }
+        };
         blocking(shared, move |shared| {
             shared
                 .checkpoints
