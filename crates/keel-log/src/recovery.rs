@@ -56,7 +56,7 @@ pub(crate) fn recover(
     dir: &Path,
     index_interval_bytes: u32,
 ) -> Result<Recovered, LogError> {
-    let (names, dir_created) = list_or_create_dir(storage, dir)?;
+    let names = list_or_create_dir(storage, dir)?;
     let bases = segment_bases(storage, dir, &names);
     let (mut mark, mark_created) = DurableMark::open(storage, dir)?;
     if mark_created && !bases.is_empty() {
@@ -91,8 +91,7 @@ pub(crate) fn recover(
         )?,
         None => create_first(storage, dir, &mark, index_interval_bytes)?,
     };
-    let dir_sync_needed = dir_created || mark_created || bases.is_empty();
-    make_durable(storage, dir, &last, &mut mark, dir_sync_needed)?;
+    make_durable(storage, dir, &last, &mut mark)?;
     segments.push(Arc::new(last));
     Ok(Recovered {
         segments,
@@ -102,14 +101,13 @@ pub(crate) fn recover(
     })
 }
 
-/// Fsyncs the recovered last segment, advances the mark over it and fsyncs the mark (and the
-/// directory when recovery created entries in it).
+/// Fsyncs the recovered last segment, advances the mark over it, and fsyncs the mark and the
+/// directory.
 fn make_durable(
     storage: &dyn Storage,
     dir: &Path,
     last: &Segment,
     mark: &mut DurableMark,
-    dir_sync_needed: bool,
 ) -> Result<(), LogError> {
     // Crash: recovery kept every intact record, but after a process crash some may still be only
     // in the page cache; fsyncing them lets the mark cover them, so the next recovery can tell
@@ -125,20 +123,22 @@ fn make_durable(
     // is otherwise not fsynced.
     mark.sync()
         .map_err(|source| LogError::io("fsync", mark.path(), source))?;
-    if dir_sync_needed {
-        // Crash: a created mark or first segment is a directory entry; fsync the directory so
-        // records fsynced into that segment are not lost with it.
-        storage
-            .sync_dir(dir)
-            .map_err(|source| LogError::io("fsync", dir, source))?;
-    }
+    // Crash: the last segment and the mark are directory entries, and records fsynced into
+    // that segment are lost with its entry. Always, not only when this open created them: a
+    // run that crashed between creating one (a first segment, a mark, a rolled segment) and
+    // the directory's fsync left an entry that looks permanent but is not.
+    storage
+        .sync_dir(dir)
+        .map_err(|source| LogError::io("fsync", dir, source))?;
     Ok(())
 }
 
-/// Lists `dir`, creating it (and fsyncing its parent) when missing.
-fn list_or_create_dir(storage: &dyn Storage, dir: &Path) -> Result<(Vec<String>, bool), LogError> {
+/// Lists `dir`, creating it (and fsyncing its parent) when missing. An existing `dir` is
+/// trusted to be durable in its parent: keel makes each log's directory with the topic or
+/// subscription that holds it, durably, before any log is opened in it.
+fn list_or_create_dir(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, LogError> {
     match storage.list_dir(dir) {
-        Ok(names) => Ok((names, false)),
+        Ok(names) => Ok(names),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             storage
                 .create_dir_all(dir)
@@ -152,7 +152,7 @@ fn list_or_create_dir(storage: &dyn Storage, dir: &Path) -> Result<(Vec<String>,
             storage
                 .sync_dir(parent)
                 .map_err(|source| LogError::io("fsync", parent, source))?;
-            Ok((Vec::new(), true))
+            Ok(Vec::new())
         }
         Err(source) => Err(LogError::io("list", dir, source)),
     }

@@ -171,6 +171,45 @@ fn failed_index_file_writes_never_stop_the_partition() {
     }
 }
 
+#[test]
+fn a_segment_left_by_a_crashed_roll_is_made_durable_at_the_next_open() {
+    // Goal: a roll that created a segment but died before the directory fsync leaves a name
+    // the next open sees; that open makes it durable before anything is appended to it, so a
+    // later power loss keeps every record acknowledged since.
+    // Method: per seed, fail the roll's directory fsync, reopen without a crash, commit more
+    // records, then crash (dropping names not made durable) and reopen.
+    for seed in 0..16 {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("p0");
+        let storage = FaultyStorage::new(seed);
+        let log = open_faulty(&dir, &storage, small_config());
+        append_records(&log, 0, 8).expect("append");
+        assert_eq!(log.commit(true).expect("fills the first segment"), 8);
+        storage.only_on_paths_ending(&["/p0"]);
+        storage.fail_after(FaultOp::Sync, 0, FaultError::Eio);
+        append_records(&log, 8, 2).expect("append");
+        assert!(
+            log.commit(true).is_err(),
+            "seed {seed}: the roll's directory fsync failed"
+        );
+        drop(log);
+        storage.heal();
+        let log = open_faulty(&dir, &storage, small_config());
+        let first = log.next_offset();
+        append_records(&log, first, 2).expect("append");
+        assert_eq!(log.commit(true).expect("commit"), first + 2, "seed {seed}");
+        drop(log);
+        storage.crash().expect("crash");
+        let (log, _) = open(&dir, small_config());
+        assert_eq!(
+            log.next_offset(),
+            first + 2,
+            "seed {seed}: acknowledged records kept"
+        );
+        check_all(&log, |_| 40);
+    }
+}
+
 /// One seeded run: random appends, commits and syncs over small segments with random write and
 /// fsync failures; checks the poisoned log, then reopens and checks every acknowledged record.
 fn random_faults_run(seed: u64) {
