@@ -165,14 +165,16 @@ impl Engine {
             return Ok(topic.clone());
         }
         let failed = self.inner.failed_topics.read().expect("failed topics lock");
-        Err(match failed.get(name) {
-            Some((_, reason)) => EngineError::TopicUnavailable {
+        if let Some((_, reason)) = failed.get(name) {
+            return Err(EngineError::TopicUnavailable {
                 topic: name.to_owned(),
                 reason: reason.clone(),
-            },
-            None => EngineError::TopicNotFound {
-                topic: name.to_owned(),
-            },
+            });
+        }
+        // With topics/ lost, "no such topic" would be a lie: it may well have existed.
+        self.inner.data_dir.check_usable(&self.topics_dir())?;
+        Err(EngineError::TopicNotFound {
+            topic: name.to_owned(),
         })
     }
 
@@ -231,10 +233,12 @@ impl Engine {
         Ok(Created::New)
     }
 
-    /// Every topic, by name.
-    pub fn list_topics(&self) -> Vec<TopicInfo> {
+    /// Every topic, by name; an error when `topics/` is damaged (an empty list would hide
+    /// the loss).
+    pub fn list_topics(&self) -> Result<Vec<TopicInfo>, EngineError> {
+        self.inner.data_dir.check_usable(&self.topics_dir())?;
         let topics = self.inner.topics.read().expect("topics lock");
-        topics.values().map(|topic| topic.info()).collect()
+        Ok(topics.values().map(|topic| topic.info()).collect())
     }
 
     /// One topic.

@@ -249,7 +249,13 @@ async fn open_engine(
     match result {
         Ok(engine) => {
             state.set_engine(engine.clone());
-            tracing::info!("recovery done; ready");
+            if engine.data_dir_damage().is_empty() {
+                tracing::info!("recovery done; ready");
+            } else {
+                tracing::error!(
+                    "recovery done, but the data directory is damaged: not ready (see /readyz)"
+                );
+            }
             Ok(engine)
         }
         Err(error) => {

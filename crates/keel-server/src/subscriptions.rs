@@ -56,7 +56,7 @@ struct SubscriptionList {
 
 /// `GET /v1/subscriptions`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let subscriptions = state.engine()?.list_subscriptions();
+    let subscriptions = state.engine()?.list_subscriptions()?;
     Ok(Json(SubscriptionList { subscriptions }).into_response())
 }
 

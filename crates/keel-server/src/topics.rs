@@ -47,7 +47,7 @@ struct TopicList {
 
 /// `GET /v1/topics`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let topics = state.engine()?.list_topics();
+    let topics = state.engine()?.list_topics()?;
     Ok(Json(TopicList { topics }).into_response())
 }
 

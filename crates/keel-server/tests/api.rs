@@ -688,6 +688,14 @@ async fn a_vanished_topics_directory_is_damage_not_an_empty_server() {
         "damaged",
         "create under a lost topics/",
     );
+    for path in [
+        "/v1/topics",
+        "/v1/topics/orders",
+        "/v1/topics/orders/partitions/0/events",
+    ] {
+        let (status, problem, _) = server.request(Method::GET, path, None, "").await;
+        assert_problem(status, &problem, 503, "damaged", path);
+    }
     assert!(
         !data_dir.join("topics").exists(),
         "never recreated silently"

@@ -51,14 +51,18 @@ impl Engine {
             return Ok(subscription.clone());
         }
         let failed = self.inner.failed_subscriptions.read().expect("lock");
-        Err(match failed.get(name) {
-            Some((_, reason)) => EngineError::SubscriptionUnavailable {
+        if let Some((_, reason)) = failed.get(name) {
+            return Err(EngineError::SubscriptionUnavailable {
                 name: name.to_owned(),
                 reason: reason.clone(),
-            },
-            None => EngineError::SubscriptionNotFound {
-                name: name.to_owned(),
-            },
+            });
+        }
+        // With subscriptions/ lost, "no such subscription" would be a lie.
+        self.inner
+            .data_dir
+            .check_usable(&self.subscriptions_dir())?;
+        Err(EngineError::SubscriptionNotFound {
+            name: name.to_owned(),
         })
     }
 
@@ -188,12 +192,17 @@ impl Engine {
     }
 
     /// Every subscription, by name.
-    pub fn list_subscriptions(&self) -> Vec<SubscriptionInfo> {
+    /// An error when `subscriptions/` is damaged (an empty list would hide the loss).
+    pub fn list_subscriptions(&self) -> Result<Vec<SubscriptionInfo>, EngineError> {
         self.inner
+            .data_dir
+            .check_usable(&self.subscriptions_dir())?;
+        Ok(self
+            .inner
             .subscriptions_snapshot()
             .iter()
             .map(|subscription| subscription.info())
-            .collect()
+            .collect())
     }
 
     /// One subscription.
