@@ -41,13 +41,22 @@ impl KeelProcess {
         Self::start_with(data_dir, listen, &data_dir.with_extension("log"), &[]).await
     }
 
-    /// Starts `keel serve` on `listen` with `extra_args`, appending its output to `log_path`.
+    /// Starts `keel serve` on `listen` with `extra_args`, appending its output to `log_path`,
+    /// and waits until /readyz answers 200.
     pub async fn start_with(
         data_dir: &Path,
         listen: &str,
         log_path: &Path,
         extra_args: &[&str],
     ) -> Self {
+        let process = Self::spawn_with(data_dir, listen, log_path, extra_args);
+        process.wait_ready().await;
+        process
+    }
+
+    /// Starts `keel serve` as [`KeelProcess::start_with`] does, without waiting for it to be
+    /// ready (for a test that kills it while it starts).
+    pub fn spawn_with(data_dir: &Path, listen: &str, log_path: &Path, extra_args: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -67,18 +76,17 @@ impl KeelProcess {
             .stderr(log)
             .spawn()
             .expect("start keel");
-        let process = Self {
+        Self {
             url: format!("http://{listen}"),
             listen: listen.to_owned(),
             data_dir: data_dir.to_owned(),
             log: log_path.to_owned(),
             child,
-        };
-        process.wait_ready().await;
-        process
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until /readyz answers 200; fails at once if keel reports its data damaged.
+    pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -140,27 +148,52 @@ pub async fn read_partition(
     topic: &str,
     partition: u32,
 ) -> Vec<Value> {
-    let mut records = Vec::new();
-    let mut from = 0u64;
+    let (start, records) = read_partition_from(client, url, topic, partition, 0).await;
+    assert_eq!(
+        start, 0,
+        "{topic}/{partition} starts at offset {start}, not 0"
+    );
+    records
+}
+
+/// Reads a partition from offset `from` to its end. Retention may move the partition's start
+/// above the offset read (the read answers 404 naming the new start): the read then starts
+/// again from there (everything read so far is below it). Returns the offset the records
+/// start at and the records.
+pub async fn read_partition_from(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    partition: u32,
+    from: u64,
+) -> (u64, Vec<Value>) {
+    let (mut start, mut from) = (from, from);
+    let mut records: Vec<Value> = Vec::new();
     loop {
-        let text = client
+        let response = client
             .get(format!(
                 "{url}/v1/topics/{topic}/partitions/{partition}/events?from={from}&max=1000"
             ))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
             .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
         let body: Value =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("read answered {text}"));
+        if status == 404
+            && let Some(moved) = body["start_offset"].as_u64()
+        {
+            (start, from) = (moved, moved);
+            records.clear();
+            continue;
+        }
         let batch = body["records"]
             .as_array()
             .unwrap_or_else(|| panic!("read answered {text}"))
             .clone();
         if batch.is_empty() {
-            return records;
+            return (start, records);
         }
         from = body["next_offset"].as_u64().unwrap();
         records.extend(batch);
