@@ -1,23 +1,22 @@
 //! The engine: the set of topics under a data directory, and every operation on them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use keel_log::Record;
-
 use crate::clock::now_ms;
 use crate::config::{TopicConfig, validate_topic_name};
-use crate::data_dir::{DataDir, DataDirDamage};
 use crate::error::EngineError;
 use crate::event::Event;
 use crate::limits::{
     BATCH_EVENTS_MAX, EVENT_BYTES_CEILING, EVENT_BYTES_MAX, READ_RECORDS_MAX, READ_WAIT_MS_MAX,
+    SEGMENT_BYTES_DEFAULT,
 };
 use crate::metrics::Metrics;
+use crate::storage::{Area, DiskStorage, LogSettings, Record, Storage, StorageDamage};
 use crate::subscription::Subscription;
-use crate::topic::{CONFIG_FILE, PublishResult, Topic, TopicInfo};
+use crate::topic::{PublishResult, Topic, TopicInfo};
 
 mod subscriptions;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
@@ -25,10 +24,11 @@ pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 /// Settings of an engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Where everything durable is stored.
+    /// Where everything durable is stored (by [`Engine::open`]; [`Engine::open_with_storage`]
+    /// takes a storage instead).
     pub data_dir: PathBuf,
-    /// Settings of every partition log.
-    pub log: keel_log::LogConfig,
+    /// A partition log's segment rolls over at this size (on disk).
+    pub segment_bytes_max: u64,
     /// Largest event accepted, in bytes of its JSON.
     pub event_bytes_max: usize,
     /// How often retention runs.
@@ -40,7 +40,7 @@ impl EngineConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
-            log: keel_log::LogConfig::default(),
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
             event_bytes_max: EVENT_BYTES_MAX,
             retention_check_interval: Duration::from_secs(30),
         }
@@ -90,43 +90,60 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Turns true when shutdown begins; long polls end early on it.
     closing: tokio::sync::watch::Sender<bool>,
-    /// Topics whose directory could not be opened at start, and why. They refuse service
-    /// (503) instead of stopping the whole server; deleting one removes its directory.
-    failed_topics: RwLock<BTreeMap<String, (PathBuf, String)>>,
+    /// Topics that could not be opened at start, and why. They refuse service (503) instead
+    /// of stopping the whole server; deleting one removes what is stored of it.
+    failed_topics: RwLock<BTreeMap<String, String>>,
     subscriptions: RwLock<BTreeMap<String, Arc<Subscription>>>,
-    /// Subscriptions that could not be opened at start, where and why; they refuse service.
-    failed_subscriptions: RwLock<BTreeMap<String, (PathBuf, String)>>,
-    /// The locked data directory, and what of it is damaged.
-    data_dir: DataDir,
+    /// Subscriptions that could not be opened at start, and why; they refuse service.
+    failed_subscriptions: RwLock<BTreeMap<String, String>>,
+    /// Where everything durable is kept.
+    storage: Arc<dyn Storage>,
 }
 
 impl Engine {
-    /// Opens the data directory: recovers every topic's logs and rebuilds dedupe tables.
+    /// Opens the data directory on disk: recovers every topic's logs and rebuilds dedupe
+    /// tables, then every subscription.
     pub async fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        let (root, settings) = (
+            config.data_dir.clone(),
+            LogSettings {
+                segment_bytes_max: config.segment_bytes_max,
+            },
+        );
+        let storage = tokio::task::spawn_blocking(move || DiskStorage::open(&root, settings))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
+        Self::open_with_storage(config, Arc::new(storage)).await
+    }
+
+    /// Opens an engine on `storage` (`data_dir` and `segment_bytes_max` of `config` are not
+    /// used): recovers every topic and subscription stored there.
+    pub async fn open_with_storage(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+    ) -> Result<Engine, EngineError> {
         if config.event_bytes_max == 0 || config.event_bytes_max > EVENT_BYTES_CEILING {
             return Err(EngineError::InvalidConfig {
                 detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}"),
             });
         }
         let metrics = Arc::new(Metrics::new());
-        let recovery_config = config.clone();
-        let recovery_metrics = metrics.clone();
+        let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
         let recovered = tokio::task::spawn_blocking(move || {
-            let data_dir = DataDir::open(&recovery_config.data_dir)?;
-            let (topics, failed) = recover(&data_dir, &recovery_config, &recovery_metrics)?;
+            let (topics, failed) = recover(&recovery_storage, &recovery_metrics)?;
             let subscriptions = subscriptions::recover(
-                &data_dir,
+                &recovery_storage,
                 &topics,
                 &recovery_metrics,
                 &subscription_closing,
             )?;
-            Ok::<_, EngineError>((data_dir, topics, failed, subscriptions))
+            Ok::<_, EngineError>((topics, failed, subscriptions))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
-        let (data_dir, topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
+        let (topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
         for topic in topics.values() {
             topic.start_tasks();
         }
@@ -143,7 +160,7 @@ impl Engine {
                 failed_topics: RwLock::new(failed_topics),
                 subscriptions: RwLock::new(subscriptions),
                 failed_subscriptions: RwLock::new(failed_subscriptions),
-                data_dir,
+                storage,
             }),
         };
         engine.spawn_retention();
@@ -165,27 +182,24 @@ impl Engine {
             return Ok(topic.clone());
         }
         let failed = self.inner.failed_topics.read().expect("failed topics lock");
-        if let Some((_, reason)) = failed.get(name) {
+        if let Some(reason) = failed.get(name) {
             return Err(EngineError::TopicUnavailable {
                 topic: name.to_owned(),
                 reason: reason.clone(),
             });
         }
-        // With topics/ lost, "no such topic" would be a lie: it may well have existed.
-        self.inner.data_dir.check_usable(&self.topics_dir())?;
+        // With the topics' metadata lost, "no such topic" would be a lie: it may well have
+        // existed.
+        self.inner.storage.check_usable(Area::Topics)?;
         Err(EngineError::TopicNotFound {
             topic: name.to_owned(),
         })
     }
 
-    fn topics_dir(&self) -> PathBuf {
-        self.inner.data_dir.topics()
-    }
-
-    /// Parts of the data directory that are missing or unreadable (readiness reports them);
-    /// empty when it is whole.
-    pub fn data_dir_damage(&self) -> Vec<DataDirDamage> {
-        self.inner.data_dir.damage().to_vec()
+    /// Parts of the storage that are missing or unreadable (readiness reports them); empty
+    /// when it is whole.
+    pub fn storage_damage(&self) -> Vec<StorageDamage> {
+        self.inner.storage.damage()
     }
 
     /// Creates a topic; the same configuration again is not an error, another one is.
@@ -209,13 +223,12 @@ impl Engine {
                 existing: Box::new(existing.config),
             });
         }
-        let topics_dir = self.topics_dir();
-        self.inner.data_dir.check_usable(&topics_dir)?;
+        self.inner.storage.check_usable(Area::Topics)?;
         let name_owned = name.to_owned();
-        let (log_config, metrics) = (self.inner.config.log.clone(), self.inner.metrics.clone());
+        let (storage, metrics) = (self.inner.storage.clone(), self.inner.metrics.clone());
         let topic = tokio::task::spawn_blocking(move || {
-            let dir = write_topic_dir(&topics_dir, &name_owned, &config)?;
-            Ok::<_, EngineError>(Topic::open(&dir, &name_owned, config, &log_config, metrics))
+            storage.create_topic(&name_owned, &config)?;
+            Ok::<_, EngineError>(Topic::open(&*storage, &name_owned, config, metrics))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
@@ -236,7 +249,7 @@ impl Engine {
     /// Every topic, by name; an error when `topics/` is damaged (an empty list would hide
     /// the loss).
     pub fn list_topics(&self) -> Result<Vec<TopicInfo>, EngineError> {
-        self.inner.data_dir.check_usable(&self.topics_dir())?;
+        self.inner.storage.check_usable(Area::Topics)?;
         let topics = self.inner.topics.read().expect("topics lock");
         Ok(topics.values().map(|topic| topic.info()).collect())
     }
@@ -262,32 +275,40 @@ impl Engine {
                 self.remove_subscription(&subscription).await?;
             }
         }
-        let trash = self.inner.data_dir.trash();
         let failed = self
             .inner
             .failed_topics
             .write()
             .expect("failed topics lock")
             .remove(name);
-        if let Some((dir, _)) = failed {
-            tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)??;
+        if failed.is_some() {
+            self.blocking_storage(move |storage, name| storage.delete_topic(name), name)
+                .await?;
             tracing::info!(topic = name, "deleted unavailable topic");
             return Ok(());
         }
         let topic = self.topic(name)?;
         self.inner.topics.write().expect("topics lock").remove(name);
         topic.shut_down().await;
-        let dir = topic.dir.clone();
-        tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)??;
+        self.blocking_storage(move |storage, name| storage.delete_topic(name), name)
+            .await?;
         self.inner
             .metrics
             .remove_topic(name, topic.config.partitions);
         tracing::info!(topic = name, "deleted topic");
         Ok(())
+    }
+
+    /// Runs a blocking storage operation on a name on the blocking pool.
+    async fn blocking_storage(
+        &self,
+        operation: impl FnOnce(&dyn Storage, &str) -> Result<(), EngineError> + Send + 'static,
+        name: &str,
+    ) -> Result<(), EngineError> {
+        let (storage, name) = (self.inner.storage.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || operation(&*storage, &name))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// Publishes validated events to a topic (a batch: all validated before any is appended).
@@ -352,7 +373,7 @@ impl Engine {
         let failed = self.inner.failed_topics.read().expect("failed topics lock");
         let mut unavailable: Vec<UnavailablePartition> = failed
             .iter()
-            .map(|(topic, (_, reason))| UnavailablePartition {
+            .map(|(topic, reason)| UnavailablePartition {
                 topic: topic.clone(),
                 partition: None,
                 reason: reason.clone(),
@@ -441,128 +462,36 @@ fn apply_retention(topics: &[Arc<Topic>]) {
     }
 }
 
-/// Opens every topic under the data directory (none when `topics/` is damaged). Blocking.
-fn recover(
-    data_dir: &DataDir,
-    config: &EngineConfig,
-    metrics: &Arc<Metrics>,
-) -> Result<Recovered, EngineError> {
-    empty_trash(&data_dir.trash());
-    let topics_dir = data_dir.topics();
+/// Opens every stored topic (none when the topics' metadata is damaged). Blocking.
+fn recover(storage: &Arc<dyn Storage>, metrics: &Arc<Metrics>) -> Result<Recovered, EngineError> {
     let (mut topics, mut failed) = (BTreeMap::new(), BTreeMap::new());
-    if data_dir.check_usable(&topics_dir).is_err() {
-        return Ok((topics, failed));
-    }
-    let entries = std::fs::read_dir(&topics_dir).map_err(EngineError::io("list", &topics_dir))?;
-    for entry in entries {
-        let dir = entry.map_err(EngineError::io("list", &topics_dir))?.path();
-        let name = dir
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(CREATING_PREFIX) {
-            // A creation that crashed before its rename: the topic never existed.
-            tracing::info!(path = %dir.display(), "removing an unfinished topic creation");
-            let _ = std::fs::remove_dir_all(&dir);
-            continue;
-        }
+    for stored in storage.topics()? {
+        let name = stored.name;
         if validate_topic_name(&name).is_err() {
-            tracing::warn!(path = %dir.display(), "ignoring a directory that is not a topic; move it out of topics/");
+            tracing::warn!(topic = %name, "ignoring stored data that is not a topic; move it out of the topics");
             continue;
         }
-        match read_topic_config(&dir) {
-            Ok(topic_config) => {
-                let topic = Topic::open(&dir, &name, topic_config, &config.log, metrics.clone());
+        let config = stored.config.and_then(|config| {
+            config.validate().map_err(|error| error.to_string())?;
+            Ok(config)
+        });
+        match config {
+            Ok(config) => {
+                let topic = Topic::open(&**storage, &name, config, metrics.clone());
                 topics.insert(name.clone(), topic);
                 tracing::info!(topic = %name, "recovered topic");
             }
             Err(error) => {
                 let reason = format!(
-                    "its configuration cannot be read ({error}); fix or restore {CONFIG_FILE}, or delete the topic"
+                    "its configuration cannot be read ({error}); fix or restore it, or delete the topic"
                 );
                 tracing::error!(topic = %name, %error, "topic refuses service");
-                failed.insert(name, (dir, reason));
+                failed.insert(name, reason);
             }
         }
     }
     Ok((topics, failed))
 }
 
-/// Opened topics, and those that could not be opened with where and why.
-type Recovered = (
-    BTreeMap<String, Arc<Topic>>,
-    BTreeMap<String, (PathBuf, String)>,
-);
-
-/// Prefix of the temporary directory a topic or subscription is created in before its rename.
-pub(crate) const CREATING_PREFIX: &str = ".creating-";
-
-fn read_topic_config(dir: &Path) -> Result<TopicConfig, EngineError> {
-    let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read(&config_path).map_err(EngineError::io("read", &config_path))?;
-    let config: TopicConfig =
-        serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
-            detail: format!("{}: {error}", config_path.display()),
-        })?;
-    config.validate()?;
-    Ok(config)
-}
-
-/// Writes a new topic directory atomically: a temporary directory with `topic.json`, renamed
-/// into place. Blocking.
-fn write_topic_dir(
-    topics_dir: &Path,
-    name: &str,
-    config: &TopicConfig,
-) -> Result<PathBuf, EngineError> {
-    let temporary = topics_dir.join(format!("{CREATING_PREFIX}{name}"));
-    let _ = std::fs::remove_dir_all(&temporary);
-    // Not `create_dir_all`: a missing topics/ is damage to report, never to recreate.
-    std::fs::create_dir(&temporary).map_err(EngineError::io("create", &temporary))?;
-    let config_path = temporary.join(CONFIG_FILE);
-    let text = serde_json::to_vec_pretty(config).expect("a topic config serialises");
-    crate::files::write_synced(&config_path, &text)?;
-    // The partitions' directories, empty (each log starts in its own at its first open):
-    // made with the topic, so that a missing one at a later open is damage, not an empty log.
-    for number in 0..config.partitions {
-        let partition_dir = temporary.join(number.to_string());
-        std::fs::create_dir(&partition_dir).map_err(EngineError::io("create", &partition_dir))?;
-    }
-    // Survives a crash after the rename: the directory entries of the new files are durable.
-    crate::files::sync_dir(&temporary)?;
-    let dir = topics_dir.join(name);
-    std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
-    // Survives a crash after create returns: the rename itself is durable (the temporary
-    // directory's own creation needs no fsync: the rename replaces that entry).
-    crate::files::sync_dir(topics_dir)?;
-    Ok(dir)
-}
-
-/// Moves a topic or subscription directory to the trash (one durable rename: after a crash
-/// it is either whole or gone), then deletes it. Blocking.
-pub(crate) fn remove_dir_durably(dir: &Path, trash: &Path) -> Result<(), EngineError> {
-    // Crash: a trash directory whose entry is lost would orphan what is renamed into it.
-    crate::files::create_dir_durably(trash)?;
-    let name = dir
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let target = trash.join(format!("{name}.{}", now_ms()));
-    std::fs::rename(dir, &target).map_err(EngineError::io("rename", dir))?;
-    // Crash: both directories of the rename are fsynced: the trash first, so the moved
-    // directory is never in neither; then the parent, so the delete answered is durable.
-    crate::files::sync_dir(trash)?;
-    if let Some(parent) = dir.parent() {
-        crate::files::sync_dir(parent)?;
-    }
-    // Not fsynced: a removal lost in a crash is redone when the trash is emptied at start.
-    std::fs::remove_dir_all(&target).map_err(EngineError::io("remove", &target))
-}
-
-fn empty_trash(trash: &Path) {
-    if trash.exists()
-        && let Err(error) = std::fs::remove_dir_all(trash)
-    {
-        tracing::warn!(path = %trash.display(), %error, "could not empty the trash");
-    }
-}
+/// Opened topics, and those that could not be opened with why.
+type Recovered = (BTreeMap<String, Arc<Topic>>, BTreeMap<String, String>);

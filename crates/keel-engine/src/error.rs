@@ -212,14 +212,14 @@ pub enum EngineError {
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
-    /// The log of a partition failed.
+    /// The storage failed: a log, or the metadata of a topic or subscription.
     #[error("{context}: {source}")]
-    Log {
+    Storage {
         /// What was being done.
         context: String,
         /// The cause.
         #[source]
-        source: keel_log::LogError,
+        source: crate::storage::StorageError,
     },
     /// A file operation outside the log failed.
     #[error("{op} {path}: {source}")]
@@ -232,6 +232,22 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<crate::storage::StorageError> for EngineError {
+    /// A storage failure outside a log operation that names its own context: a file operation
+    /// keeps its own message.
+    fn from(error: crate::storage::StorageError) -> Self {
+        match error {
+            crate::storage::StorageError::Io { op, path, source } => {
+                EngineError::Io { op, path, source }
+            }
+            source => EngineError::Storage {
+                context: "storage".to_owned(),
+                source,
+            },
+        }
+    }
 }
 
 impl EngineError {

@@ -4,30 +4,28 @@
 
 pub mod clock;
 pub mod config;
-mod data_dir;
 mod dedupe;
 pub mod duration;
 mod engine;
 pub mod error;
 pub mod event;
-mod files;
 pub mod filter;
 pub mod limits;
 pub mod metrics;
 mod partition;
 pub mod routing;
+pub mod storage;
 pub mod subscription;
 mod topic;
 pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
-pub use data_dir::DataDirDamage;
 pub use engine::{
     Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
     UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;
-pub use keel_log::{LogConfig, Record};
 pub use partition::PartitionInfo;
+pub use storage::{Record, StorageDamage};
 pub use topic::{PublishResult, TopicInfo};

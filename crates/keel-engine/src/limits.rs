@@ -15,6 +15,11 @@ pub const BATCH_EVENTS_MAX: usize = 10_000;
 pub const PARTITIONS_MAX: u32 = 1024;
 /// Longest topic name.
 pub const TOPIC_NAME_BYTES_MAX: usize = 128;
+/// A partition log's segment size, by default (on disk).
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// A subscription's checkpoint log is trimmed to about half this size once it grows past it
+/// (only the newest checkpoint is ever read).
+pub const CHECKPOINT_LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Most records one read returns.
 pub const READ_RECORDS_MAX: usize = 1000;
 /// About the most bytes of events one read returns (at least one record is returned).
@@ -73,9 +78,3 @@ const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
 const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
 const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);
 const _: () = assert!(REQUEST_BYTES_MAX <= REQUEST_BYTES_CEILING);
-// A group commit (up to GROUP_COMMIT_BYTES_MAX, then one more request whose binary-mode data
-// grew by a third in base64) always fits the log's pending buffer: it never fills mid-group.
-const _: () = assert!(
-    keel_log::limits::PENDING_BYTES_MAX
-        > (GROUP_COMMIT_BYTES_MAX + REQUEST_BYTES_CEILING / 3 * 4) as u64
-);

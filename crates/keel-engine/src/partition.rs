@@ -1,18 +1,17 @@
-//! One partition of a topic: its log, the writer task that group-commits appends, and the
-//! committed offset readers wait on.
+//! One partition of a topic: its log (behind the storage seam), and the writer task that
+//! group-commits appends.
 //!
 //! Invariants:
 //! - Only the writer task appends to the log, so offsets are assigned in queue order.
-//! - An append request is answered `Ok` only after `Log::commit` returned `Ok` for a commit
-//!   that holds all its records (with `fsync = always`, after the fsync).
-//! - Readers only see records of successful commits (`Log::read` stops at the visible end).
+//! - An append request is answered `Ok` only after `RecordLog::append` returned `Ok` for a
+//!   commit that holds all its records (with `fsync = always`, after the fsync).
+//! - Readers only see records of successful commits (the log's contract).
 //! - After a failed write or fsync the partition answers every later append with an error
 //!   until keel restarts and recovery has checked the log; it never retries the fsync.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_log::{Log, LogError, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
@@ -20,6 +19,7 @@ use crate::error::EngineError;
 use crate::event::Event;
 use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
+use crate::storage::{Record, RecordLog, StorageError};
 
 /// A read this close to the end of the log runs inline (see [`Partition::read`]).
 const INLINE_READ_RECORDS_MAX: u64 = 64;
@@ -44,11 +44,9 @@ struct Shared {
     topic: String,
     number: u32,
     /// The log; `None` when it could not be opened (see `unavailable`).
-    log: Option<Arc<Log>>,
+    log: Option<Arc<dyn RecordLog>>,
     /// Why the partition refuses service, once it does.
     unavailable: Mutex<Option<String>>,
-    /// The visible next offset; readers long-poll on it.
-    committed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -80,12 +78,24 @@ impl Partition {
     pub(crate) fn start(
         topic: &str,
         number: u32,
-        log: Result<Log, LogError>,
+        log: Result<Arc<dyn RecordLog>, StorageError>,
         fsync: FsyncPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (log, unavailable) = match log {
-            Ok(log) => (Some(Arc::new(log)), None),
+            Ok(log) => {
+                let truncated_bytes = log.truncated_at_open_bytes();
+                if truncated_bytes > 0 {
+                    metrics.recovery_truncated_bytes.inc_by(truncated_bytes);
+                    tracing::warn!(
+                        topic,
+                        partition = number,
+                        bytes = truncated_bytes,
+                        "recovery cut a torn tail"
+                    );
+                }
+                (Some(log), None)
+            }
             Err(error) => {
                 let reason = format!(
                     "its log failed recovery and is not served: {error}. Restore the partition's files from a backup or a replica; or, to start it empty, replace its directory with an empty one"
@@ -94,13 +104,11 @@ impl Partition {
                 (None, Some(reason))
             }
         };
-        let next_offset = log.as_ref().map_or(0, |log| log.next_offset());
         let shared = Arc::new(Shared {
             topic: topic.to_owned(),
             number,
             log,
             unavailable: Mutex::new(unavailable),
-            committed: watch::Sender::new(next_offset),
             metrics,
         });
         shared.publish_gauges();
@@ -156,7 +164,7 @@ impl Partition {
         }
     }
 
-    fn log(&self) -> Result<&Arc<Log>, EngineError> {
+    fn log(&self) -> Result<&Arc<dyn RecordLog>, EngineError> {
         match &self.shared.log {
             Some(log) => Ok(log),
             None => Err(self.unavailable_error(self.unavailable().unwrap_or_default())),
@@ -212,9 +220,9 @@ impl Partition {
     ) -> Result<(Vec<Record>, u64), EngineError> {
         let log = self.log()?.clone();
         let from = from.unwrap_or_else(|| log.start_offset());
-        self.check_offset(&log, from)?;
+        self.check_offset(&*log, from)?;
         if !wait.is_zero() {
-            let mut committed = self.shared.committed.subscribe();
+            let mut committed = log.watch_next_offset();
             // A timeout simply means nothing arrived: answer with no records.
             let arrived = committed.wait_for(|next| *next > from);
             tokio::select! {
@@ -238,7 +246,7 @@ impl Partition {
         Ok((records, next_offset))
     }
 
-    fn check_offset(&self, log: &Log, offset: u64) -> Result<(), EngineError> {
+    fn check_offset(&self, log: &dyn RecordLog, offset: u64) -> Result<(), EngineError> {
         let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
         let (start_offset, next_offset) = (log.start_offset(), log.next_offset());
         if offset > next_offset {
@@ -260,37 +268,19 @@ impl Partition {
         Ok(())
     }
 
-    fn read_error(&self, from: u64, source: LogError) -> EngineError {
+    fn read_error(&self, from: u64, source: StorageError) -> EngineError {
+        let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
         match source {
-            LogError::OffsetOutOfRange {
-                start_offset,
-                next_offset,
-                ..
-            } => {
-                let log = keel_log::LogError::OffsetOutOfRange {
+            // Retention may have moved the start between the check and the read.
+            StorageError::OffsetOutOfRange { start_offset, .. } if from < start_offset => {
+                EngineError::OffsetBeforeStart {
+                    topic,
+                    partition,
                     offset: from,
                     start_offset,
-                    next_offset,
-                };
-                // Retention may have moved the start between the check and the read.
-                if from < start_offset {
-                    let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
-                    return EngineError::OffsetBeforeStart {
-                        topic,
-                        partition,
-                        offset: from,
-                        start_offset,
-                    };
-                }
-                EngineError::Log {
-                    context: format!(
-                        "read {:?} partition {}",
-                        self.shared.topic, self.shared.number
-                    ),
-                    source: log,
                 }
             }
-            LogError::Corrupt { .. } => {
+            StorageError::Corrupt { .. } => {
                 let reason = format!(
                     "a stored record failed its checksum: {source}. Restore the partition's files from a backup or a replica"
                 );
@@ -298,11 +288,8 @@ impl Partition {
                 tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %source, "corrupt record on read");
                 self.unavailable_error(reason)
             }
-            other => EngineError::Log {
-                context: format!(
-                    "read {:?} partition {}",
-                    self.shared.topic, self.shared.number
-                ),
+            other => EngineError::Storage {
+                context: format!("read {topic:?} partition {partition}"),
                 source: other,
             },
         }
@@ -312,7 +299,7 @@ impl Partition {
     pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, EngineError> {
         let log = self.log()?;
         log.offset_for_timestamp(timestamp_ms)
-            .map_err(|source| EngineError::Log {
+            .map_err(|source| EngineError::Storage {
                 context: "time index lookup".into(),
                 source,
             })
@@ -322,7 +309,7 @@ impl Partition {
     pub(crate) fn scan(&self, from: u64, records_max: usize) -> Result<Vec<Record>, EngineError> {
         let log = self.log()?;
         log.read(from, records_max, crate::limits::READ_BYTES_MAX)
-            .map_err(|source| EngineError::Log {
+            .map_err(|source| EngineError::Storage {
                 context: "scan".into(),
                 source,
             })
@@ -337,9 +324,9 @@ impl Partition {
     ) {
         let Some(log) = &self.shared.log else { return };
         match log.apply_retention(now_ms, age_ms_max, bytes_max) {
-            Ok(report) if report.segments_deleted > 0 => tracing::info!(
+            Ok(trimmed) if trimmed.segments > 0 => tracing::info!(
                 topic = %self.shared.topic, partition = self.shared.number,
-                segments = report.segments_deleted, bytes = report.bytes_deleted, start_offset = log.start_offset(),
+                segments = trimmed.segments, bytes = trimmed.bytes, start_offset = log.start_offset(),
                 "retention deleted segments"
             ),
             Ok(_) => {}
@@ -404,7 +391,7 @@ fn gauge_value(value: u64) -> i64 {
 /// The writer's state.
 struct Writer {
     shared: Arc<Shared>,
-    log: Arc<Log>,
+    log: Arc<dyn RecordLog>,
     fsync: FsyncPolicy,
     /// Timestamps are kept non-decreasing within the partition so the time index is ordered.
     last_timestamp_ms: i64,
@@ -412,7 +399,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>, log: Arc<Log>, fsync: FsyncPolicy) -> Self {
+    fn new(shared: Arc<Shared>, log: Arc<dyn RecordLog>, fsync: FsyncPolicy) -> Self {
         let topic_labels = TopicLabels {
             topic: shared.topic.clone(),
         };
@@ -477,32 +464,19 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: &mut Vec<Command>) {
-        let mut answers = Vec::with_capacity(group.len());
+        let mut requests = Vec::with_capacity(group.len());
         let mut sync_requested = false;
-        let mut records = 0u64;
-        let mut failure = None;
         for command in group.drain(..) {
             match command {
                 Command::Sync => sync_requested = true,
-                Command::Append(request) => match self.append_request(&request.events) {
-                    Ok(first_offset) => {
-                        records += request.events.len() as u64;
-                        answers.push((request, first_offset));
-                    }
-                    Err(error) => {
-                        failure.get_or_insert_with(|| error.to_string());
-                        answers.push((request, u64::MAX));
-                    }
-                },
+                Command::Append(request) => requests.push(request),
             }
         }
+        let records: usize = requests.iter().map(|request| request.events.len()).sum();
         let started = Instant::now();
-        let committed = match failure {
-            Some(cause) => Err(cause),
-            None => self
-                .commit(sync_requested)
-                .map_err(|error| error.to_string()),
-        };
+        let committed = self
+            .commit(&requests, sync_requested)
+            .map_err(|error| error.to_string());
         let metrics = &self.shared.metrics;
         let synced = self.fsync == FsyncPolicy::Always || sync_requested;
         if committed.is_ok() && synced {
@@ -516,43 +490,44 @@ impl Writer {
             .commit_records
             .get_or_create(&self.topic_labels)
             .observe(records as f64);
-        self.answer(answers, committed);
+        self.answer(requests, committed);
     }
 
-    fn append_request(&mut self, events: &[Event]) -> Result<u64, LogError> {
-        let now_ms = crate::clock::now_ms();
-        self.last_timestamp_ms = self.last_timestamp_ms.max(now_ms);
-        let mut first_offset = None;
-        for event in events {
-            let offset = self
-                .log
-                .append(self.last_timestamp_ms, event.json().as_bytes())?;
-            first_offset.get_or_insert(offset);
-        }
-        Ok(first_offset.unwrap_or_else(|| self.log.next_offset()))
-    }
-
-    fn commit(&self, sync_requested: bool) -> Result<u64, LogError> {
-        let next_offset = self.log.commit(self.fsync == FsyncPolicy::Always)?;
+    /// Appends every request's events as one commit, fsynced as the policy (or an `interval`
+    /// tick) asks; returns the first event's offset.
+    fn commit(
+        &mut self,
+        requests: &[AppendRequest],
+        sync_requested: bool,
+    ) -> Result<u64, StorageError> {
+        // Timestamps are kept non-decreasing within the partition so the time index is ordered.
+        self.last_timestamp_ms = self.last_timestamp_ms.max(crate::clock::now_ms());
+        let payloads: Vec<&[u8]> = requests
+            .iter()
+            .flat_map(|request| request.events.iter().map(|event| event.json().as_bytes()))
+            .collect();
+        let sync = self.fsync == FsyncPolicy::Always;
+        let first_offset = self.log.append(self.last_timestamp_ms, &payloads, sync)?;
         if sync_requested && self.fsync == FsyncPolicy::Interval {
             self.log.sync()?;
         }
-        Ok(next_offset)
+        Ok(first_offset)
     }
 
-    fn answer(&self, answers: Vec<(AppendRequest, u64)>, committed: Result<u64, String>) {
+    fn answer(&self, requests: Vec<AppendRequest>, committed: Result<u64, String>) {
         match committed {
-            Ok(next_offset) => {
-                self.shared.committed.send_replace(next_offset);
+            Ok(first_offset) => {
                 let append_seconds = self
                     .shared
                     .metrics
                     .append_seconds
                     .get_or_create(&self.topic_labels);
-                for (request, first_offset) in answers {
+                let mut offset = first_offset;
+                for request in requests {
                     append_seconds.observe(request.enqueued.elapsed().as_secs_f64());
                     // The publisher may have given up waiting; the events are stored anyway.
-                    let _ = request.reply.send(Ok(first_offset));
+                    let _ = request.reply.send(Ok(offset));
+                    offset += request.events.len() as u64;
                 }
                 self.shared.publish_gauges();
             }
@@ -561,7 +536,7 @@ impl Writer {
                     "a write or fsync failed ({cause}); the events of that commit were not acknowledged. Fix the disk, then restart keel: recovery checks the log and serves the partition again"
                 );
                 self.shared.refuse_service(reason.clone());
-                for (request, _) in answers {
+                for request in requests {
                     let error = EngineError::PartitionUnavailable {
                         topic: self.shared.topic.clone(),
                         partition: self.shared.number,

@@ -12,8 +12,8 @@
 //! - a *store* writes dead letters, then a checkpoint, each fsynced, and tells waiting acks
 //!   their state is durable.
 //!
-//! On disk, under `subscriptions/{name}/`: `subscription.json` (the spec), `checkpoints/` and
-//! `dlq/`, two small logs.
+//! Stored (behind the storage seam, see `storage.rs`): the spec, and two small logs: the
+//! checkpoints and the dead-letter queue's operations.
 
 mod checkpoint;
 pub mod circuit;
@@ -25,7 +25,6 @@ pub mod spec;
 pub(crate) mod state;
 mod store;
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -39,6 +38,7 @@ use crate::limits::{
     SUBSCRIPTION_PENDING_MAX,
 };
 use crate::metrics::{Metrics, SubscriptionLabels};
+use crate::storage::SubscriptionLogs;
 use crate::topic::Topic;
 use checkpoint::{Checkpoint, CheckpointLog};
 use circuit::{CircuitBreaker, CircuitState};
@@ -47,11 +47,6 @@ use dlq::DeadLetterQueue;
 pub use pull::{AckResult, PulledMessage};
 use spec::SubscriptionSpec;
 use state::DeliveryState;
-
-/// The file holding a subscription's spec.
-pub(crate) const SPEC_FILE: &str = "subscription.json";
-/// The dead-letter queue's directory, in a subscription's directory.
-const DLQ_DIR: &str = "dlq";
 
 /// What a subscription's mutable state holds, behind one lock.
 #[derive(Debug)]
@@ -181,7 +176,6 @@ impl Shared {
 /// A running subscription.
 pub(crate) struct Subscription {
     shared: Arc<Shared>,
-    pub(crate) dir: PathBuf,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -246,20 +240,19 @@ pub struct PartitionProgress {
 }
 
 impl Subscription {
-    /// Opens a subscription directory written by [`write_new`]. Blocking.
+    /// Opens a stored subscription from its logs. Blocking.
     pub(crate) fn open(
-        dir: &Path,
         name: &str,
         spec: SubscriptionSpec,
+        logs: SubscriptionLogs,
         topic: Arc<Topic>,
         metrics: Arc<Metrics>,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, EngineError> {
-        let (checkpoints, newest) = CheckpointLog::open(&dir.join("checkpoints"))?;
+        let (checkpoints, newest) = CheckpointLog::open(logs.checkpoints)?;
         let checkpoint = newest.ok_or_else(|| EngineError::InvalidConfig {
             detail: format!(
-                "{} has no checkpoint; delete the subscription and create it again",
-                dir.display()
+                "subscription {name:?} has no checkpoint; delete the subscription and create it again"
             ),
         })?;
         let partitions = topic.config.partitions as usize;
@@ -271,7 +264,7 @@ impl Subscription {
                 ),
             });
         }
-        let dlq = DeadLetterQueue::open(&dir.join(DLQ_DIR))?;
+        let dlq = DeadLetterQueue::open(logs.dead_letters)?;
         let delivery = DeliveryState::restore(
             spec.ordering,
             spec.max_in_flight as usize,
@@ -317,7 +310,6 @@ impl Subscription {
         });
         Ok(Subscription {
             shared,
-            dir: dir.to_owned(),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -560,28 +552,6 @@ pub(crate) fn first_checkpoint(spec: &SubscriptionSpec, starts: &[u64]) -> Check
         lanes: state.checkpoint(),
         paused: None,
     }
-}
-
-/// Writes a new subscription's files into `dir` (which must not exist yet): the spec and a
-/// first checkpoint, each fsynced. Blocking.
-pub(crate) fn write_new(
-    dir: &Path,
-    spec: &SubscriptionSpec,
-    starts: &[u64],
-) -> Result<(), EngineError> {
-    // Not `create_dir_all`: a missing subscriptions/ is damage to report, never to recreate.
-    // No fsync of the parent: the caller's rename replaces this entry and is fsynced.
-    std::fs::create_dir(dir).map_err(EngineError::io("create", dir))?;
-    let text = serde_json::to_vec_pretty(spec).expect("a spec serialises");
-    crate::files::write_synced(&dir.join(SPEC_FILE), &text)?;
-    let (checkpoints, _) = CheckpointLog::open(&dir.join("checkpoints"))?;
-    checkpoints.write(&first_checkpoint(spec, starts))?;
-    // Empty: the queue's log is made in it at the first open. Created now so that a missing
-    // one at a later open is damage, not an empty queue.
-    let dlq = dir.join(DLQ_DIR);
-    std::fs::create_dir(&dlq).map_err(EngineError::io("create", &dlq))?;
-    // Survives a crash after the rename that publishes the directory: its entries are durable.
-    crate::files::sync_dir(dir)
 }
 
 /// Fires retry timers and ack deadlines when they come due.

@@ -1,7 +1,6 @@
 //! A topic: its configuration, partitions and dedupe table, and publishing into it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,14 +16,12 @@ use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::{Partition, PartitionInfo};
 use crate::routing::partition_for_key;
+use crate::storage::Storage;
 
 /// Keyless events sent to one partition before the sticky partition moves on.
 const STICKY_EVENTS: u64 = 1024;
 /// A request with at least this many keyless events gets a partition of its own.
 const LARGE_REQUEST_EVENTS: u64 = 32;
-
-/// The file in a topic's directory that holds its configuration.
-pub(crate) const CONFIG_FILE: &str = "topic.json";
 
 /// The answer for one published event, in input order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -71,7 +68,6 @@ enum Plan {
 pub(crate) struct Topic {
     pub(crate) name: String,
     pub(crate) config: TopicConfig,
-    pub(crate) dir: PathBuf,
     partitions: Vec<Partition>,
     dedupe: Mutex<Dedupe>,
     /// Keyless events routed so far; their partition changes every `STICKY_EVENTS` of them.
@@ -83,24 +79,17 @@ pub(crate) struct Topic {
 }
 
 impl Topic {
-    /// Opens a topic directory: recovers each partition's log, rebuilds the dedupe table.
+    /// Opens a stored topic: recovers each partition's log, rebuilds the dedupe table.
     /// Blocking. A partition whose log fails recovery is kept, refusing service.
     pub(crate) fn open(
-        dir: &Path,
+        storage: &dyn Storage,
         name: &str,
         config: TopicConfig,
-        log_config: &keel_log::LogConfig,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let partitions = (0..config.partitions)
             .map(|number| {
-                let log = open_log(
-                    &dir.join(number.to_string()),
-                    name,
-                    number,
-                    log_config,
-                    &metrics,
-                );
+                let log = storage.open_partition(name, number);
                 Partition::start(name, number, log, config.fsync, metrics.clone())
             })
             .collect();
@@ -108,7 +97,6 @@ impl Topic {
         let topic = Arc::new(Self {
             name: name.to_owned(),
             config,
-            dir: dir.to_owned(),
             partitions,
             dedupe: Mutex::new(Dedupe::new(window_ms)),
             keyless_routed: AtomicU64::new(0),
@@ -460,37 +448,4 @@ async fn wait_for_original(
         Some(Ok(positions)) => positions.get(index).copied().flatten(),
         _ => None,
     }
-}
-
-fn open_log(
-    dir: &Path,
-    topic: &str,
-    number: u32,
-    config: &keel_log::LogConfig,
-    metrics: &Metrics,
-) -> Result<keel_log::Log, keel_log::LogError> {
-    if !dir.is_dir() {
-        // Made with the topic (`write_topic_dir`): a missing one was lost, and an empty log in
-        // its place would silently serve a partition without its events.
-        let detail = "the partition's directory is missing (lost in a crash, or removed)";
-        return Err(keel_log::LogError::Io {
-            op: "open",
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, detail),
-        });
-    }
-    let (log, report) = keel_log::Log::open(dir, config.clone())?;
-    if report.truncated_bytes > 0 {
-        metrics
-            .recovery_truncated_bytes
-            .inc_by(report.truncated_bytes);
-        tracing::warn!(
-            topic,
-            partition = number,
-            bytes = report.truncated_bytes,
-            reason = report.truncation_reason.as_deref().unwrap_or(""),
-            "recovery cut a torn tail"
-        );
-    }
-    Ok(log)
 }

@@ -79,7 +79,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7171)),
             event_bytes_max: EVENT_BYTES_MAX,
             request_bytes_max: REQUEST_BYTES_MAX,
-            segment_bytes_max: keel_engine::LogConfig::default().segment_bytes_max,
+            segment_bytes_max: keel_engine::limits::SEGMENT_BYTES_DEFAULT,
             retention_check_interval: std::time::Duration::from_secs(30),
             header_read_timeout: std::time::Duration::from_secs(30),
             request_timeout: std::time::Duration::from_secs(60),

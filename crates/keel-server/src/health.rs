@@ -27,7 +27,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     };
-    let damage = engine.data_dir_damage();
+    let damage = engine.storage_damage();
     if !damage.is_empty() {
         let body = json!({"status": "damaged", "data_dir_damage": damage});
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();

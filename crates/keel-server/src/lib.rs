@@ -227,7 +227,7 @@ async fn open_engine(
     let result = async {
         let mut engine_config = EngineConfig::new(&config.data_dir);
         engine_config.event_bytes_max = config.event_bytes_max;
-        engine_config.log.segment_bytes_max = config.segment_bytes_max;
+        engine_config.segment_bytes_max = config.segment_bytes_max;
         engine_config.retention_check_interval = config.retention_check_interval;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
@@ -249,7 +249,7 @@ async fn open_engine(
     match result {
         Ok(engine) => {
             state.set_engine(engine.clone());
-            if engine.data_dir_damage().is_empty() {
+            if engine.storage_damage().is_empty() {
                 tracing::info!("recovery done; ready");
             } else {
                 tracing::error!(

@@ -1,21 +1,20 @@
 //! The engine's subscriptions: create, recover, describe, delete, and every operation on one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CREATING_PREFIX, Created, Engine, remove_dir_durably};
-use crate::data_dir::DataDir;
+use super::{Created, Engine};
 use crate::error::EngineError;
 use crate::limits::{DLQ_LIST_MAX, SUBSCRIPTIONS_MAX};
 use crate::metrics::Metrics;
+use crate::storage::{Area, Storage, StoredSubscription};
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
     NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
 };
 use crate::subscription::{
-    AckResult, DeadLetterEntry, PulledMessage, SPEC_FILE, Subscription, SubscriptionInfo, write_new,
+    AckResult, DeadLetterEntry, PulledMessage, Subscription, SubscriptionInfo, first_checkpoint,
 };
 use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
@@ -41,26 +40,20 @@ pub struct SubscriptionCreated {
 }
 
 impl Engine {
-    fn subscriptions_dir(&self) -> std::path::PathBuf {
-        self.inner.data_dir.subscriptions()
-    }
-
     fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
         let running = self.inner.subscriptions.read().expect("subscriptions lock");
         if let Some(subscription) = running.get(name) {
             return Ok(subscription.clone());
         }
         let failed = self.inner.failed_subscriptions.read().expect("lock");
-        if let Some((_, reason)) = failed.get(name) {
+        if let Some(reason) = failed.get(name) {
             return Err(EngineError::SubscriptionUnavailable {
                 name: name.to_owned(),
                 reason: reason.clone(),
             });
         }
-        // With subscriptions/ lost, "no such subscription" would be a lie.
-        self.inner
-            .data_dir
-            .check_usable(&self.subscriptions_dir())?;
+        // With the subscriptions' metadata lost, "no such subscription" would be a lie.
+        self.inner.storage.check_usable(Area::Subscriptions)?;
         Err(EngineError::SubscriptionNotFound {
             name: name.to_owned(),
         })
@@ -72,7 +65,7 @@ impl Engine {
         let failed = self.inner.failed_subscriptions.read().expect("lock");
         let mut unavailable: Vec<UnavailableSubscription> = failed
             .iter()
-            .map(|(name, (_, reason))| UnavailableSubscription {
+            .map(|(name, reason)| UnavailableSubscription {
                 name: name.clone(),
                 reason: reason.clone(),
             })
@@ -173,19 +166,15 @@ impl Engine {
         topic: Arc<Topic>,
         starts: Vec<u64>,
     ) -> Result<Subscription, EngineError> {
-        let (parent, name_owned) = (self.subscriptions_dir(), name.to_owned());
-        self.inner.data_dir.check_usable(&parent)?;
+        self.inner.storage.check_usable(Area::Subscriptions)?;
+        let (storage, name_owned) = (self.inner.storage.clone(), name.to_owned());
         let metrics = self.inner.metrics.clone();
         let closing = self.inner.closing.subscribe();
         tokio::task::spawn_blocking(move || {
-            let temporary = parent.join(format!("{CREATING_PREFIX}{name_owned}"));
-            let _ = std::fs::remove_dir_all(&temporary);
-            write_new(&temporary, &spec, &starts)?;
-            let dir = parent.join(&name_owned);
-            std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
-            // Survives a crash after create returns: the rename itself is durable.
-            crate::files::sync_dir(&parent)?;
-            Subscription::open(&dir, &name_owned, spec, topic, metrics, closing)
+            let checkpoint = first_checkpoint(&spec, &starts).to_bytes();
+            storage.create_subscription(&name_owned, &spec, &checkpoint)?;
+            let logs = storage.open_subscription(&name_owned)?;
+            Subscription::open(&name_owned, spec, logs, topic, metrics, closing)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
@@ -194,9 +183,7 @@ impl Engine {
     /// Every subscription, by name.
     /// An error when `subscriptions/` is damaged (an empty list would hide the loss).
     pub fn list_subscriptions(&self) -> Result<Vec<SubscriptionInfo>, EngineError> {
-        self.inner
-            .data_dir
-            .check_usable(&self.subscriptions_dir())?;
+        self.inner.storage.check_usable(Area::Subscriptions)?;
         Ok(self
             .inner
             .subscriptions_snapshot()
@@ -227,11 +214,9 @@ impl Engine {
             .write()
             .expect("lock")
             .remove(name);
-        if let Some((dir, _)) = failed {
-            let trash = self.inner.data_dir.trash();
-            tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)??;
+        if failed.is_some() {
+            self.blocking_storage(|storage, name| storage.delete_subscription(name), name)
+                .await?;
             tracing::info!(subscription = name, "deleted unavailable subscription");
             return Ok(());
         }
@@ -250,11 +235,8 @@ impl Engine {
             .expect("subscriptions lock")
             .remove(&name);
         subscription.stop().await;
-        let dir = subscription.dir.clone();
-        let trash = self.inner.data_dir.trash();
-        tokio::task::spawn_blocking(move || remove_dir_durably(&dir, &trash))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)??;
+        self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
+            .await?;
         self.inner.metrics.remove_subscription(&name);
         tracing::info!(subscription = %name, "deleted subscription");
         Ok(())
@@ -411,40 +393,25 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
         .collect()
 }
 
-/// Subscriptions opened at start, and those that could not be, with where and why.
+/// Subscriptions opened at start, and those that could not be, with why.
 pub(super) type RecoveredSubscriptions = (
     BTreeMap<String, Arc<Subscription>>,
-    BTreeMap<String, (std::path::PathBuf, String)>,
+    BTreeMap<String, String>,
 );
 
-/// Opens every subscription under the data directory (none when `subscriptions/` is
-/// damaged). Blocking. A subscription whose files
-/// or topic cannot be opened is left on disk and refuses service (readyz lists it); it does
-/// not stop the server, and deleting it removes its directory.
+/// Opens every stored subscription (none when the subscriptions' metadata is damaged).
+/// Blocking. A subscription whose data or topic cannot be opened is left in storage and
+/// refuses service (readyz lists it); it does not stop the server, and deleting it removes it.
 pub(super) fn recover(
-    data_dir: &DataDir,
+    storage: &Arc<dyn Storage>,
     topics: &BTreeMap<String, Arc<Topic>>,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<RecoveredSubscriptions, EngineError> {
-    let dir = data_dir.subscriptions();
     let (mut subscriptions, mut failed) = (BTreeMap::new(), BTreeMap::new());
-    if data_dir.check_usable(&dir).is_err() {
-        return Ok((subscriptions, failed));
-    }
-    let entries = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
-    for entry in entries {
-        let path = entry.map_err(EngineError::io("list", &dir))?.path();
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(CREATING_PREFIX) {
-            // A creation that crashed before its rename: the subscription never existed.
-            let _ = std::fs::remove_dir_all(&path);
-            continue;
-        }
-        match open_one(&path, &name, topics, metrics, closing) {
+    for stored in storage.subscriptions()? {
+        let name = stored.name.clone();
+        match open_one(&**storage, stored, topics, metrics, closing) {
             Ok(subscription) => {
                 tracing::info!(subscription = %name, "recovered subscription");
                 subscriptions.insert(name, Arc::new(subscription));
@@ -454,7 +421,7 @@ pub(super) fn recover(
                 let reason = format!(
                     "it could not be opened at start ({error}); fix its files and restart, or delete it"
                 );
-                failed.insert(name, (path, reason));
+                failed.insert(name, reason);
             }
         }
     }
@@ -462,24 +429,23 @@ pub(super) fn recover(
 }
 
 fn open_one(
-    dir: &Path,
-    name: &str,
+    storage: &dyn Storage,
+    stored: StoredSubscription,
     topics: &BTreeMap<String, Arc<Topic>>,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Subscription, EngineError> {
-    validate_subscription_name(name)?;
-    let path = dir.join(SPEC_FILE);
-    let text = std::fs::read(&path).map_err(EngineError::io("read", &path))?;
-    let spec: SubscriptionSpec =
-        serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
-            detail: format!("{}: {error}", path.display()),
-        })?;
+    let name = stored.name;
+    validate_subscription_name(&name)?;
+    let spec = stored
+        .spec
+        .map_err(|detail| EngineError::Corrupt { detail })?;
     let topic = topics
         .get(&spec.topic)
         .cloned()
         .ok_or_else(|| EngineError::TopicNotFound {
             topic: spec.topic.clone(),
         })?;
-    Subscription::open(dir, name, spec, topic, metrics.clone(), closing.clone())
+    let logs = storage.open_subscription(&name)?;
+    Subscription::open(&name, spec, logs, topic, metrics.clone(), closing.clone())
 }

@@ -7,18 +7,13 @@
 //! log's framing, checksums and torn-tail recovery already make it crash-safe: after a crash
 //! the newest record that was fsynced is found, never a half-written one.
 
-use std::path::Path;
-
-use keel_log::{Log, LogConfig};
 use serde::{Deserialize, Serialize};
 
 use super::state::LaneCheckpoint;
 use crate::clock::now_ms;
 use crate::error::EngineError;
-
-/// Segments of the checkpoint log roll at this size; older segments are deleted once the log
-/// is twice as large, so a checkpoint log stays under about 3 of them.
-const CHECKPOINT_SEGMENT_BYTES_MAX: u64 = 4 * 1024 * 1024;
+use crate::limits::CHECKPOINT_LOG_BYTES_MAX;
+use crate::storage::RecordLog;
 
 /// One checkpoint record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,83 +24,72 @@ pub(crate) struct Checkpoint {
     pub(crate) paused: Option<String>,
 }
 
+impl Checkpoint {
+    /// The checkpoint as stored.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a checkpoint serialises")
+    }
+}
+
 /// The checkpoint log of one subscription. Blocking.
-#[derive(Debug)]
 pub(crate) struct CheckpointLog {
-    log: Log,
-    segment_bytes_max: u64,
+    log: Box<dyn RecordLog>,
+    /// Past this size the log is trimmed to about half of it.
+    bytes_max: u64,
 }
 
 impl CheckpointLog {
-    /// Opens (or creates) the log in `dir` and returns the newest checkpoint, if any.
-    pub(crate) fn open(dir: &Path) -> Result<(Self, Option<Checkpoint>), EngineError> {
-        Self::open_with(dir, CHECKPOINT_SEGMENT_BYTES_MAX)
+    /// Takes a subscription's checkpoint log and returns the newest checkpoint, if any.
+    pub(crate) fn open(log: Box<dyn RecordLog>) -> Result<(Self, Option<Checkpoint>), EngineError> {
+        Self::open_with(log, CHECKPOINT_LOG_BYTES_MAX)
     }
 
     fn open_with(
-        dir: &Path,
-        segment_bytes_max: u64,
+        log: Box<dyn RecordLog>,
+        bytes_max: u64,
     ) -> Result<(Self, Option<Checkpoint>), EngineError> {
-        let config = LogConfig {
-            segment_bytes_max,
-            ..LogConfig::default()
-        };
-        let (log, report) = Log::open(dir, config).map_err(|source| EngineError::Log {
-            context: format!("open checkpoints {}", dir.display()),
-            source,
-        })?;
-        if report.truncated_bytes > 0 {
-            tracing::warn!(path = %dir.display(), bytes = report.truncated_bytes, "cut a torn checkpoint tail");
-        }
         let newest = match log.next_offset().checked_sub(1) {
             Some(offset) if offset >= log.start_offset() => {
                 let records =
                     log.read(offset, 1, usize::MAX)
-                        .map_err(|source| EngineError::Log {
-                            context: format!("read checkpoint {}", dir.display()),
+                        .map_err(|source| EngineError::Storage {
+                            context: "read the newest checkpoint".to_owned(),
                             source,
                         })?;
-                let record = records.first().ok_or_else(|| corrupt(dir, "missing"))?;
+                let record = records.first().ok_or_else(|| corrupt("missing"))?;
                 let checkpoint = serde_json::from_slice(&record.payload)
-                    .map_err(|error| corrupt(dir, &error.to_string()))?;
+                    .map_err(|error| corrupt(&error.to_string()))?;
                 Some(checkpoint)
             }
             _ => None,
         };
-        let log = CheckpointLog {
-            log,
-            segment_bytes_max,
-        };
-        Ok((log, newest))
+        Ok((CheckpointLog { log, bytes_max }, newest))
     }
 
     /// Appends a checkpoint and fsyncs it; once this returns it survives any crash.
     pub(crate) fn write(&self, checkpoint: &Checkpoint) -> Result<(), EngineError> {
-        let payload = serde_json::to_vec(checkpoint).expect("a checkpoint serialises");
-        let context = || format!("write checkpoint {}", self.log.dir().display());
+        let payload = checkpoint.to_bytes();
         self.log
-            .append(now_ms(), &payload)
-            .and_then(|_| self.log.commit(true))
-            .map_err(|source| EngineError::Log {
-                context: context(),
+            .append(now_ms(), &[&payload], true)
+            .map_err(|source| EngineError::Storage {
+                context: "write a checkpoint".to_owned(),
                 source,
             })?;
-        if self.log.size_bytes() > 2 * self.segment_bytes_max {
-            // Only whole older segments go; the newest record is always in the last one.
-            let kept = Some(self.segment_bytes_max);
+        if self.log.size_bytes() > self.bytes_max {
+            // Only whole older segments go; the newest record is always kept.
+            let kept = Some(self.bytes_max / 2);
             if let Err(source) = self.log.apply_retention(now_ms(), None, kept) {
-                tracing::warn!(context = %context(), %source, "could not trim old checkpoints");
+                tracing::warn!(%source, "could not trim old checkpoints");
             }
         }
         Ok(())
     }
 }
 
-fn corrupt(dir: &Path, detail: &str) -> EngineError {
+fn corrupt(detail: &str) -> EngineError {
     EngineError::Corrupt {
         detail: format!(
-            "the newest checkpoint in {} cannot be read ({detail}); restore it from a backup or delete the subscription",
-            dir.display()
+            "the newest checkpoint cannot be read ({detail}); restore it from a backup or delete the subscription"
         ),
     }
 }
@@ -120,7 +104,11 @@ mod tests {
     fn reopen_finds_the_newest_checkpoint() {
         let dir = tempfile::tempdir().expect("tempdir");
         let segment_bytes_max = 64 * 1024;
-        let (log, none) = CheckpointLog::open_with(dir.path(), segment_bytes_max).expect("open");
+        let open = || {
+            let log = crate::storage::disk_log_for_tests(dir.path(), segment_bytes_max);
+            CheckpointLog::open_with(log, 2 * segment_bytes_max)
+        };
+        let (log, none) = open().expect("open");
         assert!(none.is_none());
         let mut last = None;
         for index in 0..300u64 {
@@ -137,10 +125,9 @@ mod tests {
             last = Some(checkpoint);
         }
         drop(log);
-        let (log, newest) =
-            CheckpointLog::open_with(dir.path(), segment_bytes_max).expect("reopen");
+        let (log, newest) = open().expect("reopen");
         assert_eq!(newest, last);
-        assert!(log.log.segment_count() > 1, "the test rolls segments");
+        assert!(log.log.start_offset() > 0, "the test trims old segments");
         assert!(log.log.size_bytes() <= 3 * segment_bytes_max);
     }
 }

@@ -9,9 +9,7 @@
 //! its entry is durable.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
 
-use keel_log::{Log, LogConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -19,9 +17,7 @@ use super::state::AttemptRecord;
 use crate::clock::now_ms;
 use crate::error::EngineError;
 use crate::limits::DLQ_LIST_BYTES_MAX;
-
-/// Segments of a dead-letter log roll at this size.
-const DLQ_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+use crate::storage::{RecordLog, StorageError};
 /// A dead-letter log is rewritten with only its live entries once it holds at least this many
 /// records, and at least four times as many as there are live entries: purges and removals
 /// only append, so without it the log would grow with everything ever dead-lettered.
@@ -96,9 +92,8 @@ struct Live {
 }
 
 /// A dead-letter queue. Blocking; the caller serialises access.
-#[derive(Debug)]
 pub(crate) struct DeadLetterQueue {
-    log: Log,
+    log: Box<dyn RecordLog>,
     compact_records_min: u64,
     live: HashMap<String, Live>,
     /// Live entries by position, for listing in dead-letter order.
@@ -108,32 +103,12 @@ pub(crate) struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    /// Opens (or creates) the queue in `dir` and rebuilds its index.
-    pub(crate) fn open(dir: &Path) -> Result<Self, EngineError> {
-        Self::open_with(dir, COMPACT_RECORDS_MIN)
+    /// Takes a subscription's dead-letter log and rebuilds the queue's index from it.
+    pub(crate) fn open(log: Box<dyn RecordLog>) -> Result<Self, EngineError> {
+        Self::open_with(log, COMPACT_RECORDS_MIN)
     }
 
-    fn open_with(dir: &Path, compact_records_min: u64) -> Result<Self, EngineError> {
-        finish_compaction(dir)?;
-        if !dir.is_dir() {
-            // Created with the subscription (`write_new`): a missing one was lost, and an empty
-            // one in its place would silently drop every dead letter.
-            let detail = "the dead-letter directory is missing (lost in a crash, or removed); \
-                restore it from a backup, or create it empty to go on without its entries";
-            return Err(EngineError::Io {
-                op: "open",
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, detail),
-            });
-        }
-        let config = LogConfig {
-            segment_bytes_max: DLQ_SEGMENT_BYTES_MAX,
-            ..LogConfig::default()
-        };
-        let (log, report) = Log::open(dir, config).map_err(log_error(dir, "open"))?;
-        if report.truncated_bytes > 0 {
-            tracing::warn!(path = %dir.display(), bytes = report.truncated_bytes, "cut a torn dead-letter tail");
-        }
+    fn open_with(log: Box<dyn RecordLog>, compact_records_min: u64) -> Result<Self, EngineError> {
         let mut queue = DeadLetterQueue {
             log,
             compact_records_min,
@@ -141,7 +116,7 @@ impl DeadLetterQueue {
             by_position: BTreeMap::new(),
             redrive_queue: VecDeque::new(),
         };
-        queue.replay(dir)?;
+        queue.replay()?;
         let redriving: Vec<String> = queue
             .by_position
             .values()
@@ -152,80 +127,53 @@ impl DeadLetterQueue {
         Ok(queue)
     }
 
-    /// Rewrites the log with only the live entries when it has grown well past them.
+    /// Rewrites the log with only the live entries (in dead-letter order) and their redrive
+    /// marks when it has grown well past them. The rewrite is atomic: after a crash the log
+    /// holds either every old record or exactly the live ones.
     fn compact_if_due(&mut self) -> Result<(), EngineError> {
         let records = self.log.next_offset() - self.log.start_offset();
         if records < self.compact_records_min || records < 4 * self.live.len() as u64 {
             return Ok(());
         }
-        let dir = self.log.dir().to_path_buf();
-        let (fresh, old) = compaction_dirs(&dir);
-        let _ = std::fs::remove_dir_all(&fresh);
-        self.write_live_to(&fresh)?;
-        // The swap: two renames in one directory, made durable together by the fsync of the
-        // parent below, before the old log is removed. The new log is durable whole before
-        // them (`write_live_to`). A crash may keep neither rename, the first alone, or both;
-        // `finish_compaction` resolves each at the next open.
-        std::fs::rename(&dir, &old).map_err(EngineError::io("rename", &dir))?;
-        if let Err(source) = std::fs::rename(&fresh, &dir) {
-            // Put the old log back: it is the one this queue still writes to.
-            let _ = std::fs::rename(&old, &dir);
-            return Err(EngineError::Io {
-                op: "rename",
-                path: fresh,
-                source,
-            });
-        }
-        if let Some(parent) = dir.parent() {
-            crate::files::sync_dir(parent)?;
-        }
-        let _ = std::fs::remove_dir_all(&old);
-        // Entries handed to the subscription already must not be handed over again.
-        let queue = std::mem::take(&mut self.redrive_queue);
-        *self = Self::open_with(&dir, self.compact_records_min)?;
-        self.redrive_queue = queue;
-        tracing::info!(path = %dir.display(), records, live = self.live.len(), "compacted a dead-letter log");
-        Ok(())
-    }
-
-    /// Writes every live entry (in dead-letter order) and its redrive mark into a new log in
-    /// `fresh`, fsynced with its directory entries.
-    fn write_live_to(&self, fresh: &Path) -> Result<(), EngineError> {
-        let config = LogConfig {
-            segment_bytes_max: DLQ_SEGMENT_BYTES_MAX,
-            ..LogConfig::default()
-        };
-        let (log, _) = Log::open(fresh, config).map_err(log_error(fresh, "open"))?;
+        let mut payloads = Vec::with_capacity(self.live.len() + 1);
         let mut redriving = Vec::new();
         for (position, id) in &self.by_position {
             let entry = self.read_entry(*position)?;
             if self.live.get(id).is_some_and(|live| live.redriving) {
                 redriving.push(id.clone());
             }
-            let operation = Operation::Dead {
+            payloads.push(encode(&Operation::Dead {
                 entry: Box::new(entry),
-            };
-            let payload = serde_json::to_vec(&operation).expect("an operation serialises");
-            log.append(now_ms(), &payload)
-                .map_err(log_error(fresh, "append"))?;
+            }));
         }
         if !redriving.is_empty() {
-            let operation = Operation::Redrive { ids: redriving };
-            let payload = serde_json::to_vec(&operation).expect("an operation serialises");
-            log.append(now_ms(), &payload)
-                .map_err(log_error(fresh, "append"))?;
+            payloads.push(encode(&Operation::Redrive { ids: redriving }));
         }
-        log.commit(true).map_err(log_error(fresh, "commit"))?;
-        crate::files::sync_dir(fresh)
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        self.log
+            .rewrite(now_ms(), &slices)
+            .map_err(storage_error("compact"))?;
+        // Entries handed to the subscription already must not be handed over again.
+        let handed_over = std::mem::take(&mut self.redrive_queue);
+        self.live.clear();
+        self.by_position.clear();
+        self.replay()?;
+        self.redrive_queue = handed_over;
+        tracing::info!(
+            records,
+            live = self.live.len(),
+            "compacted a dead-letter log"
+        );
+        Ok(())
     }
 
-    fn replay(&mut self, dir: &Path) -> Result<(), EngineError> {
+    fn replay(&mut self) -> Result<(), EngineError> {
         let mut from = self.log.start_offset();
         while from < self.log.next_offset() {
             let records = self
                 .log
                 .read(from, 1000, 8 * 1024 * 1024)
-                .map_err(log_error(dir, "read"))?;
+                .map_err(storage_error("read"))?;
             let Some(last) = records.last() else { break };
             from = last.offset + 1;
             for record in records {
@@ -233,9 +181,8 @@ impl DeadLetterQueue {
                     serde_json::from_slice(&record.payload).map_err(|error| {
                         EngineError::Corrupt {
                             detail: format!(
-                                "dead-letter record {} in {} cannot be read: {error}",
-                                record.offset,
-                                dir.display()
+                                "dead-letter record {} cannot be read: {error}",
+                                record.offset
                             ),
                         }
                     })?;
@@ -275,20 +222,15 @@ impl DeadLetterQueue {
     }
 
     fn write(&mut self, operations: Vec<Operation>) -> Result<(), EngineError> {
-        let dir = self.log.dir().to_path_buf();
-        let mut positions = Vec::with_capacity(operations.len());
-        for operation in &operations {
-            let payload = serde_json::to_vec(operation).expect("an operation serialises");
-            positions.push(
-                self.log
-                    .append(now_ms(), &payload)
-                    .map_err(log_error(&dir, "append"))?,
-            );
-        }
+        let payloads: Vec<Vec<u8>> = operations.iter().map(encode).collect();
+        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         // Durable before anyone acts on it: an event leaves the subscription only once its
         // dead-letter entry survives a crash.
-        self.log.commit(true).map_err(log_error(&dir, "commit"))?;
-        for (position, operation) in positions.into_iter().zip(operations) {
+        let first = self
+            .log
+            .append(now_ms(), &slices, true)
+            .map_err(storage_error("append"))?;
+        for (position, operation) in (first..).zip(operations) {
             self.apply(position, operation);
         }
         Ok(())
@@ -443,16 +385,12 @@ impl DeadLetterQueue {
     }
 
     fn read_entry(&self, position: u64) -> Result<DeadLetterEntry, EngineError> {
-        let dir = self.log.dir();
         let records = self
             .log
             .read(position, 1, usize::MAX)
-            .map_err(log_error(dir, "read"))?;
+            .map_err(storage_error("read"))?;
         let bad = |detail: String| EngineError::Corrupt {
-            detail: format!(
-                "dead-letter record {position} in {}: {detail}",
-                dir.display()
-            ),
+            detail: format!("dead-letter record {position}: {detail}"),
         };
         let record = records
             .into_iter()
@@ -465,44 +403,19 @@ impl DeadLetterQueue {
     }
 }
 
-/// Where a compaction writes the new log, and where the old one waits to be deleted.
-fn compaction_dirs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    (dir.with_extension("compacting"), dir.with_extension("old"))
+fn encode(operation: &Operation) -> Vec<u8> {
+    serde_json::to_vec(operation).expect("an operation serialises")
 }
 
-/// Resolves a compaction that a crash interrupted. Blocking.
-/// - `dir` exists: the swap had not begun (the new log may be partial) or had ended (the old
-///   one remains): both leftovers go.
-/// - `dir` is missing: the crash fell between the two renames, after the new log was fsynced
-///   whole: it takes the name.
-fn finish_compaction(dir: &Path) -> Result<(), EngineError> {
-    let (fresh, old) = compaction_dirs(dir);
-    if !dir.exists() && !fresh.exists() && old.exists() {
-        // Not a state compaction leaves, but never delete the only copy.
-        std::fs::rename(&old, dir).map_err(EngineError::io("rename", &old))?;
-        if let Some(parent) = dir.parent() {
-            // Crash: the log keeps its name before anything else is written to it.
-            crate::files::sync_dir(parent)?;
-        }
-    }
-    if !dir.exists() && fresh.exists() {
-        std::fs::rename(&fresh, dir).map_err(EngineError::io("rename", &fresh))?;
-        if let Some(parent) = dir.parent() {
-            crate::files::sync_dir(parent)?;
-        }
-        tracing::info!(path = %dir.display(), "finished an interrupted dead-letter compaction");
-    }
-    for leftover in [fresh, old] {
-        if leftover.exists() {
-            std::fs::remove_dir_all(&leftover).map_err(EngineError::io("remove", &leftover))?;
-        }
-    }
-    Ok(())
+fn storage_error(op: &str) -> impl FnOnce(StorageError) -> EngineError {
+    let context = format!("{op} dead letters");
+    move |source| EngineError::Storage { context, source }
 }
 
-fn log_error(dir: &Path, op: &str) -> impl FnOnce(keel_log::LogError) -> EngineError {
-    let context = format!("{op} dead letters {}", dir.display());
-    move |source| EngineError::Log { context, source }
+/// A dead-letter log on disk in `dir`, for tests.
+#[cfg(test)]
+fn test_log(dir: &std::path::Path) -> Box<dyn RecordLog> {
+    crate::storage::disk_log_for_tests(dir, 16 * 1024 * 1024)
 }
 
 #[cfg(test)]
@@ -524,7 +437,7 @@ mod tests {
     #[test]
     fn operations_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut queue = DeadLetterQueue::open(dir.path()).expect("open");
+        let mut queue = DeadLetterQueue::open(test_log(dir.path())).expect("open");
         queue
             .add(vec![entry(1, 400), entry(2, 500), entry(3, 503)])
             .expect("add");
@@ -567,7 +480,7 @@ mod tests {
         );
         drop(queue);
 
-        let mut queue = DeadLetterQueue::open(dir.path()).expect("reopen");
+        let mut queue = DeadLetterQueue::open(test_log(dir.path())).expect("reopen");
         assert_eq!(queue.depth(), 3);
         assert_eq!(
             queue.get("1-2").expect("get").map(|e| e.last_status),
@@ -617,7 +530,7 @@ mod compaction_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dlq");
         std::fs::create_dir(&path).expect("create");
-        let mut queue = DeadLetterQueue::open_with(&path, 40).expect("open");
+        let mut queue = DeadLetterQueue::open_with(test_log(&path), 40).expect("open");
         queue.add(vec![entry(1), entry(2)]).expect("add");
         assert_eq!(
             queue
@@ -634,7 +547,7 @@ mod compaction_tests {
         assert!(records < 40, "compacted: {records} records");
         assert_eq!(queue.take_redriven(10).expect("take").len(), 1);
         drop(queue);
-        let mut queue = DeadLetterQueue::open_with(&path, 40).expect("reopen");
+        let mut queue = DeadLetterQueue::open_with(test_log(&path), 40).expect("reopen");
         assert_eq!(ids(&queue), ["0-2"]);
         assert_eq!(
             queue.take_redriven(10).expect("take").len(),
@@ -644,47 +557,5 @@ mod compaction_tests {
         assert!(
             !path.with_extension("old").exists() && !path.with_extension("compacting").exists()
         );
-    }
-
-    // Goal: a crash at any point of the swap leaves a queue that opens whole: before it (a
-    // partial new log is dropped), between the renames (the new log takes the name), after
-    // it (the old log is dropped). Method: build each state by hand and open.
-    #[test]
-    fn interrupted_compaction_opens_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("dlq");
-        let (fresh, old) = compaction_dirs(&path);
-        std::fs::create_dir(&path).expect("create");
-        let mut queue = DeadLetterQueue::open(&path).expect("open");
-        queue.add(vec![entry(1), entry(2)]).expect("add");
-        drop(queue);
-        // Before the swap: a partial new log beside the real one.
-        std::fs::create_dir_all(&fresh).expect("fresh");
-        std::fs::write(fresh.join("00000000000000000000.log"), b"partial").expect("write");
-        let queue = DeadLetterQueue::open(&path).expect("open before");
-        assert_eq!(ids(&queue), ["0-1", "0-2"]);
-        assert!(!fresh.exists());
-        drop(queue);
-        // Between the renames: the real log moved to `old`, the complete new one at `fresh`.
-        copy_dir(&path, &fresh);
-        std::fs::rename(&path, &old).expect("rename");
-        let queue = DeadLetterQueue::open(&path).expect("open between");
-        assert_eq!(ids(&queue), ["0-1", "0-2"]);
-        assert!(!fresh.exists() && !old.exists());
-        drop(queue);
-        // After the swap: the old log is still there.
-        copy_dir(&path, &old);
-        let queue = DeadLetterQueue::open(&path).expect("open after");
-        assert_eq!(ids(&queue), ["0-1", "0-2"]);
-        assert!(!old.exists());
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).expect("create");
-        for file in std::fs::read_dir(from).expect("list") {
-            let file = file.expect("entry").path();
-            let name = file.file_name().expect("name");
-            std::fs::copy(&file, to.join(name)).expect("copy");
-        }
     }
 }

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_log::Record;
+use crate::storage::Record;
 use serde::Deserialize;
 
 use super::Shared;

@@ -2,22 +2,21 @@
 
 use std::path::Path;
 
-use crate::error::EngineError;
+use crate::storage::StorageError;
 
 /// Writes a whole file and fsyncs it.
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(EngineError::io("create", path))?;
-    file.write_all(bytes)
-        .map_err(EngineError::io("write", path))?;
-    file.sync_all().map_err(EngineError::io("fsync", path))
+    let mut file = std::fs::File::create(path).map_err(io("create", path))?;
+    file.write_all(bytes).map_err(io("write", path))?;
+    file.sync_all().map_err(io("fsync", path))
 }
 
 /// Fsyncs a directory, making the entries created, renamed or removed in it durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
         .and_then(|file| file.sync_all())
-        .map_err(EngineError::io("fsync", dir))
+        .map_err(io("fsync", dir))
 }
 
 /// Creates `dir` and its missing parents, and makes `dir`'s entry (and each new parent's)
@@ -27,7 +26,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), EngineError> {
 /// loss can drop the new directory together with everything fsynced under it. An existing
 /// `dir` gets its parent fsynced too: a run that crashed between its `mkdir` and that fsync
 /// left an entry that looks permanent but is not.
-pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
     let mut missing = Vec::new();
     let mut cursor = dir;
     while !cursor.exists() {
@@ -38,7 +37,7 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
         }
     }
     if !missing.is_empty() {
-        std::fs::create_dir_all(dir).map_err(EngineError::io("create", dir))?;
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     }
     if missing.is_empty() {
         missing.push(dir);
@@ -51,4 +50,9 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), EngineError> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+pub(super) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { op, path, source }
 }

@@ -20,8 +20,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::files::{create_dir_durably, sync_dir, write_synced};
 use crate::error::EngineError;
-use crate::files::{create_dir_durably, sync_dir, write_synced};
+use crate::storage::StorageDamage;
 
 /// Where the topics live, under the data directory.
 pub(crate) const TOPICS_DIR: &str = "topics";
@@ -38,15 +39,6 @@ const MANIFEST_FORMAT: u32 = 1;
 /// The directories keel keeps, in the order they are created.
 const KEPT_DIRS: [&str; 2] = [TOPICS_DIR, SUBSCRIPTIONS_DIR];
 
-/// A part of the data directory that is missing or unreadable, for readiness reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DataDirDamage {
-    /// The file or directory.
-    pub path: PathBuf,
-    /// What is wrong and what to do.
-    pub reason: String,
-}
-
 /// What keel records of the directories it created.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,7 +53,7 @@ pub(crate) struct DataDir {
     root: PathBuf,
     /// Held for the engine's life: a second keel on the same data directory would corrupt it.
     _lock: std::fs::File,
-    damage: Vec<DataDirDamage>,
+    damage: Vec<StorageDamage>,
 }
 
 impl DataDir {
@@ -100,7 +92,7 @@ impl DataDir {
     }
 
     /// What is damaged; empty for a healthy directory.
-    pub(crate) fn damage(&self) -> &[DataDirDamage] {
+    pub(crate) fn damage(&self) -> &[StorageDamage] {
         &self.damage
     }
 
@@ -145,7 +137,7 @@ fn lock(root: &Path) -> Result<std::fs::File, EngineError> {
 
 /// Checks the kept directories against the manifest; creates those it does not name yet (a new
 /// data directory, or one from a keel without manifests) and then writes the manifest.
-fn check_kept_dirs(root: &Path) -> Result<Vec<DataDirDamage>, EngineError> {
+fn check_kept_dirs(root: &Path) -> Result<Vec<StorageDamage>, EngineError> {
     let manifest_path = root.join(MANIFEST_FILE);
     let named = match read_manifest(&manifest_path) {
         Ok(Some(manifest)) => manifest.directories,
@@ -156,7 +148,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<DataDirDamage>, EngineError> {
                 "{reason}; restore it from a backup, or delete it to let keel record the \
                  directories present now"
             );
-            return Ok(vec![DataDirDamage {
+            return Ok(vec![StorageDamage {
                 path: manifest_path,
                 reason,
             }]);
@@ -177,7 +169,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<DataDirDamage>, EngineError> {
                  it empty (mkdir {}) and restart",
                 dir.display()
             );
-            damage.push(DataDirDamage { path: dir, reason });
+            damage.push(StorageDamage { path: dir, reason });
             continue;
         }
         std::fs::create_dir(&dir).map_err(EngineError::io("create", &dir))?;
@@ -203,7 +195,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<DataDirDamage>, EngineError> {
 /// topic or subscription created) and the fsync of its directory left an entry this run sees
 /// and would serve, but that a power loss could still drop with what is acknowledged under
 /// it from now on. A handful of fsyncs at start make every entry seen durable.
-fn sync_entries_left_by_a_crash(root: &Path, damage: &[DataDirDamage]) -> Result<(), EngineError> {
+fn sync_entries_left_by_a_crash(root: &Path, damage: &[StorageDamage]) -> Result<(), EngineError> {
     sync_dir(root)?;
     for name in KEPT_DIRS {
         let dir = root.join(name);
@@ -247,7 +239,7 @@ fn write_manifest(root: &Path, path: &Path) -> Result<(), EngineError> {
     std::fs::rename(&temporary, path).map_err(EngineError::io("rename", path))?;
     // Crash: without this the manifest may vanish after the server answered as ready, and a
     // later loss of topics/ would again look like an empty directory.
-    sync_dir(root)
+    Ok(sync_dir(root)?)
 }
 
 #[cfg(test)]

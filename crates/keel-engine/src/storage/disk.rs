@@ -1,0 +1,330 @@
+//! [`Storage`] on local disk: a locked data directory, a directory per topic and per
+//! subscription, and a `keel-log` log for each partition, checkpoint log and dead-letter log.
+//!
+//! ```text
+//! DATA_DIR/
+//!   LOCK, MANIFEST.json          see data_dir.rs
+//!   topics/NAME/topic.json       the configuration, with its format version
+//!   topics/NAME/0/ …             one log per partition
+//!   subscriptions/NAME/subscription.json
+//!   subscriptions/NAME/checkpoints/, dlq/
+//!   trash/                       directories being deleted (emptied at start)
+//! ```
+//!
+//! Every create is a temporary directory renamed into place and every delete a rename into
+//! `trash/`, each fsynced, so that after a crash a topic or subscription is either whole or
+//! gone. Every fsync is listed in `docs/durability.md`.
+
+mod data_dir;
+mod files;
+mod log;
+mod metadata;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keel_log::LogConfig;
+
+use crate::clock::now_ms;
+use crate::config::TopicConfig;
+use crate::error::EngineError;
+use crate::limits::{GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING};
+use crate::storage::{
+    Area, RecordLog, Storage, StorageDamage, StorageError, StoredSubscription, StoredTopic,
+    SubscriptionLogs,
+};
+use crate::subscription::spec::SubscriptionSpec;
+use data_dir::DataDir;
+use log::DiskLog;
+
+/// Settings of the logs on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A partition's segment rolls over at this size.
+    pub segment_bytes_max: u64,
+}
+
+/// The file in a topic's directory that holds its configuration.
+const TOPIC_FILE: &str = "topic.json";
+/// The file in a subscription's directory that holds its spec.
+const SUBSCRIPTION_FILE: &str = "subscription.json";
+/// The checkpoint log's directory, in a subscription's directory.
+const CHECKPOINTS_DIR: &str = "checkpoints";
+/// The dead-letter log's directory, in a subscription's directory.
+const DEAD_LETTERS_DIR: &str = "dlq";
+/// Prefix of the temporary directory a topic or subscription is created in before its rename.
+const CREATING_PREFIX: &str = ".creating-";
+/// Segments of a checkpoint log roll at this size, so that trimming (see
+/// `CHECKPOINT_LOG_BYTES_MAX`) can delete whole old ones.
+const CHECKPOINT_SEGMENT_BYTES_MAX: u64 = crate::limits::CHECKPOINT_LOG_BYTES_MAX / 2;
+/// Segments of a dead-letter log roll at this size.
+const DEAD_LETTER_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+// A group commit (up to GROUP_COMMIT_BYTES_MAX, then one more request whose binary-mode data
+// grew by a third in base64) always fits the log's pending buffer: it never fills mid-group.
+const _: () = assert!(
+    keel_log::limits::PENDING_BYTES_MAX
+        > (GROUP_COMMIT_BYTES_MAX + REQUEST_BYTES_CEILING / 3 * 4) as u64
+);
+
+/// A data directory on local disk.
+#[derive(Debug)]
+pub struct DiskStorage {
+    data_dir: DataDir,
+    partition_config: LogConfig,
+}
+
+impl DiskStorage {
+    /// Creates (durably) and locks the data directory, checks it against its manifest, and
+    /// empties its trash. Blocking.
+    pub fn open(root: &Path, settings: LogSettings) -> Result<Self, EngineError> {
+        let partition_config = LogConfig {
+            segment_bytes_max: settings.segment_bytes_max,
+            ..LogConfig::default()
+        };
+        partition_config
+            .validate()
+            .map_err(|error| EngineError::InvalidConfig {
+                detail: error.to_string(),
+            })?;
+        let data_dir = DataDir::open(root)?;
+        empty_trash(&data_dir.trash());
+        Ok(DiskStorage {
+            data_dir,
+            partition_config,
+        })
+    }
+
+    fn area_dir(&self, area: Area) -> PathBuf {
+        match area {
+            Area::Topics => self.data_dir.topics(),
+            Area::Subscriptions => self.data_dir.subscriptions(),
+        }
+    }
+
+    /// The stored directories of an area: (name, path), leaving out (and removing) creations
+    /// that a crash interrupted.
+    fn entries(&self, area: Area) -> Result<Vec<(String, PathBuf)>, EngineError> {
+        let parent = self.area_dir(area);
+        if self.data_dir.check_usable(&parent).is_err() {
+            return Ok(Vec::new());
+        }
+        let listing = std::fs::read_dir(&parent).map_err(EngineError::io("list", &parent))?;
+        let mut entries = Vec::new();
+        for entry in listing {
+            let path = entry.map_err(EngineError::io("list", &parent))?.path();
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name.starts_with(CREATING_PREFIX) {
+                // A creation that crashed before its rename: it never existed.
+                tracing::info!(path = %path.display(), "removing an unfinished creation");
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            }
+            entries.push((name, path));
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// Writes a new directory atomically: `fill` fills a temporary directory, which is then
+    /// renamed into place. Blocking.
+    fn create_dir(
+        &self,
+        area: Area,
+        name: &str,
+        fill: impl FnOnce(&Path) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let parent = self.area_dir(area);
+        self.data_dir.check_usable(&parent)?;
+        let temporary = parent.join(format!("{CREATING_PREFIX}{name}"));
+        let _ = std::fs::remove_dir_all(&temporary);
+        // Not `create_dir_all`: a missing kept directory is damage to report, never to
+        // recreate.
+        std::fs::create_dir(&temporary).map_err(EngineError::io("create", &temporary))?;
+        fill(&temporary)?;
+        // Survives a crash after the rename: the directory entries of the new files are
+        // durable.
+        files::sync_dir(&temporary)?;
+        let dir = parent.join(name);
+        std::fs::rename(&temporary, &dir).map_err(EngineError::io("rename", &dir))?;
+        // Survives a crash after create returns: the rename itself is durable (the temporary
+        // directory's own creation needs no fsync: the rename replaces that entry).
+        Ok(files::sync_dir(&parent)?)
+    }
+
+    /// Moves a directory to the trash (one durable rename: after a crash it is either whole
+    /// or gone), then deletes it. Blocking.
+    fn remove_dir(&self, dir: &Path) -> Result<(), EngineError> {
+        let trash = self.data_dir.trash();
+        // Crash: a trash directory whose entry is lost would orphan what is renamed into it.
+        files::create_dir_durably(&trash)?;
+        let name = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = trash.join(format!("{name}.{}", now_ms()));
+        std::fs::rename(dir, &target).map_err(EngineError::io("rename", dir))?;
+        // Crash: both directories of the rename are fsynced: the trash first, so the moved
+        // directory is never in neither; then the parent, so the delete answered is durable.
+        files::sync_dir(&trash)?;
+        if let Some(parent) = dir.parent() {
+            files::sync_dir(parent)?;
+        }
+        // Not fsynced: a removal lost in a crash is redone when the trash is emptied at start.
+        std::fs::remove_dir_all(&target).map_err(EngineError::io("remove", &target))
+    }
+
+    fn subscription_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.subscriptions().join(name)
+    }
+}
+
+impl Storage for DiskStorage {
+    fn damage(&self) -> Vec<StorageDamage> {
+        self.data_dir.damage().to_vec()
+    }
+
+    fn check_usable(&self, area: Area) -> Result<(), EngineError> {
+        self.data_dir.check_usable(&self.area_dir(area))
+    }
+
+    fn topics(&self) -> Result<Vec<StoredTopic>, EngineError> {
+        let topics = self.entries(Area::Topics)?.into_iter().map(|(name, dir)| {
+            let config = metadata::read(&dir.join(TOPIC_FILE));
+            StoredTopic { name, config }
+        });
+        Ok(topics.collect())
+    }
+
+    fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<(), EngineError> {
+        self.create_dir(Area::Topics, name, |dir| {
+            metadata::write(&dir.join(TOPIC_FILE), config)?;
+            // The partitions' directories, empty (each log starts in its own at its first
+            // open): made with the topic, so that a missing one at a later open is damage,
+            // not an empty log.
+            for number in 0..config.partitions {
+                let partition_dir = dir.join(number.to_string());
+                std::fs::create_dir(&partition_dir)
+                    .map_err(EngineError::io("create", &partition_dir))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
+        self.remove_dir(&self.data_dir.topics().join(name))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Arc<dyn RecordLog>, StorageError> {
+        let dir = self
+            .data_dir
+            .topics()
+            .join(topic)
+            .join(partition.to_string());
+        let log = DiskLog::open(&dir, self.partition_config.clone(), "partition")?;
+        Ok(Arc::new(log))
+    }
+
+    fn subscriptions(&self) -> Result<Vec<StoredSubscription>, EngineError> {
+        let subscriptions = self
+            .entries(Area::Subscriptions)?
+            .into_iter()
+            .map(|(name, dir)| {
+                let spec = metadata::read(&dir.join(SUBSCRIPTION_FILE));
+                StoredSubscription { name, spec }
+            });
+        Ok(subscriptions.collect())
+    }
+
+    fn create_subscription(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+        checkpoint: &[u8],
+    ) -> Result<(), EngineError> {
+        self.create_dir(Area::Subscriptions, name, |dir| {
+            metadata::write(&dir.join(SUBSCRIPTION_FILE), spec)?;
+            let checkpoints =
+                DiskLog::open_or_create(&dir.join(CHECKPOINTS_DIR), checkpoint_config())
+                    .map_err(|source| storage_failed("create the checkpoint log", dir, source))?;
+            checkpoints
+                .append(now_ms(), &[checkpoint], true)
+                .map_err(|source| storage_failed("write the first checkpoint", dir, source))?;
+            // Empty: the queue's log is made in it at the first open. Created now so that a
+            // missing one at a later open is damage, not an empty queue.
+            let dead_letters = dir.join(DEAD_LETTERS_DIR);
+            std::fs::create_dir(&dead_letters).map_err(EngineError::io("create", &dead_letters))
+        })
+    }
+
+    fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError> {
+        let dir = self.subscription_dir(name);
+        let checkpoints = DiskLog::open(
+            &dir.join(CHECKPOINTS_DIR),
+            checkpoint_config(),
+            "checkpoint log",
+        )
+        .map_err(|source| storage_failed("open the checkpoint log", &dir, source))?;
+        let dead_letters = DiskLog::open(
+            &dir.join(DEAD_LETTERS_DIR),
+            dead_letter_config(),
+            "dead-letter queue",
+        )
+        .map_err(|source| storage_failed("open the dead-letter queue", &dir, source))?;
+        Ok(SubscriptionLogs {
+            checkpoints: Box::new(checkpoints),
+            dead_letters: Box::new(dead_letters),
+        })
+    }
+
+    fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
+        self.remove_dir(&self.subscription_dir(name))
+    }
+}
+
+fn checkpoint_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: CHECKPOINT_SEGMENT_BYTES_MAX,
+        ..LogConfig::default()
+    }
+}
+
+fn dead_letter_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: DEAD_LETTER_SEGMENT_BYTES_MAX,
+        ..LogConfig::default()
+    }
+}
+
+fn storage_failed(what: &str, dir: &Path, source: StorageError) -> EngineError {
+    EngineError::Storage {
+        context: format!("{what} of {}", dir.display()),
+        source,
+    }
+}
+
+fn empty_trash(trash: &Path) {
+    if trash.exists()
+        && let Err(error) = std::fs::remove_dir_all(trash)
+    {
+        tracing::warn!(path = %trash.display(), %error, "could not empty the trash");
+    }
+}
+
+/// A log on disk in `dir` with segments of `segment_bytes_max`, for tests of what is built on
+/// logs.
+#[cfg(test)]
+pub(crate) fn log_for_tests(dir: &Path, segment_bytes_max: u64) -> Box<dyn RecordLog> {
+    let config = LogConfig {
+        segment_bytes_max,
+        ..LogConfig::default()
+    };
+    Box::new(DiskLog::open_or_create(dir, config).expect("open a test log"))
+}
