@@ -5,22 +5,27 @@
 //! behind a mutex:
 //! - a *reader* per partition (and one for events redriven from the dead-letter queue) reads
 //!   the log from the lane's cursor, applies the filters and offers events, waiting while the
-//!   lane holds its most pending events;
-//! - a *dispatcher* (push) sends ready events to the sink, within `max_in_flight`, the circuit
-//!   breaker and the rate limit; pull consumers take ready events through [`Subscription::pull`];
+//!   lane holds its most pending events (`reader.rs`);
+//! - a *delivery mode* takes ready events and settles each through the delivery interface
+//!   (`delivery.rs`): push sends them to the sink (`push.rs`), pull consumers take them through
+//!   [`Subscription::pull`] (`pull.rs`);
 //! - a *timer* fires retry times and ack deadlines;
 //! - a *store* writes dead letters, then a checkpoint, each fsynced, and tells waiting acks
-//!   their state is durable.
+//!   their state is durable (`store.rs`).
+//!
+//! The tasks wake each other by the protocol in `signals.rs`.
 //!
 //! Stored (behind the storage seam, see `storage.rs`): the spec, and two small logs: the
 //! checkpoints and the dead-letter queue's operations.
 
 mod checkpoint;
 pub mod circuit;
+mod delivery;
 pub(crate) mod dlq;
 pub mod pull;
 mod push;
 mod reader;
+mod signals;
 pub mod spec;
 pub(crate) mod state;
 mod store;
@@ -28,7 +33,7 @@ mod store;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
@@ -42,11 +47,14 @@ use crate::storage::SubscriptionLogs;
 use crate::topic::Topic;
 use checkpoint::{Checkpoint, CheckpointLog};
 use circuit::{CircuitBreaker, CircuitState};
+use delivery::Deliveries;
 pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
 pub use pull::{AckResult, PulledMessage};
+use signals::Signals;
 use spec::SubscriptionSpec;
 use state::DeliveryState;
+use store::Durability;
 
 /// What a subscription's mutable state holds, behind one lock.
 #[derive(Debug)]
@@ -57,13 +65,6 @@ struct Core {
     /// Ids of redriven dead-letter entries whose redelivery was acknowledged: the store
     /// removes them from the queue.
     redrive_acked: Vec<String>,
-}
-
-/// Whether the subscription's state is durable up to a version, or why it never will be.
-#[derive(Debug, Clone, Default)]
-struct Durable {
-    version: u64,
-    failed: Option<String>,
 }
 
 /// Everything a subscription's tasks share.
@@ -82,26 +83,12 @@ struct Shared {
     /// Whether redriven entries wait to be handed over, after the queue's last change.
     dlq_redriven: std::sync::atomic::AtomicBool,
     checkpoints: Mutex<CheckpointLog>,
-    /// Bumped when events may be taken (ready, or in-flight room freed, or resumed).
-    ready: watch::Sender<u64>,
-    /// Bumped when readers at their bound may read again (pending room freed, redrive).
-    room: watch::Sender<u64>,
-    /// Bumped when lane cursors moved under the readers (seek): a long poll restarts.
-    reset: watch::Sender<u64>,
-    /// Wakes the store.
-    dirty: Notify,
-    /// Wakes the timer (a nearer timer was set).
-    timers: Notify,
-    durable: watch::Sender<Durable>,
-    /// Callers waiting for durability (pull acks, admin calls): while there are none, the
-    /// store lets changes gather for up to `CHECKPOINT_GATHER` per write.
-    waiters: std::sync::atomic::AtomicUsize,
-    /// Wakes a gathering store: a caller now waits.
-    waiter_arrived: Notify,
+    /// How the tasks wake each other (`signals.rs`).
+    signals: Signals,
+    /// How far the state is durable, and who waits for it (`store.rs`).
+    durability: Durability,
     /// Part of every ack id: ack ids from before a restart are stale.
     boot: u32,
-    /// Turns true when the subscription stops.
-    stopping: watch::Sender<bool>,
     /// The engine's shutdown signal (ends long polls early).
     closing: watch::Receiver<bool>,
 }
@@ -109,14 +96,6 @@ struct Shared {
 impl Shared {
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().expect("subscription state lock")
-    }
-
-    /// After a change: wake the store, and the takers when events may be ready.
-    fn changed(&self, ready: bool) {
-        self.dirty.notify_one();
-        if ready {
-            self.ready.send_modify(|count| *count += 1);
-        }
     }
 
     /// Runs an operation on the dead-letter queue (blocking: call it on a blocking thread)
@@ -133,43 +112,28 @@ impl Shared {
         result
     }
 
-    fn wake_readers(&self) {
-        self.room.send_modify(|count| *count += 1);
-    }
-
-    fn random(&self) -> f64 {
-        fastrand::f64()
-    }
-
-    /// Waits until the state at `version` is durable.
-    async fn wait_durable(&self, version: u64) -> Result<(), EngineError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let mut durable = self.durable.subscribe();
-        self.waiters.fetch_add(1, SeqCst);
-        self.waiter_arrived.notify_one();
-        let result = durable
-            .wait_for(|durable| durable.version >= version || durable.failed.is_some())
-            .await
-            .map(|durable| durable.failed.clone());
-        self.waiters.fetch_sub(1, SeqCst);
-        match result {
-            Ok(None) => Ok(()),
-            Ok(Some(reason)) => Err(EngineError::SubscriptionUnavailable {
-                name: self.name.clone(),
-                reason,
-            }),
-            Err(_) => Err(EngineError::ShuttingDown),
+    /// Counts `count` attempts that ended as `outcome` (a metric label).
+    fn count_attempts(&self, outcome: &'static str, count: u64) {
+        if count == 0 {
+            return;
         }
+        let labels = crate::metrics::AttemptLabels {
+            subscription: self.name.clone(),
+            outcome,
+        };
+        self.metrics
+            .subscription_attempts
+            .get_or_create(&labels)
+            .inc_by(count);
     }
 
-    fn check_available(&self) -> Result<(), EngineError> {
-        match &self.durable.borrow().failed {
-            Some(reason) => Err(EngineError::SubscriptionUnavailable {
-                name: self.name.clone(),
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+    /// Records an acknowledged event's publish → ack latency.
+    fn observe_ack(&self, published_ms: i64) {
+        let seconds = (now_ms() - published_ms).max(0) as f64 / 1000.0;
+        self.metrics
+            .subscription_delivery_seconds
+            .get_or_create(&self.labels)
+            .observe(seconds);
     }
 }
 
@@ -296,16 +260,9 @@ impl Subscription {
             dlq_redriven: std::sync::atomic::AtomicBool::new(dlq.has_redriven()),
             dlq: Mutex::new(dlq),
             checkpoints: Mutex::new(checkpoints),
-            ready: watch::Sender::new(0),
-            room: watch::Sender::new(0),
-            reset: watch::Sender::new(0),
-            dirty: Notify::new(),
-            timers: Notify::new(),
-            durable: watch::Sender::new(Durable::default()),
-            waiters: std::sync::atomic::AtomicUsize::new(0),
-            waiter_arrived: Notify::new(),
+            signals: Signals::new(),
+            durability: Durability::new(),
             boot: fastrand::u32(..),
-            stopping: watch::Sender::new(false),
             closing,
         });
         Ok(Subscription {
@@ -325,22 +282,23 @@ impl Subscription {
         tasks.push(tokio::spawn(store::run(shared.clone())));
         tasks.push(tokio::spawn(run_timers(shared.clone())));
         if let Some(sink) = &shared.spec.sink {
-            tasks.push(tokio::spawn(push::dispatch(shared.clone(), sink.clone())));
+            let deliveries = Deliveries::new(shared.clone());
+            tasks.push(tokio::spawn(push::dispatch(deliveries, sink.clone())));
         }
-        shared.changed(true);
+        shared.signals.changed(true);
     }
 
     /// Stops every task after a last checkpoint.
     pub(crate) async fn stop(&self) {
         let shared = &self.shared;
         let version = shared.core().delivery.version();
-        shared.dirty.notify_one();
+        shared.signals.changed(false);
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            shared.wait_durable(version),
+            shared.durability.wait(&shared.name, version),
         )
         .await;
-        shared.stopping.send_replace(true);
+        shared.signals.stop();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
         for task in tasks {
             task.abort();
@@ -348,11 +306,9 @@ impl Subscription {
         }
         // Nothing will be stored any more: a call still waiting for durability (an ack that
         // raced a delete or shutdown) is answered now instead of at its request timeout.
-        shared.durable.send_modify(|durable| {
-            durable
-                .failed
-                .get_or_insert_with(|| "it was deleted, or keel is stopping".to_owned());
-        });
+        shared
+            .durability
+            .fail("it was deleted, or keel is stopping".to_owned());
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -361,7 +317,7 @@ impl Subscription {
 
     /// Why it refuses service, when its storage failed.
     pub(crate) fn unavailable(&self) -> Option<String> {
-        self.shared.durable.borrow().failed.clone()
+        self.shared.durability.failed()
     }
 
     pub(crate) fn spec(&self) -> &SubscriptionSpec {
@@ -425,7 +381,7 @@ impl Subscription {
                     at: crate::clock::format_rfc3339_ms(*at_ms),
                     error: error.clone(),
                 }),
-            unavailable: shared.durable.borrow().failed.clone(),
+            unavailable: shared.durability.failed(),
             partitions,
         };
         drop(core);
@@ -472,29 +428,29 @@ impl Subscription {
 
     async fn set_paused(&self, paused: Option<String>) -> Result<(), EngineError> {
         let shared = &self.shared;
-        shared.check_available()?;
+        shared.durability.check_available(&shared.name)?;
         let version = {
             let mut core = shared.core();
             core.paused = paused;
             core.delivery.touch()
         };
-        shared.changed(true);
-        shared.wait_durable(version).await
+        shared.signals.changed(true);
+        shared.durability.wait(&shared.name, version).await
     }
 
     /// Moves every partition's cursor to `starts` (durably). Pending and in-flight events are
     /// dropped; their acks turn stale.
     pub(crate) async fn seek(&self, starts: &[u64]) -> Result<(), EngineError> {
         let shared = &self.shared;
-        shared.check_available()?;
+        shared.durability.check_available(&shared.name)?;
         let version = {
             let mut core = shared.core();
             core.delivery.seek(starts);
             core.delivery.version()
         };
-        shared.reset.send_modify(|count| *count += 1);
-        shared.changed(true);
-        shared.wait_durable(version).await
+        shared.signals.reset_readers();
+        shared.signals.changed(true);
+        shared.durability.wait(&shared.name, version).await
     }
 
     /// The dead-letter queue, to list, show, redrive or purge. Blocking calls: run them on a
@@ -505,7 +461,7 @@ impl Subscription {
     ) -> Result<T, EngineError> {
         let name = &self.shared.name;
         let result = self.shared.with_dlq(|dlq| operation(dlq, name));
-        self.shared.wake_readers();
+        self.shared.signals.wake_readers();
         result
     }
 
@@ -515,7 +471,7 @@ impl Subscription {
         max: usize,
         wait: std::time::Duration,
     ) -> Result<Vec<PulledMessage>, EngineError> {
-        pull::pull(&self.shared, max, wait).await
+        pull::pull(&Deliveries::new(self.shared.clone()), max, wait).await
     }
 
     /// Acknowledges, nacks or rejects pulled events; returns once the result is durable.
@@ -524,7 +480,7 @@ impl Subscription {
         ack_ids: &[String],
         action: pull::Settle,
     ) -> Result<AckResult, EngineError> {
-        pull::settle(&self.shared, ack_ids, action).await
+        pull::settle(&Deliveries::new(self.shared.clone()), ack_ids, action).await
     }
 }
 
@@ -556,48 +512,25 @@ pub(crate) fn first_checkpoint(spec: &SubscriptionSpec, starts: &[u64]) -> Check
 
 /// Fires retry timers and ack deadlines when they come due.
 async fn run_timers(shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.subscribe();
+    let mut stopping = shared.signals.stopping();
     loop {
         let (ready, timed_out, next_ms) = {
             let mut core = shared.core();
             let (ready, timed_out) =
                 core.delivery
-                    .tick(now_ms(), &shared.spec.retry, shared.random());
+                    .tick(now_ms(), &shared.spec.retry, fastrand::f64());
             (ready, timed_out, core.delivery.next_timer_ms())
         };
-        if timed_out > 0 {
-            shared
-                .metrics
-                .subscription_attempts
-                .get_or_create(&attempt_labels(&shared, "timed_out"))
-                .inc_by(timed_out as u64);
-        }
+        shared.count_attempts("timed_out", timed_out as u64);
         if ready || timed_out > 0 {
-            shared.changed(true);
+            shared.signals.changed(true);
         }
         let sleep_ms = next_ms.map_or(60_000, |next| (next - now_ms()).clamp(1, 60_000));
         let sleep = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms as u64));
         tokio::select! {
             _ = sleep => {}
-            _ = shared.timers.notified() => {}
+            _ = shared.signals.timer_woken() => {}
             _ = stopping.wait_for(|stopping| *stopping) => return,
         }
     }
-}
-
-fn attempt_labels(shared: &Shared, outcome: &'static str) -> crate::metrics::AttemptLabels {
-    crate::metrics::AttemptLabels {
-        subscription: shared.name.clone(),
-        outcome,
-    }
-}
-
-/// Records an acknowledged event's publish → ack latency.
-fn observe_ack(shared: &Shared, published_ms: i64) {
-    let seconds = (now_ms() - published_ms).max(0) as f64 / 1000.0;
-    shared
-        .metrics
-        .subscription_delivery_seconds
-        .get_or_create(&shared.labels)
-        .observe(seconds);
 }

@@ -1,4 +1,5 @@
-//! Pull delivery: consumers take ready events with a long poll and settle them by ack id.
+//! Pull delivery, a mode of the delivery interface (`delivery.rs`): consumers take ready
+//! events with a long poll and settle them by ack id.
 //!
 //! An ack id names one delivery: the server's boot (so ids from before a restart are
 //! stale), the event's lane and offset, and the delivery's lease (so an id from before a
@@ -11,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use std::sync::Arc;
 
-use super::state::{Outcome, REDRIVE_LANE, Settled, Slot};
-use super::{Shared, attempt_labels, observe_ack};
+use super::delivery::{Deliveries, Settlement};
+use super::state::{Outcome, Slot};
 use crate::clock::now_ms;
 use crate::error::EngineError;
 use crate::limits::{ACK_IDS_MAX, PULL_MESSAGES_MAX, READ_WAIT_MS_MAX};
@@ -90,44 +91,40 @@ fn decode_ack_id(text: &str) -> Result<(u32, Slot, u64), EngineError> {
 
 /// Takes up to `max` ready events, long-polling up to `wait` for the first.
 pub(super) async fn pull(
-    shared: &Shared,
+    deliveries: &Deliveries,
     max: usize,
     wait: Duration,
 ) -> Result<Vec<PulledMessage>, EngineError> {
-    if shared.spec.is_push() {
+    let spec = deliveries.spec();
+    if spec.is_push() {
         return Err(EngineError::WrongDeliveryMode {
             detail: format!(
                 "subscription {:?} pushes to a sink; only pull subscriptions (created without a sink) can be pulled",
-                shared.name
+                deliveries.name()
             ),
         });
     }
-    shared.check_available()?;
+    deliveries.check_available()?;
     let max = max.clamp(1, PULL_MESSAGES_MAX);
     let wait = wait.min(Duration::from_millis(READ_WAIT_MS_MAX));
     let deadline = tokio::time::Instant::now() + wait;
-    let ack_timeout_ms = i64::try_from(shared.spec.ack_timeout.as_millis()).unwrap_or(i64::MAX);
-    let mut ready = shared.ready.subscribe();
-    let mut closing = shared.closing.clone();
+    let ack_timeout_ms = i64::try_from(spec.ack_timeout.as_millis()).unwrap_or(i64::MAX);
+    let mut ready = deliveries.ready();
+    let mut closing = deliveries.closing();
     loop {
         ready.borrow_and_update();
-        let taken = {
-            let mut core = shared.core();
-            if let Some(reason) = &core.paused {
-                return Err(EngineError::SubscriptionPaused {
-                    name: shared.name.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            core.delivery
-                .take_ready(max, Some(now_ms().saturating_add(ack_timeout_ms)))
-        };
+        let now = now_ms();
+        let (taken, _) = deliveries
+            .take(max, Some(now.saturating_add(ack_timeout_ms)), now)
+            .map_err(|reason| EngineError::SubscriptionPaused {
+                name: deliveries.name().to_owned(),
+                reason,
+            })?;
         if !taken.is_empty() {
-            shared.timers.notify_one();
             return Ok(taken
                 .into_iter()
                 .map(|delivery| PulledMessage {
-                    ack_id: encode_ack_id(shared.boot, delivery.slot, delivery.lease),
+                    ack_id: encode_ack_id(deliveries.boot(), delivery.slot, delivery.lease),
                     attempt: delivery.attempt,
                     partition: delivery.origin.0,
                     offset: delivery.origin.1,
@@ -146,15 +143,15 @@ pub(super) async fn pull(
 /// Settles pulled events; returns once the result is durable. Malformed ids fail the whole
 /// call before anything is settled.
 pub(super) async fn settle(
-    shared: &Shared,
+    deliveries: &Deliveries,
     ack_ids: &[String],
     action: Settle,
 ) -> Result<AckResult, EngineError> {
-    if shared.spec.is_push() {
+    if deliveries.spec().is_push() {
         return Err(EngineError::WrongDeliveryMode {
             detail: format!(
                 "subscription {:?} pushes to a sink, which acknowledges by its answer; ack, nack and reject apply to pull subscriptions",
-                shared.name
+                deliveries.name()
             ),
         });
     }
@@ -163,98 +160,58 @@ pub(super) async fn settle(
             detail: format!("at most {ACK_IDS_MAX} ack ids per call"),
         });
     }
-    shared.check_available()?;
+    deliveries.check_available()?;
     let decoded = ack_ids
         .iter()
         .map(|id| decode_ack_id(id))
         .collect::<Result<Vec<_>, _>>()?;
-    let now = now_ms();
-    let mut result = AckResult {
-        settled: 0,
-        stale: Vec::new(),
+    let (label, outcome) = match action {
+        Settle::Ack => ("acked", Outcome::Ack),
+        Settle::Nack { delay: Some(delay) } => ("nacked", Outcome::Delay(delay)),
+        Settle::Nack { delay: None } => (
+            "nacked",
+            Outcome::Fail {
+                status: None,
+                error: "nacked by the consumer".to_owned(),
+                retry_after: None,
+            },
+        ),
+        Settle::Reject => (
+            "rejected",
+            Outcome::Reject {
+                status: None,
+                error: "rejected by the consumer".to_owned(),
+            },
+        ),
     };
-    let mut acked_published = Vec::new();
-    let version = {
-        let mut core = shared.core();
-        for ((boot, slot, lease), id) in decoded.into_iter().zip(ack_ids) {
-            let settled = if boot == shared.boot {
-                settle_one(shared, &mut core, slot, lease, action, now)
-            } else {
-                None
-            };
-            match settled {
-                Some(published_ms) => {
-                    result.settled += 1;
-                    acked_published.extend(published_ms);
-                }
-                None => result.stale.push(id.clone()),
-            }
+    // Ids from before a restart name deliveries that no longer exist: stale without a look.
+    let boot = deliveries.boot();
+    let (mut positions, mut settlements) = (Vec::new(), Vec::new());
+    for (index, (id_boot, slot, lease)) in decoded.into_iter().enumerate() {
+        if id_boot == boot {
+            positions.push(index);
+            let outcome = outcome.clone();
+            settlements.push(Settlement {
+                slot,
+                lease,
+                outcome,
+            });
         }
-        core.delivery.touch()
-    };
-    let label = match action {
-        Settle::Ack => "acked",
-        Settle::Nack { .. } => "nacked",
-        Settle::Reject => "rejected",
-    };
-    shared
-        .metrics
-        .subscription_attempts
-        .get_or_create(&attempt_labels(shared, label))
-        .inc_by(result.settled as u64);
-    for published_ms in acked_published {
-        observe_ack(shared, published_ms);
     }
-    shared.timers.notify_one();
-    shared.wake_readers();
-    shared.changed(true);
-    shared.wait_durable(version).await?;
-    Ok(result)
-}
-
-/// Settles one delivery; none when it is stale, else the publish time of an acked event
-/// (none for other outcomes).
-fn settle_one(
-    shared: &Shared,
-    core: &mut super::Core,
-    slot: Slot,
-    lease: u64,
-    action: Settle,
-    now: i64,
-) -> Option<Option<i64>> {
-    let outcome = match action {
-        Settle::Ack => Outcome::Ack,
-        Settle::Nack { delay: Some(delay) } => Outcome::Delay(delay),
-        Settle::Nack { delay: None } => Outcome::Fail {
-            status: None,
-            error: "nacked by the consumer".to_owned(),
-            retry_after: None,
-        },
-        Settle::Reject => Outcome::Reject {
-            status: None,
-            error: "rejected by the consumer".to_owned(),
-        },
+    let (results, version) = deliveries.settle(settlements, label);
+    let mut settled = vec![false; ack_ids.len()];
+    for (index, result) in positions.into_iter().zip(results) {
+        settled[index] = result.is_ok();
+    }
+    let answer = AckResult {
+        settled: settled.iter().filter(|settled| **settled).count(),
+        stale: (ack_ids.iter().zip(&settled))
+            .filter(|(_, settled)| !**settled)
+            .map(|(id, _)| id.clone())
+            .collect(),
     };
-    let completed = core
-        .delivery
-        .complete(
-            slot,
-            lease,
-            outcome,
-            now,
-            &shared.spec.retry,
-            shared.random(),
-        )
-        .ok()?;
-    if completed.settled != Settled::Done {
-        return Some(None);
-    }
-    if slot.lane == REDRIVE_LANE {
-        core.redrive_acked
-            .push(super::dlq::entry_id(completed.origin));
-        return Some(None);
-    }
-    Some(Some(completed.published_ms))
+    deliveries.wait_durable(version).await?;
+    Ok(answer)
 }
 
 #[cfg(test)]

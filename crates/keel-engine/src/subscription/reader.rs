@@ -22,9 +22,9 @@ const FAILED_READ_RETRY: Duration = Duration::from_secs(1);
 
 /// Reads one partition for the subscription until it stops.
 pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
-    let mut room = shared.room.subscribe();
-    let mut reset = shared.reset.subscribe();
-    let mut stopping = shared.stopping.subscribe();
+    let mut room = shared.signals.room();
+    let mut reset = shared.signals.reset();
+    let mut stopping = shared.signals.stopping();
     let Ok(partition) = shared.topic.partition(lane) else {
         return;
     };
@@ -60,10 +60,10 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
             Ok((records, _)) => {
                 let offered = offer_records(&shared, records);
                 let ready = shared.core().delivery.offer(lane, from, offered);
-                shared.changed(ready);
+                shared.signals.changed(ready);
                 // A restored event may come back waiting for its retry time: the timer must
                 // look at its schedule again.
-                shared.timers.notify_one();
+                shared.signals.wake_timer();
             }
             Err(EngineError::OffsetBeforeStart {
                 start_offset: start,
@@ -71,7 +71,7 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
             }) => {
                 tracing::warn!(subscription = %shared.name, partition = lane, from, start, "retention deleted events before they were delivered");
                 shared.core().delivery.skip_to(lane, start);
-                shared.changed(false);
+                shared.signals.changed(false);
             }
             Err(EngineError::ShuttingDown) => return,
             Err(error) => {
@@ -140,8 +140,8 @@ fn key_hash(key: &str) -> u64 {
 
 /// Hands redriven dead-letter entries to the redrive lane as it has room.
 pub(super) async fn read_redriven(shared: Arc<Shared>) {
-    let mut room = shared.room.subscribe();
-    let mut stopping = shared.stopping.subscribe();
+    let mut room = shared.signals.room();
+    let mut stopping = shared.signals.stopping();
     loop {
         room.borrow_and_update();
         let (from, space) = {
@@ -173,7 +173,7 @@ pub(super) async fn read_redriven(shared: Arc<Shared>) {
                         })
                         .collect();
                     let ready = shared.core().delivery.offer(REDRIVE_LANE, from, offered);
-                    shared.changed(ready);
+                    shared.signals.changed(ready);
                     continue;
                 }
                 Ok(Err(error)) => {

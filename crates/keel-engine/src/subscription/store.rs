@@ -13,22 +13,101 @@
 //! instead of losing it.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
+use tokio::sync::{Notify, watch};
+
+use super::Shared;
 use super::checkpoint::Checkpoint;
 use super::dlq::DeadLetterEntry;
-use super::{Shared, attempt_labels};
 use crate::error::EngineError;
 
 /// Longest a checkpoint waits for more changes while nobody waits for it.
 const CHECKPOINT_GATHER: Duration = Duration::from_millis(10);
 
+/// Whether the subscription's state is durable up to a version, or why it never will be.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    version: u64,
+    failed: Option<String>,
+}
+
+/// How far a subscription's state is durable, and who waits for it.
+pub(super) struct Durability {
+    durable: watch::Sender<Durable>,
+    /// Callers waiting for durability (pull acks, admin calls): while there are none, the
+    /// store lets changes gather for up to `CHECKPOINT_GATHER` per write.
+    waiters: AtomicUsize,
+    /// Wakes a gathering store: a caller now waits.
+    waiter_arrived: Notify,
+}
+
+impl Durability {
+    pub(super) fn new() -> Self {
+        Durability {
+            durable: watch::Sender::new(Durable::default()),
+            waiters: AtomicUsize::new(0),
+            waiter_arrived: Notify::new(),
+        }
+    }
+
+    /// Waits until the state at `version` is durable (subscription `name`, for the error).
+    pub(super) async fn wait(&self, name: &str, version: u64) -> Result<(), EngineError> {
+        let mut durable = self.durable.subscribe();
+        self.waiters.fetch_add(1, SeqCst);
+        self.waiter_arrived.notify_one();
+        let result = durable
+            .wait_for(|durable| durable.version >= version || durable.failed.is_some())
+            .await
+            .map(|durable| durable.failed.clone());
+        self.waiters.fetch_sub(1, SeqCst);
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(reason)) => Err(EngineError::SubscriptionUnavailable {
+                name: name.to_owned(),
+                reason,
+            }),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
+    }
+
+    /// Fails when the state can no longer be stored.
+    pub(super) fn check_available(&self, name: &str) -> Result<(), EngineError> {
+        match self.failed() {
+            Some(reason) => Err(EngineError::SubscriptionUnavailable {
+                name: name.to_owned(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the state can no longer be stored, once it cannot.
+    pub(super) fn failed(&self) -> Option<String> {
+        self.durable.borrow().failed.clone()
+    }
+
+    /// Nothing more will be stored: every waiter (and every later call) gets `reason`, unless
+    /// an earlier failure already gave one.
+    pub(super) fn fail(&self, reason: String) {
+        self.durable.send_modify(|durable| {
+            durable.failed.get_or_insert(reason);
+        });
+    }
+
+    fn announce(&self, version: u64) {
+        self.durable
+            .send_modify(|durable| durable.version = version);
+    }
+}
+
 /// Runs until the subscription stops, or until a write fails: then the subscription refuses
 /// service (a failed fsync is never retried; the state on disk is unknown until a restart
 /// recovers it).
 pub(super) async fn run(shared: Arc<Shared>) {
-    let mut stopping = shared.stopping.subscribe();
+    let mut stopping = shared.signals.stopping();
     let mut written = 0;
     loop {
         if let Err(error) = write_once(&shared, &mut written).await {
@@ -36,19 +115,18 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 "its progress could not be stored ({error}); fix the disk and restart keel"
             );
             tracing::error!(subscription = %shared.name, %error, "subscription refuses service");
-            shared
-                .durable
-                .send_modify(|durable| durable.failed = Some(reason));
+            shared.durability.fail(reason);
             return;
         }
         tokio::select! {
-            _ = shared.dirty.notified() => {}
+            _ = shared.signals.dirtied() => {}
             _ = stopping.wait_for(|stopping| *stopping) => return,
         }
-        if shared.waiters.load(SeqCst) == 0 {
+        let durability = &shared.durability;
+        if durability.waiters.load(SeqCst) == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(CHECKPOINT_GATHER) => {}
-                _ = shared.waiter_arrived.notified() => {}
+                _ = durability.waiter_arrived.notified() => {}
                 _ = stopping.wait_for(|stopping| *stopping) => return,
             }
         }
@@ -80,13 +158,9 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
         })
         .await?;
         shared.core().delivery.finish_dead_letters(&letters);
-        shared
-            .metrics
-            .subscription_attempts
-            .get_or_create(&attempt_labels(shared, "dead_lettered"))
-            .inc_by(letters.len() as u64);
-        shared.wake_readers();
-        shared.changed(true);
+        shared.count_attempts("dead_lettered", letters.len() as u64);
+        shared.signals.wake_readers();
+        shared.signals.changed(true);
     }
     if !acked.is_empty() {
         blocking(shared, move |shared| {
@@ -111,9 +185,7 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
         })
         .await?;
         *written = version;
-        shared
-            .durable
-            .send_modify(|durable| durable.version = version);
+        shared.durability.announce(version);
     }
     Ok(())
 }

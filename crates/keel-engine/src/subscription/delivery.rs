@@ -1,0 +1,211 @@
+//! The delivery interface: how a delivery mode takes a subscription's events and settles
+//! them. Push (a webhook), pull (consumers over HTTP) and, next, in-process handlers are peers
+//! on it: each takes ready deliveries with [`Deliveries::take`], hands each to its handler,
+//! and settles each with an [`Outcome`] through [`Deliveries::settle`]. Everything that
+//! follows an attempt happens there, once: the delivery state machine, the circuit breaker,
+//! the attempt and latency metrics, the bookkeeping of redriven dead letters, and the
+//! wake-ups of readers, timer and store (see `signals.rs`).
+//!
+//! To add a delivery mode: a module beside `push.rs` and `pull.rs` that receives a
+//! [`Deliveries`], and a variant of the spec's delivery mode that `Subscription::start`
+//! starts it for.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Shared;
+use super::circuit::CircuitState;
+use super::dlq::entry_id;
+use super::spec::SubscriptionSpec;
+use super::state::{Delivery, Outcome, REDRIVE_LANE, Settled, Slot, Stale};
+use crate::clock::now_ms;
+use crate::error::EngineError;
+
+/// A subscription's delivery interface, as a delivery mode sees it. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Deliveries {
+    shared: Arc<Shared>,
+}
+
+/// One delivery's end, as a mode reports it.
+pub(super) struct Settlement {
+    /// The delivery, as [`Deliveries::take`] handed it out.
+    pub(super) slot: Slot,
+    /// Its lease: a settlement of an older delivery of the same event is stale.
+    pub(super) lease: u64,
+    /// How the handler answered.
+    pub(super) outcome: Outcome,
+}
+
+impl Deliveries {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Deliveries { shared }
+    }
+
+    /// The subscription's name.
+    pub(super) fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The subscription's spec.
+    pub(super) fn spec(&self) -> &SubscriptionSpec {
+        &self.shared.spec
+    }
+
+    /// Part of every pull ack id: ids from before a restart are stale.
+    pub(super) fn boot(&self) -> u32 {
+        self.shared.boot
+    }
+
+    /// Bumped when events may be taken.
+    pub(super) fn ready(&self) -> watch::Receiver<u64> {
+        self.shared.signals.ready()
+    }
+
+    /// Turns true when the subscription stops.
+    pub(super) fn stopping(&self) -> watch::Receiver<bool> {
+        self.shared.signals.stopping()
+    }
+
+    /// Turns true when keel shuts down (long polls answer early).
+    pub(super) fn closing(&self) -> watch::Receiver<bool> {
+        self.shared.closing.clone()
+    }
+
+    /// Fails when the subscription's storage failed.
+    pub(super) fn check_available(&self) -> Result<(), EngineError> {
+        self.shared.durability.check_available(&self.shared.name)
+    }
+
+    /// Waits until the subscription's state at `version` is durable.
+    pub(super) async fn wait_durable(&self, version: u64) -> Result<(), EngineError> {
+        self.shared
+            .durability
+            .wait(&self.shared.name, version)
+            .await
+    }
+
+    /// Takes up to `max` ready deliveries, within `max_in_flight` and the circuit breaker,
+    /// each in flight until settled (or, with `deadline_ms`, until then). Also answers when
+    /// an open circuit lets the next probe through. Fails with the reason while paused.
+    pub(super) fn take(
+        &self,
+        max: usize,
+        deadline_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<(Vec<Delivery>, Option<i64>), String> {
+        let mut core = self.shared.core();
+        if let Some(reason) = &core.paused {
+            return Err(reason.clone());
+        }
+        let permits = core
+            .circuit
+            .as_mut()
+            .and_then(|circuit| circuit.permits(now_ms));
+        let taken = core
+            .delivery
+            .take_ready(permits.unwrap_or(max).min(max), deadline_ms);
+        let circuit = core.circuit.as_mut();
+        if let Some(circuit) = circuit {
+            for _ in &taken {
+                circuit.on_start();
+            }
+        }
+        let probe_at_ms = core.circuit.as_ref().and_then(|c| c.probe_at_ms());
+        drop(core);
+        if deadline_ms.is_some() && !taken.is_empty() {
+            self.shared.signals.wake_timer();
+        }
+        Ok((taken, probe_at_ms))
+    }
+
+    /// Settles deliveries: each is done, retried, dead-lettered or stale (its lease is no
+    /// longer the one in flight). Counts the settled ones under `label` in the attempts
+    /// metric. Returns what became of each and the state's version, which
+    /// [`Deliveries::wait_durable`] waits for.
+    pub(super) fn settle(
+        &self,
+        settlements: Vec<Settlement>,
+        label: &'static str,
+    ) -> (Vec<Result<Settled, Stale>>, u64) {
+        let shared = &self.shared;
+        let now = now_ms();
+        let mut results = Vec::with_capacity(settlements.len());
+        let mut acked_published_ms = Vec::new();
+        let version = {
+            let mut core = shared.core();
+            for settlement in settlements {
+                let outcome = core.judge(settlement.outcome, now);
+                let completed = core.delivery.complete(
+                    settlement.slot,
+                    settlement.lease,
+                    outcome,
+                    now,
+                    &shared.spec.retry,
+                    fastrand::f64(),
+                );
+                if let Ok(completed) = &completed
+                    && completed.settled == Settled::Done
+                {
+                    if settlement.slot.lane == REDRIVE_LANE {
+                        // Its dead-letter entry goes once the store writes the next round.
+                        core.redrive_acked.push(entry_id(completed.origin));
+                    } else {
+                        acked_published_ms.push(completed.published_ms);
+                    }
+                }
+                results.push(completed.map(|completed| completed.settled));
+            }
+            core.delivery.version()
+        };
+        let settled = results.iter().filter(|result| result.is_ok()).count();
+        shared.count_attempts(label, settled as u64);
+        for published_ms in acked_published_ms {
+            shared.observe_ack(published_ms);
+        }
+        if results.contains(&Ok(Settled::Done)) {
+            shared.signals.wake_readers();
+        }
+        if results.iter().any(|r| matches!(r, Ok(Settled::RetryAt(_)))) {
+            shared.signals.wake_timer();
+        }
+        shared.signals.changed(true);
+        (results, version)
+    }
+
+    /// Pauses the subscription (when it is not paused already) for `reason`: the handler
+    /// asked for no more events.
+    pub(super) fn pause(&self, reason: String) {
+        let mut core = self.shared.core();
+        if core.paused.is_none() {
+            tracing::warn!(subscription = %self.shared.name, %reason, "pausing the subscription");
+            core.paused = Some(reason);
+        }
+    }
+}
+
+impl super::Core {
+    /// Runs an attempt's outcome through the circuit breaker, when the mode has one: a failure
+    /// counts towards opening it, anything else closes it, and a failed probe of an open
+    /// circuit does not spend the event's attempts (while the handler is down, events wait
+    /// instead of running out of retries).
+    fn judge(&mut self, outcome: Outcome, now_ms: i64) -> Outcome {
+        let Some(circuit) = &mut self.circuit else {
+            return outcome;
+        };
+        let Outcome::Fail { status, error, .. } = &outcome else {
+            circuit.on_success();
+            return outcome;
+        };
+        let probe = circuit.state() == CircuitState::HalfOpen;
+        circuit.on_failure(now_ms);
+        if probe {
+            return Outcome::Probe {
+                status: *status,
+                error: error.clone(),
+            };
+        }
+        outcome
+    }
+}
