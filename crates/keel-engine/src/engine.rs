@@ -9,6 +9,7 @@ use crate::clock::now_ms;
 use crate::config::{TopicConfig, validate_topic_name};
 use crate::error::EngineError;
 use crate::event::Event;
+use crate::event::http::HttpRequest;
 use crate::limits::{
     BATCH_EVENTS_MAX, EVENT_BYTES_CEILING, EVENT_BYTES_MAX, READ_RECORDS_MAX, READ_WAIT_MS_MAX,
     SEGMENT_BYTES_DEFAULT,
@@ -318,6 +319,27 @@ impl Engine {
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
         let topic = self.topic(topic)?;
+        self.publish_to(&topic, events).await
+    }
+
+    /// Publishes the events of a CloudEvents HTTP request, in whichever content mode it uses
+    /// (see [`crate::event::http`]). The topic is looked up once, and a missing one is reported
+    /// before the request is judged: it is the first thing to fix.
+    pub async fn publish_http(
+        &self,
+        topic: &str,
+        request: &HttpRequest<'_>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
+        let topic = self.topic(topic)?;
+        let events = crate::event::http::parse_request(request)?;
+        self.publish_to(&topic, events).await
+    }
+
+    async fn publish_to(
+        &self,
+        topic: &Arc<Topic>,
+        events: Vec<Event>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
         if events.len() > BATCH_EVENTS_MAX {
             return Err(EngineError::BatchTooLarge {
                 count: events.len(),

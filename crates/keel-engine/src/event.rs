@@ -36,7 +36,7 @@
 //! # Ok::<(), event::EventError>(())
 //! ```
 
-mod binary;
+pub mod http;
 mod validate;
 
 #[cfg(test)]
@@ -69,6 +69,17 @@ pub enum EventError {
         index: Option<usize>,
         /// Which attribute and what is wrong with it.
         detail: String,
+    },
+    /// A publish request in none of the CloudEvents HTTP content modes.
+    #[error(
+        "unsupported Content-Type {}: send {} (one event), {} (a JSON array of events), or binary mode (ce-specversion, ce-id, ce-source, ce-type headers with the data as body)",
+        content_type.as_deref().map_or("(none)".to_owned(), |value| format!("{value:?}")),
+        http::STRUCTURED,
+        http::BATCH
+    )]
+    UnsupportedMediaType {
+        /// The `Content-Type` sent, when one was.
+        content_type: Option<String>,
     },
 }
 
@@ -174,11 +185,12 @@ pub fn from_binary(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Event, EventError> {
-    let json =
-        binary::to_json(attributes, content_type, body).map_err(|detail| EventError::Invalid {
+    let json = http::binary_to_json(attributes, content_type, body).map_err(|detail| {
+        EventError::Invalid {
             index: None,
             detail,
-        })?;
+        }
+    })?;
     checked_event(json, None)
 }
 

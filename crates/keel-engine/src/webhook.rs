@@ -2,9 +2,8 @@
 //! the answer means for the event.
 //!
 //! The request is a `POST` in the CloudEvents HTTP **binary** content mode (HTTP protocol
-//! binding 1.0.2 §3.1): `ce-*` headers, `Content-Type` from `datacontenttype`, body = data
-//! (mapping below). It is signed per **Standard Webhooks** 1.0.0, so any Standard Webhooks
-//! library verifies it:
+//! binding 1.0.2 §3.1): `ce-*` headers, `Content-Type` from `datacontenttype`, body = data.
+//! It is signed per **Standard Webhooks** 1.0.0, so any Standard Webhooks library verifies it:
 //!
 //! - `webhook-id`: the event id, as its `ce-id` header carries it (percent-encoded, which leaves
 //!   ids of printable ASCII without space, `"` or `%` unchanged);
@@ -14,25 +13,14 @@
 //!
 //! `keel-attempt: <n>` numbers the attempt (1 for the first).
 //!
-//! The binary mode is the inverse of [`crate::event::from_binary`]:
-//! - every attribute but `data`, `data_base64` and `datacontenttype` becomes a `ce-<name>`
-//!   header: strings percent-encoded (§3.1.3.2: space, `"`, `%` and all but printable ASCII
-//!   become `%XY` of their UTF-8 bytes), booleans and integers as their JSON text;
-//! - `Content-Type` is `datacontenttype`, or `application/json` when there is `data` without
-//!   one (JSON format §3.1);
-//! - the body is `data`'s JSON text for JSON content types (`*/json`, `*/*+json`), a `data`
-//!   string's text for other content types, the decoded `data_base64`, or empty without data.
-//!
-//! Publishing these parts in binary mode stores the same event, except what a header cannot
-//! say: extension booleans and integers come back as strings, and an implied
-//! `datacontenttype: application/json` becomes explicit.
+//! The binary mode's mapping, the inverse of publishing in binary mode, is in
+//! [`crate::event::http`], beside the rest of the CloudEvents HTTP binding.
 //!
 //! The answer is an [`AttemptOutcome`] (DESIGN.md §3): 2xx delivered; 410 gone; 408, 429, 5xx,
 //! 3xx (redirects are never followed), timeouts and connection errors retried, with
 //! `Retry-After` read; every other 4xx rejected. At most [`RESPONSE_BYTES_MAX`] of a response
 //! body are read, so a connection stays reusable without a sink making keel read without end.
 
-mod request;
 mod response;
 mod signature;
 
@@ -235,7 +223,7 @@ impl PushClient {
         attempt: u32,
         timestamp_s: i64,
     ) -> Result<reqwest::RequestBuilder, String> {
-        let parts = request::binary_request(event_json)
+        let parts = crate::event::http::binary_request(event_json)
             .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
         let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
         let mut headers = reqwest::header::HeaderMap::with_capacity(parts.headers.len() + 5);

@@ -59,6 +59,9 @@ impl From<EngineError> for ApiError {
             | EngineError::TopicHasSubscriptions { .. }
             | EngineError::WrongDeliveryMode { .. }
             | EngineError::SubscriptionPaused { .. } => StatusCode::CONFLICT,
+            EngineError::Event(keel_engine::event::EventError::UnsupportedMediaType { .. }) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             EngineError::InvalidTopicName { .. }
             | EngineError::InvalidSubscription { .. }
             | EngineError::MalformedAckId { .. }

@@ -10,9 +10,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::request::{binary_request, percent_encode};
 use super::response::parse_retry_after;
 use super::*;
+use crate::event::http::{binary_request, percent_encode};
 use sink::{Step, TestSink, response};
 
 /// The secret of the Standard Webhooks reference test vector.

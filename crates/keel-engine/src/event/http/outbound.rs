@@ -1,23 +1,26 @@
-//! The stored event as a CloudEvents HTTP binary-mode request (HTTP protocol binding 1.0.2
-//! §3.1), the inverse of [`crate::event::from_binary`]; the mapping is in the parent module's
-//! doc. An empty string `data` is sent as an empty body, which reads back as no data.
+//! Outbound binary content mode: the stored event as a CloudEvents HTTP binary-mode request
+//! (HTTP protocol binding 1.0.2 §3.1), the inverse of [`crate::event::from_binary`]; the
+//! mapping is in the parent module's doc. An empty string `data` is sent as an empty body,
+//! which reads back as no data.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::{is_json, percent_encode};
+
 /// The parts of one binary-mode request that come from the event (not the signature).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct BinaryRequest {
+pub(crate) struct BinaryRequest {
     /// The `ce-` headers: full name and percent-encoded value, in the stored member order.
-    pub(super) headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// The `Content-Type` header, when there is one.
-    pub(super) content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// The body: the event's data.
-    pub(super) body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// The event id as its `ce-id` header carries it (percent-encoded): the `webhook-id`.
-    pub(super) id: String,
+    pub(crate) id: String,
 }
 
 /// What a JSON-typed body defaults to (JSON event format §3.1).
@@ -25,7 +28,7 @@ const DEFAULT_CONTENT_TYPE: &str = "application/json";
 
 /// Builds the binary-mode parts of `event_json`, a stored (so valid) CloudEvent. The error says
 /// why the text is not one, which would mean a bug or a corrupted store.
-pub(super) fn binary_request(event_json: &str) -> Result<BinaryRequest, String> {
+pub(crate) fn binary_request(event_json: &str) -> Result<BinaryRequest, String> {
     let members = members_in_order(event_json)?;
     let mut headers = Vec::with_capacity(members.len());
     let mut content_type = None;
@@ -79,17 +82,6 @@ fn data_body(content_type: &str, data: &RawValue) -> Result<Vec<u8>, String> {
     Ok(data.get().as_bytes().to_vec())
 }
 
-/// Whether a media type is JSON: `*/json` or `*/*+json`, parameters ignored (JSON event format
-/// §3.1.1; the same rule as binary-mode publishing).
-pub(super) fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim();
-    let Some((_, subtype)) = essence.split_once('/') else {
-        return false;
-    };
-    let subtype = subtype.to_ascii_lowercase();
-    subtype == "json" || subtype.ends_with("+json")
-}
-
 /// An attribute's canonical string: a string's text, any other value's JSON text.
 fn attribute_text(name: &str, value: &RawValue) -> Result<String, String> {
     if value.get().starts_with('"') {
@@ -103,23 +95,6 @@ fn attribute_text(name: &str, value: &RawValue) -> Result<String, String> {
 fn string_value(name: &str, value: &RawValue) -> Result<String, String> {
     serde_json::from_str(value.get())
         .map_err(|_| format!("the stored {name:?} is not a string: {}", value.get()))
-}
-
-/// Percent-encodes a header value (HTTP binding §3.1.3.2): space, `"`, `%` and every character
-/// outside printable ASCII become `%XY` of their UTF-8 bytes, upper-case.
-pub(super) fn percent_encode(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut encoded = String::with_capacity(text.len());
-    for &byte in text.as_bytes() {
-        if matches!(byte, 0x21..=0x7E) && byte != b'"' && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push('%');
-            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
-            encoded.push(char::from(HEX[usize::from(byte & 0x0F)]));
-        }
-    }
-    encoded
 }
 
 /// The members of a JSON object in their stored order, values unparsed.

@@ -1,4 +1,4 @@
-//! The HTTP binary content mode (HTTP protocol binding 1.0.2 §3.1): `ce-` headers and a body,
+//! Inbound binary content mode (HTTP protocol binding 1.0.2 §3.1): `ce-` headers and a body,
 //! turned into the JSON event keel stores.
 //!
 //! The stored object lists `specversion` first, then the other attributes in header order,
@@ -18,7 +18,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::de::IgnoredAny;
 
-use super::validate::quote;
+use super::percent_decode;
+use crate::event::validate::quote;
 
 /// How a body is carried in the stored JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,7 @@ enum DataForm {
 
 /// Builds the stored JSON text from binary mode; the error says which header or why the body
 /// does not fit its content type. The result still has to pass validation.
-pub(super) fn to_json(
+pub(crate) fn to_json(
     attributes: &[(&str, &str)],
     content_type: Option<&str>,
     body: &[u8],
@@ -104,36 +105,6 @@ fn unquote(value: &str) -> Option<String> {
     None
 }
 
-/// One round of percent-decoding; the decoded bytes must be UTF-8 (overlong forms included).
-fn percent_decode(value: &str) -> Result<String, String> {
-    let bytes = value.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut position = 0;
-    while let Some(&byte) = bytes.get(position) {
-        if byte != b'%' {
-            decoded.push(byte);
-            position += 1;
-            continue;
-        }
-        let digit = |offset: usize| {
-            let digit = bytes
-                .get(position + offset)
-                .and_then(|&b| char::from(b).to_digit(16));
-            digit.and_then(|digit| u8::try_from(digit).ok())
-        };
-        match (digit(1), digit(2)) {
-            (Some(high), Some(low)) => decoded.push(high << 4 | low),
-            _ => {
-                return Err(format!(
-                    "'%' at byte {position} is not followed by two hex digits"
-                ));
-            }
-        }
-        position += 3;
-    }
-    String::from_utf8(decoded).map_err(|error| format!("the decoded bytes are not UTF-8 ({error})"))
-}
-
 /// Adds the body as `data` or `data_base64`, by the content type.
 fn write_data(
     object: &mut ObjectWriter,
@@ -168,14 +139,14 @@ fn not_json(content_type: Option<&str>, error: &str) -> String {
 
 /// Which form a body of this content type takes (JSON format §3.1.1 for what is JSON).
 fn data_form(content_type: &str) -> DataForm {
-    let mut parts = content_type.split(';');
-    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let Some((kind, subtype)) = essence.split_once('/') else {
-        return DataForm::Binary;
-    };
-    if subtype == "json" || subtype.ends_with("+json") {
+    if super::is_json(content_type) {
         return DataForm::Json;
     }
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some((kind, _)) = essence.split_once('/') else {
+        return DataForm::Binary;
+    };
     let charset_is_utf8 = parts
         .filter_map(|parameter| parameter.split_once('='))
         .filter(|(attribute, _)| attribute.trim().eq_ignore_ascii_case("charset"))
