@@ -1374,7 +1374,8 @@ fn p50_p99(latency: &LatencyMs) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
+    use keel_testkit::server::TestServer;
     use serde_json::Value;
 
     #[test]
@@ -1505,8 +1506,8 @@ mod tests {
         // lag 0 and nothing in flight, and the run deletes what it created. Method: real
         // runs against a real server: pull, push, keyed push with ordering and a pace, and
         // both modes delivering a backlog.
-        let server = TestServer::start().await;
-        let client = server.client();
+        let server = TestServer::start_in_temp_dir().await;
+        let client = server.cli_client();
         let keyed_paced_push = E2eBenchArgs {
             keys: 10,
             ordering: DeliveryOrder::Key,
