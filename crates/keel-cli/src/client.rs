@@ -297,7 +297,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
+    use keel_testkit::server::TestServer;
 
     #[test]
     fn problem_becomes_one_line_with_status_reason_and_detail() {
@@ -369,9 +370,7 @@ mod tests {
     #[tokio::test]
     async fn refused_connection_names_the_server() {
         // Goal: the "is keel serve running?" hint. Method: connect to a port just released.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = format!("http://{}", listener.local_addr().unwrap());
-        drop(listener);
+        let server = format!("http://127.0.0.1:{}", keel_testkit::process::free_port());
         let error = Client::new(&server, 1)
             .unwrap()
             .get(&["v1", "topics"], &[])
@@ -387,9 +386,9 @@ mod tests {
     async fn problem_answers_become_problem_errors_with_status_and_detail() {
         // Goal: real problem+json answers become the one-line error, keeping their status.
         // Method: requests a real server refuses: an unknown topic (404), a conflicting create.
-        let server = TestServer::start().await;
+        let server = TestServer::start_in_temp_dir().await;
         server.create_topic("orders", 1).await;
-        let client = server.client();
+        let client = server.cli_client();
         let other_config = Body {
             content_type: CONTENT_TYPE_JSON,
             bytes: br#"{"partitions": 2}"#.to_vec(),

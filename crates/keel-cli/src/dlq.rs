@@ -347,9 +347,7 @@ mod tests {
     async fn purge_without_yes_is_refused_before_any_request() {
         // Goal: an unconfirmed purge deletes nothing. Method: point the client at a port
         // nothing listens on; the refusal must come first, as a usage error.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = format!("http://{}", listener.local_addr().unwrap());
-        drop(listener);
+        let server = format!("http://127.0.0.1:{}", keel_testkit::process::free_port());
         let client = Client::new(&server, 1).unwrap();
         let error = purge(&client, "billing", false, false).await.unwrap_err();
         assert!(matches!(error, CliError::Usage(_)), "{error}");

@@ -15,7 +15,7 @@ mod serve;
 mod sub;
 mod tail;
 #[cfg(test)]
-mod test_server;
+mod test_client;
 mod topic;
 
 use std::process::ExitCode;

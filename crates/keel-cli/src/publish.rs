@@ -561,7 +561,8 @@ fn join_batch(events: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
+    use keel_testkit::server::TestServer;
     use serde_json::json;
 
     fn flags() -> EventArgs {
@@ -740,8 +741,8 @@ mod tests {
                 "(events.jsonl lines 3-4)",
             ),
         ];
-        let server = TestServer::start().await;
-        let client = server.client();
+        let server = TestServer::start_in_temp_dir().await;
+        let client = server.cli_client();
         for (topic, lines, stored_count, message_start, message_end) in cases {
             server.create_topic(topic, 1).await;
             let source = LineSource {
@@ -785,7 +786,7 @@ mod tests {
     async fn event_from_flags_reads_back_as_built() {
         // Goal: an event built from flags is stored as built, and its position is printed.
         // Method: publish to a real server, then read the partition back.
-        let server = TestServer::start().await;
+        let server = TestServer::start_in_temp_dir().await;
         server.create_topic("orders", 1).await;
         let args = PublishArgs {
             topic: "orders".to_owned(),
@@ -801,7 +802,7 @@ mod tests {
             batch_size: 100,
             quiet: false,
         };
-        let printed = publish_one(&server.client(), &args, &EventIds::new(), false)
+        let printed = publish_one(&server.cli_client(), &args, &EventIds::new(), false)
             .await
             .unwrap();
         assert_eq!(printed, "e-1 → partition 0 offset 0\n");

@@ -840,8 +840,9 @@ fn duration_text(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
     use clap::Parser;
+    use keel_testkit::server::TestServer;
 
     /// `keel sub create`'s arguments alone, parsed as clap parses them.
     #[derive(Debug, Parser)]
@@ -1123,9 +1124,9 @@ mod tests {
         // Goal: the flag-built body uses the API's field names and value forms (a misspelt
         // field would be refused as unknown). Method: create a push subscription from every
         // flag on a real server, then compare its description with the flags.
-        let server = TestServer::start().await;
+        let server = TestServer::start_in_temp_dir().await;
         server.create_topic("orders", 2).await;
-        let client = server.client();
+        let client = server.cli_client();
         let args = parse_create(&[
             "hooks",
             "--topic",

@@ -345,7 +345,8 @@ fn with_force_hint(error: ClientError, force: bool) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
+    use keel_testkit::server::TestServer;
     use serde_json::json;
 
     #[test]
@@ -436,8 +437,8 @@ mod tests {
     async fn created_topic_is_described_with_the_given_settings() {
         // Goal: every create flag reaches the server and is kept.
         // Method: create with non-default settings on a real server, then describe the topic.
-        let server = TestServer::start().await;
-        let client = server.client();
+        let server = TestServer::start_in_temp_dir().await;
+        let client = server.cli_client();
         let args = CreateArgs {
             name: "orders".to_owned(),
             partitions: Some(3),

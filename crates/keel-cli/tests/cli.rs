@@ -10,7 +10,8 @@ mod support;
 use std::io::Write;
 use std::process::{Command, Output};
 
-use support::KeelProcess;
+use keel_testkit::process::free_port;
+use support::KEEL;
 
 fn keel(server: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -34,7 +35,7 @@ fn stdout(output: &Output) -> String {
 #[tokio::test]
 async fn cli_creates_publishes_describes_and_tails() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url = server.url.as_str();
     assert_eq!(
         stdout(&keel(
@@ -117,7 +118,7 @@ async fn cli_creates_publishes_describes_and_tails() {
 #[tokio::test]
 async fn cli_errors_are_one_line_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url_owned = server.url.clone();
     let url = url_owned.as_str();
     keel(url, &["topic", "create", "t"]);
@@ -162,18 +163,9 @@ async fn cli_errors_are_one_line_and_exit_non_zero() {
 async fn a_second_server_on_one_data_dir_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let first = KeelProcess::start(&data_dir).await;
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args([
-            "serve",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ])
-        .output()
-        .unwrap();
+    let first = KEEL.start(&data_dir).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let output = KEEL.serve_command(&data_dir, &listen).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -244,7 +236,7 @@ fn publish_event(server: &str, id: &str) {
 #[tokio::test]
 async fn cli_pull_subscription_delivers_rejects_and_redrives() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url = server.url.as_str();
     stdout(&keel(url, &["topic", "create", "orders"]));
     let create = [
@@ -311,7 +303,7 @@ async fn cli_pull_subscription_delivers_rejects_and_redrives() {
 #[tokio::test]
 async fn cli_pause_seek_and_nack_change_what_is_pulled() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url = server.url.as_str();
     stdout(&keel(url, &["topic", "create", "orders"]));
     stdout(&keel(url, &["sub", "create", "p", "--topic", "orders"]));
@@ -359,10 +351,10 @@ async fn cli_pause_seek_and_nack_change_what_is_pulled() {
 #[tokio::test]
 async fn cli_push_subscription_create_prints_the_generated_secret_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url = server.url.as_str();
     stdout(&keel(url, &["topic", "create", "orders"]));
-    let sink = format!("http://127.0.0.1:{}/hook", support::free_port());
+    let sink = format!("http://127.0.0.1:{}/hook", free_port());
     let create = [
         "sub", "create", "hooks", "--topic", "orders", "--sink", &sink,
     ];
@@ -408,7 +400,7 @@ async fn cli_push_subscription_create_prints_the_generated_secret_once() {
 #[tokio::test]
 async fn cli_subscription_errors_are_one_line_and_topic_delete_needs_force() {
     let dir = tempfile::tempdir().unwrap();
-    let server = KeelProcess::start(&dir.path().join("data")).await;
+    let server = KEEL.start(&dir.path().join("data")).await;
     let url = server.url.as_str();
     stdout(&keel(url, &["topic", "create", "orders"]));
     stdout(&keel(url, &["sub", "create", "p", "--topic", "orders"]));

@@ -14,8 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use keel_testkit::process::{KeelProcess, free_port};
 use serde_json::json;
-use support::{KeelProcess, read_partition};
+use support::{KEEL, read_partition};
 
 const PARTITIONS: u32 = 4;
 const CLIENTS: usize = 8;
@@ -115,8 +116,8 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let mut keel = KeelProcess::start_on(&data_dir, &listen).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut keel = KEEL.start_on(&data_dir, &listen).await;
     let created = reqwest::Client::new()
         .put(format!("{}/v1/topics/crash", keel.url))
         .body(json!({"partitions": PARTITIONS}).to_string())
@@ -145,7 +146,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
         for publisher in publishers {
             publisher.await.unwrap();
         }
-        keel = KeelProcess::start_on(&data_dir, &listen).await;
+        keel = KEEL.start_on(&data_dir, &listen).await;
         let snapshot = acked.lock().unwrap().clone();
         let stored = verify(&keel, &snapshot).await;
         eprintln!(
@@ -164,7 +165,7 @@ async fn kill_9_under_load_loses_no_acknowledged_event() {
 async fn sigterm_shuts_down_cleanly_and_keeps_events() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let keel = KeelProcess::start(&data_dir).await;
+    let keel = KEEL.start(&data_dir).await;
     let client = reqwest::Client::new();
     client
         .put(format!("{}/v1/topics/t", keel.url))
@@ -183,7 +184,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_events() {
     assert_eq!(published.status(), 200);
     let status = keel.terminate();
     assert!(status.success(), "exit status {status:?}");
-    let keel = KeelProcess::start(&data_dir).await;
+    let keel = KEEL.start(&data_dir).await;
     let records = read_partition(&client, &keel.url, "t", 0).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["event"], event);
@@ -195,7 +196,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_events() {
 async fn sigterm_stops_even_while_a_client_holds_a_half_sent_request() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let keel = KeelProcess::start(&dir.path().join("data")).await;
+    let keel = KEEL.start(&dir.path().join("data")).await;
     let mut stuck = tokio::net::TcpStream::connect(&keel.listen).await.unwrap();
     stuck
         .write_all(b"POST /v1/topics/t/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")

@@ -3,8 +3,8 @@
 //!
 //! The contract under test (DESIGN.md §3): delivery is at-least-once; a crash may redeliver
 //! events that were in flight but never skips one; per key, events reach the handler in log
-//! order; dead letters, pending retries and durable acks survive. Push tests use the scriptable
-//! sink of `support::sink` on 127.0.0.1; pull tests use the HTTP API. Cycles of the push soak:
+//! order; dead letters, pending retries and durable acks survive. Push tests use the test kit's
+//! scriptable sink on 127.0.0.1; pull tests use the HTTP API. Cycles of the push soak:
 //! 5 by default, `KEEL_SOAK_CYCLES=N` for more; `KEEL_TEST_SEED=N` replays a run's random
 //! choices (kill times, sink failures), whose seed the randomised tests print.
 
@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keel_testkit::process::{KeelProcess, free_port};
+use keel_testkit::random::splitmix64;
+use keel_testkit::sink::{Answer, Exchange, Policy, Reply, Request, Response, Sink, policy};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::KeelProcess;
-use support::sink::{self, Answer, Answered, Incoming, Policy, Sink, splitmix64};
+use support::KEEL;
 
 /// Keys of the push soak's events.
 const SOAK_KEYS: u64 = 20;
@@ -316,7 +318,7 @@ async fn publish_continuously(
 
 /// Checks the soak's invariants over what was published and what the sink accepted; returns
 /// the number of events accepted more than once.
-fn check_push_delivery(published: &[Published], accepted: &[Answered], cycles: usize) -> usize {
+fn check_push_delivery(published: &[Published], accepted: &[Exchange], cycles: usize) -> usize {
     let by_id: HashMap<String, &Published> =
         published.iter().map(|p| (soak_id(p.sequence), p)).collect();
     let mut offsets_by_key: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -333,14 +335,11 @@ fn check_push_delivery(published: &[Published], accepted: &[Answered], cycles: u
     let mut times_accepted: HashMap<&str, usize> = HashMap::new();
     let mut last_first_by_key: HashMap<&str, u64> = HashMap::new();
     for answered in accepted {
-        let id = answered.request.id.as_str();
+        let id = answered.request.event_id();
         let event = by_id
             .get(id)
             .unwrap_or_else(|| panic!("the sink accepted {id}, never published"));
-        assert_eq!(
-            answered.request.partition_key.as_deref(),
-            Some(event.key.as_str())
-        );
+        assert_eq!(answered.request.partition_key(), Some(event.key.as_str()));
         let times = times_accepted.entry(id).or_default();
         *times += 1;
         if *times > 1 {
@@ -387,16 +386,16 @@ fn check_push_delivery(published: &[Published], accepted: &[Answered], cycles: u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_push_delivery_skips_nothing() {
     let (cycles, seed) = (soak_cycles(), seed("push soak"));
-    let sink = Sink::start(sink::fail_share(20, seed)).await;
+    let sink = Sink::start(policy::fail_share(20, seed)).await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let mut keel = KeelProcess::start_on(&data_dir, &listen).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut keel = KEEL.start_on(&data_dir, &listen).await;
     let client = reqwest::Client::new();
     create_topic(&client, &keel, "orders", 4).await;
     let spec = json!({
-        "topic": "orders", "sink": {"url": sink.url}, "start": "earliest", "ordering": "key",
-        "max_in_flight": SOAK_IN_FLIGHT_MAX, "ack_timeout": "2s",
+        "topic": "orders", "sink": {"url": sink.url("/hook")}, "start": "earliest",
+        "ordering": "key", "max_in_flight": SOAK_IN_FLIGHT_MAX, "ack_timeout": "2s",
         "retry": {"max_attempts": 100, "initial": "20ms", "max": "200ms"},
         "circuit_breaker": {"failures": 1000, "cool_down": "300ms"},
     });
@@ -414,7 +413,7 @@ async fn kill_9_during_push_delivery_skips_nothing() {
         let run_ms = 500 + random % 1000;
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
         keel.kill9();
-        keel = KeelProcess::start_on(&data_dir, &listen).await;
+        keel = KEEL.start_on(&data_dir, &listen).await;
         eprintln!(
             "cycle {cycle}: killed after {run_ms} ms; {} events acknowledged, {} accepted so far",
             published.lock().unwrap().len(),
@@ -426,8 +425,11 @@ async fn kill_9_during_push_delivery_skips_nothing() {
     let limit = Duration::from_secs(20);
     wait_describe(&client, &keel, "shipping", "drain", limit, is_drained).await;
     let published = published.lock().unwrap().clone();
-    let answered = sink.answered();
-    let failed = answered.iter().filter(|a| a.status == 503).count();
+    let answered = sink.exchanges();
+    let failed = answered
+        .iter()
+        .filter(|a| a.answer == Answer::Status(503))
+        .count();
     let duplicates = check_push_delivery(&published, &sink.accepted(), cycles);
     eprintln!(
         "push soak: {cycles} crashes, {} events published, {} requests ({failed} answered 503), \
@@ -447,7 +449,7 @@ async fn kill_9_during_push_delivery_skips_nothing() {
 // ---------------------------------------------------------------------------------------------
 // 2. Dead letters and pending retries across kill -9
 
-fn is_poison(request: &Incoming) -> bool {
+fn is_poison(request: &Request) -> bool {
     let data: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
     data["poison"] == true
 }
@@ -456,28 +458,31 @@ fn is_poison(request: &Incoming) -> bool {
 fn poison_or_unavailable() -> Policy {
     Arc::new(|request| {
         if is_poison(request) {
-            Answer::status(400)
+            Reply::status(400)
         } else {
-            Answer {
-                status: 503,
-                retry_after_s: Some(RETRY_AFTER_S),
-            }
+            let retry_after = RETRY_AFTER_S.to_string();
+            Response::new(503)
+                .header("retry-after", &retry_after)
+                .into()
         }
     })
 }
 
 /// Asserts that each normal event failed once before the crash and was delivered once after,
 /// with its attempt count kept (attempt 2), not before its retry time and not much later.
-fn check_retries_kept(answered: &[Answered], normal_ids: &[String], killed: Instant) {
+fn check_retries_kept(answered: &[Exchange], normal_ids: &[String], killed: Instant) {
     for id in normal_ids {
-        let attempts: Vec<&Answered> = answered.iter().filter(|a| &a.request.id == id).collect();
-        let summary: Vec<(u32, u16)> = attempts
+        let attempts: Vec<&Exchange> = answered
             .iter()
-            .map(|a| (a.request.attempt, a.status))
+            .filter(|a| a.request.event_id() == id)
+            .collect();
+        let summary: Vec<(u32, Answer)> = attempts
+            .iter()
+            .map(|a| (a.request.attempt(), a.answer))
             .collect();
         assert_eq!(
             summary,
-            [(1, 503), (2, 200)],
+            [(1, Answer::Status(503)), (2, Answer::Status(200))],
             "{id}: (attempt, status) seen by the sink"
         );
         let (failed, delivered) = (attempts[0], attempts[1]);
@@ -509,10 +514,16 @@ async fn wait_retries_delivered(
     while sink.accepted().len() < count {
         if Instant::now() > due + RETRY_LATENESS_MAX {
             let info = describe(client, keel, "ledger").await;
-            let seen: Vec<(String, u32, u16)> = sink
-                .answered()
+            let seen: Vec<(String, u32, Answer)> = sink
+                .exchanges()
                 .iter()
-                .map(|a| (a.request.id.clone(), a.request.attempt, a.status))
+                .map(|a| {
+                    (
+                        a.request.event_id().to_owned(),
+                        a.request.attempt(),
+                        a.answer,
+                    )
+                })
                 .collect();
             panic!(
                 "the retried events were not delivered within {RETRY_LATENESS_MAX:?} of their \
@@ -535,12 +546,12 @@ async fn kill_9_keeps_dead_letters_and_pending_retries() {
     let sink = Sink::start(poison_or_unavailable()).await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let mut keel = KeelProcess::start_on(&data_dir, &listen).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut keel = KEEL.start_on(&data_dir, &listen).await;
     let client = reqwest::Client::new();
     create_topic(&client, &keel, "payments", 2).await;
     let spec = json!({
-        "topic": "payments", "sink": {"url": sink.url}, "start": "earliest",
+        "topic": "payments", "sink": {"url": sink.url("/hook")}, "start": "earliest",
         "ack_timeout": "5s", "retry": {"max_attempts": 3, "initial": "2s", "max": "2s"},
         "circuit_breaker": {"failures": 100, "cool_down": "300ms"},
     });
@@ -565,10 +576,10 @@ async fn kill_9_keeps_dead_letters_and_pending_retries() {
     wait_for("checkpoint holding the 5 retries", limit, durable).await;
     keel.kill9();
     let killed = Instant::now();
-    sink.set_policy(sink::always(200));
-    keel = KeelProcess::start_on(&data_dir, &listen).await;
+    sink.set_policy(policy::always(200));
+    keel = KEEL.start_on(&data_dir, &listen).await;
     let restarted = Instant::now();
-    let first_failure = sink.answered().iter().map(|a| a.at).min().unwrap();
+    let first_failure = sink.exchanges().iter().map(|a| a.at).min().unwrap();
     let due = first_failure + Duration::from_secs(RETRY_AFTER_S);
     assert!(
         restarted < due,
@@ -576,7 +587,7 @@ async fn kill_9_keeps_dead_letters_and_pending_retries() {
     );
     wait_retries_delivered(&sink, &client, &keel, normal_ids.len(), due).await;
     wait_describe(&client, &keel, "ledger", "drain", limit, is_drained).await;
-    check_retries_kept(&sink.answered(), &normal_ids, killed);
+    check_retries_kept(&sink.exchanges(), &normal_ids, killed);
     let entries = dlq_entries(&client, &keel, "ledger").await;
     let mut dead: Vec<String> = entries
         .iter()
@@ -701,8 +712,8 @@ async fn kill_9_during_pull_acks_loses_no_ack() {
     let seed = seed("pull acks");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let listen = format!("127.0.0.1:{}", support::free_port());
-    let mut keel = KeelProcess::start_on(&data_dir, &listen).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut keel = KEEL.start_on(&data_dir, &listen).await;
     let client = reqwest::Client::new();
     create_topic(&client, &keel, "audit", 4).await;
     let all: Vec<String> = (0..PULL_EVENTS).map(|i| format!("a-{i:04}")).collect();
@@ -745,7 +756,7 @@ async fn kill_9_during_pull_acks_loses_no_ack() {
         "both consumers stopped at the kill: {errors:?}"
     );
     let before = before.lock().unwrap().clone();
-    keel = KeelProcess::start_on(&data_dir, &listen).await;
+    keel = KEEL.start_on(&data_dir, &listen).await;
     let after: Arc<Mutex<Consumed>> = Arc::default();
     let errors = run_consumers(&keel.url, &after, Until::Drained).await;
     assert!(errors.is_empty(), "consumers after the restart: {errors:?}");

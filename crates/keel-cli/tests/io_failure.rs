@@ -14,20 +14,10 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use keel_testkit::process::free_port;
 use serde_json::{Value, json};
-use support::{free_port, read_partition};
-
-/// The server under fiu-run, killed even when an assertion fails first (no leftover server).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{KEEL, read_partition};
 
 fn fiu_ctrl(pid: u32, command: &str) {
     let status = Command::new("fiu-ctrl")
@@ -59,22 +49,6 @@ async fn publish(
     )
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("keel not ready at {url}");
-}
-
 #[tokio::test]
 async fn failed_fsync_is_never_acknowledged_and_stops_the_partition() {
     failed_io_is_never_acknowledged("posix/io/sync/fdatasync", 5).await;
@@ -103,26 +77,13 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let mut child = KillOnDrop(
-        Command::new("fiu-run")
-            .args([
-                "-x",
-                env!("CARGO_BIN_EXE_keel"),
-                "serve",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--listen",
-                &listen,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    // fiu-run execs keel with its preload: the child's pid is keel's, for fiu-ctrl.
+    let keel = KEEL
+        .wrapped_in(&["fiu-run", "-x"])
+        .start_on(&data_dir, &listen)
+        .await;
+    let url = keel.url.clone();
     let client = reqwest::Client::new();
-    wait_ready(&client, &url).await;
     for topic in ["a", "b"] {
         client
             .put(format!("{url}/v1/topics/{topic}"))
@@ -133,10 +94,7 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     }
     assert_eq!(publish(&client, &url, "a", "before", "k").await.0, 200);
 
-    fiu_ctrl(
-        child.0.id(),
-        &format!("enable name={fault},failinfo={errno}"),
-    );
+    fiu_ctrl(keel.pid(), &format!("enable name={fault},failinfo={errno}"));
     let (status, problem) = publish(&client, &url, "a", "during", "k").await;
     assert_eq!(
         status, 503,
@@ -149,7 +107,7 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
             .contains("write or fsync failed"),
         "{problem}"
     );
-    fiu_ctrl(child.0.id(), &format!("disable name={fault}"));
+    fiu_ctrl(keel.pid(), &format!("disable name={fault}"));
 
     let (status, problem) = publish(&client, &url, "a", "after", "k").await;
     assert_eq!(
@@ -172,9 +130,8 @@ async fn failed_io_is_never_acknowledged(fault: &str, errno: i32) {
     assert_eq!(ready["status"], "degraded");
     assert_eq!(ready["unavailable_partitions"][0]["topic"], "a");
 
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    let keel = support::KeelProcess::start_on(&data_dir, &listen).await;
+    keel.kill9();
+    let keel = KEEL.start_on(&data_dir, &listen).await;
     let ids: Vec<Value> = read_partition(&client, &keel.url, "a", 0)
         .await
         .iter()

@@ -4,9 +4,10 @@
 
 mod support;
 
+use keel_testkit::server::TestServer;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{BATCH, STRUCTURED, TestServer, assert_problem, event};
+use support::{BATCH, STRUCTURED, assert_problem, event};
 
 // Goal: create is idempotent and conflicts are 409; list, describe and delete behave; bad
 // names and configs are precise 400s. Method: the full lifecycle over HTTP.

@@ -1,5 +1,5 @@
 //! Push delivery against real HTTP sinks that misbehave on purpose: a real server on a real
-//! socket pushes to the scriptable sink of `support/sink.rs`, and each test checks what the
+//! socket pushes to the test kit's scriptable sink, and each test checks what the
 //! sink received against what keel reports (describe, dead-letter queue, metrics).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit as _, Mac as _};
+use keel_testkit::server::TestServer;
+use keel_testkit::sink::policy::{self, Chaos};
+use keel_testkit::sink::{Answer, Exchange, Response, Sink};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::sink::{Answer, Behaviour, Request, Sink};
-use support::{BATCH, STRUCTURED, TestServer, event};
+use support::{BATCH, STRUCTURED, event};
 
 /// How long a condition that should hold soon is waited for.
 const SOON: Duration = Duration::from_secs(10);
@@ -116,7 +118,8 @@ async fn subscription_metric(server: &TestServer, metric: &str, name: &str) -> O
 /// Checks a request's Standard Webhooks signature with `secret` (`whsec_<base64>`): one of
 /// the `v1,` signatures is the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
 /// keyed with the secret's decoded bytes.
-fn assert_signed(secret: &str, request: &Request) {
+fn assert_signed(secret: &str, exchange: &Exchange) {
+    let request = &exchange.request;
     let key = BASE64
         .decode(secret.strip_prefix("whsec_").unwrap())
         .unwrap();
@@ -155,9 +158,11 @@ async fn server_with_topic(dir: &tempfile::TempDir, topic: &str, partitions: u32
     server
 }
 
-fn accepted_ids(requests: &[Request]) -> Vec<&str> {
-    let accepted = requests.iter().filter(|request| request.accepted());
-    accepted.map(Request::event_id).collect()
+fn accepted_ids(requests: &[Exchange]) -> Vec<&str> {
+    let accepted = requests.iter().filter(|exchange| exchange.accepted());
+    accepted
+        .map(|exchange| exchange.request.event_id())
+        .collect()
 }
 
 // Goal: whatever a sink does (500, 503, 429 with Retry-After, answers later than ack_timeout,
@@ -192,12 +197,12 @@ async fn chaos_sink_every_event_acked_once_or_dead_lettered() {
         .collect();
     let mut runs = Vec::new();
     for (ordering, sink_seed) in [("none", seed), ("key", seed.wrapping_add(1))] {
-        let sink = Sink::start(Behaviour::Chaos {
+        let sink = Sink::start(policy::chaos(Chaos {
             failure_share: 0.4,
             late_by: Duration::from_millis(600),
             seed: sink_seed,
             poisoned: poisoned.iter().cloned().collect(),
-        })
+        }))
         .await;
         let name = format!("chaos-{ordering}");
         let spec = json!({
@@ -224,7 +229,7 @@ async fn chaos_sink_every_event_acked_once_or_dead_lettered() {
             ordering,
             published: &published,
             poisoned: &poisoned,
-            requests: sink.requests(),
+            requests: sink.exchanges(),
             dead: dlq_entries(&server, name).await,
         };
         run.check(secret, &info);
@@ -240,7 +245,7 @@ struct ChaosRun<'a> {
     /// Events the sink always failed.
     poisoned: &'a BTreeSet<String>,
     /// What the sink received, in arrival order.
-    requests: Vec<Request>,
+    requests: Vec<Exchange>,
     /// The DLQ's entries.
     dead: Vec<Value>,
 }
@@ -302,16 +307,19 @@ impl ChaosRun<'_> {
     /// Each event was taken once or dead-lettered, its attempts count up, and nothing came
     /// after the sink took it. Returns how many the sink took.
     fn check_each_event(&self, context: &str, dead: &BTreeSet<&str>) -> usize {
-        let mut by_id: HashMap<&str, Vec<&Request>> = HashMap::new();
-        for request in &self.requests {
-            by_id.entry(request.event_id()).or_default().push(request);
+        let mut by_id: HashMap<&str, Vec<&Exchange>> = HashMap::new();
+        for exchange in &self.requests {
+            let id = exchange.request.event_id();
+            by_id.entry(id).or_default().push(exchange);
         }
         let mut accepted_total = 0;
         for (id, key) in self.published {
             let seen = by_id.remove(id.as_str()).unwrap_or_default();
             let accepted = seen.iter().filter(|request| request.accepted()).count();
-            let attempts: Vec<(u32, Answer)> =
-                seen.iter().map(|r| (r.attempt(), r.answer)).collect();
+            let attempts: Vec<(u32, Answer)> = seen
+                .iter()
+                .map(|r| (r.request.attempt(), r.answer))
+                .collect();
             let in_dlq = dead.contains(id.as_str());
             assert!(
                 (accepted == 1 && !in_dlq) || (accepted == 0 && in_dlq),
@@ -325,9 +333,9 @@ impl ChaosRun<'_> {
                 accepted == 0 || seen.last().is_some_and(|request| request.accepted()),
                 "{context}: {id} was sent again after the sink took it: {attempts:?}"
             );
-            for request in &seen {
+            for exchange in &seen {
                 assert_eq!(
-                    request.header("ce-partitionkey"),
+                    exchange.request.partition_key(),
                     Some(key.as_str()),
                     "{context}"
                 );
@@ -352,9 +360,12 @@ impl ChaosRun<'_> {
             }
         }
         let mut taken: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for request in self.requests.iter().filter(|request| request.accepted()) {
-            let key = request.header("ce-partitionkey").unwrap();
-            taken.entry(key).or_default().push(request.event_id());
+        for exchange in self.requests.iter().filter(|exchange| exchange.accepted()) {
+            let key = exchange.request.partition_key().unwrap();
+            taken
+                .entry(key)
+                .or_default()
+                .push(exchange.request.event_id());
         }
         assert_eq!(
             taken, expected,
@@ -372,12 +383,8 @@ impl ChaosRun<'_> {
 async fn sink_400_dead_letters_after_one_attempt_and_redrive_delivers_after_fix() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 1).await;
-    let sink = Sink::start(Behaviour::Answer {
-        status: 400,
-        headers: vec![],
-        body: "amount must be positive".to_owned(),
-    })
-    .await;
+    let refuse = Response::new(400).body("amount must be positive");
+    let sink = Sink::start(policy::reply(refuse.into())).await;
     let retry = json!({"retry": {"max_attempts": 5, "initial": "20ms", "max": "200ms"}});
     let secret = create_push(&server, "refused", "t", &sink.url("/hook"), retry).await;
     publish_batch(&server, "t", vec![event("r-1", json!({}))]).await;
@@ -404,10 +411,10 @@ async fn sink_400_dead_letters_after_one_attempt_and_redrive_delivers_after_fix(
         last_error.contains("400") && last_error.contains("amount must be positive"),
         "{entry}"
     );
-    let requests = sink.requests();
+    let requests = sink.exchanges();
     assert_eq!(requests.len(), 1, "one attempt only: {requests:?}");
-    assert_eq!(requests[0].attempt(), 1);
-    sink.set(Behaviour::Accept).await;
+    assert_eq!(requests[0].request.attempt(), 1);
+    sink.set_policy(policy::accept());
     let redrive = json!({"all": true});
     let path = "/v1/subscriptions/refused/dlq/redrive";
     let (status, body) = send_json(&server, Method::POST, path, &redrive).await;
@@ -418,7 +425,8 @@ async fn sink_400_dead_letters_after_one_attempt_and_redrive_delivers_after_fix(
         })
         .await;
     assert_eq!(requests.len(), 2, "{requests:?}");
-    assert_eq!((requests[1].event_id(), requests[1].attempt()), ("r-1", 1));
+    let redriven = &requests[1].request;
+    assert_eq!((redriven.event_id(), redriven.attempt()), ("r-1", 1));
     assert_signed(&secret, &requests[1]);
     wait_describe(&server, "refused", "the DLQ emptied", SOON, |info| {
         info["dlq_depth"] == 0 && info["lag"] == 0
@@ -437,7 +445,8 @@ async fn sink_400_dead_letters_after_one_attempt_and_redrive_delivers_after_fix(
 async fn sink_down_opens_circuit_without_burning_retries_and_resumes_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 2).await;
-    let sink = Sink::start(Behaviour::Down).await;
+    let sink = Sink::start(policy::accept()).await;
+    sink.go_down().await;
     let spec = json!({
         "ordering": "key",
         "retry": {"max_attempts": 5, "initial": "50ms", "max": "200ms"},
@@ -476,7 +485,7 @@ async fn sink_down_opens_circuit_without_burning_retries_and_resumes_in_order() 
         failed_attempts <= 6,
         "attempts were burned while the circuit was open: {info}"
     );
-    sink.set(Behaviour::Accept).await;
+    sink.come_back().await;
     let requests = sink
         .wait_for("all ten events", SOON, |requests| {
             accepted_ids(requests).len() >= 10
@@ -504,12 +513,8 @@ async fn sink_down_opens_circuit_without_burning_retries_and_resumes_in_order() 
 async fn sink_410_pauses_subscription() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 1).await;
-    let gone = Behaviour::Answer {
-        status: 410,
-        headers: vec![],
-        body: "this endpoint is retired".to_owned(),
-    };
-    let sink = Sink::start(gone).await;
+    let gone = Response::new(410).body("this endpoint is retired");
+    let sink = Sink::start(policy::reply(gone.into())).await;
     create_push(&server, "gone", "t", &sink.url("/hook"), json!({})).await;
     publish_batch(&server, "t", vec![event("g-1", json!({}))]).await;
     let info = wait_describe(&server, "gone", "paused", SOON, |info| {
@@ -520,10 +525,10 @@ async fn sink_410_pauses_subscription() {
     assert!(reason.contains("410"), "{info}");
     // Quiet while paused: nothing to poll for, so watch for a while.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let requests = sink.requests();
+    let requests = sink.exchanges();
     assert_eq!(requests.len(), 1, "sent while paused: {requests:?}");
     assert!(!describe(&server, "gone").await["paused"].is_null());
-    sink.set(Behaviour::Accept).await;
+    sink.set_policy(policy::accept());
     let path = "/v1/subscriptions/gone/resume";
     let (status, body) = send_json(&server, Method::POST, path, &json!({})).await;
     assert_eq!((status, &body["paused"]), (200, &Value::Null), "{body}");
@@ -544,14 +549,10 @@ async fn sink_410_pauses_subscription() {
 async fn redirect_is_not_followed() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 1).await;
-    let sink = Sink::start(Behaviour::Accept).await;
+    let sink = Sink::start(policy::accept()).await;
     let location = sink.url("/elsewhere");
-    sink.set(Behaviour::Answer {
-        status: 307,
-        headers: vec![("location".to_owned(), location.clone())],
-        body: String::new(),
-    })
-    .await;
+    let moved = Response::new(307).header("location", &location);
+    sink.set_policy(policy::reply(moved.into()));
     let retry = json!({"retry": {"max_attempts": 3, "initial": "20ms", "max": "100ms"}});
     create_push(&server, "moved", "t", &sink.url("/hook"), retry).await;
     publish_batch(&server, "t", vec![event("m-1", json!({}))]).await;
@@ -566,10 +567,10 @@ async fn redirect_is_not_followed() {
             && last_error.contains(&location),
         "{info}"
     );
-    let requests = sink.requests();
+    let requests = sink.exchanges();
     let seen: Vec<(&str, u32)> = requests
         .iter()
-        .map(|r| (r.path.as_str(), r.attempt()))
+        .map(|r| (r.request.path(), r.request.attempt()))
         .collect();
     assert_eq!(
         seen,
@@ -592,7 +593,7 @@ async fn redirect_is_not_followed() {
 async fn binary_mode_request_carries_the_event() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 1).await;
-    let sink = Sink::start(Behaviour::Accept).await;
+    let sink = Sink::start(policy::accept()).await;
     let secret = create_push(&server, "binary", "t", &sink.url("/hook"), json!({})).await;
     let payment = json!({
         "specversion": "1.0", "id": "pay-1", "source": "/billing", "type": "payment.made",
@@ -603,11 +604,9 @@ async fn binary_mode_request_carries_the_event() {
     let requests = sink
         .wait_for("the event", SOON, |requests| !requests.is_empty())
         .await;
-    let request = &requests[0];
-    assert_eq!(
-        (request.method.as_str(), request.path.as_str()),
-        ("POST", "/hook")
-    );
+    let exchange = &requests[0];
+    let request = &exchange.request;
+    assert_eq!((request.method(), request.path()), ("POST", "/hook"));
     for (name, value) in [
         ("ce-id", "pay-1"),
         ("ce-source", "/billing"),
@@ -626,7 +625,7 @@ async fn binary_mode_request_carries_the_event() {
     }
     let data: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(data, json!({"amount": 42}));
-    assert_signed(&secret, request);
+    assert_signed(&secret, exchange);
     let timestamp_s: u64 = request
         .header("webhook-timestamp")
         .unwrap()
@@ -650,7 +649,7 @@ async fn binary_mode_request_carries_the_event() {
 async fn rate_limit_paces_push() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_topic(&dir, "t", 2).await;
-    let sink = Sink::start(Behaviour::Accept).await;
+    let sink = Sink::start(policy::accept()).await;
     create_push(
         &server,
         "paced",
@@ -669,7 +668,7 @@ async fn rate_limit_paces_push() {
         })
         .await;
     assert_eq!(requests.len(), 30, "{requests:?}");
-    let span = requests[29].arrived - requests[0].arrived;
+    let span = requests[29].at - requests[0].at;
     assert!(
         span >= Duration::from_millis(1000) && span < Duration::from_millis(3000),
         "30 events at 20/s arrived over {span:?}"

@@ -8,9 +8,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use keel_testkit::server::TestServer;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{BATCH, STRUCTURED, TestServer, assert_problem, event};
+use support::{BATCH, STRUCTURED, assert_problem, event};
 
 /// How long a test waits for something that should happen soon before it fails.
 const PATIENCE: Duration = Duration::from_secs(5);

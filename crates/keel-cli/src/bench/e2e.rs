@@ -415,7 +415,7 @@ async fn run_e2e(
     put_topic(client, &topic).await?;
     let receipts = Arc::new(Receipts::new(args.events, Clock::start()));
     let sink = match args.mode {
-        Mode::Push => match Sink::start(args.sink_listen, Arc::clone(&receipts)).await {
+        Mode::Push => match PushReceiver::start(args.sink_listen, Arc::clone(&receipts)).await {
             Ok(sink) => Some(sink),
             Err(error) => return Err(cleaned_up(client, args, &names, error).await),
         },
@@ -959,8 +959,13 @@ async fn ack(
 
 /// The push sink: an HTTP/1.1 server in this process that records each delivery and answers
 /// 204 No Content, keeping connections alive.
+///
+/// Not the test kit's scriptable sink, on purpose: this one ships in the binary and is on the
+/// measured path, so it is hyper's HTTP/1.1 server, answering as fast as it can and timing each
+/// arrival; the test kit's is hand-written on raw sockets so that it can misbehave (answer
+/// late, cut a response, hang up, go down), and records whole requests for tests to inspect.
 #[derive(Debug)]
-struct Sink {
+struct PushReceiver {
     address: SocketAddr,
     /// Connections accepted so far.
     connections: Arc<AtomicU64>,
@@ -968,7 +973,7 @@ struct Sink {
     task: JoinHandle<()>,
 }
 
-impl Sink {
+impl PushReceiver {
     async fn start(listen: SocketAddr, receipts: Arc<Receipts>) -> Result<Self, CliError> {
         let action = || format!("listen on {listen} for the push sink");
         let listener = TcpListener::bind(listen)
@@ -1374,7 +1379,8 @@ fn p50_p99(latency: &LatencyMs) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_server::TestServer;
+    use crate::test_client::TestClient as _;
+    use keel_testkit::server::TestServer;
     use serde_json::Value;
 
     #[test]
@@ -1505,8 +1511,8 @@ mod tests {
         // lag 0 and nothing in flight, and the run deletes what it created. Method: real
         // runs against a real server: pull, push, keyed push with ordering and a pace, and
         // both modes delivering a backlog.
-        let server = TestServer::start().await;
-        let client = server.client();
+        let server = TestServer::start_in_temp_dir().await;
+        let client = server.cli_client();
         let keyed_paced_push = E2eBenchArgs {
             keys: 10,
             ordering: DeliveryOrder::Key,

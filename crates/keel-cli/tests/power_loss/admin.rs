@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, Message, Position, Settle, event, pull_spec};
 use crate::clients::{self, Acked, publish_until_dead};
 use crate::rig::{self, Rig};
-use crate::support::sink::splitmix64;
+use keel_testkit::random::splitmix64;
 
 /// Goal: every administrative operation keel answered survives kill -9 and a power loss.
 /// Method: on topic `a` (50 events), each operation is answered, then keel is crashed at once

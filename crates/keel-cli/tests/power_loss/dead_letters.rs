@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Api, Message, Settle, event, pull_spec};
 use crate::rig::{self, Rig};
-use crate::support::sink::splitmix64;
+use keel_testkit::random::splitmix64;
 
 /// Crash cycles of the settle tests without `KEEL_POWERLOSS_CYCLES`.
 const SETTLE_CYCLES_DEFAULT: u64 = 30;

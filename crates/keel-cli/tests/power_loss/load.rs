@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use crate::api::{Api, event, pull_spec};
 use crate::clients::{self, Acked, Pulled, Until, consume, publish_until_dead};
 use crate::rig::{self, Rig};
-use crate::support::sink::{self, Sink, splitmix64};
+use keel_testkit::random::splitmix64;
+use keel_testkit::sink::{Sink, policy};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: u32 = 4;
@@ -43,7 +44,7 @@ async fn power_loss_under_load_loses_nothing_acknowledged() {
     }
     let (cycles, seed) = (rig::cycles(CYCLES_DEFAULT), rig::seed());
     let mut rig = Rig::mount(&format!("segment_bytes_max = {SEGMENT_BYTES_MAX}\n"), seed);
-    let (api, sink) = (rig.api(), Sink::start(sink::always(200)).await);
+    let (api, sink) = (rig.api(), Sink::start(policy::accept()).await);
     rig.start().await;
     set_up(&api, &sink).await;
     let (acked, pulled): (Acked, Arc<Mutex<Pulled>>) = Default::default();
@@ -101,7 +102,7 @@ async fn set_up(api: &Api, sink: &Sink) {
     api.create_topic(TOPIC, json!({"partitions": PARTITIONS}))
         .await;
     let push = json!({"topic": TOPIC, "start": "earliest", "ordering": "key",
-                      "sink": {"url": sink.url}});
+                      "sink": {"url": sink.url("/hook")}});
     for (name, spec) in [
         (PULL_SUBSCRIPTION, pull_spec(TOPIC, "earliest")),
         (PUSH_SUBSCRIPTION, push),
@@ -203,7 +204,8 @@ async fn drain(api: &Api, sink: &Sink, pulled: &Arc<Mutex<Pulled>>, acked: &Hash
     assert!(again.is_empty(), "acked pulls delivered again: {again:?}");
     let started = Instant::now();
     loop {
-        let pushed: HashSet<String> = sink.accepted().into_iter().map(|a| a.request.id).collect();
+        let accepted = sink.accepted().into_iter();
+        let pushed: HashSet<String> = accepted.map(|a| a.request.event_id().to_owned()).collect();
         let missing: Vec<&String> = acked.difference(&pushed).take(5).collect();
         if missing.is_empty() {
             return;

@@ -18,7 +18,7 @@
 //!   before e0e35ef, then lost at the next power loss with what was acknowledged under it);
 //! - `retention`: segments deleted by age and by size under load.
 //!
-//! `rig` mounts the filesystem and runs keel (through `support::KeelProcess`), `api` is the
+//! `rig` mounts the filesystem and runs keel (through the test kit's `KeelProcess`), `api` is the
 //! HTTP client and its checks of stored events, `clients` the publishers and the pull
 //! consumer that load keel until it dies.
 //!

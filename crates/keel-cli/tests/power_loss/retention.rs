@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::api::{Api, event, pull_spec};
 use crate::clients::{Acked, Pulled, Until, consume, publish_until_dead};
 use crate::rig::{self, Rig};
-use crate::support::sink::splitmix64;
+use keel_testkit::random::splitmix64;
 
 /// 4 KiB segments, so that retention has segments to delete, checked every 100 ms.
 const CONFIG: &str = "segment_bytes_max = 4096\nretention_check_interval = \"100ms\"\n";

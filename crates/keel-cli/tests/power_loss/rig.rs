@@ -1,6 +1,6 @@
 //! The rig every power-loss test runs on: a [`PowerLossFs`] mounted in a temporary directory,
-//! the real `keel` binary serving a data directory on it (started and killed through
-//! `support::KeelProcess`), the losses, and the environment knobs.
+//! the real `keel` binary serving a data directory on it (started and killed through the test
+//! kit's `KeelProcess`), the losses, and the environment knobs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,8 +9,10 @@ use keel_powerloss::{Loss, LossReport, PowerLossFs, Stats};
 use tokio::task::JoinHandle;
 
 use crate::api::Api;
-use crate::support::sink::splitmix64;
-use crate::support::{self, KeelProcess};
+use keel_testkit::process::{KeelProcess, free_port};
+use keel_testkit::random::splitmix64;
+
+use crate::support::KEEL;
 
 /// Whether this machine can mount the test filesystem; `false` only when told to skip (and
 /// then it says so: a power-loss test never passes silently).
@@ -115,7 +117,7 @@ impl Rig {
             fs,
             data_dir: mountpoint.join("keel-data"),
             log: dir.path().join("keel.log"),
-            listen: format!("127.0.0.1:{}", support::free_port()),
+            listen: format!("127.0.0.1:{}", free_port()),
             config: config_path,
             dir,
             seed,
@@ -139,7 +141,7 @@ impl Rig {
     pub(crate) fn spawn(&mut self) {
         assert!(self.keel.is_none(), "keel is running already");
         let args = ["--config", self.config.to_str().unwrap()];
-        let keel = KeelProcess::spawn_with(&self.data_dir, &self.listen, &self.log, &args);
+        let keel = KEEL.spawn_with(&self.data_dir, &self.listen, &self.log, &args);
         self.keel = Some(keel);
     }
 

@@ -1,7 +1,5 @@
 //! Tests of push delivery: the pure parts (secrets, URLs, binary mode, `Retry-After`) directly,
-//! and delivery against the scripted sink in [`sink`] over real sockets.
-
-mod sink;
+//! and delivery against the test kit's scriptable sink over real sockets.
 
 use std::time::{Duration, Instant};
 
@@ -13,16 +11,18 @@ use serde_json::{Value, json};
 use super::response::parse_retry_after;
 use super::*;
 use crate::event::http::{binary_request, percent_encode};
-use sink::{Step, TestSink, response};
+// `SinkReply`: the webhook module has a `Reply` of its own.
+use keel_testkit::sink::{Reply as SinkReply, Response, Sink, policy};
 
 /// The secret of the Standard Webhooks reference test vector.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// A generous limit for exchanges that should be quick.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn target(sink: &TestSink) -> SinkTarget {
+/// The sink's URL, with a query that must reach it unchanged.
+fn target(sink: &Sink) -> SinkTarget {
     SinkTarget {
-        url: sink.url.clone(),
+        url: Url::parse(&sink.url("/hook?team=1")).unwrap(),
         secret: WebhookSecret::parse(SECRET).unwrap(),
     }
 }
@@ -34,9 +34,9 @@ fn event(members: &str) -> String {
     )
 }
 
-/// Delivers `event_json` once to a new sink that answers with `script`.
-async fn deliver_to(script: Vec<Step>, event_json: &str) -> (AttemptOutcome, TestSink) {
-    let sink = TestSink::start(script).await;
+/// Delivers `event_json` once to a new sink that answers with `replies` in turn, then 200.
+async fn deliver_to(replies: Vec<SinkReply>, event_json: &str) -> (AttemptOutcome, Sink) {
+    let sink = Sink::start(policy::script(replies)).await;
     let outcome = PushClient::new()
         .deliver(&target(&sink), event_json, 1, TIMEOUT)
         .await;
@@ -49,6 +49,11 @@ fn retry(status: Option<u16>, error: &str, retry_after: Option<u64>) -> AttemptO
         error: error.to_owned(),
         retry_after: retry_after.map(Duration::from_secs),
     }
+}
+
+/// Writes `bytes` as they are, then closes the connection: an answer broken off.
+fn raw_then_close(bytes: Vec<u8>) -> SinkReply {
+    SinkReply::Raw { bytes, close: true }
 }
 
 /// IMF-fixdate for `seconds` from now.
@@ -66,20 +71,20 @@ fn http_date_in(seconds: i64) -> String {
 async fn answers_are_classified_per_the_delivery_contract() {
     // Relative, so a followed redirect would come back to the same sink and be counted.
     let location = "/moved?from=hook";
-    let cases: Vec<(&str, Vec<u8>, AttemptOutcome)> = vec![
+    let cases: Vec<(&str, Response, AttemptOutcome)> = vec![
         (
             "200",
-            response("200 OK", &[], "thanks"),
+            Response::new(200).body("thanks"),
             AttemptOutcome::Delivered { status: 200 },
         ),
         (
             "204",
-            response("204 No Content", &[], ""),
+            Response::new(204),
             AttemptOutcome::Delivered { status: 204 },
         ),
         (
             "301 with Location",
-            response("301 Moved Permanently", &[("location", location)], ""),
+            Response::new(301).header("location", location),
             retry(
                 Some(301),
                 &format!("301 Moved Permanently: redirect to {location} not followed"),
@@ -88,7 +93,7 @@ async fn answers_are_classified_per_the_delivery_contract() {
         ),
         (
             "302 without Location",
-            response("302 Found", &[], ""),
+            Response::new(302),
             retry(
                 Some(302),
                 "302 Found: redirect without a Location header not followed",
@@ -97,7 +102,7 @@ async fn answers_are_classified_per_the_delivery_contract() {
         ),
         (
             "400 with a body",
-            response("400 Bad Request", &[], " missing field \"order_id\"\n"),
+            Response::new(400).body(" missing field \"order_id\"\n"),
             AttemptOutcome::Reject {
                 status: 400,
                 error: "400 Bad Request: missing field \"order_id\"".to_owned(),
@@ -105,7 +110,7 @@ async fn answers_are_classified_per_the_delivery_contract() {
         ),
         (
             "404",
-            response("404 Not Found", &[], ""),
+            Response::new(404),
             AttemptOutcome::Reject {
                 status: 404,
                 error: "404 Not Found".to_owned(),
@@ -113,53 +118,47 @@ async fn answers_are_classified_per_the_delivery_contract() {
         ),
         (
             "410",
-            response("410 Gone", &[], "bye"),
+            Response::new(410).body("bye"),
             AttemptOutcome::Gone { status: 410 },
         ),
         (
             "408",
-            response("408 Request Timeout", &[], ""),
+            Response::new(408),
             retry(Some(408), "408 Request Timeout", None),
         ),
         (
             "429 with Retry-After: 3",
-            response(
-                "429 Too Many Requests",
-                &[("retry-after", "3")],
-                "slow down",
-            ),
+            Response::new(429)
+                .header("retry-after", "3")
+                .body("slow down"),
             retry(Some(429), "429 Too Many Requests: slow down", Some(3)),
         ),
         (
             "429 with a Retry-After date in the past",
-            response(
-                "429 Too Many Requests",
-                &[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")],
-                "",
-            ),
+            Response::new(429).header("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT"),
             retry(Some(429), "429 Too Many Requests", Some(0)),
         ),
         (
             "500",
-            response("500 Internal Server Error", &[], "boom"),
+            Response::new(500).body("boom"),
             retry(Some(500), "500 Internal Server Error: boom", None),
         ),
         (
             "503 with Retry-After: 7",
-            response("503 Service Unavailable", &[("retry-after", "7")], ""),
+            Response::new(503).header("retry-after", "7"),
             retry(Some(503), "503 Service Unavailable", Some(7)),
         ),
         (
             "a nonstandard 599",
-            response("599 Whatever", &[], ""),
+            Response::new(599),
             retry(Some(599), "599", None),
         ),
     ];
     for (case, answer, expected) in cases {
-        let (outcome, sink) = deliver_to(vec![Step::Answer(answer)], &event("")).await;
+        let (outcome, sink) = deliver_to(vec![answer.into()], &event("")).await;
         assert_eq!(outcome, expected, "case {case}");
         assert_eq!(
-            sink.received().len(),
+            sink.exchanges().len(),
             1,
             "case {case}: one request, nothing followed"
         );
@@ -171,8 +170,8 @@ async fn answers_are_classified_per_the_delivery_contract() {
 #[tokio::test]
 async fn retry_after_date_becomes_the_delay_until_then() {
     let date = http_date_in(120);
-    let answer = response("429 Too Many Requests", &[("retry-after", &date)], "");
-    let (outcome, _sink) = deliver_to(vec![Step::Answer(answer)], &event("")).await;
+    let answer = Response::new(429).header("retry-after", &date);
+    let (outcome, _sink) = deliver_to(vec![answer.into()], &event("")).await;
     let AttemptOutcome::Retry {
         status: Some(429),
         retry_after: Some(delay),
@@ -227,12 +226,18 @@ async fn slow_sink_times_out_as_retry() {
     let cases = [
         (
             "slow answer",
-            Step::AnswerAfter(Duration::from_secs(2), response("200 OK", &[], "")),
+            SinkReply::from(Response::new(200).after(Duration::from_secs(2))),
         ),
-        ("slow body", Step::Answer(partial_body)),
+        (
+            "slow body",
+            SinkReply::Raw {
+                bytes: partial_body,
+                close: false,
+            },
+        ),
     ];
-    for (case, step) in cases {
-        let sink = TestSink::start(vec![step]).await;
+    for (case, reply) in cases {
+        let sink = Sink::start(policy::script(vec![reply])).await;
         let started = Instant::now();
         let outcome = PushClient::new()
             .deliver(&target(&sink), &event(""), 1, Duration::from_millis(300))
@@ -254,11 +259,9 @@ async fn slow_sink_times_out_as_retry() {
 // Method: bind a port, close it, deliver to it.
 #[tokio::test]
 async fn closed_port_is_retried_as_connection_refused() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    drop(listener);
+    let port = keel_testkit::process::free_port();
     let target = SinkTarget {
-        url: Url::parse(&format!("http://{address}/hook")).unwrap(),
+        url: Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
         secret: WebhookSecret::parse(SECRET).unwrap(),
     };
     let outcome = PushClient::new()
@@ -282,7 +285,7 @@ async fn closed_port_is_retried_as_connection_refused() {
 #[tokio::test]
 async fn dropped_connection_mid_response_is_retried() {
     let cut_head = b"HTTP/1.1 200 OK\r\ncontent-le".to_vec();
-    let (outcome, _sink) = deliver_to(vec![Step::AnswerAndClose(cut_head)], &event("")).await;
+    let (outcome, _sink) = deliver_to(vec![raw_then_close(cut_head)], &event("")).await;
     let AttemptOutcome::Retry {
         status: None,
         error,
@@ -298,7 +301,7 @@ async fn dropped_connection_mid_response_is_retried() {
     );
 
     let cut_body = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nabc".to_vec();
-    let (outcome, _sink) = deliver_to(vec![Step::AnswerAndClose(cut_body)], &event("")).await;
+    let (outcome, _sink) = deliver_to(vec![raw_then_close(cut_body)], &event("")).await;
     let AttemptOutcome::Retry {
         status: Some(200),
         error,
@@ -320,7 +323,7 @@ async fn dropped_connection_mid_response_is_retried() {
 async fn error_bodies_are_quoted_and_read_with_bounds() {
     let long = "x".repeat(1000);
     let (outcome, _sink) = deliver_to(
-        vec![Step::Answer(response("400 Bad Request", &[], &long))],
+        vec![Response::new(400).body(long.as_str()).into()],
         &event(""),
     )
     .await;
@@ -334,7 +337,8 @@ async fn error_bodies_are_quoted_and_read_with_bounds() {
     );
 
     let huge = "y".repeat(100 * 1024);
-    let sink = TestSink::start(vec![Step::Answer(response("400 Bad Request", &[], &huge))]).await;
+    let huge_body = Response::new(400).body(huge.as_str());
+    let sink = Sink::start(policy::script(vec![huge_body.into()])).await;
     let client = PushClient::new();
     let outcome = client.deliver(&target(&sink), &event(""), 1, TIMEOUT).await;
     let expected = format!("400 Bad Request: {}", &huge[..ERROR_BODY_BYTES_MAX]);
@@ -353,7 +357,7 @@ async fn error_bodies_are_quoted_and_read_with_bounds() {
 // Method: count the connections the sink accepts.
 #[tokio::test]
 async fn keep_alive_reuses_one_connection() {
-    let sink = TestSink::start(vec![Step::Answer(response("200 OK", &[], "ok"))]).await;
+    let sink = Sink::start(policy::script(vec![Response::new(200).body("ok").into()])).await;
     let client = PushClient::new();
     for attempt in 1..=3 {
         let outcome = client
@@ -361,7 +365,7 @@ async fn keep_alive_reuses_one_connection() {
             .await;
         assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
     }
-    assert_eq!(sink.received().len(), 3);
+    assert_eq!(sink.exchanges().len(), 3);
     assert_eq!(sink.connections(), 1);
 }
 
@@ -375,7 +379,7 @@ async fn signature_verifies_with_an_independent_hmac() {
     let json = event(r#","subject":"a b","data":{"amount":42}"#);
     let (outcome, sink) = deliver_to(vec![], &json).await;
     assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
-    let received = &sink.received()[0];
+    let received = &sink.exchanges()[0].request;
     let id = received.header("webhook-id").unwrap();
     let timestamp = received.header("webhook-timestamp").unwrap();
     let signature = received.header("webhook-signature").unwrap();
@@ -519,7 +523,7 @@ async fn binary_mode_sends_each_data_form_and_round_trips() {
             AttemptOutcome::Delivered { status: 200 },
             "case {case}"
         );
-        let received = &sink.received()[0];
+        let received = &sink.exchanges()[0].request;
         assert_eq!(received.header("content-type"), content_type, "case {case}");
         assert_eq!(received.body, body, "case {case}");
         assert_eq!(
@@ -649,7 +653,7 @@ async fn stored_text_that_is_not_an_event_is_retried_with_the_reason() {
             "{error}"
         );
         assert!(error.contains(reason), "case {case}: {error}");
-        assert!(sink.received().is_empty(), "case {case}");
+        assert!(sink.exchanges().is_empty(), "case {case}");
     }
 }
 
