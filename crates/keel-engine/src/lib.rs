@@ -10,6 +10,7 @@ mod engine;
 pub mod error;
 pub mod event;
 pub mod filter;
+mod format;
 pub mod limits;
 pub mod metrics;
 mod partition;

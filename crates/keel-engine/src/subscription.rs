@@ -504,10 +504,7 @@ pub(crate) fn first_checkpoint(spec: &SubscriptionSpec, starts: &[u64]) -> Check
         lane_pending_max(partitions),
         starts,
     );
-    Checkpoint {
-        lanes: state.checkpoint(),
-        paused: None,
-    }
+    Checkpoint::new(state.checkpoint(), None)
 }
 
 /// Fires retry timers and ack deadlines when they come due.

@@ -18,6 +18,9 @@ use crate::storage::RecordLog;
 /// One checkpoint record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Checkpoint {
+    /// The record's layout (see `format.rs`).
+    #[serde(default = "crate::format::unrecorded")]
+    format: u64,
     pub(crate) lanes: Vec<LaneCheckpoint>,
     /// Why the subscription is paused, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -25,6 +28,15 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint of `lanes`, paused for a reason or not.
+    pub(crate) fn new(lanes: Vec<LaneCheckpoint>, paused: Option<String>) -> Self {
+        Checkpoint {
+            format: crate::format::FORMAT,
+            lanes,
+            paused,
+        }
+    }
+
     /// The checkpoint as stored.
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a checkpoint serialises")
@@ -57,8 +69,9 @@ impl CheckpointLog {
                             source,
                         })?;
                 let record = records.first().ok_or_else(|| corrupt("missing"))?;
-                let checkpoint = serde_json::from_slice(&record.payload)
+                let checkpoint: Checkpoint = serde_json::from_slice(&record.payload)
                     .map_err(|error| corrupt(&error.to_string()))?;
+                crate::format::check(checkpoint.format).map_err(|error| corrupt(&error))?;
                 Some(checkpoint)
             }
             _ => None,
@@ -112,15 +125,14 @@ mod tests {
         assert!(none.is_none());
         let mut last = None;
         for index in 0..300u64 {
-            let checkpoint = Checkpoint {
-                lanes: vec![LaneCheckpoint {
-                    committed: index,
-                    cursor: index + 5,
-                    undone: (0..200).map(|delta| (delta * 2, 1)).collect(),
-                    retries: Vec::new(),
-                }],
-                paused: (index % 2 == 0).then(|| "410 Gone".to_owned()),
-            };
+            let lanes = vec![LaneCheckpoint {
+                committed: index,
+                cursor: index + 5,
+                undone: (0..200).map(|delta| (delta * 2, 1)).collect(),
+                retries: Vec::new(),
+            }];
+            let paused = (index % 2 == 0).then(|| "410 Gone".to_owned());
+            let checkpoint = Checkpoint::new(lanes, paused);
             log.write(&checkpoint).expect("write");
             last = Some(checkpoint);
         }

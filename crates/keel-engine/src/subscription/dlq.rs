@@ -76,12 +76,78 @@ pub(crate) fn entry_id((partition, offset): (u32, u64)) -> String {
     format!("{partition}-{offset}")
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// One operation of the queue's log.
+#[derive(Debug)]
 enum Operation {
     Dead { entry: Box<DeadLetterEntry> },
     Redrive { ids: Vec<String> },
     Remove { ids: Vec<String> },
+}
+
+/// An operation as stored: `{"format": 1, "dead": {"entry": …}}`, `{"format": 1, "redrive":
+/// {"ids": […]}}` or `{"format": 1, "remove": {"ids": […]}}`, exactly one of the three
+/// (records from before formats were recorded lack `format`).
+#[derive(Debug, Deserialize)]
+struct StoredOperation {
+    #[serde(default = "crate::format::unrecorded")]
+    format: u64,
+    #[serde(default)]
+    dead: Option<DeadBody>,
+    #[serde(default)]
+    redrive: Option<Ids>,
+    #[serde(default)]
+    remove: Option<Ids>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeadBody {
+    entry: Box<DeadLetterEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Ids {
+    ids: Vec<String>,
+}
+
+/// Writes an operation in the stored layout of [`StoredOperation`].
+impl Serialize for Operation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            entry: &'a DeadLetterEntry,
+        }
+        #[derive(Serialize)]
+        struct IdList<'a> {
+            ids: &'a [String],
+        }
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("format", &crate::format::FORMAT)?;
+        match self {
+            Operation::Dead { entry } => map.serialize_entry("dead", &Entry { entry })?,
+            Operation::Redrive { ids } => map.serialize_entry("redrive", &IdList { ids })?,
+            Operation::Remove { ids } => map.serialize_entry("remove", &IdList { ids })?,
+        }
+        map.end()
+    }
+}
+
+impl Operation {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an operation serialises")
+    }
+
+    fn decode(payload: &[u8]) -> Result<Operation, String> {
+        let stored: StoredOperation =
+            serde_json::from_slice(payload).map_err(|error| error.to_string())?;
+        crate::format::check(stored.format)?;
+        match (stored.dead, stored.redrive, stored.remove) {
+            (Some(DeadBody { entry }), None, None) => Ok(Operation::Dead { entry }),
+            (None, Some(Ids { ids }), None) => Ok(Operation::Redrive { ids }),
+            (None, None, Some(Ids { ids })) => Ok(Operation::Remove { ids }),
+            _ => Err("not exactly one of dead, redrive and remove".to_owned()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,12 +208,15 @@ impl DeadLetterQueue {
             if self.live.get(id).is_some_and(|live| live.redriving) {
                 redriving.push(id.clone());
             }
-            payloads.push(encode(&Operation::Dead {
-                entry: Box::new(entry),
-            }));
+            payloads.push(
+                Operation::Dead {
+                    entry: Box::new(entry),
+                }
+                .encode(),
+            );
         }
         if !redriving.is_empty() {
-            payloads.push(encode(&Operation::Redrive { ids: redriving }));
+            payloads.push(Operation::Redrive { ids: redriving }.encode());
         }
         let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         self.log
@@ -177,14 +246,12 @@ impl DeadLetterQueue {
             let Some(last) = records.last() else { break };
             from = last.offset + 1;
             for record in records {
-                let operation: Operation =
-                    serde_json::from_slice(&record.payload).map_err(|error| {
-                        EngineError::Corrupt {
-                            detail: format!(
-                                "dead-letter record {} cannot be read: {error}",
-                                record.offset
-                            ),
-                        }
+                let operation =
+                    Operation::decode(&record.payload).map_err(|error| EngineError::Corrupt {
+                        detail: format!(
+                            "dead-letter record {} cannot be read: {error}",
+                            record.offset
+                        ),
                     })?;
                 self.apply(record.offset, operation);
             }
@@ -222,7 +289,7 @@ impl DeadLetterQueue {
     }
 
     fn write(&mut self, operations: Vec<Operation>) -> Result<(), EngineError> {
-        let payloads: Vec<Vec<u8>> = operations.iter().map(encode).collect();
+        let payloads: Vec<Vec<u8>> = operations.iter().map(Operation::encode).collect();
         let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         // Durable before anyone acts on it: an event leaves the subscription only once its
         // dead-letter entry survives a crash.
@@ -396,15 +463,11 @@ impl DeadLetterQueue {
             .into_iter()
             .next()
             .ok_or_else(|| bad("missing".to_owned()))?;
-        match serde_json::from_slice(&record.payload).map_err(|error| bad(error.to_string()))? {
+        match Operation::decode(&record.payload).map_err(bad)? {
             Operation::Dead { entry } => Ok(*entry),
             _ => Err(bad("not an entry".to_owned())),
         }
     }
-}
-
-fn encode(operation: &Operation) -> Vec<u8> {
-    serde_json::to_vec(operation).expect("an operation serialises")
 }
 
 fn storage_error(op: &str) -> impl FnOnce(StorageError) -> EngineError {
@@ -429,6 +492,33 @@ mod tests {
             error: Some(format!("{status}")),
         }];
         DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history)
+    }
+
+    // Goal: operations are stored with their format; records from before formats (none
+    // recorded) still read; a format this keel does not know, or a record that is not one
+    // operation, is refused with the reason. Method: encode, and hand-made records.
+    #[test]
+    fn operation_records_carry_their_format() {
+        let encoded = Operation::Dead {
+            entry: Box::new(entry(1, 500)),
+        }
+        .encode();
+        let text = String::from_utf8(encoded.clone()).expect("text");
+        assert!(
+            text.starts_with(r#"{"format":1,"dead":{"entry":{"id":"1-1""#),
+            "{text}"
+        );
+        assert!(matches!(
+            Operation::decode(&encoded),
+            Ok(Operation::Dead { entry }) if entry.id == "1-1"
+        ));
+        let old = br#"{"remove":{"ids":["1-1"]}}"#;
+        assert!(matches!(Operation::decode(old), Ok(Operation::Remove { ids }) if ids == ["1-1"]));
+        let newer = br#"{"format":2,"remove":{"ids":[]}}"#;
+        let error = Operation::decode(newer).expect_err("unknown format");
+        assert!(error.contains("format 2"), "{error}");
+        let two = br#"{"remove":{"ids":[]},"redrive":{"ids":[]}}"#;
+        assert!(Operation::decode(two).is_err());
     }
 
     // Goal: entries, redrives and removals survive reopening; dead-lettering an event again

@@ -171,10 +171,7 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
     if version > *written {
         let checkpoint = {
             let core = shared.core();
-            Checkpoint {
-                lanes: core.delivery.checkpoint(),
-                paused: core.paused.clone(),
-            }
+            Checkpoint::new(core.delivery.checkpoint(), core.paused.clone())
         };
         blocking(shared, move |shared| {
             shared

@@ -9,10 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::files::write_synced;
 use crate::error::EngineError;
-
-/// The format this keel writes. A file without `format` was written by a keel from before
-/// formats were recorded, in format 1.
-const FORMAT: u64 = 1;
+use crate::format::{FORMAT, check, unrecorded};
 
 /// A value with its format, as it is written.
 #[derive(Serialize)]
@@ -39,20 +36,17 @@ pub(super) fn read<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     let bytes = std::fs::read(path).map_err(|error| invalid(error.to_string()))?;
     let mut value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|error| invalid(error.to_string()))?;
+    // Taken out before the value is read: the configurations refuse unknown members.
     let format = match value
         .as_object_mut()
         .and_then(|object| object.remove("format"))
     {
-        None => FORMAT,
+        None => unrecorded(),
         Some(format) => format
             .as_u64()
             .ok_or_else(|| invalid(format!("format {format} is not a number")))?,
     };
-    if format != FORMAT {
-        return Err(invalid(format!(
-            "format {format} is unknown to this keel (it knows {FORMAT}); run the keel version that wrote it"
-        )));
-    }
+    check(format).map_err(invalid)?;
     serde_json::from_value(value).map_err(|error| invalid(error.to_string()))
 }
 
