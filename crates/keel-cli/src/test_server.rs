@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use keel_api::read::Records;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -86,10 +87,11 @@ impl TestServer {
 
     /// The events stored in one partition, in offset order, as JSON.
     pub(crate) async fn events(&self, topic: &str, partition: u32) -> Vec<Value> {
-        let (reply, _) = read_events(&self.client(), topic, partition, 0, READ_BACK_EVENTS_MAX, 0)
+        let reply = read_events(&self.client(), topic, partition, 0, READ_BACK_EVENTS_MAX, 0)
             .await
             .expect("read the partition back");
-        reply
+        let records: Records = reply.json().expect("a read answer");
+        records
             .records
             .iter()
             .map(|record| serde_json::from_str(record.event.get()).expect("events are JSON"))

@@ -38,14 +38,7 @@ const MANIFEST_FORMAT: u32 = 1;
 /// The directories keel keeps, in the order they are created.
 const KEPT_DIRS: [&str; 2] = [TOPICS_DIR, SUBSCRIPTIONS_DIR];
 
-/// A part of the data directory that is missing or unreadable, for readiness reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DataDirDamage {
-    /// The file or directory.
-    pub path: PathBuf,
-    /// What is wrong and what to do.
-    pub reason: String,
-}
+pub use keel_api::health::DataDirDamage;
 
 /// What keel records of the directories it created.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel_log::Record;
 
 use crate::clock::now_ms;
-use crate::config::{TopicConfig, validate_topic_name};
+use crate::config::{TopicConfig, validate_topic_config, validate_topic_name};
 use crate::data_dir::{DataDir, DataDirDamage};
 use crate::error::EngineError;
 use crate::event::Event;
@@ -65,16 +65,7 @@ pub struct ReadBatch {
     pub next_offset: u64,
 }
 
-/// A partition that refuses service, for readiness reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UnavailablePartition {
-    /// The topic.
-    pub topic: String,
-    /// The partition; none when the whole topic could not be opened.
-    pub partition: Option<u32>,
-    /// Why.
-    pub reason: String,
-}
+pub use keel_api::health::UnavailablePartition;
 
 /// keel's engine. Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -195,7 +186,7 @@ impl Engine {
         config: TopicConfig,
     ) -> Result<Created, EngineError> {
         validate_topic_name(name)?;
-        config.validate()?;
+        validate_topic_config(&config)?;
         let _admin = self.inner.admin.lock().await;
         if let Err(error @ EngineError::TopicUnavailable { .. }) = self.topic(name) {
             return Err(error);
@@ -504,7 +495,7 @@ fn read_topic_config(dir: &Path) -> Result<TopicConfig, EngineError> {
         serde_json::from_slice(&text).map_err(|error| EngineError::InvalidConfig {
             detail: format!("{}: {error}", config_path.display()),
         })?;
-    config.validate()?;
+    validate_topic_config(&config)?;
     Ok(config)
 }
 

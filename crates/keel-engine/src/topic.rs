@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
@@ -15,7 +14,7 @@ use crate::error::EngineError;
 use crate::event::{self, Event};
 use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
-use crate::partition::{Partition, PartitionInfo};
+use crate::partition::Partition;
 use crate::routing::partition_for_key;
 
 /// Keyless events sent to one partition before the sticky partition moves on.
@@ -26,38 +25,8 @@ const LARGE_REQUEST_EVENTS: u64 = 32;
 /// The file in a topic's directory that holds its configuration.
 pub(crate) const CONFIG_FILE: &str = "topic.json";
 
-/// The answer for one published event, in input order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublishResult {
-    /// The event's id.
-    pub id: String,
-    /// The partition it is stored in.
-    pub partition: u32,
-    /// Its offset there.
-    pub offset: u64,
-    /// True when an earlier publish stored it and this one appended nothing.
-    pub duplicate: bool,
-}
-
-/// A topic's configuration and figures, as describe shows them: the configuration's fields,
-/// with `partitions` holding each partition's figures instead of their count.
-#[derive(Debug, Clone, Serialize)]
-pub struct TopicInfo {
-    /// The name.
-    pub name: String,
-    /// Per partition figures.
-    pub partitions: Vec<PartitionInfo>,
-    /// Retention by age and size.
-    pub retention: crate::config::Retention,
-    /// When appends are fsynced.
-    pub fsync: FsyncPolicy,
-    /// With `fsync = "interval"`, how often.
-    #[serde(with = "crate::duration::serde_text")]
-    pub fsync_interval: std::time::Duration,
-    /// How long a (source, id) pair is remembered.
-    #[serde(with = "crate::duration::serde_text")]
-    pub dedupe_window: std::time::Duration,
-}
+pub use keel_api::publish::PublishResult;
+pub use keel_api::topics::TopicInfo;
 
 /// How one event of a publish is answered.
 enum Plan {

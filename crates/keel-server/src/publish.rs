@@ -11,16 +11,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keel_api::publish::PublishResults;
 use keel_engine::event::{self, Event};
 
 use crate::problem::ApiError;
 use crate::state::AppState;
-
-/// The answer to a publish, fields in the documented order.
-#[derive(serde::Serialize)]
-struct PublishResponse {
-    results: Vec<keel_engine::PublishResult>,
-}
 
 const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
@@ -38,7 +33,7 @@ pub async fn publish(
     engine.describe_topic(&topic)?;
     let events = parse_events(&headers, &body)?;
     let results = engine.publish(&topic, events).await?;
-    Ok((StatusCode::OK, Json(PublishResponse { results })).into_response())
+    Ok((StatusCode::OK, Json(PublishResults { results })).into_response())
 }
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {

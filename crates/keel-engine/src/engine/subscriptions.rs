@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
     NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
+    validate_subscription_spec,
 };
 use crate::subscription::{
     AckResult, DeadLetterEntry, PulledMessage, SPEC_FILE, Subscription, SubscriptionInfo, write_new,
@@ -20,14 +21,7 @@ use crate::subscription::{
 use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
 
-/// A subscription that refuses service, for readiness reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UnavailableSubscription {
-    /// The subscription.
-    pub name: String,
-    /// Why.
-    pub reason: String,
-}
+pub use keel_api::health::UnavailableSubscription;
 
 /// What creating a subscription did.
 #[derive(Debug, Clone)]
@@ -106,7 +100,7 @@ impl Engine {
         mut spec: SubscriptionSpec,
     ) -> Result<SubscriptionCreated, EngineError> {
         validate_subscription_name(name)?;
-        spec.validate()?;
+        validate_subscription_spec(&spec)?;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(&spec.topic).map_err(|error| match error {
             EngineError::TopicNotFound { topic } => EngineError::InvalidSubscription {
@@ -158,7 +152,7 @@ impl Engine {
             .write()
             .expect("subscriptions lock")
             .insert(name.to_owned(), Arc::new(subscription));
-        tracing::info!(subscription = name, topic = %info.spec.topic, mode = info.mode, "created subscription");
+        tracing::info!(subscription = name, topic = %info.spec.topic, mode = %info.mode, "created subscription");
         Ok(SubscriptionCreated {
             created: Created::New,
             info,
