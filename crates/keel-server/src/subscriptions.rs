@@ -10,11 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_api::pull::{PULL_MAX_DEFAULT, PullRequest, SettleRequest};
 use keel_api::subscriptions::{CreatedSubscription, SeekRequest, SubscriptionList};
-use keel_engine::filter::Filters;
 use keel_engine::subscription::PulledMessage;
 use keel_engine::subscription::pull::Settle;
 use keel_engine::subscription::spec::SubscriptionSpec;
-use keel_engine::webhook::WebhookSecret;
 use keel_engine::{Created, duration};
 
 use crate::body::json_object;
@@ -35,7 +33,7 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    let body = CreatedSubscription::<Filters, WebhookSecret> {
+    let body = CreatedSubscription {
         info: created.info,
         secret: created.secret.map(|secret| secret.to_string()),
     };
