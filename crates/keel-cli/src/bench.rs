@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
+use keel_api::read::Records;
+use keel_api::topics::PartitionInfo;
 use reqwest::StatusCode;
 use serde::Serialize;
 
@@ -29,7 +31,7 @@ use crate::limits::{
 use crate::output::{progress_bar, render_pairs, write_stdout};
 use crate::publish::post_events;
 use crate::tail::read_events;
-use crate::topic::{CreateArgs, Fsync, PartitionInfo, fetch_topic, put_topic};
+use crate::topic::{CreateArgs, Fsync, fetch_topic, put_topic};
 
 /// Events `bench publish` sends when neither `--events` nor `--duration` is given.
 const EVENTS_DEFAULT: u64 = 100_000;
@@ -619,7 +621,7 @@ async fn read_partition(
     let mut offset = partition.start_offset;
     while offset < partition.next_offset {
         let started = Instant::now();
-        let (reply, bytes) = read_events(
+        let reply = read_events(
             &client,
             &topic,
             partition.partition,
@@ -628,6 +630,8 @@ async fn read_partition(
             0,
         )
         .await?;
+        let bytes = reply.body.len();
+        let reply: Records = reply.json()?;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tally.latency_us.saturating_record(latency_us);
         tally.requests += 1;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use keel_api::problem::Problem;
 use reqwest::{Method, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::limits::{CONNECT_TIMEOUT_MS, ERROR_BODY_CHARS_MAX, REQUEST_TIMEOUT_MS};
 
@@ -97,8 +98,9 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    /// Decodes the body as `T`; a mismatch is [`ClientError::Unexpected`].
-    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+    /// Decodes the body as `T`, which may borrow from it; a mismatch is
+    /// [`ClientError::Unexpected`].
+    pub(crate) fn json<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ClientError> {
         serde_json::from_slice(&self.body).map_err(|error| ClientError::Unexpected {
             detail: error.to_string(),
         })
@@ -236,24 +238,17 @@ fn base_url(server: &str) -> Result<Url, ClientError> {
     }
 }
 
-/// The members of an RFC 9457 problem that the error message uses.
-#[derive(Debug, Default, serde::Deserialize)]
-struct Problem {
-    title: Option<String>,
-    detail: Option<String>,
-}
-
 /// The error for a non-2xx answer: its problem's `title` and `detail`, or, when the body is not
 /// a problem (a proxy's page, say), its first characters as the detail.
 pub(crate) fn problem_error(status: StatusCode, body: &[u8]) -> ClientError {
     let problem = serde_json::from_slice::<Problem>(body).unwrap_or_else(|_| Problem {
-        title: None,
         detail: Some(
             String::from_utf8_lossy(body)
                 .chars()
                 .take(ERROR_BODY_CHARS_MAX)
                 .collect(),
         ),
+        ..Problem::default()
     });
     ClientError::Problem {
         status,

@@ -1,12 +1,14 @@
 //! `keel dlq`: list, show, redrive and purge a subscription's dead-letter queue.
 
 use clap::{ArgGroup, Args, Subcommand};
+use keel_api::dead_letters::{Entry, EntryPage, Purged, RedriveRequest, Redriven};
 use reqwest::Method;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 use crate::error::CliError;
-use crate::output::{Align, Table, cell, write_json_body, write_stdout};
+use crate::output::{Align, Table, cell, plain, write_json_body, write_stdout};
 use crate::sub::{done, post, truncated};
 
 /// Examples shown under `keel dlq --help`.
@@ -99,19 +101,13 @@ async fn list(
     if json {
         return write_json_body(&reply.body);
     }
-    let page: Value = reply.json()?;
-    let entries = page
-        .get("entries")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ClientError::Unexpected {
-            detail: "dead-letter list has no \"entries\" array".to_owned(),
-        })?;
-    let next_after = page.get("next_after").and_then(Value::as_str);
-    write_stdout(&list_text(name, entries, next_after))
+    let page: EntryPage = reply.json()?;
+    let next_after = page.next_after.as_deref();
+    write_stdout(&list_text(name, &page.entries, next_after))
 }
 
 /// A table of entries, and how to get the next page when there is one.
-fn list_text(name: &str, entries: &[Value], next_after: Option<&str>) -> String {
+fn list_text(name: &str, entries: &[Entry], next_after: Option<&str>) -> String {
     if entries.is_empty() {
         return format!("the dead-letter queue of {name} is empty\n");
     }
@@ -125,12 +121,12 @@ fn list_text(name: &str, entries: &[Value], next_after: Option<&str>) -> String 
     ]);
     for entry in entries {
         table.push(vec![
-            cell(entry.get("id")),
-            cell(entry.get("attempts")),
-            cell(entry.get("last_status")),
-            truncated(&cell(entry.get("last_error")), LIST_ERROR_CHARS_MAX),
-            cell(entry.get("last_attempt_at")),
-            event_label(entry.get("event")),
+            entry.id.to_string(),
+            entry.attempts.to_string(),
+            plain(&entry.last_status),
+            truncated(&plain(&entry.last_error), LIST_ERROR_CHARS_MAX),
+            entry.last_attempt_at.clone(),
+            event_label(entry.event),
         ]);
     }
     let mut text = table.render();
@@ -140,9 +136,9 @@ fn list_text(name: &str, entries: &[Value], next_after: Option<&str>) -> String 
     text
 }
 
-/// `type/id` of an entry's event.
-fn event_label(event: Option<&Value>) -> String {
-    let event = event.cloned().unwrap_or_default();
+/// `type/id` of an entry's event (the publisher's JSON, so read as such).
+fn event_label(event: &RawValue) -> String {
+    let event: Value = serde_json::from_str(event.get()).unwrap_or_default();
     format!("{}/{}", cell(event.get("type")), cell(event.get("id")))
 }
 
@@ -156,13 +152,12 @@ async fn show(client: &Client, name: &str, id: &str, json: bool) -> Result<(), C
     write_stdout(&show_text(&reply.json()?))
 }
 
-/// The entry as pretty JSON (its history aside), then its attempts as a table.
-fn show_text(entry: &Value) -> String {
-    let mut fields = entry.clone();
-    let history = fields
-        .as_object_mut()
-        .and_then(|members| members.remove("history"))
-        .unwrap_or_default();
+/// The entry as pretty JSON, members sorted (its history aside), then its attempts as a table.
+fn show_text(entry: &Entry) -> String {
+    let mut fields = serde_json::to_value(entry).expect("an entry of strings, numbers and JSON");
+    if let Some(members) = fields.as_object_mut() {
+        members.remove("history");
+    }
     let pretty = serde_json::to_string_pretty(&fields).expect("a JSON value serializes");
     let mut table = Table::new(&[
         ("ATTEMPT", Align::Right),
@@ -170,13 +165,12 @@ fn show_text(entry: &Value) -> String {
         ("STATUS", Align::Right),
         ("ERROR", Align::Left),
     ]);
-    let attempts = history.as_array().map_or(&[][..], Vec::as_slice);
-    for (number, attempt) in (1u64..).zip(attempts) {
+    for (number, attempt) in (1u64..).zip(&entry.history) {
         table.push(vec![
             number.to_string(),
-            cell(attempt.get("at")),
-            cell(attempt.get("status")),
-            cell(attempt.get("error")),
+            attempt.at.clone(),
+            plain(&attempt.status),
+            plain(&attempt.error),
         ]);
     }
     format!("{pretty}\n\nattempt history:\n{}", table.render())
@@ -188,11 +182,7 @@ async fn redrive(client: &Client, args: &RedriveArgs, json: bool) -> Result<(), 
     if json {
         return write_json_body(&reply.body);
     }
-    let redriven = reply
-        .json::<Value>()?
-        .get("redriven")
-        .and_then(Value::as_u64);
-    let redriven = redriven.unwrap_or(0);
+    let redriven = reply.json::<Redriven>()?.redriven as u64;
     if redriven == 0 {
         return write_stdout(&format!(
             "nothing to redrive: no entry of {} is waiting in its dead-letter queue\n",
@@ -217,11 +207,18 @@ fn entries_count(count: u64) -> String {
 
 /// `{"all": true}` or `{"ids": [...]}`.
 fn redrive_body(args: &RedriveArgs) -> Value {
-    if args.all {
-        serde_json::json!({ "all": true })
+    let request = if args.all {
+        RedriveRequest {
+            ids: None,
+            all: true,
+        }
     } else {
-        serde_json::json!({ "ids": args.ids })
-    }
+        RedriveRequest {
+            ids: Some(args.ids.clone()),
+            all: false,
+        }
+    };
+    serde_json::to_value(request).expect("a list of strings is JSON")
 }
 
 async fn purge(client: &Client, name: &str, yes: bool, json: bool) -> Result<(), CliError> {
@@ -239,8 +236,7 @@ async fn purge(client: &Client, name: &str, yes: bool, json: bool) -> Result<(),
             None,
         )
         .await?;
-    let purged = reply.json::<Value>()?.get("purged").and_then(Value::as_u64);
-    let count = entries_count(purged.unwrap_or(0));
+    let count = entries_count(reply.json::<Purged>()?.purged as u64);
     done(
         &reply,
         json,
@@ -253,7 +249,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn entry(id: &str, error: &str) -> Value {
+    /// A dead-letter entry as the server answers it.
+    fn entry_json(id: &str, error: &str) -> String {
         json!({
             "id": id, "partition": 0, "offset": 3,
             "event": {"specversion": "1.0", "id": "e-3", "source": "s", "type": "order.created"},
@@ -266,13 +263,18 @@ mod tests {
                 {"at": "2026-01-01T00:00:01.000Z", "error": "timed out"},
             ],
         })
+        .to_string()
     }
 
     #[test]
     fn list_shows_one_row_per_entry_and_the_next_page() {
         // Goal: the table cuts long errors and says how to page on. Method: render a page.
         let long = "the sink answered 500 Internal Server Error with a long body";
-        let entries = [entry("0-3", "HTTP 500"), entry("1-9", long)];
+        let texts = [entry_json("0-3", "HTTP 500"), entry_json("1-9", long)];
+        let entries: Vec<Entry> = texts
+            .iter()
+            .map(|text| serde_json::from_str(text).unwrap())
+            .collect();
         assert_eq!(
             list_text("billing", &entries, Some("1-9")),
             "ID   ATTEMPTS  LAST STATUS  LAST ERROR                                \
@@ -291,7 +293,8 @@ mod tests {
 
     #[test]
     fn show_prints_the_entry_then_numbered_attempts() {
-        let text = show_text(&entry("0-3", "HTTP 500"));
+        let entry_text = entry_json("0-3", "HTTP 500");
+        let text = show_text(&serde_json::from_str(&entry_text).unwrap());
         let (json_part, history) = text.split_once("\n\nattempt history:\n").unwrap();
         let fields: Value = serde_json::from_str(json_part).unwrap();
         assert_eq!(fields["id"], "0-3");

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{HumanCount, ProgressBar, ProgressState, ProgressStyle};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::CliError;
@@ -108,6 +109,12 @@ pub(crate) fn cell(value: Option<&Value>) -> String {
         Some(Value::String(text)) => text.clone(),
         Some(other) => other.to_string(),
     }
+}
+
+/// A typed value as a table cell, as [`cell`] shows its JSON: `key`, `open`, `2.0`, `-` for
+/// none.
+pub(crate) fn plain(value: &impl Serialize) -> String {
+    cell(serde_json::to_value(value).ok().as_ref())
 }
 
 /// `1 event`, `2 events`: a count and its noun, plural unless the count is 1.

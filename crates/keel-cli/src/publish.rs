@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use clap::Args;
+use keel_api::publish::{PublishResult, PublishResults};
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -92,22 +92,6 @@ enum Data {
     Binary(Vec<u8>),
 }
 
-/// The answer to a publish: one result per event, in input order.
-#[derive(Debug, Deserialize)]
-struct PublishReply {
-    results: Vec<PublishResult>,
-}
-
-/// Where one published event was stored.
-#[derive(Debug, Deserialize)]
-struct PublishResult {
-    id: String,
-    partition: u32,
-    offset: u64,
-    #[serde(default)]
-    duplicate: bool,
-}
-
 /// Runs `keel publish`; `json` prints the server's answers instead of text.
 pub(crate) async fn run(client: &Client, args: PublishArgs, json: bool) -> Result<(), CliError> {
     let ids = Arc::new(EventIds::new());
@@ -152,7 +136,7 @@ async fn publish_one(
     if json {
         return Ok(json_line(&reply.body));
     }
-    let answer: PublishReply = reply.json()?;
+    let answer: PublishResults = reply.json()?;
     Ok(result_lines(&answer.results))
 }
 
@@ -403,7 +387,7 @@ async fn send_batch(
     let reply = post_events(client, &args.topic, body)
         .await
         .map_err(in_context)?;
-    let answer: PublishReply = reply.json()?;
+    let answer: PublishResults = reply.json()?;
     tally.events += answer.results.len() as u64;
     tally.duplicates += answer
         .results

@@ -7,18 +7,26 @@
 
 use std::borrow::Cow;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use keel_api::duration;
+use keel_api::pull::{AckResult, PullRequest, Pulled, PulledMessage, SettleRequest};
+use keel_api::subscriptions::{
+    self, CircuitSettings, CreatedSubscription, DeliveryMode, NamedPosition, PartitionProgress,
+    RetrySettings, SeekRequest, SinkSettings, StartPosition, SubscriptionInfo, SubscriptionList,
+    SubscriptionSettings, SubscriptionSpec,
+};
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
 use crate::error::CliError;
 use crate::output::{
-    Align, Table, cell, count_of, json_line, render_pairs, write_json_body, write_stdout,
+    Align, Table, cell, count_of, json_line, plain, render_pairs, write_json_body, write_stdout,
 };
+use crate::tail::single_line;
 
 /// Examples shown under `keel sub --help`.
 pub(crate) const SUB_EXAMPLES: &str = "\
@@ -169,11 +177,11 @@ pub(crate) enum Ordering {
     Unordered,
 }
 
-impl Ordering {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Key => "key",
-            Self::Unordered => "none",
+impl From<Ordering> for subscriptions::Ordering {
+    fn from(ordering: Ordering) -> Self {
+        match ordering {
+            Ordering::Key => subscriptions::Ordering::Key,
+            Ordering::Unordered => subscriptions::Ordering::None,
         }
     }
 }
@@ -240,10 +248,13 @@ pub(crate) fn parse_filter(text: &str) -> Result<FilterArg, String> {
 
 /// A position as the API takes it: `"earliest"`, `"latest"` or `{"time": …}` for anything
 /// else (the server checks that it is RFC 3339).
-pub(crate) fn position_json(text: &str) -> Value {
+fn start_position(text: &str) -> StartPosition {
     match text {
-        "earliest" | "latest" => json!(text),
-        time => json!({ "time": time }),
+        "earliest" => StartPosition::Named(NamedPosition::Earliest),
+        "latest" => StartPosition::Named(NamedPosition::Latest),
+        time => StartPosition::Time {
+            time: time.to_owned(),
+        },
     }
 }
 
@@ -256,8 +267,8 @@ pub(crate) struct PullArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max: Option<u32>,
     /// Wait this long for a first message when none is ready, e.g. 5s [default: no wait]
-    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
-    pub(crate) wait: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub(crate) wait: Option<Duration>,
     /// Acknowledge the messages once they are printed (with --json, the ack answer follows
     /// the pull answer as a second line)
     #[arg(long)]
@@ -280,8 +291,8 @@ pub(crate) struct NackArgs {
     #[command(flatten)]
     pub(crate) settle: SettleArgs,
     /// Redeliver after this long, e.g. 2s [default: the retry backoff]
-    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
-    pub(crate) delay: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub(crate) delay: Option<Duration>,
 }
 
 /// How pulled messages are settled.
@@ -311,40 +322,6 @@ impl Settle {
     }
 }
 
-/// The answer to ack, nack and reject.
-#[derive(Debug, Deserialize)]
-struct Settled {
-    settled: u64,
-    #[serde(default)]
-    stale: Vec<String>,
-}
-
-/// The answer to a pull.
-#[derive(Debug, Deserialize)]
-struct Pulled {
-    messages: Vec<Message>,
-}
-
-/// One pulled message.
-#[derive(Debug, Deserialize)]
-struct Message {
-    ack_id: String,
-    attempt: u32,
-    partition: u32,
-    offset: u64,
-    event: Box<RawValue>,
-}
-
-/// A pulled message as `sub pull` prints it.
-#[derive(Debug, Serialize)]
-struct MessageLine<'a> {
-    ack_id: &'a str,
-    attempt: u32,
-    partition: u32,
-    offset: u64,
-    event: Cow<'a, RawValue>,
-}
-
 /// Runs a `keel sub` subcommand; `json` prints the server's JSON instead of text.
 pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Result<(), CliError> {
     match command {
@@ -360,7 +337,9 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
             done(&reply, json, &format!("resumed subscription {name}\n"))
         }
         SubCommand::Seek { name, to } => {
-            let body = json!({ "to": position_json(&to) });
+            let body = SeekRequest {
+                to: start_position(&to),
+            };
             let reply = post(client, &name, &["seek"], &body).await?;
             done(
                 &reply,
@@ -376,18 +355,17 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
         SubCommand::Pull(args) => pull(client, &args, json).await,
         SubCommand::Ack(args) => settle(client, &args, None, Settle::Ack, json).await,
         SubCommand::Nack(args) => {
-            let delay = args.delay.as_deref();
-            settle(client, &args.settle, delay, Settle::Nack, json).await
+            settle(client, &args.settle, args.delay, Settle::Nack, json).await
         }
         SubCommand::Reject(args) => settle(client, &args, None, Settle::Reject, json).await,
     }
 }
 
 /// A JSON request body.
-pub(crate) fn json_body(value: &Value) -> Body {
+pub(crate) fn json_body(value: &impl Serialize) -> Body {
     Body {
         content_type: CONTENT_TYPE_JSON,
-        bytes: value.to_string().into_bytes(),
+        bytes: serde_json::to_vec(value).expect("request bodies are strings, numbers and JSON"),
     }
 }
 
@@ -396,7 +374,7 @@ pub(crate) async fn post(
     client: &Client,
     name: &str,
     path: &[&str],
-    body: &Value,
+    body: &impl Serialize,
 ) -> Result<Reply, ClientError> {
     let segments: Vec<&str> = ["v1", "subscriptions", name]
         .into_iter()
@@ -418,52 +396,33 @@ pub(crate) fn done(reply: &Reply, json: bool, message: &str) -> Result<(), CliEr
 
 /// The JSON body that creates the subscription the flags describe: only what was given.
 fn spec_body(flags: &SpecFlags) -> Value {
-    let mut spec = Map::new();
-    put(&mut spec, "topic", flags.topic.clone());
-    if !flags.filters.is_empty() {
-        let filters = flags.filters.iter().map(FilterArg::to_json).collect();
-        spec.insert("filters".to_owned(), Value::Array(filters));
-    }
-    if let Some(url) = &flags.sink {
-        let mut sink = Map::new();
-        put(&mut sink, "url", Some(url.clone()));
-        put(&mut sink, "secret", flags.secret.clone());
-        spec.insert("sink".to_owned(), Value::Object(sink));
-    }
-    put(
-        &mut spec,
-        "start",
-        flags.start.as_deref().map(position_json),
-    );
-    put(&mut spec, "ordering", flags.ordering.map(Ordering::as_str));
-    put(&mut spec, "max_in_flight", flags.max_in_flight);
-    put(&mut spec, "ack_timeout", flags.ack_timeout.clone());
-    let mut retry = Map::new();
-    put(&mut retry, "max_attempts", flags.max_attempts);
-    put(&mut retry, "initial", flags.retry_initial.clone());
-    put(&mut retry, "max", flags.retry_max.clone());
-    put(&mut retry, "multiplier", flags.retry_multiplier);
-    put_object(&mut spec, "retry", retry);
-    let mut circuit = Map::new();
-    put(&mut circuit, "failures", flags.circuit_failures);
-    put(&mut circuit, "cool_down", flags.circuit_cool_down.clone());
-    put_object(&mut spec, "circuit_breaker", circuit);
-    put(&mut spec, "rate_limit", flags.rate_limit);
-    Value::Object(spec)
-}
-
-/// Sets `key` when there is a value.
-fn put(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
-    if let Some(value) = value {
-        map.insert(key.to_owned(), value.into());
-    }
-}
-
-/// Sets `key` to `object` unless it is empty.
-fn put_object(map: &mut Map<String, Value>, key: &str, object: Map<String, Value>) {
-    if !object.is_empty() {
-        map.insert(key.to_owned(), Value::Object(object));
-    }
+    let settings = SubscriptionSettings {
+        topic: flags
+            .topic
+            .clone()
+            .expect("clap requires --topic unless --spec is given"),
+        filters: flags.filters.iter().map(FilterArg::to_json).collect(),
+        sink: flags.sink.as_ref().map(|url| SinkSettings {
+            url: url.clone(),
+            secret: flags.secret.clone(),
+        }),
+        start: flags.start.as_deref().map(start_position),
+        ordering: flags.ordering.map(subscriptions::Ordering::from),
+        max_in_flight: flags.max_in_flight,
+        ack_timeout: flags.ack_timeout.clone(),
+        retry: RetrySettings {
+            max_attempts: flags.max_attempts,
+            initial: flags.retry_initial.clone(),
+            max: flags.retry_max.clone(),
+            multiplier: flags.retry_multiplier,
+        },
+        circuit_breaker: CircuitSettings {
+            failures: flags.circuit_failures,
+            cool_down: flags.circuit_cool_down.clone(),
+        },
+        rate_limit: flags.rate_limit,
+    };
+    serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
 }
 
 /// The create request's body: the `--spec` file as it is (the server checks it), or the flags.
@@ -497,12 +456,12 @@ async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), Cl
 
 /// What `sub create` prints: the spec as the server keeps it, and a generated secret set apart
 /// so it is not missed.
-fn created_text(name: &str, info: &Value) -> String {
+fn created_text(name: &str, created: &CreatedSubscription) -> String {
     let mut text = format!(
         "created subscription {name}\n{}",
-        render_pairs(&spec_pairs(info))
+        render_pairs(&spec_pairs(&created.info.spec))
     );
-    if let Some(secret) = info.get("secret").and_then(Value::as_str) {
+    if let Some(secret) = &created.secret {
         text.push_str(&format!(
             "\nsigning secret: {secret}\n\
              Store it now: it is shown only once. The sink checks each request's \
@@ -517,17 +476,11 @@ async fn list(client: &Client, json: bool) -> Result<(), CliError> {
     if json {
         return write_json_body(&reply.body);
     }
-    let listing: Value = reply.json()?;
-    let subscriptions = listing
-        .get("subscriptions")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ClientError::Unexpected {
-            detail: "subscription list has no \"subscriptions\" array".to_owned(),
-        })?;
-    write_stdout(&list_text(subscriptions))
+    let listing: SubscriptionList = reply.json()?;
+    write_stdout(&list_text(&listing.subscriptions))
 }
 
-fn list_text(subscriptions: &[Value]) -> String {
+fn list_text(subscriptions: &[SubscriptionInfo]) -> String {
     if subscriptions.is_empty() {
         return "no subscriptions\n".to_owned();
     }
@@ -543,14 +496,14 @@ fn list_text(subscriptions: &[Value]) -> String {
     ]);
     for sub in subscriptions {
         table.push(vec![
-            cell(sub.get("name")),
-            cell(sub.get("topic")),
-            cell(sub.get("mode")),
-            cell(sub.get("lag")),
-            cell(sub.get("in_flight")),
-            cell(sub.get("dlq_depth")),
-            cell(sub.get("circuit")),
-            truncated(&cell(sub.get("paused")), LIST_REASON_CHARS_MAX),
+            sub.name.clone(),
+            sub.spec.topic.clone(),
+            sub.mode.to_string(),
+            sub.lag.to_string(),
+            sub.in_flight.to_string(),
+            sub.dlq_depth.to_string(),
+            plain(&sub.circuit),
+            truncated(&plain(&sub.paused), LIST_REASON_CHARS_MAX),
         ]);
     }
     table.render()
@@ -565,96 +518,90 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
 }
 
 /// The description for people: spec, state and counters, then a table of partitions.
-fn describe_text(info: &Value) -> String {
-    let mut head = vec![("subscription".to_owned(), cell(info.get("name")))];
-    head.extend(spec_pairs(info));
-    let state = match (info.get("unavailable"), info.get("paused")) {
-        (Some(Value::String(reason)), _) => format!("unavailable: {reason}"),
-        (_, Some(Value::String(reason))) => format!("paused: {reason}"),
+fn describe_text(info: &SubscriptionInfo) -> String {
+    let mut head = vec![("subscription".to_owned(), info.name.clone())];
+    head.extend(spec_pairs(&info.spec));
+    let state = match (&info.unavailable, &info.paused) {
+        (Some(reason), _) => format!("unavailable: {reason}"),
+        (_, Some(reason)) => format!("paused: {reason}"),
         _ => "active".to_owned(),
     };
     head.push(("state".to_owned(), state));
-    if info.get("mode").and_then(Value::as_str) == Some("push") {
-        head.push(("circuit".to_owned(), cell(info.get("circuit"))));
+    if info.mode == DeliveryMode::Push {
+        head.push(("circuit".to_owned(), plain(&info.circuit)));
     }
     let counters = [
-        "lag",
-        "in_flight",
-        "pending",
-        "delivered",
-        "retried",
-        "dead_lettered",
-        "skipped_by_retention",
-        "dlq_depth",
+        ("lag", info.lag),
+        ("in flight", info.in_flight as u64),
+        ("pending", info.pending as u64),
+        ("delivered", info.delivered),
+        ("retried", info.retried),
+        ("dead lettered", info.dead_lettered),
+        ("skipped by retention", info.skipped_by_retention),
+        ("dlq depth", info.dlq_depth as u64),
     ];
     let mut numbers: Vec<(String, String)> = counters
         .iter()
-        .map(|key| (key.replace('_', " "), cell(info.get(*key))))
+        .map(|(label, count)| ((*label).to_owned(), count.to_string()))
         .collect();
-    let last_error = match info.get("last_error") {
-        Some(Value::Object(error)) => {
-            format!("{} {}", cell(error.get("at")), cell(error.get("error")))
-        }
-        _ => "-".to_owned(),
+    let last_error = match &info.last_error {
+        Some(error) => format!("{} {}", error.at, error.error),
+        None => "-".to_owned(),
     };
     numbers.push(("last error".to_owned(), last_error));
-    let partitions = info.get("partitions").and_then(Value::as_array);
     format!(
         "{}\n{}\n{}",
         render_pairs(&head),
         render_pairs(&numbers),
-        progress_table(partitions.map_or(&[][..], Vec::as_slice))
+        progress_table(&info.partitions)
     )
 }
 
 /// The spec as label/value lines, from a describe (or create) answer.
-fn spec_pairs(info: &Value) -> Vec<(String, String)> {
-    let text = |key: &str| cell(info.get(key));
-    let mut pairs = vec![("topic".to_owned(), text("topic"))];
-    let sink = info.get("sink").and_then(|sink| sink.get("url"));
-    let mode = match sink {
-        Some(url) => format!("push to {}", cell(Some(url))),
+fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
+    let mut pairs = vec![("topic".to_owned(), spec.topic.clone())];
+    let mode = match &spec.sink {
+        Some(sink) => format!("push to {}", sink.url),
         None => "pull".to_owned(),
     };
     pairs.push(("mode".to_owned(), mode));
-    let filters = info.get("filters").and_then(Value::as_array);
-    for filter in filters.map_or(&[][..], Vec::as_slice) {
+    for filter in &spec.filters {
         pairs.push(("filter".to_owned(), filter_text(filter)));
     }
-    let start = match info.get("start") {
-        Some(Value::Object(time)) => cell(time.get("time")),
-        Some(Value::String(name)) => name.clone(),
-        _ => "latest".to_owned(),
+    let start = match &spec.start {
+        StartPosition::Time { time } => time.clone(),
+        StartPosition::Named(NamedPosition::Earliest) => "earliest".to_owned(),
+        StartPosition::Named(NamedPosition::Latest) | StartPosition::Default => "latest".to_owned(),
     };
     pairs.push(("start".to_owned(), start));
-    pairs.push(("ordering".to_owned(), text("ordering")));
-    pairs.push(("max in flight".to_owned(), text("max_in_flight")));
-    pairs.push(("ack timeout".to_owned(), text("ack_timeout")));
-    let retry = info.get("retry").cloned().unwrap_or_default();
+    pairs.push(("ordering".to_owned(), plain(&spec.ordering)));
+    pairs.push(("max in flight".to_owned(), spec.max_in_flight.to_string()));
+    pairs.push(("ack timeout".to_owned(), duration::format(spec.ack_timeout)));
+    let retry = &spec.retry;
     pairs.push((
         "retry".to_owned(),
         format!(
             "{} attempts, backoff from {} ×{} up to {}",
-            cell(retry.get("max_attempts")),
-            cell(retry.get("initial")),
-            cell(retry.get("multiplier")),
-            cell(retry.get("max"))
+            retry.max_attempts,
+            duration::format(retry.initial),
+            plain(&retry.multiplier),
+            duration::format(retry.max)
         ),
     ));
-    if sink.is_some() {
-        let circuit = info.get("circuit_breaker").cloned().unwrap_or_default();
+    if spec.sink.is_some() {
+        let circuit = &spec.circuit_breaker;
         pairs.push((
             "circuit breaker".to_owned(),
             format!(
                 "opens after {} failures in a row, cool-down {}",
-                cell(circuit.get("failures")),
-                cell(circuit.get("cool_down"))
+                circuit.failures,
+                duration::format(circuit.cool_down)
             ),
         ));
     }
-    let rate_limit = match info.get("rate_limit") {
-        Some(Value::Number(rate)) => format!("{rate} events/s"),
-        _ => "unlimited".to_owned(),
+    let rate_limit = match spec.rate_limit {
+        Some(rate) => format!("{rate} events/s"),
+        None => "unlimited".to_owned(),
     };
     pairs.push(("rate limit".to_owned(), rate_limit));
     pairs
@@ -683,7 +630,7 @@ fn filter_text(filter: &Value) -> String {
 }
 
 /// Per partition: what is committed, where reading is, the partition's end, and the lag.
-fn progress_table(partitions: &[Value]) -> String {
+fn progress_table(partitions: &[PartitionProgress]) -> String {
     let mut table = Table::new(&[
         ("PARTITION", Align::Right),
         ("COMMITTED", Align::Right),
@@ -692,13 +639,12 @@ fn progress_table(partitions: &[Value]) -> String {
         ("LAG", Align::Right),
     ]);
     for partition in partitions {
-        let offset = |key: &str| partition.get(key).and_then(Value::as_u64).unwrap_or(0);
-        let lag = offset("next_offset").saturating_sub(offset("committed"));
+        let lag = partition.next_offset.saturating_sub(partition.committed);
         table.push(vec![
-            cell(partition.get("partition")),
-            cell(partition.get("committed")),
-            cell(partition.get("cursor")),
-            cell(partition.get("next_offset")),
+            partition.partition.to_string(),
+            partition.committed.to_string(),
+            partition.cursor.to_string(),
+            partition.next_offset.to_string(),
             lag.to_string(),
         ]);
     }
@@ -715,10 +661,11 @@ pub(crate) fn truncated(text: &str, chars_max: usize) -> String {
 }
 
 async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliError> {
-    let mut body = Map::new();
-    put(&mut body, "max", args.max);
-    put(&mut body, "wait", args.wait.clone());
-    let reply = post(client, &args.name, &["pull"], &Value::Object(body)).await?;
+    let request = PullRequest {
+        max: args.max.map(|max| max as usize),
+        wait: args.wait,
+    };
+    let reply = post(client, &args.name, &["pull"], &request).await?;
     let pulled: Pulled = reply.json()?;
     let output = if json {
         json_line(&reply.body)
@@ -733,12 +680,16 @@ async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliErr
     if !args.ack || pulled.messages.is_empty() {
         return Ok(());
     }
-    let ack_ids = pulled.messages.into_iter().map(|m| m.ack_id).collect();
+    let ack_ids = pulled
+        .messages
+        .into_iter()
+        .map(|m| m.ack_id.into_owned())
+        .collect();
     let reply = settle_request(client, &args.name, ack_ids, None, Settle::Ack).await?;
     if json {
         return write_json_body(&reply.body);
     }
-    let settled: Settled = reply.json()?;
+    let settled: AckResult = reply.json()?;
     eprintln!("acknowledged {}", settled.settled);
     if !settled.stale.is_empty() {
         // Stdout holds only messages; the warning goes with errors.
@@ -749,20 +700,13 @@ async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliErr
 
 /// A pulled message as one JSON line, members in the documented order; an event stored
 /// across several lines is compacted.
-fn message_line(message: &Message) -> String {
-    let event = if message.event.get().contains(['\n', '\r']) {
-        serde_json::from_str::<Value>(message.event.get())
-            .and_then(|value| serde_json::value::to_raw_value(&value))
-            .map_or(Cow::Borrowed(&*message.event), Cow::Owned)
-    } else {
-        Cow::Borrowed(&*message.event)
-    };
-    let line = MessageLine {
-        ack_id: &message.ack_id,
+fn message_line(message: &PulledMessage) -> String {
+    let line = PulledMessage {
+        ack_id: Cow::Borrowed(&*message.ack_id),
         attempt: message.attempt,
         partition: message.partition,
         offset: message.offset,
-        event,
+        event: single_line(message.event),
     };
     serde_json::to_string(&line).expect("strings, numbers and raw JSON serialize") + "\n"
 }
@@ -771,19 +715,17 @@ async fn settle_request(
     client: &Client,
     name: &str,
     ack_ids: Vec<String>,
-    delay: Option<&str>,
+    delay: Option<Duration>,
     action: Settle,
 ) -> Result<Reply, ClientError> {
-    let mut body = Map::new();
-    body.insert("ack_ids".to_owned(), json!(ack_ids));
-    put(&mut body, "delay", delay);
-    post(client, name, &[action.action()], &Value::Object(body)).await
+    let body = SettleRequest { ack_ids, delay };
+    post(client, name, &[action.action()], &body).await
 }
 
 async fn settle(
     client: &Client,
     args: &SettleArgs,
-    delay: Option<&str>,
+    delay: Option<Duration>,
     action: Settle,
     json: bool,
 ) -> Result<(), CliError> {
@@ -796,11 +738,11 @@ async fn settle(
 }
 
 /// `acknowledged 2 messages`, and a line naming the stale ack ids, if any.
-fn settled_text(action: Settle, settled: &Settled) -> String {
+fn settled_text(action: Settle, settled: &AckResult) -> String {
     let mut text = format!(
         "{} {}\n",
         action.past_tense(),
-        count_of(settled.settled, "message")
+        count_of(settled.settled as u64, "message")
     );
     if !settled.stale.is_empty() {
         text.push_str(&stale_text(&settled.stale));
@@ -829,12 +771,19 @@ fn position_text(text: &str) -> Result<String, String> {
     }
 }
 
-/// Checks a duration flag (`500ms`, `30s`, `2m`, `1h`, `7d`) before anything is sent, so the
-/// error names the flag; the server gets the text as given.
+/// Reads a duration flag (`500ms`, `30s`, `2m`, `1h`, `7d`), so a bad one is refused before
+/// anything is sent, with an error naming the flag.
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    duration::parse(text).map_err(|_| {
+        format!(
+            "{text:?} is not a duration: use a whole number and ms, s, m, h or d, like 500ms or 30s"
+        )
+    })
+}
+
+/// Checks a duration flag as [`duration_arg`] does; the server gets the text as given.
 fn duration_text(text: &str) -> Result<String, String> {
-    keel_engine::duration::parse(text)
-        .map(|_| text.to_owned())
-        .map_err(|_| format!("{text:?} is not a duration: use a whole number and ms, s, m, h or d, like 500ms or 30s"))
+    duration_arg(text).map(|_| text.to_owned())
 }
 
 #[cfg(test)]
@@ -843,6 +792,7 @@ mod tests {
     use crate::test_client::TestClient as _;
     use clap::Parser;
     use keel_testkit::server::TestServer;
+    use serde_json::value::RawValue;
 
     /// `keel sub create`'s arguments alone, parsed as clap parses them.
     #[derive(Debug, Parser)]
@@ -978,6 +928,7 @@ mod tests {
 
     #[test]
     fn positions_are_named_ends_or_times() {
+        let position_json = |text| serde_json::to_value(start_position(text)).unwrap();
         assert_eq!(position_json("earliest"), json!("earliest"));
         assert_eq!(position_json("latest"), json!("latest"));
         assert_eq!(
@@ -1028,6 +979,7 @@ mod tests {
             "unavailable": null,
             "partitions": [{"partition": 0, "committed": 5, "cursor": 7, "next_offset": 9}],
         });
+        let info: SubscriptionInfo = serde_json::from_value(info).unwrap();
         assert_eq!(
             describe_text(&info),
             "subscription     hooks\n\
@@ -1061,14 +1013,29 @@ mod tests {
         );
     }
 
+    /// A describe answer: `members` over a pull subscription's defaults.
+    fn described(members: Value) -> SubscriptionInfo {
+        let mut info = json!({"name": "", "topic": "", "mode": "pull", "paused": null,
+            "lag": 0, "in_flight": 0, "pending": 0, "delivered": 0, "retried": 0,
+            "dead_lettered": 0, "skipped_by_retention": 0, "dlq_depth": 0, "circuit": null,
+            "last_error": null, "unavailable": null, "partitions": []});
+        let fields = info.as_object_mut().unwrap();
+        fields.extend(members.as_object().unwrap().clone());
+        serde_json::from_value(info).unwrap()
+    }
+
     #[test]
     fn list_shows_one_row_per_subscription() {
         let subscriptions = [
-            json!({"name": "p", "topic": "orders", "mode": "pull", "lag": 3, "in_flight": 0,
-                   "dlq_depth": 1, "circuit": null, "paused": null}),
-            json!({"name": "hooks", "topic": "orders", "mode": "push", "lag": 0,
+            described(
+                json!({"name": "p", "topic": "orders", "mode": "pull", "lag": 3,
+                   "in_flight": 0, "dlq_depth": 1, "circuit": null, "paused": null}),
+            ),
+            described(
+                json!({"name": "hooks", "topic": "orders", "mode": "push", "lag": 0,
                    "in_flight": 12, "dlq_depth": 0, "circuit": "half_open",
                    "paused": "paused by an operator and a reason that goes on and on"}),
+            ),
         ];
         assert_eq!(
             list_text(&subscriptions),
@@ -1084,12 +1051,13 @@ mod tests {
     fn pulled_message_is_one_line_with_members_in_order() {
         // Goal: `sub pull` output is JSON Lines with the documented member order, even for an
         // event stored pretty-printed. Method: format a message whose event spans lines.
-        let message = Message {
-            ack_id: "AbC".to_owned(),
+        let event = RawValue::from_string("{\n  \"id\": \"e-1\"\n}".to_owned()).unwrap();
+        let message = PulledMessage {
+            ack_id: Cow::Borrowed("AbC"),
             attempt: 2,
             partition: 1,
             offset: 17,
-            event: RawValue::from_string("{\n  \"id\": \"e-1\"\n}".to_owned()).unwrap(),
+            event: &*event,
         };
         assert_eq!(
             message_line(&message),
@@ -1100,7 +1068,7 @@ mod tests {
 
     #[test]
     fn settled_text_names_stale_ids() {
-        let fresh = Settled {
+        let fresh = AckResult {
             settled: 2,
             stale: vec![],
         };
@@ -1108,7 +1076,7 @@ mod tests {
             settled_text(Settle::Ack, &fresh),
             "acknowledged 2 messages\n"
         );
-        let stale = Settled {
+        let stale = AckResult {
             settled: 0,
             stale: vec!["a".to_owned(), "b".to_owned()],
         };

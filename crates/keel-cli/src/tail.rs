@@ -5,16 +5,18 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use keel_api::read::{Record, Records};
+use keel_api::topics::{PartitionInfo, TopicInfo};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Reply};
 use crate::error::{CliError, joined};
 use crate::limits::{EMPTY_READ_PAUSE_MS, LONG_POLL_WAIT_MS, READ_EVENTS_MAX, TAIL_QUEUE_CAPACITY};
 use crate::output::write_stdout;
-use crate::topic::{PartitionInfo, TopicInfo, fetch_topic};
+use crate::topic::fetch_topic;
 
 /// Arguments of `keel tail`.
 #[derive(Debug, Args)]
@@ -67,41 +69,8 @@ fn parse_start(text: &str) -> Result<Start, String> {
     }
 }
 
-/// The answer of the read endpoint.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ReadReply {
-    /// Records from the requested offset on, in offset order.
-    pub(crate) records: Vec<Record>,
-    /// Where the next read continues.
-    pub(crate) next_offset: u64,
-}
-
-impl ReadReply {
-    /// The offset to read from next: past every record received, whatever `next_offset` says,
-    /// so a confused answer cannot make a reader loop on the same records.
-    pub(crate) fn next_read_offset(&self, requested: u64) -> u64 {
-        let past_records = self
-            .records
-            .last()
-            .map_or(requested, |record| record.offset + 1);
-        self.next_offset.max(past_records).max(requested)
-    }
-}
-
-/// One stored record: its offset, when it was appended, and the event as stored.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Record {
-    /// The record's offset in its partition.
-    pub(crate) offset: u64,
-    /// When it was appended, as the server writes it.
-    #[serde(default)]
-    pub(crate) timestamp: Option<Box<RawValue>>,
-    /// The CloudEvent.
-    pub(crate) event: Box<RawValue>,
-}
-
 /// Reads up to `max` records of a partition from `from`, waiting up to `wait_ms` for the first
-/// one; also returns the answer's size in bytes.
+/// one. The answer's body is [`Records`], which borrows from it: `reply.json()`.
 pub(crate) async fn read_events(
     client: &Client,
     topic: &str,
@@ -109,13 +78,12 @@ pub(crate) async fn read_events(
     from: u64,
     max: u64,
     wait_ms: u64,
-) -> Result<(ReadReply, usize), ClientError> {
+) -> Result<Reply, ClientError> {
     let partition = partition.to_string();
     let path = ["v1", "topics", topic, "partitions", &partition, "events"];
-    let reply = client
+    client
         .get(&path, &[("from", from), ("max", max), ("wait", wait_ms)])
-        .await?;
-    Ok((reply.json()?, reply.body.len()))
+        .await
 }
 
 /// What one reader reads: a partition from an offset, up to an end offset or forever.
@@ -220,7 +188,7 @@ async fn read_partition(
 ) -> Result<(), CliError> {
     let mut offset = read.from;
     while read.until.is_none_or(|until| offset < until) {
-        let (reply, _) = read_events(
+        let reply = read_events(
             &client,
             &topic,
             read.partition,
@@ -229,6 +197,7 @@ async fn read_partition(
             wait_ms,
         )
         .await?;
+        let reply: Records = reply.json()?;
         if reply.records.is_empty() {
             if read.until.is_some() {
                 return Ok(());
@@ -264,14 +233,14 @@ fn tail_line(partition: u32, record: &Record) -> String {
     let line = TailLine {
         partition,
         offset: record.offset,
-        timestamp: record.timestamp.as_deref(),
-        event: single_line(&record.event),
+        timestamp: record.timestamp,
+        event: single_line(record.event),
     };
     serde_json::to_string(&line).expect("raw JSON values and numbers serialize") + "\n"
 }
 
 /// `raw` unchanged, or re-encoded compactly when it holds line breaks (pretty-printed JSON).
-fn single_line(raw: &RawValue) -> Cow<'_, RawValue> {
+pub(crate) fn single_line(raw: &RawValue) -> Cow<'_, RawValue> {
     if !raw.get().contains(['\n', '\r']) {
         return Cow::Borrowed(raw);
     }
@@ -329,9 +298,15 @@ mod tests {
             start_offset,
             next_offset,
             bytes: 0,
+            unavailable: None,
         };
         TopicInfo {
+            name: "t".to_owned(),
             partitions: vec![partition(0, 0, 10), partition(1, 4, 6)],
+            retention: keel_api::topics::Retention::default(),
+            fsync: keel_api::topics::FsyncPolicy::Always,
+            fsync_interval: Duration::from_secs(1),
+            dedupe_window: Duration::from_secs(120),
         }
     }
 
@@ -381,7 +356,7 @@ mod tests {
     fn record_prints_as_one_json_line_in_contract_order() {
         // Goal: one line per record with partition, offset, timestamp, event, in that order,
         // even for a pretty-printed stored event. Method: format two records.
-        let reply: ReadReply = serde_json::from_str(
+        let reply: Records = serde_json::from_str(
             r#"{"records": [
                 {"offset": 7, "timestamp": "2024-05-01T10:00:00Z", "event": {"id":"a","type":"t"}},
                 {"offset": 8, "timestamp": 1714557600000, "event": {"id": "b",
@@ -408,7 +383,7 @@ mod tests {
 
     #[test]
     fn next_read_offset_moves_past_received_records() {
-        let reply: ReadReply =
+        let reply: Records =
             serde_json::from_str(r#"{"records": [{"offset": 3, "event": {}}], "next_offset": 0}"#)
                 .unwrap();
         assert_eq!(reply.next_read_offset(3), 4);

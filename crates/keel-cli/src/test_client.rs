@@ -2,6 +2,7 @@
 //! drive the server through [`Client`] over a real socket and check outcomes through the API,
 //! as any user of the CLI would.
 
+use keel_api::read::Records;
 use keel_testkit::server::TestServer;
 use serde_json::Value;
 
@@ -42,10 +43,11 @@ impl TestClient for TestServer {
 
     async fn events(&self, topic: &str, partition: u32) -> Vec<Value> {
         let client = self.cli_client();
-        let (reply, _) = read_events(&client, topic, partition, 0, READ_BACK_EVENTS_MAX, 0)
+        let reply = read_events(&client, topic, partition, 0, READ_BACK_EVENTS_MAX, 0)
             .await
             .expect("read the partition back");
-        reply
+        let records: Records = reply.json().expect("a read answer");
+        records
             .records
             .iter()
             .map(|record| serde_json::from_str(record.event.get()).expect("events are JSON"))

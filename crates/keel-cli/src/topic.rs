@@ -2,8 +2,8 @@
 //! `tail` and `bench` read (partitions and their offsets).
 
 use clap::{Args, Subcommand, ValueEnum};
+use keel_api::topics::{FsyncPolicy, PartitionInfo, RetentionSettings, TopicInfo, TopicSettings};
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
@@ -57,8 +57,7 @@ pub(crate) struct CreateArgs {
 }
 
 /// A topic's fsync policy, as the API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Fsync {
     /// Fsync before acknowledging (many publishes share one fsync)
     Always,
@@ -68,52 +67,14 @@ pub(crate) enum Fsync {
     Never,
 }
 
-/// The body of `PUT /v1/topics/{name}`: only the settings given.
-#[derive(Debug, Serialize)]
-struct TopicSpec<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    partitions: Option<u32>,
-    #[serde(skip_serializing_if = "Retention::is_empty")]
-    retention: Retention<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fsync: Option<Fsync>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dedupe_window: Option<&'a str>,
-}
-
-#[derive(Debug, Serialize)]
-struct Retention<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_age: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_bytes: Option<u64>,
-}
-
-impl Retention<'_> {
-    fn is_empty(&self) -> bool {
-        self.max_age.is_none() && self.max_bytes.is_none()
+impl From<Fsync> for FsyncPolicy {
+    fn from(fsync: Fsync) -> Self {
+        match fsync {
+            Fsync::Always => FsyncPolicy::Always,
+            Fsync::Interval => FsyncPolicy::Interval,
+            Fsync::Never => FsyncPolicy::Never,
+        }
     }
-}
-
-/// The parts of a topic's description that other commands need.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct TopicInfo {
-    /// One entry per partition.
-    pub(crate) partitions: Vec<PartitionInfo>,
-}
-
-/// One partition's offsets: the records in `start_offset..next_offset` are readable.
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct PartitionInfo {
-    /// The partition's number.
-    pub(crate) partition: u32,
-    /// Offset of the oldest retained record.
-    pub(crate) start_offset: u64,
-    /// Offset the next published record will get.
-    pub(crate) next_offset: u64,
-    /// Bytes the partition holds on disk.
-    #[serde(default)]
-    pub(crate) bytes: u64,
 }
 
 /// Runs a `keel topic` subcommand; `json` prints the server's JSON instead of text.
@@ -130,18 +91,19 @@ pub(crate) async fn run(
     }
 }
 
-/// The JSON body that creates the topic `args` describes.
+/// The JSON body that creates the topic `args` describes: only the settings given.
 fn create_body(args: &CreateArgs) -> Value {
-    let spec = TopicSpec {
+    let settings = TopicSettings {
         partitions: args.partitions,
-        retention: Retention {
-            max_age: args.retention_age.as_deref(),
+        retention: RetentionSettings {
+            max_age: args.retention_age.clone(),
             max_bytes: args.retention_bytes,
         },
-        fsync: args.fsync,
-        dedupe_window: args.dedupe_window.as_deref(),
+        fsync: args.fsync.map(FsyncPolicy::from),
+        fsync_interval: None,
+        dedupe_window: args.dedupe_window.clone(),
     };
-    serde_json::to_value(spec).expect("a struct of strings and numbers is JSON")
+    serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
 }
 
 /// `PUT`s the topic: 201 when created, 200 when it already existed with this configuration.
@@ -162,10 +124,9 @@ async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), Cl
         return write_json_body(&reply.body);
     }
     let message = if reply.status == StatusCode::CREATED {
-        let answered = serde_json::from_slice::<Value>(&reply.body).ok();
+        let answered = reply.json::<TopicInfo>().ok();
         let partitions = answered
-            .as_ref()
-            .and_then(|topic| partition_count(topic.get("partitions")))
+            .map(|topic| topic.partitions.len() as u64)
             .or(args.partitions.map(u64::from));
         created_message(&args.name, partitions)
     } else {
@@ -403,9 +364,10 @@ mod tests {
                 {"partition": 1, "start_offset": 5, "next_offset": 7, "bytes": 100},
             ],
         });
-        let info: TopicInfo = serde_json::from_value(topic.clone()).unwrap();
+        let partitions: Vec<PartitionInfo> =
+            serde_json::from_value(topic["partitions"].clone()).unwrap();
         assert_eq!(
-            describe_text(&topic, &info.partitions),
+            describe_text(&topic, &partitions),
             "topic          orders\n\
              partitions     2\n\
              dedupe window  2m\n\

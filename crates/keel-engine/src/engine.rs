@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::clock::now_ms;
-use crate::config::{TopicConfig, validate_topic_name};
+use crate::config::{TopicConfig, validate_topic_config, validate_topic_name};
 use crate::error::EngineError;
 use crate::event::Event;
 use crate::event::http::HttpRequest;
@@ -15,7 +15,7 @@ use crate::limits::{
     SEGMENT_BYTES_DEFAULT,
 };
 use crate::metrics::Metrics;
-use crate::storage::{Area, DiskStorage, LogSettings, Record, Storage, StorageDamage};
+use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
 use crate::subscription::Subscription;
 use crate::topic::{PublishResult, Topic, TopicInfo};
 
@@ -66,16 +66,7 @@ pub struct ReadBatch {
     pub next_offset: u64,
 }
 
-/// A partition that refuses service, for readiness reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UnavailablePartition {
-    /// The topic.
-    pub topic: String,
-    /// The partition; none when the whole topic could not be opened.
-    pub partition: Option<u32>,
-    /// Why.
-    pub reason: String,
-}
+pub use keel_api::health::UnavailablePartition;
 
 /// keel's engine. Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -199,7 +190,7 @@ impl Engine {
 
     /// Parts of the storage that are missing or unreadable (readiness reports them); empty
     /// when it is whole.
-    pub fn storage_damage(&self) -> Vec<StorageDamage> {
+    pub fn storage_damage(&self) -> Vec<DataDirDamage> {
         self.inner.storage.damage()
     }
 
@@ -210,7 +201,7 @@ impl Engine {
         config: TopicConfig,
     ) -> Result<Created, EngineError> {
         validate_topic_name(name)?;
-        config.validate()?;
+        validate_topic_config(&config)?;
         let _admin = self.inner.admin.lock().await;
         if let Err(error @ EngineError::TopicUnavailable { .. }) = self.topic(name) {
             return Err(error);
@@ -494,7 +485,7 @@ fn recover(storage: &Arc<dyn Storage>, metrics: &Arc<Metrics>) -> Result<Recover
             continue;
         }
         let config = stored.config.and_then(|config| {
-            config.validate().map_err(|error| error.to_string())?;
+            validate_topic_config(&config).map_err(|error| error.to_string())?;
             Ok(config)
         });
         match config {

@@ -209,6 +209,32 @@ impl Filter {
     }
 }
 
+/// A subscription's filters, compiled: all must match, and none matches everything. Derefs to
+/// the list. Serde reads and writes the JSON array of filter objects through
+/// [`deserialize_all`], so an error names the index (`filters[1].exact`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters(pub Vec<Filter>);
+
+impl std::ops::Deref for Filters {
+    type Target = [Filter];
+
+    fn deref(&self) -> &[Filter] {
+        &self.0
+    }
+}
+
+impl Serialize for Filters {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Filters {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Filters, D::Error> {
+        deserialize_all(deserializer).map(Filters)
+    }
+}
+
 /// Parses a JSON array of filters (all must match: an empty list matches everything). Error
 /// paths start at `filters`.
 pub fn parse_all(value: &Value) -> Result<Vec<Filter>, FilterError> {
@@ -226,7 +252,8 @@ pub fn reads_data(filters: &[Filter]) -> bool {
 }
 
 /// Deserialises a list of filters through [`parse_all`], so error paths name the index
-/// (`filters[1].exact`); for `#[serde(deserialize_with = "keel_engine::filter::deserialize_all")]`.
+/// (`filters[1].exact`); what [`Filters`] deserialises with, and for
+/// `#[serde(deserialize_with = "keel_engine::filter::deserialize_all")]`.
 pub fn deserialize_all<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Vec<Filter>, D::Error> {

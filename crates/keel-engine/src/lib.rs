@@ -1,11 +1,13 @@
 //! keel's engine: topics, partitions, publishing with dedupe, reading.
 //!
-//! Dependency direction: `keel-log` → this crate → `keel-server` → `keel-cli`.
+//! Dependency direction: `keel-log` → this crate → `keel-server` → `keel-cli`. The data the
+//! API carries (topic configurations, subscription specs, describe figures) are the types of
+//! `keel-api`, a leaf crate, re-exported where the engine keeps them; this crate adds the
+//! checks and the behaviour.
 
 pub mod clock;
 pub mod config;
 mod dedupe;
-pub mod duration;
 mod engine;
 pub mod error;
 pub mod event;
@@ -27,6 +29,7 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use event::Event;
+pub use keel_api::duration;
 pub use partition::PartitionInfo;
-pub use storage::{Record, StorageDamage};
+pub use storage::{DataDirDamage, Record};
 pub use topic::{PublishResult, TopicInfo};

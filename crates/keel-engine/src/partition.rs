@@ -57,21 +57,7 @@ pub(crate) struct Partition {
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// Figures describing a partition.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PartitionInfo {
-    /// Partition number.
-    pub partition: u32,
-    /// First offset kept.
-    pub start_offset: u64,
-    /// Offset the next event will get.
-    pub next_offset: u64,
-    /// Bytes on disk.
-    pub bytes: u64,
-    /// Why it refuses service, when it does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub unavailable: Option<String>,
-}
+pub use keel_api::topics::PartitionInfo;
 
 impl Partition {
     /// Wraps an opened log (or the error that kept it from opening) and starts its writer.

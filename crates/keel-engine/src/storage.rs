@@ -40,6 +40,9 @@ use crate::config::TopicConfig;
 use crate::error::EngineError;
 use crate::subscription::spec::SubscriptionSpec;
 
+/// A part of the store that is missing or unreadable, for readiness reports.
+pub use keel_api::health::DataDirDamage;
+
 #[cfg(test)]
 pub(crate) use disk::log_for_tests as disk_log_for_tests;
 pub use disk::{DiskStorage, LogSettings};
@@ -209,7 +212,7 @@ pub struct SubscriptionLogs {
 /// there", so no acknowledged event turns into "no such topic".
 pub trait Storage: Send + Sync + 'static {
     /// Parts of the store that are missing or unreadable; empty when it is whole.
-    fn damage(&self) -> Vec<StorageDamage>;
+    fn damage(&self) -> Vec<DataDirDamage>;
 
     /// Fails when metadata of `area` is damaged: nothing may be listed or created there.
     fn check_usable(&self, area: Area) -> Result<(), EngineError>;
@@ -247,13 +250,4 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes a subscription and its logs, durably.
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError>;
-}
-
-/// A part of the store that is missing or unreadable, for readiness reports.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct StorageDamage {
-    /// The file or directory (or the backend's name for the part).
-    pub path: PathBuf,
-    /// What is wrong and what to do.
-    pub reason: String,
 }

@@ -32,7 +32,6 @@ mod store;
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -46,7 +45,7 @@ use crate::metrics::{Metrics, SubscriptionLabels};
 use crate::storage::SubscriptionLogs;
 use crate::topic::Topic;
 use checkpoint::{Checkpoint, CheckpointLog};
-use circuit::{CircuitBreaker, CircuitState};
+use circuit::CircuitBreaker;
 use delivery::Deliveries;
 pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
@@ -143,65 +142,12 @@ pub(crate) struct Subscription {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A subscription as describe shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionInfo {
-    /// Its name.
-    pub name: String,
-    /// Its spec; the sink's secret is never shown here.
-    #[serde(flatten)]
-    pub spec: SubscriptionSpec,
-    /// `push` or `pull`.
-    pub mode: &'static str,
-    /// Why it is paused, when it is.
-    pub paused: Option<String>,
-    /// Matching or not, events published and not yet done.
-    pub lag: u64,
-    /// Events delivered and not yet acknowledged.
-    pub in_flight: usize,
-    /// Events read and held in memory, not yet done.
-    pub pending: usize,
-    /// Events acknowledged since the server started.
-    pub delivered: u64,
-    /// Failed attempts followed by a retry since the server started.
-    pub retried: u64,
-    /// Events dead-lettered since the server started.
-    pub dead_lettered: u64,
-    /// Events retention deleted before they were delivered, since the server started.
-    pub skipped_by_retention: u64,
-    /// Entries in the dead-letter queue.
-    pub dlq_depth: usize,
-    /// The push sink's circuit; none for pull.
-    pub circuit: Option<CircuitState>,
-    /// The last failure.
-    pub last_error: Option<LastError>,
-    /// Why it refuses service, when it does (its storage failed).
-    pub unavailable: Option<String>,
-    /// Progress per partition.
-    pub partitions: Vec<PartitionProgress>,
-}
-
-/// The last failure of a subscription.
-#[derive(Debug, Clone, Serialize)]
-pub struct LastError {
-    /// When (RFC 3339).
-    pub at: String,
-    /// What.
-    pub error: String,
-}
-
-/// A subscription's progress on one partition.
-#[derive(Debug, Clone, Serialize)]
-pub struct PartitionProgress {
-    /// The partition.
-    pub partition: u32,
-    /// Every event below is done.
-    pub committed: u64,
-    /// The next offset to read.
-    pub cursor: u64,
-    /// The partition's next offset.
-    pub next_offset: u64,
-}
+/// A subscription as describe shows it, its spec as the engine holds it.
+pub type SubscriptionInfo = keel_api::subscriptions::SubscriptionInfo<
+    crate::filter::Filters,
+    crate::webhook::WebhookSecret,
+>;
+pub use keel_api::subscriptions::{LastError, PartitionProgress};
 
 impl Subscription {
     /// Opens a stored subscription from its logs. Blocking.
@@ -362,7 +308,7 @@ impl Subscription {
         }
         let info = SubscriptionInfo {
             name: shared.name.clone(),
-            mode: if spec.is_push() { "push" } else { "pull" },
+            mode: spec.mode(),
             spec,
             paused: core.paused.clone(),
             lag,

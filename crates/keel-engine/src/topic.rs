@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
@@ -14,7 +13,7 @@ use crate::error::EngineError;
 use crate::event::{self, Event};
 use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
-use crate::partition::{Partition, PartitionInfo};
+use crate::partition::Partition;
 use crate::routing::partition_for_key;
 use crate::storage::Storage;
 
@@ -23,38 +22,8 @@ const STICKY_EVENTS: u64 = 1024;
 /// A request with at least this many keyless events gets a partition of its own.
 const LARGE_REQUEST_EVENTS: u64 = 32;
 
-/// The answer for one published event, in input order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublishResult {
-    /// The event's id.
-    pub id: String,
-    /// The partition it is stored in.
-    pub partition: u32,
-    /// Its offset there.
-    pub offset: u64,
-    /// True when an earlier publish stored it and this one appended nothing.
-    pub duplicate: bool,
-}
-
-/// A topic's configuration and figures, as describe shows them: the configuration's fields,
-/// with `partitions` holding each partition's figures instead of their count.
-#[derive(Debug, Clone, Serialize)]
-pub struct TopicInfo {
-    /// The name.
-    pub name: String,
-    /// Per partition figures.
-    pub partitions: Vec<PartitionInfo>,
-    /// Retention by age and size.
-    pub retention: crate::config::Retention,
-    /// When appends are fsynced.
-    pub fsync: FsyncPolicy,
-    /// With `fsync = "interval"`, how often.
-    #[serde(with = "crate::duration::serde_text")]
-    pub fsync_interval: std::time::Duration,
-    /// How long a (source, id) pair is remembered.
-    #[serde(with = "crate::duration::serde_text")]
-    pub dedupe_window: std::time::Duration,
-}
+pub use keel_api::publish::PublishResult;
+pub use keel_api::topics::TopicInfo;
 
 /// How one event of a publish is answered.
 enum Plan {

@@ -1,67 +1,43 @@
 //! A subscription's dead-letter queue: list, show, redrive, purge.
 
+use std::borrow::Cow;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use keel_api::dead_letters::{Attempt, Entry, EntryPage, Purged, RedriveRequest, Redriven};
 use keel_engine::clock::format_rfc3339_ms;
 use keel_engine::subscription::DeadLetterEntry;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Deserialize;
 
 use crate::body::json_object;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// An entry as the API shows it.
-#[derive(Serialize)]
-struct EntryView {
-    id: String,
-    partition: u32,
-    offset: u64,
-    event: Box<RawValue>,
-    attempts: u32,
-    last_status: Option<u16>,
-    last_error: Option<String>,
-    first_attempt_at: String,
-    last_attempt_at: String,
-    dead_lettered_at: String,
-    history: Vec<AttemptView>,
-}
-
-#[derive(Serialize)]
-struct AttemptView {
-    at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-impl From<DeadLetterEntry> for EntryView {
-    fn from(entry: DeadLetterEntry) -> Self {
-        EntryView {
-            id: entry.id,
-            partition: entry.partition,
-            offset: entry.offset,
-            event: entry.event,
-            attempts: entry.attempts,
-            last_status: entry.last_status,
-            last_error: entry.last_error,
-            first_attempt_at: format_rfc3339_ms(entry.first_attempt_ms),
-            last_attempt_at: format_rfc3339_ms(entry.last_attempt_ms),
-            dead_lettered_at: format_rfc3339_ms(entry.dead_lettered_ms),
-            history: entry
-                .history
-                .into_iter()
-                .map(|attempt| AttemptView {
-                    at: format_rfc3339_ms(attempt.at_ms),
-                    status: attempt.status,
-                    error: attempt.error,
-                })
-                .collect(),
-        }
+/// A stored entry as the API shows it, borrowing its text: its times as RFC 3339 text.
+fn entry_view(entry: &DeadLetterEntry) -> Entry<'_> {
+    Entry {
+        id: Cow::Borrowed(&entry.id),
+        partition: entry.partition,
+        offset: entry.offset,
+        event: &entry.event,
+        attempts: entry.attempts,
+        last_status: entry.last_status,
+        last_error: entry.last_error.as_deref().map(Cow::Borrowed),
+        first_attempt_at: format_rfc3339_ms(entry.first_attempt_ms),
+        last_attempt_at: format_rfc3339_ms(entry.last_attempt_ms),
+        dead_lettered_at: format_rfc3339_ms(entry.dead_lettered_ms),
+        history: entry
+            .history
+            .iter()
+            .map(|attempt| Attempt {
+                at: format_rfc3339_ms(attempt.at_ms),
+                status: attempt.status,
+                error: attempt.error.as_deref().map(Cow::Borrowed),
+            })
+            .collect(),
     }
 }
 
@@ -73,14 +49,6 @@ pub struct ListQuery {
     limit: Option<usize>,
     /// Continue after this entry id.
     after: Option<String>,
-}
-
-#[derive(Serialize)]
-struct EntryList {
-    entries: Vec<EntryView>,
-    /// Pass as `after` for the next page; none on the last.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_after: Option<String>,
 }
 
 /// `GET /v1/subscriptions/{name}/dlq?limit=&after=`: entries, oldest first.
@@ -97,12 +65,12 @@ pub async fn list(
     if limit == 0 {
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
-    let (entries, more) = engine.dlq_list(&name, query.after, limit).await?;
+    let (stored, more) = engine.dlq_list(&name, query.after, limit).await?;
     let next_after = more
-        .then(|| entries.last().map(|entry| entry.id.clone()))
+        .then(|| stored.last().map(|entry| entry.id.clone()))
         .flatten();
-    let entries = entries.into_iter().map(EntryView::from).collect();
-    Ok(Json(EntryList {
+    let entries = stored.iter().map(entry_view).collect();
+    Ok(Json(EntryPage {
         entries,
         next_after,
     })
@@ -116,21 +84,7 @@ pub async fn show(
 ) -> Result<Response, ApiError> {
     check_entry_id(&id)?;
     let entry = state.engine()?.dlq_get(&name, id).await?;
-    Ok(Json(EntryView::from(entry)).into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RedriveBody {
-    #[serde(default)]
-    ids: Option<Vec<String>>,
-    #[serde(default)]
-    all: bool,
-}
-
-#[derive(Serialize)]
-struct Redriven {
-    redriven: usize,
+    Ok(Json(entry_view(&entry)).into_response())
 }
 
 /// `POST /v1/subscriptions/{name}/dlq/redrive` with `{"ids": [...]}` or `{"all": true}`.
@@ -140,7 +94,7 @@ pub async fn redrive(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
-    let request: RedriveBody = json_object(&body, "redrive request")?;
+    let request: RedriveRequest = json_object(&body, "redrive request")?;
     let ids = match (request.ids, request.all) {
         (Some(ids), false) if !ids.is_empty() => {
             ids.iter().try_for_each(|id| check_entry_id(id))?;
@@ -169,11 +123,6 @@ fn check_entry_id(id: &str) -> Result<(), ApiError> {
             "{id:?} is not a dead-letter entry id: ids are PARTITION-OFFSET, like 0-17 (see the dlq list)"
         )))
     }
-}
-
-#[derive(Serialize)]
-struct Purged {
-    purged: usize,
 }
 
 /// `DELETE /v1/subscriptions/{name}/dlq`: deletes every entry not being redriven.

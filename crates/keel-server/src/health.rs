@@ -3,15 +3,18 @@
 use axum::extract::State;
 use std::collections::HashSet;
 
+use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use keel_api::health::{Liveness, Readiness, ReadyStatus};
 
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 once the process serves.
 pub async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+    Json(Liveness {
+        status: "ok".to_owned(),
+    })
 }
 
 /// `GET /readyz`: 503 while recovery runs; then 200, with `"status": "degraded"` and the
@@ -20,31 +23,37 @@ pub async fn healthz() -> impl IntoResponse {
 /// directory keel created is missing) is 503 `"damaged"`: the node lacks what it acknowledged
 /// and must not take traffic until an operator acts.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = |status| Readiness {
+        data_dir_damage: None,
+        status,
+        unavailable_partitions: None,
+        unavailable_subscriptions: None,
+    };
     let Some(engine) = state.ready_engine() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "recovering"})),
-        )
-            .into_response();
+        let body = readiness(ReadyStatus::Recovering);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     };
     let damage = engine.storage_damage();
     if !damage.is_empty() {
-        let body = json!({"status": "damaged", "data_dir_damage": damage});
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        let body = Readiness {
+            data_dir_damage: Some(damage),
+            ..readiness(ReadyStatus::Damaged)
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let unavailable = engine.unavailable_partitions();
+    let partitions = engine.unavailable_partitions();
     let subscriptions = engine.unavailable_subscriptions();
-    let status = if unavailable.is_empty() && subscriptions.is_empty() {
-        "ready"
+    let status = if partitions.is_empty() && subscriptions.is_empty() {
+        ReadyStatus::Ready
     } else {
-        "degraded"
+        ReadyStatus::Degraded
     };
-    axum::Json(json!({
-        "status": status,
-        "unavailable_partitions": unavailable,
-        "unavailable_subscriptions": subscriptions,
-    }))
-    .into_response()
+    let body = Readiness {
+        unavailable_partitions: Some(partitions),
+        unavailable_subscriptions: Some(subscriptions),
+        ..readiness(status)
+    };
+    Json(body).into_response()
 }
 
 /// `GET /metrics`: the Prometheus text format (0.0.4), or OpenMetrics when the scraper's

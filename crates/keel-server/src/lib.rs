@@ -1,6 +1,7 @@
 //! keel's HTTP API: routes mapping HTTP to engine calls, problem+json errors, metrics.
 //!
-//! Dependency direction: `keel-engine` → this crate → `keel-cli`.
+//! Dependency direction: `keel-engine` → this crate → `keel-cli`. Every body it reads or
+//! writes is a type of `keel-api`, which its clients share.
 
 pub mod body;
 pub mod config;

@@ -1,18 +1,18 @@
 //! The one mapping from errors to HTTP: RFC 9457 `application/problem+json` with a precise
-//! `detail`. Internal causes are logged, not sent.
+//! `detail`, written as keel-api's [`Problem`]. Internal causes are logged, not sent.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keel_api::problem::{self, Problem};
 use keel_engine::EngineError;
-use serde_json::json;
 
 /// An error answered over HTTP.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    detail: String,
-    /// Extra members of the problem object.
-    extensions: serde_json::Map<String, serde_json::Value>,
+    /// The problem's `detail` and extra members; `type`, `title` and `status` follow from
+    /// `status` when it is answered. Boxed: handlers return it in every `Result`.
+    problem: Box<Problem>,
     /// Whether a retry may succeed soon (`Retry-After`): true while starting or stopping,
     /// false for a partition that needs an operator.
     retry_soon: bool,
@@ -23,8 +23,10 @@ impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
             status,
-            detail: detail.into(),
-            extensions: serde_json::Map::new(),
+            problem: Box::new(Problem {
+                detail: Some(detail.into()),
+                ..Problem::default()
+            }),
             retry_soon: true,
         }
     }
@@ -32,12 +34,6 @@ impl ApiError {
     /// 400 Bad Request.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, detail)
-    }
-
-    /// Adds a member to the problem object.
-    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.extensions.insert(key.to_owned(), value);
-        self
     }
 
     /// The status.
@@ -92,15 +88,15 @@ impl From<EngineError> for ApiError {
             error,
             EngineError::ShuttingDown | EngineError::OriginalFailed { .. }
         );
-        match &error {
+        match error {
             EngineError::OffsetBeforeStart { start_offset, .. } => {
-                api_error = api_error.with("start_offset", json!(start_offset))
+                api_error.problem.start_offset = Some(start_offset);
             }
             EngineError::OffsetBeyondEnd { next_offset, .. } => {
-                api_error = api_error.with("next_offset", json!(next_offset))
+                api_error.problem.next_offset = Some(next_offset);
             }
             EngineError::TopicHasSubscriptions { names, .. } => {
-                api_error = api_error.with("subscriptions", json!(names))
+                api_error.problem.subscriptions = Some(names);
             }
             _ => {}
         }
@@ -110,19 +106,17 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let Some(object) = body.as_object_mut() {
-            object.extend(self.extensions);
-        }
-        let mut response = (self.status, body.to_string()).into_response();
+        let body = Problem {
+            problem_type: Some("about:blank".to_owned()),
+            title: Some(self.status.canonical_reason().unwrap_or("Error").to_owned()),
+            status: Some(self.status.as_u16()),
+            ..*self.problem
+        };
+        let body = serde_json::to_string(&body).expect("a problem of strings and numbers");
+        let mut response = (self.status, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
+            HeaderValue::from_static(problem::CONTENT_TYPE),
         );
         if self.status == StatusCode::SERVICE_UNAVAILABLE && self.retry_soon {
             response

@@ -7,16 +7,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use keel_api::publish::PublishResults;
 use keel_engine::event::http::HttpRequest;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
-
-/// The answer to a publish, fields in the documented order.
-#[derive(serde::Serialize)]
-struct PublishResponse {
-    results: Vec<keel_engine::PublishResult>,
-}
 
 /// Publishes; answers `{"results": [{"id", "partition", "offset", "duplicate"}]}` once durable.
 pub async fn publish(
@@ -39,7 +34,7 @@ pub async fn publish(
         body: &body,
     };
     let results = engine.publish_http(&topic, &request).await?;
-    Ok((StatusCode::OK, Json(PublishResponse { results })).into_response())
+    Ok((StatusCode::OK, Json(PublishResults { results })).into_response())
 }
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {

@@ -56,8 +56,9 @@ pub async fn read(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Writes the response by hand: each stored event is JSON already (validated when published,
-/// checksummed in the log), so it is copied, not parsed and re-serialised.
+/// Writes the answer, keel-api's [`Records`](keel_api::read::Records), by hand: each stored
+/// event is JSON already (validated when published, checksummed in the log), so it is copied,
+/// not parsed and re-serialised.
 fn encode_records(records: &[Record], next_offset: u64) -> String {
     let payload_bytes: usize = records.iter().map(|record| record.payload.len() + 64).sum();
     let mut body = String::with_capacity(payload_bytes + 32);
@@ -106,5 +107,25 @@ mod tests {
         assert_eq!(value["records"][0]["timestamp"], "1970-01-01T00:00:00.000Z");
         assert_eq!(value["records"][1]["event"]["id"], "b");
         assert!(body.contains(r#""event":{"id":"a","n":1.50}"#));
+    }
+
+    // Goal: the hand-written answer is keel-api's `Records` body byte for byte, so readers of
+    // the typed form read it whole. Method: parse it as `Records` and serialise that again.
+    #[test]
+    fn encoded_records_are_the_api_body() {
+        let record = |offset, payload: &[u8]| Record {
+            offset,
+            timestamp_ms: 1_764_101_075_870,
+            payload: payload.to_vec(),
+        };
+        let records = [
+            record(3, br#"{"id":"a","data":{"n":1.50}}"#),
+            record(4, b"{}"),
+        ];
+        let body = encode_records(&records, 5);
+        let typed: keel_api::read::Records = serde_json::from_str(&body).expect("Records");
+        assert_eq!(typed.next_offset, 5);
+        assert_eq!(serde_json::to_string(&typed).expect("serialise"), body);
+        assert_eq!(encode_records(&[], 0), r#"{"records":[],"next_offset":0}"#);
     }
 }

@@ -8,25 +8,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keel_api::pull::{PULL_MAX_DEFAULT, PullRequest, SettleRequest};
+use keel_api::subscriptions::{CreatedSubscription, SeekRequest, SubscriptionList};
+use keel_engine::subscription::PulledMessage;
 use keel_engine::subscription::pull::Settle;
-use keel_engine::subscription::spec::{StartPosition, SubscriptionSpec};
-use keel_engine::subscription::{PulledMessage, SubscriptionInfo};
+use keel_engine::subscription::spec::SubscriptionSpec;
 use keel_engine::{Created, duration};
-use serde::{Deserialize, Serialize};
 
 use crate::body::json_object;
 use crate::problem::ApiError;
 use crate::state::AppState;
-
-/// The answer to a create: the subscription, and the generated secret once.
-#[derive(Serialize)]
-struct CreatedBody {
-    #[serde(flatten)]
-    info: SubscriptionInfo,
-    /// The sink's signing secret: shown only when keel generated it, in this answer only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
-}
 
 /// `PUT /v1/subscriptions/{name}`: 201 when created, 200 when it exists with this spec.
 pub async fn create(
@@ -42,16 +33,11 @@ pub async fn create(
     } else {
         StatusCode::OK
     };
-    let body = CreatedBody {
+    let body = CreatedSubscription {
         info: created.info,
         secret: created.secret.map(|secret| secret.to_string()),
     };
     Ok((status, Json(body)).into_response())
-}
-
-#[derive(Serialize)]
-struct SubscriptionList {
-    subscriptions: Vec<SubscriptionInfo>,
 }
 
 /// `GET /v1/subscriptions`.
@@ -93,12 +79,6 @@ pub async fn resume(
     Ok(Json(state.engine()?.resume_subscription(&name).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SeekBody {
-    to: StartPosition,
-}
-
 /// `POST /v1/subscriptions/{name}/seek` with `{"to": "earliest" | "latest" | {"time": …}}`.
 pub async fn seek(
     State(state): State<AppState>,
@@ -106,27 +86,12 @@ pub async fn seek(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
-    let seek: SeekBody = json_object(&body, "seek request")?;
+    let seek: SeekRequest = json_object(&body, "seek request")?;
     Ok(Json(engine.seek_subscription(&name, &seek.to).await?).into_response())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PullBody {
-    /// Most messages (default 100, at most 1000).
-    #[serde(default = "default_pull_max")]
-    max: usize,
-    /// Long-poll for the first message (default 0, at most 30s).
-    #[serde(default, with = "optional_duration")]
-    wait: Option<Duration>,
-}
-
-fn default_pull_max() -> usize {
-    100
-}
-
-/// Writes `{"messages": [...]}` by hand: each event is JSON already, so it is copied, not
-/// parsed and re-serialised.
+/// Writes the answer, keel-api's [`Pulled`](keel_api::pull::Pulled), by hand: each event is
+/// JSON already, so it is copied, not parsed and re-serialised.
 fn encode_messages(messages: &[PulledMessage]) -> String {
     let bytes: usize = messages
         .iter()
@@ -159,9 +124,10 @@ pub async fn pull(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
-    let pull: PullBody = json_object(&body, "pull request")?;
+    let pull: PullRequest = json_object(&body, "pull request")?;
+    let max = pull.max.unwrap_or(PULL_MAX_DEFAULT);
     let max_limit = keel_engine::limits::PULL_MESSAGES_MAX;
-    if !(1..=max_limit).contains(&pull.max) {
+    if !(1..=max_limit).contains(&max) {
         return Err(ApiError::bad_request(format!(
             "max must be between 1 and {max_limit}"
         )));
@@ -174,22 +140,13 @@ pub async fn pull(
             duration::format(wait_limit)
         )));
     }
-    let messages = engine.pull(&name, pull.max, wait).await?;
+    let messages = engine.pull(&name, max, wait).await?;
     let body = encode_messages(&messages);
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
     )
         .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SettleBody {
-    ack_ids: Vec<String>,
-    /// Nack only: wait this long before the redelivery (default: the retry backoff).
-    #[serde(default, with = "optional_duration")]
-    delay: Option<Duration>,
 }
 
 /// `POST /v1/subscriptions/{name}/ack`.
@@ -226,7 +183,7 @@ async fn settle(
     action: fn(Option<Duration>) -> Settle,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
-    let request: SettleBody = json_object(&body, "request")?;
+    let request: SettleRequest = json_object(&body, "request")?;
     let action = action(request.delay);
     if request.delay.is_some() && !matches!(action, Settle::Nack { .. }) {
         return Err(ApiError::bad_request("only nack takes a delay"));
@@ -240,20 +197,6 @@ async fn settle(
     }
     let result = engine.settle(&name, &request.ack_ids, action).await?;
     Ok(Json(result).into_response())
-}
-
-/// Optional durations as text (`"5s"`).
-mod optional_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(deserializer)?
-            .map(|text| super::duration::parse(&text).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 #[cfg(test)]
@@ -276,5 +219,22 @@ mod tests {
         assert_eq!(value["messages"][0]["attempt"], 2);
         assert!(body.contains(r#""event":{"id":"a","n":1.50}"#));
         assert_eq!(encode_messages(&[]), r#"{"messages":[]}"#);
+    }
+
+    // Goal: the hand-written pull answer is keel-api's `Pulled` body byte for byte, so readers
+    // of the typed form read it whole. Method: parse it as `Pulled` and serialise that again.
+    #[test]
+    fn encoded_messages_are_the_api_body() {
+        let message = PulledMessage {
+            ack_id: "AAAAAQ".to_owned(),
+            attempt: 3,
+            partition: 2,
+            offset: 17,
+            event: std::sync::Arc::from(r#"{"id":"a","data":{"n":1.50}}"#),
+        };
+        let body = encode_messages(&[message.clone(), message]);
+        let typed: keel_api::pull::Pulled = serde_json::from_str(&body).expect("Pulled");
+        assert_eq!(typed.messages[1].offset, 17);
+        assert_eq!(serde_json::to_string(&typed).expect("serialise"), body);
     }
 }

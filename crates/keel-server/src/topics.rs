@@ -6,7 +6,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keel_engine::{Created, TopicConfig};
+use keel_api::topics::{TopicConfig, TopicList};
+use keel_engine::Created;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -37,12 +38,6 @@ pub async fn create(
         StatusCode::OK
     };
     Ok((status, Json(engine.describe_topic(&topic)?)).into_response())
-}
-
-/// The answer to a list, fields in the documented order.
-#[derive(serde::Serialize)]
-struct TopicList {
-    topics: Vec<keel_engine::TopicInfo>,
 }
 
 /// `GET /v1/topics`.

@@ -27,6 +27,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
+use keel_api::pull::{AckResult, PullRequest, Pulled, SettleRequest};
+use keel_api::subscriptions::{
+    self, NamedPosition, SinkSettings, StartPosition, SubscriptionInfo, SubscriptionSettings,
+};
 use keel_engine::limits::{IN_FLIGHT_MAX, PULL_MESSAGES_MAX};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -53,7 +57,7 @@ pub(super) const STAMP_BYTES: u64 = 2 * STAMP_FIELD_BYTES as u64;
 const STAMP_FIELD_BYTES: usize = 16;
 
 /// How long one pull waits on the server for its first message.
-const PULL_WAIT: &str = "1s";
+const PULL_WAIT: Duration = Duration::from_secs(1);
 
 /// Pause after a failed pull or ack, or a failed accept of the sink, before trying again, so
 /// a refusing server (or a process out of file descriptors) is not spun on.
@@ -459,21 +463,13 @@ async fn cleaned_up(
     error
 }
 
-/// The body of the run's `PUT /v1/subscriptions/{name}`.
-#[derive(Debug, Serialize)]
-struct SubscriptionSpec<'a> {
-    topic: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sink: Option<SinkSpec<'a>>,
-    start: &'static str,
-    ordering: DeliveryOrder,
-    max_in_flight: u64,
-}
-
-/// The push sink in a [`SubscriptionSpec`].
-#[derive(Debug, Serialize)]
-struct SinkSpec<'a> {
-    url: &'a str,
+impl From<DeliveryOrder> for subscriptions::Ordering {
+    fn from(order: DeliveryOrder) -> Self {
+        match order {
+            DeliveryOrder::None => subscriptions::Ordering::None,
+            DeliveryOrder::Key => subscriptions::Ordering::Key,
+        }
+    }
 }
 
 async fn create_subscription(
@@ -482,12 +478,18 @@ async fn create_subscription(
     names: &RunNames,
     sink_url: Option<&str>,
 ) -> Result<(), ClientError> {
-    let spec = SubscriptionSpec {
-        topic: &names.topic,
-        sink: sink_url.map(|url| SinkSpec { url }),
-        start: "latest",
-        ordering: args.ordering,
-        max_in_flight: args.max_in_flight(),
+    let spec = SubscriptionSettings {
+        topic: names.topic.clone(),
+        sink: sink_url.map(|url| SinkSettings {
+            url: url.to_owned(),
+            secret: None,
+        }),
+        start: Some(StartPosition::Named(NamedPosition::Latest)),
+        ordering: Some(args.ordering.into()),
+        max_in_flight: Some(
+            u32::try_from(args.max_in_flight()).expect("max_in_flight is at most IN_FLIGHT_MAX"),
+        ),
+        ..SubscriptionSettings::default()
     };
     let body = Body {
         content_type: CONTENT_TYPE_JSON,
@@ -513,29 +515,13 @@ async fn delete_run(client: &Client, names: &RunNames) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The subscription's state as describe shows it: the figures the run reports.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct SubscriptionProgress {
-    lag: u64,
-    in_flight: u64,
-    retried: u64,
-    dead_lettered: u64,
-    last_error: Option<LastError>,
-}
-
-/// The subscription's last failure, as describe shows it.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct LastError {
-    error: String,
-}
-
 /// What a run measured, before it becomes the report.
 #[derive(Debug)]
 struct Measured {
     publishing: PublishTally,
     consuming: ConsumeTally,
     /// The subscription once the run stopped waiting.
-    progress: SubscriptionProgress,
+    progress: SubscriptionInfo,
     /// Lag and in-flight reached 0 before the deadline.
     settled: bool,
     /// From the last event's arrival to describe confirming it settled, in microseconds.
@@ -654,13 +640,13 @@ async fn wait_for_settled(
     client: &Client,
     subscription: &str,
     timeout: Duration,
-) -> Result<(SubscriptionProgress, bool), ClientError> {
+) -> Result<(SubscriptionInfo, bool), ClientError> {
     let deadline = Instant::now() + timeout;
     loop {
         let reply = client
             .get(&["v1", "subscriptions", subscription], &[])
             .await?;
-        let progress: SubscriptionProgress = reply.json()?;
+        let progress: SubscriptionInfo = reply.json()?;
         let settled = progress.lag == 0 && progress.in_flight == 0;
         if settled || Instant::now() >= deadline {
             return Ok((progress, settled));
@@ -829,47 +815,11 @@ impl ConsumeTally {
     }
 }
 
-/// The body of a pull request.
-#[derive(Debug, Serialize)]
-struct PullRequest {
-    max: u64,
-    wait: &'static str,
-}
-
-/// The answer to a pull, borrowing from its body.
-#[derive(Debug, Deserialize)]
-struct PullAnswer<'a> {
-    #[serde(borrow)]
-    messages: Vec<PulledMessage<'a>>,
-}
-
-/// A pulled message: the parts the run uses.
-#[derive(Debug, Deserialize)]
-struct PulledMessage<'a> {
-    #[serde(borrow)]
-    ack_id: Cow<'a, str>,
-    #[serde(borrow)]
-    event: PulledEvent<'a>,
-}
-
-/// A pulled event: the parts the run uses.
+/// A pulled event: the parts the run uses, read in the pass that reads the pull answer.
 #[derive(Debug, Deserialize)]
 struct PulledEvent<'a> {
     #[serde(borrow, default)]
     data: Option<Cow<'a, str>>,
-}
-
-/// The body of an ack.
-#[derive(Debug, Serialize)]
-struct AckRequest<'a> {
-    ack_ids: &'a [String],
-}
-
-/// The answer to an ack: the parts the run uses.
-#[derive(Debug, Deserialize)]
-struct AckAnswer {
-    settled: u64,
-    stale: Vec<serde::de::IgnoredAny>,
 }
 
 /// Pulls and acks until `stop` is set: each pulled batch is recorded on arrival, then acked
@@ -883,8 +833,8 @@ async fn consume(
 ) -> ConsumeTally {
     let mut tally = ConsumeTally::new();
     let pull = PullRequest {
-        max: pull_max,
-        wait: PULL_WAIT,
+        max: Some(pull_max as usize),
+        wait: Some(PULL_WAIT),
     };
     let pull_body = serde_json::to_vec(&pull).expect("a pull request of a number and a string");
     let pull_path = ["v1", "subscriptions", &*subscription, "pull"];
@@ -899,7 +849,7 @@ async fn consume(
         let ack_ids = pulled.and_then(|reply| record_pulled(&reply, received_us, &receipts));
         let settled = match ack_ids {
             Ok(ack_ids) if ack_ids.is_empty() => continue,
-            Ok(ack_ids) => ack(&client, &subscription, &ack_ids, &mut tally).await,
+            Ok(ack_ids) => ack(&client, &subscription, ack_ids, &mut tally).await,
             Err(error) => Err(error),
         };
         if let Err(error) = settled {
@@ -918,7 +868,7 @@ fn record_pulled(
     received_us: u64,
     receipts: &Receipts,
 ) -> Result<Vec<String>, ClientError> {
-    let answer: PullAnswer<'_> =
+    let answer: Pulled<'_, PulledEvent<'_>> =
         serde_json::from_slice(&reply.body).map_err(|error| ClientError::Unexpected {
             detail: format!("pull answer: {error}"),
         })?;
@@ -938,21 +888,25 @@ fn record_pulled(
 async fn ack(
     client: &Client,
     subscription: &str,
-    ack_ids: &[String],
+    ack_ids: Vec<String>,
     tally: &mut ConsumeTally,
 ) -> Result<(), ClientError> {
+    let request = SettleRequest {
+        ack_ids,
+        delay: None,
+    };
     let body = Body {
         content_type: CONTENT_TYPE_JSON,
-        bytes: serde_json::to_vec(&AckRequest { ack_ids }).expect("a list of strings"),
+        bytes: serde_json::to_vec(&request).expect("a list of strings"),
     };
     let path = ["v1", "subscriptions", subscription, "ack"];
     let started = Instant::now();
     let reply = client.send(Method::POST, &path, &[], Some(body)).await;
     let latency_us = micros(started.elapsed());
     tally.acks.requests += 1;
-    let answer: AckAnswer = reply?.json()?;
+    let answer: AckResult = reply?.json()?;
     tally.acks.latency_us.saturating_record(latency_us);
-    tally.acks.events += answer.settled;
+    tally.acks.events += answer.settled as u64;
     tally.stale_acks += answer.stale.len() as u64;
     Ok(())
 }
@@ -1196,7 +1150,7 @@ impl E2eReport {
             first_error,
             stale_acks: consuming.stale_acks,
             lag_end: run.progress.lag,
-            in_flight_end: run.progress.in_flight,
+            in_flight_end: run.progress.in_flight as u64,
             retried: run.progress.retried,
             dead_lettered: run.progress.dead_lettered,
             last_error: run.progress.last_error.map(|last| last.error),

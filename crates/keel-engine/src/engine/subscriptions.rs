@@ -12,6 +12,7 @@ use crate::storage::{Area, Storage, StoredSubscription};
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
     NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
+    validate_subscription_spec,
 };
 use crate::subscription::{
     AckResult, DeadLetterEntry, PulledMessage, Subscription, SubscriptionInfo, first_checkpoint,
@@ -19,14 +20,7 @@ use crate::subscription::{
 use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
 
-/// A subscription that refuses service, for readiness reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct UnavailableSubscription {
-    /// The subscription.
-    pub name: String,
-    /// Why.
-    pub reason: String,
-}
+pub use keel_api::health::UnavailableSubscription;
 
 /// What creating a subscription did.
 #[derive(Debug, Clone)]
@@ -99,7 +93,7 @@ impl Engine {
         mut spec: SubscriptionSpec,
     ) -> Result<SubscriptionCreated, EngineError> {
         validate_subscription_name(name)?;
-        spec.validate()?;
+        validate_subscription_spec(&spec)?;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(&spec.topic).map_err(|error| match error {
             EngineError::TopicNotFound { topic } => EngineError::InvalidSubscription {
@@ -151,7 +145,7 @@ impl Engine {
             .write()
             .expect("subscriptions lock")
             .insert(name.to_owned(), Arc::new(subscription));
-        tracing::info!(subscription = name, topic = %info.spec.topic, mode = info.mode, "created subscription");
+        tracing::info!(subscription = name, topic = %info.spec.topic, mode = %info.mode, "created subscription");
         Ok(SubscriptionCreated {
             created: Created::New,
             info,

@@ -30,7 +30,7 @@ use crate::config::TopicConfig;
 use crate::error::EngineError;
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING};
 use crate::storage::{
-    Area, RecordLog, Storage, StorageDamage, StorageError, StoredSubscription, StoredTopic,
+    Area, DataDirDamage, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
     SubscriptionLogs,
 };
 use crate::subscription::spec::SubscriptionSpec;
@@ -183,7 +183,7 @@ impl DiskStorage {
 }
 
 impl Storage for DiskStorage {
-    fn damage(&self) -> Vec<StorageDamage> {
+    fn damage(&self) -> Vec<DataDirDamage> {
         self.data_dir.damage().to_vec()
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::config::TopicConfig;
 use crate::error::EngineError;
 use crate::storage::{
-    Area, Record, RecordLog, Storage, StorageDamage, StorageError, StoredSubscription, StoredTopic,
+    Area, DataDirDamage, Record, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
     SubscriptionLogs, Trimmed,
 };
 use crate::subscription::spec::SubscriptionSpec;
@@ -227,7 +227,7 @@ fn crashed() -> StorageError {
 }
 
 impl Storage for MemoryStorage {
-    fn damage(&self) -> Vec<StorageDamage> {
+    fn damage(&self) -> Vec<DataDirDamage> {
         Vec::new()
     }
 

@@ -10,28 +10,7 @@ use std::time::Duration;
 /// Longest an open circuit waits before its next probe.
 pub const COOL_DOWN_MAX: Duration = Duration::from_secs(300);
 
-/// Where a circuit stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CircuitState {
-    /// Requests flow.
-    Closed,
-    /// No requests until the cool-down ends.
-    Open,
-    /// One probe request is allowed.
-    HalfOpen,
-}
-
-impl CircuitState {
-    /// The value of the circuit-state gauge: 0 closed, 1 open, 2 half-open.
-    pub fn gauge_value(self) -> i64 {
-        match self {
-            CircuitState::Closed => 0,
-            CircuitState::Open => 1,
-            CircuitState::HalfOpen => 2,
-        }
-    }
-}
+pub use keel_api::subscriptions::CircuitState;
 
 /// A circuit breaker; time is passed in (milliseconds), so it is a plain state machine.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use std::sync::Arc;
 
 use super::delivery::{Deliveries, Settlement};
@@ -47,16 +46,7 @@ pub enum Settle {
     Reject,
 }
 
-/// The answer to an ack, nack or reject.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AckResult {
-    /// Ack ids settled.
-    pub settled: usize,
-    /// Ack ids that no longer name an outstanding delivery: the ack deadline passed and the
-    /// event was (or will be) delivered again, the subscription was sought, the server
-    /// restarted, or the id was settled already.
-    pub stale: Vec<String>,
-}
+pub use keel_api::pull::AckResult;
 
 const ACK_ID_BYTES: usize = 24;
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::{Ordering, RetryPolicy};
+use super::spec::{Ordering, RetryPolicy, retry_delay};
 
 /// The lane of events redriven from the dead-letter queue.
 pub(crate) const REDRIVE_LANE: u32 = u32::MAX;
@@ -598,7 +598,8 @@ impl DeliveryState {
             self.dead_letters.push(slot);
             return Ok(completed(Settled::DeadLettering));
         }
-        let delay = exact_delay.unwrap_or_else(|| policy.delay(attempts, random, retry_after));
+        let delay =
+            exact_delay.unwrap_or_else(|| retry_delay(policy, attempts, random, retry_after));
         let due_ms = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         pending.phase = Phase::Waiting { due_ms };
         self.retry_timers.insert((due_ms, slot));

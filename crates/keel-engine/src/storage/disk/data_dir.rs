@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::{create_dir_durably, sync_dir, write_synced};
 use crate::error::EngineError;
-use crate::storage::StorageDamage;
+use crate::storage::DataDirDamage;
 
 /// Where the topics live, under the data directory.
 pub(crate) const TOPICS_DIR: &str = "topics";
@@ -53,7 +53,7 @@ pub(crate) struct DataDir {
     root: PathBuf,
     /// Held for the engine's life: a second keel on the same data directory would corrupt it.
     _lock: std::fs::File,
-    damage: Vec<StorageDamage>,
+    damage: Vec<DataDirDamage>,
 }
 
 impl DataDir {
@@ -92,7 +92,7 @@ impl DataDir {
     }
 
     /// What is damaged; empty for a healthy directory.
-    pub(crate) fn damage(&self) -> &[StorageDamage] {
+    pub(crate) fn damage(&self) -> &[DataDirDamage] {
         &self.damage
     }
 
@@ -137,7 +137,7 @@ fn lock(root: &Path) -> Result<std::fs::File, EngineError> {
 
 /// Checks the kept directories against the manifest; creates those it does not name yet (a new
 /// data directory, or one from a keel without manifests) and then writes the manifest.
-fn check_kept_dirs(root: &Path) -> Result<Vec<StorageDamage>, EngineError> {
+fn check_kept_dirs(root: &Path) -> Result<Vec<DataDirDamage>, EngineError> {
     let manifest_path = root.join(MANIFEST_FILE);
     let named = match read_manifest(&manifest_path) {
         Ok(Some(manifest)) => manifest.directories,
@@ -148,7 +148,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<StorageDamage>, EngineError> {
                 "{reason}; restore it from a backup, or delete it to let keel record the \
                  directories present now"
             );
-            return Ok(vec![StorageDamage {
+            return Ok(vec![DataDirDamage {
                 path: manifest_path,
                 reason,
             }]);
@@ -169,7 +169,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<StorageDamage>, EngineError> {
                  it empty (mkdir {}) and restart",
                 dir.display()
             );
-            damage.push(StorageDamage { path: dir, reason });
+            damage.push(DataDirDamage { path: dir, reason });
             continue;
         }
         std::fs::create_dir(&dir).map_err(EngineError::io("create", &dir))?;
@@ -195,7 +195,7 @@ fn check_kept_dirs(root: &Path) -> Result<Vec<StorageDamage>, EngineError> {
 /// topic or subscription created) and the fsync of its directory left an entry this run sees
 /// and would serve, but that a power loss could still drop with what is acknowledged under
 /// it from now on. A handful of fsyncs at start make every entry seen durable.
-fn sync_entries_left_by_a_crash(root: &Path, damage: &[StorageDamage]) -> Result<(), EngineError> {
+fn sync_entries_left_by_a_crash(root: &Path, damage: &[DataDirDamage]) -> Result<(), EngineError> {
     sync_dir(root)?;
     for name in KEPT_DIRS {
         let dir = root.join(name);

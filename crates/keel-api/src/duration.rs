@@ -1,5 +1,12 @@
 //! Durations as keel writes them in its API and config: `"500ms"`, `"30s"`, `"2m"`, `"1h"`,
 //! `"7d"`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! assert_eq!(keel_api::duration::parse("2m"), Ok(Duration::from_secs(120)));
+//! assert_eq!(keel_api::duration::format(Duration::from_secs(90)), "90s");
+//! ```
 
 use std::time::Duration;
 
@@ -57,6 +64,33 @@ pub mod serde_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde helpers for `Option<Duration>` fields written as strings; pair them with
+/// `default` (absent is none) and, to leave none out, `skip_serializing_if`.
+pub mod serde_text_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serializes some as `"30s"`, none as `null`.
+    pub fn serialize<S: Serializer>(
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => super::serde_text::serialize(duration, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Deserializes `"30s"`, or `null` as none.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| super::parse(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

@@ -1,0 +1,39 @@
+//! Errors: every error answer is an RFC 9457 `application/problem+json` object with a precise
+//! `detail`, and some carry a member that says more.
+//!
+//! RFC 9457 makes every member optional, so a reader takes a problem that lacks any of them
+//! (a proxy's, say); keel's own always have `type`, `title`, `status` and `detail`. keel wrote
+//! problems from a sorted map, so the members are declared in alphabetical order, which keeps
+//! every answer byte for byte what it was.
+
+use serde::{Deserialize, Serialize};
+
+/// An RFC 9457 problem object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Problem {
+    /// What went wrong, precisely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A read past the end (400): the partition's next offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+    /// A read before the start (404): the partition's first kept offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_offset: Option<u64>,
+    /// The HTTP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// A topic delete refused (409): the subscriptions that read the topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<Vec<String>>,
+    /// The status's reason phrase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The problem type; keel's are all `about:blank`.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<String>,
+}
+
+/// `Content-Type` of a problem.
+pub const CONTENT_TYPE: &str = "application/problem+json";

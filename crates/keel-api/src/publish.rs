@@ -1,0 +1,25 @@
+//! Publishing: what `POST /v1/topics/{topic}/events` answers. The request is CloudEvents in
+//! one of three modes (structured, batched, binary); an event is the publisher's JSON, which
+//! keel validates, so it has no type here.
+
+use serde::{Deserialize, Serialize};
+
+/// Where one published event is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// The event's id.
+    pub id: String,
+    /// The partition it is stored in.
+    pub partition: u32,
+    /// Its offset there.
+    pub offset: u64,
+    /// True when an earlier publish stored it and this one appended nothing.
+    pub duplicate: bool,
+}
+
+/// The answer to a publish, once the events are durable: one result per event, in input order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResults {
+    /// The results, in the order the events were sent.
+    pub results: Vec<PublishResult>,
+}
