@@ -174,9 +174,10 @@ pub struct SubscriptionSpec<Filters = FilterJson, Secret = String> {
     /// All must match for an event to be delivered (CloudEvents Subscriptions API dialects).
     #[serde(default)]
     pub filters: Filters,
-    /// Push to this sink; none = pull.
-    #[serde(default)]
-    pub sink: Option<SinkSpec<Secret>>,
+    /// How events reach their handler. In JSON it is the `sink` member: a sink pushes to
+    /// that webhook, `null` or none pulls.
+    #[serde(rename = "sink", default)]
+    pub delivery: Delivery<Secret>,
     /// Where a new subscription starts (default `latest`).
     #[serde(default, skip_serializing_if = "is_default_start")]
     pub start: StartPosition,
@@ -214,16 +215,44 @@ fn default_ack_timeout() -> Duration {
 impl<Filters, Secret> SubscriptionSpec<Filters, Secret> {
     /// Whether events are pushed (else pulled).
     pub fn is_push(&self) -> bool {
-        self.sink.is_some()
+        self.mode() == DeliveryMode::Push
     }
 
     /// How events are delivered.
     pub fn mode(&self) -> DeliveryMode {
-        if self.is_push() {
-            DeliveryMode::Push
-        } else {
-            DeliveryMode::Pull
+        match self.delivery {
+            Delivery::Pull => DeliveryMode::Pull,
+            Delivery::Push(_) => DeliveryMode::Push,
         }
+    }
+}
+
+/// How a subscription's events reach their handler: one value per delivery mode, each with
+/// what that mode needs. (In JSON, the spec's `sink` member: see [`SubscriptionSpec`].)
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Delivery<Secret = String> {
+    /// Consumers pull events and acknowledge them.
+    #[default]
+    Pull,
+    /// keel POSTs each event to this sink.
+    Push(SinkSpec<Secret>),
+}
+
+impl<Secret: Serialize> Serialize for Delivery<Secret> {
+    /// As the `sink` member: the sink, or `null` for pull.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Delivery::Pull => serializer.serialize_none(),
+            Delivery::Push(sink) => serializer.serialize_some(sink),
+        }
+    }
+}
+
+impl<'de, Secret: Deserialize<'de>> Deserialize<'de> for Delivery<Secret> {
+    /// From the `sink` member: a sink pushes, `null` pulls.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let sink = Option::<SinkSpec<Secret>>::deserialize(deserializer)?;
+        Ok(sink.map_or(Delivery::Pull, Delivery::Push))
     }
 }
 
@@ -489,7 +518,7 @@ mod tests {
         let expected = SubscriptionSpec {
             topic: "orders".to_owned(),
             filters: full.filters.clone(),
-            sink: Some(SinkSpec {
+            delivery: Delivery::Push(SinkSpec {
                 url: "http://sink.test/hook".to_owned(),
                 secret: Some("whsec_x".to_owned()),
             }),
@@ -529,7 +558,9 @@ mod tests {
         assert_eq!(created.info.mode, DeliveryMode::Push);
         assert_eq!(created.info.circuit, Some(CircuitState::HalfOpen));
         assert_eq!(created.info.spec.retry, RetryPolicy::default());
-        let sink = created.info.spec.sink.expect("a push sink");
+        let Delivery::Push(sink) = created.info.spec.delivery else {
+            panic!("a push sink");
+        };
         assert_eq!((sink.url.as_str(), sink.secret), ("http://h/x", None));
     }
 }

@@ -13,9 +13,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use keel_api::duration;
 use keel_api::pull::{AckResult, PullRequest, Pulled, PulledMessage, SettleRequest};
 use keel_api::subscriptions::{
-    self, CircuitSettings, CreatedSubscription, DeliveryMode, NamedPosition, PartitionProgress,
-    RetrySettings, SeekRequest, SinkSettings, StartPosition, SubscriptionInfo, SubscriptionList,
-    SubscriptionSettings, SubscriptionSpec,
+    self, CircuitSettings, CreatedSubscription, Delivery, DeliveryMode, NamedPosition,
+    PartitionProgress, RetrySettings, SeekRequest, SinkSettings, StartPosition, SubscriptionInfo,
+    SubscriptionList, SubscriptionSettings, SubscriptionSpec,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -560,9 +560,9 @@ fn describe_text(info: &SubscriptionInfo) -> String {
 /// The spec as label/value lines, from a describe (or create) answer.
 fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
     let mut pairs = vec![("topic".to_owned(), spec.topic.clone())];
-    let mode = match &spec.sink {
-        Some(sink) => format!("push to {}", sink.url),
-        None => "pull".to_owned(),
+    let mode = match &spec.delivery {
+        Delivery::Push(sink) => format!("push to {}", sink.url),
+        Delivery::Pull => "pull".to_owned(),
     };
     pairs.push(("mode".to_owned(), mode));
     for filter in &spec.filters {
@@ -588,7 +588,7 @@ fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
             duration::format(retry.max)
         ),
     ));
-    if spec.sink.is_some() {
+    if spec.is_push() {
         let circuit = &spec.circuit_breaker;
         pairs.push((
             "circuit breaker".to_owned(),

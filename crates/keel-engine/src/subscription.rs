@@ -182,7 +182,8 @@ impl Subscription {
             &checkpoint.lanes,
         )
         .with_lane_bytes_max(lane_bytes_max(partitions));
-        let circuit = spec.sink.as_ref().map(|_| {
+        // The breaker guards a handler that can be down: a push sink.
+        let circuit = spec.is_push().then(|| {
             CircuitBreaker::new(
                 spec.circuit_breaker.failures,
                 spec.circuit_breaker.cool_down,
@@ -208,7 +209,9 @@ impl Subscription {
             checkpoints: Mutex::new(checkpoints),
             signals: Signals::new(),
             durability: Durability::new(),
-            boot: fastrand::u32(..),
+            // Below 2^31: the ack id's first character (the boot's top six bits) is then a
+            // letter, never `-` or `_`, which a command line would take for an option.
+            boot: fastrand::u32(..BOOT_LIMIT),
             closing,
         });
         Ok(Subscription {
@@ -227,9 +230,13 @@ impl Subscription {
         tasks.push(tokio::spawn(reader::read_redriven(shared.clone())));
         tasks.push(tokio::spawn(store::run(shared.clone())));
         tasks.push(tokio::spawn(run_timers(shared.clone())));
-        if let Some(sink) = &shared.spec.sink {
-            let deliveries = Deliveries::new(shared.clone());
-            tasks.push(tokio::spawn(push::dispatch(deliveries, sink.clone())));
+        // Each delivery mode's own task, if it has one; pull runs in consumers' requests.
+        match &shared.spec.delivery {
+            spec::Delivery::Push(sink) => {
+                let deliveries = Deliveries::new(shared.clone());
+                tasks.push(tokio::spawn(push::dispatch(deliveries, sink.clone())));
+            }
+            spec::Delivery::Pull => {}
         }
         shared.signals.changed(true);
     }
@@ -300,7 +307,7 @@ impl Subscription {
             + core.delivery.redrive_pending() as u64;
         let counters = &core.delivery.counters;
         let mut spec = shared.spec.clone();
-        if let Some(sink) = &mut spec.sink {
+        if let spec::Delivery::Push(sink) = &mut spec.delivery {
             sink.secret = None;
         }
         if spec.start == spec::StartPosition::Default {
@@ -429,6 +436,9 @@ impl Subscription {
         pull::settle(&Deliveries::new(self.shared.clone()), ack_ids, action).await
     }
 }
+
+/// Boot numbers are drawn below this (see `pull.rs`, ack ids).
+const BOOT_LIMIT: u32 = 1 << 31;
 
 /// Events a lane may hold pending: the subscription's bound shared across its partitions.
 fn lane_pending_max(partitions: usize) -> usize {

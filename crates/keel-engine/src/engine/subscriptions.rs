@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::storage::{Area, Storage, StoredSubscription};
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
-    NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
+    Delivery, NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
     validate_subscription_spec,
 };
 use crate::subscription::{
@@ -129,7 +129,7 @@ impl Engine {
             });
         }
         let mut secret = None;
-        if let Some(sink) = &mut spec.sink
+        if let Delivery::Push(sink) = &mut spec.delivery
             && sink.secret.is_none()
         {
             let generated = WebhookSecret::generate();
@@ -352,7 +352,8 @@ fn same_spec(existing: &SubscriptionSpec, asked: &SubscriptionSpec) -> bool {
             spec.start = StartPosition::Named(NamedPosition::Latest);
         }
     }
-    if let (Some(asked_sink), Some(existing_sink)) = (&mut asked.sink, &existing.sink)
+    if let (Delivery::Push(asked_sink), Delivery::Push(existing_sink)) =
+        (&mut asked.delivery, &existing.delivery)
         && asked_sink.secret.is_none()
     {
         asked_sink.secret = existing_sink.secret.clone();

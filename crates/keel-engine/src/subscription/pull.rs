@@ -208,7 +208,8 @@ pub(super) async fn settle(
 mod tests {
     use super::*;
 
-    // Goal: ack ids round-trip, and anything else is malformed (never a wrong event).
+    // Goal: ack ids round-trip, and anything else is malformed (never a wrong event); an id
+    // never starts with `-` or `_`, which a command line would take for an option.
     #[test]
     fn ack_ids_round_trip_and_reject_garbage() {
         let slot = Slot {
@@ -221,6 +222,11 @@ mod tests {
             decode_ack_id(&id).expect("decodes"),
             (0xdead_beef, slot, 42)
         );
+        let lowest = encode_ack_id(0, slot, 0);
+        let highest = encode_ack_id(crate::subscription::BOOT_LIMIT - 1, slot, u64::MAX);
+        for id in [lowest, highest] {
+            assert!(id.starts_with(|c: char| c.is_ascii_alphabetic()), "{id}");
+        }
         for bad in ["", "abc", &id[..31], &format!("{id}A"), "!!!!"] {
             assert!(matches!(
                 decode_ack_id(bad),

@@ -24,6 +24,9 @@ pub type SubscriptionSpec = keel_api::subscriptions::SubscriptionSpec<Filters, W
 /// An HTTP sink for push delivery, its secret decoded.
 pub type SinkSpec = keel_api::subscriptions::SinkSpec<WebhookSecret>;
 
+/// How a subscription's events reach their handler, the sink's secret decoded.
+pub type Delivery = keel_api::subscriptions::Delivery<WebhookSecret>;
+
 /// The wait after `failures` failed attempts of a delivery under `policy`, drawn with full
 /// jitter from `random` in [0, 1), raised to `at_least` (a sink's `Retry-After`).
 pub fn retry_delay(
@@ -76,19 +79,20 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
             "start.time {time:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z"
         ));
     }
-    if spec.sink.is_none() && spec.circuit_breaker != CircuitPolicy::default() {
+    let push = spec.is_push();
+    if !push && spec.circuit_breaker != CircuitPolicy::default() {
         return invalid(
             "circuit_breaker applies to push subscriptions only (give a sink, or leave it out)"
                 .to_owned(),
         );
     }
-    if spec.sink.is_none() && spec.rate_limit.is_some() {
+    if !push && spec.rate_limit.is_some() {
         return invalid(
             "rate_limit applies to push subscriptions only: pull consumers set their pace by pulling"
                 .to_owned(),
         );
     }
-    if let Some(sink) = &spec.sink {
+    if let Delivery::Push(sink) = &spec.delivery {
         crate::webhook::validate_sink_url(&sink.url)
             .map(drop)
             .or_else(|detail| invalid(format!("sink.url: {detail}")))?;
