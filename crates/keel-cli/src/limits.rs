@@ -50,3 +50,12 @@ pub(crate) const IDLE_CONNECTIONS_MAX: usize = 64;
 
 const _: () = assert!(REQUEST_TIMEOUT_MS > 2 * LONG_POLL_WAIT_MS);
 const _: () = assert!(BENCH_EVENT_BYTES_MAX <= BENCH_REQUEST_BYTES_MAX);
+
+// Tied to the server's bounds (the client talks to a keel of the same version):
+// a read asks for no more than a read may return, and waits no longer than a long poll may;
+const _: () = assert!(READ_EVENTS_MAX <= keel_engine::limits::READ_RECORDS_MAX as u64);
+const _: () = assert!(LONG_POLL_WAIT_MS <= keel_engine::limits::READ_WAIT_MS_MAX);
+// a batch the client sends is one the server takes;
+const _: () = assert!(BATCH_EVENTS_MAX <= keel_engine::limits::BATCH_EVENTS_MAX as u64);
+// a request's timeout outlasts the longest long poll the server may hold it for.
+const _: () = assert!(REQUEST_TIMEOUT_MS > keel_engine::limits::READ_WAIT_MS_MAX);

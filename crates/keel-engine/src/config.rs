@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use crate::error::EngineError;
+use crate::error::{EngineError, TopicError};
 use crate::limits::{PARTITIONS_MAX, TOPIC_NAME_BYTES_MAX};
 
 pub use keel_api::topics::{FsyncPolicy, Retention, TopicConfig};
 
 /// Checks a topic's configuration against keel's limits.
 pub fn validate_topic_config(config: &TopicConfig) -> Result<(), EngineError> {
-    let bad = |detail: String| Err(EngineError::InvalidConfig { detail });
+    let bad = |detail: String| Err(EngineError::Topic(TopicError::InvalidConfig { detail }));
     if config.partitions == 0 || config.partitions > PARTITIONS_MAX {
         return bad(format!(
             "partitions must be between 1 and {PARTITIONS_MAX}, got {}",
@@ -40,12 +40,12 @@ pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
     if name.len() <= TOPIC_NAME_BYTES_MAX && starts_well && name.chars().all(valid_char) {
         return Ok(());
     }
-    Err(EngineError::InvalidTopicName {
+    Err(EngineError::Topic(TopicError::InvalidName {
         name: name.to_owned(),
         detail: format!(
             "a topic name is 1 to {TOPIC_NAME_BYTES_MAX} characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
         ),
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::config::{TopicConfig, validate_topic_config, validate_topic_name};
-use crate::error::EngineError;
+use crate::error::{EngineError, PublishError, TopicError};
 use crate::event::Event;
 use crate::event::http::HttpRequest;
 use crate::limits::{
@@ -115,9 +115,9 @@ impl Engine {
         storage: Arc<dyn Storage>,
     ) -> Result<Engine, EngineError> {
         if config.event_bytes_max == 0 || config.event_bytes_max > EVENT_BYTES_CEILING {
-            return Err(EngineError::InvalidConfig {
+            return Err(EngineError::Topic(TopicError::InvalidConfig {
                 detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}"),
-            });
+            }));
         }
         let metrics = Arc::new(Metrics::new());
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
@@ -175,17 +175,17 @@ impl Engine {
         }
         let failed = self.inner.failed_topics.read().expect("failed topics lock");
         if let Some(reason) = failed.get(name) {
-            return Err(EngineError::TopicUnavailable {
+            return Err(EngineError::Topic(TopicError::Unavailable {
                 topic: name.to_owned(),
                 reason: reason.clone(),
-            });
+            }));
         }
         // With the topics' metadata lost, "no such topic" would be a lie: it may well have
         // existed.
         self.inner.storage.check_usable(Area::Topics)?;
-        Err(EngineError::TopicNotFound {
+        Err(EngineError::Topic(TopicError::NotFound {
             topic: name.to_owned(),
-        })
+        }))
     }
 
     /// Parts of the storage that are missing or unreadable (readiness reports them); empty
@@ -203,17 +203,17 @@ impl Engine {
         validate_topic_name(name)?;
         validate_topic_config(&config)?;
         let _admin = self.inner.admin.lock().await;
-        if let Err(error @ EngineError::TopicUnavailable { .. }) = self.topic(name) {
+        if let Err(error @ EngineError::Topic(TopicError::Unavailable { .. })) = self.topic(name) {
             return Err(error);
         }
         if let Ok(existing) = self.topic(name) {
             if existing.config == config {
                 return Ok(Created::Existing);
             }
-            return Err(EngineError::TopicConflict {
+            return Err(EngineError::Topic(TopicError::Conflict {
                 topic: name.to_owned(),
                 existing: Box::new(existing.config),
-            });
+            }));
         }
         self.inner.storage.check_usable(Area::Topics)?;
         let name_owned = name.to_owned();
@@ -258,10 +258,10 @@ impl Engine {
         let readers = self.subscriptions_of(name);
         if !readers.is_empty() {
             if !force {
-                return Err(EngineError::TopicHasSubscriptions {
+                return Err(EngineError::Topic(TopicError::HasSubscriptions {
                     topic: name.to_owned(),
                     names: readers.iter().map(|s| s.name().to_owned()).collect(),
-                });
+                }));
             }
             for subscription in readers {
                 self.remove_subscription(&subscription).await?;
@@ -332,10 +332,10 @@ impl Engine {
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
         if events.len() > BATCH_EVENTS_MAX {
-            return Err(EngineError::BatchTooLarge {
+            return Err(EngineError::Publish(PublishError::BatchTooLarge {
                 count: events.len(),
                 max: BATCH_EVENTS_MAX,
-            });
+            }));
         }
         let limit = self.inner.config.event_bytes_max;
         let batch = events.len() > 1;
@@ -344,11 +344,11 @@ impl Engine {
             .enumerate()
             .find(|(_, event)| event.json().len() > limit)
         {
-            return Err(EngineError::EventTooLarge {
+            return Err(EngineError::Publish(PublishError::EventTooLarge {
                 index: batch.then_some(index),
                 bytes: event.json().len(),
                 limit,
-            });
+            }));
         }
         topic.publish(events).await
     }

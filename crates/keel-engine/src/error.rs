@@ -1,23 +1,111 @@
-//! The engine's errors. Only the server maps them to HTTP statuses.
+//! The engine's errors, one enum per concern, gathered in [`EngineError`]. Each error says
+//! which [`ErrorClass`] it is in (what the caller should do about it), by an exhaustive
+//! match: a new variant does not compile until it is classed, so none falls into "internal"
+//! by default. Only the server maps classes to HTTP statuses.
 
 use std::path::PathBuf;
 
 use crate::config::TopicConfig;
 use crate::event::EventError;
+use crate::storage::StorageError;
 
 /// Everything an engine call can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
+    /// A topic, a partition or an offset in it.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// What was published.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A subscription, its deliveries or its dead letters.
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
+    /// The stored data or the medium under it.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The engine is shutting down.
+    #[error("keel is shutting down")]
+    ShuttingDown,
+}
+
+/// What the caller of a failed call should do: the class of an error, as the server answers
+/// it (the HTTP status in brackets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// What was named does not exist (404).
+    NotFound,
+    /// It conflicts with what exists, or with the state it is in (409).
+    Conflict,
+    /// The input is invalid: fix it (400).
+    Invalid,
+    /// The input is over a size limit (413).
+    TooLarge,
+    /// A request body in a media type keel does not read (415).
+    UnsupportedMediaType,
+    /// It cannot be served now: storage refuses service, keel stops, or an earlier attempt
+    /// failed; retry later or after the operator acts (503).
+    Unavailable,
+    /// A failure of keel or its medium the caller cannot fix (500).
+    Internal,
+}
+
+impl EngineError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Topic(error) => error.class(),
+            EngineError::Publish(error) => error.class(),
+            EngineError::Subscription(error) => error.class(),
+            EngineError::Data(error) => error.class(),
+            EngineError::ShuttingDown => ErrorClass::Unavailable,
+        }
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| DataError::Io { op, path, source }.into()
+    }
+}
+
+impl From<EventError> for EngineError {
+    fn from(error: EventError) -> Self {
+        EngineError::Publish(PublishError::Event(error))
+    }
+}
+
+impl From<StorageError> for EngineError {
+    /// A storage failure outside a log operation that names its own context: a file operation
+    /// keeps its own message.
+    fn from(error: StorageError) -> Self {
+        let error = match error {
+            StorageError::Io { op, path, source } => DataError::Io { op, path, source },
+            source => DataError::Storage {
+                context: "storage".to_owned(),
+                source,
+            },
+        };
+        EngineError::Data(error)
+    }
+}
+
+/// A topic, a partition or an offset in it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
     /// No topic of that name.
     #[error("topic {topic:?} does not exist")]
-    TopicNotFound {
+    NotFound {
         /// The name asked for.
         topic: String,
     },
     /// A topic of that name exists with another configuration.
     #[error("topic {topic:?} already exists with another configuration: {}", serde_json::to_string(existing).unwrap_or_default())]
-    TopicConflict {
+    Conflict {
         /// The name.
         topic: String,
         /// Its configuration.
@@ -25,7 +113,7 @@ pub enum EngineError {
     },
     /// The topic name breaks the naming rule.
     #[error("invalid topic name {name:?}: {detail}")]
-    InvalidTopicName {
+    InvalidName {
         /// The name given.
         name: String,
         /// The rule.
@@ -77,26 +165,9 @@ pub enum EngineError {
     },
     /// The topic could not be opened at start and refuses service.
     #[error("topic {topic:?} is unavailable: {reason}")]
-    TopicUnavailable {
+    Unavailable {
         /// The topic.
         topic: String,
-        /// What happened and what to do.
-        reason: String,
-    },
-    /// Another keel process holds the data directory.
-    #[error(
-        "the data directory is in use by another keel process (lock {path} is held); stop it or choose another --data-dir"
-    )]
-    DataDirLocked {
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// A directory of the data directory that keel created is missing (or the manifest that
-    /// records them is unreadable): nothing is created under it until an operator restores it.
-    #[error("the data directory is damaged at {path}: {reason}")]
-    DataDirDamaged {
-        /// The missing directory, or the manifest.
-        path: PathBuf,
         /// What happened and what to do.
         reason: String,
     },
@@ -110,6 +181,40 @@ pub enum EngineError {
         /// What happened and what to do.
         reason: String,
     },
+    /// A topic cannot be deleted while subscriptions read it.
+    #[error("topic {topic:?} has subscriptions ({}); delete them first or delete with force", names.join(", "))]
+    HasSubscriptions {
+        /// The topic.
+        topic: String,
+        /// The subscriptions reading it.
+        names: Vec<String>,
+    },
+}
+
+impl TopicError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            TopicError::NotFound { .. }
+            | TopicError::PartitionNotFound { .. }
+            | TopicError::OffsetBeforeStart { .. } => ErrorClass::NotFound,
+            TopicError::Conflict { .. } | TopicError::HasSubscriptions { .. } => {
+                ErrorClass::Conflict
+            }
+            TopicError::InvalidName { .. }
+            | TopicError::InvalidConfig { .. }
+            | TopicError::OffsetBeyondEnd { .. } => ErrorClass::Invalid,
+            TopicError::Unavailable { .. } | TopicError::PartitionUnavailable { .. } => {
+                ErrorClass::Unavailable
+            }
+        }
+    }
+}
+
+/// What was published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
     /// An event is larger than the limit.
     #[error("event{} is {bytes} bytes, over the limit of {limit} bytes", index.map(|i| format!(" at index {i}")).unwrap_or_default())]
     EventTooLarge {
@@ -141,31 +246,47 @@ pub enum EngineError {
         /// The event's id.
         id: String,
     },
+}
+
+impl PublishError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PublishError::EventTooLarge { .. } | PublishError::BatchTooLarge { .. } => {
+                ErrorClass::TooLarge
+            }
+            PublishError::Event(EventError::UnsupportedMediaType { .. }) => {
+                ErrorClass::UnsupportedMediaType
+            }
+            PublishError::Event(EventError::Json { .. } | EventError::Invalid { .. }) => {
+                ErrorClass::Invalid
+            }
+            PublishError::OriginalFailed { .. } => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// A subscription, its deliveries or its dead letters.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscriptionError {
     /// A subscription spec (or name) is invalid.
     #[error("invalid subscription: {detail}")]
-    InvalidSubscription {
+    Invalid {
         /// Which field and what is wrong with it.
         detail: String,
     },
     /// No subscription has that name.
     #[error("subscription {name:?} not found")]
-    SubscriptionNotFound {
+    NotFound {
         /// The name asked for.
         name: String,
     },
     /// A subscription of that name exists with another spec.
     #[error("subscription {name:?} exists with another spec; delete it first to change it")]
-    SubscriptionConflict {
+    Conflict {
         /// The name.
         name: String,
-    },
-    /// A topic cannot be deleted while subscriptions read it.
-    #[error("topic {topic:?} has subscriptions ({}); delete them first or delete with force", names.join(", "))]
-    TopicHasSubscriptions {
-        /// The topic.
-        topic: String,
-        /// The subscriptions reading it.
-        names: Vec<String>,
     },
     /// The operation needs the other delivery mode (pull on a push subscription, …).
     #[error("{detail}")]
@@ -173,15 +294,9 @@ pub enum EngineError {
         /// What was asked and why it does not apply.
         detail: String,
     },
-    /// Stored subscription data (checkpoint, dead-letter queue) cannot be read.
-    #[error("stored data is damaged: {detail}")]
-    Corrupt {
-        /// What and where.
-        detail: String,
-    },
     /// The subscription's storage failed; it refuses service until a restart.
     #[error("subscription {name:?} is unavailable: {reason}")]
-    SubscriptionUnavailable {
+    Unavailable {
         /// The subscription.
         name: String,
         /// Why.
@@ -189,7 +304,7 @@ pub enum EngineError {
     },
     /// The subscription is paused.
     #[error("subscription {name:?} is paused: {reason}; resume it to continue")]
-    SubscriptionPaused {
+    Paused {
         /// The subscription.
         name: String,
         /// Why it was paused.
@@ -209,9 +324,52 @@ pub enum EngineError {
         /// The entry id.
         id: String,
     },
-    /// The engine is shutting down.
-    #[error("keel is shutting down")]
-    ShuttingDown,
+}
+
+impl SubscriptionError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            SubscriptionError::NotFound { .. } | SubscriptionError::DeadLetterNotFound { .. } => {
+                ErrorClass::NotFound
+            }
+            SubscriptionError::Conflict { .. }
+            | SubscriptionError::WrongDeliveryMode { .. }
+            | SubscriptionError::Paused { .. } => ErrorClass::Conflict,
+            SubscriptionError::Invalid { .. } | SubscriptionError::MalformedAckId { .. } => {
+                ErrorClass::Invalid
+            }
+            SubscriptionError::Unavailable { .. } => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// The stored data, or the medium under it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// Another keel process holds the data directory.
+    #[error(
+        "the data directory is in use by another keel process (lock {path} is held); stop it or choose another --data-dir"
+    )]
+    DataDirLocked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// records them is unreadable): nothing is created under it until an operator restores it.
+    #[error("the data directory is damaged at {path}: {reason}")]
+    DataDirDamaged {
+        /// The missing directory, or the manifest.
+        path: PathBuf,
+        /// What happened and what to do.
+        reason: String,
+    },
+    /// Stored subscription data (checkpoint, dead-letter queue) cannot be read.
+    #[error("stored data is damaged: {detail}")]
+    Corrupt {
+        /// What and where.
+        detail: String,
+    },
     /// The storage failed: a log, or the metadata of a topic or subscription.
     #[error("{context}: {source}")]
     Storage {
@@ -219,7 +377,7 @@ pub enum EngineError {
         context: String,
         /// The cause.
         #[source]
-        source: crate::storage::StorageError,
+        source: StorageError,
     },
     /// A file operation outside the log failed.
     #[error("{op} {path}: {source}")]
@@ -234,28 +392,14 @@ pub enum EngineError {
     },
 }
 
-impl From<crate::storage::StorageError> for EngineError {
-    /// A storage failure outside a log operation that names its own context: a file operation
-    /// keeps its own message.
-    fn from(error: crate::storage::StorageError) -> Self {
-        match error {
-            crate::storage::StorageError::Io { op, path, source } => {
-                EngineError::Io { op, path, source }
+impl DataError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DataError::DataDirDamaged { .. } | DataError::Corrupt { .. } => ErrorClass::Unavailable,
+            DataError::DataDirLocked { .. } | DataError::Storage { .. } | DataError::Io { .. } => {
+                ErrorClass::Internal
             }
-            source => EngineError::Storage {
-                context: "storage".to_owned(),
-                source,
-            },
         }
-    }
-}
-
-impl EngineError {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| Self::Io { op, path, source }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError, TopicError};
 use crate::event::Event;
 use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
@@ -143,11 +143,11 @@ impl Partition {
     }
 
     fn unavailable_error(&self, reason: String) -> EngineError {
-        EngineError::PartitionUnavailable {
+        EngineError::Topic(TopicError::PartitionUnavailable {
             topic: self.shared.topic.clone(),
             partition: self.shared.number,
             reason,
-        }
+        })
     }
 
     fn log(&self) -> Result<&Arc<dyn RecordLog>, EngineError> {
@@ -236,20 +236,20 @@ impl Partition {
         let (topic, partition) = (self.shared.topic.clone(), self.shared.number);
         let (start_offset, next_offset) = (log.start_offset(), log.next_offset());
         if offset > next_offset {
-            return Err(EngineError::OffsetBeyondEnd {
+            return Err(EngineError::Topic(TopicError::OffsetBeyondEnd {
                 topic,
                 partition,
                 offset,
                 next_offset,
-            });
+            }));
         }
         if offset < start_offset {
-            return Err(EngineError::OffsetBeforeStart {
+            return Err(EngineError::Topic(TopicError::OffsetBeforeStart {
                 topic,
                 partition,
                 offset,
                 start_offset,
-            });
+            }));
         }
         Ok(())
     }
@@ -259,12 +259,12 @@ impl Partition {
         match source {
             // Retention may have moved the start between the check and the read.
             StorageError::OffsetOutOfRange { start_offset, .. } if from < start_offset => {
-                EngineError::OffsetBeforeStart {
+                EngineError::Topic(TopicError::OffsetBeforeStart {
                     topic,
                     partition,
                     offset: from,
                     start_offset,
-                }
+                })
             }
             StorageError::Corrupt { .. } => {
                 let reason = format!(
@@ -274,30 +274,33 @@ impl Partition {
                 tracing::error!(topic = %self.shared.topic, partition = self.shared.number, %source, "corrupt record on read");
                 self.unavailable_error(reason)
             }
-            other => EngineError::Storage {
+            other => EngineError::Data(DataError::Storage {
                 context: format!("read {topic:?} partition {partition}"),
                 source: other,
-            },
+            }),
         }
     }
 
     /// The first offset appended at or after `timestamp_ms`.
     pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64, EngineError> {
         let log = self.log()?;
-        log.offset_for_timestamp(timestamp_ms)
-            .map_err(|source| EngineError::Storage {
+        log.offset_for_timestamp(timestamp_ms).map_err(|source| {
+            EngineError::Data(DataError::Storage {
                 context: "time index lookup".into(),
                 source,
             })
+        })
     }
 
     /// Reads records without waiting and without the offset checks (recovery scans).
     pub(crate) fn scan(&self, from: u64, records_max: usize) -> Result<Vec<Record>, EngineError> {
         let log = self.log()?;
         log.read(from, records_max, crate::limits::READ_BYTES_MAX)
-            .map_err(|source| EngineError::Storage {
-                context: "scan".into(),
-                source,
+            .map_err(|source| {
+                EngineError::Data(DataError::Storage {
+                    context: "scan".into(),
+                    source,
+                })
             })
     }
 
@@ -523,11 +526,11 @@ impl Writer {
                 );
                 self.shared.refuse_service(reason.clone());
                 for request in requests {
-                    let error = EngineError::PartitionUnavailable {
+                    let error = EngineError::Topic(TopicError::PartitionUnavailable {
                         topic: self.shared.topic.clone(),
                         partition: self.shared.number,
                         reason: reason.clone(),
-                    };
+                    });
                     let _ = request.reply.send(Err(error));
                 }
             }

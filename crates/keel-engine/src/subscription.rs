@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
-use crate::error::EngineError;
+use crate::error::{EngineError, TopicError};
 use crate::limits::{
     LANE_PENDING_BYTES_MIN, LANE_PENDING_MIN, SUBSCRIPTION_PENDING_BYTES_MAX,
     SUBSCRIPTION_PENDING_MAX,
@@ -160,19 +160,19 @@ impl Subscription {
         closing: watch::Receiver<bool>,
     ) -> Result<Self, EngineError> {
         let (checkpoints, newest) = CheckpointLog::open(logs.checkpoints)?;
-        let checkpoint = newest.ok_or_else(|| EngineError::InvalidConfig {
+        let checkpoint = newest.ok_or_else(|| EngineError::Topic(TopicError::InvalidConfig {
             detail: format!(
                 "subscription {name:?} has no checkpoint; delete the subscription and create it again"
             ),
-        })?;
+        }))?;
         let partitions = topic.config.partitions as usize;
         if checkpoint.lanes.len() != partitions {
-            return Err(EngineError::InvalidConfig {
+            return Err(EngineError::Topic(TopicError::InvalidConfig {
                 detail: format!(
                     "the checkpoint of {name:?} has {} partitions, its topic {partitions}",
                     checkpoint.lanes.len()
                 ),
-            });
+            }));
         }
         let dlq = DeadLetterQueue::open(logs.dead_letters)?;
         let delivery = DeliveryState::restore(

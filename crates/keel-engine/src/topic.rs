@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use crate::clock::now_ms;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::dedupe::{Dedupe, Lookup, Outcome, PairHash, Position};
-use crate::error::EngineError;
+use crate::error::{EngineError, PublishError, TopicError};
 use crate::event::{self, Event};
 use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
@@ -147,13 +147,13 @@ impl Topic {
     }
 
     pub(crate) fn partition(&self, number: u32) -> Result<&Partition, EngineError> {
-        self.partitions
-            .get(number as usize)
-            .ok_or_else(|| EngineError::PartitionNotFound {
+        self.partitions.get(number as usize).ok_or_else(|| {
+            EngineError::Topic(TopicError::PartitionNotFound {
                 topic: self.name.clone(),
                 partition: number,
                 partitions: self.config.partitions,
             })
+        })
     }
 
     pub(crate) fn partitions(&self) -> &[Partition] {
@@ -216,7 +216,10 @@ impl Topic {
             let Some(position) = position else {
                 let source_attr = sources[index].clone().unwrap_or_default();
                 let id = ids[index].clone();
-                return Err(EngineError::OriginalFailed { source_attr, id });
+                return Err(EngineError::Publish(PublishError::OriginalFailed {
+                    source_attr,
+                    id,
+                }));
             };
             results.push(PublishResult {
                 id: ids[index].clone(),
@@ -319,11 +322,11 @@ impl Topic {
         // undone; the error then reports the failure and a retry is deduplicated.)
         let refusing = groups.keys().find_map(|&number| {
             let reason = self.partitions[number as usize].unavailable()?;
-            Some(EngineError::PartitionUnavailable {
+            Some(EngineError::Topic(TopicError::PartitionUnavailable {
                 topic: self.name.clone(),
                 partition: number,
                 reason,
-            })
+            }))
         });
         if let Some(error) = refusing {
             self.settle(&new_pairs, &positions);

@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use keel_engine::TopicConfig;
 use keel_engine::limits::{EVENT_BYTES_MAX, REQUEST_BYTES_MAX};
 
+use crate::limits::{
+    HEADER_READ_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, RETENTION_CHECK_INTERVAL_DEFAULT,
+};
+
 /// Settings of the server. Every field has a default; a config file sets any of them.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,9 +84,9 @@ impl Default for ServerConfig {
             event_bytes_max: EVENT_BYTES_MAX,
             request_bytes_max: REQUEST_BYTES_MAX,
             segment_bytes_max: keel_engine::limits::SEGMENT_BYTES_DEFAULT,
-            retention_check_interval: std::time::Duration::from_secs(30),
-            header_read_timeout: std::time::Duration::from_secs(30),
-            request_timeout: std::time::Duration::from_secs(60),
+            retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
+            header_read_timeout: HEADER_READ_TIMEOUT_DEFAULT,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
             topics: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
         }

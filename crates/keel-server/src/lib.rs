@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod dlq;
 pub mod health;
+pub mod limits;
 pub mod listener;
 pub mod problem;
 pub mod publish;
@@ -22,6 +23,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
+use keel_engine::error::{SubscriptionError, TopicError};
 use keel_engine::{Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
 
@@ -206,7 +208,8 @@ pub async fn serve(
 fn declared(section: &str, command: &str, name: &str, error: EngineError) -> EngineError {
     let conflict = matches!(
         error,
-        EngineError::TopicConflict { .. } | EngineError::SubscriptionConflict { .. }
+        EngineError::Topic(TopicError::Conflict { .. })
+            | EngineError::Subscription(SubscriptionError::Conflict { .. })
     );
     let hint = if conflict {
         format!(
@@ -215,9 +218,9 @@ fn declared(section: &str, command: &str, name: &str, error: EngineError) -> Eng
     } else {
         String::new()
     };
-    EngineError::InvalidConfig {
+    EngineError::Topic(TopicError::InvalidConfig {
         detail: format!("[{section}.{name}] in the configuration: {error}{hint}"),
-    }
+    })
 }
 
 async fn open_engine(

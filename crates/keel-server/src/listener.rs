@@ -15,10 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-/// Most connections open at once; further clients wait in the listen backlog. Never more
-/// than half the process's open-file limit (see [`connections_max`]): the logs need file
-/// descriptors too, and running out of them while rolling a segment stops a partition.
-pub const CONNECTIONS_MAX: usize = 4096;
+use crate::limits::{ACCEPT_RETRY_PAUSE, CONNECTIONS_MAX, CONNECTIONS_MIN, SHUTDOWN_GRACE};
 
 /// Raises the soft open-file limit to the hard one (a server's first step; the default soft
 /// limit is often 1024), and returns how many connections may be open at once.
@@ -32,7 +29,7 @@ pub fn connections_max() -> usize {
     };
     let connections = usize::try_from(limit / 2)
         .unwrap_or(usize::MAX)
-        .clamp(16, CONNECTIONS_MAX);
+        .clamp(CONNECTIONS_MIN, CONNECTIONS_MAX);
     tracing::info!(
         open_files_max = limit,
         connections_max = connections,
@@ -40,9 +37,6 @@ pub fn connections_max() -> usize {
     );
     connections
 }
-/// How long shutdown waits for open requests to finish before dropping their connections.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish
 /// for at most [`SHUTDOWN_GRACE`]. A client gets `header_read_timeout` to send each request
 /// head.
@@ -116,7 +110,7 @@ async fn accept(
         }
         Err(error) => {
             tracing::warn!(%error, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
             None
         }
     }

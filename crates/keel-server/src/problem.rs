@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::problem::{self, Problem};
 use keel_engine::EngineError;
+use keel_engine::error::{ErrorClass, PublishError, TopicError};
 
 /// An error answered over HTTP.
 #[derive(Debug)]
@@ -44,37 +45,15 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> Self {
-        let status = match &error {
-            EngineError::TopicNotFound { .. }
-            | EngineError::SubscriptionNotFound { .. }
-            | EngineError::DeadLetterNotFound { .. }
-            | EngineError::PartitionNotFound { .. }
-            | EngineError::OffsetBeforeStart { .. } => StatusCode::NOT_FOUND,
-            EngineError::TopicConflict { .. }
-            | EngineError::SubscriptionConflict { .. }
-            | EngineError::TopicHasSubscriptions { .. }
-            | EngineError::WrongDeliveryMode { .. }
-            | EngineError::SubscriptionPaused { .. } => StatusCode::CONFLICT,
-            EngineError::Event(keel_engine::event::EventError::UnsupportedMediaType { .. }) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            EngineError::InvalidTopicName { .. }
-            | EngineError::InvalidSubscription { .. }
-            | EngineError::MalformedAckId { .. }
-            | EngineError::InvalidConfig { .. }
-            | EngineError::OffsetBeyondEnd { .. }
-            | EngineError::Event(_) => StatusCode::BAD_REQUEST,
-            EngineError::EventTooLarge { .. } | EngineError::BatchTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            EngineError::PartitionUnavailable { .. }
-            | EngineError::TopicUnavailable { .. }
-            | EngineError::SubscriptionUnavailable { .. }
-            | EngineError::DataDirDamaged { .. }
-            | EngineError::Corrupt { .. }
-            | EngineError::ShuttingDown
-            | EngineError::OriginalFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        // Exhaustive, without a wildcard: a new class is a compile error here, never a 500.
+        let status = match error.class() {
+            ErrorClass::NotFound => StatusCode::NOT_FOUND,
+            ErrorClass::Conflict => StatusCode::CONFLICT,
+            ErrorClass::Invalid => StatusCode::BAD_REQUEST,
+            ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorClass::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal error");
@@ -86,16 +65,16 @@ impl From<EngineError> for ApiError {
         let mut api_error = Self::new(status, error.to_string());
         api_error.retry_soon = matches!(
             error,
-            EngineError::ShuttingDown | EngineError::OriginalFailed { .. }
+            EngineError::ShuttingDown | EngineError::Publish(PublishError::OriginalFailed { .. })
         );
         match error {
-            EngineError::OffsetBeforeStart { start_offset, .. } => {
+            EngineError::Topic(TopicError::OffsetBeforeStart { start_offset, .. }) => {
                 api_error.problem.start_offset = Some(start_offset);
             }
-            EngineError::OffsetBeyondEnd { next_offset, .. } => {
+            EngineError::Topic(TopicError::OffsetBeyondEnd { next_offset, .. }) => {
                 api_error.problem.next_offset = Some(next_offset);
             }
-            EngineError::TopicHasSubscriptions { names, .. } => {
+            EngineError::Topic(TopicError::HasSubscriptions { names, .. }) => {
                 api_error.problem.subscriptions = Some(names);
             }
             _ => {}

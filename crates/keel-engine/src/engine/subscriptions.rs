@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Created, Engine};
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
 use crate::limits::{DLQ_LIST_MAX, SUBSCRIPTIONS_MAX};
 use crate::metrics::Metrics;
 use crate::storage::{Area, Storage, StoredSubscription};
@@ -41,16 +41,16 @@ impl Engine {
         }
         let failed = self.inner.failed_subscriptions.read().expect("lock");
         if let Some(reason) = failed.get(name) {
-            return Err(EngineError::SubscriptionUnavailable {
+            return Err(EngineError::Subscription(SubscriptionError::Unavailable {
                 name: name.to_owned(),
                 reason: reason.clone(),
-            });
+            }));
         }
         // With the subscriptions' metadata lost, "no such subscription" would be a lie.
         self.inner.storage.check_usable(Area::Subscriptions)?;
-        Err(EngineError::SubscriptionNotFound {
+        Err(EngineError::Subscription(SubscriptionError::NotFound {
             name: name.to_owned(),
-        })
+        }))
     }
 
     /// Subscriptions that refuse service and why: those that could not be opened at start,
@@ -96,13 +96,17 @@ impl Engine {
         validate_subscription_spec(&spec)?;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(&spec.topic).map_err(|error| match error {
-            EngineError::TopicNotFound { topic } => EngineError::InvalidSubscription {
-                detail: format!("topic {topic:?} not found; create it first"),
-            },
+            EngineError::Topic(TopicError::NotFound { topic }) => {
+                EngineError::Subscription(SubscriptionError::Invalid {
+                    detail: format!("topic {topic:?} not found; create it first"),
+                })
+            }
             other => other,
         })?;
         let existing = self.subscription(name);
-        if let Err(error @ EngineError::SubscriptionUnavailable { .. }) = existing {
+        if let Err(error @ EngineError::Subscription(SubscriptionError::Unavailable { .. })) =
+            existing
+        {
             return Err(error);
         }
         if let Ok(existing) = existing {
@@ -112,8 +116,10 @@ impl Engine {
                     info: existing.info(),
                     secret: None,
                 })
-                .ok_or_else(|| EngineError::SubscriptionConflict {
-                    name: name.to_owned(),
+                .ok_or_else(|| {
+                    EngineError::Subscription(SubscriptionError::Conflict {
+                        name: name.to_owned(),
+                    })
                 });
         }
         if self
@@ -124,9 +130,9 @@ impl Engine {
             .len()
             >= SUBSCRIPTIONS_MAX
         {
-            return Err(EngineError::InvalidSubscription {
+            return Err(EngineError::Subscription(SubscriptionError::Invalid {
                 detail: format!("at most {SUBSCRIPTIONS_MAX} subscriptions per server"),
-            });
+            }));
         }
         let mut secret = None;
         if let Delivery::Push(sink) = &mut spec.delivery
@@ -299,11 +305,12 @@ impl Engine {
     /// One dead-letter entry.
     pub async fn dlq_get(&self, name: &str, id: String) -> Result<DeadLetterEntry, EngineError> {
         self.with_dlq(name, move |dlq, subscription| {
-            dlq.get(&id)?
-                .ok_or_else(|| EngineError::DeadLetterNotFound {
+            dlq.get(&id)?.ok_or_else(|| {
+                EngineError::Subscription(SubscriptionError::DeadLetterNotFound {
                     name: subscription.to_owned(),
                     id,
                 })
+            })
         })
         .await
     }
@@ -375,11 +382,11 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
                 }
                 StartPosition::Time { time } => {
                     let ms = crate::clock::parse_rfc3339_ms(time).ok_or_else(|| {
-                        EngineError::InvalidSubscription {
+                        EngineError::Subscription(SubscriptionError::Invalid {
                             detail: format!(
                                 "time {time:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z"
                             ),
-                        }
+                        })
                     })?;
                     partition.offset_for_timestamp(ms)
                 }
@@ -434,13 +441,12 @@ fn open_one(
     validate_subscription_name(&name)?;
     let spec = stored
         .spec
-        .map_err(|detail| EngineError::Corrupt { detail })?;
-    let topic = topics
-        .get(&spec.topic)
-        .cloned()
-        .ok_or_else(|| EngineError::TopicNotFound {
+        .map_err(|detail| EngineError::Data(DataError::Corrupt { detail }))?;
+    let topic = topics.get(&spec.topic).cloned().ok_or_else(|| {
+        EngineError::Topic(TopicError::NotFound {
             topic: spec.topic.clone(),
-        })?;
+        })
+    })?;
     let logs = storage.open_subscription(&name)?;
     Subscription::open(&name, spec, logs, topic, metrics.clone(), closing.clone())
 }

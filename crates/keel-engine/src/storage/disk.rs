@@ -27,7 +27,7 @@ use keel_log::LogConfig;
 
 use crate::clock::now_ms;
 use crate::config::TopicConfig;
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError, TopicError};
 use crate::limits::{GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING};
 use crate::storage::{
     Area, DataDirDamage, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
@@ -82,11 +82,11 @@ impl DiskStorage {
             segment_bytes_max: settings.segment_bytes_max,
             ..LogConfig::default()
         };
-        partition_config
-            .validate()
-            .map_err(|error| EngineError::InvalidConfig {
+        partition_config.validate().map_err(|error| {
+            EngineError::Topic(TopicError::InvalidConfig {
                 detail: error.to_string(),
-            })?;
+            })
+        })?;
         let data_dir = DataDir::open(root)?;
         empty_trash(&data_dir.trash());
         Ok(DiskStorage {
@@ -304,10 +304,10 @@ fn dead_letter_config() -> LogConfig {
 }
 
 fn storage_failed(what: &str, dir: &Path, source: StorageError) -> EngineError {
-    EngineError::Storage {
+    EngineError::Data(DataError::Storage {
         context: format!("{what} of {}", dir.display()),
         source,
-    }
+    })
 }
 
 fn empty_trash(trash: &Path) {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError, SubscriptionError};
 use crate::storage::{
     Area, DataDirDamage, Record, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
     SubscriptionLogs, Trimmed,
@@ -199,10 +199,10 @@ impl MemoryStorage {
         if self.shared.generation.load(Ordering::SeqCst) == self.generation {
             return Ok(());
         }
-        Err(EngineError::Storage {
+        Err(EngineError::Data(DataError::Storage {
             context: "memory storage".to_owned(),
             source: crashed(),
-        })
+        }))
     }
 
     fn handle(&self, state: &SharedLog) -> MemoryLog {
@@ -318,13 +318,11 @@ impl Storage for MemoryStorage {
     fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError> {
         self.check_alive()?;
         let store = self.store();
-        let logs =
-            store
-                .subscriptions
-                .get(name)
-                .ok_or_else(|| EngineError::SubscriptionNotFound {
-                    name: name.to_owned(),
-                })?;
+        let logs = store.subscriptions.get(name).ok_or_else(|| {
+            EngineError::Subscription(SubscriptionError::NotFound {
+                name: name.to_owned(),
+            })
+        })?;
         Ok(SubscriptionLogs {
             checkpoints: Box::new(self.handle(&logs.checkpoints)),
             dead_letters: Box::new(self.handle(&logs.dead_letters)),

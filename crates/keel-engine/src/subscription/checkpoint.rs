@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::LaneCheckpoint;
 use crate::clock::now_ms;
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError};
 use crate::limits::CHECKPOINT_LOG_BYTES_MAX;
 use crate::storage::RecordLog;
 
@@ -62,12 +62,12 @@ impl CheckpointLog {
     ) -> Result<(Self, Option<Checkpoint>), EngineError> {
         let newest = match log.next_offset().checked_sub(1) {
             Some(offset) if offset >= log.start_offset() => {
-                let records =
-                    log.read(offset, 1, usize::MAX)
-                        .map_err(|source| EngineError::Storage {
-                            context: "read the newest checkpoint".to_owned(),
-                            source,
-                        })?;
+                let records = log.read(offset, 1, usize::MAX).map_err(|source| {
+                    EngineError::Data(DataError::Storage {
+                        context: "read the newest checkpoint".to_owned(),
+                        source,
+                    })
+                })?;
                 let record = records.first().ok_or_else(|| corrupt("missing"))?;
                 let checkpoint: Checkpoint = serde_json::from_slice(&record.payload)
                     .map_err(|error| corrupt(&error.to_string()))?;
@@ -84,9 +84,11 @@ impl CheckpointLog {
         let payload = checkpoint.to_bytes();
         self.log
             .append(now_ms(), &[&payload], true)
-            .map_err(|source| EngineError::Storage {
-                context: "write a checkpoint".to_owned(),
-                source,
+            .map_err(|source| {
+                EngineError::Data(DataError::Storage {
+                    context: "write a checkpoint".to_owned(),
+                    source,
+                })
             })?;
         if self.log.size_bytes() > self.bytes_max {
             // Only whole older segments go; the newest record is always kept.
@@ -100,11 +102,11 @@ impl CheckpointLog {
 }
 
 fn corrupt(detail: &str) -> EngineError {
-    EngineError::Corrupt {
+    EngineError::Data(DataError::Corrupt {
         detail: format!(
             "the newest checkpoint cannot be read ({detail}); restore it from a backup or delete the subscription"
         ),
-    }
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 
 use super::state::AttemptRecord;
 use crate::clock::now_ms;
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError, SubscriptionError};
 use crate::limits::DLQ_LIST_BYTES_MAX;
 use crate::storage::{RecordLog, StorageError};
 /// A dead-letter log is rewritten with only its live entries once it holds at least this many
@@ -246,13 +246,14 @@ impl DeadLetterQueue {
             let Some(last) = records.last() else { break };
             from = last.offset + 1;
             for record in records {
-                let operation =
-                    Operation::decode(&record.payload).map_err(|error| EngineError::Corrupt {
+                let operation = Operation::decode(&record.payload).map_err(|error| {
+                    EngineError::Data(DataError::Corrupt {
                         detail: format!(
                             "dead-letter record {} cannot be read: {error}",
                             record.offset
                         ),
-                    })?;
+                    })
+                })?;
                 self.apply(record.offset, operation);
             }
         }
@@ -351,10 +352,12 @@ impl DeadLetterQueue {
         let ids = match ids {
             Some(ids) => {
                 if let Some(unknown) = ids.iter().find(|id| !self.live.contains_key(*id)) {
-                    return Err(EngineError::DeadLetterNotFound {
-                        name: subscription.to_owned(),
-                        id: unknown.clone(),
-                    });
+                    return Err(EngineError::Subscription(
+                        SubscriptionError::DeadLetterNotFound {
+                            name: subscription.to_owned(),
+                            id: unknown.clone(),
+                        },
+                    ));
                 }
                 ids
             }
@@ -456,8 +459,10 @@ impl DeadLetterQueue {
             .log
             .read(position, 1, usize::MAX)
             .map_err(storage_error("read"))?;
-        let bad = |detail: String| EngineError::Corrupt {
-            detail: format!("dead-letter record {position}: {detail}"),
+        let bad = |detail: String| {
+            EngineError::Data(DataError::Corrupt {
+                detail: format!("dead-letter record {position}: {detail}"),
+            })
         };
         let record = records
             .into_iter()
@@ -472,7 +477,7 @@ impl DeadLetterQueue {
 
 fn storage_error(op: &str) -> impl FnOnce(StorageError) -> EngineError {
     let context = format!("{op} dead letters");
-    move |source| EngineError::Storage { context, source }
+    move |source| EngineError::Data(DataError::Storage { context, source })
 }
 
 /// A dead-letter log on disk in `dir`, for tests.
@@ -552,7 +557,9 @@ mod tests {
         let missing = queue.redrive("s", Some(vec!["9-9".into()]));
         assert!(matches!(
             missing,
-            Err(EngineError::DeadLetterNotFound { .. })
+            Err(EngineError::Subscription(
+                SubscriptionError::DeadLetterNotFound { .. }
+            ))
         ));
         // 1-1 is redriven, then dead-lettered again: acknowledging the redriven copy must
         // not remove the newer entry.

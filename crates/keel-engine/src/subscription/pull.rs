@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::delivery::{Deliveries, Settlement};
 use super::state::{Outcome, Slot};
 use crate::clock::now_ms;
-use crate::error::EngineError;
+use crate::error::{EngineError, SubscriptionError};
 use crate::limits::{ACK_IDS_MAX, PULL_MESSAGES_MAX, READ_WAIT_MS_MAX};
 
 /// A pulled event.
@@ -60,8 +60,10 @@ fn encode_ack_id(boot: u32, slot: Slot, lease: u64) -> String {
 }
 
 fn decode_ack_id(text: &str) -> Result<(u32, Slot, u64), EngineError> {
-    let malformed = || EngineError::MalformedAckId {
-        ack_id: text.chars().take(64).collect(),
+    let malformed = || {
+        EngineError::Subscription(SubscriptionError::MalformedAckId {
+            ack_id: text.chars().take(64).collect(),
+        })
     };
     let bytes = URL_SAFE_NO_PAD.decode(text).map_err(|_| malformed())?;
     let bytes: [u8; ACK_ID_BYTES] = bytes.try_into().map_err(|_| malformed())?;
@@ -87,12 +89,14 @@ pub(super) async fn pull(
 ) -> Result<Vec<PulledMessage>, EngineError> {
     let spec = deliveries.spec();
     if spec.is_push() {
-        return Err(EngineError::WrongDeliveryMode {
-            detail: format!(
-                "subscription {:?} pushes to a sink; only pull subscriptions (created without a sink) can be pulled",
-                deliveries.name()
-            ),
-        });
+        return Err(EngineError::Subscription(
+            SubscriptionError::WrongDeliveryMode {
+                detail: format!(
+                    "subscription {:?} pushes to a sink; only pull subscriptions (created without a sink) can be pulled",
+                    deliveries.name()
+                ),
+            },
+        ));
     }
     deliveries.check_available()?;
     let max = max.clamp(1, PULL_MESSAGES_MAX);
@@ -106,9 +110,11 @@ pub(super) async fn pull(
         let now = now_ms();
         let (taken, _) = deliveries
             .take(max, Some(now.saturating_add(ack_timeout_ms)), now)
-            .map_err(|reason| EngineError::SubscriptionPaused {
-                name: deliveries.name().to_owned(),
-                reason,
+            .map_err(|reason| {
+                EngineError::Subscription(SubscriptionError::Paused {
+                    name: deliveries.name().to_owned(),
+                    reason,
+                })
             })?;
         if !taken.is_empty() {
             return Ok(taken
@@ -138,17 +144,19 @@ pub(super) async fn settle(
     action: Settle,
 ) -> Result<AckResult, EngineError> {
     if deliveries.spec().is_push() {
-        return Err(EngineError::WrongDeliveryMode {
-            detail: format!(
-                "subscription {:?} pushes to a sink, which acknowledges by its answer; ack, nack and reject apply to pull subscriptions",
-                deliveries.name()
-            ),
-        });
+        return Err(EngineError::Subscription(
+            SubscriptionError::WrongDeliveryMode {
+                detail: format!(
+                    "subscription {:?} pushes to a sink, which acknowledges by its answer; ack, nack and reject apply to pull subscriptions",
+                    deliveries.name()
+                ),
+            },
+        ));
     }
     if ack_ids.len() > ACK_IDS_MAX {
-        return Err(EngineError::InvalidSubscription {
+        return Err(EngineError::Subscription(SubscriptionError::Invalid {
             detail: format!("at most {ACK_IDS_MAX} ack ids per call"),
-        });
+        }));
     }
     deliveries.check_available()?;
     let decoded = ack_ids
@@ -230,7 +238,9 @@ mod tests {
         for bad in ["", "abc", &id[..31], &format!("{id}A"), "!!!!"] {
             assert!(matches!(
                 decode_ack_id(bad),
-                Err(EngineError::MalformedAckId { .. })
+                Err(EngineError::Subscription(
+                    SubscriptionError::MalformedAckId { .. }
+                ))
             ));
         }
     }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::Shared;
 use super::state::{Offered, REDRIVE_LANE};
-use crate::error::EngineError;
+use crate::error::{EngineError, TopicError};
 use crate::limits::{READ_BYTES_MAX, READ_RECORDS_MAX};
 
 /// How long one read long-polls for new events before it looks again.
@@ -65,10 +65,10 @@ pub(super) async fn read_partition(shared: Arc<Shared>, lane: u32) {
                 // look at its schedule again.
                 shared.signals.wake_timer();
             }
-            Err(EngineError::OffsetBeforeStart {
+            Err(EngineError::Topic(TopicError::OffsetBeforeStart {
                 start_offset: start,
                 ..
-            }) => {
+            })) => {
                 tracing::warn!(subscription = %shared.name, partition = lane, from, start, "retention deleted events before they were delivered");
                 shared.core().delivery.skip_to(lane, start);
                 shared.signals.changed(false);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::duration;
-use crate::error::EngineError;
+use crate::error::{EngineError, SubscriptionError};
 use crate::filter::Filters;
 use crate::limits::{
     ACK_TIMEOUT_MAX, IN_FLIGHT_MAX, RETRY_ATTEMPTS_MAX, RETRY_DELAY_MAX,
@@ -46,7 +46,11 @@ pub fn retry_delay(
 
 /// Checks every value of a spec against its bound; the message names the field.
 pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineError> {
-    let invalid = |detail: String| Err(EngineError::InvalidSubscription { detail });
+    let invalid = |detail: String| {
+        Err(EngineError::Subscription(SubscriptionError::Invalid {
+            detail,
+        }))
+    };
     if !(1..=IN_FLIGHT_MAX).contains(&spec.max_in_flight) {
         return invalid(format!(
             "max_in_flight must be between 1 and {IN_FLIGHT_MAX}"
@@ -115,7 +119,9 @@ fn validate_retry(retry: &RetryPolicy) -> Result<(), EngineError> {
     } else {
         return Ok(());
     };
-    Err(EngineError::InvalidSubscription { detail })
+    Err(EngineError::Subscription(SubscriptionError::Invalid {
+        detail,
+    }))
 }
 
 /// Checks a subscription name: the same rules as a topic name.
@@ -129,11 +135,11 @@ pub fn validate_subscription_name(name: &str) -> Result<(), EngineError> {
     if valid {
         Ok(())
     } else {
-        Err(EngineError::InvalidSubscription {
+        Err(EngineError::Subscription(SubscriptionError::Invalid {
             detail: format!(
                 "invalid subscription name {name:?}: use 1 to {SUBSCRIPTION_NAME_BYTES_MAX} ASCII letters, digits, '-', '_' or '.', not starting with '.'"
             ),
-        })
+        }))
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, watch};
 use super::Shared;
 use super::checkpoint::Checkpoint;
 use super::dlq::DeadLetterEntry;
-use crate::error::EngineError;
+use crate::error::{EngineError, SubscriptionError};
 
 /// Longest a checkpoint waits for more changes while nobody waits for it.
 const CHECKPOINT_GATHER: Duration = Duration::from_millis(10);
@@ -65,10 +65,10 @@ impl Durability {
         self.waiters.fetch_sub(1, SeqCst);
         match result {
             Ok(None) => Ok(()),
-            Ok(Some(reason)) => Err(EngineError::SubscriptionUnavailable {
+            Ok(Some(reason)) => Err(EngineError::Subscription(SubscriptionError::Unavailable {
                 name: name.to_owned(),
                 reason,
-            }),
+            })),
             Err(_) => Err(EngineError::ShuttingDown),
         }
     }
@@ -76,10 +76,10 @@ impl Durability {
     /// Fails when the state can no longer be stored.
     pub(super) fn check_available(&self, name: &str) -> Result<(), EngineError> {
         match self.failed() {
-            Some(reason) => Err(EngineError::SubscriptionUnavailable {
+            Some(reason) => Err(EngineError::Subscription(SubscriptionError::Unavailable {
                 name: name.to_owned(),
                 reason,
-            }),
+            })),
             None => Ok(()),
         }
     }

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use super::files::{create_dir_durably, sync_dir, write_synced};
-use crate::error::EngineError;
+use crate::error::{DataError, EngineError};
 use crate::storage::DataDirDamage;
 
 /// Where the topics live, under the data directory.
@@ -105,10 +105,10 @@ impl DataDir {
             .iter()
             .find(|damaged| damaged.path == dir || damaged.path == manifest);
         match found {
-            Some(damaged) => Err(EngineError::DataDirDamaged {
+            Some(damaged) => Err(EngineError::Data(DataError::DataDirDamaged {
                 path: damaged.path.clone(),
                 reason: damaged.reason.clone(),
-            }),
+            })),
             None => Ok(()),
         }
     }
@@ -126,12 +126,14 @@ fn lock(root: &Path) -> Result<std::fs::File, EngineError> {
         .map_err(EngineError::io("open", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(EngineError::DataDirLocked { path }),
-        Err(std::fs::TryLockError::Error(source)) => Err(EngineError::Io {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(EngineError::Data(DataError::DataDirLocked { path }))
+        }
+        Err(std::fs::TryLockError::Error(source)) => Err(EngineError::Data(DataError::Io {
             op: "lock",
             path,
             source,
-        }),
+        })),
     }
 }
 
@@ -275,7 +277,7 @@ mod tests {
         assert!(!root.join(TOPICS_DIR).exists(), "not recreated");
         assert!(matches!(
             data_dir.check_usable(&data_dir.topics()),
-            Err(EngineError::DataDirDamaged { .. })
+            Err(EngineError::Data(DataError::DataDirDamaged { .. }))
         ));
         assert!(data_dir.check_usable(&data_dir.subscriptions()).is_ok());
         drop(data_dir);
