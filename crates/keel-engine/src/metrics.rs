@@ -72,187 +72,110 @@ fn records_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 14))
 }
 
-/// All engine metrics.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
+/// Declares the engine's metrics once: each one's field (with its documentation), how it is
+/// made, and the name, help and unit it is registered under.
+macro_rules! metrics {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $type:ty = $make:expr => $name:literal, $help:literal $(, $unit:expr)?;
+    )*) => {
+        /// All engine metrics.
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: Registry,
+            $(
+                $(#[doc = $doc])*
+                pub $field: $type,
+            )*
+        }
+
+        impl Metrics {
+            /// Registers every metric.
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("keel");
+                $(
+                    let $field: $type = $make;
+                    let unit: Option<Unit> = None $(.or(Some($unit)))?;
+                    match unit {
+                        Some(unit) => {
+                            registry.register_with_unit($name, $help, unit, $field.clone())
+                        }
+                        None => registry.register($name, $help, $field.clone()),
+                    }
+                )*
+                Self { registry, $($field),* }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Events appended by publishes (duplicates not counted).
-    pub publish_events: Family<TopicLabels, Counter>,
+    publish_events: Family<TopicLabels, Counter> = Family::default()
+        => "publish_events", "Events appended by publishes";
     /// Bytes of events appended by publishes.
-    pub publish_bytes: Family<TopicLabels, Counter>,
+    publish_bytes: Family<TopicLabels, Counter> = Family::default()
+        => "publish", "Bytes of events appended by publishes", Unit::Bytes;
     /// Publishes answered as duplicates.
-    pub publish_duplicates: Family<TopicLabels, Counter>,
+    publish_duplicates: Family<TopicLabels, Counter> = Family::default()
+        => "publish_duplicates", "Published events answered as duplicates";
     /// Time from an append request entering a partition's queue to its events being durable.
-    pub append_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    append_seconds: Family<TopicLabels, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(latency_histogram)
+        => "append",
+        "Time from an append request entering a partition queue to its events being durable",
+        Unit::Seconds;
     /// Time of one group commit: the write and the fsync of every record in it.
-    pub fsync_seconds: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    fsync_seconds: Family<TopicLabels, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(latency_histogram)
+        => "fsync", "Time of one group commit: write and fsync", Unit::Seconds;
     /// Records per group commit.
-    pub commit_records: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    commit_records: Family<TopicLabels, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(records_histogram)
+        => "commit_records", "Records per group commit";
     /// Bytes on disk per partition.
-    pub partition_bytes: Family<PartitionLabels, Gauge>,
+    partition_bytes: Family<PartitionLabels, Gauge> = Family::default()
+        => "partition_size", "Bytes on disk per partition", Unit::Bytes;
     /// First offset kept per partition.
-    pub partition_start_offset: Family<PartitionLabels, Gauge>,
+    partition_start_offset: Family<PartitionLabels, Gauge> = Family::default()
+        => "partition_start_offset", "First offset kept per partition";
     /// Next offset per partition.
-    pub partition_next_offset: Family<PartitionLabels, Gauge>,
+    partition_next_offset: Family<PartitionLabels, Gauge> = Family::default()
+        => "partition_next_offset", "Next offset per partition";
     /// 1 while a partition refuses service (corrupt log or failed write).
-    pub partition_unavailable: Family<PartitionLabels, Gauge>,
+    partition_unavailable: Family<PartitionLabels, Gauge> = Family::default()
+        => "partition_unavailable", "1 while a partition refuses service";
     /// Dedupe entries forgotten before their window ended because the table was full.
-    pub dedupe_evicted_early: Family<TopicLabels, Counter>,
+    dedupe_evicted_early: Family<TopicLabels, Counter> = Family::default()
+        => "dedupe_evicted_early", "Dedupe entries forgotten before their window ended";
     /// Bytes cut from torn tails by recovery since start.
-    pub recovery_truncated_bytes: Counter,
+    recovery_truncated_bytes: Counter = Counter::default()
+        => "recovery_truncated", "Bytes cut from torn log tails by recovery", Unit::Bytes;
     /// Events published and not yet done per subscription (acknowledged or dead-lettered).
-    pub subscription_lag: Family<SubscriptionLabels, Gauge>,
+    subscription_lag: Family<SubscriptionLabels, Gauge> = Family::default()
+        => "subscription_lag", "Events published and not yet acknowledged or dead-lettered";
     /// Events delivered and not yet acknowledged per subscription.
-    pub subscription_in_flight: Family<SubscriptionLabels, Gauge>,
+    subscription_in_flight: Family<SubscriptionLabels, Gauge> = Family::default()
+        => "subscription_in_flight", "Events delivered and not yet acknowledged";
     /// Entries in each subscription's dead-letter queue.
-    pub subscription_dlq_depth: Family<SubscriptionLabels, Gauge>,
+    subscription_dlq_depth: Family<SubscriptionLabels, Gauge> = Family::default()
+        => "subscription_dlq_depth", "Entries in the dead-letter queue";
     /// A push subscription's circuit: 0 closed, 1 open, 2 half-open.
-    pub subscription_circuit_state: Family<SubscriptionLabels, Gauge>,
+    subscription_circuit_state: Family<SubscriptionLabels, Gauge> = Family::default()
+        => "subscription_circuit_state", "Push sink circuit: 0 closed, 1 open, 2 half-open";
     /// 1 while a subscription is paused.
-    pub subscription_paused: Family<SubscriptionLabels, Gauge>,
+    subscription_paused: Family<SubscriptionLabels, Gauge> = Family::default()
+        => "subscription_paused", "1 while the subscription is paused";
     /// Delivery attempts by outcome.
-    pub subscription_attempts: Family<AttemptLabels, Counter>,
+    subscription_attempts: Family<AttemptLabels, Counter> = Family::default()
+        => "subscription_attempts", "Delivery attempts by outcome";
     /// Time from publish to acknowledgement.
-    pub subscription_delivery_seconds: Family<SubscriptionLabels, Histogram, fn() -> Histogram>,
+    subscription_delivery_seconds: Family<SubscriptionLabels, Histogram, fn() -> Histogram> =
+        Family::new_with_constructor(delivery_histogram)
+        => "subscription_delivery", "Time from publish to acknowledgement", Unit::Seconds;
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("keel");
-        let metrics = Self {
-            publish_events: Family::default(),
-            publish_bytes: Family::default(),
-            publish_duplicates: Family::default(),
-            append_seconds: Family::new_with_constructor(latency_histogram),
-            fsync_seconds: Family::new_with_constructor(latency_histogram),
-            commit_records: Family::new_with_constructor(records_histogram),
-            partition_bytes: Family::default(),
-            partition_start_offset: Family::default(),
-            partition_next_offset: Family::default(),
-            partition_unavailable: Family::default(),
-            dedupe_evicted_early: Family::default(),
-            recovery_truncated_bytes: Counter::default(),
-            subscription_lag: Family::default(),
-            subscription_in_flight: Family::default(),
-            subscription_dlq_depth: Family::default(),
-            subscription_circuit_state: Family::default(),
-            subscription_paused: Family::default(),
-            subscription_attempts: Family::default(),
-            subscription_delivery_seconds: Family::new_with_constructor(delivery_histogram),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "publish_events",
-            "Events appended by publishes",
-            metrics.publish_events.clone(),
-        );
-        registry.register_with_unit(
-            "publish",
-            "Bytes of events appended by publishes",
-            Unit::Bytes,
-            metrics.publish_bytes.clone(),
-        );
-        registry.register(
-            "publish_duplicates",
-            "Published events answered as duplicates",
-            metrics.publish_duplicates.clone(),
-        );
-        registry.register_with_unit(
-            "append",
-            "Time from an append request entering a partition queue to its events being durable",
-            Unit::Seconds,
-            metrics.append_seconds.clone(),
-        );
-        registry.register_with_unit(
-            "fsync",
-            "Time of one group commit: write and fsync",
-            Unit::Seconds,
-            metrics.fsync_seconds.clone(),
-        );
-        registry.register(
-            "commit_records",
-            "Records per group commit",
-            metrics.commit_records.clone(),
-        );
-        registry.register_with_unit(
-            "partition_size",
-            "Bytes on disk per partition",
-            Unit::Bytes,
-            metrics.partition_bytes.clone(),
-        );
-        registry.register(
-            "partition_start_offset",
-            "First offset kept per partition",
-            metrics.partition_start_offset.clone(),
-        );
-        registry.register(
-            "partition_next_offset",
-            "Next offset per partition",
-            metrics.partition_next_offset.clone(),
-        );
-        registry.register(
-            "partition_unavailable",
-            "1 while a partition refuses service",
-            metrics.partition_unavailable.clone(),
-        );
-        registry.register(
-            "dedupe_evicted_early",
-            "Dedupe entries forgotten before their window ended",
-            metrics.dedupe_evicted_early.clone(),
-        );
-        registry.register_with_unit(
-            "recovery_truncated",
-            "Bytes cut from torn log tails by recovery",
-            Unit::Bytes,
-            metrics.recovery_truncated_bytes.clone(),
-        );
-        metrics.register_subscriptions(&mut registry);
-        Self {
-            registry,
-            ..metrics
-        }
-    }
-
-    fn register_subscriptions(&self, registry: &mut Registry) {
-        registry.register(
-            "subscription_lag",
-            "Events published and not yet acknowledged or dead-lettered",
-            self.subscription_lag.clone(),
-        );
-        registry.register(
-            "subscription_in_flight",
-            "Events delivered and not yet acknowledged",
-            self.subscription_in_flight.clone(),
-        );
-        registry.register(
-            "subscription_dlq_depth",
-            "Entries in the dead-letter queue",
-            self.subscription_dlq_depth.clone(),
-        );
-        registry.register(
-            "subscription_circuit_state",
-            "Push sink circuit: 0 closed, 1 open, 2 half-open",
-            self.subscription_circuit_state.clone(),
-        );
-        registry.register(
-            "subscription_paused",
-            "1 while the subscription is paused",
-            self.subscription_paused.clone(),
-        );
-        registry.register(
-            "subscription_attempts",
-            "Delivery attempts by outcome",
-            self.subscription_attempts.clone(),
-        );
-        registry.register_with_unit(
-            "subscription_delivery",
-            "Time from publish to acknowledgement",
-            Unit::Seconds,
-            self.subscription_delivery_seconds.clone(),
-        );
-    }
-
     /// Forgets the metrics of a deleted subscription.
     pub(crate) fn remove_subscription(&self, name: &str) {
         let labels = SubscriptionLabels {
