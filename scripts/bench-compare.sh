@@ -2,10 +2,11 @@
 # Compares the speed of two keel servers on the same machine, in one session: each round runs
 # every workload against a fresh `keel serve` of build A, then of build B, so machine noise
 # hits both alike. The load generator is always CLIENT (default: B), so only the servers
-# differ. Prints the median of each figure per build and B/A.
+# differ. Prints each figure's median (and range) per build, and B/A of the medians.
 #
 # Usage: scripts/bench-compare.sh A_BINARY B_BINARY [ROUNDS] [CLIENT_BINARY]
 #   e.g. scripts/bench-compare.sh /tmp/keel-before target/release/keel 3
+# ONLY=text runs only the workloads whose name contains it (e.g. ONLY=pull).
 set -euo pipefail
 
 a=${1:?usage: bench-compare.sh A_BINARY B_BINARY [ROUNDS] [CLIENT_BINARY]}
@@ -43,6 +44,14 @@ start_server() {
   exit 1
 }
 
+if [ -n "${ONLY:-}" ]; then
+  kept=()
+  for workload in "${workloads[@]}"; do
+    case "${workload%%|*}" in *"$ONLY"*) kept+=("$workload") ;; esac
+  done
+  workloads=("${kept[@]}")
+fi
+
 for round in $(seq "$rounds"); do
   for side in a b; do
     binary=$a
@@ -76,17 +85,18 @@ def figure(side, round_, arguments, path):
         return float(value)
     except (OSError, KeyError, TypeError, ValueError):
         return None
-print(f"| workload | A (median of {rounds}) | B (median of {rounds}) | B/A | better |")
+print(f"| workload | A: median (range) of {rounds} | B: median (range) of {rounds} | B/A | better |")
 print("|---|---|---|---|---|")
+show = lambda v: f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
 for workload in workloads:
     name, arguments, path, higher = workload.split("|")
-    medians = []
+    medians, cells = [], []
     for side in "ab":
         values = [v for r in range(1, rounds + 1) if (v := figure(side, r, arguments, path)) is not None]
         medians.append(statistics.median(values) if values else None)
+        cells.append(f"{show(medians[-1])} ({show(min(values))}–{show(max(values))})" if values else "failed")
     a, b = medians
     ratio = f"{b / a:.2f}" if a and b else "n/a"
     better = "higher" if higher == "1" else "lower"
-    show = lambda v: "failed" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.2f}")
-    print(f"| {name} | {show(a)} | {show(b)} | {ratio} | {better} |")
+    print(f"| {name} | {cells[0]} | {cells[1]} | {ratio} | {better} |")
 EOF
