@@ -69,6 +69,9 @@ pub const PULL_MESSAGES_MAX: usize = 1000;
 pub const ACK_IDS_MAX: usize = 10_000;
 /// Most dead-letter entries one list returns.
 pub const DLQ_LIST_MAX: usize = 1000;
+/// About the most bytes of dead-letter records written in one append (one fsync); a larger
+/// batch takes several.
+pub const DLQ_WRITE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// About the most bytes of events one dead-letter list returns (at least one entry).
 pub const DLQ_LIST_BYTES_MAX: usize = 4 * 1024 * 1024;
 

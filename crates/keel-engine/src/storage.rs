@@ -10,8 +10,8 @@
 //! - [`DiskStorage`]: a data directory on local disk; each log is a `keel-log` log
 //!   (`storage/disk.rs`, the default of `keel serve`);
 //! - [`MemoryStorage`]: everything in memory, with seeded faults (failed appends and
-//!   fsyncs, unsynced records lost or torn in a simulated crash) for in-process crash tests
-//!   (`storage/memory.rs`).
+//!   fsyncs, unsynced records lost, or a prefix of them kept, in a simulated crash) for
+//!   in-process crash tests (`storage/memory.rs`).
 //!
 //! A new backend (cluster mode on NATS JetStream, say) implements [`Storage`] and
 //! [`RecordLog`]; topics, publishing, subscriptions, delivery and recovery are written once,

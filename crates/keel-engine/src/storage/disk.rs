@@ -28,7 +28,9 @@ use keel_log::LogConfig;
 use crate::clock::now_ms;
 use crate::config::TopicConfig;
 use crate::error::{DataError, EngineError, TopicError};
-use crate::limits::{GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING};
+use crate::limits::{
+    DLQ_WRITE_BYTES_MAX, EVENT_BYTES_CEILING, GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING,
+};
 use crate::storage::{
     Area, DataDirDamage, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
     SubscriptionLogs,
@@ -65,6 +67,12 @@ const DEAD_LETTER_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 const _: () = assert!(
     keel_log::limits::PENDING_BYTES_MAX
         > (GROUP_COMMIT_BYTES_MAX + REQUEST_BYTES_CEILING / 3 * 4) as u64
+);
+
+// A dead-letter append (up to DLQ_WRITE_BYTES_MAX, then one more entry: an event at the
+// ceiling and its history) fits the log's pending buffer too.
+const _: () = assert!(
+    keel_log::limits::PENDING_BYTES_MAX > (DLQ_WRITE_BYTES_MAX + 2 * EVENT_BYTES_CEILING) as u64
 );
 
 /// A data directory on local disk.

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::state::AttemptRecord;
 use crate::clock::now_ms;
 use crate::error::{DataError, EngineError, SubscriptionError};
-use crate::limits::DLQ_LIST_BYTES_MAX;
+use crate::limits::{DLQ_LIST_BYTES_MAX, DLQ_WRITE_BYTES_MAX};
 use crate::storage::{RecordLog, StorageError};
 /// A dead-letter log is rewritten with only its live entries once it holds at least this many
 /// records, and at least four times as many as there are live entries: purges and removals
@@ -289,16 +289,23 @@ impl DeadLetterQueue {
         }
     }
 
+    /// Writes operations, each durable before anyone acts on it: an event leaves the
+    /// subscription only once its dead-letter entry survives a crash. Large batches go in
+    /// appends of about [`DLQ_WRITE_BYTES_MAX`] each. If one fails after others were written,
+    /// the call fails and its events stay undone: after a restart they are delivered again and
+    /// dead-lettered again, replacing the entries already written (an entry's id is its
+    /// event's place).
     fn write(&mut self, operations: Vec<Operation>) -> Result<(), EngineError> {
         let payloads: Vec<Vec<u8>> = operations.iter().map(Operation::encode).collect();
-        let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        // Durable before anyone acts on it: an event leaves the subscription only once its
-        // dead-letter entry survives a crash.
-        let first = self
-            .log
-            .append(now_ms(), &slices, true)
-            .map_err(storage_error("append"))?;
-        for (position, operation) in (first..).zip(operations) {
+        let mut positions = Vec::with_capacity(payloads.len());
+        for chunk in chunks(&payloads, DLQ_WRITE_BYTES_MAX) {
+            let first = self
+                .log
+                .append(now_ms(), &chunk, true)
+                .map_err(storage_error("append"))?;
+            positions.extend((first..).take(chunk.len()));
+        }
+        for (position, operation) in positions.into_iter().zip(operations) {
             self.apply(position, operation);
         }
         Ok(())
@@ -475,6 +482,23 @@ impl DeadLetterQueue {
     }
 }
 
+/// Splits payloads into runs of about `bytes_max` bytes (at least one payload each).
+fn chunks(payloads: &[Vec<u8>], bytes_max: usize) -> Vec<Vec<&[u8]>> {
+    let mut chunks: Vec<Vec<&[u8]>> = Vec::new();
+    let mut bytes = 0;
+    for payload in payloads {
+        match chunks.last_mut() {
+            Some(chunk) if bytes + payload.len() <= bytes_max => chunk.push(payload),
+            _ => {
+                chunks.push(vec![payload]);
+                bytes = 0;
+            }
+        }
+        bytes += payload.len();
+    }
+    chunks
+}
+
 fn storage_error(op: &str) -> impl FnOnce(StorageError) -> EngineError {
     let context = format!("{op} dead letters");
     move |source| EngineError::Data(DataError::Storage { context, source })
@@ -497,6 +521,19 @@ mod tests {
             error: Some(format!("{status}")),
         }];
         DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history)
+    }
+
+    // Goal: large batches are written in runs of about the limit, every payload once and in
+    // order, even one larger than the limit alone.
+    #[test]
+    fn chunks_keep_every_payload_in_order() {
+        let payloads: Vec<Vec<u8>> = [3, 3, 5, 9, 1, 1].iter().map(|&n| vec![0u8; n]).collect();
+        let sizes: Vec<Vec<usize>> = chunks(&payloads, 6)
+            .iter()
+            .map(|chunk| chunk.iter().map(|payload| payload.len()).collect())
+            .collect();
+        assert_eq!(sizes, [vec![3, 3], vec![5], vec![9], vec![1, 1]]);
+        assert!(chunks(&[], 6).is_empty());
     }
 
     // Goal: operations are stored with their format; records from before formats (none

@@ -2,6 +2,7 @@
 //! compacts a log of operations.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use keel_log::{Log, LogConfig, LogError};
 use tokio::sync::watch;
@@ -10,11 +11,18 @@ use super::files::{io, sync_dir};
 use crate::storage::{Record, RecordLog, StorageError, Trimmed};
 
 /// A `keel-log` log, and the next offset for readers that wait at its end.
+///
+/// Invariant (the `RecordLog` contract): after any failed append, sync or rewrite, the log
+/// takes no more writes until it is opened again. keel-log poisons itself after a failed write
+/// or fsync, but not after every refused append (a batch over its pending buffer, a record too
+/// large): frames buffered before the refusal would otherwise be committed by the next append.
 pub(crate) struct DiskLog {
     log: Log,
     config: LogConfig,
     next_offset: watch::Sender<u64>,
     truncated_at_open_bytes: u64,
+    /// The first failure, once there was one.
+    poisoned: OnceLock<String>,
 }
 
 impl DiskLog {
@@ -55,7 +63,24 @@ impl DiskLog {
             config,
             next_offset,
             truncated_at_open_bytes: report.truncated_bytes,
+            poisoned: OnceLock::new(),
         })
+    }
+
+    /// Fails once the log is poisoned.
+    fn check_writable(&self) -> Result<(), StorageError> {
+        match self.poisoned.get() {
+            Some(cause) => Err(StorageError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the log with `error` (see the invariant) and returns it.
+    fn poison(&self, error: StorageError) -> StorageError {
+        let _ = self.poisoned.set(error.to_string());
+        error
     }
 }
 
@@ -66,21 +91,23 @@ impl RecordLog for DiskLog {
         payloads: &[&[u8]],
         sync: bool,
     ) -> Result<u64, StorageError> {
+        self.check_writable()?;
+        let failed = |error| self.poison(storage_error(error));
         let mut first_offset = None;
         for payload in payloads {
-            let offset = self
-                .log
-                .append(timestamp_ms, payload)
-                .map_err(storage_error)?;
+            let offset = self.log.append(timestamp_ms, payload).map_err(failed)?;
             first_offset.get_or_insert(offset);
         }
-        let next_offset = self.log.commit(sync).map_err(storage_error)?;
+        let next_offset = self.log.commit(sync).map_err(failed)?;
         self.next_offset.send_replace(next_offset);
         Ok(first_offset.unwrap_or(next_offset))
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.log.sync().map_err(storage_error)
+        self.check_writable()?;
+        self.log
+            .sync()
+            .map_err(|error| self.poison(storage_error(error)))
     }
 
     fn read(
@@ -156,19 +183,27 @@ impl RecordLog for DiskLog {
         // `finish_rewrite` resolves each at the next open.
         std::fs::rename(&dir, &old).map_err(io("rename", &dir))?;
         if let Err(source) = std::fs::rename(&fresh, &dir) {
-            // Put the old log back: it is the one still in use.
-            let _ = std::fs::rename(&old, &dir);
-            return Err(StorageError::Io {
+            let error = StorageError::Io {
                 op: "rename",
                 path: fresh,
                 source,
-            });
+            };
+            // Put the old log back: it is the one still in use. If that fails too, its files
+            // are no longer where the next open looks: writing on would lose what is written.
+            return match std::fs::rename(&old, &dir) {
+                Ok(()) => Err(error),
+                Err(_) => Err(self.poison(error)),
+            };
         }
+        // From here the open log's files are the old ones, about to go: whatever fails, no
+        // more writes may reach them (the next open finds the new log, or the old one whole).
         if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
+            sync_dir(parent).map_err(|error| self.poison(error))?;
         }
         let _ = std::fs::remove_dir_all(&old);
-        *self = Self::open_or_create(&dir, self.config.clone())?;
+        let reopened =
+            Self::open_or_create(&dir, self.config.clone()).map_err(|error| self.poison(error))?;
+        *self = reopened;
         Ok(())
     }
 }
@@ -296,6 +331,31 @@ mod tests {
         assert_eq!(records[0].payload, b"c");
         let (fresh, old) = rewrite_dirs(&path);
         assert!(!fresh.exists() && !old.exists());
+    }
+
+    // Goal: an append refused part-way (here a record over keel-log's size limit) poisons the
+    // log, so the records buffered before the refusal are never committed by a later append,
+    // and a reopen finds none of them. Method: a batch of a small and an oversized record.
+    #[test]
+    fn a_refused_append_poisons_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let log = DiskLog::open_or_create(&path, LogConfig::default()).expect("open");
+        let oversized = vec![0u8; keel_log::limits::PAYLOAD_BYTES_MAX as usize + 1];
+        assert!(log.append(1, &[b"buffered", &oversized], true).is_err());
+        assert!(matches!(
+            log.append(1, &[b"later"], true),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert!(matches!(log.sync(), Err(StorageError::Poisoned { .. })));
+        assert_eq!(log.next_offset(), 0);
+        drop(log);
+        let log = DiskLog::open(&path, LogConfig::default(), "test log").expect("reopen");
+        assert_eq!(
+            log.next_offset(),
+            0,
+            "nothing of the refused batch was committed"
+        );
     }
 
     fn copy_dir(from: &Path, to: &Path) {
