@@ -5,8 +5,9 @@
 
 use crate::record::{FRAME_BYTES_MAX, RECORD_HEADER_BYTES};
 
-/// The largest payload of one record, in bytes. The engine's own event limit must stay below it.
-pub const PAYLOAD_BYTES_MAX: u32 = 8 * 1024 * 1024;
+/// The largest payload of one record, in bytes. The engine's own event limit must stay well
+/// below it: a dead-letter record holds an event and its attempts.
+pub const PAYLOAD_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
 /// The most bytes of frames that `append` buffers before a `commit` must write them.
 ///

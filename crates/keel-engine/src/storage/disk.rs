@@ -75,6 +75,10 @@ const _: () = assert!(
     keel_log::limits::PENDING_BYTES_MAX > (DLQ_WRITE_BYTES_MAX + 2 * EVENT_BYTES_CEILING) as u64
 );
 
+// A dead-letter entry is one record: an event at the ceiling, its attempts and the entry's
+// fields fit the log's record bound with room to spare.
+const _: () = assert!(2 * EVENT_BYTES_CEILING <= keel_log::limits::PAYLOAD_BYTES_MAX as usize);
+
 /// A data directory on local disk.
 #[derive(Debug)]
 pub struct DiskStorage {

@@ -523,6 +523,28 @@ mod tests {
         DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history)
     }
 
+    // Goal: an event of the largest size any configuration allows can be dead-lettered with
+    // its attempts: the entry is one record of the log, within its record bound.
+    #[test]
+    fn an_event_at_the_size_ceiling_can_be_dead_lettered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut queue = DeadLetterQueue::open(test_log(dir.path())).expect("open");
+        let data = "x".repeat(crate::limits::EVENT_BYTES_CEILING - 64);
+        let json = format!(r#"{{"id":"big","data":"{data}"}}"#);
+        let history = (0..10)
+            .map(|at_ms| AttemptRecord {
+                at_ms,
+                status: Some(500),
+                error: Some("e".repeat(200)),
+            })
+            .collect();
+        queue
+            .add(vec![DeadLetterEntry::new((0, 1), &json, history)])
+            .expect("dead-letter the largest event");
+        let entry = queue.get("0-1").expect("read").expect("stored");
+        assert_eq!(entry.event.get().len(), json.len());
+    }
+
     // Goal: large batches are written in runs of about the limit, every payload once and in
     // order, even one larger than the limit alone.
     #[test]
