@@ -33,6 +33,8 @@ const LIVES: usize = 4;
 const STEPS: usize = 40;
 /// Seeds run by default.
 const SEEDS: u64 = 40;
+/// Longest the final drain may take before the run counts as stuck.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// The chance of each injected failure, in parts per million of appends or fsyncs.
 const FAILURES_PPM: u32 = 15_000;
 
@@ -347,17 +349,23 @@ async fn dead_letter_ids(engine: &Engine) -> Result<BTreeSet<String>, String> {
 /// Invariant 4: acks everything the subscription delivers until it delivers nothing more,
 /// then every acknowledged publish must be acked or dead-lettered.
 async fn drain(engine: &Engine, model: &mut Model) -> Result<(), String> {
-    let mut quiet_polls = 0;
-    while quiet_polls < 3 {
+    // Done when the subscription itself says so: nothing published is left undone (lag 0),
+    // nothing is in flight or held pending. The deadline only bounds a stuck run.
+    let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+    loop {
+        let described = engine
+            .describe_subscription(SUBSCRIPTION)
+            .map_err(|error| format!("describe without faults: {error}"))?;
+        if described.lag == 0 && described.in_flight == 0 && described.pending == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the subscription did not drain: {described:?}"));
+        }
         let pulled = engine
             .pull(SUBSCRIPTION, 100, Duration::from_millis(50))
             .await
             .map_err(|error| format!("pull without faults: {error}"))?;
-        if pulled.is_empty() {
-            quiet_polls += 1;
-            continue;
-        }
-        quiet_polls = 0;
         let mut messages = Vec::new();
         for message in pulled {
             let id = event_id(&message.event);
