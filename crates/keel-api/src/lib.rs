@@ -32,6 +32,7 @@ pub mod problem;
 pub mod publish;
 pub mod pull;
 pub mod read;
+pub mod state;
 pub mod subscriptions;
 pub mod topics;
 

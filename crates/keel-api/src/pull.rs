@@ -63,14 +63,26 @@ pub struct PulledMessage<'a, Event = &'a RawValue> {
     pub offset: u64,
     /// The CloudEvent, as stored.
     pub event: Event,
+    /// Stateful subscriptions only: the state of the event's key (`null` when it has none).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'a RawValue>,
+    /// Stateful subscriptions only: the version of that state (0 when the key has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_version: Option<u64>,
 }
 
-/// The body of an ack, nack or reject.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The body of an ack, nack or reject: `ack_ids`, or (ack only) `acks` carrying state and
+/// events to emit, or both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettleRequest {
     /// Ack ids of pulled messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ack_ids: Vec<String>,
+    /// Ack only: acks that commit a key's new state and events to emit with the ack
+    /// (stateful subscriptions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<crate::state::StatefulAck>,
     /// Nack only: wait this long before the redelivery (default: the retry backoff).
     #[serde(
         default,
@@ -89,6 +101,10 @@ pub struct AckResult {
     /// event was (or will be) delivered again, the subscription was sought, the server
     /// restarted, or the id was settled already.
     pub stale: Vec<String>,
+    /// Stateful subscriptions only: per ack, in the order given (`ack_ids` first), whether
+    /// its commit was applied or found stale.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<crate::state::CommitResult>,
 }
 
 #[cfg(test)]
@@ -103,6 +119,7 @@ mod tests {
             "event":{"id":"a","data":"x"}}]}"#;
         let raw: Pulled<'_> = serde_json::from_str(body).expect("raw events");
         assert_eq!(raw.messages[0].event.get(), r#"{"id":"a","data":"x"}"#);
+        assert!(raw.messages[0].state.is_none(), "not stateful");
         assert!(matches!(raw.messages[0].ack_id, Cow::Borrowed("AbC")));
         #[derive(Deserialize)]
         struct Data<'a> {

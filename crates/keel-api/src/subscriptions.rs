@@ -200,6 +200,10 @@ pub struct SubscriptionSpec<Filters = FilterJson, Secret = String> {
     /// Most deliveries started per second; none = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
+    /// Keeps one JSON state value per `partitionkey`, committed with each ack (requires
+    /// `"ordering": "key"`; see `docs/processing.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
 }
 
 fn is_default_start(start: &StartPosition) -> bool {
@@ -537,6 +541,7 @@ mod tests {
                 cool_down: Duration::from_millis(300),
             },
             rate_limit: Some(20),
+            stateful: false,
         };
         assert_eq!(read(&full), expected);
     }

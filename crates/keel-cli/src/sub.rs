@@ -707,6 +707,9 @@ fn message_line(message: &PulledMessage) -> String {
         partition: message.partition,
         offset: message.offset,
         event: single_line(message.event),
+        // Stored compact (one line) by the server.
+        state: message.state,
+        state_version: message.state_version,
     };
     serde_json::to_string(&line).expect("strings, numbers and raw JSON serialize") + "\n"
 }
@@ -718,7 +721,11 @@ async fn settle_request(
     delay: Option<Duration>,
     action: Settle,
 ) -> Result<Reply, ClientError> {
-    let body = SettleRequest { ack_ids, delay };
+    let body = SettleRequest {
+        ack_ids,
+        acks: Vec::new(),
+        delay,
+    };
     post(client, name, &[action.action()], &body).await
 }
 
@@ -1058,6 +1065,8 @@ mod tests {
             partition: 1,
             offset: 17,
             event: &*event,
+            state: None,
+            state_version: None,
         };
         assert_eq!(
             message_line(&message),
@@ -1071,6 +1080,7 @@ mod tests {
         let fresh = AckResult {
             settled: 2,
             stale: vec![],
+            results: vec![],
         };
         assert_eq!(
             settled_text(Settle::Ack, &fresh),
@@ -1079,6 +1089,7 @@ mod tests {
         let stale = AckResult {
             settled: 0,
             stale: vec!["a".to_owned(), "b".to_owned()],
+            results: vec![],
         };
         assert_eq!(
             settled_text(Settle::Reject, &stale),

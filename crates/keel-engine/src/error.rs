@@ -324,21 +324,60 @@ pub enum SubscriptionError {
         /// The entry id.
         id: String,
     },
+    /// An ack's commit cannot be taken as given (state on a subscription that is not
+    /// stateful, an emit to a topic that does not exist, …); nothing was committed.
+    #[error("{detail}; nothing was committed")]
+    InvalidCommit {
+        /// Which ack and what is wrong with it.
+        detail: String,
+    },
+    /// An ack's state is larger than a key may hold; nothing was committed.
+    #[error(
+        "the state of ack {index} is {bytes} bytes, over the limit of {max} bytes per key; nothing was committed"
+    )]
+    StateTooLarge {
+        /// The ack's index in the request.
+        index: usize,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Acks carrying state or events name deliveries that are no longer outstanding; nothing
+    /// was committed.
+    #[error(
+        "{} of the acks carrying state or events are stale (their deliveries are no longer outstanding: the ack deadline passed, the subscription was sought, keel restarted, or they were settled already): {}; nothing was committed: pull the events again, or send the other acks alone",
+        ack_ids.len(), ack_ids.join(", ")
+    )]
+    StaleAcks {
+        /// The stale ack ids.
+        ack_ids: Vec<String>,
+    },
+    /// The key has no state in the subscription.
+    #[error("key {key:?} has no state in subscription {name:?}")]
+    KeyNotFound {
+        /// The subscription.
+        name: String,
+        /// The key asked for.
+        key: String,
+    },
 }
 
 impl SubscriptionError {
     /// The error's class.
     pub fn class(&self) -> ErrorClass {
         match self {
-            SubscriptionError::NotFound { .. } | SubscriptionError::DeadLetterNotFound { .. } => {
-                ErrorClass::NotFound
-            }
+            SubscriptionError::NotFound { .. }
+            | SubscriptionError::DeadLetterNotFound { .. }
+            | SubscriptionError::KeyNotFound { .. } => ErrorClass::NotFound,
             SubscriptionError::Conflict { .. }
             | SubscriptionError::WrongDeliveryMode { .. }
-            | SubscriptionError::Paused { .. } => ErrorClass::Conflict,
-            SubscriptionError::Invalid { .. } | SubscriptionError::MalformedAckId { .. } => {
-                ErrorClass::Invalid
-            }
+            | SubscriptionError::Paused { .. }
+            | SubscriptionError::StaleAcks { .. } => ErrorClass::Conflict,
+            SubscriptionError::Invalid { .. }
+            | SubscriptionError::MalformedAckId { .. }
+            | SubscriptionError::InvalidCommit { .. } => ErrorClass::Invalid,
+            SubscriptionError::StateTooLarge { .. } => ErrorClass::TooLarge,
             SubscriptionError::Unavailable { .. } => ErrorClass::Unavailable,
         }
     }

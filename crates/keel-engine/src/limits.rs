@@ -81,3 +81,18 @@ const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
 const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
 const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);
 const _: () = assert!(REQUEST_BYTES_MAX <= REQUEST_BYTES_CEILING);
+/// Largest state one key may hold, in bytes of JSON.
+pub const STATE_BYTES_MAX: usize = 64 * 1024;
+/// Most events one ack may emit.
+pub const EMITS_PER_ACK_MAX: usize = 100;
+/// Memory a stateful subscription's state table caches (its keys live on disk).
+pub const STATE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Commits applied to a state table between two snapshots (at most; also one per
+/// `STATE_SNAPSHOT_INTERVAL`): what a restart replays at most.
+pub const STATE_SNAPSHOT_COMMITS: u64 = 50_000;
+/// Longest time between two snapshots of a state table while commits arrive.
+pub const STATE_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most keys one page of a state listing holds.
+pub const STATE_LIST_MAX: usize = 1000;
+/// Commits one group commit of a state's commit log gathers at most.
+pub const STATE_COMMIT_BATCH_MAX: usize = 4096;

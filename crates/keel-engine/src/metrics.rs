@@ -40,8 +40,9 @@ pub struct SubscriptionLabels {
 }
 
 /// Every attempt outcome label.
-pub const ATTEMPT_OUTCOMES: [&str; 6] = [
+pub const ATTEMPT_OUTCOMES: [&str; 7] = [
     "acked",
+    "applied_before",
     "failed",
     "rejected",
     "timed_out",

@@ -164,9 +164,62 @@ pub trait RecordLog: Send + Sync + 'static {
         bytes_max: Option<u64>,
     ) -> Result<Trimmed, StorageError>;
 
+    /// Removes old records that are no longer needed, all below `offset`, in whole segments
+    /// (never the newest one): `start_offset` stays at or below `offset`.
+    fn remove_before(&self, offset: u64) -> Result<Trimmed, StorageError>;
+
     /// Replaces the whole log with `payloads` at offsets from 0, atomically: after a crash the
     /// log holds either its old records or exactly these. (Compaction of a log of operations.)
     fn rewrite(&mut self, timestamp_ms: i64, payloads: &[&[u8]]) -> Result<(), StorageError>;
+}
+
+/// A key and its value in a [`StateTable`].
+pub type TableEntry = (Vec<u8>, Vec<u8>);
+/// A key and its new value (none: removed) in a [`StateTable::write`].
+pub type TableWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// An ordered table of byte keys and values that a stateful subscription keeps its per-key
+/// state in: on disk with a bounded cache, so memory stays flat however many keys there are.
+///
+/// Writes are visible at once and become durable together at the next
+/// [`StateTable::snapshot`]; a crash goes back to the last snapshot, whole. Each write carries
+/// a *mark* (the owner's record of what the table holds, such as how far a log of commits is
+/// applied), stored atomically with it: after a crash, [`StateTable::mark`] says what the
+/// snapshot held, so its owner replays from there. Methods block.
+pub trait StateTable: Send + Sync + 'static {
+    /// The value of `key`, with every write so far.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Up to `max` entries whose key starts with `prefix` and sorts after `after`, in key
+    /// order.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        max: usize,
+    ) -> Result<Vec<TableEntry>, StorageError>;
+
+    /// Sets (`Some`) or removes (`None`) keys and the mark, atomically; durable at the next
+    /// snapshot. After a failure the table takes no more writes until it is opened again.
+    fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError>;
+
+    /// Removes every key and sets the mark, atomically; durable at the next snapshot.
+    fn clear(&self, mark: &[u8]) -> Result<(), StorageError>;
+
+    /// Makes every write so far durable, with its mark.
+    fn snapshot(&self) -> Result<(), StorageError>;
+
+    /// The mark of the last write (after an open: of the last snapshot); none before any.
+    fn mark(&self) -> Result<Option<Vec<u8>>, StorageError>;
+}
+
+/// What a stateful subscription stores its per-key state in, as [`Storage::open_state`]
+/// returns it.
+pub struct StateLogs {
+    /// Commits (state changes and emitted events), each durable before its ack is answered.
+    pub commits: Box<dyn RecordLog>,
+    /// The keys' states, snapshotted now and then: a crash replays `commits` from the mark.
+    pub table: Box<dyn StateTable>,
 }
 
 /// Which kind of metadata an operation touches, for [`Storage::check_usable`].
@@ -196,8 +249,8 @@ pub struct StoredSubscription {
     pub spec: Result<SubscriptionSpec, String>,
 }
 
-/// The logs of one subscription, as [`Storage::open_subscription`] returns them. (Per-key
-/// handler state joins them here.)
+/// The logs of one subscription, as [`Storage::open_subscription`] returns them. (A stateful
+/// subscription's state is opened apart: [`Storage::open_state`].)
 pub struct SubscriptionLogs {
     /// Checkpoints, newest last.
     pub checkpoints: Box<dyn RecordLog>,
@@ -236,8 +289,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Every subscription stored, by name (none when subscriptions are damaged).
     fn subscriptions(&self) -> Result<Vec<StoredSubscription>, EngineError>;
 
-    /// Stores a new subscription with its first checkpoint (and an empty dead-letter queue),
-    /// durably and all or nothing.
+    /// Stores a new subscription with its first checkpoint (and an empty dead-letter queue,
+    /// and for a stateful one an empty state), durably and all or nothing.
     fn create_subscription(
         &self,
         name: &str,
@@ -247,6 +300,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Opens (recovering) a stored subscription's logs.
     fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError>;
+
+    /// Opens (recovering) the per-key state of a stored stateful subscription (made with it
+    /// by [`Storage::create_subscription`] when its spec is stateful).
+    fn open_state(&self, name: &str) -> Result<StateLogs, EngineError>;
 
     /// Deletes a subscription and its logs, durably.
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError>;

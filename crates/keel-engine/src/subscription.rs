@@ -16,12 +16,14 @@
 //! The tasks wake each other by the protocol in `signals.rs`.
 //!
 //! Stored (behind the storage seam, see `storage.rs`): the spec, and two small logs: the
-//! checkpoints and the dead-letter queue's operations.
+//! checkpoints and the dead-letter queue's operations; a stateful subscription also keeps its
+//! keys' state and a log of the commits that change it (`keyed_state.rs`).
 
 mod checkpoint;
 pub mod circuit;
 mod delivery;
 pub(crate) mod dlq;
+mod keyed_state;
 pub mod pull;
 mod push;
 mod reader;
@@ -36,19 +38,21 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ms;
-use crate::error::{EngineError, TopicError};
+use crate::error::{EngineError, SubscriptionError, TopicError};
 use crate::limits::{
     LANE_PENDING_BYTES_MIN, LANE_PENDING_MIN, SUBSCRIPTION_PENDING_BYTES_MAX,
     SUBSCRIPTION_PENDING_MAX,
 };
 use crate::metrics::{Metrics, SubscriptionLabels};
-use crate::storage::SubscriptionLogs;
+use crate::storage::{StateLogs, SubscriptionLogs};
 use crate::topic::Topic;
 use checkpoint::{Checkpoint, CheckpointLog};
 use circuit::CircuitBreaker;
 use delivery::Deliveries;
 pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
+use keyed_state::KeyedState;
+pub use keyed_state::{KeyState, StoredKeyState};
 pub use pull::{AckResult, PulledMessage};
 use signals::Signals;
 use spec::SubscriptionSpec;
@@ -90,6 +94,8 @@ struct Shared {
     boot: u32,
     /// The engine's shutdown signal (ends long polls early).
     closing: watch::Receiver<bool>,
+    /// A stateful subscription's per-key state.
+    keyed: Option<KeyedState>,
 }
 
 impl Shared {
@@ -150,15 +156,20 @@ pub type SubscriptionInfo = keel_api::subscriptions::SubscriptionInfo<
 pub use keel_api::subscriptions::{LastError, PartitionProgress};
 
 impl Subscription {
-    /// Opens a stored subscription from its logs. Blocking.
+    /// Opens a stored subscription from its logs (and a stateful one's state, with the
+    /// topics its handlers may have emitted to). Blocking.
     pub(crate) fn open(
         name: &str,
         spec: SubscriptionSpec,
         logs: SubscriptionLogs,
+        state: Option<(StateLogs, std::collections::BTreeMap<String, Arc<Topic>>)>,
         topic: Arc<Topic>,
         metrics: Arc<Metrics>,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, EngineError> {
+        let keyed = state
+            .map(|(logs, topics)| KeyedState::open(name, logs, topics))
+            .transpose()?;
         let (checkpoints, newest) = CheckpointLog::open(logs.checkpoints)?;
         let checkpoint = newest.ok_or_else(|| EngineError::Topic(TopicError::InvalidConfig {
             detail: format!(
@@ -213,6 +224,7 @@ impl Subscription {
             // letter, never `-` or `_`, which a command line would take for an option.
             boot: fastrand::u32(..BOOT_LIMIT),
             closing,
+            keyed,
         });
         Ok(Subscription {
             shared,
@@ -230,6 +242,9 @@ impl Subscription {
         tasks.push(tokio::spawn(reader::read_redriven(shared.clone())));
         tasks.push(tokio::spawn(store::run(shared.clone())));
         tasks.push(tokio::spawn(run_timers(shared.clone())));
+        if shared.keyed.is_some() {
+            tasks.push(tokio::spawn(keyed_state::run(shared.clone())));
+        }
         // Each delivery mode's own task, if it has one; pull runs in consumers' requests.
         match &shared.spec.delivery {
             spec::Delivery::Push(sink) => {
@@ -427,13 +442,60 @@ impl Subscription {
         pull::pull(&Deliveries::new(self.shared.clone()), max, wait).await
     }
 
-    /// Acknowledges, nacks or rejects pulled events; returns once the result is durable.
+    /// Acknowledges, nacks or rejects pulled events; returns once the result is durable. (A
+    /// stateful subscription's acks are commits that leave the state unchanged.)
     pub(crate) async fn settle(
         &self,
         ack_ids: &[String],
         action: pull::Settle,
     ) -> Result<AckResult, EngineError> {
-        pull::settle(&Deliveries::new(self.shared.clone()), ack_ids, action).await
+        let deliveries = Deliveries::new(self.shared.clone());
+        if self.shared.keyed.is_some() && action == pull::Settle::Ack {
+            let acks = ack_ids
+                .iter()
+                .map(|ack_id| pull::AckCommit {
+                    ack_id: ack_id.clone(),
+                    state: None,
+                    emits: Vec::new(),
+                })
+                .collect();
+            return pull::commit(&deliveries, acks).await;
+        }
+        pull::settle(&deliveries, ack_ids, action).await
+    }
+
+    /// Acknowledges pulled events with commits: each one's state, emitted events and ack at
+    /// once, durably.
+    pub(crate) async fn commit(
+        &self,
+        acks: Vec<pull::AckCommit>,
+    ) -> Result<AckResult, EngineError> {
+        pull::commit(&Deliveries::new(self.shared.clone()), acks).await
+    }
+
+    /// A key's state (blocking), when the subscription is stateful and the key has one.
+    pub(crate) fn key_state(&self, key: &str) -> Result<Option<StoredKeyState>, EngineError> {
+        self.keyed()?.get(key)
+    }
+
+    /// Up to `max` keys with state after `after`, and whether more follow. Blocking.
+    pub(crate) fn list_state(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<StoredKeyState>, bool), EngineError> {
+        self.keyed()?.list(after, max)
+    }
+
+    fn keyed(&self) -> Result<&KeyedState, EngineError> {
+        self.shared.keyed.as_ref().ok_or_else(|| {
+            EngineError::Subscription(SubscriptionError::InvalidCommit {
+                detail: format!(
+                    "subscription {:?} is not stateful, so it keeps no state; create a subscription with \"stateful\": true",
+                    self.shared.name
+                ),
+            })
+        })
     }
 }
 

@@ -346,12 +346,7 @@ impl Log {
         age_ms_max: Option<u64>,
         bytes_max: Option<u64>,
     ) -> Result<RetentionReport, LogError> {
-        let _pass = self
-            .retention
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let expired: Vec<Arc<Segment>> = {
-            let segments = self.segments_read();
+        self.delete_prefix(|segments| {
             let stats: Vec<SegmentStats> = segments
                 .iter()
                 .map(|s| SegmentStats {
@@ -359,7 +354,35 @@ impl Log {
                     timestamp_ms_max: s.timestamp_ms_max(),
                 })
                 .collect();
-            let count = expired_prefix(&stats, now_ms, age_ms_max, bytes_max);
+            expired_prefix(&stats, now_ms, age_ms_max, bytes_max)
+        })
+    }
+
+    /// Deletes the whole segments whose records all lie below `offset` (records that the
+    /// log's owner no longer needs), never the active one. `start_offset` stays at or below
+    /// `offset`.
+    pub fn remove_before(&self, offset: u64) -> Result<RetentionReport, LogError> {
+        self.delete_prefix(|segments| {
+            let sealed = &segments[..segments.len().saturating_sub(1)];
+            sealed
+                .iter()
+                .take_while(|segment| segment.next_offset() <= offset)
+                .count()
+        })
+    }
+
+    /// Deletes the oldest `count(segments)` segments, oldest first.
+    fn delete_prefix(
+        &self,
+        count: impl FnOnce(&[Arc<Segment>]) -> usize,
+    ) -> Result<RetentionReport, LogError> {
+        let _pass = self
+            .retention
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let expired: Vec<Arc<Segment>> = {
+            let segments = self.segments_read();
+            let count = count(&segments).min(segments.len().saturating_sub(1));
             segments[..count].to_vec()
         };
         let mut report = RetentionReport::default();

@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod dlq;
 pub mod health;
+pub mod key_state;
 pub mod limits;
 pub mod listener;
 pub mod problem;
@@ -96,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/subscriptions/{name}/dlq/redrive", post(dlq::redrive))
         .route("/v1/subscriptions/{name}/dlq/{id}", get(dlq::show))
+        .route("/v1/subscriptions/{name}/state", get(key_state::list))
+        .route("/v1/subscriptions/{name}/state/{key}", get(key_state::show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))

@@ -109,9 +109,17 @@ fn encode_messages(messages: &[PulledMessage]) -> String {
         );
         // Ack ids are URL-safe base64: nothing to escape.
         body.push_str(&format!(
-            "{{\"ack_id\":\"{}\",\"attempt\":{},\"partition\":{},\"offset\":{},\"event\":{}}}",
+            "{{\"ack_id\":\"{}\",\"attempt\":{},\"partition\":{},\"offset\":{},\"event\":{}",
             message.ack_id, message.attempt, message.partition, message.offset, message.event
         ));
+        if let Some(state) = &message.state {
+            let json = state.state.as_deref().unwrap_or("null");
+            body.push_str(&format!(
+                ",\"state\":{json},\"state_version\":{}",
+                state.version
+            ));
+        }
+        body.push('}');
     }
     body.push_str("]}");
     body
@@ -195,6 +203,17 @@ async fn settle(
             duration::format(delay_limit)
         )));
     }
+    if !request.acks.is_empty() {
+        if !matches!(action, Settle::Ack) {
+            return Err(ApiError::bad_request(
+                "only ack takes \"acks\" (with state and events to emit); nack and reject take \"ack_ids\"",
+            ));
+        }
+        let result = engine
+            .ack_with_commits(&name, &request.ack_ids, request.acks)
+            .await?;
+        return Ok(Json(result).into_response());
+    }
     let result = engine.settle(&name, &request.ack_ids, action).await?;
     Ok(Json(result).into_response())
 }
@@ -212,6 +231,7 @@ mod tests {
             partition: 1,
             offset,
             event: std::sync::Arc::from(event),
+            state: None,
         };
         let body = encode_messages(&[message(7, r#"{"id":"a","n":1.50}"#), message(8, "{}")]);
         let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -231,6 +251,10 @@ mod tests {
             partition: 2,
             offset: 17,
             event: std::sync::Arc::from(r#"{"id":"a","data":{"n":1.50}}"#),
+            state: Some(keel_engine::subscription::KeyState {
+                state: Some(std::sync::Arc::from(r#"{"n":2}"#)),
+                version: 4,
+            }),
         };
         let body = encode_messages(&[message.clone(), message]);
         let typed: keel_api::pull::Pulled = serde_json::from_str(&body).expect("Pulled");

@@ -893,6 +893,7 @@ async fn ack(
 ) -> Result<(), ClientError> {
     let request = SettleRequest {
         ack_ids,
+        acks: Vec::new(),
         delay: None,
     };
     let body = Body {

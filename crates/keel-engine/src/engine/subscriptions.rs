@@ -6,19 +6,24 @@ use std::time::Duration;
 
 use super::{Created, Engine};
 use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
-use crate::limits::{DLQ_LIST_MAX, SUBSCRIPTIONS_MAX};
+use crate::limits::{
+    DLQ_LIST_MAX, EMITS_PER_ACK_MAX, STATE_BYTES_MAX, STATE_LIST_MAX, SUBSCRIPTIONS_MAX,
+};
 use crate::metrics::Metrics;
 use crate::storage::{Area, Storage, StoredSubscription};
+use crate::subscription::pull::AckCommit;
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
     Delivery, NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
     validate_subscription_spec,
 };
 use crate::subscription::{
-    AckResult, DeadLetterEntry, PulledMessage, Subscription, SubscriptionInfo, first_checkpoint,
+    AckResult, DeadLetterEntry, PulledMessage, StoredKeyState, Subscription, SubscriptionInfo,
+    first_checkpoint,
 };
 use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
+use keel_api::state::StatefulAck;
 
 pub use keel_api::health::UnavailableSubscription;
 
@@ -174,7 +179,13 @@ impl Engine {
             let checkpoint = first_checkpoint(&spec, &starts).to_bytes();
             storage.create_subscription(&name_owned, &spec, &checkpoint)?;
             let logs = storage.open_subscription(&name_owned)?;
-            Subscription::open(&name_owned, spec, logs, topic, metrics, closing)
+            // A new state has no commits whose emitted events need checking: no topics.
+            let state = spec
+                .stateful
+                .then(|| storage.open_state(&name_owned))
+                .transpose()?
+                .map(|logs| (logs, BTreeMap::new()));
+            Subscription::open(&name_owned, spec, logs, state, topic, metrics, closing)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
@@ -289,6 +300,101 @@ impl Engine {
         self.subscription(name)?.settle(ack_ids, action).await
     }
 
+    /// Acknowledges pulled events with commits: each ack commits its key's new state, the
+    /// events it emits and the ack itself at once, durably, or is found stale. `ack_ids` are
+    /// acks that leave the state unchanged. The answer lists each ack's outcome, `ack_ids`
+    /// first. Nothing is committed when any ack is invalid, or stale while carrying state or
+    /// events.
+    pub async fn ack_with_commits(
+        &self,
+        name: &str,
+        ack_ids: &[String],
+        acks: Vec<StatefulAck>,
+    ) -> Result<AckResult, EngineError> {
+        let subscription = self.subscription(name)?;
+        let mut commits: Vec<AckCommit> = ack_ids
+            .iter()
+            .map(|ack_id| AckCommit {
+                ack_id: ack_id.clone(),
+                state: None,
+                emits: Vec::new(),
+            })
+            .collect();
+        for (index, ack) in (ack_ids.len()..).zip(acks) {
+            if let Some(state) = &ack.state
+                && state.get().len() > STATE_BYTES_MAX
+            {
+                return Err(EngineError::Subscription(
+                    SubscriptionError::StateTooLarge {
+                        index,
+                        bytes: state.get().len(),
+                        max: STATE_BYTES_MAX,
+                    },
+                ));
+            }
+            if ack.emit.len() > EMITS_PER_ACK_MAX {
+                return Err(invalid_commit(format!(
+                    "ack {index} emits {} events, over the limit of {EMITS_PER_ACK_MAX}",
+                    ack.emit.len()
+                )));
+            }
+            let mut emits = Vec::with_capacity(ack.emit.len());
+            for (number, emit) in ack.emit.into_iter().enumerate() {
+                let topic = self.topic(&emit.topic).map_err(|error| match error {
+                    EngineError::Topic(TopicError::NotFound { topic }) => invalid_commit(format!(
+                        "emit {number} of ack {index} goes to topic {topic:?}, which does not exist; create it first"
+                    )),
+                    other => other,
+                })?;
+                let bytes = emit.event.get().len();
+                if bytes > self.inner.config.event_bytes_max {
+                    return Err(invalid_commit(format!(
+                        "emit {number} of ack {index} is {bytes} bytes, over the event limit of {} bytes",
+                        self.inner.config.event_bytes_max
+                    )));
+                }
+                emits.push((topic, emit.event));
+            }
+            commits.push(AckCommit {
+                ack_id: ack.ack_id,
+                state: ack.state,
+                emits,
+            });
+        }
+        subscription.commit(commits).await
+    }
+
+    /// A key's state in a stateful subscription.
+    pub async fn key_state(&self, name: &str, key: &str) -> Result<StoredKeyState, EngineError> {
+        let subscription = self.subscription(name)?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            subscription.key_state(&key)?.ok_or_else(|| {
+                EngineError::Subscription(SubscriptionError::KeyNotFound {
+                    name: subscription.name().to_owned(),
+                    key,
+                })
+            })
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+    }
+
+    /// Up to `max` keys with state in a stateful subscription, in key order after `after`,
+    /// and whether more follow.
+    pub async fn list_state(
+        &self,
+        name: &str,
+        after: Option<String>,
+        max: usize,
+    ) -> Result<(Vec<StoredKeyState>, bool), EngineError> {
+        let subscription = self.subscription(name)?;
+        let max = max.clamp(1, STATE_LIST_MAX);
+        tokio::task::spawn_blocking(move || subscription.list_state(after.as_deref(), max))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+    }
+
     /// Up to `max` dead-letter entries (and about 4 MiB of events), oldest first, after the
     /// entry `after`; and whether more follow.
     pub async fn dlq_list(
@@ -395,6 +501,10 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
         .collect()
 }
 
+fn invalid_commit(detail: String) -> EngineError {
+    EngineError::Subscription(SubscriptionError::InvalidCommit { detail })
+}
+
 /// Subscriptions opened at start, and those that could not be, with why.
 pub(super) type RecoveredSubscriptions = (
     BTreeMap<String, Arc<Subscription>>,
@@ -448,5 +558,18 @@ fn open_one(
         })
     })?;
     let logs = storage.open_subscription(&name)?;
-    Subscription::open(&name, spec, logs, topic, metrics.clone(), closing.clone())
+    let state = spec
+        .stateful
+        .then(|| storage.open_state(&name))
+        .transpose()?
+        .map(|logs| (logs, topics.clone()));
+    Subscription::open(
+        &name,
+        spec,
+        logs,
+        state,
+        topic,
+        metrics.clone(),
+        closing.clone(),
+    )
 }

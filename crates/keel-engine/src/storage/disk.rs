@@ -8,6 +8,7 @@
 //!   topics/NAME/0/ …             one log per partition
 //!   subscriptions/NAME/subscription.json
 //!   subscriptions/NAME/checkpoints/, dlq/
+//!   subscriptions/NAME/state/commits/, state/table.redb   stateful subscriptions only
 //!   trash/                       directories being deleted (emptied at start)
 //! ```
 //!
@@ -19,6 +20,7 @@ mod data_dir;
 mod files;
 mod log;
 mod metadata;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,12 +34,13 @@ use crate::limits::{
     DLQ_WRITE_BYTES_MAX, EVENT_BYTES_CEILING, GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING,
 };
 use crate::storage::{
-    Area, DataDirDamage, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
-    SubscriptionLogs,
+    Area, DataDirDamage, RecordLog, StateLogs, Storage, StorageError, StoredSubscription,
+    StoredTopic, SubscriptionLogs,
 };
 use crate::subscription::spec::SubscriptionSpec;
 use data_dir::DataDir;
 use log::DiskLog;
+use state::DiskTable;
 
 /// Settings of the logs on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,15 @@ const SUBSCRIPTION_FILE: &str = "subscription.json";
 const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The dead-letter log's directory, in a subscription's directory.
 const DEAD_LETTERS_DIR: &str = "dlq";
+/// A stateful subscription's state directory, in its directory.
+const STATE_DIR: &str = "state";
+/// The state's commit log, in the state directory.
+const STATE_COMMITS_DIR: &str = "commits";
+/// The state's table, in the state directory.
+const STATE_TABLE_FILE: &str = "table.redb";
+/// Segments of a state commit log roll at this size, so that commits covered by a snapshot go
+/// in whole segments.
+const STATE_COMMIT_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Prefix of the temporary directory a topic or subscription is created in before its rename.
 const CREATING_PREFIX: &str = ".creating-";
 /// Segments of a checkpoint log roll at this size, so that trimming (see
@@ -272,7 +284,11 @@ impl Storage for DiskStorage {
             // Empty: the queue's log is made in it at the first open. Created now so that a
             // missing one at a later open is damage, not an empty queue.
             let dead_letters = dir.join(DEAD_LETTERS_DIR);
-            std::fs::create_dir(&dead_letters).map_err(EngineError::io("create", &dead_letters))
+            std::fs::create_dir(&dead_letters).map_err(EngineError::io("create", &dead_letters))?;
+            if spec.stateful {
+                create_state(&dir.join(STATE_DIR))?;
+            }
+            Ok(())
         })
     }
 
@@ -296,6 +312,22 @@ impl Storage for DiskStorage {
         })
     }
 
+    fn open_state(&self, name: &str) -> Result<StateLogs, EngineError> {
+        let dir = self.subscription_dir(name).join(STATE_DIR);
+        let commits = DiskLog::open(
+            &dir.join(STATE_COMMITS_DIR),
+            state_commit_config(),
+            "state commit log",
+        )
+        .map_err(|source| storage_failed("open the state's commit log", &dir, source))?;
+        let table = DiskTable::open(&dir.join(STATE_TABLE_FILE))
+            .map_err(|source| storage_failed("open the state table", &dir, source))?;
+        Ok(StateLogs {
+            commits: Box::new(commits),
+            table: Box::new(table),
+        })
+    }
+
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         self.remove_dir(&self.subscription_dir(name))
     }
@@ -313,6 +345,24 @@ fn dead_letter_config() -> LogConfig {
         segment_bytes_max: DEAD_LETTER_SEGMENT_BYTES_MAX,
         ..LogConfig::default()
     }
+}
+
+fn state_commit_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: STATE_COMMIT_SEGMENT_BYTES_MAX,
+        ..LogConfig::default()
+    }
+}
+
+/// Makes a stateful subscription's empty state in `dir`: the commit log's directory and the
+/// table, each entry fsynced (the caller fsyncs `dir`'s own entry).
+fn create_state(dir: &Path) -> Result<(), EngineError> {
+    std::fs::create_dir(dir).map_err(EngineError::io("create", dir))?;
+    let commits = dir.join(STATE_COMMITS_DIR);
+    std::fs::create_dir(&commits).map_err(EngineError::io("create", &commits))?;
+    DiskTable::create(&dir.join(STATE_TABLE_FILE))
+        .map_err(|source| storage_failed("create the state table", dir, source))?;
+    Ok(files::sync_dir(dir)?)
 }
 
 fn storage_failed(what: &str, dir: &Path, source: StorageError) -> EngineError {

@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use crate::config::TopicConfig;
 use crate::error::{DataError, EngineError, SubscriptionError};
 use crate::storage::{
-    Area, DataDirDamage, Record, RecordLog, Storage, StorageError, StoredSubscription, StoredTopic,
-    SubscriptionLogs, Trimmed,
+    Area, DataDirDamage, Record, RecordLog, StateLogs, StateTable, Storage, StorageError,
+    StoredSubscription, StoredTopic, SubscriptionLogs, TableEntry, TableWrite, Trimmed,
 };
 use crate::subscription::spec::SubscriptionSpec;
 
@@ -71,6 +71,33 @@ struct StoredLogs {
     spec: SubscriptionSpec,
     checkpoints: SharedLog,
     dead_letters: SharedLog,
+    /// A stateful subscription's commit log and table.
+    state: Option<(SharedLog, SharedTable)>,
+}
+
+/// A state table's entries and mark, as a snapshot keeps them.
+type Snapshot = (BTreeMap<Vec<u8>, Vec<u8>>, Option<Vec<u8>>);
+
+/// One state table's contents, shared by the store and the handles opened on it.
+type SharedTable = Arc<Mutex<TableState>>;
+
+/// A state table: what writes made it, and what the last snapshot made durable.
+struct TableState {
+    /// Names the table in fault decisions.
+    name: String,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    mark: Option<Vec<u8>>,
+    /// The last snapshot (entries and mark): all a crash keeps.
+    durable: Snapshot,
+    operations: u64,
+    poisoned: Option<String>,
+}
+
+impl TableState {
+    fn crash(&mut self) {
+        (self.entries, self.mark) = self.durable.clone();
+        self.poisoned = None;
+    }
 }
 
 /// One log's records.
@@ -178,8 +205,17 @@ impl MemoryStorage {
             .subscriptions
             .values()
             .flat_map(|logs| [&logs.checkpoints, &logs.dead_letters]);
-        for log in partitions.chain(subscription_logs) {
+        let state_logs = store
+            .subscriptions
+            .values()
+            .filter_map(|logs| logs.state.as_ref().map(|(commits, _)| commits));
+        for log in partitions.chain(subscription_logs).chain(state_logs) {
             log.lock().expect("log lock").crash(seed, crash);
+        }
+        for logs in store.subscriptions.values() {
+            if let Some((_, table)) = &logs.state {
+                table.lock().expect("table lock").crash();
+            }
         }
         MemoryStorage {
             shared: self.shared.clone(),
@@ -308,10 +344,23 @@ impl Storage for MemoryStorage {
             payload: checkpoint.to_vec(),
         });
         (checkpoints.visible_next, checkpoints.synced_next) = (1, 1);
+        let state = spec.stateful.then(|| {
+            let table = TableState {
+                name: format!("{name}/state"),
+                entries: BTreeMap::new(),
+                mark: None,
+                durable: (BTreeMap::new(), None),
+                operations: 0,
+                poisoned: None,
+            };
+            let commits = LogState::new(format!("{name}/commits"));
+            (Arc::new(Mutex::new(commits)), Arc::new(Mutex::new(table)))
+        });
         let logs = StoredLogs {
             spec: spec.clone(),
             checkpoints: Arc::new(Mutex::new(checkpoints)),
             dead_letters: Arc::new(Mutex::new(LogState::new(format!("{name}/dlq")))),
+            state,
         };
         self.live_store()?
             .subscriptions
@@ -329,6 +378,27 @@ impl Storage for MemoryStorage {
         Ok(SubscriptionLogs {
             checkpoints: Box::new(self.handle(&logs.checkpoints)),
             dead_letters: Box::new(self.handle(&logs.dead_letters)),
+        })
+    }
+
+    fn open_state(&self, name: &str) -> Result<StateLogs, EngineError> {
+        let store = self.live_store()?;
+        let (commits, table) = store
+            .subscriptions
+            .get(name)
+            .and_then(|logs| logs.state.as_ref())
+            .ok_or_else(|| {
+                EngineError::Subscription(SubscriptionError::NotFound {
+                    name: name.to_owned(),
+                })
+            })?;
+        Ok(StateLogs {
+            commits: Box::new(self.handle(commits)),
+            table: Box::new(MemoryTable {
+                state: table.clone(),
+                shared: self.shared.clone(),
+                generation: self.generation,
+            }),
         })
     }
 
@@ -526,6 +596,22 @@ impl RecordLog for MemoryLog {
         Ok(trimmed)
     }
 
+    fn remove_before(&self, offset: u64) -> Result<Trimmed, StorageError> {
+        let mut state = self.state()?;
+        let mut trimmed = Trimmed::default();
+        // Only synced, visible records go, and never the newest.
+        let end = offset.min(state.synced_next.min(state.visible_next).saturating_sub(1));
+        while state.start_offset < end {
+            let Some(oldest) = state.records.pop_front() else {
+                break;
+            };
+            state.start_offset += 1;
+            trimmed.segments += 1;
+            trimmed.bytes += oldest.payload.len() as u64;
+        }
+        Ok(trimmed)
+    }
+
     fn rewrite(&mut self, timestamp_ms: i64, payloads: &[&[u8]]) -> Result<(), StorageError> {
         let (mut state, _) = self.writable()?;
         state.records = (0..)
@@ -541,6 +627,110 @@ impl RecordLog for MemoryLog {
         state.synced_next = state.visible_next;
         self.next_offset.send_replace(state.visible_next);
         Ok(())
+    }
+}
+
+/// A handle on one state table in memory.
+struct MemoryTable {
+    state: SharedTable,
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+impl MemoryTable {
+    /// The table, once this handle's generation is checked: after a crash, nothing.
+    fn state(&self) -> Result<MutexGuard<'_, TableState>, StorageError> {
+        let state = self.state.lock().expect("table lock");
+        if self.shared.generation.load(Ordering::SeqCst) != self.generation {
+            return Err(crashed());
+        }
+        Ok(state)
+    }
+
+    /// The table for a change: fails while poisoned, or (poisoning it) when the seed makes
+    /// this operation fail `what`.
+    fn writable(&self, what: Draw) -> Result<MutexGuard<'_, TableState>, StorageError> {
+        let mut state = self.state()?;
+        if let Some(cause) = &state.poisoned {
+            return Err(StorageError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        state.operations += 1;
+        let faults = self.shared.faults();
+        let ppm = match what {
+            Draw::AppendFails => faults.append_failures_ppm,
+            Draw::SyncFails | Draw::Survivors => faults.sync_failures_ppm,
+        };
+        if ppm > 0
+            && draw(faults.seed, &state.name, state.operations, what) % 1_000_000 < u64::from(ppm)
+        {
+            let cause = format!("injected failure in {}", state.name);
+            state.poisoned = Some(cause.clone());
+            return Err(StorageError::Io {
+                op: "write",
+                path: PathBuf::from(&state.name),
+                source: std::io::Error::other(cause),
+            });
+        }
+        Ok(state)
+    }
+}
+
+impl StateTable for MemoryTable {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state()?.entries.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        max: usize,
+    ) -> Result<Vec<TableEntry>, StorageError> {
+        let state = self.state()?;
+        let from = if after < prefix { prefix } else { after };
+        let entries = state
+            .entries
+            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .filter(|(key, _)| key.as_slice() != after)
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .take(max)
+            .map(|(key, value)| (key.clone(), value.clone()));
+        Ok(entries.collect())
+    }
+
+    fn write(
+        &self,
+        writes: &[TableWrite],
+        mark: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut state = self.writable(Draw::AppendFails)?;
+        for (key, value) in writes {
+            match value {
+                Some(value) => state.entries.insert(key.clone(), value.clone()),
+                None => state.entries.remove(key),
+            };
+        }
+        state.mark = Some(mark.to_vec());
+        Ok(())
+    }
+
+    fn clear(&self, mark: &[u8]) -> Result<(), StorageError> {
+        let mut state = self.writable(Draw::AppendFails)?;
+        state.entries.clear();
+        state.mark = Some(mark.to_vec());
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<(), StorageError> {
+        let mut state = self.writable(Draw::SyncFails)?;
+        state.durable = (state.entries.clone(), state.mark.clone());
+        Ok(())
+    }
+
+    fn mark(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.state()?.mark.clone())
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::circuit::CircuitState;
 use super::dlq::entry_id;
+use super::keyed_state::{Found, KeyedState, Position};
 use super::spec::SubscriptionSpec;
 use super::state::{Delivery, Outcome, REDRIVE_LANE, Settled, Slot, Stale};
 use crate::clock::now_ms;
@@ -27,6 +28,9 @@ use crate::error::EngineError;
 pub(super) struct Deliveries {
     shared: Arc<Shared>,
 }
+
+/// An outstanding delivery's event and origin (partition, offset).
+pub(super) type Outstanding = Option<(Arc<str>, (u32, u64))>;
 
 /// One delivery's end, as a mode reports it.
 pub(super) struct Settlement {
@@ -84,6 +88,59 @@ impl Deliveries {
             .durability
             .wait(&self.shared.name, version)
             .await
+    }
+
+    /// A stateful subscription's per-key state.
+    pub(super) fn keyed(&self) -> Option<&KeyedState> {
+        self.shared.keyed.as_ref()
+    }
+
+    /// For each ack id's delivery (lane and offset, lease): its event and origin while it is
+    /// outstanding.
+    pub(super) fn outstanding(
+        &self,
+        deliveries: &[(Slot, u64)],
+    ) -> Vec<Outstanding> {
+        let core = self.shared.core();
+        deliveries
+            .iter()
+            .map(|(slot, lease)| core.delivery.outstanding(*slot, *lease))
+            .collect()
+    }
+
+    /// For each taken delivery of a stateful subscription, whether its commit was applied
+    /// already, or its key's state. Those applied are settled as done here.
+    pub(super) async fn find_state(&self, taken: &[Delivery]) -> Result<Vec<Found>, EngineError> {
+        let positions: Vec<(Arc<str>, Position)> = taken
+            .iter()
+            .map(|delivery| {
+                (
+                    delivery.json.clone(),
+                    position(delivery.slot, delivery.origin),
+                )
+            })
+            .collect();
+        let shared = self.shared.clone();
+        let found = tokio::task::spawn_blocking(move || match &shared.keyed {
+            Some(keyed) => keyed.find(&positions),
+            None => Ok(vec![Found::Deliver(None); positions.len()]),
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)??;
+        let applied: Vec<Settlement> = taken
+            .iter()
+            .zip(&found)
+            .filter(|(_, found)| **found == Found::Applied)
+            .map(|(delivery, _)| Settlement {
+                slot: delivery.slot,
+                lease: delivery.lease,
+                outcome: Outcome::Ack,
+            })
+            .collect();
+        if !applied.is_empty() {
+            self.settle(applied, "applied_before");
+        }
+        Ok(found)
     }
 
     /// Takes up to `max` ready deliveries, within `max_in_flight` and the circuit breaker,
@@ -182,6 +239,15 @@ impl Deliveries {
             tracing::warn!(subscription = %self.shared.name, %reason, "pausing the subscription");
             core.paused = Some(reason);
         }
+    }
+}
+
+/// Where a delivery's event is, for its commit: a redriven one is also named by its
+/// dead-letter entry.
+pub(super) fn position(slot: Slot, origin: (u32, u64)) -> Position {
+    Position {
+        origin,
+        redriven: (slot.lane == REDRIVE_LANE).then(|| entry_id(origin)),
     }
 }
 

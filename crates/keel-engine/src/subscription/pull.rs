@@ -11,11 +11,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 
-use super::delivery::{Deliveries, Settlement};
+use super::delivery::{Deliveries, Settlement, position};
+use super::keyed_state::{
+    Change, CommitRequest, Committed, Found, KeyState, emitted_id, event_key,
+};
 use super::state::{Outcome, Slot};
 use crate::clock::now_ms;
 use crate::error::{EngineError, SubscriptionError};
 use crate::limits::{ACK_IDS_MAX, PULL_MESSAGES_MAX, READ_WAIT_MS_MAX};
+use crate::topic::Topic;
 
 /// A pulled event.
 #[derive(Debug, Clone)]
@@ -30,6 +34,9 @@ pub struct PulledMessage {
     pub offset: u64,
     /// The event, as stored: JSON text (validated when published, checksummed in the log).
     pub event: Arc<str>,
+    /// Stateful subscriptions: the state of the event's key (none for an event without a
+    /// `partitionkey`, whose ack commits no state).
+    pub state: Option<KeyState>,
 }
 
 /// How pulled events are settled.
@@ -47,6 +54,16 @@ pub enum Settle {
 }
 
 pub use keel_api::pull::AckResult;
+use keel_api::state::{CommitOutcome, CommitResult};
+
+/// An ack of a stateful subscription as the engine takes it: the key's new state and the
+/// events to emit, their topics found.
+pub(crate) struct AckCommit {
+    pub(crate) ack_id: String,
+    /// Left out: unchanged; `null`: deleted.
+    pub(crate) state: Option<Box<serde_json::value::RawValue>>,
+    pub(crate) emits: Vec<(Arc<Topic>, Box<serde_json::value::RawValue>)>,
+}
 
 const ACK_ID_BYTES: usize = 24;
 
@@ -117,16 +134,30 @@ pub(super) async fn pull(
                 })
             })?;
         if !taken.is_empty() {
-            return Ok(taken
+            let found = match deliveries.keyed() {
+                Some(_) => deliveries.find_state(&taken).await?,
+                None => vec![Found::Deliver(None); taken.len()],
+            };
+            let messages: Vec<PulledMessage> = taken
                 .into_iter()
-                .map(|delivery| PulledMessage {
-                    ack_id: encode_ack_id(deliveries.boot(), delivery.slot, delivery.lease),
-                    attempt: delivery.attempt,
-                    partition: delivery.origin.0,
-                    offset: delivery.origin.1,
-                    event: delivery.json,
+                .zip(found)
+                .filter_map(|(delivery, found)| match found {
+                    // Applied before a crash or by an earlier delivery: settled as done.
+                    Found::Applied => None,
+                    Found::Deliver(state) => Some(PulledMessage {
+                        ack_id: encode_ack_id(deliveries.boot(), delivery.slot, delivery.lease),
+                        attempt: delivery.attempt,
+                        partition: delivery.origin.0,
+                        offset: delivery.origin.1,
+                        event: delivery.json,
+                        state,
+                    }),
                 })
-                .collect());
+                .collect();
+            if !messages.is_empty() {
+                return Ok(messages);
+            }
+            continue;
         }
         tokio::select! {
             _ = ready.changed() => {}
@@ -136,13 +167,8 @@ pub(super) async fn pull(
     }
 }
 
-/// Settles pulled events; returns once the result is durable. Malformed ids fail the whole
-/// call before anything is settled.
-pub(super) async fn settle(
-    deliveries: &Deliveries,
-    ack_ids: &[String],
-    action: Settle,
-) -> Result<AckResult, EngineError> {
+/// Fails unless `count` deliveries of the subscription may be settled by ack id now.
+fn check_settleable(deliveries: &Deliveries, count: usize) -> Result<(), EngineError> {
     if deliveries.spec().is_push() {
         return Err(EngineError::Subscription(
             SubscriptionError::WrongDeliveryMode {
@@ -153,12 +179,22 @@ pub(super) async fn settle(
             },
         ));
     }
-    if ack_ids.len() > ACK_IDS_MAX {
+    if count > ACK_IDS_MAX {
         return Err(EngineError::Subscription(SubscriptionError::Invalid {
             detail: format!("at most {ACK_IDS_MAX} ack ids per call"),
         }));
     }
-    deliveries.check_available()?;
+    deliveries.check_available()
+}
+
+/// Settles pulled events; returns once the result is durable. Malformed ids fail the whole
+/// call before anything is settled.
+pub(super) async fn settle(
+    deliveries: &Deliveries,
+    ack_ids: &[String],
+    action: Settle,
+) -> Result<AckResult, EngineError> {
+    check_settleable(deliveries, ack_ids.len())?;
     let decoded = ack_ids
         .iter()
         .map(|id| decode_ack_id(id))
@@ -207,9 +243,169 @@ pub(super) async fn settle(
             .filter(|(_, settled)| !**settled)
             .map(|(id, _)| id.clone())
             .collect(),
+        results: Vec::new(),
     };
     deliveries.wait_durable(version).await?;
     Ok(answer)
+}
+
+/// Acks with commits (a stateful subscription's acks, and acks carrying state or events):
+/// commits each one's state, events and ack at once, durably; then settles the deliveries.
+/// Nothing is committed when any ack is malformed, invalid, or stale while carrying state or
+/// events.
+pub(super) async fn commit(
+    deliveries: &Deliveries,
+    acks: Vec<AckCommit>,
+) -> Result<AckResult, EngineError> {
+    check_settleable(deliveries, acks.len())?;
+    let Some(keyed) = deliveries.keyed() else {
+        return Err(invalid_commit(format!(
+            "subscription {:?} is not stateful, so its acks carry no state or events; create a subscription with \"stateful\": true",
+            deliveries.name()
+        )));
+    };
+    let decoded = acks
+        .iter()
+        .map(|ack| decode_ack_id(&ack.ack_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let boot = deliveries.boot();
+    let named: Vec<(Slot, u64)> = decoded
+        .iter()
+        .map(|(_, slot, lease)| (*slot, *lease))
+        .collect();
+    let mut outstanding = deliveries.outstanding(&named);
+    for ((id_boot, _, _), found) in decoded.iter().zip(outstanding.iter_mut()) {
+        if *id_boot != boot {
+            *found = None;
+        }
+    }
+    let stale_with_effects: Vec<String> = acks
+        .iter()
+        .zip(&outstanding)
+        .filter(|(ack, found)| found.is_none() && (ack.state.is_some() || !ack.emits.is_empty()))
+        .map(|(ack, _)| ack.ack_id.clone())
+        .collect();
+    if !stale_with_effects.is_empty() {
+        return Err(EngineError::Subscription(SubscriptionError::StaleAcks {
+            ack_ids: stale_with_effects,
+        }));
+    }
+    // Every commit is built (and checked) before any is sent.
+    let mut requests = Vec::new();
+    let mut keyed_acks = Vec::new();
+    for (index, (ack, found)) in acks.iter().zip(&outstanding).enumerate() {
+        let Some((json, origin)) = found else {
+            continue;
+        };
+        let Some(key) = event_key(json) else {
+            if ack.state.is_some() || !ack.emits.is_empty() {
+                return Err(invalid_commit(format!(
+                    "ack {index}: its event has no partitionkey, so it has no state; ack it without state and events"
+                )));
+            }
+            continue;
+        };
+        let change = match &ack.state {
+            None => Change::Keep,
+            Some(state) if state.get() == "null" => Change::Delete,
+            Some(state) => Change::Set(compact(state)),
+        };
+        let mut emits = Vec::with_capacity(ack.emits.len());
+        for (number, (topic, event)) in ack.emits.iter().enumerate() {
+            let id = emitted_id(deliveries.name(), *origin, number);
+            emits.push((topic.clone(), emitted_event(event, id, index, number)?));
+        }
+        let slot = decoded[index].1;
+        requests.push(CommitRequest {
+            key,
+            position: position(slot, *origin),
+            change,
+            emits,
+        });
+        keyed_acks.push(index);
+    }
+    let committed = keyed.commit(requests).await?;
+    let mut results: Vec<Option<Committed>> = vec![None; acks.len()];
+    for (index, outcome) in keyed_acks.into_iter().zip(committed) {
+        results[index] = Some(outcome);
+    }
+    // Applied, found applied before, or keyless: each delivery is done.
+    let settlements: Vec<Settlement> = named
+        .iter()
+        .zip(&outstanding)
+        .filter(|(_, found)| found.is_some())
+        .map(|((slot, lease), _)| Settlement {
+            slot: *slot,
+            lease: *lease,
+            outcome: Outcome::Ack,
+        })
+        .collect();
+    let keyless = outstanding.len()
+        - results.iter().filter(|r| r.is_some()).count()
+        - outstanding.iter().filter(|found| found.is_none()).count();
+    let (_, version) = deliveries.settle(settlements, "acked");
+    if keyless > 0 {
+        // No commit holds a keyless event's ack: its checkpoint does.
+        deliveries.wait_durable(version).await?;
+    }
+    let mut answer = AckResult {
+        settled: 0,
+        stale: Vec::new(),
+        results: Vec::with_capacity(acks.len()),
+    };
+    for ((ack, found), result) in acks.into_iter().zip(&outstanding).zip(results) {
+        let (outcome, state_version) = match (found, result) {
+            (Some(_), Some(Committed::Applied(version))) => (CommitOutcome::Applied, Some(version)),
+            (Some(_), None) => (CommitOutcome::Applied, None),
+            _ => (CommitOutcome::Stale, None),
+        };
+        if outcome == CommitOutcome::Applied {
+            answer.settled += 1;
+        } else {
+            answer.stale.push(ack.ack_id.clone());
+        }
+        answer.results.push(CommitResult {
+            ack_id: ack.ack_id,
+            outcome,
+            state_version,
+        });
+    }
+    Ok(answer)
+}
+
+/// An emitted event, its `id` set to `id`: a valid CloudEvent, or why not.
+fn emitted_event(
+    event: &serde_json::value::RawValue,
+    id: String,
+    ack: usize,
+    number: usize,
+) -> Result<crate::event::Event, EngineError> {
+    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(event.get())
+        .map_err(|_| {
+        invalid_commit(format!(
+            "emit {number} of ack {ack}: the event must be a JSON object (a CloudEvent)"
+        ))
+    })?;
+    value.insert("id".to_owned(), serde_json::Value::String(id));
+    crate::event::from_value(serde_json::Value::Object(value)).map_err(|error| {
+        invalid_commit(format!(
+            "emit {number} of ack {ack} is not a valid CloudEvent: {error}"
+        ))
+    })
+}
+
+/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's output).
+fn compact(state: &serde_json::value::RawValue) -> Box<serde_json::value::RawValue> {
+    if !state.get().contains('\n') {
+        return state.to_owned();
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(state.get()).expect("a state parsed as JSON is JSON");
+    serde_json::value::to_raw_value(&value).expect("a JSON value serialises")
+}
+
+fn invalid_commit(detail: String) -> EngineError {
+    EngineError::Subscription(SubscriptionError::InvalidCommit { detail })
 }
 
 #[cfg(test)]

@@ -516,6 +516,21 @@ impl DeliveryState {
         taken
     }
 
+    /// The event and its origin, when `slot` is in flight under `lease` (the delivery an ack
+    /// id names is still outstanding).
+    pub(crate) fn outstanding(&self, slot: Slot, lease: u64) -> Option<(Arc<str>, (u32, u64))> {
+        if slot.lane != REDRIVE_LANE && slot.lane as usize >= self.lanes.len() {
+            return None;
+        }
+        let pending = self.lane(slot.lane).pending.get(&slot.offset)?;
+        match pending.phase {
+            Phase::InFlight { lease: current, .. } if current == lease => {
+                Some((pending.json.clone(), pending.origin))
+            }
+            _ => None,
+        }
+    }
+
     /// Ends an attempt. `random` in [0, 1) draws the backoff jitter.
     pub(crate) fn complete(
         &mut self,

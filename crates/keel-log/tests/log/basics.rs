@@ -153,6 +153,37 @@ fn read_outside_the_log_is_out_of_range() {
 }
 
 #[test]
+fn remove_before_deletes_only_segments_wholly_below_the_offset() {
+    // Goal: `remove_before(o)` never removes a record at or above `o`, nor the active segment,
+    // and removes every sealed segment wholly below `o`. Method: five segments of 8 records,
+    // then remove before offsets inside, at and past segment boundaries.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = open(dir.path(), small_config());
+    for _ in 0..5 {
+        append_committed(&log, 8, 40, true);
+    }
+    let segments = log.segment_count();
+    assert!(segments >= 3, "the test needs several segments");
+    log.remove_before(0).expect("nothing below 0");
+    assert_eq!((log.start_offset(), log.segment_count()), (0, segments));
+    for offset in [3, 8, 13, 17, 40, 1_000] {
+        log.remove_before(offset).expect("remove");
+        let start = log.start_offset();
+        assert!(start <= offset, "start {start} passed {offset}");
+        assert!(log.segment_count() >= 1);
+        let records = log
+            .read(start, 100, usize::MAX)
+            .expect("read from the start");
+        assert_eq!(
+            records.last().map(|r| r.offset),
+            Some(39),
+            "the newest record stays"
+        );
+    }
+    assert_eq!(log.segment_count(), 1, "only the active segment is left");
+}
+
+#[test]
 fn segments_roll_over_at_the_size_limit() {
     // Goal: a batch that would push a non-empty segment past segment_bytes_max starts a new
     // segment named by its base offset, and reads cross segment boundaries seamlessly.

@@ -172,6 +172,14 @@ impl RecordLog for DiskLog {
         })
     }
 
+    fn remove_before(&self, offset: u64) -> Result<Trimmed, StorageError> {
+        let report = self.log.remove_before(offset).map_err(storage_error)?;
+        Ok(Trimmed {
+            segments: report.segments_deleted,
+            bytes: report.bytes_deleted,
+        })
+    }
+
     fn rewrite(&mut self, timestamp_ms: i64, payloads: &[&[u8]]) -> Result<(), StorageError> {
         let dir = self.log.dir().to_path_buf();
         let (fresh, old) = rewrite_dirs(&dir);

@@ -1,0 +1,307 @@
+//! The per-key state of a stateful subscription, and the commits that change it.
+//!
+//! Each ack of a stateful subscription is a *commit*: the key's new state (or "unchanged", or
+//! "deleted"), the events the handler emits, and the ack itself, tied to the event's position.
+//! The commit protocol (`docs/processing.md` tells it whole):
+//!
+//! 1. The committer task (`committer.rs`) gathers the commits waiting (group commit), and for
+//!    each reads its key's entry: when the entry's offset is at or past the event's, an
+//!    earlier delivery's commit was applied, and this one is *stale*: refused, not applied.
+//! 2. The applied ones are appended to the commit log, one record each, with one fsync: from
+//!    here they survive any crash. Then they are written to the state table, visible at once.
+//! 3. Their emitted events are published to their topics (fsynced), with ids derived from
+//!    (subscription, partition, offset, index), so a republish after a crash is recognised.
+//! 4. The acks are answered, and the deliveries settled as done. The checkpoint follows
+//!    later: a redelivery after a crash finds the key's entry at its offset, and is settled
+//!    as done without reaching the handler.
+//!
+//! The table is made durable by snapshots (every `STATE_SNAPSHOT_COMMITS` commits or
+//! `STATE_SNAPSHOT_INTERVAL`), each with a mark: how far the commit log is applied
+//! (`applied`) and how far its events are published (`published`). Recovery replays the
+//! commit log from `applied` into the table, and checks the events of the commits from
+//! `published`: those missing from their topics are published. Commit records below both are
+//! removed.
+//!
+//! Invariant: per key, the entry's offset only grows, and a commit applies only above it; so
+//! an event's effect is applied at most once, and (since the delivery is settled only after
+//! its commit, or when found applied) at least once.
+
+mod committer;
+mod records;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{EngineError, SubscriptionError};
+use crate::event::Event;
+use crate::limits::STATE_COMMIT_BATCH_MAX;
+use crate::storage::{StateLogs, StateTable};
+use crate::topic::Topic;
+use committer::Committer;
+pub(super) use committer::run;
+pub(super) use records::Change;
+use records::{KEY_PREFIX, StoredEntry, key_entry, redriven_entry};
+
+/// A key's state as a delivery carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The state's JSON; none when the key has none.
+    pub state: Option<Arc<str>>,
+    /// Commits applied to the key so far (0 for a key never committed).
+    pub version: u64,
+}
+
+/// A key's state as reading it shows.
+#[derive(Debug, Clone)]
+pub struct StoredKeyState {
+    /// The key.
+    pub key: String,
+    /// The state's JSON.
+    pub state: Box<RawValue>,
+    /// Commits applied to the key so far.
+    pub version: u64,
+    /// The partition of the key's events.
+    pub partition: u32,
+    /// The offset of the last event whose commit was applied.
+    pub offset: u64,
+}
+
+/// Where a delivered event is, for a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Position {
+    /// Its partition and offset.
+    pub(super) origin: (u32, u64),
+    /// For an event redriven from the dead-letter queue: its entry id. (Its key has usually
+    /// moved past it: it is judged by a mark of its own.)
+    pub(super) redriven: Option<String>,
+}
+
+/// One commit asked for.
+pub(super) struct CommitRequest {
+    pub(super) key: String,
+    pub(super) position: Position,
+    pub(super) change: Change,
+    /// Events to publish, their ids already derived.
+    pub(super) emits: Vec<(Arc<Topic>, Event)>,
+}
+
+/// What became of a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// Applied: the key's version after it.
+    Applied(u64),
+    /// The event's commit was applied before (by an earlier delivery): nothing was done.
+    Stale,
+}
+
+/// A commit waiting for the committer, and who waits for its outcome.
+struct Request {
+    commit: CommitRequest,
+    reply: oneshot::Sender<Result<Committed, EngineError>>,
+}
+
+/// What a delivery of a stateful subscription finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Found {
+    /// Its commit was applied already (before a crash, or by another delivery): settle it as
+    /// done without handing it out.
+    Applied,
+    /// Hand it out with its key's state (none for an event without a key).
+    Deliver(Option<KeyState>),
+}
+
+/// A stateful subscription's state. Reads block (call them on a blocking thread); commits go
+/// through the committer task.
+pub(super) struct KeyedState {
+    name: String,
+    table: Arc<dyn StateTable>,
+    queue: mpsc::Sender<Request>,
+    /// The committer, until the subscription starts its task.
+    committer: Mutex<Option<(Committer, mpsc::Receiver<Request>)>>,
+}
+
+impl KeyedState {
+    /// Opens a subscription's state: replays the commits the table's last snapshot does not
+    /// hold. `topics` are the topics its emitted events may have gone to (for the check of
+    /// those not yet known to be published, when the task starts). Blocking.
+    pub(super) fn open(
+        name: &str,
+        logs: StateLogs,
+        topics: BTreeMap<String, Arc<Topic>>,
+    ) -> Result<Self, EngineError> {
+        let table: Arc<dyn StateTable> = Arc::from(logs.table);
+        let committer = Committer::open(name, table.clone(), logs.commits, topics)?;
+        let (queue, receiver) = mpsc::channel(STATE_COMMIT_BATCH_MAX);
+        Ok(KeyedState {
+            name: name.to_owned(),
+            table,
+            queue,
+            committer: Mutex::new(Some((committer, receiver))),
+        })
+    }
+
+    /// The committer and its queue, once (for the task `start` spawns).
+    fn take_committer(&self) -> Option<(Committer, mpsc::Receiver<Request>)> {
+        self.committer.lock().expect("committer lock").take()
+    }
+
+    /// Commits, in order; each answer says whether it was applied. Fails when the state
+    /// cannot be stored (then none of those not yet answered is known applied or not: the
+    /// commit log decides at the next start).
+    pub(super) async fn commit(
+        &self,
+        commits: Vec<CommitRequest>,
+    ) -> Result<Vec<Committed>, EngineError> {
+        let mut replies = Vec::with_capacity(commits.len());
+        for commit in commits {
+            let (reply, answer) = oneshot::channel();
+            self.queue
+                .send(Request { commit, reply })
+                .await
+                .map_err(|_| self.stopped())?;
+            replies.push(answer);
+        }
+        let mut committed = Vec::with_capacity(replies.len());
+        for answer in replies {
+            committed.push(answer.await.map_err(|_| self.stopped())??);
+        }
+        Ok(committed)
+    }
+
+    fn stopped(&self) -> EngineError {
+        EngineError::Subscription(SubscriptionError::Unavailable {
+            name: self.name.clone(),
+            reason: "its state stopped taking commits (keel is stopping, or its storage failed)"
+                .to_owned(),
+        })
+    }
+
+    /// For each delivered event (its JSON, its position), whether it was applied, or its
+    /// key's state. Blocking.
+    pub(super) fn find(
+        &self,
+        deliveries: &[(Arc<str>, Position)],
+    ) -> Result<Vec<Found>, EngineError> {
+        deliveries
+            .iter()
+            .map(|(json, position)| {
+                let Some(key) = event_key(json) else {
+                    return Ok(Found::Deliver(None));
+                };
+                let entry = self.entry(&key)?;
+                if self.applied(entry.as_ref(), position)? {
+                    return Ok(Found::Applied);
+                }
+                Ok(Found::Deliver(Some(KeyState {
+                    state: entry
+                        .as_ref()
+                        .and_then(|entry| entry.state.as_ref())
+                        .map(|state| Arc::from(state.get())),
+                    version: entry.map_or(0, |entry| entry.version),
+                })))
+            })
+            .collect()
+    }
+
+    /// Whether the commit of the event at `position` was applied, given its key's entry.
+    fn applied(
+        &self,
+        entry: Option<&StoredEntry>,
+        position: &Position,
+    ) -> Result<bool, EngineError> {
+        if let Some(entry_id) = &position.redriven {
+            return Ok(self
+                .table
+                .get(&redriven_entry(entry_id))
+                .map_err(|source| storage_error("read the state", source))?
+                .is_some());
+        }
+        Ok(entry.is_some_and(|entry| entry.offset >= position.origin.1))
+    }
+
+    /// A key's stored entry (a tombstone included). Blocking.
+    fn entry(&self, key: &str) -> Result<Option<StoredEntry>, EngineError> {
+        self.table
+            .get(&key_entry(key))
+            .map_err(|source| storage_error("read the state", source))?
+            .map(|bytes| StoredEntry::from_bytes(&bytes))
+            .transpose()
+    }
+
+    /// A key's state, when it has one. Blocking.
+    pub(super) fn get(&self, key: &str) -> Result<Option<StoredKeyState>, EngineError> {
+        Ok(self
+            .entry(key)?
+            .and_then(|entry| shown(key.to_owned(), entry)))
+    }
+
+    /// Up to `max` keys with state after `after`, in key order, and whether more follow.
+    /// Blocking.
+    pub(super) fn list(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<(Vec<StoredKeyState>, bool), EngineError> {
+        let mut after = after.map_or_else(|| vec![KEY_PREFIX], key_entry);
+        let mut keys = Vec::new();
+        // Tombstones are skipped: read pages until `max` keys with state, or the end.
+        loop {
+            let page = self
+                .table
+                .scan(&[KEY_PREFIX], &after, max + 1)
+                .map_err(|source| storage_error("list the state", source))?;
+            let end = page.len() <= max;
+            for (table_key, bytes) in page {
+                if keys.len() == max {
+                    return Ok((keys, true));
+                }
+                let key = String::from_utf8_lossy(&table_key[1..]).into_owned();
+                if let Some(shown) = shown(key, StoredEntry::from_bytes(&bytes)?) {
+                    keys.push(shown);
+                }
+                after = table_key;
+            }
+            if end {
+                return Ok((keys, false));
+            }
+        }
+    }
+}
+
+/// An entry as reading shows it: none for a tombstone.
+fn shown(key: String, entry: StoredEntry) -> Option<StoredKeyState> {
+    Some(StoredKeyState {
+        key,
+        state: entry.state?,
+        version: entry.version,
+        partition: entry.partition,
+        offset: entry.offset,
+    })
+}
+
+/// The `partitionkey` of stored event JSON.
+pub(super) fn event_key(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct KeyOnly {
+        #[serde(default)]
+        partitionkey: Option<String>,
+    }
+    serde_json::from_str::<KeyOnly>(json).ok()?.partitionkey
+}
+
+/// The id of the `index`th event emitted by the commit of the event at `origin`: the same
+/// for every delivery of that event, so a republish is a duplicate, never a second event.
+pub(super) fn emitted_id(subscription: &str, origin: (u32, u64), index: usize) -> String {
+    format!("{subscription}:{}:{}:{index}", origin.0, origin.1)
+}
+
+fn storage_error(context: &str, source: crate::storage::StorageError) -> EngineError {
+    EngineError::Data(crate::error::DataError::Storage {
+        context: context.to_owned(),
+        source,
+    })
+}

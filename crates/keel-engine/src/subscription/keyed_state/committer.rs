@@ -1,0 +1,461 @@
+//! The committer of a stateful subscription: one task that applies commits in group commits,
+//! publishes their emitted events, snapshots the table, and at start finishes what a crash
+//! interrupted. Being the only writer, it reads a key's entry and writes the next one without
+//! a race: the staleness check and the write are one step.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::records::{
+    Change, CommitRecord, EmitRecord, StoredEntry, TableMark, key_entry, redriven_entry,
+};
+use super::{Committed, Request, storage_error};
+use crate::clock::now_ms;
+use crate::error::{DataError, EngineError};
+use crate::event::Event;
+use crate::limits::{
+    READ_BYTES_MAX, READ_RECORDS_MAX, STATE_COMMIT_BATCH_MAX, STATE_SNAPSHOT_COMMITS,
+    STATE_SNAPSHOT_INTERVAL,
+};
+use crate::storage::{RecordLog, StateTable};
+use crate::subscription::Shared;
+use crate::topic::Topic;
+
+/// How long publishing emitted events waits after a failure before it tries again.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The committer's state: the only writer of the table and the commit log.
+pub(in crate::subscription) struct Committer {
+    name: String,
+    table: Arc<dyn StateTable>,
+    commits: Box<dyn RecordLog>,
+    mark: TableMark,
+    /// Commits applied since the last snapshot, and when it was taken.
+    since_snapshot: u64,
+    snapshot_at: Instant,
+    /// Topics that commits not known published may have emitted to (from the start).
+    topics: BTreeMap<String, Arc<Topic>>,
+}
+
+impl Committer {
+    /// Opens the committer: replays the commits the table does not hold. Blocking.
+    pub(super) fn open(
+        name: &str,
+        table: Arc<dyn StateTable>,
+        commits: Box<dyn RecordLog>,
+        topics: BTreeMap<String, Arc<Topic>>,
+    ) -> Result<Self, EngineError> {
+        let mark = match table
+            .mark()
+            .map_err(|source| storage_error("read the state's mark", source))?
+        {
+            Some(bytes) => TableMark::from_bytes(&bytes)?,
+            None => TableMark::new(0, 0),
+        };
+        let start = commits.start_offset();
+        if start > mark.published.min(mark.applied) {
+            return Err(EngineError::Data(DataError::Corrupt {
+                detail: format!(
+                    "the state's commit log starts at {start}, past what its table holds ({}); restore the subscription's state from a backup, or delete the subscription",
+                    mark.applied
+                ),
+            }));
+        }
+        let mut committer = Committer {
+            name: name.to_owned(),
+            table,
+            commits,
+            mark,
+            since_snapshot: 0,
+            snapshot_at: Instant::now(),
+            topics,
+        };
+        committer.replay()?;
+        Ok(committer)
+    }
+
+    /// Applies the commits from the mark's `applied` to the end of the log to the table.
+    fn replay(&mut self) -> Result<(), EngineError> {
+        let end = self.commits.next_offset();
+        let replayed = end - self.mark.applied;
+        while self.mark.applied < end {
+            let records = self.read_commits(self.mark.applied)?;
+            let mut writes = Vec::with_capacity(records.len());
+            let mut overlay: HashMap<Vec<u8>, StoredEntry> = HashMap::new();
+            for (_, record) in &records {
+                let table_key = key_entry(&record.key);
+                let current = match overlay.get(&table_key) {
+                    Some(entry) => Some(entry.clone()),
+                    None => self.stored(&table_key)?,
+                };
+                let entry = next_entry(current.as_ref(), record);
+                writes.push((table_key.clone(), Some(entry.to_bytes())));
+                if let Some(entry_id) = &record.redriven {
+                    writes.push((redriven_entry(entry_id), Some(Vec::new())));
+                }
+                overlay.insert(table_key, entry);
+            }
+            self.mark.applied += records.len() as u64;
+            self.write(&writes)?;
+        }
+        if replayed > 0 {
+            tracing::info!(subscription = %self.name, commits = replayed, "replayed state commits");
+        }
+        self.since_snapshot += replayed;
+        Ok(())
+    }
+
+    /// Commit records from `from`, with their offsets (a read's worth). Blocking.
+    fn read_commits(&self, from: u64) -> Result<Vec<(u64, CommitRecord)>, EngineError> {
+        let records = self
+            .commits
+            .read(from, READ_RECORDS_MAX, READ_BYTES_MAX)
+            .map_err(|source| storage_error("read the state's commit log", source))?;
+        records
+            .into_iter()
+            .map(|record| Ok((record.offset, CommitRecord::from_bytes(&record.payload)?)))
+            .collect()
+    }
+
+    fn stored(&self, table_key: &[u8]) -> Result<Option<StoredEntry>, EngineError> {
+        self.table
+            .get(table_key)
+            .map_err(|source| storage_error("read the state", source))?
+            .map(|bytes| StoredEntry::from_bytes(&bytes))
+            .transpose()
+    }
+
+    fn write(&self, writes: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), EngineError> {
+        self.table
+            .write(writes, &self.mark.to_bytes())
+            .map_err(|source| storage_error("write the state", source))
+    }
+
+    /// Decides each commit (applied or stale), appends the applied ones to the commit log
+    /// with one fsync, and writes them to the table. Returns each outcome, and the applied
+    /// commits' events by topic. Blocking.
+    fn apply(&mut self, requests: &[Request]) -> Result<Applied, EngineError> {
+        let mut overlay: HashMap<Vec<u8>, StoredEntry> = HashMap::new();
+        let mut redriven: HashSet<&str> = HashSet::new();
+        let mut since: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let (mut records, mut outcomes, mut writes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut emits: Vec<(Arc<Topic>, Event)> = Vec::new();
+        for Request { commit, .. } in requests {
+            let table_key = key_entry(&commit.key);
+            let current = match overlay.get(&table_key) {
+                Some(entry) => Some(entry.clone()),
+                None => self.stored(&table_key)?,
+            };
+            let position = &commit.position;
+            let stale = match &position.redriven {
+                Some(entry_id) => {
+                    redriven.contains(entry_id.as_str())
+                        || self.stored_mark(&redriven_entry(entry_id))?
+                }
+                None => current
+                    .as_ref()
+                    .is_some_and(|entry| entry.offset >= position.origin.1),
+            };
+            if stale {
+                outcomes.push(Committed::Stale);
+                continue;
+            }
+            let version = current.as_ref().map_or(0, |entry| entry.version) + 1;
+            let mut emitted = Vec::with_capacity(commit.emits.len());
+            let mut commit_since = BTreeMap::new();
+            for (topic, event) in &commit.emits {
+                let offsets = since
+                    .entry(topic.name.clone())
+                    .or_insert_with(|| next_offsets(topic));
+                commit_since.insert(topic.name.clone(), offsets.clone());
+                emitted.push(EmitRecord {
+                    topic: topic.name.clone(),
+                    event: event.clone().into_json(),
+                });
+                emits.push((topic.clone(), event.clone()));
+            }
+            let record = CommitRecord::new(
+                commit.key.clone(),
+                position.origin,
+                position.redriven.clone(),
+                version,
+                &commit.change,
+                emitted,
+                commit_since,
+            );
+            let entry = next_entry(current.as_ref(), &record);
+            writes.push((table_key.clone(), Some(entry.to_bytes())));
+            if let Some(entry_id) = &position.redriven {
+                writes.push((redriven_entry(entry_id), Some(Vec::new())));
+                redriven.insert(entry_id);
+            }
+            overlay.insert(table_key, entry);
+            records.push(record.to_bytes());
+            outcomes.push(Committed::Applied(version));
+        }
+        if !records.is_empty() {
+            let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            // The commit point: once this fsync returns, the commits survive any crash.
+            self.commits
+                .append(now_ms(), &payloads, true)
+                .map_err(|source| storage_error("append to the state's commit log", source))?;
+            self.mark.applied = self.commits.next_offset();
+            if emits.is_empty() {
+                // Nothing to publish: the commits are as good as published.
+                self.mark.published = self.mark.applied;
+            }
+            self.write(&writes)?;
+            self.since_snapshot += records.len() as u64;
+        }
+        Ok(Applied { outcomes, emits })
+    }
+
+    fn stored_mark(&self, table_key: &[u8]) -> Result<bool, EngineError> {
+        Ok(self
+            .table
+            .get(table_key)
+            .map_err(|source| storage_error("read the state", source))?
+            .is_some())
+    }
+
+    /// Whether a snapshot is due.
+    fn snapshot_due(&self) -> bool {
+        self.since_snapshot >= STATE_SNAPSHOT_COMMITS
+            || (self.since_snapshot > 0 && self.snapshot_at.elapsed() >= STATE_SNAPSHOT_INTERVAL)
+    }
+
+    /// Makes the table durable with its mark, then removes the commit records it covers.
+    /// Blocking.
+    fn snapshot(&mut self) -> Result<(), EngineError> {
+        self.write(&[])?;
+        self.table
+            .snapshot()
+            .map_err(|source| storage_error("snapshot the state", source))?;
+        self.since_snapshot = 0;
+        self.snapshot_at = Instant::now();
+        let covered = self.mark.applied.min(self.mark.published);
+        if let Err(source) = self.commits.remove_before(covered) {
+            tracing::warn!(subscription = %self.name, %source, "could not remove old state commits");
+        }
+        Ok(())
+    }
+
+    /// The events of the commits from the mark's `published` on that are missing from their
+    /// topics, in commit order: what a crash may have kept from being published. Scans each
+    /// topic from the offsets its commits recorded before they were made.
+    async fn unpublished(
+        &self,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Vec<(Arc<Topic>, Event)>, EngineError> {
+        let end = self.commits.next_offset();
+        let mut pending: Vec<(String, Box<serde_json::value::RawValue>)> = Vec::new();
+        let mut scan_from: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut from = self.mark.published;
+        while from < end {
+            let records = self.read_commits(from)?;
+            from += records.len() as u64;
+            for (_, record) in records {
+                for (topic, offsets) in record.since {
+                    let lowest = scan_from.entry(topic).or_insert_with(|| offsets.clone());
+                    for (low, offset) in lowest.iter_mut().zip(offsets) {
+                        *low = (*low).min(offset);
+                    }
+                }
+                pending.extend(record.emit.into_iter().map(|emit| (emit.topic, emit.event)));
+            }
+        }
+        let mut found: HashSet<(String, String, String)> = HashSet::new();
+        for (name, offsets) in &scan_from {
+            let Some(topic) = self.topics.get(name) else {
+                continue;
+            };
+            for (partition, from) in topic.partitions().iter().zip(offsets) {
+                let mut offset = *from;
+                loop {
+                    let (records, _) = partition
+                        .read(
+                            Some(offset),
+                            READ_RECORDS_MAX,
+                            READ_BYTES_MAX,
+                            std::time::Duration::ZERO,
+                            closing.clone(),
+                        )
+                        .await?;
+                    let Some(last) = records.last() else { break };
+                    offset = last.offset + 1;
+                    for record in records {
+                        if let Some((source, id)) = crate::event::identity_of(&record.payload) {
+                            found.insert((name.clone(), source, id));
+                        }
+                    }
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        for (name, json) in pending {
+            let Some(topic) = self.topics.get(&name) else {
+                tracing::warn!(subscription = %self.name, topic = %name, "an emitted event's topic is gone; the event is dropped");
+                continue;
+            };
+            let event = crate::event::parse_structured(json.get().as_bytes()).map_err(|error| {
+                EngineError::Data(DataError::Corrupt {
+                    detail: format!(
+                        "an emitted event in the state's commit log is invalid: {error}"
+                    ),
+                })
+            })?;
+            let identity = (name, event.source().to_owned(), event.id().to_owned());
+            if !found.contains(&identity) {
+                missing.push((topic.clone(), event));
+            }
+        }
+        Ok(missing)
+    }
+}
+
+/// What [`Committer::apply`] did.
+struct Applied {
+    outcomes: Vec<Committed>,
+    emits: Vec<(Arc<Topic>, Event)>,
+}
+
+/// The key's entry after `record` is applied to `current`.
+fn next_entry(current: Option<&StoredEntry>, record: &CommitRecord) -> StoredEntry {
+    let state = match record.change() {
+        Change::Keep => current.and_then(|entry| entry.state.clone()),
+        Change::Set(state) => Some(state),
+        Change::Delete => None,
+    };
+    // A redriven event may lie below what its key has applied: the offset never goes back.
+    let offset = current.map_or(record.offset, |entry| entry.offset.max(record.offset));
+    StoredEntry::new(record.version, record.partition, offset, state)
+}
+
+/// Each partition's next offset: where events appended from now on go, at the least.
+fn next_offsets(topic: &Topic) -> Vec<u64> {
+    topic
+        .partitions()
+        .iter()
+        .map(|partition| partition.info().next_offset)
+        .collect()
+}
+
+/// Publishes emitted events, in order, until they are stored; a topic that refuses them for
+/// good (deleted) is logged and skipped. Fails only when keel shuts down.
+async fn publish(
+    subscription: &str,
+    emits: Vec<(Arc<Topic>, Event)>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), EngineError> {
+    let mut by_topic: Vec<(Arc<Topic>, Vec<Event>)> = Vec::new();
+    for (topic, event) in emits {
+        match by_topic.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &topic)) {
+            Some((_, events)) => events.push(event),
+            None => by_topic.push((topic, vec![event])),
+        }
+    }
+    for (topic, events) in by_topic {
+        loop {
+            match topic.publish(events.clone()).await {
+                Ok(_) => break,
+                Err(EngineError::ShuttingDown) => return Err(EngineError::ShuttingDown),
+                Err(error) if error.class() == crate::error::ErrorClass::Unavailable => {
+                    tracing::warn!(%subscription, topic = %topic.name, %error, "cannot publish emitted events yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(PUBLISH_RETRY) => {}
+                        _ = stopping.wait_for(|stopping| *stopping) => return Err(EngineError::ShuttingDown),
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%subscription, topic = %topic.name, %error, count = events.len(), "emitted events cannot be published; they are dropped");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the committer until the subscription stops or its state cannot be stored: then the
+/// subscription refuses service.
+pub(in crate::subscription) async fn run(shared: Arc<Shared>) {
+    let Some(keyed) = shared.keyed.as_ref() else {
+        return;
+    };
+    let Some((committer, receiver)) = keyed.take_committer() else {
+        return;
+    };
+    if let Err(error) = serve(&shared, committer, receiver).await {
+        if matches!(error, EngineError::ShuttingDown) {
+            return;
+        }
+        tracing::error!(subscription = %shared.name, %error, "subscription refuses service");
+        shared.durability.fail(format!(
+            "its state could not be stored ({error}); fix the disk and restart keel"
+        ));
+    }
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    mut committer: Committer,
+    mut receiver: mpsc::Receiver<Request>,
+) -> Result<(), EngineError> {
+    let mut stopping = shared.signals.stopping();
+    let missing = committer.unpublished(shared.closing.clone()).await?;
+    if !missing.is_empty() {
+        tracing::info!(subscription = %shared.name, events = missing.len(), "publishing emitted events a crash held back");
+    }
+    publish(&shared.name, missing, &mut stopping).await?;
+    committer.mark.published = committer.mark.applied;
+    let mut batch = Vec::with_capacity(STATE_COMMIT_BATCH_MAX);
+    loop {
+        if committer.snapshot_due() {
+            committer = blocking(committer, Committer::snapshot).await?;
+        }
+        let idle = committer.since_snapshot > 0;
+        let received = tokio::select! {
+            received = receiver.recv_many(&mut batch, STATE_COMMIT_BATCH_MAX) => Some(received),
+            // Nothing came for a while: snapshot what the last commits left.
+            _ = tokio::time::sleep(STATE_SNAPSHOT_INTERVAL), if idle => None,
+            _ = stopping.wait_for(|stopping| *stopping) => return Ok(()),
+        };
+        match received {
+            Some(0) => return Ok(()),
+            Some(_) => {}
+            None => {
+                committer = blocking(committer, Committer::snapshot).await?;
+                continue;
+            }
+        }
+        let requests = std::mem::take(&mut batch);
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let result = committer.apply(&requests);
+            (committer, result.map(|applied| (applied, requests)))
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?;
+        committer = returned;
+        // A failure drops the requests: their callers learn the state stopped taking commits.
+        let (applied, requests) = result?;
+        let published = committer.mark.applied;
+        publish(&shared.name, applied.emits, &mut stopping).await?;
+        committer.mark.published = published;
+        for (request, outcome) in requests.into_iter().zip(applied.outcomes) {
+            let _ = request.reply.send(Ok(outcome));
+        }
+    }
+}
+
+/// Runs `operation` on the committer on a blocking thread, and hands the committer back.
+async fn blocking(
+    mut committer: Committer,
+    operation: impl FnOnce(&mut Committer) -> Result<(), EngineError> + Send + 'static,
+) -> Result<Committer, EngineError> {
+    tokio::task::spawn_blocking(move || operation(&mut committer).map(|()| committer))
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+}
