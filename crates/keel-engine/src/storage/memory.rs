@@ -700,11 +700,7 @@ impl StateTable for MemoryTable {
         Ok(entries.collect())
     }
 
-    fn write(
-        &self,
-        writes: &[TableWrite],
-        mark: &[u8],
-    ) -> Result<(), StorageError> {
+    fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError> {
         let mut state = self.writable(Draw::AppendFails)?;
         for (key, value) in writes {
             match value {

@@ -97,10 +97,7 @@ impl Deliveries {
 
     /// For each ack id's delivery (lane and offset, lease): its event and origin while it is
     /// outstanding.
-    pub(super) fn outstanding(
-        &self,
-        deliveries: &[(Slot, u64)],
-    ) -> Vec<Outstanding> {
+    pub(super) fn outstanding(&self, deliveries: &[(Slot, u64)]) -> Vec<Outstanding> {
         let core = self.shared.core();
         deliveries
             .iter()

@@ -145,11 +145,7 @@ impl StateTable for DiskTable {
         Ok(entries)
     }
 
-    fn write(
-        &self,
-        writes: &[TableWrite],
-        mark: &[u8],
-    ) -> Result<(), StorageError> {
+    fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError> {
         self.transact(Durability::None, |transaction| {
             let mut table = transaction.open_table(ENTRIES)?;
             for (key, value) in writes {

@@ -24,9 +24,6 @@ use crate::storage::{RecordLog, StateTable};
 use crate::subscription::Shared;
 use crate::topic::Topic;
 
-/// How long publishing emitted events waits after a failure before it tries again.
-const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The committer's state: the only writer of the table and the commit log.
 pub(in crate::subscription) struct Committer {
     name: String,
@@ -343,13 +340,10 @@ fn next_offsets(topic: &Topic) -> Vec<u64> {
         .collect()
 }
 
-/// Publishes emitted events, in order, until they are stored; a topic that refuses them for
-/// good (deleted) is logged and skipped. Fails only when keel shuts down.
-async fn publish(
-    subscription: &str,
-    emits: Vec<(Arc<Topic>, Event)>,
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), EngineError> {
+/// Publishes emitted events, in order, each topic's in one publish. A failure is not retried:
+/// a partition that failed refuses writes until keel restarts, and the commit log keeps the
+/// events for the restart to publish.
+async fn publish(emits: Vec<(Arc<Topic>, Event)>) -> Result<(), EngineError> {
     let mut by_topic: Vec<(Arc<Topic>, Vec<Event>)> = Vec::new();
     for (topic, event) in emits {
         match by_topic.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &topic)) {
@@ -358,23 +352,7 @@ async fn publish(
         }
     }
     for (topic, events) in by_topic {
-        loop {
-            match topic.publish(events.clone()).await {
-                Ok(_) => break,
-                Err(EngineError::ShuttingDown) => return Err(EngineError::ShuttingDown),
-                Err(error) if error.class() == crate::error::ErrorClass::Unavailable => {
-                    tracing::warn!(%subscription, topic = %topic.name, %error, "cannot publish emitted events yet; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(PUBLISH_RETRY) => {}
-                        _ = stopping.wait_for(|stopping| *stopping) => return Err(EngineError::ShuttingDown),
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%subscription, topic = %topic.name, %error, count = events.len(), "emitted events cannot be published; they are dropped");
-                    break;
-                }
-            }
-        }
+        topic.publish(events).await?;
     }
     Ok(())
 }
@@ -394,7 +372,7 @@ pub(in crate::subscription) async fn run(shared: Arc<Shared>) {
         }
         tracing::error!(subscription = %shared.name, %error, "subscription refuses service");
         shared.durability.fail(format!(
-            "its state could not be stored ({error}); fix the disk and restart keel"
+            "it stopped taking commits ({error}); fix the cause and restart keel: what was committed is kept, and its emitted events are published at the restart"
         ));
     }
 }
@@ -409,7 +387,7 @@ async fn serve(
     if !missing.is_empty() {
         tracing::info!(subscription = %shared.name, events = missing.len(), "publishing emitted events a crash held back");
     }
-    publish(&shared.name, missing, &mut stopping).await?;
+    publish(missing).await?;
     committer.mark.published = committer.mark.applied;
     let mut batch = Vec::with_capacity(STATE_COMMIT_BATCH_MAX);
     loop {
@@ -442,7 +420,7 @@ async fn serve(
         // A failure drops the requests: their callers learn the state stopped taking commits.
         let (applied, requests) = result?;
         let published = committer.mark.applied;
-        publish(&shared.name, applied.emits, &mut stopping).await?;
+        publish(applied.emits).await?;
         committer.mark.published = published;
         for (request, outcome) in requests.into_iter().zip(applied.outcomes) {
             let _ = request.reply.send(Ok(outcome));
