@@ -33,6 +33,23 @@ fn raw_present<'de, D: serde::Deserializer<'de>>(
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// What a stateful push sink may answer in its 2xx body (an empty body commits nothing but the
+/// ack): the key's new state and the events to emit, as in a [`StatefulAck`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitAnswer {
+    /// The key's new state. Left out: unchanged; `null`: deleted.
+    #[serde(
+        default,
+        deserialize_with = "raw_present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub state: Option<Box<RawValue>>,
+    /// Events to publish with the commit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emit: Vec<Emit>,
+}
+
 /// An event a handler emits: published to `topic` when its commit is, exactly once (keel
 /// sets its `id`, derived from the subscription and the source event's position).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
 use crate::subscription::Subscription;
-use crate::topic::{PublishResult, Topic, TopicInfo};
+use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
 mod subscriptions;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
@@ -76,7 +76,8 @@ pub struct Engine {
 
 struct Inner {
     config: EngineConfig,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Shared with stateful subscriptions, whose handlers emit events to topics.
+    topics: TopicMap,
     /// Serialises topic creation and deletion.
     admin: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
@@ -123,20 +124,25 @@ impl Engine {
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
+        let event_bytes_max = config.event_bytes_max;
         let recovered = tokio::task::spawn_blocking(move || {
             let (topics, failed) = recover(&recovery_storage, &recovery_metrics)?;
+            let targets = EmitTargets {
+                topics: Arc::new(RwLock::new(topics)),
+                event_bytes_max,
+            };
             let subscriptions = subscriptions::recover(
                 &recovery_storage,
-                &topics,
+                &targets,
                 &recovery_metrics,
                 &subscription_closing,
             )?;
-            Ok::<_, EngineError>((topics, failed, subscriptions))
+            Ok::<_, EngineError>((targets.topics, failed, subscriptions))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         let (topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
-        for topic in topics.values() {
+        for topic in topics.read().expect("topics lock").values() {
             topic.start_tasks();
         }
         for subscription in subscriptions.values() {
@@ -145,7 +151,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 config,
-                topics: RwLock::new(topics),
+                topics,
                 admin: tokio::sync::Mutex::new(()),
                 metrics,
                 closing,

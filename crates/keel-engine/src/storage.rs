@@ -256,6 +256,9 @@ pub struct SubscriptionLogs {
     pub checkpoints: Box<dyn RecordLog>,
     /// Operations of the dead-letter queue.
     pub dead_letters: Box<dyn RecordLog>,
+    /// A stateful subscription's state: none as opened here; the engine adds it from
+    /// [`Storage::open_state`].
+    pub state: Option<StateLogs>,
 }
 
 /// A storage backend: topic and subscription metadata, and the logs under them. Methods block.

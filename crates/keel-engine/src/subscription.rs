@@ -44,8 +44,8 @@ use crate::limits::{
     SUBSCRIPTION_PENDING_MAX,
 };
 use crate::metrics::{Metrics, SubscriptionLabels};
-use crate::storage::{StateLogs, SubscriptionLogs};
-use crate::topic::Topic;
+use crate::storage::SubscriptionLogs;
+use crate::topic::{EmitTargets, Topic};
 use checkpoint::{Checkpoint, CheckpointLog};
 use circuit::CircuitBreaker;
 use delivery::Deliveries;
@@ -96,6 +96,8 @@ struct Shared {
     closing: watch::Receiver<bool>,
     /// A stateful subscription's per-key state.
     keyed: Option<KeyedState>,
+    /// Where a stateful subscription's handlers may emit events.
+    targets: EmitTargets,
 }
 
 impl Shared {
@@ -156,19 +158,20 @@ pub type SubscriptionInfo = keel_api::subscriptions::SubscriptionInfo<
 pub use keel_api::subscriptions::{LastError, PartitionProgress};
 
 impl Subscription {
-    /// Opens a stored subscription from its logs (and a stateful one's state, with the
-    /// topics its handlers may have emitted to). Blocking.
+    /// Opens a stored subscription from its logs (and a stateful one's state; `targets` are
+    /// the topics its handlers may emit to). Blocking.
     pub(crate) fn open(
         name: &str,
         spec: SubscriptionSpec,
         logs: SubscriptionLogs,
-        state: Option<(StateLogs, std::collections::BTreeMap<String, Arc<Topic>>)>,
+        targets: EmitTargets,
         topic: Arc<Topic>,
         metrics: Arc<Metrics>,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, EngineError> {
-        let keyed = state
-            .map(|(logs, topics)| KeyedState::open(name, logs, topics))
+        let keyed = logs
+            .state
+            .map(|state| KeyedState::open(name, state, targets.clone()))
             .transpose()?;
         let (checkpoints, newest) = CheckpointLog::open(logs.checkpoints)?;
         let checkpoint = newest.ok_or_else(|| EngineError::Topic(TopicError::InvalidConfig {
@@ -225,6 +228,7 @@ impl Subscription {
             boot: fastrand::u32(..BOOT_LIMIT),
             closing,
             keyed,
+            targets,
         });
         Ok(Subscription {
             shared,
@@ -451,26 +455,37 @@ impl Subscription {
     ) -> Result<AckResult, EngineError> {
         let deliveries = Deliveries::new(self.shared.clone());
         if self.shared.keyed.is_some() && action == pull::Settle::Ack {
-            let acks = ack_ids
-                .iter()
-                .map(|ack_id| pull::AckCommit {
-                    ack_id: ack_id.clone(),
-                    state: None,
-                    emits: Vec::new(),
-                })
-                .collect();
-            return pull::commit(&deliveries, acks).await;
+            return self.commit(ack_ids, Vec::new()).await;
         }
         pull::settle(&deliveries, ack_ids, action).await
     }
 
     /// Acknowledges pulled events with commits: each one's state, emitted events and ack at
-    /// once, durably.
+    /// once, durably. `ack_ids` commit no state or events; the answer lists `ack_ids` first.
     pub(crate) async fn commit(
         &self,
-        acks: Vec<pull::AckCommit>,
+        ack_ids: &[String],
+        acks: Vec<keel_api::state::StatefulAck>,
     ) -> Result<AckResult, EngineError> {
-        pull::commit(&Deliveries::new(self.shared.clone()), acks).await
+        let mut commits: Vec<pull::AckCommit> = ack_ids
+            .iter()
+            .map(|ack_id| pull::AckCommit {
+                ack_id: ack_id.clone(),
+                effects: keyed_state::Effects::none(),
+            })
+            .collect();
+        for (index, ack) in (ack_ids.len()..).zip(acks) {
+            commits.push(pull::AckCommit {
+                effects: keyed_state::Effects::checked(
+                    index,
+                    ack.state,
+                    ack.emit,
+                    &self.shared.targets,
+                )?,
+                ack_id: ack.ack_id,
+            });
+        }
+        pull::commit(&Deliveries::new(self.shared.clone()), commits).await
     }
 
     /// A key's state (blocking), when the subscription is stateful and the key has one.

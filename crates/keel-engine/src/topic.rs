@@ -33,6 +33,24 @@ enum Plan {
     SameRequest(usize),
 }
 
+/// The engine's topics by name, shared with the stateful subscriptions.
+pub(crate) type TopicMap = Arc<std::sync::RwLock<BTreeMap<String, Arc<Topic>>>>;
+
+/// Where a stateful subscription's handlers may emit events: the engine's topics, and the
+/// largest event it accepts.
+#[derive(Clone)]
+pub(crate) struct EmitTargets {
+    pub(crate) topics: TopicMap,
+    pub(crate) event_bytes_max: usize,
+}
+
+impl EmitTargets {
+    /// The topic named `name`, when it exists.
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().expect("topics lock").get(name).cloned()
+    }
+}
+
 /// A topic.
 pub(crate) struct Topic {
     pub(crate) name: String,

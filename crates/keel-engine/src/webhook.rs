@@ -13,6 +13,13 @@
 //!
 //! `keel-attempt: <n>` numbers the attempt (1 for the first).
 //!
+//! A stateful subscription's request also carries the event's key state
+//! ([`PushClient::deliver_stateful`]): `keel-state-version: <n>`, and when the key has a
+//! state, `keel-state: <base64 of its JSON>` with `keel-state-signature`, signed as the body is
+//! but over the `keel-state` header's text (`{webhook-id}.{webhook-timestamp}.{keel-state}`),
+//! so the same Standard Webhooks library verifies it. Its 2xx answer's body (at most
+//! [`COMMIT_ANSWER_BYTES_MAX`]) is the commit it asks for (`docs/processing.md`).
+//!
 //! The binary mode's mapping, the inverse of publishing in binary mode, is in
 //! [`crate::event::http`], beside the rest of the CloudEvents HTTP binding.
 //!
@@ -30,6 +37,7 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine as _;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 
 pub use reqwest::Url;
@@ -39,6 +47,9 @@ use response::Reply;
 
 /// Most bytes of a response body read; a longer body is abandoned with its connection.
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of a stateful subscription's 2xx answer (the key's new state and events to
+/// emit); a longer one counts as a failed attempt.
+pub const COMMIT_ANSWER_BYTES_MAX: usize = 1024 * 1024;
 /// Most bytes of a response body quoted in an error.
 pub const ERROR_BODY_BYTES_MAX: usize = 200;
 /// Longest wait a sink's `Retry-After` can ask for; longer asks are cut to it.
@@ -203,7 +214,7 @@ impl PushClient {
     ) -> AttemptOutcome {
         let timestamp_s = crate::clock::now_ms() / 1000;
         let outcome = match self.signed_request(target, event_json, attempt, timestamp_s) {
-            Ok(request) => exchange_within(request, timeout).await,
+            Ok((request, _)) => exchange_within(request, timeout).await,
             Err(error) => transport_failure(error),
         };
         tracing::debug!(
@@ -215,14 +226,65 @@ impl PushClient {
         outcome
     }
 
-    /// The request for one attempt: binary-mode headers and body, signature, attempt number.
+    /// Delivers one event of a stateful subscription with its key's state, and returns the
+    /// outcome with the body of a 2xx answer (the commit the sink asks for; empty when it
+    /// asks for none). The state goes in headers, signed like the body (module docs):
+    /// `keel-state-version`, and when the key has a state, `keel-state` (its JSON in base64)
+    /// and `keel-state-signature`.
+    pub async fn deliver_stateful(
+        &self,
+        target: &SinkTarget,
+        event_json: &str,
+        attempt: u32,
+        timeout: Duration,
+        state: &crate::subscription::KeyState,
+    ) -> (AttemptOutcome, Vec<u8>) {
+        let timestamp_s = crate::clock::now_ms() / 1000;
+        let request = self
+            .signed_request(target, event_json, attempt, timestamp_s)
+            .and_then(|(request, id)| {
+                let mut request = request.header("keel-state-version", state.version.to_string());
+                if let Some(json) = &state.state {
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(json.as_bytes());
+                    let signature = target.secret.sign(&id, timestamp_s, encoded.as_bytes());
+                    request = request
+                        .header("keel-state", header_value("keel-state", &encoded)?)
+                        .header("keel-state-signature", signature);
+                }
+                Ok(request)
+            });
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => return (transport_failure(error), Vec::new()),
+        };
+        match tokio::time::timeout(timeout, exchange(request, COMMIT_ANSWER_BYTES_MAX)).await {
+            Ok(Ok(reply)) => {
+                let outcome = response::classify(&reply, crate::clock::now_ms() / 1000);
+                (outcome, reply.body)
+            }
+            Ok(Err(error)) => (
+                transport_failure(response::transport_error(&error)),
+                Vec::new(),
+            ),
+            Err(_elapsed) => (
+                transport_failure(format!(
+                    "timed out after {}",
+                    crate::duration::format(timeout)
+                )),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// The request for one attempt (binary-mode headers and body, signature, attempt
+    /// number), and the `webhook-id` it is signed with.
     fn signed_request(
         &self,
         target: &SinkTarget,
         event_json: &str,
         attempt: u32,
         timestamp_s: i64,
-    ) -> Result<reqwest::RequestBuilder, String> {
+    ) -> Result<(reqwest::RequestBuilder, String), String> {
         let parts = crate::event::http::binary_request(event_json)
             .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
         let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
@@ -242,11 +304,12 @@ impl PushClient {
         for (name, value) in signing {
             headers.insert(header_name(name)?, header_value(name, &value)?);
         }
-        Ok(self
+        let request = self
             .client
             .post(target.url.clone())
             .headers(headers)
-            .body(parts.body))
+            .body(parts.body);
+        Ok((request, parts.id))
     }
 }
 
@@ -271,7 +334,7 @@ fn transport_failure(error: String) -> AttemptOutcome {
 
 /// Sends the request and reads the answer, all within `timeout`.
 async fn exchange_within(request: reqwest::RequestBuilder, timeout: Duration) -> AttemptOutcome {
-    match tokio::time::timeout(timeout, exchange(request)).await {
+    match tokio::time::timeout(timeout, exchange(request, 0)).await {
         Ok(Ok(reply)) => response::classify(&reply, crate::clock::now_ms() / 1000),
         Ok(Err(error)) => transport_failure(response::transport_error(&error)),
         Err(_elapsed) => transport_failure(format!(
@@ -282,9 +345,13 @@ async fn exchange_within(request: reqwest::RequestBuilder, timeout: Duration) ->
 }
 
 /// Sends the request, then reads the headers classification needs and at most
-/// [`RESPONSE_BYTES_MAX`] of the body: reading a body to its end lets the connection be
-/// reused, and a longer body is dropped with its connection.
-async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
+/// [`RESPONSE_BYTES_MAX`] of the body (or `keep_max`, when more): reading a body to its end
+/// lets the connection be reused, and a longer body is dropped with its connection. Up to
+/// `keep_max` bytes of the body are kept whole; a longer body counts as broken off.
+async fn exchange(
+    request: reqwest::RequestBuilder,
+    keep_max: usize,
+) -> Result<Reply, reqwest::Error> {
     let mut response = request.send().await?;
     let header_text = |name| {
         response
@@ -295,14 +362,22 @@ async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Er
     let location = header_text(LOCATION);
     let retry_after = header_text(RETRY_AFTER);
     let mut body_start = Vec::new();
+    let mut body = Vec::new();
     let mut body_bytes = 0;
     let mut body_error = None;
-    while body_bytes < RESPONSE_BYTES_MAX {
+    while body_bytes < RESPONSE_BYTES_MAX.max(keep_max) {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 let room = ERROR_BODY_BYTES_MAX.saturating_sub(body_start.len());
                 body_start.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
                 body_bytes += chunk.len();
+                if keep_max > 0 {
+                    if body_bytes > keep_max {
+                        body_error = Some(format!("the answer is over {keep_max} bytes"));
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
             }
             Ok(None) => break,
             Err(error) => {
@@ -316,6 +391,7 @@ async fn exchange(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Er
         location,
         retry_after,
         body_start,
+        body,
         body_error,
     })
 }

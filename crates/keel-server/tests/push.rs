@@ -675,3 +675,105 @@ async fn rate_limit_paces_push() {
     );
     server.stop().await;
 }
+
+/// The key's state a stateful push carries: `keel-state` (base64 JSON) when present, checked
+/// against `keel-state-signature` (Standard Webhooks' scheme over the header's text).
+fn pushed_state(secret: &str, request: &keel_testkit::sink::Request) -> (Value, u64) {
+    let version = request
+        .header("keel-state-version")
+        .expect("keel-state-version");
+    let Some(encoded) = request.header("keel-state") else {
+        return (Value::Null, version.parse().unwrap());
+    };
+    let key = BASE64
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let id = request.header("webhook-id").unwrap();
+    let timestamp = request.header("webhook-timestamp").unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{encoded}").as_bytes());
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    assert_eq!(
+        request.header("keel-state-signature"),
+        Some(expected.as_str())
+    );
+    let state = serde_json::from_slice(&BASE64.decode(encoded).unwrap()).unwrap();
+    (state, version.parse().unwrap())
+}
+
+// Goal: a stateful push carries the key's state (signed) and commits the state and events
+// the sink's 2xx answer carries; an answer that is not a commit counts as a failed attempt
+// and is retried, never applied. Method: a sink that keeps a running total per key in keel's
+// state and emits a receipt, answering garbage to every event's first attempt.
+#[tokio::test]
+async fn stateful_push_commits_the_sinks_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "orders", 2).await;
+    let (status, body) = server.put_topic("receipts", json!({"partitions": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let secret = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = secret.clone();
+    let sink = Sink::start(std::sync::Arc::new(move |request: &keel_testkit::sink::Request| {
+        if request.attempt() == 1 {
+            return Response::new(200).body("not a commit").into();
+        }
+        let (state, _) = pushed_state(&seen.lock().unwrap(), request);
+        let data: Value = serde_json::from_slice(&request.body).unwrap();
+        let total = state["total"].as_i64().unwrap_or(0) + data["n"].as_i64().unwrap();
+        let receipt = json!({"specversion": "1.0", "source": "sink", "type": "receipt",
+            "data": {"for": request.event_id()}});
+        let answer = json!({"state": {"total": total}, "emit": [{"topic": "receipts", "event": receipt}]});
+        Response::new(200)
+            .header("content-type", "application/json")
+            .body(answer.to_string())
+            .into()
+    }))
+    .await;
+    let generated = create_push(
+        &server,
+        "totals",
+        "orders",
+        &sink.url("/hook"),
+        json!({"stateful": true, "ordering": "key"}),
+    )
+    .await;
+    *secret.lock().unwrap() = generated.clone();
+    let events: Vec<Value> = (0..6)
+        .map(|n| {
+            let key = if n % 2 == 0 { "even" } else { "odd" };
+            json!({"specversion": "1.0", "id": format!("e{n}"), "source": "t", "type": "t",
+                "partitionkey": key, "data": {"n": n}})
+        })
+        .collect();
+    publish_batch(&server, "orders", events).await;
+    wait_describe(&server, "totals", "all six committed", SOON, |info| {
+        info["lag"] == 0 && info["in_flight"] == 0
+    })
+    .await;
+    for (key, total, version) in [("even", 6, 3), ("odd", 9, 3)] {
+        let (status, state) = server
+            .get(&format!("/v1/subscriptions/totals/state/{key}"))
+            .await;
+        assert_eq!(status, 200, "{state}");
+        assert_eq!(
+            (state["state"]["total"].as_i64(), state["version"].as_u64()),
+            (Some(total), Some(version)),
+            "{state}"
+        );
+    }
+    // Each event: a garbage answer (not applied, retried), then one commit; one receipt each.
+    let accepted = sink.accepted();
+    assert_eq!(accepted.len(), 12, "two attempts per event");
+    let (_, read) = server.read("receipts", 0, "from=0&max=100").await;
+    assert_eq!(read["records"].as_array().unwrap().len(), 6, "{read}");
+    // The state a push carries is the one the previous commit left, version by version.
+    let mut versions: Vec<u64> = accepted
+        .iter()
+        .filter(|exchange| {
+            exchange.request.attempt() == 2 && exchange.request.partition_key() == Some("odd")
+        })
+        .map(|exchange| pushed_state(&generated, &exchange.request).1)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(versions, [0, 1, 2]);
+}

@@ -6,12 +6,9 @@ use std::time::Duration;
 
 use super::{Created, Engine};
 use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
-use crate::limits::{
-    DLQ_LIST_MAX, EMITS_PER_ACK_MAX, STATE_BYTES_MAX, STATE_LIST_MAX, SUBSCRIPTIONS_MAX,
-};
+use crate::limits::{DLQ_LIST_MAX, STATE_LIST_MAX, SUBSCRIPTIONS_MAX};
 use crate::metrics::Metrics;
 use crate::storage::{Area, Storage, StoredSubscription};
-use crate::subscription::pull::AckCommit;
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
     Delivery, NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
@@ -21,7 +18,7 @@ use crate::subscription::{
     AckResult, DeadLetterEntry, PulledMessage, StoredKeyState, Subscription, SubscriptionInfo,
     first_checkpoint,
 };
-use crate::topic::Topic;
+use crate::topic::{EmitTargets, Topic};
 use crate::webhook::WebhookSecret;
 use keel_api::state::StatefulAck;
 
@@ -175,17 +172,15 @@ impl Engine {
         let (storage, name_owned) = (self.inner.storage.clone(), name.to_owned());
         let metrics = self.inner.metrics.clone();
         let closing = self.inner.closing.subscribe();
+        let targets = EmitTargets {
+            topics: self.inner.topics.clone(),
+            event_bytes_max: self.inner.config.event_bytes_max,
+        };
         tokio::task::spawn_blocking(move || {
             let checkpoint = first_checkpoint(&spec, &starts).to_bytes();
             storage.create_subscription(&name_owned, &spec, &checkpoint)?;
-            let logs = storage.open_subscription(&name_owned)?;
-            // A new state has no commits whose emitted events need checking: no topics.
-            let state = spec
-                .stateful
-                .then(|| storage.open_state(&name_owned))
-                .transpose()?
-                .map(|logs| (logs, BTreeMap::new()));
-            Subscription::open(&name_owned, spec, logs, state, topic, metrics, closing)
+            let logs = open_logs(&*storage, &name_owned, &spec)?;
+            Subscription::open(&name_owned, spec, logs, targets, topic, metrics, closing)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
@@ -311,57 +306,7 @@ impl Engine {
         ack_ids: &[String],
         acks: Vec<StatefulAck>,
     ) -> Result<AckResult, EngineError> {
-        let subscription = self.subscription(name)?;
-        let mut commits: Vec<AckCommit> = ack_ids
-            .iter()
-            .map(|ack_id| AckCommit {
-                ack_id: ack_id.clone(),
-                state: None,
-                emits: Vec::new(),
-            })
-            .collect();
-        for (index, ack) in (ack_ids.len()..).zip(acks) {
-            if let Some(state) = &ack.state
-                && state.get().len() > STATE_BYTES_MAX
-            {
-                return Err(EngineError::Subscription(
-                    SubscriptionError::StateTooLarge {
-                        index,
-                        bytes: state.get().len(),
-                        max: STATE_BYTES_MAX,
-                    },
-                ));
-            }
-            if ack.emit.len() > EMITS_PER_ACK_MAX {
-                return Err(invalid_commit(format!(
-                    "ack {index} emits {} events, over the limit of {EMITS_PER_ACK_MAX}",
-                    ack.emit.len()
-                )));
-            }
-            let mut emits = Vec::with_capacity(ack.emit.len());
-            for (number, emit) in ack.emit.into_iter().enumerate() {
-                let topic = self.topic(&emit.topic).map_err(|error| match error {
-                    EngineError::Topic(TopicError::NotFound { topic }) => invalid_commit(format!(
-                        "emit {number} of ack {index} goes to topic {topic:?}, which does not exist; create it first"
-                    )),
-                    other => other,
-                })?;
-                let bytes = emit.event.get().len();
-                if bytes > self.inner.config.event_bytes_max {
-                    return Err(invalid_commit(format!(
-                        "emit {number} of ack {index} is {bytes} bytes, over the event limit of {} bytes",
-                        self.inner.config.event_bytes_max
-                    )));
-                }
-                emits.push((topic, emit.event));
-            }
-            commits.push(AckCommit {
-                ack_id: ack.ack_id,
-                state: ack.state,
-                emits,
-            });
-        }
-        subscription.commit(commits).await
+        self.subscription(name)?.commit(ack_ids, acks).await
     }
 
     /// A key's state in a stateful subscription.
@@ -501,10 +446,6 @@ fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>,
         .collect()
 }
 
-fn invalid_commit(detail: String) -> EngineError {
-    EngineError::Subscription(SubscriptionError::InvalidCommit { detail })
-}
-
 /// Subscriptions opened at start, and those that could not be, with why.
 pub(super) type RecoveredSubscriptions = (
     BTreeMap<String, Arc<Subscription>>,
@@ -516,14 +457,14 @@ pub(super) type RecoveredSubscriptions = (
 /// refuses service (readyz lists it); it does not stop the server, and deleting it removes it.
 pub(super) fn recover(
     storage: &Arc<dyn Storage>,
-    topics: &BTreeMap<String, Arc<Topic>>,
+    targets: &EmitTargets,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<RecoveredSubscriptions, EngineError> {
     let (mut subscriptions, mut failed) = (BTreeMap::new(), BTreeMap::new());
     for stored in storage.subscriptions()? {
         let name = stored.name.clone();
-        match open_one(&**storage, stored, topics, metrics, closing) {
+        match open_one(&**storage, stored, targets, metrics, closing) {
             Ok(subscription) => {
                 tracing::info!(subscription = %name, "recovered subscription");
                 subscriptions.insert(name, Arc::new(subscription));
@@ -543,7 +484,7 @@ pub(super) fn recover(
 fn open_one(
     storage: &dyn Storage,
     stored: StoredSubscription,
-    topics: &BTreeMap<String, Arc<Topic>>,
+    targets: &EmitTargets,
     metrics: &Arc<Metrics>,
     closing: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Subscription, EngineError> {
@@ -552,24 +493,32 @@ fn open_one(
     let spec = stored
         .spec
         .map_err(|detail| EngineError::Data(DataError::Corrupt { detail }))?;
-    let topic = topics.get(&spec.topic).cloned().ok_or_else(|| {
+    let topic = targets.topic(&spec.topic).ok_or_else(|| {
         EngineError::Topic(TopicError::NotFound {
             topic: spec.topic.clone(),
         })
     })?;
-    let logs = storage.open_subscription(&name)?;
-    let state = spec
-        .stateful
-        .then(|| storage.open_state(&name))
-        .transpose()?
-        .map(|logs| (logs, topics.clone()));
+    let logs = open_logs(storage, &name, &spec)?;
     Subscription::open(
         &name,
         spec,
         logs,
-        state,
+        targets.clone(),
         topic,
         metrics.clone(),
         closing.clone(),
     )
+}
+
+/// A stored subscription's logs, with its state when it is stateful. Blocking.
+fn open_logs(
+    storage: &dyn Storage,
+    name: &str,
+    spec: &SubscriptionSpec,
+) -> Result<crate::storage::SubscriptionLogs, EngineError> {
+    let mut logs = storage.open_subscription(name)?;
+    if spec.stateful {
+        logs.state = Some(storage.open_state(name)?);
+    }
+    Ok(logs)
 }

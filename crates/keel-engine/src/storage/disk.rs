@@ -309,6 +309,7 @@ impl Storage for DiskStorage {
         Ok(SubscriptionLogs {
             checkpoints: Box::new(checkpoints),
             dead_letters: Box::new(dead_letters),
+            state: None,
         })
     }
 

@@ -378,6 +378,7 @@ impl Storage for MemoryStorage {
         Ok(SubscriptionLogs {
             checkpoints: Box::new(self.handle(&logs.checkpoints)),
             dead_letters: Box::new(self.handle(&logs.dead_letters)),
+            state: None,
         })
     }
 

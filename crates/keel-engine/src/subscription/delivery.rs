@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::circuit::CircuitState;
 use super::dlq::entry_id;
-use super::keyed_state::{Found, KeyedState, Position};
+use super::keyed_state::{Effects, Found, KeyedState, Position, commit_request};
 use super::spec::SubscriptionSpec;
 use super::state::{Delivery, Outcome, REDRIVE_LANE, Settled, Slot, Stale};
 use crate::clock::now_ms;
@@ -138,6 +138,27 @@ impl Deliveries {
             self.settle(applied, "applied_before");
         }
         Ok(found)
+    }
+
+    /// Commits a handler's answer for `delivery` (a push sink's 2xx, an in-process handler's
+    /// result): its key's new state and the events to emit. Done also when the event's
+    /// commit was applied before (stale). The caller settles the delivery afterwards.
+    pub(super) async fn commit_answer(
+        &self,
+        delivery: &Delivery,
+        state: Option<Box<serde_json::value::RawValue>>,
+        emit: Vec<keel_api::state::Emit>,
+    ) -> Result<(), EngineError> {
+        let Some(keyed) = self.keyed() else {
+            return Ok(());
+        };
+        let effects = Effects::checked(0, state, emit, &self.shared.targets)?;
+        let position = position(delivery.slot, delivery.origin);
+        let Some(request) = commit_request(self.name(), &delivery.json, position, 0, &effects)?
+        else {
+            return Ok(());
+        };
+        keyed.commit(vec![request]).await.map(drop)
     }
 
     /// Takes up to `max` ready deliveries, within `max_in_flight` and the circuit breaker,

@@ -29,7 +29,6 @@
 mod committer;
 mod records;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -38,9 +37,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{EngineError, SubscriptionError};
 use crate::event::Event;
-use crate::limits::STATE_COMMIT_BATCH_MAX;
+use crate::limits::{EMITS_PER_ACK_MAX, STATE_BYTES_MAX, STATE_COMMIT_BATCH_MAX};
 use crate::storage::{StateLogs, StateTable};
-use crate::topic::Topic;
+use crate::topic::{EmitTargets, Topic};
 use committer::Committer;
 pub(super) use committer::run;
 pub(super) use records::Change;
@@ -72,7 +71,7 @@ pub struct StoredKeyState {
 
 /// Where a delivered event is, for a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Position {
+pub(crate) struct Position {
     /// Its partition and offset.
     pub(super) origin: (u32, u64),
     /// For an event redriven from the dead-letter queue: its entry id. (Its key has usually
@@ -81,7 +80,7 @@ pub(super) struct Position {
 }
 
 /// One commit asked for.
-pub(super) struct CommitRequest {
+pub(crate) struct CommitRequest {
     pub(super) key: String,
     pub(super) position: Position,
     pub(super) change: Change,
@@ -126,15 +125,15 @@ pub(super) struct KeyedState {
 
 impl KeyedState {
     /// Opens a subscription's state: replays the commits the table's last snapshot does not
-    /// hold. `topics` are the topics its emitted events may have gone to (for the check of
-    /// those not yet known to be published, when the task starts). Blocking.
+    /// hold. `targets` are the topics its emitted events go to (the check of those not yet
+    /// known published, when the task starts, looks there). Blocking.
     pub(super) fn open(
         name: &str,
         logs: StateLogs,
-        topics: BTreeMap<String, Arc<Topic>>,
+        targets: EmitTargets,
     ) -> Result<Self, EngineError> {
         let table: Arc<dyn StateTable> = Arc::from(logs.table);
-        let committer = Committer::open(name, table.clone(), logs.commits, topics)?;
+        let committer = Committer::open(name, table.clone(), logs.commits, targets)?;
         let (queue, receiver) = mpsc::channel(STATE_COMMIT_BATCH_MAX);
         Ok(KeyedState {
             name: name.to_owned(),
@@ -281,6 +280,144 @@ fn shown(key: String, entry: StoredEntry) -> Option<StoredKeyState> {
         partition: entry.partition,
         offset: entry.offset,
     })
+}
+
+/// What one ack (or a push sink's answer) commits besides the ack: the key's new state (left
+/// out: unchanged; `null`: deleted) and the events to emit, their topics found.
+pub(crate) struct Effects {
+    pub(crate) state: Option<Box<RawValue>>,
+    pub(crate) emits: Vec<(Arc<Topic>, Box<RawValue>)>,
+}
+
+impl Effects {
+    /// No effects: the state stays, nothing is emitted.
+    pub(crate) fn none() -> Self {
+        Effects {
+            state: None,
+            emits: Vec::new(),
+        }
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        self.state.is_some() || !self.emits.is_empty()
+    }
+
+    /// Checks ack `index`'s state and emitted events against the limits, and finds the
+    /// emitted events' topics. The error says which ack, which event and what to do.
+    pub(crate) fn checked(
+        index: usize,
+        state: Option<Box<RawValue>>,
+        emit: Vec<keel_api::state::Emit>,
+        targets: &EmitTargets,
+    ) -> Result<Self, EngineError> {
+        if let Some(state) = &state
+            && state.get().len() > STATE_BYTES_MAX
+        {
+            return Err(EngineError::Subscription(
+                SubscriptionError::StateTooLarge {
+                    index,
+                    bytes: state.get().len(),
+                    max: STATE_BYTES_MAX,
+                },
+            ));
+        }
+        if emit.len() > EMITS_PER_ACK_MAX {
+            return Err(invalid_commit(format!(
+                "ack {index} emits {} events, over the limit of {EMITS_PER_ACK_MAX}",
+                emit.len()
+            )));
+        }
+        let mut emits = Vec::with_capacity(emit.len());
+        for (number, emit) in emit.into_iter().enumerate() {
+            let topic = targets.topic(&emit.topic).ok_or_else(|| {
+                invalid_commit(format!(
+                    "emit {number} of ack {index} goes to topic {:?}, which does not exist; create it first",
+                    emit.topic
+                ))
+            })?;
+            let bytes = emit.event.get().len();
+            if bytes > targets.event_bytes_max {
+                return Err(invalid_commit(format!(
+                    "emit {number} of ack {index} is {bytes} bytes, over the event limit of {} bytes",
+                    targets.event_bytes_max
+                )));
+            }
+            emits.push((topic, emit.event));
+        }
+        Ok(Effects { state, emits })
+    }
+}
+
+/// The commit of ack `index` for the delivered event `json` at `position`: its key, state
+/// change and emitted events (ids derived). None for an event without a key and without
+/// effects (a plain ack); an error when such an event carries effects, or an emitted event is
+/// not a CloudEvent.
+pub(crate) fn commit_request(
+    subscription: &str,
+    json: &str,
+    position: Position,
+    index: usize,
+    effects: &Effects,
+) -> Result<Option<CommitRequest>, EngineError> {
+    let Some(key) = event_key(json) else {
+        if effects.any() {
+            return Err(invalid_commit(format!(
+                "ack {index}: its event has no partitionkey, so it has no state; ack it without state and events"
+            )));
+        }
+        return Ok(None);
+    };
+    let change = match &effects.state {
+        None => Change::Keep,
+        Some(state) if state.get() == "null" => Change::Delete,
+        Some(state) => Change::Set(compact(state)),
+    };
+    let mut emits = Vec::with_capacity(effects.emits.len());
+    for (number, (topic, event)) in effects.emits.iter().enumerate() {
+        let id = emitted_id(subscription, position.origin, number);
+        emits.push((topic.clone(), emitted_event(event, id, index, number)?));
+    }
+    Ok(Some(CommitRequest {
+        key,
+        position,
+        change,
+        emits,
+    }))
+}
+
+/// An emitted event, its `id` set to `id`: a valid CloudEvent, or why not.
+fn emitted_event(
+    event: &RawValue,
+    id: String,
+    ack: usize,
+    number: usize,
+) -> Result<Event, EngineError> {
+    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(event.get())
+        .map_err(|_| {
+        invalid_commit(format!(
+            "emit {number} of ack {ack}: the event must be a JSON object (a CloudEvent)"
+        ))
+    })?;
+    value.insert("id".to_owned(), serde_json::Value::String(id));
+    crate::event::from_value(serde_json::Value::Object(value)).map_err(|error| {
+        invalid_commit(format!(
+            "emit {number} of ack {ack} is not a valid CloudEvent: {error}"
+        ))
+    })
+}
+
+/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's output).
+fn compact(state: &RawValue) -> Box<RawValue> {
+    if !state.get().contains('\n') {
+        return state.to_owned();
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(state.get()).expect("a state parsed as JSON is JSON");
+    serde_json::value::to_raw_value(&value).expect("a JSON value serialises")
+}
+
+pub(crate) fn invalid_commit(detail: String) -> EngineError {
+    EngineError::Subscription(SubscriptionError::InvalidCommit { detail })
 }
 
 /// The `partitionkey` of stored event JSON.

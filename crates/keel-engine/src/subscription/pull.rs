@@ -12,14 +12,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 
 use super::delivery::{Deliveries, Settlement, position};
-use super::keyed_state::{
-    Change, CommitRequest, Committed, Found, KeyState, emitted_id, event_key,
-};
+use super::keyed_state::{Committed, Effects, Found, KeyState, commit_request, invalid_commit};
 use super::state::{Outcome, Slot};
 use crate::clock::now_ms;
 use crate::error::{EngineError, SubscriptionError};
 use crate::limits::{ACK_IDS_MAX, PULL_MESSAGES_MAX, READ_WAIT_MS_MAX};
-use crate::topic::Topic;
 
 /// A pulled event.
 #[derive(Debug, Clone)]
@@ -56,13 +53,10 @@ pub enum Settle {
 pub use keel_api::pull::AckResult;
 use keel_api::state::{CommitOutcome, CommitResult};
 
-/// An ack of a stateful subscription as the engine takes it: the key's new state and the
-/// events to emit, their topics found.
+/// An ack with a commit, as the engine takes it: its effects checked (see [`Effects::checked`]).
 pub(crate) struct AckCommit {
     pub(crate) ack_id: String,
-    /// Left out: unchanged; `null`: deleted.
-    pub(crate) state: Option<Box<serde_json::value::RawValue>>,
-    pub(crate) emits: Vec<(Arc<Topic>, Box<serde_json::value::RawValue>)>,
+    pub(crate) effects: Effects,
 }
 
 const ACK_ID_BYTES: usize = 24;
@@ -282,7 +276,7 @@ pub(super) async fn commit(
     let stale_with_effects: Vec<String> = acks
         .iter()
         .zip(&outstanding)
-        .filter(|(ack, found)| found.is_none() && (ack.state.is_some() || !ack.emits.is_empty()))
+        .filter(|(ack, found)| found.is_none() && ack.effects.any())
         .map(|(ack, _)| ack.ack_id.clone())
         .collect();
     if !stale_with_effects.is_empty() {
@@ -297,32 +291,12 @@ pub(super) async fn commit(
         let Some((json, origin)) = found else {
             continue;
         };
-        let Some(key) = event_key(json) else {
-            if ack.state.is_some() || !ack.emits.is_empty() {
-                return Err(invalid_commit(format!(
-                    "ack {index}: its event has no partitionkey, so it has no state; ack it without state and events"
-                )));
-            }
-            continue;
-        };
-        let change = match &ack.state {
-            None => Change::Keep,
-            Some(state) if state.get() == "null" => Change::Delete,
-            Some(state) => Change::Set(compact(state)),
-        };
-        let mut emits = Vec::with_capacity(ack.emits.len());
-        for (number, (topic, event)) in ack.emits.iter().enumerate() {
-            let id = emitted_id(deliveries.name(), *origin, number);
-            emits.push((topic.clone(), emitted_event(event, id, index, number)?));
+        let position = position(decoded[index].1, *origin);
+        let request = commit_request(deliveries.name(), json, position, index, &ack.effects)?;
+        if let Some(request) = request {
+            requests.push(request);
+            keyed_acks.push(index);
         }
-        let slot = decoded[index].1;
-        requests.push(CommitRequest {
-            key,
-            position: position(slot, *origin),
-            change,
-            emits,
-        });
-        keyed_acks.push(index);
     }
     let committed = keyed.commit(requests).await?;
     let mut results: Vec<Option<Committed>> = vec![None; acks.len()];
@@ -371,41 +345,6 @@ pub(super) async fn commit(
         });
     }
     Ok(answer)
-}
-
-/// An emitted event, its `id` set to `id`: a valid CloudEvent, or why not.
-fn emitted_event(
-    event: &serde_json::value::RawValue,
-    id: String,
-    ack: usize,
-    number: usize,
-) -> Result<crate::event::Event, EngineError> {
-    let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(event.get())
-        .map_err(|_| {
-        invalid_commit(format!(
-            "emit {number} of ack {ack}: the event must be a JSON object (a CloudEvent)"
-        ))
-    })?;
-    value.insert("id".to_owned(), serde_json::Value::String(id));
-    crate::event::from_value(serde_json::Value::Object(value)).map_err(|error| {
-        invalid_commit(format!(
-            "emit {number} of ack {ack} is not a valid CloudEvent: {error}"
-        ))
-    })
-}
-
-/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's output).
-fn compact(state: &serde_json::value::RawValue) -> Box<serde_json::value::RawValue> {
-    if !state.get().contains('\n') {
-        return state.to_owned();
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(state.get()).expect("a state parsed as JSON is JSON");
-    serde_json::value::to_raw_value(&value).expect("a JSON value serialises")
-}
-
-fn invalid_commit(detail: String) -> EngineError {
-    EngineError::Subscription(SubscriptionError::InvalidCommit { detail })
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@
 use std::time::Duration;
 
 use super::delivery::{Deliveries, Settlement};
+use super::keyed_state::Found;
 use super::spec::SinkSpec;
 use super::state::{Delivery, Outcome};
 use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::webhook::{AttemptOutcome, PushClient, SinkTarget};
+use keel_api::state::CommitAnswer;
 use std::sync::Arc;
 
 /// Most events the dispatcher starts in one go before it looks at its signals again.
@@ -62,21 +64,45 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
     }
 }
 
-/// Sends one event and settles it by the answer.
+/// Sends one event and settles it by the answer. For a stateful subscription the request
+/// carries the key's state, and a 2xx answer's body is committed first (see `commit`).
 async fn attempt(
     deliveries: &Deliveries,
     client: &PushClient,
     target: &SinkTarget,
     delivery: Delivery,
 ) {
-    let answer = client
-        .deliver(
-            target,
-            &delivery.json,
-            delivery.attempt,
-            deliveries.spec().ack_timeout,
-        )
-        .await;
+    let timeout = deliveries.spec().ack_timeout;
+    let json = &delivery.json;
+    let state = match deliveries.keyed() {
+        None => None,
+        Some(_) => match deliveries.find_state(std::slice::from_ref(&delivery)).await {
+            // Applied before a crash or by an earlier delivery: `find_state` settled it.
+            Ok(found) if found.first() == Some(&Found::Applied) => return,
+            Ok(mut found) => match found.pop() {
+                Some(Found::Deliver(state)) => state,
+                _ => None,
+            },
+            // The state cannot be read: the subscription refuses service already.
+            Err(_) => return,
+        },
+    };
+    let answer = match &state {
+        Some(state) => {
+            let (answer, body) = client
+                .deliver_stateful(target, json, delivery.attempt, timeout, state)
+                .await;
+            match answer {
+                AttemptOutcome::Delivered { .. } => commit(deliveries, &delivery, &body).await,
+                answer => answer,
+            }
+        }
+        None => {
+            client
+                .deliver(target, json, delivery.attempt, timeout)
+                .await
+        }
+    };
     let (outcome, label) = match answer {
         AttemptOutcome::Delivered { .. } => (Outcome::Ack, "acked"),
         AttemptOutcome::Retry {
@@ -118,6 +144,32 @@ async fn attempt(
         outcome,
     };
     deliveries.settle(vec![settlement], label);
+}
+
+/// Commits a stateful sink's 2xx answer: an empty body keeps the key's state; otherwise it
+/// is `{"state": …, "emit": […]}`, as one ack of a pull. An answer that is not a valid commit
+/// counts as a failed attempt (retried, then dead-lettered), with the reason.
+async fn commit(deliveries: &Deliveries, delivery: &Delivery, body: &[u8]) -> AttemptOutcome {
+    let failed = |error: String| AttemptOutcome::Retry {
+        status: None,
+        error: format!("the sink's 2xx answer is not a commit: {error}"),
+        retry_after: None,
+    };
+    let answer: CommitAnswer = if body.iter().all(u8::is_ascii_whitespace) {
+        CommitAnswer::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(answer) => answer,
+            Err(error) => return failed(error.to_string()),
+        }
+    };
+    let result = deliveries
+        .commit_answer(delivery, answer.state, answer.emit)
+        .await;
+    match result {
+        Ok(()) => AttemptOutcome::Delivered { status: 200 },
+        Err(error) => failed(error.to_string()),
+    }
 }
 
 /// A token bucket: `rate` deliveries per second, bursting up to one second's worth.

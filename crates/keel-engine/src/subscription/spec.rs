@@ -101,11 +101,6 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
             "stateful requires \"ordering\": \"key\": a key's events must reach the handler one at a time, in order, for its state to follow them".to_owned(),
         );
     }
-    if spec.stateful && push {
-        return invalid(
-            "stateful push subscriptions are not available yet: create a stateful pull subscription (no sink) and ack with state".to_owned(),
-        );
-    }
     if let Delivery::Push(sink) = &spec.delivery {
         crate::webhook::validate_sink_url(&sink.url)
             .map(drop)

@@ -19,6 +19,8 @@ pub(super) struct Reply {
     pub(super) retry_after: Option<String>,
     /// The start of the body: at most [`super::ERROR_BODY_BYTES_MAX`] bytes.
     pub(super) body_start: Vec<u8>,
+    /// The whole body, when the caller asked to keep it.
+    pub(super) body: Vec<u8>,
     /// Why the body could not be read to its end (the answer did not arrive whole).
     pub(super) body_error: Option<String>,
 }

@@ -22,7 +22,7 @@ use crate::limits::{
 };
 use crate::storage::{RecordLog, StateTable};
 use crate::subscription::Shared;
-use crate::topic::Topic;
+use crate::topic::{EmitTargets, Topic};
 
 /// The committer's state: the only writer of the table and the commit log.
 pub(in crate::subscription) struct Committer {
@@ -33,8 +33,8 @@ pub(in crate::subscription) struct Committer {
     /// Commits applied since the last snapshot, and when it was taken.
     since_snapshot: u64,
     snapshot_at: Instant,
-    /// Topics that commits not known published may have emitted to (from the start).
-    topics: BTreeMap<String, Arc<Topic>>,
+    /// Where emitted events go.
+    targets: EmitTargets,
 }
 
 impl Committer {
@@ -43,7 +43,7 @@ impl Committer {
         name: &str,
         table: Arc<dyn StateTable>,
         commits: Box<dyn RecordLog>,
-        topics: BTreeMap<String, Arc<Topic>>,
+        targets: EmitTargets,
     ) -> Result<Self, EngineError> {
         let mark = match table
             .mark()
@@ -68,7 +68,7 @@ impl Committer {
             mark,
             since_snapshot: 0,
             snapshot_at: Instant::now(),
-            topics,
+            targets,
         };
         committer.replay()?;
         Ok(committer)
@@ -266,7 +266,7 @@ impl Committer {
         }
         let mut found: HashSet<(String, String, String)> = HashSet::new();
         for (name, offsets) in &scan_from {
-            let Some(topic) = self.topics.get(name) else {
+            let Some(topic) = self.targets.topic(name) else {
                 continue;
             };
             for (partition, from) in topic.partitions().iter().zip(offsets) {
@@ -293,7 +293,7 @@ impl Committer {
         }
         let mut missing = Vec::new();
         for (name, json) in pending {
-            let Some(topic) = self.topics.get(&name) else {
+            let Some(topic) = self.targets.topic(&name) else {
                 tracing::warn!(subscription = %self.name, topic = %name, "an emitted event's topic is gone; the event is dropped");
                 continue;
             };
@@ -306,7 +306,7 @@ impl Committer {
             })?;
             let identity = (name, event.source().to_owned(), event.id().to_owned());
             if !found.contains(&identity) {
-                missing.push((topic.clone(), event));
+                missing.push((topic, event));
             }
         }
         Ok(missing)
