@@ -68,6 +68,8 @@ struct Core {
     /// Ids of redriven dead-letter entries whose redelivery was acknowledged: the store
     /// removes them from the queue.
     redrive_acked: Vec<String>,
+    /// A state rebuild is switching over: nothing is handed out (not stored: a crash ends it).
+    rebuilding: bool,
 }
 
 /// Everything a subscription's tasks share.
@@ -216,6 +218,7 @@ impl Subscription {
                 paused: checkpoint.paused,
                 circuit,
                 redrive_acked: Vec::new(),
+                rebuilding: false,
             }),
             dlq_depth: std::sync::atomic::AtomicUsize::new(dlq.depth()),
             dlq_redriven: std::sync::atomic::AtomicBool::new(dlq.has_redriven()),
@@ -486,6 +489,26 @@ impl Subscription {
             });
         }
         pull::commit(&Deliveries::new(self.shared.clone()), commits).await
+    }
+
+    /// Drops every key's state and replays the topic from `starts` (its first offsets),
+    /// durably: the deliveries in flight turn stale, then the cursor moves (durably), then the
+    /// state is dropped (durably). The commit of an event its key had applied before emits
+    /// nothing: its events went out the first time.
+    ///
+    /// A crash before the drop leaves the state whole with the cursor at the start: what is
+    /// replayed then is found applied and skipped, and the rebuild can be asked again.
+    pub(crate) async fn rebuild(&self, starts: &[u64]) -> Result<(), EngineError> {
+        let keyed = self.keyed()?;
+        self.shared.core().rebuilding = true;
+        let result = async {
+            self.seek(starts).await?;
+            keyed.rebuild().await
+        }
+        .await;
+        self.shared.core().rebuilding = false;
+        self.shared.signals.changed(true);
+        result
     }
 
     /// A key's state (blocking), when the subscription is stateful and the key has one.

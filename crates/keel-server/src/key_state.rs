@@ -1,4 +1,4 @@
-//! A stateful subscription's per-key state: read one key, list keys.
+//! A stateful subscription's per-key state: read one key, list keys, rebuild.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -66,4 +66,21 @@ pub async fn list(
         next_after,
     })
     .into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/state/rebuild`: drops every key's state and replays the
+/// topic from the start. (The route is `state/{key}` so that `GET state/rebuild` still reads
+/// a key named `rebuild`.)
+pub async fn rebuild(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if key != "rebuild" {
+        return Err(ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "a key's state is read with GET; POST applies to state/rebuild only",
+        ));
+    }
+    let info = state.engine()?.rebuild_state(&name).await?;
+    Ok(Json(info).into_response())
 }

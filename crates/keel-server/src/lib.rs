@@ -98,7 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/subscriptions/{name}/dlq/redrive", post(dlq::redrive))
         .route("/v1/subscriptions/{name}/dlq/{id}", get(dlq::show))
         .route("/v1/subscriptions/{name}/state", get(key_state::list))
-        .route("/v1/subscriptions/{name}/state/{key}", get(key_state::show))
+        .route(
+            "/v1/subscriptions/{name}/state/{key}",
+            get(key_state::show).post(key_state::rebuild),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))

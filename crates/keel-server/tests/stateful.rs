@@ -356,3 +356,76 @@ async fn bad_commits_are_refused_whole() {
         "stateful without key order",
     );
 }
+
+// Goal: a rebuild drops the state and replays the topic, so a fixed handler recomputes the
+// state from history; the replayed commits emit nothing (their events went out the first
+// time); an ack with state from before the rebuild is stale. Method: consume three deposits
+// with a "buggy" handler, rebuild, consume them again with the fixed one.
+#[tokio::test]
+async fn rebuild_recomputes_state_from_history() {
+    let server = setup().await;
+    for (n, amount) in [10, 20, 30].into_iter().enumerate() {
+        publish(&server, &format!("d{n}"), "acct", amount).await;
+    }
+    consume(&server, 3).await;
+    let (_, before) = server.get("/v1/subscriptions/ledger/state/acct").await;
+    assert_eq!(
+        (
+            before["state"]["balance"].as_i64(),
+            before["version"].as_u64()
+        ),
+        (Some(60), Some(3))
+    );
+    publish(&server, "d3", "acct", 40).await;
+    let held = pull(&server, 1).await;
+    assert_eq!(held.len(), 1);
+    let (status, info) = send(
+        &server,
+        Method::POST,
+        "/v1/subscriptions/ledger/state/rebuild",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    let (status, gone) = server.get("/v1/subscriptions/ledger/state/acct").await;
+    assert_eq!(status, 404, "the state was dropped: {gone}");
+    let stale = json!({"acks": [{"ack_id": held[0]["ack_id"], "state": {"balance": 0}}]});
+    let (status, problem) = ack(&server, stale).await;
+    assert_problem(
+        status,
+        &problem,
+        409,
+        "stale",
+        "an ack from before the rebuild",
+    );
+    // The fixed handler: amounts count double.
+    let deadline = Instant::now() + PATIENCE;
+    let mut replayed = 0;
+    while replayed < 4 {
+        assert!(Instant::now() < deadline, "only {replayed} of 4 replayed");
+        for message in pull(&server, 10).await {
+            let before = message["state"]["balance"].as_i64().unwrap_or(0);
+            let balance = before + 2 * message["event"]["data"]["amount"].as_i64().unwrap();
+            let invoice =
+                json!({"specversion": "1.0", "source": "ledger", "type": "invoice", "data": {}});
+            let body = json!({"acks": [{"ack_id": message["ack_id"], "state": {"balance": balance},
+                "emit": [{"topic": "invoices", "event": invoice}]}]});
+            let (status, answer) = ack(&server, body).await;
+            assert_eq!(status, 200, "{answer}");
+            replayed += 1;
+        }
+    }
+    let (_, after) = server.get("/v1/subscriptions/ledger/state/acct").await;
+    assert_eq!(
+        (
+            after["state"]["balance"].as_i64(),
+            after["version"].as_u64()
+        ),
+        (Some(200), Some(4))
+    );
+    // Three invoices from the first run; the replay emitted only for the new deposit.
+    let (_, read) = server.read("invoices", 0, "from=0&max=100").await;
+    assert_eq!(read["records"].as_array().unwrap().len(), 4, "{read}");
+    let (status, _) = server.get("/v1/subscriptions/ledger/state/rebuild").await;
+    assert_eq!(status, 404, "GET state/rebuild reads the key named rebuild");
+}

@@ -309,6 +309,18 @@ impl Engine {
         self.subscription(name)?.commit(ack_ids, acks).await
     }
 
+    /// Drops a stateful subscription's state and replays its topic from the start, so that a
+    /// fixed handler recomputes the state from history; a replayed event's commit emits
+    /// nothing when its key had applied it before. Returns once the state is dropped and the cursor moved, durably; the replay
+    /// goes on (describe shows its lag).
+    pub async fn rebuild_state(&self, name: &str) -> Result<SubscriptionInfo, EngineError> {
+        let subscription = self.subscription(name)?;
+        let topic = self.topic(subscription.topic_name())?;
+        let starts = resolve_position(&topic, &StartPosition::Named(NamedPosition::Earliest))?;
+        subscription.rebuild(&starts).await?;
+        Ok(subscription.info())
+    }
+
     /// A key's state in a stateful subscription.
     pub async fn key_state(&self, name: &str, key: &str) -> Result<StoredKeyState, EngineError> {
         let subscription = self.subscription(name)?;

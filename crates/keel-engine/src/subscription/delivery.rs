@@ -106,7 +106,8 @@ impl Deliveries {
     }
 
     /// For each taken delivery of a stateful subscription, whether its commit was applied
-    /// already, or its key's state. Those applied are settled as done here.
+    /// already, or its key's state. Those applied are settled as done here. (A caller that
+    /// commits later reads the rebuild generation before this.)
     pub(super) async fn find_state(&self, taken: &[Delivery]) -> Result<Vec<Found>, EngineError> {
         let positions: Vec<(Arc<str>, Position)> = taken
             .iter()
@@ -145,7 +146,7 @@ impl Deliveries {
     /// commit was applied before (stale). The caller settles the delivery afterwards.
     pub(super) async fn commit_answer(
         &self,
-        delivery: &Delivery,
+        (delivery, generation): (&Delivery, u64),
         state: Option<Box<serde_json::value::RawValue>>,
         emit: Vec<keel_api::state::Emit>,
     ) -> Result<(), EngineError> {
@@ -154,6 +155,7 @@ impl Deliveries {
         };
         let effects = Effects::checked(0, state, emit, &self.shared.targets)?;
         let position = position(delivery.slot, delivery.origin);
+        let position = (position, generation);
         let Some(request) = commit_request(self.name(), &delivery.json, position, 0, &effects)?
         else {
             return Ok(());
@@ -173,6 +175,9 @@ impl Deliveries {
         let mut core = self.shared.core();
         if let Some(reason) = &core.paused {
             return Err(reason.clone());
+        }
+        if core.rebuilding {
+            return Ok((Vec::new(), None));
         }
         let permits = core
             .circuit

@@ -86,6 +86,8 @@ pub(crate) struct CommitRequest {
     pub(super) change: Change,
     /// Events to publish, their ids already derived.
     pub(super) emits: Vec<(Arc<Topic>, Event)>,
+    /// The rebuild generation read before the delivery was found outstanding.
+    pub(super) generation: u64,
 }
 
 /// What became of a commit.
@@ -97,10 +99,18 @@ pub(super) enum Committed {
     Stale,
 }
 
-/// A commit waiting for the committer, and who waits for its outcome.
-struct Request {
-    commit: CommitRequest,
-    reply: oneshot::Sender<Result<Committed, EngineError>>,
+/// A job for the committer, and who waits for its outcome.
+enum Request {
+    /// A commit.
+    Commit {
+        commit: CommitRequest,
+        reply: oneshot::Sender<Result<Committed, EngineError>>,
+    },
+    /// Drop every key's state: a rebuild begins (`generation`).
+    Rebuild {
+        generation: u64,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
 }
 
 /// What a delivery of a stateful subscription finds.
@@ -119,6 +129,8 @@ pub(super) struct KeyedState {
     name: String,
     table: Arc<dyn StateTable>,
     queue: mpsc::Sender<Request>,
+    /// The rebuild generation (see [`KeyedState::generation`]).
+    generation: std::sync::atomic::AtomicU64,
     /// The committer, until the subscription starts its task.
     committer: Mutex<Option<(Committer, mpsc::Receiver<Request>)>>,
 }
@@ -139,6 +151,7 @@ impl KeyedState {
             name: name.to_owned(),
             table,
             queue,
+            generation: std::sync::atomic::AtomicU64::new(committer.generation()),
             committer: Mutex::new(Some((committer, receiver))),
         })
     }
@@ -159,7 +172,7 @@ impl KeyedState {
         for commit in commits {
             let (reply, answer) = oneshot::channel();
             self.queue
-                .send(Request { commit, reply })
+                .send(Request::Commit { commit, reply })
                 .await
                 .map_err(|_| self.stopped())?;
             replies.push(answer);
@@ -169,6 +182,27 @@ impl KeyedState {
             committed.push(answer.await.map_err(|_| self.stopped())??);
         }
         Ok(committed)
+    }
+
+    /// The rebuild generation: read it before a delivery is checked outstanding, and give
+    /// it to the commit; a commit of an older generation is stale (a rebuild came between).
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Drops every key's state, durably, for a rebuild. Commits asked for before are stale
+    /// from now on.
+    pub(super) async fn rebuild(&self) -> Result<(), EngineError> {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Rebuild { generation, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
     }
 
     fn stopped(&self) -> EngineError {
@@ -355,7 +389,7 @@ impl Effects {
 pub(crate) fn commit_request(
     subscription: &str,
     json: &str,
-    position: Position,
+    (position, generation): (Position, u64),
     index: usize,
     effects: &Effects,
 ) -> Result<Option<CommitRequest>, EngineError> {
@@ -382,6 +416,7 @@ pub(crate) fn commit_request(
         position,
         change,
         emits,
+        generation,
     }))
 }
 

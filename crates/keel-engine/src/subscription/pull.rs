@@ -263,6 +263,9 @@ pub(super) async fn commit(
         .map(|ack| decode_ack_id(&ack.ack_id))
         .collect::<Result<Vec<_>, _>>()?;
     let boot = deliveries.boot();
+    // Read before the deliveries are found outstanding: a rebuild after this makes the
+    // commits stale.
+    let generation = keyed.generation();
     let named: Vec<(Slot, u64)> = decoded
         .iter()
         .map(|(_, slot, lease)| (*slot, *lease))
@@ -292,7 +295,13 @@ pub(super) async fn commit(
             continue;
         };
         let position = position(decoded[index].1, *origin);
-        let request = commit_request(deliveries.name(), json, position, index, &ack.effects)?;
+        let request = commit_request(
+            deliveries.name(),
+            json,
+            (position, generation),
+            index,
+            &ack.effects,
+        )?;
         if let Some(request) = request {
             requests.push(request);
             keyed_acks.push(index);

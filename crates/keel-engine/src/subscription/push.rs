@@ -74,6 +74,8 @@ async fn attempt(
 ) {
     let timeout = deliveries.spec().ack_timeout;
     let json = &delivery.json;
+    // Read before the state: a rebuild after this makes the commit stale.
+    let generation = deliveries.keyed().map_or(0, |keyed| keyed.generation());
     let state = match deliveries.keyed() {
         None => None,
         Some(_) => match deliveries.find_state(std::slice::from_ref(&delivery)).await {
@@ -93,7 +95,9 @@ async fn attempt(
                 .deliver_stateful(target, json, delivery.attempt, timeout, state)
                 .await;
             match answer {
-                AttemptOutcome::Delivered { .. } => commit(deliveries, &delivery, &body).await,
+                AttemptOutcome::Delivered { .. } => {
+                    commit(deliveries, (&delivery, generation), &body).await
+                }
                 answer => answer,
             }
         }
@@ -149,7 +153,11 @@ async fn attempt(
 /// Commits a stateful sink's 2xx answer: an empty body keeps the key's state; otherwise it
 /// is `{"state": …, "emit": […]}`, as one ack of a pull. An answer that is not a valid commit
 /// counts as a failed attempt (retried, then dead-lettered), with the reason.
-async fn commit(deliveries: &Deliveries, delivery: &Delivery, body: &[u8]) -> AttemptOutcome {
+async fn commit(
+    deliveries: &Deliveries,
+    delivery: (&Delivery, u64),
+    body: &[u8],
+) -> AttemptOutcome {
     let failed = |error: String| AttemptOutcome::Retry {
         status: None,
         error: format!("the sink's 2xx answer is not a commit: {error}"),

@@ -10,9 +10,10 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::records::{
-    Change, CommitRecord, EmitRecord, StoredEntry, TableMark, key_entry, redriven_entry,
+    Change, CommitRecord, EmitRecord, KEY_PREFIX, PREVIOUS_PREFIX, REDRIVEN_PREFIX, Rebuild,
+    StoredEntry, TableMark, key_entry, previous_entry, redriven_entry,
 };
-use super::{Committed, Request, storage_error};
+use super::{CommitRequest, Committed, Request, storage_error};
 use crate::clock::now_ms;
 use crate::error::{DataError, EngineError};
 use crate::event::Event;
@@ -20,9 +21,15 @@ use crate::limits::{
     READ_BYTES_MAX, READ_RECORDS_MAX, STATE_COMMIT_BATCH_MAX, STATE_SNAPSHOT_COMMITS,
     STATE_SNAPSHOT_INTERVAL,
 };
+
+/// Entries dropped per write when a rebuild drops the state.
+const STATE_REBUILD_PAGE: usize = 10_000;
 use crate::storage::{RecordLog, StateTable};
 use crate::subscription::Shared;
 use crate::topic::{EmitTargets, Topic};
+
+/// Who waits for a commit's outcome.
+type Reply = tokio::sync::oneshot::Sender<Result<Committed, EngineError>>;
 
 /// The committer's state: the only writer of the table and the commit log.
 pub(in crate::subscription) struct Committer {
@@ -74,6 +81,11 @@ impl Committer {
         Ok(committer)
     }
 
+    /// The rebuild generation the table is at.
+    pub(super) fn generation(&self) -> u64 {
+        self.mark.generation()
+    }
+
     /// Applies the commits from the mark's `applied` to the end of the log to the table.
     fn replay(&mut self) -> Result<(), EngineError> {
         let end = self.commits.next_offset();
@@ -82,20 +94,29 @@ impl Committer {
             let records = self.read_commits(self.mark.applied)?;
             let mut writes = Vec::with_capacity(records.len());
             let mut overlay: HashMap<Vec<u8>, StoredEntry> = HashMap::new();
-            for (_, record) in &records {
+            for (offset, record) in records {
+                if let Some(rebuild) = record.rebuild {
+                    // The commits before it go in first: the rebuild moves them aside.
+                    self.write(&writes)?;
+                    self.mark.applied = offset + 1;
+                    self.mark.rebuild = Some(rebuild);
+                    self.clear()?;
+                    (writes, overlay) = (Vec::new(), HashMap::new());
+                    continue;
+                }
                 let table_key = key_entry(&record.key);
                 let current = match overlay.get(&table_key) {
                     Some(entry) => Some(entry.clone()),
                     None => self.stored(&table_key)?,
                 };
-                let entry = next_entry(current.as_ref(), record);
+                let entry = next_entry(current.as_ref(), &record);
                 writes.push((table_key.clone(), Some(entry.to_bytes())));
                 if let Some(entry_id) = &record.redriven {
                     writes.push((redriven_entry(entry_id), Some(Vec::new())));
                 }
                 overlay.insert(table_key, entry);
+                self.mark.applied = offset + 1;
             }
-            self.mark.applied += records.len() as u64;
             self.write(&writes)?;
         }
         if replayed > 0 {
@@ -103,6 +124,55 @@ impl Committer {
         }
         self.since_snapshot += replayed;
         Ok(())
+    }
+
+    /// Drops every key's state. Each key's offset is kept in its previous-state entry (the
+    /// highest offset the key ever applied, over every rebuild), and the marks of redriven
+    /// events go. Blocking.
+    fn clear(&self) -> Result<(), EngineError> {
+        loop {
+            let page = self
+                .table
+                .scan(&[KEY_PREFIX], &[], STATE_REBUILD_PAGE)
+                .map_err(|source| storage_error("read the state", source))?;
+            let marks = self
+                .table
+                .scan(&[REDRIVEN_PREFIX], &[], STATE_REBUILD_PAGE)
+                .map_err(|source| storage_error("read the state", source))?;
+            if page.is_empty() && marks.is_empty() {
+                return Ok(());
+            }
+            let mut writes = Vec::with_capacity(2 * page.len() + marks.len());
+            for (key, value) in page {
+                let mut previous_key = key.clone();
+                previous_key[0] = PREVIOUS_PREFIX;
+                let entry = StoredEntry::from_bytes(&value)?;
+                let kept = self
+                    .stored(&previous_key)?
+                    .filter(|previous| previous.offset > entry.offset);
+                if kept.is_none() {
+                    let previous = StoredEntry::new(0, entry.partition, entry.offset, None);
+                    writes.push((previous_key, Some(previous.to_bytes())));
+                }
+                writes.push((key, None));
+            }
+            writes.extend(marks.into_iter().map(|(key, _)| (key, None)));
+            self.write(&writes)?;
+        }
+    }
+
+    /// Begins a rebuild: its record appended with an fsync, then the state dropped. From here
+    /// commits of an older generation are stale, and a commit of an event its key had applied
+    /// before the rebuild emits nothing (its events went out the first time). Blocking.
+    fn rebuild(&mut self, rebuild: Rebuild) -> Result<(), EngineError> {
+        let record = CommitRecord::rebuild(rebuild.clone()).to_bytes();
+        self.commits
+            .append(now_ms(), &[&record], true)
+            .map_err(|source| storage_error("append to the state's commit log", source))?;
+        self.mark.applied = self.commits.next_offset();
+        self.mark.rebuild = Some(rebuild);
+        self.since_snapshot += 1;
+        self.clear()
     }
 
     /// Commit records from `from`, with their offsets (a read's worth). Blocking.
@@ -134,28 +204,29 @@ impl Committer {
     /// Decides each commit (applied or stale), appends the applied ones to the commit log
     /// with one fsync, and writes them to the table. Returns each outcome, and the applied
     /// commits' events by topic. Blocking.
-    fn apply(&mut self, requests: &[Request]) -> Result<Applied, EngineError> {
+    fn apply(&mut self, requests: &[(CommitRequest, Reply)]) -> Result<Applied, EngineError> {
         let mut overlay: HashMap<Vec<u8>, StoredEntry> = HashMap::new();
         let mut redriven: HashSet<&str> = HashSet::new();
         let mut since: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         let (mut records, mut outcomes, mut writes) = (Vec::new(), Vec::new(), Vec::new());
         let mut emits: Vec<(Arc<Topic>, Event)> = Vec::new();
-        for Request { commit, .. } in requests {
+        for (commit, _) in requests {
             let table_key = key_entry(&commit.key);
             let current = match overlay.get(&table_key) {
                 Some(entry) => Some(entry.clone()),
                 None => self.stored(&table_key)?,
             };
             let position = &commit.position;
-            let stale = match &position.redriven {
-                Some(entry_id) => {
-                    redriven.contains(entry_id.as_str())
-                        || self.stored_mark(&redriven_entry(entry_id))?
-                }
-                None => current
-                    .as_ref()
-                    .is_some_and(|entry| entry.offset >= position.origin.1),
-            };
+            let stale = commit.generation < self.mark.generation()
+                || match &position.redriven {
+                    Some(entry_id) => {
+                        redriven.contains(entry_id.as_str())
+                            || self.stored_mark(&redriven_entry(entry_id))?
+                    }
+                    None => current
+                        .as_ref()
+                        .is_some_and(|entry| entry.offset >= position.origin.1),
+                };
             if stale {
                 outcomes.push(Committed::Stale);
                 continue;
@@ -163,7 +234,12 @@ impl Committer {
             let version = current.as_ref().map_or(0, |entry| entry.version) + 1;
             let mut emitted = Vec::with_capacity(commit.emits.len());
             let mut commit_since = BTreeMap::new();
-            for (topic, event) in &commit.emits {
+            // Applied before a rebuild: its events went out the first time.
+            let replayed = position.redriven.is_none()
+                && self
+                    .stored(&previous_entry(&commit.key))?
+                    .is_some_and(|previous| previous.offset >= position.origin.1);
+            for (topic, event) in commit.emits.iter().filter(|_| !replayed) {
                 let offsets = since
                     .entry(topic.name.clone())
                     .or_insert_with(|| next_offsets(topic));
@@ -409,23 +485,48 @@ async fn serve(
                 continue;
             }
         }
-        let requests = std::mem::take(&mut batch);
-        let (returned, result) = tokio::task::spawn_blocking(move || {
-            let result = committer.apply(&requests);
-            (committer, result.map(|applied| (applied, requests)))
-        })
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?;
-        committer = returned;
-        // A failure drops the requests: their callers learn the state stopped taking commits.
-        let (applied, requests) = result?;
-        let published = committer.mark.applied;
-        publish(applied.emits).await?;
-        committer.mark.published = published;
-        for (request, outcome) in requests.into_iter().zip(applied.outcomes) {
-            let _ = request.reply.send(Ok(outcome));
+        let mut commits = Vec::new();
+        for request in std::mem::take(&mut batch) {
+            match request {
+                Request::Commit { commit, reply } => commits.push((commit, reply)),
+                Request::Rebuild { generation, reply } => {
+                    // In order: the commits asked for before it apply first.
+                    committer = apply(committer, std::mem::take(&mut commits)).await?;
+                    let rebuild = Rebuild { generation };
+                    committer =
+                        blocking(committer, move |committer| committer.rebuild(rebuild)).await?;
+                    let _ = reply.send(Ok(()));
+                }
+            }
         }
+        committer = apply(committer, commits).await?;
     }
+}
+
+/// Applies commits (group commit), publishes their events, and answers each.
+async fn apply(
+    committer: Committer,
+    commits: Vec<(CommitRequest, Reply)>,
+) -> Result<Committer, EngineError> {
+    if commits.is_empty() {
+        return Ok(committer);
+    }
+    let (mut committer, result) = tokio::task::spawn_blocking(move || {
+        let mut committer = committer;
+        let result = committer.apply(&commits);
+        (committer, result.map(|applied| (applied, commits)))
+    })
+    .await
+    .map_err(|_| EngineError::ShuttingDown)?;
+    // A failure drops the requests: their callers learn the state stopped taking commits.
+    let (applied, commits) = result?;
+    let published = committer.mark.applied;
+    publish(applied.emits).await?;
+    committer.mark.published = published;
+    for ((_, reply), outcome) in commits.into_iter().zip(applied.outcomes) {
+        let _ = reply.send(Ok(outcome));
+    }
+    Ok(committer)
 }
 
 /// Runs `operation` on the committer on a blocking thread, and hands the committer back.

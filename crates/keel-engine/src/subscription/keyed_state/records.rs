@@ -9,9 +9,19 @@ use serde_json::value::RawValue;
 use crate::error::{DataError, EngineError};
 
 /// Table keys of key states start with this byte, marks of applied redriven events with
-/// [`REDRIVEN_PREFIX`].
+/// [`REDRIVEN_PREFIX`], and key states from before the last rebuild with [`PREVIOUS_PREFIX`].
 pub(super) const KEY_PREFIX: u8 = b'k';
 pub(super) const REDRIVEN_PREFIX: u8 = b'r';
+pub(super) const PREVIOUS_PREFIX: u8 = b'p';
+
+/// The table key of a key's state from before the last rebuild: its offset says which events
+/// were applied (and emitted their events) before.
+pub(super) fn previous_entry(key: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(key.len() + 1);
+    bytes.push(PREVIOUS_PREFIX);
+    bytes.extend_from_slice(key.as_bytes());
+    bytes
+}
 
 /// The table key of a key's state.
 pub(super) fn key_entry(key: &str) -> Vec<u8> {
@@ -74,13 +84,22 @@ impl StoredEntry {
 }
 
 /// What the table holds, stored with every write: commits below `applied` are in it, and
-/// the events of commits below `published` were published.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// the events of commits below `published` were published. After a rebuild, its generation
+/// and where its replay ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct TableMark {
     #[serde(default = "crate::format::unrecorded")]
     format: u64,
     pub(super) applied: u64,
     pub(super) published: u64,
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub(super) rebuild: Option<Rebuild>,
+}
+
+/// A rebuild of the state: its number (commits asked for before it are stale).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Rebuild {
+    pub(super) generation: u64,
 }
 
 impl TableMark {
@@ -89,11 +108,19 @@ impl TableMark {
             format: crate::format::FORMAT,
             applied,
             published,
+            rebuild: None,
         }
     }
 
-    pub(super) fn to_bytes(self) -> Vec<u8> {
-        serde_json::to_vec(&self).expect("a mark serialises")
+    /// The rebuild generation the table is at (0 before any).
+    pub(super) fn generation(&self) -> u64 {
+        self.rebuild
+            .as_ref()
+            .map_or(0, |rebuild| rebuild.generation)
+    }
+
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a mark serialises")
     }
 
     pub(super) fn from_bytes(bytes: &[u8]) -> Result<Self, EngineError> {
@@ -142,6 +169,9 @@ pub(super) struct CommitRecord {
     /// only be at or after these.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) since: BTreeMap<String, Vec<u64>>,
+    /// Set on a rebuild's record instead of a commit: the state is dropped here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rebuild: Option<Rebuild>,
 }
 
 /// An emitted event in a commit record.
@@ -177,7 +207,23 @@ impl CommitRecord {
             deleted,
             emit,
             since,
+            rebuild: None,
         }
+    }
+
+    /// The record of a rebuild: the state is dropped, and the replay begins.
+    pub(super) fn rebuild(rebuild: Rebuild) -> Self {
+        let mut record = Self::new(
+            String::new(),
+            (0, 0),
+            None,
+            0,
+            &Change::Keep,
+            Vec::new(),
+            BTreeMap::new(),
+        );
+        record.rebuild = Some(rebuild);
+        record
     }
 
     pub(super) fn change(&self) -> Change {
