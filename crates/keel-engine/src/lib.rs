@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 mod format;
+pub mod handler;
 pub mod limits;
 pub mod metrics;
 mod partition;

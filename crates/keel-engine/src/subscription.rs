@@ -23,6 +23,7 @@ mod checkpoint;
 pub mod circuit;
 mod delivery;
 pub(crate) mod dlq;
+mod in_process;
 mod keyed_state;
 pub mod pull;
 mod push;
@@ -150,6 +151,27 @@ impl Shared {
 pub(crate) struct Subscription {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// In-process handlers attached to it.
+    handlers: Mutex<Vec<Attached>>,
+}
+
+/// An in-process handler attached to a subscription ([`crate::Engine::attach`]): stop it to
+/// detach it (its calls in flight finish first). Dropping it leaves the handler running until
+/// the subscription stops.
+#[derive(Clone)]
+pub struct Attached {
+    stop: Arc<watch::Sender<bool>>,
+    done: watch::Receiver<bool>,
+}
+
+impl Attached {
+    /// Stops taking events, and returns once the calls in flight finished and were settled
+    /// (at most about 30 seconds; later ones are delivered again).
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|done| *done).await;
+    }
 }
 
 /// A subscription as describe shows it, its spec as the engine holds it.
@@ -236,6 +258,7 @@ impl Subscription {
         Ok(Subscription {
             shared,
             tasks: Mutex::new(Vec::new()),
+            handlers: Mutex::new(Vec::new()),
         })
     }
 
@@ -263,8 +286,47 @@ impl Subscription {
         shared.signals.changed(true);
     }
 
-    /// Stops every task after a last checkpoint.
+    /// Attaches an in-process handler (a pull subscription's consumer inside this process).
+    /// Call inside the runtime.
+    pub(crate) fn attach(
+        &self,
+        handler: Arc<dyn crate::handler::Handler>,
+    ) -> Result<Attached, EngineError> {
+        if self.shared.spec.is_push() {
+            return Err(EngineError::Subscription(
+                SubscriptionError::WrongDeliveryMode {
+                    detail: format!(
+                        "subscription {:?} pushes to a sink; attach handlers to a subscription without one",
+                        self.shared.name
+                    ),
+                },
+            ));
+        }
+        let (stop, stopped) = watch::channel(false);
+        let (finished, done) = watch::channel(false);
+        let deliveries = Deliveries::new(self.shared.clone());
+        tokio::spawn(async move {
+            in_process::run(deliveries, handler, stopped).await;
+            finished.send_replace(true);
+        });
+        let attached = Attached {
+            stop: Arc::new(stop),
+            done,
+        };
+        self.handlers
+            .lock()
+            .expect("handlers lock")
+            .push(attached.clone());
+        Ok(attached)
+    }
+
+    /// Stops every task after a last checkpoint; attached handlers' calls in flight finish
+    /// first.
     pub(crate) async fn stop(&self) {
+        let handlers = std::mem::take(&mut *self.handlers.lock().expect("handlers lock"));
+        for handler in handlers {
+            handler.stop().await;
+        }
         let shared = &self.shared;
         let version = shared.core().delivery.version();
         shared.signals.changed(false);

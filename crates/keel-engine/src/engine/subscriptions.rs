@@ -15,8 +15,8 @@ use crate::subscription::spec::{
     validate_subscription_spec,
 };
 use crate::subscription::{
-    AckResult, DeadLetterEntry, PulledMessage, StoredKeyState, Subscription, SubscriptionInfo,
-    first_checkpoint,
+    AckResult, Attached, DeadLetterEntry, PulledMessage, StoredKeyState, Subscription,
+    SubscriptionInfo, first_checkpoint,
 };
 use crate::topic::{EmitTargets, Topic};
 use crate::webhook::WebhookSecret;
@@ -319,6 +319,17 @@ impl Engine {
         let starts = resolve_position(&topic, &StartPosition::Named(NamedPosition::Earliest))?;
         subscription.rebuild(&starts).await?;
         Ok(subscription.info())
+    }
+
+    /// Attaches an in-process handler to a subscription without a sink: it takes the
+    /// subscription's events inside this process (see [`crate::handler`]). Several handlers
+    /// (and pull consumers) may share one subscription. Call inside the runtime.
+    pub fn attach(
+        &self,
+        name: &str,
+        handler: impl crate::handler::Handler,
+    ) -> Result<Attached, EngineError> {
+        self.subscription(name)?.attach(Arc::new(handler))
     }
 
     /// A key's state in a stateful subscription.

@@ -110,6 +110,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut stopping = shared.signals.stopping();
     let mut written = 0;
     loop {
+        // Another part of the subscription's storage failed (its state's committer): nothing
+        // more is stored, so that no attempt made meanwhile counts after the restart.
+        if shared.durability.failed().is_some() {
+            return;
+        }
         if let Err(error) = write_once(&shared, &mut written).await {
             let reason = format!(
                 "its progress could not be stored ({error}); fix the disk and restart keel"

@@ -1,0 +1,168 @@
+//! In-process delivery, a mode of the delivery interface (`delivery.rs`): a Rust handler
+//! attached to a subscription takes its events directly, each in a task of its own, and its
+//! result settles the event (`crate::handler` has the contract).
+//!
+//! Each handler call runs in a spawned task, so a panic is caught (the task's join error) and
+//! counted as a failed attempt, and a call that runs past `ack_timeout` is aborted and counted
+//! as one too: a bad handler costs its own event's attempts, never the engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::delivery::{Deliveries, Settlement};
+use super::keyed_state::Found;
+use super::state::{Delivery, Outcome};
+use crate::clock::now_ms;
+use crate::handler::{Delivered, Handled, Handler, HandlerError};
+
+/// How long stopping waits for handler calls in flight to finish.
+pub(crate) const DRAIN_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `handler` on the subscription's events until `stop` turns true or the subscription
+/// stops; then stops taking events and waits (up to [`DRAIN_WAIT_MAX`]) for the calls in
+/// flight to finish and be settled.
+pub(super) async fn run(
+    deliveries: Deliveries,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ready = deliveries.ready();
+    let mut stopping = deliveries.stopping();
+    let timeout = deliveries.spec().ack_timeout;
+    let deadline_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+    let mut calls = JoinSet::new();
+    loop {
+        ready.borrow_and_update();
+        if deliveries.check_available().is_err() {
+            // Its storage failed: it refuses service until a restart, and spends no attempts.
+            break;
+        }
+        let now = now_ms();
+        // A paused subscription hands out nothing until a resume bumps `ready`.
+        let (taken, _) = deliveries
+            .take(usize::MAX, Some(now.saturating_add(deadline_ms)), now)
+            .unwrap_or_default();
+        for delivery in taken {
+            let (deliveries, handler) = (deliveries.clone(), handler.clone());
+            calls.spawn(async move { call(&deliveries, handler, delivery, timeout).await });
+        }
+        tokio::select! {
+            _ = ready.changed() => {}
+            Some(_) = calls.join_next(), if !calls.is_empty() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+    }
+    let drained = tokio::time::timeout(DRAIN_WAIT_MAX, async {
+        while calls.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(subscription = %deliveries.name(), "handler calls still running after the drain wait; their events will be delivered again");
+    }
+}
+
+/// One handler call, settled by its result.
+async fn call(
+    deliveries: &Deliveries,
+    handler: Arc<dyn Handler>,
+    delivery: Delivery,
+    timeout: Duration,
+) {
+    let generation = deliveries.keyed().map_or(0, |keyed| keyed.generation());
+    let state = match deliveries.keyed() {
+        None => None,
+        Some(_) => match deliveries.find_state(std::slice::from_ref(&delivery)).await {
+            Ok(mut found) => match found.pop() {
+                // Applied before: `find_state` settled it.
+                Some(Found::Applied) | None => return,
+                Some(Found::Deliver(state)) => state,
+            },
+            // The state cannot be read: the subscription refuses service already.
+            Err(_) => return,
+        },
+    };
+    let event = Delivered {
+        json: delivery.json.clone(),
+        partition: delivery.origin.0,
+        offset: delivery.origin.1,
+        attempt: delivery.attempt,
+        state,
+    };
+    let mut task = tokio::spawn(handler.handle(event));
+    let result = tokio::select! {
+        joined = &mut task => joined.map_err(|error| {
+            if error.is_panic() {
+                format!("the handler panicked: {}", panic_text(error.into_panic()))
+            } else {
+                "the handler's task was cancelled".to_owned()
+            }
+        }),
+        _ = tokio::time::sleep(timeout) => {
+            task.abort();
+            Err(format!("the handler ran past the ack_timeout of {}", crate::duration::format(timeout)))
+        }
+    };
+    let (outcome, label) = match result {
+        Ok(Ok(handled)) => match commit(deliveries, (&delivery, generation), handled).await {
+            Ok(()) => (Outcome::Ack, "acked"),
+            // The state cannot be stored: the subscription refuses service, and the event
+            // is delivered again after the restart, its attempt not spent.
+            Err(_) if deliveries.check_available().is_err() => return,
+            Err(error) => (fail(error), "failed"),
+        },
+        Ok(Err(HandlerError::Retry {
+            delay: Some(delay), ..
+        })) => (Outcome::Delay(delay), "nacked"),
+        Ok(Err(HandlerError::Retry {
+            reason,
+            delay: None,
+        })) => (fail(reason), "failed"),
+        Ok(Err(HandlerError::Permanent { reason })) => (
+            Outcome::Reject {
+                status: None,
+                error: reason,
+            },
+            "rejected",
+        ),
+        Err(error) => (fail(error), "failed"),
+    };
+    let settlement = Settlement {
+        slot: delivery.slot,
+        lease: delivery.lease,
+        outcome,
+    };
+    deliveries.settle(vec![settlement], label);
+}
+
+/// Commits a handler's success (state and emitted events, on a stateful subscription).
+async fn commit(
+    deliveries: &Deliveries,
+    delivery: (&Delivery, u64),
+    handled: Handled,
+) -> Result<(), String> {
+    deliveries
+        .commit_answer(delivery, handled.state, handled.emit)
+        .await
+        .map_err(|error| format!("the handler's result cannot be committed: {error}"))
+}
+
+fn fail(error: String) -> Outcome {
+    Outcome::Fail {
+        status: None,
+        error,
+        retry_after: None,
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
