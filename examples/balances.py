@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Per-account balances that equal the sum of deposits exactly, whatever crashes: a keel
-stateful pull consumer in plain HTTP and the Python standard library.
+"""python3 examples/balances.py --server http://127.0.0.1:7171 --setup
 
-    python3 examples/balances.py --server http://127.0.0.1:7171 --setup
+Per-account balances that equal the sum of deposits exactly, whatever crashes: a keel
+stateful pull consumer in plain HTTP and the Python standard library.
 
 --setup creates the topics `deposits` and `receipts` and the stateful subscription `balances`
 when missing; then it consumes forever (--until-idle: until a pull finds nothing). Publish a
@@ -19,6 +19,7 @@ nothing itself: it may crash, restart, or run twice.
 """
 
 import argparse
+import http.client
 import json
 import logging
 import sys
@@ -49,7 +50,7 @@ def call(server, method, path, body=None):
             status, text = response.status, response.read()
     except urllib.error.HTTPError as error:  # 4xx and 5xx: the answer is a problem+json
         status, text = error.code, error.read()
-    except (OSError, urllib.error.URLError) as error:  # refused, reset, timed out
+    except (OSError, http.client.HTTPException) as error:  # refused, reset, cut short
         raise Unavailable(str(getattr(error, "reason", error))) from error
     if status >= 500:
         raise Unavailable(f"{status} {text.decode(errors='replace')}")
@@ -97,7 +98,7 @@ def commit_for(message):
             "emit": [{"topic": "receipts", "event": receipt}]}
 
 
-def consume(server, until_idle):
+def consume(server, until_idle, handling_s):
     """Pulls deposits and commits each with its account's new balance; returns when idle (if
     asked). Returns the number of deposits applied."""
     applied = 0
@@ -110,21 +111,17 @@ def consume(server, until_idle):
                 return applied
             continue
         acks = [commit_for(message) for message in messages]
-        try:
-            status, answer = call(server, "POST", f"/v1/subscriptions/{SUBSCRIPTION}/ack",
-                                  {"acks": acks})
-        except Unavailable as error:
-            # Committed or not, we cannot tell: the next pull says. A committed deposit is
-            # never handed out again; an uncommitted one comes back.
-            log.warning("keel unavailable while acking %d deposits (%s); pulling again",
-                        len(acks), error)
-            time.sleep(RETRY_PAUSE_S)
-            continue
+        time.sleep(handling_s)  # a real handler's work; a crash meanwhile makes the acks stale
+        # Retried while keel is down: whether a lost answer's commit happened or not, sending
+        # it again is safe, since keel applies a deposit's commit once.
+        status, answer = patiently(server, "POST", f"/v1/subscriptions/{SUBSCRIPTION}/ack",
+                                   {"acks": acks})
         if status == 409:
             # The deliveries are no longer outstanding (keel restarted, or the ack deadline
-            # passed): nothing was committed, and the deposits will be pulled again.
-            log.warning("stale: %d deposits were pulled before keel restarted; nothing "
-                        "committed, pulling again", len(acks))
+            # passed): nothing was committed now. Each deposit comes back unless an earlier
+            # try committed it; keel hands out no deposit twice.
+            log.warning("stale: %d deposits pulled before keel restarted (or past their ack "
+                        "deadline); nothing committed now, pulling again", len(acks))
             continue
         if status != 200:
             sys.exit(f"ack answered {status}: {answer.get('detail', answer)}")
@@ -140,12 +137,14 @@ def consume(server, until_idle):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--server", default="http://127.0.0.1:7171", help="keel's URL")
     parser.add_argument("--setup", action="store_true",
                         help="create the topics and the subscription if missing")
     parser.add_argument("--until-idle", action="store_true",
                         help="stop when a pull finds nothing (else consume forever)")
+    parser.add_argument("--handling-ms", type=int, default=0,
+                        help="time each batch takes to handle, as a slower handler's would")
     options = parser.parse_args()
     logging.basicConfig(stream=sys.stdout, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -153,7 +152,7 @@ def main():
     if options.setup:
         setup(server)
     try:
-        applied = consume(server, options.until_idle)
+        applied = consume(server, options.until_idle, options.handling_ms / 1000)
     except KeyboardInterrupt:
         return
     log.info("idle: applied %d deposits in this run", applied)
