@@ -2,10 +2,12 @@
 # Installs the outside tools the tests check keel against, on a fresh Debian machine:
 # promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
 # the CloudEvents Python SDK as an outside publisher, and the official Standard Webhooks
-# Python library to verify pushed signatures. Idempotent and quiet when present.
+# Python library to verify pushed signatures; python3 itself runs examples/balances.py in the
+# exactly-once test. Idempotent and quiet when present.
 set -euo pipefail
 
 need_apt=()
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v fiu-run >/dev/null 2>&1 || need_apt+=(fiu-utils)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -23,7 +23,7 @@ use keel_testkit::random::splitmix64;
 use keel_testkit::sink::{Answer, Exchange, Policy, Reply, Request, Response, Sink, policy};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::KEEL;
+use support::{KEEL, publish_until_acknowledged, seed};
 
 /// Keys of the push soak's events.
 const SOAK_KEYS: u64 = 20;
@@ -146,42 +146,6 @@ async fn dlq_entries(client: &reqwest::Client, keel: &KeelProcess, name: &str) -
     answer["entries"].as_array().unwrap().clone()
 }
 
-/// Publishes a batch, retrying until it is acknowledged (a restart in between is fine: dedupe
-/// returns the original positions of events stored before a crash). Returns the results.
-async fn publish_until_acknowledged(
-    client: &reqwest::Client,
-    url: &str,
-    topic: &str,
-    events: &[Value],
-) -> Vec<Value> {
-    let body = Value::Array(events.to_vec()).to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = client
-            .post(format!("{url}/v1/topics/{topic}/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(body.clone())
-            .send()
-            .await;
-        let last = match response {
-            Ok(response) if response.status() == 200 => match response.text().await {
-                Ok(text) => {
-                    let answer: Value = serde_json::from_str(&text).unwrap();
-                    return answer["results"].as_array().unwrap().clone();
-                }
-                Err(error) => error.to_string(),
-            },
-            Ok(response) => format!("status {}", response.status()),
-            Err(error) => error.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "publish not acknowledged within 30 s; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn event(id: &str, key: Option<&str>, data: Value) -> Value {
     let mut event = json!({
         "specversion": "1.0", "id": id, "source": "delivery-crash", "type": "t",
@@ -195,19 +159,6 @@ fn event(id: &str, key: Option<&str>, data: Value) -> Value {
 
 // ---------------------------------------------------------------------------------------------
 // Randomness and data-dir evidence
-
-/// The run's seed: `KEEL_TEST_SEED`, or the clock. Printed so a failing run can be replayed.
-fn seed(test: &str) -> u64 {
-    let seed = std::env::var("KEEL_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-            now.unwrap().as_nanos() as u64
-        });
-    eprintln!("{test}: seed {seed} (KEEL_TEST_SEED={seed} replays it)");
-    seed
-}
 
 fn soak_cycles() -> usize {
     std::env::var("KEEL_SOAK_CYCLES")

@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unreachable_pub)]
 
+use std::time::{Duration, Instant};
+
 use keel_testkit::process::KeelBinary;
 use serde_json::Value;
 
@@ -66,5 +68,54 @@ pub async fn read_partition_from(
         }
         from = body["next_offset"].as_u64().unwrap();
         records.extend(batch);
+    }
+}
+
+/// The run's seed: `KEEL_TEST_SEED`, or the clock. Printed so a failing run can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("KEEL_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.unwrap().as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (KEEL_TEST_SEED={seed} replays it)");
+    seed
+}
+
+/// Publishes a batch, retrying until it is acknowledged (a restart in between is fine: dedupe
+/// returns the original positions of events stored before a crash). Returns the results.
+pub async fn publish_until_acknowledged(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    events: &[Value],
+) -> Vec<Value> {
+    let body = Value::Array(events.to_vec()).to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client
+            .post(format!("{url}/v1/topics/{topic}/events"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(body.clone())
+            .send()
+            .await;
+        let last = match response {
+            Ok(response) if response.status() == 200 => match response.text().await {
+                Ok(text) => {
+                    let answer: Value = serde_json::from_str(&text).unwrap();
+                    return answer["results"].as_array().unwrap().clone();
+                }
+                Err(error) => error.to_string(),
+            },
+            Ok(response) => format!("status {}", response.status()),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "publish not acknowledged within 30 s; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
