@@ -18,6 +18,9 @@ pub struct Problem {
     /// A read past the end (400): the partition's next offset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_offset: Option<u64>,
+    /// Acks carrying state or events that were stale (409): the ack ids; resend the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_ack_ids: Option<Vec<String>>,
     /// A read before the start (404): the partition's first kept offset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_offset: Option<u64>,

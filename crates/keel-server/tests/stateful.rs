@@ -172,6 +172,11 @@ async fn a_second_commit_is_stale_and_null_deletes() {
     );
     let (status, again) = ack(&server, commit).await;
     assert_problem(status, &again, 409, "stale", "the same commit again");
+    assert_eq!(
+        again["stale_ack_ids"],
+        json!([first[0]["ack_id"]]),
+        "{again}"
+    );
     let (_, state) = server.get("/v1/subscriptions/ledger/state/k").await;
     assert_eq!(
         (state["version"].as_u64(), state["offset"].as_u64()),
