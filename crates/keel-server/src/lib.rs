@@ -209,6 +209,33 @@ pub async fn serve(
     }
 }
 
+/// Serves the HTTP API of an engine the caller opened and keeps (a program that embeds keel
+/// with its own in-process handlers and also serves the API), on a bound listener, until
+/// `shutdown` resolves. The engine stays open: shutting it down is the caller's. Only the
+/// HTTP settings of `config` are used (request limits and timeouts), not its data directory
+/// or declared topics.
+pub async fn serve_engine(
+    listener: TcpListener,
+    engine: Engine,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    let state = AppState::new(config.request_bytes_max, config.request_timeout);
+    state.set_engine(engine);
+    if let Ok(listen) = listener.local_addr() {
+        tracing::info!(listen = %format!("http://{listen}"), "keel serving an embedded engine");
+    }
+    listener::serve_connections(
+        listener,
+        router(state),
+        config.header_read_timeout,
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
 /// An error creating something the configuration declares, naming its section, with the way
 /// out of a conflict (the server cannot start to delete it while the file declares it).
 fn declared(section: &str, command: &str, name: &str, error: EngineError) -> EngineError {
