@@ -190,6 +190,12 @@ pub trait StateTable: Send + Sync + 'static {
     /// The value of `key`, with every write so far.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
+    /// The values of `keys`, in order, as one read (a backend overrides it to read them in
+    /// one transaction).
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|key| self.get(key)).collect()
+    }
+
     /// Up to `max` entries whose key starts with `prefix` and sorts after `after`, in key
     /// order.
     fn scan(

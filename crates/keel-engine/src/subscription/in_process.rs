@@ -45,9 +45,31 @@ pub(super) async fn run(
         let (taken, _) = deliveries
             .take(usize::MAX, Some(now.saturating_add(deadline_ms)), now)
             .unwrap_or_default();
-        for delivery in taken {
+        // Read before the states: a rebuild after this makes the commits stale.
+        let generation = deliveries.keyed().map_or(0, |keyed| keyed.generation());
+        let found = match deliveries.keyed() {
+            _ if taken.is_empty() => Vec::new(),
+            None => vec![Found::Deliver(None); taken.len()],
+            Some(_) => match deliveries.find_state(&taken).await {
+                Ok(found) => found,
+                // The state cannot be read: the subscription refuses service already.
+                Err(_) => break,
+            },
+        };
+        for (delivery, found) in taken.into_iter().zip(found) {
+            // Applied before: `find_state` settled it.
+            let Found::Deliver(state) = found else {
+                continue;
+            };
             let (deliveries, handler) = (deliveries.clone(), handler.clone());
-            calls.spawn(async move { call(&deliveries, handler, delivery, timeout).await });
+            calls.spawn(async move {
+                let started = Started {
+                    delivery,
+                    generation,
+                    state,
+                };
+                call(&deliveries, handler, started, timeout).await;
+            });
         }
         tokio::select! {
             _ = ready.changed() => {}
@@ -65,26 +87,26 @@ pub(super) async fn run(
     }
 }
 
+/// A delivery about to be handled: the rebuild generation read before its state, and its
+/// key's state.
+struct Started {
+    delivery: Delivery,
+    generation: u64,
+    state: Option<crate::subscription::KeyState>,
+}
+
 /// One handler call, settled by its result.
 async fn call(
     deliveries: &Deliveries,
     handler: Arc<dyn Handler>,
-    delivery: Delivery,
+    started: Started,
     timeout: Duration,
 ) {
-    let generation = deliveries.keyed().map_or(0, |keyed| keyed.generation());
-    let state = match deliveries.keyed() {
-        None => None,
-        Some(_) => match deliveries.find_state(std::slice::from_ref(&delivery)).await {
-            Ok(mut found) => match found.pop() {
-                // Applied before: `find_state` settled it.
-                Some(Found::Applied) | None => return,
-                Some(Found::Deliver(state)) => state,
-            },
-            // The state cannot be read: the subscription refuses service already.
-            Err(_) => return,
-        },
-    };
+    let Started {
+        delivery,
+        generation,
+        state,
+    } = started;
     let event = Delivered {
         json: delivery.json.clone(),
         partition: delivery.origin.0,

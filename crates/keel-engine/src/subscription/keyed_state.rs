@@ -219,41 +219,54 @@ impl KeyedState {
         &self,
         deliveries: &[(Arc<str>, Position)],
     ) -> Result<Vec<Found>, EngineError> {
-        deliveries
+        let keys: Vec<Option<String>> = deliveries
             .iter()
-            .map(|(json, position)| {
-                let Some(key) = event_key(json) else {
-                    return Ok(Found::Deliver(None));
-                };
-                let entry = self.entry(&key)?;
-                if self.applied(entry.as_ref(), position)? {
-                    return Ok(Found::Applied);
-                }
-                Ok(Found::Deliver(Some(KeyState {
+            .map(|(json, _)| event_key(json))
+            .collect();
+        // One read for every key's entry and every redriven event's mark.
+        let mut table_keys = Vec::with_capacity(deliveries.len());
+        for (key, (_, position)) in keys.iter().zip(deliveries) {
+            if let Some(key) = key {
+                table_keys.push(key_entry(key));
+            }
+            if let Some(entry_id) = &position.redriven {
+                table_keys.push(redriven_entry(entry_id));
+            }
+        }
+        let mut values = self
+            .table
+            .get_many(&table_keys)
+            .map_err(|source| storage_error("read the state", source))?
+            .into_iter();
+        let mut found = Vec::with_capacity(deliveries.len());
+        for (key, (_, position)) in keys.into_iter().zip(deliveries) {
+            let entry = match &key {
+                Some(_) => values
+                    .next()
+                    .flatten()
+                    .map(|bytes| StoredEntry::from_bytes(&bytes))
+                    .transpose()?,
+                None => None,
+            };
+            let applied = match &position.redriven {
+                Some(_) => values.next().flatten().is_some(),
+                None => entry
+                    .as_ref()
+                    .is_some_and(|entry| entry.offset >= position.origin.1),
+            };
+            found.push(match (key, applied) {
+                (Some(_), true) => Found::Applied,
+                (None, _) => Found::Deliver(None),
+                (Some(_), false) => Found::Deliver(Some(KeyState {
                     state: entry
                         .as_ref()
                         .and_then(|entry| entry.state.as_ref())
                         .map(|state| Arc::from(state.get())),
                     version: entry.map_or(0, |entry| entry.version),
-                })))
-            })
-            .collect()
-    }
-
-    /// Whether the commit of the event at `position` was applied, given its key's entry.
-    fn applied(
-        &self,
-        entry: Option<&StoredEntry>,
-        position: &Position,
-    ) -> Result<bool, EngineError> {
-        if let Some(entry_id) = &position.redriven {
-            return Ok(self
-                .table
-                .get(&redriven_entry(entry_id))
-                .map_err(|source| storage_error("read the state", source))?
-                .is_some());
+                })),
+            });
         }
-        Ok(entry.is_some_and(|entry| entry.offset >= position.origin.1))
+        Ok(found)
     }
 
     /// A key's stored entry (a tombstone included). Blocking.

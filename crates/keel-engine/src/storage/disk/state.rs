@@ -120,6 +120,17 @@ impl StateTable for DiskTable {
         Ok(value.map(|value| value.value().to_vec()))
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let transaction = self.db.begin_read().map_err(backend)?;
+        let table = transaction.open_table(ENTRIES).map_err(backend)?;
+        keys.iter()
+            .map(|key| {
+                let value = table.get(key.as_slice()).map_err(backend)?;
+                Ok(value.map(|value| value.value().to_vec()))
+            })
+            .collect()
+    }
+
     fn scan(
         &self,
         prefix: &[u8],

@@ -205,6 +205,30 @@ impl Committer {
     /// with one fsync, and writes them to the table. Returns each outcome, and the applied
     /// commits' events by topic. Blocking.
     fn apply(&mut self, requests: &[(CommitRequest, Reply)]) -> Result<Applied, EngineError> {
+        // Every entry the batch reads, in one read: its keys' entries, the marks of its
+        // redriven events, and (after a rebuild) its keys' previous entries.
+        let mut wanted: Vec<Vec<u8>> = Vec::new();
+        for (commit, _) in requests {
+            wanted.push(key_entry(&commit.key));
+            if let Some(entry_id) = &commit.position.redriven {
+                wanted.push(redriven_entry(entry_id));
+            }
+            if self.mark.rebuild.is_some() {
+                wanted.push(previous_entry(&commit.key));
+            }
+        }
+        let values = self
+            .table
+            .get_many(&wanted)
+            .map_err(|source| storage_error("read the state", source))?;
+        let read: HashMap<Vec<u8>, Option<Vec<u8>>> = wanted.into_iter().zip(values).collect();
+        let stored = |table_key: &[u8]| -> Result<Option<StoredEntry>, EngineError> {
+            read.get(table_key)
+                .cloned()
+                .flatten()
+                .map(|bytes| StoredEntry::from_bytes(&bytes))
+                .transpose()
+        };
         let mut overlay: HashMap<Vec<u8>, StoredEntry> = HashMap::new();
         let mut redriven: HashSet<&str> = HashSet::new();
         let mut since: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -214,14 +238,16 @@ impl Committer {
             let table_key = key_entry(&commit.key);
             let current = match overlay.get(&table_key) {
                 Some(entry) => Some(entry.clone()),
-                None => self.stored(&table_key)?,
+                None => stored(&table_key)?,
             };
             let position = &commit.position;
             let stale = commit.generation < self.mark.generation()
                 || match &position.redriven {
                     Some(entry_id) => {
                         redriven.contains(entry_id.as_str())
-                            || self.stored_mark(&redriven_entry(entry_id))?
+                            || read
+                                .get(&redriven_entry(entry_id))
+                                .is_some_and(Option::is_some)
                     }
                     None => current
                         .as_ref()
@@ -236,8 +262,8 @@ impl Committer {
             let mut commit_since = BTreeMap::new();
             // Applied before a rebuild: its events went out the first time.
             let replayed = position.redriven.is_none()
-                && self
-                    .stored(&previous_entry(&commit.key))?
+                && self.mark.rebuild.is_some()
+                && stored(&previous_entry(&commit.key))?
                     .is_some_and(|previous| previous.offset >= position.origin.1);
             for (topic, event) in commit.emits.iter().filter(|_| !replayed) {
                 let offsets = since
@@ -284,14 +310,6 @@ impl Committer {
             self.since_snapshot += records.len() as u64;
         }
         Ok(Applied { outcomes, emits })
-    }
-
-    fn stored_mark(&self, table_key: &[u8]) -> Result<bool, EngineError> {
-        Ok(self
-            .table
-            .get(table_key)
-            .map_err(|source| storage_error("read the state", source))?
-            .is_some())
     }
 
     /// Whether a snapshot is due.
