@@ -27,7 +27,10 @@ const PARTITIONS: u32 = 8;
 const PUBLISH_BATCH: usize = 1000;
 
 fn main() {
-    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let events: usize = std::env::var("KEEL_BENCH_EVENTS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -187,8 +190,13 @@ async fn latency() {
             stateful_fn(move |event: Delivered, total: Option<u64>| {
                 let (recorded, counter) = (recorded.clone(), counter.clone());
                 async move {
-                    let sent = event.data::<serde_json::Value>()?["sent_us"].as_u64().unwrap();
-                    let _ = recorded.lock().unwrap().record(now_us().saturating_sub(sent));
+                    let sent = event.data::<serde_json::Value>()?["sent_us"]
+                        .as_u64()
+                        .unwrap();
+                    let _ = recorded
+                        .lock()
+                        .unwrap()
+                        .record(now_us().saturating_sub(sent));
                     counter.fetch_add(1, Ordering::Relaxed);
                     Ok(Next::state(total.unwrap_or(0) + 1))
                 }
@@ -220,14 +228,20 @@ async fn latency() {
     while handled.load(Ordering::Relaxed) < total as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let histogram = histogram.lock().unwrap();
+    let (p50, p99, max) = {
+        let histogram = histogram.lock().unwrap();
+        (
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.max(),
+        )
+    };
     println!(
         "publish → in-process stateful handler at {rate}/s for {seconds} s (1,000 keys): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        histogram.value_at_quantile(0.5) as f64 / 1000.0,
-        histogram.value_at_quantile(0.99) as f64 / 1000.0,
-        histogram.max() as f64 / 1000.0
+        p50 as f64 / 1000.0,
+        p99 as f64 / 1000.0,
+        max as f64 / 1000.0
     );
-    drop(histogram);
     attached.stop().await;
     engine.shut_down().await;
 }
@@ -253,6 +267,13 @@ fn resident_mib() -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |kb| kb / 1024)
 }

@@ -29,6 +29,15 @@ pub(super) struct Deliveries {
     shared: Arc<Shared>,
 }
 
+/// A handler's answer to commit ([`Deliveries::commit_answers`]).
+pub(super) struct Answer<'a> {
+    pub(super) delivery: &'a Delivery,
+    /// The rebuild generation read before the delivery's state.
+    pub(super) generation: u64,
+    pub(super) state: Option<Box<serde_json::value::RawValue>>,
+    pub(super) emit: Vec<keel_api::state::Emit>,
+}
+
 /// An outstanding delivery's event and origin (partition, offset).
 pub(super) type Outstanding = Option<(Arc<str>, (u32, u64))>;
 
@@ -141,26 +150,39 @@ impl Deliveries {
         Ok(found)
     }
 
-    /// Commits a handler's answer for `delivery` (a push sink's 2xx, an in-process handler's
-    /// result): its key's new state and the events to emit. Done also when the event's
-    /// commit was applied before (stale). The caller settles the delivery afterwards.
-    pub(super) async fn commit_answer(
+    /// Commits handlers' answers (a push sink's 2xx, in-process handlers' results), each for
+    /// its delivery and the rebuild generation read before its state: the key's new state and
+    /// the events to emit, in one group commit. Each answer is done also when its event's
+    /// commit was applied before (stale); an invalid one gets its own error. Fails whole when
+    /// the state cannot be stored. The caller settles the deliveries afterwards.
+    pub(super) async fn commit_answers(
         &self,
-        (delivery, generation): (&Delivery, u64),
-        state: Option<Box<serde_json::value::RawValue>>,
-        emit: Vec<keel_api::state::Emit>,
-    ) -> Result<(), EngineError> {
+        answers: Vec<Answer<'_>>,
+    ) -> Result<Vec<Result<(), EngineError>>, EngineError> {
         let Some(keyed) = self.keyed() else {
-            return Ok(());
+            return Ok(answers.iter().map(|_| Ok(())).collect());
         };
-        let effects = Effects::checked(0, state, emit, &self.shared.targets)?;
-        let position = position(delivery.slot, delivery.origin);
-        let position = (position, generation);
-        let Some(request) = commit_request(self.name(), &delivery.json, position, 0, &effects)?
-        else {
-            return Ok(());
-        };
-        keyed.commit(vec![request]).await.map(drop)
+        let mut results = Vec::with_capacity(answers.len());
+        let mut requests = Vec::new();
+        for answer in answers {
+            let request = Effects::checked(0, answer.state, answer.emit, &self.shared.targets)
+                .and_then(|effects| {
+                    let delivery = answer.delivery;
+                    let position = (position(delivery.slot, delivery.origin), answer.generation);
+                    commit_request(self.name(), &delivery.json, position, 0, &effects)
+                });
+            match request {
+                Ok(Some(request)) => requests.push(request),
+                Ok(None) => {}
+                Err(error) => {
+                    results.push(Err(error));
+                    continue;
+                }
+            }
+            results.push(Ok(()));
+        }
+        keyed.commit(requests).await?;
+        Ok(results)
     }
 
     /// Takes up to `max` ready deliveries, within `max_in_flight` and the circuit breaker,

@@ -4,19 +4,24 @@
 //!
 //! Each handler call runs in a spawned task, so a panic is caught (the task's join error) and
 //! counted as a failed attempt, and a call that runs past `ack_timeout` is aborted and counted
-//! as one too: a bad handler costs its own event's attempts, never the engine.
+//! as one too: a bad handler costs its own event's attempts, never the engine. Finished calls
+//! go to one settler, which commits the successes of everything finished meanwhile in one
+//! group commit and settles them together.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::delivery::{Deliveries, Settlement};
+use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
 use super::state::{Delivery, Outcome};
 use crate::clock::now_ms;
 use crate::handler::{Delivered, Handled, Handler, HandlerError};
+
+/// Most finished calls settled together.
+const SETTLE_BATCH_MAX: usize = 1024;
 
 /// How long stopping waits for handler calls in flight to finish.
 pub(crate) const DRAIN_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -34,6 +39,8 @@ pub(super) async fn run(
     let timeout = deliveries.spec().ack_timeout;
     let deadline_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
     let mut calls = JoinSet::new();
+    let (finished, results) = mpsc::unbounded_channel();
+    let settler = tokio::spawn(settle_finished(deliveries.clone(), results));
     loop {
         ready.borrow_and_update();
         if deliveries.check_available().is_err() {
@@ -61,14 +68,14 @@ pub(super) async fn run(
             let Found::Deliver(state) = found else {
                 continue;
             };
-            let (deliveries, handler) = (deliveries.clone(), handler.clone());
+            let (handler, finished) = (handler.clone(), finished.clone());
             calls.spawn(async move {
                 let started = Started {
                     delivery,
                     generation,
                     state,
                 };
-                call(&deliveries, handler, started, timeout).await;
+                call(handler, started, timeout, finished).await;
             });
         }
         tokio::select! {
@@ -85,6 +92,10 @@ pub(super) async fn run(
     if drained.is_err() {
         tracing::warn!(subscription = %deliveries.name(), "handler calls still running after the drain wait; their events will be delivered again");
     }
+    calls.abort_all();
+    // Every sender gone, the settler settles what is left and ends.
+    drop(finished);
+    let _ = settler.await;
 }
 
 /// A delivery about to be handled: the rebuild generation read before its state, and its
@@ -97,10 +108,10 @@ struct Started {
 
 /// One handler call, settled by its result.
 async fn call(
-    deliveries: &Deliveries,
     handler: Arc<dyn Handler>,
     started: Started,
     timeout: Duration,
+    finished: mpsc::UnboundedSender<Finished>,
 ) {
     let Started {
         delivery,
@@ -128,48 +139,84 @@ async fn call(
             Err(format!("the handler ran past the ack_timeout of {}", crate::duration::format(timeout)))
         }
     };
-    let (outcome, label) = match result {
-        Ok(Ok(handled)) => match commit(deliveries, (&delivery, generation), handled).await {
-            Ok(()) => (Outcome::Ack, "acked"),
-            // The state cannot be stored: the subscription refuses service, and the event
-            // is delivered again after the restart, its attempt not spent.
-            Err(_) if deliveries.check_available().is_err() => return,
-            Err(error) => (fail(error), "failed"),
-        },
-        Ok(Err(HandlerError::Retry {
-            delay: Some(delay), ..
-        })) => (Outcome::Delay(delay), "nacked"),
-        Ok(Err(HandlerError::Retry {
-            reason,
-            delay: None,
-        })) => (fail(reason), "failed"),
-        Ok(Err(HandlerError::Permanent { reason })) => (
-            Outcome::Reject {
-                status: None,
-                error: reason,
-            },
-            "rejected",
-        ),
-        Err(error) => (fail(error), "failed"),
-    };
-    let settlement = Settlement {
-        slot: delivery.slot,
-        lease: delivery.lease,
-        outcome,
-    };
-    deliveries.settle(vec![settlement], label);
+    let _ = finished.send(Finished {
+        delivery,
+        generation,
+        result,
+    });
 }
 
-/// Commits a handler's success (state and emitted events, on a stateful subscription).
-async fn commit(
-    deliveries: &Deliveries,
-    delivery: (&Delivery, u64),
-    handled: Handled,
-) -> Result<(), String> {
-    deliveries
-        .commit_answer(delivery, handled.state, handled.emit)
-        .await
-        .map_err(|error| format!("the handler's result cannot be committed: {error}"))
+/// A handler call's end, for the settler.
+struct Finished {
+    delivery: Delivery,
+    generation: u64,
+    result: Result<Result<Handled, HandlerError>, String>,
+}
+
+/// Settles finished calls in groups: the successes' commits in one group commit, then every
+/// settlement of the group at once. Runs until every call's sender is gone.
+async fn settle_finished(deliveries: Deliveries, mut finished: mpsc::UnboundedReceiver<Finished>) {
+    let mut batch = Vec::new();
+    while finished.recv_many(&mut batch, SETTLE_BATCH_MAX).await > 0 {
+        let group = std::mem::take(&mut batch);
+        let answers = group
+            .iter()
+            .filter_map(|finished| match &finished.result {
+                Ok(Ok(handled)) => Some(Answer {
+                    delivery: &finished.delivery,
+                    generation: finished.generation,
+                    state: handled.state.clone(),
+                    emit: handled.emit.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let mut committed = match deliveries.commit_answers(answers).await {
+            Ok(committed) => committed.into_iter(),
+            // The state cannot be stored: the subscription refuses service, and these events
+            // are delivered again after the restart, their attempts not spent.
+            Err(_) => return,
+        };
+        let mut by_label: Vec<(&'static str, Vec<Settlement>)> = Vec::new();
+        for finished in group {
+            let (outcome, label) = match finished.result {
+                Ok(Ok(_)) => match committed.next() {
+                    Some(Err(error)) => (
+                        fail(format!("the handler's result cannot be committed: {error}")),
+                        "failed",
+                    ),
+                    _ => (Outcome::Ack, "acked"),
+                },
+                Ok(Err(HandlerError::Retry {
+                    delay: Some(delay), ..
+                })) => (Outcome::Delay(delay), "nacked"),
+                Ok(Err(HandlerError::Retry {
+                    reason,
+                    delay: None,
+                })) => (fail(reason), "failed"),
+                Ok(Err(HandlerError::Permanent { reason })) => (
+                    Outcome::Reject {
+                        status: None,
+                        error: reason,
+                    },
+                    "rejected",
+                ),
+                Err(error) => (fail(error), "failed"),
+            };
+            let settlement = Settlement {
+                slot: finished.delivery.slot,
+                lease: finished.delivery.lease,
+                outcome,
+            };
+            match by_label.iter_mut().find(|(known, _)| *known == label) {
+                Some((_, settlements)) => settlements.push(settlement),
+                None => by_label.push((label, vec![settlement])),
+            }
+        }
+        for (label, settlements) in by_label {
+            deliveries.settle(settlements, label);
+        }
+    }
 }
 
 fn fail(error: String) -> Outcome {

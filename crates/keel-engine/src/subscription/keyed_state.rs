@@ -219,10 +219,8 @@ impl KeyedState {
         &self,
         deliveries: &[(Arc<str>, Position)],
     ) -> Result<Vec<Found>, EngineError> {
-        let keys: Vec<Option<String>> = deliveries
-            .iter()
-            .map(|(json, _)| event_key(json))
-            .collect();
+        let keys: Vec<Option<String>> =
+            deliveries.iter().map(|(json, _)| event_key(json)).collect();
         // One read for every key's entry and every redriven event's mark.
         let mut table_keys = Vec::with_capacity(deliveries.len());
         for (key, (_, position)) in keys.iter().zip(deliveries) {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::delivery::{Deliveries, Settlement};
+use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
 use super::spec::SinkSpec;
 use super::state::{Delivery, Outcome};
@@ -171,12 +171,20 @@ async fn commit(
             Err(error) => return failed(error.to_string()),
         }
     };
-    let result = deliveries
-        .commit_answer(delivery, answer.state, answer.emit)
-        .await;
-    match result {
-        Ok(()) => AttemptOutcome::Delivered { status: 200 },
-        Err(error) => failed(error.to_string()),
+    let (delivery, generation) = delivery;
+    let answers = vec![Answer {
+        delivery,
+        generation,
+        state: answer.state,
+        emit: answer.emit,
+    }];
+    match deliveries
+        .commit_answers(answers)
+        .await
+        .map(|mut results| results.pop())
+    {
+        Ok(Some(Ok(())) | None) => AttemptOutcome::Delivered { status: 200 },
+        Ok(Some(Err(error))) | Err(error) => failed(error.to_string()),
     }
 }
 
