@@ -106,6 +106,12 @@ impl<K: Decode> Answer<K> {
         serde_json::from_slice(&self.body).expect("the body was checked to decode when received")
     }
 
+    /// The body decoded as another type than `K`: a part of it, or a `serde_json::Value`
+    /// that keeps members `K` does not know.
+    pub fn json<'a, T: Deserialize<'a>>(&'a self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|error| ClientError::unexpected(&error))
+    }
+
     /// The HTTP status: 200, or 201 for a create that created.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -414,7 +420,10 @@ mod tests {
         };
         let good = r#"{"redriven":3}"#;
         let answer = Answer::<Redriven>::decode(reply(good)).unwrap();
-        assert_eq!((answer.value().redriven, answer.body()), (3, good.as_bytes()));
+        assert_eq!(
+            (answer.value().redriven, answer.body()),
+            (3, good.as_bytes())
+        );
         let error = Answer::<Redriven>::decode(reply(r#"{"x":1}"#)).unwrap_err();
         assert!(matches!(error, ClientError::Unexpected { .. }), "{error}");
     }

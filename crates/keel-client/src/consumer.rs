@@ -316,7 +316,7 @@ impl ConsumerBuilder {
 ///         Ok(Outcome::ack_with_state(&count)?)
 ///     },
 /// );
-/// tokio::signal::ctrl_c().await.ok();
+/// tokio::time::sleep(std::time::Duration::from_secs(60)).await;
 /// let stats = consumer.shutdown().await;
 /// println!("{} handled, {} failed", stats.handled, stats.failed);
 /// # }

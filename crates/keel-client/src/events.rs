@@ -31,10 +31,13 @@ impl Client {
         event: &impl Serialize,
     ) -> Result<Answer<PublishResults>, ClientError> {
         let bytes = encode(event)?;
-        self.publish_encoded(topic, Body {
-            content_type: CONTENT_TYPE_EVENT,
-            bytes,
-        })
+        self.publish_encoded(
+            topic,
+            Body {
+                content_type: CONTENT_TYPE_EVENT,
+                bytes,
+            },
+        )
         .await
     }
 
@@ -47,10 +50,13 @@ impl Client {
         events: &[E],
     ) -> Result<Answer<PublishResults>, ClientError> {
         let bytes = encode(events)?;
-        self.publish_encoded(topic, Body {
-            content_type: CONTENT_TYPE_BATCH,
-            bytes,
-        })
+        self.publish_encoded(
+            topic,
+            Body {
+                content_type: CONTENT_TYPE_BATCH,
+                bytes,
+            },
+        )
         .await
     }
 

@@ -54,8 +54,8 @@ mod subscriptions;
 mod topics;
 
 pub use client::{
-    Answer, Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, CONTENT_TYPE_JSON, Client,
-    ClientBuilder, DEFAULT_SERVER, Decode, Reply,
+    Answer, Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, CONTENT_TYPE_JSON, Client, ClientBuilder,
+    DEFAULT_SERVER, Decode, Reply,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStats, HandlerError, Message, Outcome};
 pub use error::{ClientError, problem_error};

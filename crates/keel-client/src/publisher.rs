@@ -301,7 +301,8 @@ impl Sender {
     /// event's caller.
     async fn send(&self, batch: Vec<Queued>) {
         assert!(!batch.is_empty() && batch.len() <= self.settings.batch_events_max);
-        let mut json = Vec::with_capacity(batch.iter().map(|q| q.json.len() + 1).sum::<usize>() + 1);
+        let mut json =
+            Vec::with_capacity(batch.iter().map(|q| q.json.len() + 1).sum::<usize>() + 1);
         json.push(b'[');
         for (index, queued) in batch.iter().enumerate() {
             if index > 0 {
@@ -401,12 +402,21 @@ mod tests {
         // Goal: waits grow per failure, never pass the largest, never drop below half the
         // ceiling. Method: many draws per attempt.
         let (initial, max) = (Duration::from_millis(100), Duration::from_millis(1000));
-        for (attempt, ceiling_ms) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)]
-        {
+        for (attempt, ceiling_ms) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             for _ in 0..100 {
                 let wait = backoff(initial, max, attempt);
                 let ceiling = Duration::from_millis(ceiling_ms);
-                assert!(wait >= ceiling / 2 && wait <= ceiling, "{attempt}: {wait:?}");
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "{attempt}: {wait:?}"
+                );
             }
         }
     }

@@ -105,8 +105,13 @@ impl Client {
         &self,
         name: &str,
     ) -> Result<Answer<SubscriptionInfo>, ClientError> {
-        self.call(Method::POST, &["v1", "subscriptions", name, "pause"], &[], None)
-            .await
+        self.call(
+            Method::POST,
+            &["v1", "subscriptions", name, "pause"],
+            &[],
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/subscriptions/{name}/resume`.
@@ -114,8 +119,13 @@ impl Client {
         &self,
         name: &str,
     ) -> Result<Answer<SubscriptionInfo>, ClientError> {
-        self.call(Method::POST, &["v1", "subscriptions", name, "resume"], &[], None)
-            .await
+        self.call(
+            Method::POST,
+            &["v1", "subscriptions", name, "resume"],
+            &[],
+            None,
+        )
+        .await
     }
 
     /// `POST /v1/subscriptions/{name}/seek`: read from `to` next.
