@@ -38,7 +38,11 @@ async fn pull_n(client: &Client, name: &str, count: usize) -> Vec<(String, Strin
     let mut pulled = Vec::new();
     for _ in 0..50 {
         let answer = client
-            .pull(name, Some(count - pulled.len()), Some(Duration::from_millis(200)))
+            .pull(
+                name,
+                Some(count - pulled.len()),
+                Some(Duration::from_millis(200)),
+            )
             .await
             .unwrap();
         for message in answer.value().messages {
@@ -64,7 +68,10 @@ async fn topic_calls_round_trip() {
     assert_eq!(created.value().partitions.len(), 3);
     let again = client.create_topic("orders", &settings(3)).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
-    let conflict = client.create_topic("orders", &settings(2)).await.unwrap_err();
+    let conflict = client
+        .create_topic("orders", &settings(2))
+        .await
+        .unwrap_err();
     assert_eq!(conflict.status(), Some(StatusCode::CONFLICT), "{conflict}");
     assert!(!conflict.is_retryable());
     let names: Vec<String> = client
@@ -98,13 +105,23 @@ async fn publish_and_read_round_trip() {
     client.create_topic("orders", &settings(1)).await.unwrap();
     let one = event(Some("a"), json!({"data": 1}));
     let first = client.publish("orders", &one).await.unwrap().value();
-    assert_eq!((first.results[0].offset, first.results[0].duplicate), (0, false));
+    assert_eq!(
+        (first.results[0].offset, first.results[0].duplicate),
+        (0, false)
+    );
     let batch = [event(Some("b"), json!({})), event(Some("c"), json!({}))];
-    let results = client.publish_batch("orders", &batch).await.unwrap().value();
+    let results = client
+        .publish_batch("orders", &batch)
+        .await
+        .unwrap()
+        .value();
     let offsets: Vec<u64> = results.results.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, [1, 2]);
     let repeat = client.publish("orders", &one).await.unwrap().value();
-    assert_eq!((repeat.results[0].offset, repeat.results[0].duplicate), (0, true));
+    assert_eq!(
+        (repeat.results[0].offset, repeat.results[0].duplicate),
+        (0, true)
+    );
     let read = client.read("orders", 0, 1, 10, None).await.unwrap();
     let records = read.value();
     let ids: Vec<Value> = records
@@ -116,7 +133,9 @@ async fn publish_and_read_round_trip() {
     assert_eq!(records.next_read_offset(1), 3);
     // A long poll at the end waits, then answers empty.
     let started = std::time::Instant::now();
-    let empty = client.read("orders", 0, 3, 10, Some(Duration::from_millis(300))).await;
+    let empty = client
+        .read("orders", 0, 3, 10, Some(Duration::from_millis(300)))
+        .await;
     assert!(empty.unwrap().value().records.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
     server.stop().await;
@@ -158,12 +177,19 @@ async fn subscription_and_dead_letter_calls_round_trip() {
     assert_eq!(nacked.value().settled, 1);
     client.reject("work", vec![ack_id("c")]).await.unwrap();
     let again = pull_n(&client, "work", 1).await;
-    assert_eq!((again[0].1.as_str(), again[0].2), ("b", 2), "nacked, then redelivered");
+    assert_eq!(
+        (again[0].1.as_str(), again[0].2),
+        ("b", 2),
+        "nacked, then redelivered"
+    );
     let stale = client.ack("work", vec![ack_id("a")]).await.unwrap().value();
     assert_eq!(stale.stale, [ack_id("a")], "a second ack is stale");
     client.ack("work", vec![again[0].0.clone()]).await.unwrap();
     // Dead letters: c is there; show it, redrive it, get it again, then reject and purge.
-    let page = client.list_dead_letters("work", Some(10), None).await.unwrap();
+    let page = client
+        .list_dead_letters("work", Some(10), None)
+        .await
+        .unwrap();
     let entry_id = page.value().entries[0].id.to_string();
     let shown = client.show_dead_letter("work", &entry_id).await.unwrap();
     let event: Value = serde_json::from_str(shown.value().event.get()).unwrap();
@@ -176,7 +202,10 @@ async fn subscription_and_dead_letter_calls_round_trip() {
     assert_eq!(redriven.value().redriven, 1);
     let back = pull_n(&client, "work", 1).await;
     assert_eq!(back[0].1, "c");
-    client.reject("work", vec![back[0].0.clone()]).await.unwrap();
+    client
+        .reject("work", vec![back[0].0.clone()])
+        .await
+        .unwrap();
     let purged = client.purge_dead_letters("work").await.unwrap().value();
     assert!(purged.purged >= 1, "{purged:?}");
     let sought = client
@@ -184,9 +213,12 @@ async fn subscription_and_dead_letter_calls_round_trip() {
         .await
         .unwrap()
         .value();
-    assert_eq!(sought.partitions[0].cursor, 0);
+    assert_eq!(sought.lag, 3, "sought back to the start: {sought:?}");
+    let redelivered = pull_n(&client, "work", 3).await;
+    let ids: Vec<&str> = redelivered.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
     let described = client.describe_subscription("work").await.unwrap().value();
-    assert_eq!(described.lag, 3, "sought back to the start: {described:?}");
+    assert_eq!(described.in_flight, 3, "{described:?}");
     client.delete_subscription("work").await.unwrap();
     let gone = client.describe_subscription("work").await.unwrap_err();
     assert_eq!(gone.status(), Some(StatusCode::NOT_FOUND));
@@ -207,14 +239,21 @@ async fn stateful_ack_and_state_calls_round_trip() {
         ..pull_subscription("orders")
     };
     client.create_subscription("ledger", &spec).await.unwrap();
-    let deposit = event(Some("d1"), json!({"partitionkey": "alice", "data": {"amount": 5}}));
+    let deposit = event(
+        Some("d1"),
+        json!({"partitionkey": "alice", "data": {"amount": 5}}),
+    );
     client.publish("orders", &deposit).await.unwrap();
     let answer = client
         .pull("ledger", Some(1), Some(Duration::from_secs(2)))
         .await
         .unwrap();
     let message = &answer.value().messages[0];
-    assert_eq!((message.state.map(|s| s.get()), message.state_version), (Some("null"), Some(0)));
+    // A key without state: `"state": null` (read as none) at version 0.
+    assert_eq!(
+        (message.state.map(|s| s.get()), message.state_version),
+        (None, Some(0))
+    );
     let receipt = json!({"specversion": "1.0", "source": "ledger", "type": "receipt",
         "data": {"balance": 5}});
     let ack = StatefulAck {
@@ -225,7 +264,11 @@ async fn stateful_ack_and_state_calls_round_trip() {
             event: to_raw_value(&receipt).unwrap(),
         }],
     };
-    let result = client.ack_stateful("ledger", vec![ack]).await.unwrap().value();
+    let result = client
+        .ack_stateful("ledger", vec![ack])
+        .await
+        .unwrap()
+        .value();
     assert_eq!(result.results[0].outcome, CommitOutcome::Applied);
     assert_eq!(result.results[0].state_version, Some(1));
     let state = client.key_state("ledger", "alice").await.unwrap();
@@ -233,7 +276,10 @@ async fn stateful_ack_and_state_calls_round_trip() {
     let listed = client.list_state("ledger", None, None).await.unwrap();
     assert_eq!(listed.value().keys[0].key, "alice");
     assert!(listed.value().next_after.is_none());
-    let after = client.list_state("ledger", Some("alice"), Some(5)).await.unwrap();
+    let after = client
+        .list_state("ledger", Some("alice"), Some(5))
+        .await
+        .unwrap();
     assert!(after.value().keys.is_empty());
     let emitted = client.read("receipts", 0, 0, 10, None).await.unwrap();
     assert_eq!(emitted.value().records.len(), 1);
@@ -259,7 +305,10 @@ async fn unreachable_and_timeout_are_retryable_errors() {
         .request_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
-    impatient.create_topic("orders", &settings(1)).await.unwrap();
+    impatient
+        .create_topic("orders", &settings(1))
+        .await
+        .unwrap();
     let slow = impatient
         .read("orders", 0, 0, 10, Some(Duration::from_secs(2)))
         .await

@@ -47,7 +47,10 @@ async fn publish(client: &Client, count: usize, keys: usize) {
     let events: Vec<Value> = (0..count)
         .map(|n| {
             let id = format!("e{n}");
-            event(Some(&id), json!({"partitionkey": format!("k{}", n % keys), "data": {"n": n}}))
+            event(
+                Some(&id),
+                json!({"partitionkey": format!("k{}", n % keys), "data": {"n": n}}),
+            )
         })
         .collect();
     client.publish_batch("orders", &events).await.unwrap();
@@ -75,16 +78,18 @@ async fn handlers_run_in_parallel_within_the_bound() {
     let running = Arc::new(AtomicUsize::new(0));
     let running_max = Arc::new(AtomicUsize::new(0));
     let (now, most) = (Arc::clone(&running), Arc::clone(&running_max));
-    let consumer = consumer(&client).concurrency(4).start(move |_message: Message| {
-        let (now, most) = (Arc::clone(&now), Arc::clone(&most));
-        async move {
-            let in_flight = now.fetch_add(1, AtomicOrdering::SeqCst) + 1;
-            most.fetch_max(in_flight, AtomicOrdering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(15)).await;
-            now.fetch_sub(1, AtomicOrdering::SeqCst);
-            Ok(Outcome::Ack)
-        }
-    });
+    let consumer = consumer(&client)
+        .concurrency(4)
+        .start(move |_message: Message| {
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            async move {
+                let in_flight = now.fetch_add(1, AtomicOrdering::SeqCst) + 1;
+                most.fetch_max(in_flight, AtomicOrdering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                now.fetch_sub(1, AtomicOrdering::SeqCst);
+                Ok(Outcome::Ack)
+            }
+        });
     wait_until("60 acks", async || consumer.stats().acked >= 60).await;
     let stats = consumer.shutdown().await;
     let most = running_max.load(AtomicOrdering::SeqCst);
@@ -92,7 +97,11 @@ async fn handlers_run_in_parallel_within_the_bound() {
     assert!(most >= 2, "handlers ran one at a time");
     assert_eq!((stats.handled, stats.acked, stats.failed), (60, 60, 0));
     let described = client.describe_subscription("work").await.unwrap().value();
-    assert_eq!((described.lag, described.in_flight), (0, 0), "{described:?}");
+    assert_eq!(
+        (described.lag, described.in_flight),
+        (0, 0),
+        "{described:?}"
+    );
     server.stop().await;
 }
 
@@ -106,20 +115,22 @@ async fn errors_and_panics_are_retried_and_rejects_dead_lettered() {
     publish(&client, 10, 10).await;
     let attempts: Arc<Mutex<BTreeMap<u64, Vec<u32>>>> = Arc::default();
     let seen = Arc::clone(&attempts);
-    let consumer = consumer(&client).concurrency(3).start(move |message: Message| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let n = number(&message);
-            let attempt = message.attempt();
-            seen.lock().unwrap().entry(n).or_default().push(attempt);
-            match (n, attempt) {
-                (3, 1) => Err("a failure the handler reports".into()),
-                (5, 1) => panic!("a handler bug"),
-                (7, _) => Ok(Outcome::Reject),
-                _ => Ok(Outcome::Ack),
+    let consumer = consumer(&client)
+        .concurrency(3)
+        .start(move |message: Message| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let n = number(&message);
+                let attempt = message.attempt();
+                seen.lock().unwrap().entry(n).or_default().push(attempt);
+                match (n, attempt) {
+                    (3, 1) => Err("a failure the handler reports".into()),
+                    (5, 1) => panic!("a handler bug"),
+                    (7, _) => Ok(Outcome::Reject),
+                    _ => Ok(Outcome::Ack),
+                }
             }
-        }
-    });
+        });
     wait_until("9 acks and a reject", async || {
         let stats = consumer.stats();
         stats.acked >= 9 && stats.rejected >= 1
@@ -127,7 +138,11 @@ async fn errors_and_panics_are_retried_and_rejects_dead_lettered() {
     .await;
     let stats = consumer.shutdown().await;
     assert_eq!((stats.failed, stats.panicked), (1, 1), "{stats:?}");
-    assert_eq!((stats.acked, stats.rejected, stats.nacked), (9, 1, 2), "{stats:?}");
+    assert_eq!(
+        (stats.acked, stats.rejected, stats.nacked),
+        (9, 1, 2),
+        "{stats:?}"
+    );
     let attempts = attempts.lock().unwrap().clone();
     assert_eq!(attempts[&3], [1, 2], "the failed event came back");
     assert_eq!(attempts[&5], [1, 2], "the panicked event came back");
@@ -166,7 +181,10 @@ async fn shutdown_waits_for_running_handlers_and_flushes_acks() {
     .await;
     let stats = consumer.shutdown().await;
     assert!(stats.handled >= 5, "{stats:?}");
-    assert_eq!(stats.acked, stats.handled, "every handled event acked: {stats:?}");
+    assert_eq!(
+        stats.acked, stats.handled,
+        "every handled event acked: {stats:?}"
+    );
     assert_eq!(started.load(AtomicOrdering::SeqCst) as u64, stats.handled);
     let described = client.describe_subscription("work").await.unwrap().value();
     assert_eq!(described.in_flight, 0, "{described:?}");
@@ -185,15 +203,25 @@ async fn stateful_consumer_keeps_a_count_per_key() {
     }
     let (server, client) = setup(2, Ordering::Key, true).await;
     publish(&client, 30, 3).await;
-    let consumer = consumer(&client).concurrency(8).start(|message: Message| async move {
-        let mut state: Count = message.state()?.unwrap_or_default();
-        assert_eq!(message.state_version(), Some(state.count), "one commit per event");
-        state.count += 1;
-        Ok(Outcome::ack_with_state(&state)?)
-    });
+    let consumer = consumer(&client)
+        .concurrency(8)
+        .start(|message: Message| async move {
+            let mut state: Count = message.state()?.unwrap_or_default();
+            assert_eq!(
+                message.state_version(),
+                Some(state.count),
+                "one commit per event"
+            );
+            state.count += 1;
+            Ok(Outcome::ack_with_state(&state)?)
+        });
     wait_until("30 commits", async || consumer.stats().acked >= 30).await;
     let stats = consumer.shutdown().await;
-    assert_eq!((stats.acked, stats.failed, stats.panicked), (30, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.acked, stats.failed, stats.panicked),
+        (30, 0, 0),
+        "{stats:?}"
+    );
     for key in ["k0", "k1", "k2"] {
         let answer = client.key_state("work", key).await.unwrap();
         let state = answer.value();
