@@ -35,9 +35,6 @@ pub(crate) const BENCH_REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest latency the `bench` histograms hold exactly; slower requests count as this.
 pub(crate) const LATENCY_US_MAX: u64 = 60_000_000;
 
-/// Idle connections a client keeps for reuse, unless it sizes its pool itself (`bench`).
-pub(crate) const IDLE_CONNECTIONS_MAX: usize = 64;
-
 // The client's timeouts, connection pool and error texts are keel-client's
 // (`keel_client::limits`); its request timeout is well above a long poll of `tail`.
 const _: () = assert!(keel_client::limits::REQUEST_TIMEOUT_MS > 2 * LONG_POLL_WAIT_MS);

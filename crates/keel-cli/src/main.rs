@@ -25,7 +25,6 @@ use keel_client::{Client, ClientError, DEFAULT_SERVER};
 
 use crate::dlq::DlqCommand;
 use crate::error::CliError;
-use crate::limits::IDLE_CONNECTIONS_MAX;
 use crate::publish::PublishArgs;
 use crate::serve::ServeArgs;
 use crate::sub::SubCommand;
@@ -98,7 +97,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = || connect(&cli.server, IDLE_CONNECTIONS_MAX);
+    let client = || Client::new(&cli.server);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic(command) => topic::run(&client()?, command, cli.json).await,
@@ -110,7 +109,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// A client of `server` keeping up to `idle_connections_max` idle connections for reuse.
+/// A client of `server` keeping up to `idle_connections_max` idle connections for reuse
+/// (`bench` sizes its pool to its concurrency; other commands take the client's default).
 pub(crate) fn connect(server: &str, idle_connections_max: usize) -> Result<Client, ClientError> {
     Client::builder(server)
         .idle_connections_max(idle_connections_max)

@@ -125,7 +125,7 @@ impl ClientError {
 
 /// The error for a non-2xx answer: its problem's `title` and `detail`, or, when the body is not
 /// a problem (a proxy's page, say), its first characters as the detail.
-pub fn problem_error(status: StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn problem_error(status: StatusCode, body: &[u8]) -> ClientError {
     let problem = serde_json::from_slice::<Problem>(body).unwrap_or_else(|_| Problem {
         detail: Some(
             String::from_utf8_lossy(body)

@@ -58,7 +58,7 @@ pub use client::{
     DEFAULT_SERVER, Decode, Reply,
 };
 pub use consumer::{Consumer, ConsumerBuilder, ConsumerStats, HandlerError, Message, Outcome};
-pub use error::{ClientError, problem_error};
+pub use error::ClientError;
 pub use event_id::EventIds;
 pub use publisher::{Publisher, PublisherBuilder, Receipt};
 pub use reqwest::{Method, StatusCode};
