@@ -296,6 +296,10 @@ pub struct SubscriptionSettings {
     /// Most deliveries started per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
+    /// Keep one JSON state value per `partitionkey`, committed with each ack (requires
+    /// `ordering: key`); left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
 }
 
 /// The push sink a client sets in [`SubscriptionSettings`].
@@ -518,6 +522,7 @@ mod tests {
                 cool_down: Some("300ms".to_owned()),
             },
             rate_limit: Some(20),
+            stateful: false,
         };
         let expected = SubscriptionSpec {
             topic: "orders".to_owned(),

@@ -5,6 +5,12 @@
 //!
 //! Every mode is a client of the server at `--server`, like the rest of `keel`: start
 //! `keel serve --data-dir <a fresh dir>` first.
+//!
+//! All of them use keel-client's [`Client`], like every other command. The measured requests
+//! (publishing a pre-built body, reading a partition, and e2e's pulls and acks) go through its
+//! untyped [`Client::send`], not its typed calls: those decode the whole answer once to check
+//! it and again to read it, client work that would count in the latencies measured. Setup and
+//! teardown use the typed calls.
 
 mod e2e;
 
@@ -18,19 +24,19 @@ use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use keel_api::read::Records;
 use keel_api::topics::PartitionInfo;
-use reqwest::StatusCode;
 use serde::Serialize;
 
-use crate::client::{Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, Client};
+use keel_client::{
+    Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, Client, ClientError, EventIds, Method, Reply,
+    StatusCode,
+};
+
 use crate::error::{CliError, joined};
-use crate::event_id::EventIds;
 use crate::limits::{
     BATCH_EVENTS_MAX, BENCH_EVENT_BYTES_MAX, BENCH_REQUEST_BYTES_MAX, CONCURRENCY_MAX,
     LATENCY_US_MAX, READ_EVENTS_MAX,
 };
 use crate::output::{progress_bar, render_pairs, write_stdout};
-use crate::publish::post_events;
-use crate::tail::read_events;
 use crate::topic::{CreateArgs, Fsync, fetch_topic, put_topic};
 
 /// Events `bench publish` sends when neither `--events` nor `--duration` is given.
@@ -363,7 +369,7 @@ fn check_request_bytes(size: u64, batch_size: u64) -> Result<(), CliError> {
 async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(), CliError> {
     check_request_bytes(args.size, args.batch_size)?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
-    let client = Client::new(server, concurrency)?;
+    let client = crate::connect(server, concurrency)?;
     let partitions = ensure_topic(&client, &args).await?;
     let structured = args.batch_size == 1;
     let stop = match (args.events, args.duration) {
@@ -454,7 +460,7 @@ async fn publish_worker(
             bytes,
         };
         let started = Instant::now();
-        let outcome = post_events(&client, &workload.topic, body).await;
+        let outcome = post_raw(&client, &workload.topic, body).await;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tally.requests += 1;
         match outcome {
@@ -585,9 +591,9 @@ fn print_report(
 }
 
 async fn read(server: &str, args: ReadBenchArgs, json: bool) -> Result<(), CliError> {
-    let probe = Client::new(server, 1)?;
+    let probe = crate::connect(server, 1)?;
     let topic = fetch_topic(&probe, &args.topic).await?;
-    let client = Client::new(server, topic.partitions.len())?;
+    let client = crate::connect(server, topic.partitions.len())?;
     let records: u64 = topic
         .partitions
         .iter()
@@ -621,15 +627,7 @@ async fn read_partition(
     let mut offset = partition.start_offset;
     while offset < partition.next_offset {
         let started = Instant::now();
-        let reply = read_events(
-            &client,
-            &topic,
-            partition.partition,
-            offset,
-            READ_EVENTS_MAX,
-            0,
-        )
-        .await?;
+        let reply = read_raw(&client, &topic, partition.partition, offset).await?;
         let bytes = reply.body.len();
         let reply: Records = reply.json()?;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -644,6 +642,34 @@ async fn read_partition(
         offset = reply.next_read_offset(offset);
     }
     Ok(tally)
+}
+
+/// The measured publish: a pre-built body, its answer not decoded (only its status counts).
+async fn post_raw(client: &Client, topic: &str, body: Body) -> Result<Reply, ClientError> {
+    let path = ["v1", "topics", topic, "events"];
+    client.send(Method::POST, &path, &[], Some(body)).await
+}
+
+/// The measured read: up to [`READ_EVENTS_MAX`] records of a partition from `from`, without
+/// waiting; the caller decodes the answer once.
+async fn read_raw(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    from: u64,
+) -> Result<Reply, ClientError> {
+    let (partition, from, max) = (
+        partition.to_string(),
+        from.to_string(),
+        READ_EVENTS_MAX.to_string(),
+    );
+    let path = ["v1", "topics", topic, "partitions", &partition, "events"];
+    let query = [
+        ("from", from.as_str()),
+        ("max", max.as_str()),
+        ("wait", "0"),
+    ];
+    client.send(Method::GET, &path, &query, None).await
 }
 
 /// The figures of a `bench read` run.

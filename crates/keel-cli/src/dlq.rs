@@ -1,15 +1,14 @@
 //! `keel dlq`: list, show, redrive and purge a subscription's dead-letter queue.
 
 use clap::{ArgGroup, Args, Subcommand};
-use keel_api::dead_letters::{Entry, EntryPage, Purged, RedriveRequest, Redriven};
-use reqwest::Method;
+use keel_api::dead_letters::{Entry, RedriveRequest};
+use keel_client::Client;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::client::Client;
 use crate::error::CliError;
 use crate::output::{Align, Table, cell, plain, write_json_body, write_stdout};
-use crate::sub::{done, post, truncated};
+use crate::sub::{done, truncated};
 
 /// Examples shown under `keel dlq --help`.
 pub(crate) const DLQ_EXAMPLES: &str = "\
@@ -92,16 +91,11 @@ async fn list(
     after: Option<&str>,
     json: bool,
 ) -> Result<(), CliError> {
-    let limit: Vec<(&str, u64)> = limit.map(|limit| ("limit", limit)).into_iter().collect();
-    let mut url = client.url(&["v1", "subscriptions", name, "dlq"], &limit);
-    if let Some(after) = after {
-        url.query_pairs_mut().append_pair("after", after);
-    }
-    let reply = client.send_to(Method::GET, url, None).await?;
+    let reply = client.list_dead_letters(name, limit, after).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    let page: EntryPage = reply.json()?;
+    let page = reply.value();
     let next_after = page.next_after.as_deref();
     write_stdout(&list_text(name, &page.entries, next_after))
 }
@@ -143,13 +137,11 @@ fn event_label(event: &RawValue) -> String {
 }
 
 async fn show(client: &Client, name: &str, id: &str, json: bool) -> Result<(), CliError> {
-    let reply = client
-        .get(&["v1", "subscriptions", name, "dlq", id], &[])
-        .await?;
+    let reply = client.show_dead_letter(name, id).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    write_stdout(&show_text(&reply.json()?))
+    write_stdout(&show_text(&reply.value()))
 }
 
 /// The entry as pretty JSON, members sorted (its history aside), then its attempts as a table.
@@ -177,12 +169,13 @@ fn show_text(entry: &Entry) -> String {
 }
 
 async fn redrive(client: &Client, args: &RedriveArgs, json: bool) -> Result<(), CliError> {
-    let body = redrive_body(args);
-    let reply = post(client, &args.name, &["dlq", "redrive"], &body).await?;
+    let reply = client
+        .redrive_dead_letters(&args.name, &redrive_request(args))
+        .await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    let redriven = reply.json::<Redriven>()?.redriven as u64;
+    let redriven = reply.value().redriven as u64;
     if redriven == 0 {
         return write_stdout(&format!(
             "nothing to redrive: no entry of {} is waiting in its dead-letter queue\n",
@@ -206,8 +199,8 @@ fn entries_count(count: u64) -> String {
 }
 
 /// `{"all": true}` or `{"ids": [...]}`.
-fn redrive_body(args: &RedriveArgs) -> Value {
-    let request = if args.all {
+fn redrive_request(args: &RedriveArgs) -> RedriveRequest {
+    if args.all {
         RedriveRequest {
             ids: None,
             all: true,
@@ -217,8 +210,7 @@ fn redrive_body(args: &RedriveArgs) -> Value {
             ids: Some(args.ids.clone()),
             all: false,
         }
-    };
-    serde_json::to_value(request).expect("a list of strings is JSON")
+    }
 }
 
 async fn purge(client: &Client, name: &str, yes: bool, json: bool) -> Result<(), CliError> {
@@ -228,15 +220,8 @@ async fn purge(client: &Client, name: &str, yes: bool, json: bool) -> Result<(),
              add --yes to confirm"
         )));
     }
-    let reply = client
-        .send(
-            Method::DELETE,
-            &["v1", "subscriptions", name, "dlq"],
-            &[],
-            None,
-        )
-        .await?;
-    let count = entries_count(reply.json::<Purged>()?.purged as u64);
+    let reply = client.purge_dead_letters(name).await?;
+    let count = entries_count(reply.value().purged as u64);
     done(
         &reply,
         json,
@@ -337,13 +322,14 @@ mod tests {
             ids: vec!["0-1".to_owned(), "1-2".to_owned()],
             all: false,
         };
-        assert_eq!(redrive_body(&some), json!({"ids": ["0-1", "1-2"]}));
+        let body = |args: &RedriveArgs| serde_json::to_value(redrive_request(args)).unwrap();
+        assert_eq!(body(&some), json!({"ids": ["0-1", "1-2"]}));
         let all = RedriveArgs {
             ids: vec![],
             all: true,
             ..some
         };
-        assert_eq!(redrive_body(&all), json!({"all": true}));
+        assert_eq!(body(&all), json!({"all": true}));
     }
 
     #[tokio::test]
@@ -351,7 +337,7 @@ mod tests {
         // Goal: an unconfirmed purge deletes nothing. Method: point the client at a port
         // nothing listens on; the refusal must come first, as a usage error.
         let server = format!("http://127.0.0.1:{}", keel_testkit::process::free_port());
-        let client = Client::new(&server, 1).unwrap();
+        let client = Client::new(&server).unwrap();
         let error = purge(&client, "billing", false, false).await.unwrap_err();
         assert!(matches!(error, CliError::Usage(_)), "{error}");
         assert!(error.to_string().contains("--yes"), "{error}");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::client::ClientError;
+use keel_client::ClientError;
 
 /// Everything that makes a `keel` command fail. Each message reads well after `error: `.
 #[derive(Debug, thiserror::Error)]

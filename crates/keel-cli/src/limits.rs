@@ -35,20 +35,9 @@ pub(crate) const BENCH_REQUEST_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Largest latency the `bench` histograms hold exactly; slower requests count as this.
 pub(crate) const LATENCY_US_MAX: u64 = 60_000_000;
 
-/// How long connecting to the server may take before the server counts as unreachable.
-pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5000;
-
-/// Longest a request may take, answer included; well above [`LONG_POLL_WAIT_MS`] so a long
-/// poll is never cut short, and a hung server still ends in an error, not a hung CLI.
-pub(crate) const REQUEST_TIMEOUT_MS: u64 = 60_000;
-
-/// Longest text of a non-problem error body quoted in an error message.
-pub(crate) const ERROR_BODY_CHARS_MAX: usize = 200;
-
-/// Idle connections a client keeps for reuse, unless it sizes its pool itself (`bench`).
-pub(crate) const IDLE_CONNECTIONS_MAX: usize = 64;
-
-const _: () = assert!(REQUEST_TIMEOUT_MS > 2 * LONG_POLL_WAIT_MS);
+// The client's timeouts, connection pool and error texts are keel-client's
+// (`keel_client::limits`); its request timeout is well above a long poll of `tail`.
+const _: () = assert!(keel_client::limits::REQUEST_TIMEOUT_MS > 2 * LONG_POLL_WAIT_MS);
 const _: () = assert!(BENCH_EVENT_BYTES_MAX <= BENCH_REQUEST_BYTES_MAX);
 
 // Tied to the server's bounds (the client talks to a keel of the same version):
@@ -58,4 +47,15 @@ const _: () = assert!(LONG_POLL_WAIT_MS <= keel_engine::limits::READ_WAIT_MS_MAX
 // a batch the client sends is one the server takes;
 const _: () = assert!(BATCH_EVENTS_MAX <= keel_engine::limits::BATCH_EVENTS_MAX as u64);
 // a request's timeout outlasts the longest long poll the server may hold it for.
-const _: () = assert!(REQUEST_TIMEOUT_MS > keel_engine::limits::READ_WAIT_MS_MAX);
+const _: () =
+    assert!(keel_client::limits::REQUEST_TIMEOUT_MS > keel_engine::limits::READ_WAIT_MS_MAX);
+// keel-client does not depend on the engine, so its bounds are tied to the server's here: its
+// publisher's batches, consumer's pulls and ack batches are ones the server takes.
+const _: () =
+    assert!(keel_client::limits::PUBLISH_BATCH_EVENTS_MAX <= keel_engine::limits::BATCH_EVENTS_MAX);
+const _: () =
+    assert!(keel_client::limits::PUBLISH_BATCH_BYTES_MAX <= keel_engine::limits::REQUEST_BYTES_MAX);
+const _: () =
+    assert!(keel_client::limits::PULL_MESSAGES_MAX <= keel_engine::limits::PULL_MESSAGES_MAX);
+const _: () = assert!(keel_client::limits::ACK_BATCH_MAX <= keel_engine::limits::ACK_IDS_MAX);
+const _: () = assert!(keel_client::limits::PULL_WAIT_MS <= keel_engine::limits::READ_WAIT_MS_MAX);

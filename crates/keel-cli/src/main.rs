@@ -4,10 +4,8 @@
 //! Exit codes: 0 on success, 1 when the command failed, 2 for usage errors.
 
 mod bench;
-mod client;
 mod dlq;
 mod error;
-mod event_id;
 mod limits;
 mod output;
 mod publish;
@@ -23,10 +21,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::bench::BenchCommand;
-use crate::client::{Client, DEFAULT_SERVER};
+use keel_client::{Client, ClientError, DEFAULT_SERVER};
+
 use crate::dlq::DlqCommand;
 use crate::error::CliError;
-use crate::limits::IDLE_CONNECTIONS_MAX;
 use crate::publish::PublishArgs;
 use crate::serve::ServeArgs;
 use crate::sub::SubCommand;
@@ -99,7 +97,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = || Client::new(&cli.server, IDLE_CONNECTIONS_MAX);
+    let client = || Client::new(&cli.server);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic(command) => topic::run(&client()?, command, cli.json).await,
@@ -109,6 +107,14 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sub(command) => sub::run(&client()?, command, cli.json).await,
         Command::Dlq(command) => dlq::run(&client()?, command, cli.json).await,
     }
+}
+
+/// A client of `server` keeping up to `idle_connections_max` idle connections for reuse
+/// (`bench` sizes its pool to its concurrency; other commands take the client's default).
+pub(crate) fn connect(server: &str, idle_connections_max: usize) -> Result<Client, ClientError> {
+    Client::builder(server)
+        .idle_connections_max(idle_connections_max)
+        .build()
 }
 
 #[cfg(test)]

@@ -10,14 +10,15 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::Args;
 use keel_api::publish::{PublishResult, PublishResults};
-use reqwest::Method;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::client::{Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, Client, ClientError, Reply};
+use keel_client::{
+    Answer, Body, CONTENT_TYPE_BATCH, CONTENT_TYPE_EVENT, Client, ClientError, EventIds,
+};
+
 use crate::error::CliError;
-use crate::event_id::EventIds;
 use crate::limits::{BATCH_EVENTS_MAX, BATCH_LINGER_MS, LINE_QUEUE_CAPACITY};
 use crate::output::{count_of, json_line, progress_bar, write_stdout};
 
@@ -108,15 +109,8 @@ pub(crate) async fn post_events(
     client: &Client,
     topic: &str,
     body: Body,
-) -> Result<Reply, ClientError> {
-    client
-        .send(
-            Method::POST,
-            &["v1", "topics", topic, "events"],
-            &[],
-            Some(body),
-        )
-        .await
+) -> Result<Answer<PublishResults>, ClientError> {
+    client.publish_encoded(topic, body).await
 }
 
 async fn publish_one(
@@ -134,10 +128,9 @@ async fn publish_one(
     };
     let reply = post_events(client, &args.topic, body).await?;
     if json {
-        return Ok(json_line(&reply.body));
+        return Ok(json_line(reply.body()));
     }
-    let answer: PublishResults = reply.json()?;
-    Ok(result_lines(&answer.results))
+    Ok(result_lines(&reply.value().results))
 }
 
 /// The data flags as bytes, with the media type given for them, if any.
@@ -387,7 +380,7 @@ async fn send_batch(
     let reply = post_events(client, &args.topic, body)
         .await
         .map_err(in_context)?;
-    let answer: PublishResults = reply.json()?;
+    let answer = reply.value();
     tally.events += answer.results.len() as u64;
     tally.duplicates += answer
         .results
@@ -395,7 +388,7 @@ async fn send_batch(
         .filter(|result| result.duplicate)
         .count() as u64;
     Ok(if json {
-        json_line(&reply.body)
+        json_line(reply.body())
     } else if args.quiet {
         String::new()
     } else {

@@ -11,17 +11,15 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use keel_api::duration;
-use keel_api::pull::{AckResult, PullRequest, Pulled, PulledMessage, SettleRequest};
+use keel_api::pull::{AckResult, PulledMessage, SettleRequest};
 use keel_api::subscriptions::{
     self, CircuitSettings, CreatedSubscription, Delivery, DeliveryMode, NamedPosition,
-    PartitionProgress, RetrySettings, SeekRequest, SinkSettings, StartPosition, SubscriptionInfo,
-    SubscriptionList, SubscriptionSettings, SubscriptionSpec,
+    PartitionProgress, RetrySettings, SinkSettings, StartPosition, SubscriptionInfo,
+    SubscriptionSettings, SubscriptionSpec,
 };
-use reqwest::{Method, StatusCode};
-use serde::Serialize;
+use keel_client::{Answer, Client, ClientError, Decode, Settlement, StatusCode};
 use serde_json::{Value, json};
 
-use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
 use crate::error::CliError;
 use crate::output::{
     Align, Table, cell, count_of, json_line, plain, render_pairs, write_json_body, write_stdout,
@@ -304,12 +302,12 @@ enum Settle {
 }
 
 impl Settle {
-    /// The API path segment, which is also the verb's stem.
-    fn action(self) -> &'static str {
+    /// The client's name for it.
+    fn settlement(self) -> Settlement {
         match self {
-            Self::Ack => "ack",
-            Self::Nack => "nack",
-            Self::Reject => "reject",
+            Self::Ack => Settlement::Ack,
+            Self::Nack => Settlement::Nack,
+            Self::Reject => Settlement::Reject,
         }
     }
 
@@ -329,18 +327,15 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
         SubCommand::List => list(client, json).await,
         SubCommand::Describe { name } => describe(client, &name, json).await,
         SubCommand::Pause { name } => {
-            let reply = post(client, &name, &["pause"], &json!({})).await?;
+            let reply = client.pause_subscription(&name).await?;
             done(&reply, json, &format!("paused subscription {name}\n"))
         }
         SubCommand::Resume { name } => {
-            let reply = post(client, &name, &["resume"], &json!({})).await?;
+            let reply = client.resume_subscription(&name).await?;
             done(&reply, json, &format!("resumed subscription {name}\n"))
         }
         SubCommand::Seek { name, to } => {
-            let body = SeekRequest {
-                to: start_position(&to),
-            };
-            let reply = post(client, &name, &["seek"], &body).await?;
+            let reply = client.seek_subscription(&name, start_position(&to)).await?;
             done(
                 &reply,
                 json,
@@ -348,9 +343,12 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
             )
         }
         SubCommand::Delete { name } => {
-            let path = ["v1", "subscriptions", &name];
-            let reply = client.send(Method::DELETE, &path, &[], None).await?;
-            done(&reply, json, &format!("deleted subscription {name}\n"))
+            client.delete_subscription(&name).await?;
+            if json {
+                // The server answers 204, without a body.
+                return Ok(());
+            }
+            write_stdout(&format!("deleted subscription {name}\n"))
         }
         SubCommand::Pull(args) => pull(client, &args, json).await,
         SubCommand::Ack(args) => settle(client, &args, None, Settle::Ack, json).await,
@@ -361,35 +359,15 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
     }
 }
 
-/// A JSON request body.
-pub(crate) fn json_body(value: &impl Serialize) -> Body {
-    Body {
-        content_type: CONTENT_TYPE_JSON,
-        bytes: serde_json::to_vec(value).expect("request bodies are strings, numbers and JSON"),
-    }
-}
-
-/// `POST /v1/subscriptions/{name}/{path…}` with a JSON body.
-pub(crate) async fn post(
-    client: &Client,
-    name: &str,
-    path: &[&str],
-    body: &impl Serialize,
-) -> Result<Reply, ClientError> {
-    let segments: Vec<&str> = ["v1", "subscriptions", name]
-        .into_iter()
-        .chain(path.iter().copied())
-        .collect();
-    client
-        .send(Method::POST, &segments, &[], Some(json_body(body)))
-        .await
-}
-
 /// Prints the server's JSON (if it sent any) with `--json`, `message` otherwise.
-pub(crate) fn done(reply: &Reply, json: bool, message: &str) -> Result<(), CliError> {
-    match (json, reply.body.is_empty()) {
+pub(crate) fn done<K: Decode>(
+    reply: &Answer<K>,
+    json: bool,
+    message: &str,
+) -> Result<(), CliError> {
+    match (json, reply.body().is_empty()) {
         (true, true) => Ok(()),
-        (true, false) => write_json_body(&reply.body),
+        (true, false) => write_json_body(reply.body()),
         (false, _) => write_stdout(message),
     }
 }
@@ -421,37 +399,33 @@ fn spec_body(flags: &SpecFlags) -> Value {
             cool_down: flags.circuit_cool_down.clone(),
         },
         rate_limit: flags.rate_limit,
+        stateful: false,
     };
     serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
 }
 
-/// The create request's body: the `--spec` file as it is (the server checks it), or the flags.
-fn create_request(args: &CreateArgs) -> Result<Body, CliError> {
+/// The create request's JSON: the `--spec` file as it is (the server checks it), or the flags.
+fn create_request(args: &CreateArgs) -> Result<Vec<u8>, CliError> {
     match &args.spec {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|error| CliError::io(format!("read {}", path.display()), error))?;
-            Ok(Body {
-                content_type: CONTENT_TYPE_JSON,
-                bytes,
-            })
-        }
-        None => Ok(json_body(&spec_body(&args.flags))),
+        Some(path) => std::fs::read(path)
+            .map_err(|error| CliError::io(format!("read {}", path.display()), error)),
+        None => Ok(spec_body(&args.flags).to_string().into_bytes()),
     }
 }
 
 async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), CliError> {
-    let body = create_request(args)?;
-    let path = ["v1", "subscriptions", args.name.as_str()];
-    let reply = client.send(Method::PUT, &path, &[], Some(body)).await?;
+    let spec = create_request(args)?;
+    let reply = client
+        .create_subscription_from_json(&args.name, spec)
+        .await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    if reply.status != StatusCode::CREATED {
+    if reply.status() != StatusCode::CREATED {
         let message = format!("subscription {} already exists with this spec\n", args.name);
         return write_stdout(&message);
     }
-    write_stdout(&created_text(&args.name, &reply.json()?))
+    write_stdout(&created_text(&args.name, &reply.value()))
 }
 
 /// What `sub create` prints: the spec as the server keeps it, and a generated secret set apart
@@ -472,11 +446,11 @@ fn created_text(name: &str, created: &CreatedSubscription) -> String {
 }
 
 async fn list(client: &Client, json: bool) -> Result<(), CliError> {
-    let reply = client.get(&["v1", "subscriptions"], &[]).await?;
+    let reply = client.list_subscriptions().await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    let listing: SubscriptionList = reply.json()?;
+    let listing = reply.value();
     write_stdout(&list_text(&listing.subscriptions))
 }
 
@@ -510,11 +484,11 @@ fn list_text(subscriptions: &[SubscriptionInfo]) -> String {
 }
 
 async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
-    let reply = client.get(&["v1", "subscriptions", name], &[]).await?;
+    let reply = client.describe_subscription(name).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    write_stdout(&describe_text(&reply.json()?))
+    write_stdout(&describe_text(&reply.value()))
 }
 
 /// The description for people: spec, state and counters, then a table of partitions.
@@ -661,14 +635,11 @@ pub(crate) fn truncated(text: &str, chars_max: usize) -> String {
 }
 
 async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliError> {
-    let request = PullRequest {
-        max: args.max.map(|max| max as usize),
-        wait: args.wait,
-    };
-    let reply = post(client, &args.name, &["pull"], &request).await?;
-    let pulled: Pulled = reply.json()?;
+    let max = args.max.map(|max| max as usize);
+    let reply = client.pull(&args.name, max, args.wait).await?;
+    let pulled = reply.value();
     let output = if json {
-        json_line(&reply.body)
+        json_line(reply.body())
     } else {
         pulled.messages.iter().map(message_line).collect()
     };
@@ -687,9 +658,9 @@ async fn pull(client: &Client, args: &PullArgs, json: bool) -> Result<(), CliErr
         .collect();
     let reply = settle_request(client, &args.name, ack_ids, None, Settle::Ack).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    let settled: AckResult = reply.json()?;
+    let settled = reply.value();
     eprintln!("acknowledged {}", settled.settled);
     if !settled.stale.is_empty() {
         // Stdout holds only messages; the warning goes with errors.
@@ -720,13 +691,13 @@ async fn settle_request(
     ack_ids: Vec<String>,
     delay: Option<Duration>,
     action: Settle,
-) -> Result<Reply, ClientError> {
+) -> Result<Answer<AckResult>, ClientError> {
     let body = SettleRequest {
         ack_ids,
         acks: Vec::new(),
         delay,
     };
-    post(client, name, &[action.action()], &body).await
+    client.settle(name, action.settlement(), &body).await
 }
 
 async fn settle(
@@ -739,9 +710,9 @@ async fn settle(
     let ack_ids = args.ack_ids.clone();
     let reply = settle_request(client, &args.name, ack_ids, delay, action).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    write_stdout(&settled_text(action, &reply.json()?))
+    write_stdout(&settled_text(action, &reply.value()))
 }
 
 /// `acknowledged 2 messages`, and a line naming the stale ack ids, if any.
@@ -1140,21 +1111,16 @@ mod tests {
             "300ms",
         ])
         .unwrap();
-        let body = create_request(&args).unwrap();
+        let spec = create_request(&args).unwrap();
         let reply = client
-            .send(
-                Method::PUT,
-                &["v1", "subscriptions", "hooks"],
-                &[],
-                Some(body),
-            )
+            .create_subscription_from_json("hooks", spec)
             .await
             .unwrap();
-        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.status(), StatusCode::CREATED);
         let created: Value = reply.json().unwrap();
         assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
         let described: Value = client
-            .get(&["v1", "subscriptions", "hooks"], &[])
+            .describe_subscription("hooks")
             .await
             .unwrap()
             .json()

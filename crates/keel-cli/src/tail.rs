@@ -7,12 +7,12 @@ use std::time::Duration;
 use clap::Args;
 use keel_api::read::{Record, Records};
 use keel_api::topics::{PartitionInfo, TopicInfo};
+use keel_client::{Answer, Client, ClientError};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{Client, ClientError, Reply};
 use crate::error::{CliError, joined};
 use crate::limits::{EMPTY_READ_PAUSE_MS, LONG_POLL_WAIT_MS, READ_EVENTS_MAX, TAIL_QUEUE_CAPACITY};
 use crate::output::write_stdout;
@@ -70,7 +70,7 @@ fn parse_start(text: &str) -> Result<Start, String> {
 }
 
 /// Reads up to `max` records of a partition from `from`, waiting up to `wait_ms` for the first
-/// one. The answer's body is [`Records`], which borrows from it: `reply.json()`.
+/// one. The answer decodes to [`Records`], which borrows from it: `reply.value()`.
 pub(crate) async fn read_events(
     client: &Client,
     topic: &str,
@@ -78,12 +78,9 @@ pub(crate) async fn read_events(
     from: u64,
     max: u64,
     wait_ms: u64,
-) -> Result<Reply, ClientError> {
-    let partition = partition.to_string();
-    let path = ["v1", "topics", topic, "partitions", &partition, "events"];
-    client
-        .get(&path, &[("from", from), ("max", max), ("wait", wait_ms)])
-        .await
+) -> Result<Answer<Records<'static>>, ClientError> {
+    let wait = Some(Duration::from_millis(wait_ms));
+    client.read(topic, partition, from, max, wait).await
 }
 
 /// What one reader reads: a partition from an offset, up to an end offset or forever.
@@ -197,7 +194,7 @@ async fn read_partition(
             wait_ms,
         )
         .await?;
-        let reply: Records = reply.json()?;
+        let reply = reply.value();
         if reply.records.is_empty() {
             if read.until.is_some() {
                 return Ok(());

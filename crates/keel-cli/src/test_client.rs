@@ -2,11 +2,10 @@
 //! drive the server through [`Client`] over a real socket and check outcomes through the API,
 //! as any user of the CLI would.
 
-use keel_api::read::Records;
+use keel_client::Client;
 use keel_testkit::server::TestServer;
 use serde_json::Value;
 
-use crate::client::Client;
 use crate::tail::read_events;
 use crate::topic::{CreateArgs, put_topic};
 
@@ -27,7 +26,10 @@ pub(crate) trait TestClient {
 
 impl TestClient for TestServer {
     fn cli_client(&self) -> Client {
-        Client::new(&self.url, 1).expect("a 127.0.0.1 URL is valid")
+        Client::builder(&self.url)
+            .idle_connections_max(1)
+            .build()
+            .expect("a 127.0.0.1 URL is valid")
     }
 
     async fn create_topic(&self, name: &str, partitions: u32) {
@@ -46,8 +48,8 @@ impl TestClient for TestServer {
         let reply = read_events(&client, topic, partition, 0, READ_BACK_EVENTS_MAX, 0)
             .await
             .expect("read the partition back");
-        let records: Records = reply.json().expect("a read answer");
-        records
+        reply
+            .value()
             .records
             .iter()
             .map(|record| serde_json::from_str(record.event.get()).expect("events are JSON"))

@@ -3,10 +3,9 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use keel_api::topics::{FsyncPolicy, PartitionInfo, RetentionSettings, TopicInfo, TopicSettings};
-use reqwest::{Method, StatusCode};
+use keel_client::{Answer, Client, ClientError, StatusCode};
 use serde_json::Value;
 
-use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
 use crate::error::CliError;
 use crate::output::{
     Align, Table, cell, count_of, human_bytes, render_pairs, write_json_body, write_stdout,
@@ -91,9 +90,9 @@ pub(crate) async fn run(
     }
 }
 
-/// The JSON body that creates the topic `args` describes: only the settings given.
-fn create_body(args: &CreateArgs) -> Value {
-    let settings = TopicSettings {
+/// The settings that create the topic `args` describes: only those given.
+fn create_settings(args: &CreateArgs) -> TopicSettings {
+    TopicSettings {
         partitions: args.partitions,
         retention: RetentionSettings {
             max_age: args.retention_age.clone(),
@@ -102,32 +101,27 @@ fn create_body(args: &CreateArgs) -> Value {
         fsync: args.fsync.map(FsyncPolicy::from),
         fsync_interval: None,
         dedupe_window: args.dedupe_window.clone(),
-    };
-    serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
+    }
 }
 
 /// `PUT`s the topic: 201 when created, 200 when it already existed with this configuration.
-pub(crate) async fn put_topic(client: &Client, args: &CreateArgs) -> Result<Reply, ClientError> {
-    let bytes = create_body(args).to_string().into_bytes();
-    let body = Body {
-        content_type: CONTENT_TYPE_JSON,
-        bytes,
-    };
+pub(crate) async fn put_topic(
+    client: &Client,
+    args: &CreateArgs,
+) -> Result<Answer<TopicInfo>, ClientError> {
     client
-        .send(Method::PUT, &["v1", "topics", &args.name], &[], Some(body))
+        .create_topic(&args.name, &create_settings(args))
         .await
 }
 
 async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), CliError> {
     let reply = put_topic(client, args).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
-    let message = if reply.status == StatusCode::CREATED {
-        let answered = reply.json::<TopicInfo>().ok();
-        let partitions = answered
-            .map(|topic| topic.partitions.len() as u64)
-            .or(args.partitions.map(u64::from));
+    let message = if reply.status() == StatusCode::CREATED {
+        let partitions = reply.value().partitions.len() as u64;
+        let partitions = Some(partitions).or(args.partitions.map(u64::from));
         created_message(&args.name, partitions)
     } else {
         format!(
@@ -140,7 +134,7 @@ async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), Cl
 
 /// Reads a topic's description; a missing topic is the server's 404 error.
 pub(crate) async fn fetch_topic(client: &Client, name: &str) -> Result<TopicInfo, ClientError> {
-    client.get(&["v1", "topics", name], &[]).await?.json()
+    Ok(client.describe_topic(name).await?.value())
 }
 
 fn created_message(name: &str, partitions: Option<u64>) -> String {
@@ -159,9 +153,9 @@ fn partition_count(value: Option<&Value>) -> Option<u64> {
 }
 
 async fn list(client: &Client, json: bool) -> Result<(), CliError> {
-    let reply = client.get(&["v1", "topics"], &[]).await?;
+    let reply = client.list_topics().await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
     let listing: Value = reply.json()?;
     let topics = listing
@@ -197,12 +191,12 @@ fn list_text(topics: &[Value]) -> String {
 }
 
 async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliError> {
-    let reply = client.get(&["v1", "topics", name], &[]).await?;
+    let reply = client.describe_topic(name).await?;
     if json {
-        return write_json_body(&reply.body);
+        return write_json_body(reply.body());
     }
     let topic: Value = reply.json()?;
-    let info: TopicInfo = reply.json()?;
+    let info = reply.value();
     write_stdout(&describe_text(&topic, &info.partitions))
 }
 
@@ -266,20 +260,13 @@ fn inline(value: Option<&Value>) -> String {
 }
 
 async fn delete(client: &Client, name: &str, force: bool, json: bool) -> Result<(), CliError> {
-    let mut url = client.url(&["v1", "topics", name], &[]);
-    if force {
-        url.query_pairs_mut().append_pair("force", "true");
-    }
-    let reply = client
-        .send_to(Method::DELETE, url, None)
+    client
+        .delete_topic(name, force)
         .await
         .map_err(|error| with_force_hint(error, force))?;
     if json {
-        return if reply.body.is_empty() {
-            Ok(())
-        } else {
-            write_json_body(&reply.body)
-        };
+        // The server answers 204, without a body.
+        return Ok(());
     }
     write_stdout(&format!("deleted topic {name}\n"))
 }
@@ -322,7 +309,7 @@ mod tests {
             dedupe_window: Some("2m".to_owned()),
         };
         assert_eq!(
-            create_body(&full),
+            serde_json::to_value(create_settings(&full)).unwrap(),
             json!({"partitions": 8, "retention": {"max_age": "7d", "max_bytes": 1_000_000},
                    "fsync": "always", "dedupe_window": "2m"})
         );
@@ -331,10 +318,13 @@ mod tests {
             ..CreateArgs::default()
         };
         assert_eq!(
-            create_body(&age_only),
+            serde_json::to_value(create_settings(&age_only)).unwrap(),
             json!({"retention": {"max_age": "1h"}})
         );
-        assert_eq!(create_body(&CreateArgs::default()), json!({}));
+        assert_eq!(
+            serde_json::to_value(create_settings(&CreateArgs::default())).unwrap(),
+            json!({})
+        );
     }
 
     #[test]
@@ -410,9 +400,9 @@ mod tests {
             dedupe_window: Some("90s".to_owned()),
         };
         let reply = put_topic(&client, &args).await.unwrap();
-        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.status(), StatusCode::CREATED);
         let described: Value = client
-            .get(&["v1", "topics", "orders"], &[])
+            .describe_topic("orders")
             .await
             .unwrap()
             .json()

@@ -32,7 +32,6 @@ use keel_api::subscriptions::{
     self, NamedPosition, SinkSettings, StartPosition, SubscriptionInfo, SubscriptionSettings,
 };
 use keel_engine::limits::{IN_FLIGHT_MAX, PULL_MESSAGES_MAX};
-use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -42,13 +41,12 @@ use super::{
     BodyBuilder, EVENTS_DEFAULT, LatencyMs, Stop, Tally, Workload, check_request_bytes,
     parse_duration, per_second, print_report, ranged, stop_on_ctrl_c,
 };
-use crate::client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Reply};
 use crate::error::{CliError, joined};
-use crate::event_id::EventIds;
 use crate::limits::{BATCH_EVENTS_MAX, BENCH_EVENT_BYTES_MAX, CONCURRENCY_MAX};
 use crate::output::progress_bar;
-use crate::publish::post_events;
 use crate::topic::{CreateArgs, Fsync, put_topic};
+use keel_client::EventIds;
+use keel_client::{Body, CONTENT_TYPE_JSON, Client, ClientError, Method, Reply, StatusCode};
 
 /// Bytes at the start of an event's data that hold its [`Stamp`]: two 16-digit hex fields.
 pub(super) const STAMP_BYTES: u64 = 2 * STAMP_FIELD_BYTES as u64;
@@ -189,7 +187,7 @@ pub(super) async fn run(server: &str, args: E2eBenchArgs, json: bool) -> Result<
         .publishers
         .saturating_add(args.consumers)
         .saturating_add(2);
-    let client = Client::new(server, usize::try_from(connections).unwrap_or(usize::MAX))?;
+    let client = crate::connect(server, usize::try_from(connections).unwrap_or(usize::MAX))?;
     let bar = progress_bar(Some(args.events), "events");
     let interrupted = Arc::new(AtomicBool::new(false));
     let interrupt = tokio::spawn(stop_on_ctrl_c(Arc::clone(&interrupted)));
@@ -491,25 +489,22 @@ async fn create_subscription(
         ),
         ..SubscriptionSettings::default()
     };
-    let body = Body {
-        content_type: CONTENT_TYPE_JSON,
-        bytes: serde_json::to_vec(&spec).expect("a spec of strings and numbers"),
-    };
-    let path = ["v1", "subscriptions", names.subscription.as_str()];
-    client.send(Method::PUT, &path, &[], Some(body)).await?;
+    client
+        .create_subscription(&names.subscription, &spec)
+        .await?;
     Ok(())
 }
 
 /// Deletes the run's subscription, then its topic; either may be missing already.
 async fn delete_run(client: &Client, names: &RunNames) -> Result<(), CliError> {
-    let paths = [
-        ["v1", "subscriptions", names.subscription.as_str()],
-        ["v1", "topics", names.topic.as_str()],
+    let deleted = [
+        client.delete_subscription(&names.subscription).await,
+        client.delete_topic(&names.topic, false).await,
     ];
-    for path in paths {
-        match client.send(Method::DELETE, &path, &[], None).await {
+    for outcome in deleted {
+        match outcome {
             Err(error) if error.status() != Some(StatusCode::NOT_FOUND) => return Err(error.into()),
-            Ok(_) | Err(_) => {}
+            Ok(()) | Err(_) => {}
         }
     }
     Ok(())
@@ -606,9 +601,12 @@ async fn measure(
 
 /// Pauses or resumes the run's subscription (push with `--backlog`).
 async fn set_paused(client: &Client, names: &RunNames, paused: bool) -> Result<(), CliError> {
-    let action = if paused { "pause" } else { "resume" };
-    let path = ["v1", "subscriptions", names.subscription.as_str(), action];
-    client.send(Method::POST, &path, &[], None).await?;
+    let name = names.subscription.as_str();
+    if paused {
+        client.pause_subscription(name).await?;
+    } else {
+        client.resume_subscription(name).await?;
+    }
     Ok(())
 }
 
@@ -643,10 +641,7 @@ async fn wait_for_settled(
 ) -> Result<(SubscriptionInfo, bool), ClientError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let reply = client
-            .get(&["v1", "subscriptions", subscription], &[])
-            .await?;
-        let progress: SubscriptionInfo = reply.json()?;
+        let progress = client.describe_subscription(subscription).await?.value();
         let settled = progress.lag == 0 && progress.in_flight == 0;
         if settled || Instant::now() >= deadline {
             return Ok((progress, settled));
@@ -761,7 +756,7 @@ async fn publish_paced(client: Client, run: Arc<PublishRun>) -> PublishTally {
             content_type: run.bodies.content_type(),
             bytes: unsent.stamp(sent_us),
         };
-        let outcome = post_events(&client, &run.workload.topic, body).await;
+        let outcome = super::post_raw(&client, &run.workload.topic, body).await;
         let answered_us = run.clock.now_us();
         tally.first_sent_us = tally.first_sent_us.min(sent_us);
         tally.requests.requests += 1;
@@ -1500,7 +1495,10 @@ mod tests {
                 ["v1", "subscriptions", &report.subscription],
                 ["v1", "topics", &report.topic],
             ] {
-                let gone = client.get(&path, &[]).await.unwrap_err();
+                let gone = client
+                    .send(Method::GET, &path, &[], None)
+                    .await
+                    .unwrap_err();
                 assert_eq!(gone.status(), Some(StatusCode::NOT_FOUND), "{path:?}");
             }
         }

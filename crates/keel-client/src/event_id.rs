@@ -1,4 +1,4 @@
-//! Event ids the CLI makes up when the user gives none. They must be unique per `source` for
+//! Event ids made up for events that have none. They must be unique per `source` for
 //! the server's dedupe not to drop them, across processes and runs, without a UUID crate: a
 //! prefix of the start time (nanoseconds) and the process id, then a counter.
 
@@ -6,15 +6,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of unique event ids: `{start time ns, hex}-{pid, hex}-{counter}`.
+///
+/// ```
+/// let ids = keel_client::EventIds::with_prefix("run7".to_owned());
+/// assert_eq!(ids.next_id(), "run7-0");
+/// assert_eq!(ids.next_id(), "run7-1");
+/// ```
 #[derive(Debug)]
-pub(crate) struct EventIds {
+pub struct EventIds {
     prefix: String,
     next: AtomicU64,
 }
 
+impl Default for EventIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EventIds {
     /// A generator whose prefix no other process, before or after, shares.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         // A clock before 1970 only weakens uniqueness to the pid and counter; no reason to fail.
         let start_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -23,7 +35,7 @@ impl EventIds {
     }
 
     /// A generator with a fixed prefix (for reproducible output in tests).
-    pub(crate) fn with_prefix(prefix: String) -> Self {
+    pub fn with_prefix(prefix: String) -> Self {
         Self {
             prefix,
             next: AtomicU64::new(0),
@@ -31,12 +43,12 @@ impl EventIds {
     }
 
     /// The prefix every id of this generator starts with, before `-{counter}`.
-    pub(crate) fn prefix(&self) -> &str {
+    pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
     /// The next id; safe to call from many threads, never the same twice.
-    pub(crate) fn next_id(&self) -> String {
+    pub fn next_id(&self) -> String {
         let counter = self.next.fetch_add(1, Ordering::Relaxed);
         format!("{}-{counter}", self.prefix)
     }
