@@ -11,6 +11,8 @@
 //!    duplicated or missing, though some lives rebuild the state (drop it and replay every
 //!    deposit) at random moments.
 //! 3. Every publish answered `Ok` is stored.
+//! 4. In-process mode, a chain: a second stateful handler turns each receipt into one
+//!    notification; each deposit has exactly one notification at the end of the chain.
 //!
 //! A failure prints its seed; `KEEL_TEST_SEED=N` replays it, `KEEL_EXACTLY_ONCE_SEEDS=N` runs N
 //! seeds.
@@ -27,6 +29,9 @@ use serde_json::{Value, json};
 
 const DEPOSITS: &str = "deposits";
 const RECEIPTS: &str = "receipts";
+/// The chain's second step (in-process mode): each receipt becomes one notification.
+const NOTIFICATIONS: &str = "notifications";
+const NOTIFY: &str = "notify";
 const LEDGER: &str = "ledger";
 const ACCOUNTS: u64 = 6;
 const LIVES: usize = 4;
@@ -132,11 +137,18 @@ fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
                 create(&engine).await?;
             }
             if consumer == Consumer::InProcess {
-                match engine.attach(LEDGER, ledger_handler()) {
-                    Ok(_) => {}
-                    // Injected failures can make a life's recovery fail: it serves nothing.
-                    Err(error) if last => return Err(format!("attach without faults: {error}")),
-                    Err(_) => model.report.failed_operations += 1,
+                for (name, attached) in [
+                    (LEDGER, engine.attach(LEDGER, ledger_handler())),
+                    (NOTIFY, engine.attach(NOTIFY, notify_handler())),
+                ] {
+                    match attached {
+                        Ok(_) => {}
+                        // Injected failures can make a life's recovery fail: it serves nothing.
+                        Err(error) if last => {
+                            return Err(format!("attach {name} without faults: {error}"));
+                        }
+                        Err(_) => model.report.failed_operations += 1,
+                    }
                 }
             }
             if last {
@@ -166,11 +178,12 @@ fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
 }
 
 async fn create(engine: &Engine) -> Result<(), String> {
-    // The receipts' dedupe window is all but off: a receipt emitted twice would be stored
-    // twice, not caught as a duplicate of the first.
+    // The emitted events' dedupe windows are all but off: an event emitted twice would be
+    // stored twice, not caught as a duplicate of the first.
     for (topic, partitions, dedupe_window) in [
         (DEPOSITS, 3, TopicConfig::default().dedupe_window),
         (RECEIPTS, 2, Duration::from_millis(1)),
+        (NOTIFICATIONS, 1, Duration::from_millis(1)),
     ] {
         let config = TopicConfig {
             partitions,
@@ -189,6 +202,15 @@ async fn create(engine: &Engine) -> Result<(), String> {
     .expect("a valid spec");
     engine
         .create_subscription(LEDGER, spec)
+        .await
+        .map_err(|error| format!("create subscription: {error}"))?;
+    let spec = serde_json::from_value(json!({
+        "topic": RECEIPTS, "start": "earliest", "ordering": "key", "stateful": true,
+        "ack_timeout": "10m",
+    }))
+    .expect("a valid spec");
+    engine
+        .create_subscription(NOTIFY, spec)
         .await
         .map_err(|error| format!("create subscription: {error}"))?;
     Ok(())
@@ -266,7 +288,7 @@ async fn consume(
             + event["data"]["amount"].as_u64().expect("amount");
         let count = before["count"].as_u64().expect("count") + 1;
         let receipt = json!({"specversion": "1.0", "source": "/ledger", "type": "receipt",
-            "data": {"deposit": event["id"]}});
+            "partitionkey": event["partitionkey"], "data": {"deposit": event["id"]}});
         acks.push(StatefulAck {
             ack_id: message.ack_id,
             state: Some(raw(&json!({"balance": balance, "count": count}))),
@@ -299,8 +321,18 @@ fn ledger_handler() -> impl keel_engine::handler::Handler {
             + event_json["data"]["amount"].as_u64().unwrap_or(0);
         let count = before["count"].as_u64().unwrap_or(0) + 1;
         let receipt = json!({"specversion": "1.0", "source": "/ledger", "type": "receipt",
-            "data": {"deposit": event_json["id"]}});
+            "partitionkey": event_json["partitionkey"], "data": {"deposit": event_json["id"]}});
         Ok(Next::state(json!({"balance": balance, "count": count})).emit(RECEIPTS, receipt))
+    })
+}
+
+/// The chain's second step: one notification per receipt, counted per account.
+fn notify_handler() -> impl keel_engine::handler::Handler {
+    stateful_fn(|event: Delivered, sent: Option<u64>| async move {
+        let receipt: Value = event.event()?;
+        let notification = json!({"specversion": "1.0", "source": "/notify",
+            "type": "notification", "data": {"deposit": receipt["data"]["deposit"]}});
+        Ok(Next::state(sent.unwrap_or(0) + 1).emit(NOTIFICATIONS, notification))
     })
 }
 
@@ -309,11 +341,22 @@ async fn check(engine: &Engine, model: &Model, consumer: Consumer) -> Result<(),
     let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
     let mut rng = fastrand::Rng::with_seed(0);
     let mut drained = Model::default();
+    let chained: &[&str] = match consumer {
+        Consumer::Pull => &[LEDGER],
+        Consumer::InProcess => &[LEDGER, NOTIFY],
+    };
     loop {
-        let described = engine
-            .describe_subscription(LEDGER)
-            .map_err(|error| format!("describe: {error}"))?;
-        if described.lag == 0 && described.in_flight == 0 && described.pending == 0 {
+        let mut described = Vec::new();
+        for name in chained {
+            let info = engine
+                .describe_subscription(name)
+                .map_err(|error| format!("describe: {error}"))?;
+            described.push(info);
+        }
+        if described
+            .iter()
+            .all(|info| info.lag == 0 && info.in_flight == 0 && info.pending == 0)
+        {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -371,6 +414,29 @@ async fn check(engine: &Engine, model: &Model, consumer: Consumer) -> Result<(),
             per_deposit.len(),
             deposits.len()
         ));
+    }
+    if consumer == Consumer::InProcess {
+        // The chain: each receipt (so each deposit) became exactly one notification.
+        let notifications = read_all(engine, NOTIFICATIONS, 1).await?;
+        let mut per_deposit: BTreeMap<String, usize> = BTreeMap::new();
+        for (deposit, _, _) in notifications.values() {
+            *per_deposit.entry(deposit.clone()).or_default() += 1;
+        }
+        for (id, _, _) in deposits.values() {
+            if per_deposit.get(id) != Some(&1) {
+                return Err(format!(
+                    "deposit {id} has {:?} notifications, not one",
+                    per_deposit.get(id)
+                ));
+            }
+        }
+        if per_deposit.len() != deposits.len() {
+            return Err(format!(
+                "notifications name {} deposits, {} are stored",
+                per_deposit.len(),
+                deposits.len()
+            ));
+        }
     }
     Ok(())
 }
