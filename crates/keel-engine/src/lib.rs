@@ -13,6 +13,7 @@ pub mod error;
 pub mod event;
 pub mod filter;
 mod format;
+mod key_index;
 pub mod limits;
 pub mod metrics;
 mod partition;
@@ -24,12 +25,13 @@ pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
+    Appended, Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
     UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;
 pub use keel_api::duration;
+pub use key_index::{KeyStream, StreamRecord};
 pub use partition::PartitionInfo;
 pub use storage::{DataDirDamage, Record};
 pub use topic::{PublishResult, TopicInfo};

@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::problem::{self, Problem};
 use keel_engine::EngineError;
-use keel_engine::error::{ErrorClass, PublishError, TopicError};
+use keel_engine::error::{ErrorClass, PublishError, StreamError, TopicError};
 
 /// An error answered over HTTP.
 #[derive(Debug)]
@@ -76,6 +76,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Topic(TopicError::HasSubscriptions { names, .. }) => {
                 api_error.problem.subscriptions = Some(names);
+            }
+            EngineError::Stream(StreamError::VersionMismatch { current, .. }) => {
+                api_error.problem.current_version = Some(current);
             }
             _ => {}
         }
