@@ -8,7 +8,9 @@
 //!   subscription's reader: it waits on the log's next offset) and writes, per batch of
 //!   records, one table write: an entry per keyed event and each key's new version, with the
 //!   *mark* (per partition, the offset indexed up to). Nothing of this is on the publish path:
-//!   the writer never waits for it.
+//!   the writer never waits for it. While nobody reads, a follower gathers records for up to
+//!   [`KEY_INDEX_GATHER_WAIT`] before a write, so the table's transactions stay few at any
+//!   publish rate; a waiting reader makes it index at once.
 //! - A snapshot (every [`KEY_INDEX_SNAPSHOT_RECORDS`] records or
 //!   [`KEY_INDEX_SNAPSHOT_INTERVAL`], and at shutdown) makes the table durable with its mark.
 //!   After a crash the table is its last snapshot, whole, and the followers read the log again
@@ -41,8 +43,9 @@ use tokio::sync::{Notify, watch};
 use crate::error::{EngineError, StreamError};
 use crate::event;
 use crate::limits::{
-    KEY_INDEX_SNAPSHOT_INTERVAL, KEY_INDEX_SNAPSHOT_RECORDS, KEY_INDEX_WAIT_MAX,
-    KEY_STREAM_ENTRIES_SCANNED_MAX, READ_BYTES_MAX, READ_RECORDS_MAX,
+    KEY_INDEX_GATHER_RECORDS, KEY_INDEX_GATHER_WAIT, KEY_INDEX_SNAPSHOT_INTERVAL,
+    KEY_INDEX_SNAPSHOT_RECORDS, KEY_INDEX_WAIT_MAX, KEY_STREAM_ENTRIES_SCANNED_MAX, READ_BYTES_MAX,
+    READ_RECORDS_MAX,
 };
 use crate::partition::Partition;
 use crate::storage::{Record, RecordLog, StateTable, Storage, StorageError, TableWrite};
@@ -99,6 +102,9 @@ pub(crate) struct KeyIndex {
     /// Per partition: conditional appends take turns, from their version check to the end of
     /// their append.
     append_turns: Vec<Arc<tokio::sync::Mutex<()>>>,
+    /// Per partition: a reader waits for the follower, which then indexes at once instead of
+    /// gathering more records first.
+    demand: Vec<Notify>,
     /// Records indexed since the last snapshot.
     unsnapshotted: AtomicU64,
     snapshot_due: Notify,
@@ -164,6 +170,7 @@ impl KeyIndex {
             covered: Mutex::new(covered),
             progress,
             append_turns,
+            demand: partitions.iter().map(|_| Notify::new()).collect(),
             unsnapshotted: AtomicU64::new(0),
             snapshot_due: Notify::new(),
             stopping: watch::Sender::new(false),
@@ -230,6 +237,16 @@ impl KeyIndex {
                     _ = stopping.wait_for(|stopping| *stopping) => return,
                 }
                 continue;
+            }
+            if log.next_offset() - covered < KEY_INDEX_GATHER_RECORDS {
+                // Gathers records for one table write per `KEY_INDEX_GATHER_WAIT` rather than
+                // one per commit (a redb transaction costs far more than indexing a record),
+                // unless a reader is waiting.
+                tokio::select! {
+                    () = tokio::time::sleep(KEY_INDEX_GATHER_WAIT) => {}
+                    () = self.demand[partition as usize].notified() => {}
+                    _ = stopping.wait_for(|stopping| *stopping) => return,
+                }
             }
             let (index, reader) = (self.clone(), log.clone());
             let indexed =
@@ -329,6 +346,10 @@ impl KeyIndex {
     ) -> Result<(), EngineError> {
         let target = log.next_offset();
         let mut progress = self.progress[partition as usize].subscribe();
+        if !matches!(&*progress.borrow(), Progress::Indexed(offset) if *offset >= target) {
+            // Kept as a permit when the follower is busy: it will not gather after this batch.
+            self.demand[partition as usize].notify_one();
+        }
         let reached = progress.wait_for(|progress| match progress {
             Progress::Indexed(offset) => *offset >= target,
             Progress::Failed(_) => true,
@@ -558,6 +579,25 @@ mod tests {
         let value = entry_value(3, 99);
         assert_eq!(decode_entry(&entry_key("a", 5), &value), Some((5, 3, 99)));
         assert_eq!(decode_entry(&entry_key("a", 5), b"short"), None);
+    }
+
+    // Goal: the index reads the same key the router used: the top-level `partitionkey`, also
+    // behind an escaped member name, never one nested in `data`; keyless events have none.
+    #[test]
+    fn the_key_of_a_stored_event_is_its_top_level_partitionkey() {
+        let cases: [(&str, Option<&str>); 5] = [
+            (r#"{"id":"1","partitionkey":"a"}"#, Some("a")),
+            (r#"{"id":"1","data":{"partitionkey":"nested"}}"#, None),
+            (
+                r#"{"id":"1","partitionk\u0065y":"escaped"}"#,
+                Some("escaped"),
+            ),
+            (r#"{"id":"1","data":"x"}"#, None),
+            (r#"{"id":"1","partitionkey":"k\"q"}"#, Some("k\"q")),
+        ];
+        for (json, key) in cases {
+            assert_eq!(event::key_of(json.as_bytes()).as_deref(), key, "{json}");
+        }
     }
 
     // Goal: a mark round-trips, and one for another partition count is refused.
