@@ -44,8 +44,8 @@ use crate::error::{EngineError, StreamError};
 use crate::event;
 use crate::limits::{
     KEY_INDEX_GATHER_RECORDS, KEY_INDEX_GATHER_WAIT, KEY_INDEX_SNAPSHOT_INTERVAL,
-    KEY_INDEX_SNAPSHOT_RECORDS, KEY_INDEX_WAIT_MAX, KEY_STREAM_ENTRIES_SCANNED_MAX, READ_BYTES_MAX,
-    READ_RECORDS_MAX,
+    KEY_INDEX_SNAPSHOT_RECORDS, KEY_INDEX_VERSION_CACHE_KEYS, KEY_INDEX_WAIT_MAX,
+    KEY_STREAM_ENTRIES_SCANNED_MAX, READ_BYTES_MAX, READ_RECORDS_MAX,
 };
 use crate::partition::Partition;
 use crate::storage::{Record, RecordLog, StateTable, Storage, StorageError, TableWrite};
@@ -105,6 +105,10 @@ pub(crate) struct KeyIndex {
     /// Per partition: a reader waits for the follower, which then indexes at once instead of
     /// gathering more records first.
     demand: Vec<Notify>,
+    /// The versions of keys indexed lately, as the table holds them (at most
+    /// `KEY_INDEX_VERSION_CACHE_KEYS`, emptied when full): spares the followers a table read
+    /// per keyed event. Only followers write it, after their table write succeeded.
+    versions: Mutex<HashMap<String, u64>>,
     /// Records indexed since the last snapshot.
     unsnapshotted: AtomicU64,
     snapshot_due: Notify,
@@ -171,6 +175,7 @@ impl KeyIndex {
             progress,
             append_turns,
             demand: partitions.iter().map(|_| Notify::new()).collect(),
+            versions: Mutex::new(HashMap::new()),
             unsnapshotted: AtomicU64::new(0),
             snapshot_due: Notify::new(),
             stopping: watch::Sender::new(false),
@@ -288,7 +293,16 @@ impl KeyIndex {
             let version = match versions.get_mut(&key) {
                 Some(version) => version,
                 None => {
-                    let stored = stored_version(&*self.table, &key)?;
+                    let cached = self
+                        .versions
+                        .lock()
+                        .expect("versions lock")
+                        .get(&key)
+                        .copied();
+                    let stored = match cached {
+                        Some(version) => version,
+                        None => stored_version(&*self.table, &key)?,
+                    };
                     versions.entry(key.clone()).or_insert(stored)
                 }
             };
@@ -296,8 +310,8 @@ impl KeyIndex {
             let value = entry_value(partition, record.offset);
             writes.push((entry_key(&key, *version), Some(value)));
         }
-        for (key, version) in versions {
-            writes.push((version_key(&key), Some(version.to_be_bytes().to_vec())));
+        for (key, version) in &versions {
+            writes.push((version_key(key), Some(version.to_be_bytes().to_vec())));
         }
         let mut covered = self.covered.lock().expect("covered lock");
         let mut mark = covered.clone();
@@ -305,6 +319,12 @@ impl KeyIndex {
         self.table.write(&writes, &encode_mark(&mark))?;
         *covered = mark;
         drop(covered);
+        let mut cache = self.versions.lock().expect("versions lock");
+        if cache.len() + versions.len() > KEY_INDEX_VERSION_CACHE_KEYS {
+            cache.clear();
+        }
+        cache.extend(versions);
+        drop(cache);
         self.progress[partition as usize].send_replace(Progress::Indexed(next));
         let indexed = records.len() as u64;
         if self.unsnapshotted.fetch_add(indexed, Ordering::Relaxed) + indexed

@@ -109,9 +109,12 @@ pub const KEY_INDEX_WAIT_MAX: std::time::Duration = std::time::Duration::from_se
 /// Longest a key index follower gathers new records before indexing them while no reader
 /// waits (a reader makes it index at once): bounds the index's table writes to about one per
 /// partition per this interval, whatever the publish rate.
-pub const KEY_INDEX_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+pub const KEY_INDEX_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// A follower with at least this many records to index indexes them without gathering more.
 pub const KEY_INDEX_GATHER_RECORDS: u64 = READ_RECORDS_MAX as u64;
+/// Keys whose versions a topic's key index keeps in memory for its followers (about 100 bytes
+/// each); the cache is emptied when full.
+pub const KEY_INDEX_VERSION_CACHE_KEYS: usize = 100_000;
 /// Records indexed between two snapshots of a topic's key index (at most; also one per
 /// [`KEY_INDEX_SNAPSHOT_INTERVAL`]): what a restart after a crash reads again at most.
 pub const KEY_INDEX_SNAPSHOT_RECORDS: u64 = 100_000;
