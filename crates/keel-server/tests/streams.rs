@@ -108,6 +108,15 @@ async fn key_stream_reads_one_keys_events_in_order_with_versions() {
 
     let (_, bob) = stream(&server, "bob", "").await;
     assert_eq!(ids(&bob), ["b0", "b1", "b2", "b3", "b4"]);
+    let slashed = keyed("s0", "order/7 é").to_string();
+    assert_eq!(append(&server, Some(0), STRUCTURED, slashed).await.0, 200);
+    let (status, encoded) = stream(&server, "order%2F7%20%C3%A9", "").await;
+    assert_eq!(
+        (status, ids(&encoded)),
+        (200, vec!["s0".to_owned()]),
+        "{encoded}"
+    );
+    assert_eq!(encoded["key"], "order/7 é");
     let (status, nobody) = stream(&server, "nobody", "").await;
     assert_eq!(status, 200, "{nobody}");
     assert_eq!(nobody["version"], 0);
