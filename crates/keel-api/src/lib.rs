@@ -33,6 +33,7 @@ pub mod publish;
 pub mod pull;
 pub mod read;
 pub mod state;
+pub mod streams;
 pub mod subscriptions;
 pub mod topics;
 

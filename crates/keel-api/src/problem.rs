@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Problem {
+    /// A conditional append refused (409): the key's version now (an RFC 9457 extension
+    /// member).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
     /// What went wrong, precisely.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -22,4 +22,8 @@ pub struct PublishResult {
 pub struct PublishResults {
     /// The results, in the order the events were sent.
     pub results: Vec<PublishResult>,
+    /// A conditional append (`expected_version`) that appended: the key's version after it.
+    /// Absent from plain publishes, and from a retry whose events were all duplicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }

@@ -122,6 +122,12 @@ impl Dedupe {
         Lookup::New
     }
 
+    /// Whether a pair is stored (within the window: call `expire` first), without reserving
+    /// it.
+    pub(crate) fn is_stored(&self, pair: PairHash) -> bool {
+        self.stored.contains_key(&pair)
+    }
+
     /// Records where a pair was stored (reserved by this process, or found in the log on
     /// restart). Returns how many pairs were forgotten early because the table was full.
     pub(crate) fn stored(&mut self, pair: PairHash, position: Position, stored_ms: i64) -> u64 {

@@ -19,7 +19,9 @@ use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Stor
 use crate::subscription::Subscription;
 use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
+mod streams;
 mod subscriptions;
+pub use streams::Appended;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 
 /// Settings of an engine.
@@ -337,6 +339,12 @@ impl Engine {
         topic: &Arc<Topic>,
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
+        self.check_limits(&events)?;
+        topic.publish(events).await
+    }
+
+    /// Refuses a batch over the event count or an event over the size limit.
+    fn check_limits(&self, events: &[Event]) -> Result<(), EngineError> {
         if events.len() > BATCH_EVENTS_MAX {
             return Err(EngineError::Publish(PublishError::BatchTooLarge {
                 count: events.len(),
@@ -356,7 +364,7 @@ impl Engine {
                 limit,
             }));
         }
-        topic.publish(events).await
+        Ok(())
     }
 
     /// Reads from a partition from `from` (default: its start), long-polling up to `wait`.

@@ -25,6 +25,9 @@ pub enum EngineError {
     /// The stored data or the medium under it.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A key's event stream: reading it, or a conditional append to it.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
@@ -59,6 +62,7 @@ impl EngineError {
             EngineError::Publish(error) => error.class(),
             EngineError::Subscription(error) => error.class(),
             EngineError::Data(error) => error.class(),
+            EngineError::Stream(error) => error.class(),
             EngineError::ShuttingDown => ErrorClass::Unavailable,
         }
     }
@@ -379,6 +383,64 @@ impl SubscriptionError {
             | SubscriptionError::InvalidCommit { .. } => ErrorClass::Invalid,
             SubscriptionError::StateTooLarge { .. } => ErrorClass::TooLarge,
             SubscriptionError::Unavailable { .. } => ErrorClass::Unavailable,
+        }
+    }
+}
+
+/// A key's event stream: reading it, or a conditional append to it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A conditional append expected another version of its key; nothing was appended.
+    #[error(
+        "key {key:?} of topic {topic:?} is at version {current}, not the expected version {expected}; nothing was appended: read the key's events from version {} and decide again",
+        expected.min(current) + 1
+    )]
+    VersionMismatch {
+        /// The topic.
+        topic: String,
+        /// The key.
+        key: String,
+        /// The version the append expected.
+        expected: u64,
+        /// The key's version now.
+        current: u64,
+    },
+    /// A conditional append that cannot be taken as given (events without a key, or with
+    /// several keys); nothing was appended.
+    #[error("{detail}; nothing was appended")]
+    InvalidAppend {
+        /// What is wrong with the events.
+        detail: String,
+    },
+    /// A read of a key's stream with a range out of bounds.
+    #[error("{detail}")]
+    InvalidRead {
+        /// Which parameter and its bounds.
+        detail: String,
+    },
+    /// The key index of a partition cannot answer (its storage failed, or it could not catch
+    /// up with the log in time).
+    #[error("the key index of {topic:?} partition {partition} is unavailable: {reason}")]
+    IndexUnavailable {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What happened and what to do.
+        reason: String,
+    },
+}
+
+impl StreamError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StreamError::VersionMismatch { .. } => ErrorClass::Conflict,
+            StreamError::InvalidAppend { .. } | StreamError::InvalidRead { .. } => {
+                ErrorClass::Invalid
+            }
+            StreamError::IndexUnavailable { .. } => ErrorClass::Unavailable,
         }
     }
 }

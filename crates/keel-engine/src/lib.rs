@@ -14,6 +14,7 @@ pub mod event;
 pub mod filter;
 mod format;
 pub mod handler;
+mod key_index;
 pub mod limits;
 pub mod metrics;
 mod partition;
@@ -25,12 +26,13 @@ pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
+    Appended, Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
     UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;
 pub use keel_api::duration;
+pub use key_index::{KeyStream, StreamRecord};
 pub use partition::PartitionInfo;
 pub use storage::{DataDirDamage, Record};
 pub use topic::{PublishResult, TopicInfo};

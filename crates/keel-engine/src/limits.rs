@@ -96,3 +96,30 @@ pub const STATE_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::fr
 pub const STATE_LIST_MAX: usize = 1000;
 /// Commits one group commit of a state's commit log gathers at most.
 pub const STATE_COMMIT_BATCH_MAX: usize = 4096;
+/// Most events one read of a key's stream returns (the default is keel-api's
+/// `KEY_STREAM_RECORDS_DEFAULT`).
+pub const KEY_STREAM_RECORDS_MAX: usize = 1000;
+/// Most index entries one read of a key's stream looks at, counting those whose events
+/// retention removed (skipped): a read past a long trimmed prefix answers fewer records and
+/// a `next_version` to go on from.
+pub const KEY_STREAM_ENTRIES_SCANNED_MAX: usize = 100_000;
+/// Longest a key stream read or a conditional append waits for the key index to catch up
+/// with its partition's log before answering 503.
+pub const KEY_INDEX_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a key index follower gathers new records before indexing them while no reader
+/// waits (a reader makes it index at once): bounds the index's table writes to about one per
+/// partition per this interval, whatever the publish rate.
+pub const KEY_INDEX_GATHER_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// A follower with at least this many records to index indexes them without gathering more.
+pub const KEY_INDEX_GATHER_RECORDS: u64 = READ_RECORDS_MAX as u64;
+/// Keys whose versions a topic's key index keeps in memory for its followers (about 100 bytes
+/// each); the cache is emptied when full.
+pub const KEY_INDEX_VERSION_CACHE_KEYS: usize = 100_000;
+/// Records indexed between two snapshots of a topic's key index (at most; also one per
+/// [`KEY_INDEX_SNAPSHOT_INTERVAL`]): what a restart after a crash reads again at most.
+pub const KEY_INDEX_SNAPSHOT_RECORDS: u64 = 100_000;
+/// Longest time between two snapshots of a key index while records arrive.
+pub const KEY_INDEX_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+const _: () = assert!(KEY_STREAM_RECORDS_MAX <= READ_RECORDS_MAX);
+const _: () = assert!(KEY_STREAM_RECORDS_MAX <= KEY_STREAM_ENTRIES_SCANNED_MAX);

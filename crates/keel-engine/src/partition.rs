@@ -150,6 +150,12 @@ impl Partition {
         })
     }
 
+    /// The partition's log, for readers beside the writer (the key index); an error when it
+    /// refuses service because its log could not be opened.
+    pub(crate) fn record_log(&self) -> Result<Arc<dyn RecordLog>, EngineError> {
+        self.log().cloned()
+    }
+
     fn log(&self) -> Result<&Arc<dyn RecordLog>, EngineError> {
         match &self.shared.log {
             Some(log) => Ok(log),

@@ -178,8 +178,9 @@ pub type TableEntry = (Vec<u8>, Vec<u8>);
 /// A key and its new value (none: removed) in a [`StateTable::write`].
 pub type TableWrite = (Vec<u8>, Option<Vec<u8>>);
 
-/// An ordered table of byte keys and values that a stateful subscription keeps its per-key
-/// state in: on disk with a bounded cache, so memory stays flat however many keys there are.
+/// An ordered table of byte keys and values: a stateful subscription keeps its per-key state
+/// in one, and a topic its per-key index of events. On disk with a bounded cache, so memory
+/// stays flat however many keys there are.
 ///
 /// Writes are visible at once and become durable together at the next
 /// [`StateTable::snapshot`]; a crash goes back to the last snapshot, whole. Each write carries
@@ -285,8 +286,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Stores a new topic and creates its empty partitions, durably and all or nothing.
     fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<(), EngineError>;
 
-    /// Deletes a topic and everything under it, durably.
+    /// Deletes a topic and everything under it (its key index too), durably.
     fn delete_topic(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Opens a stored topic's per-key index (made with the topic by
+    /// [`Storage::create_topic`]). The index is a cache the topic's log rebuilds: a missing or
+    /// unreadable one is replaced by an empty table (no mark), never an error of the topic.
+    fn open_key_index(&self, topic: &str) -> Result<Box<dyn StateTable>, EngineError>;
 
     /// Opens (recovering) one partition of a stored topic.
     fn open_partition(

@@ -9,8 +9,9 @@ use tokio::sync::watch;
 use crate::clock::now_ms;
 use crate::config::{FsyncPolicy, TopicConfig};
 use crate::dedupe::{Dedupe, Lookup, Outcome, PairHash, Position};
-use crate::error::{EngineError, PublishError, TopicError};
+use crate::error::{EngineError, PublishError, StreamError, TopicError};
 use crate::event::{self, Event};
+use crate::key_index::KeyIndex;
 use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::Partition;
@@ -63,6 +64,9 @@ pub(crate) struct Topic {
     large_requests_routed: AtomicU64,
     metrics: Arc<Metrics>,
     labels: TopicLabels,
+    /// The per-key index of events, or why it could not be opened (the topic still takes
+    /// and serves events; key streams and conditional appends answer 503).
+    key_index: Result<Arc<KeyIndex>, String>,
 }
 
 impl Topic {
@@ -79,7 +83,11 @@ impl Topic {
                 let log = storage.open_partition(name, number);
                 Partition::start(name, number, log, config.fsync, metrics.clone())
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let key_index = KeyIndex::open(storage, name, &partitions).map_err(|error| {
+            tracing::error!(topic = name, %error, "the key index cannot be opened");
+            format!("{error}. Restart keel to rebuild it from the log")
+        });
         let window_ms = i64::try_from(config.dedupe_window.as_millis()).unwrap_or(i64::MAX);
         let topic = Arc::new(Self {
             name: name.to_owned(),
@@ -92,13 +100,18 @@ impl Topic {
                 topic: name.to_owned(),
             },
             metrics,
+            key_index,
         });
         topic.rebuild_dedupe(window_ms);
         topic
     }
 
-    /// Starts the topic's background tasks (the `interval` fsync). Call inside the runtime.
+    /// Starts the topic's background tasks (the key index's, the `interval` fsync). Call
+    /// inside the runtime.
     pub(crate) fn start_tasks(&self) {
+        if let Ok(key_index) = &self.key_index {
+            key_index.start(&self.partitions);
+        }
         if self.config.fsync == FsyncPolicy::Interval {
             for partition in &self.partitions {
                 partition.spawn_interval_sync(self.config.fsync_interval);
@@ -414,11 +427,38 @@ impl Topic {
         self.count_evicted_early(evicted_early);
     }
 
-    /// Stops the writers after they finish what is queued.
+    /// Stops the writers after they finish what is queued, then the key index.
     pub(crate) async fn shut_down(&self) {
         for partition in &self.partitions {
             partition.shut_down().await;
         }
+        if let Ok(key_index) = &self.key_index {
+            key_index.shut_down().await;
+        }
+    }
+
+    /// The key index, or why it refuses service.
+    pub(crate) fn key_index(&self, partition: u32) -> Result<&Arc<KeyIndex>, EngineError> {
+        self.key_index.as_ref().map_err(|reason| {
+            EngineError::Stream(StreamError::IndexUnavailable {
+                topic: self.name.clone(),
+                partition,
+                reason: reason.clone(),
+            })
+        })
+    }
+
+    /// Whether every event is a duplicate of one stored within the dedupe window (a retry of
+    /// an earlier publish that succeeded).
+    pub(crate) fn all_stored(&self, events: &[Event]) -> bool {
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        let evicted_early = dedupe.expire(now_ms());
+        let stored = events
+            .iter()
+            .all(|event| dedupe.is_stored(dedupe.hash(event.source(), event.id())));
+        drop(dedupe);
+        self.count_evicted_early(evicted_early);
+        stored
     }
 }
 

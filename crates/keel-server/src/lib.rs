@@ -14,6 +14,7 @@ pub mod problem;
 pub mod publish;
 pub mod read;
 pub mod state;
+pub mod streams;
 pub mod subscriptions;
 pub mod topics;
 
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/topics/{topic}/partitions/{partition}/events",
             get(read::read),
         )
+        .route("/v1/topics/{topic}/keys/{key}/events", get(streams::read))
         .route("/v1/subscriptions", get(subscriptions::list))
         .route(
             "/v1/subscriptions/{name}",

@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::problem::{self, Problem};
 use keel_engine::EngineError;
-use keel_engine::error::{ErrorClass, PublishError, SubscriptionError, TopicError};
+use keel_engine::error::{ErrorClass, PublishError, StreamError, SubscriptionError, TopicError};
 
 /// An error answered over HTTP.
 #[derive(Debug)]
@@ -79,6 +79,9 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Subscription(SubscriptionError::StaleAcks { ack_ids }) => {
                 api_error.problem.stale_ack_ids = Some(ack_ids);
+            }
+            EngineError::Stream(StreamError::VersionMismatch { current, .. }) => {
+                api_error.problem.current_version = Some(current);
             }
             _ => {}
         }

@@ -1,10 +1,11 @@
-//! `POST /v1/topics/{topic}/events`: the three CloudEvents HTTP modes, read by the engine's
-//! HTTP binding (`keel_engine::event::http`): structured, batched (all or nothing) and binary.
+//! `POST /v1/topics/{topic}/events[?expected_version=N]`: the three CloudEvents HTTP modes,
+//! read by the engine's HTTP binding (`keel_engine::event::http`): structured, batched (all or
+//! nothing) and binary; with `expected_version`, a conditional append to one key's stream.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::publish::PublishResults;
@@ -13,14 +14,30 @@ use keel_engine::event::http::HttpRequest;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// Publishes; answers `{"results": [{"id", "partition", "offset", "duplicate"}]}` once durable.
+/// Query of a publish.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishQuery {
+    /// Append only if the events' key is at this version (0: a key without events).
+    expected_version: Option<u64>,
+}
+
+/// Publishes; answers `{"results": [{"id", "partition", "offset", "duplicate"}]}` once durable
+/// (and, for a conditional append, the key's new `"version"`).
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,
+    query: Result<Query<PublishQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(format!(
+            "invalid query: {}; expected_version is a whole number, 0 for a key without events",
+            rejection.body_text()
+        ))
+    })?;
     let body = body.map_err(|rejection| body_error(&rejection, state.request_bytes_max))?;
     let attributes: Vec<(&str, &[u8])> = headers
         .iter()
@@ -33,8 +50,22 @@ pub async fn publish(
         attributes: &attributes,
         body: &body,
     };
-    let results = engine.publish_http(&topic, &request).await?;
-    Ok((StatusCode::OK, Json(PublishResults { results })).into_response())
+    let answer = match query.expected_version {
+        None => PublishResults {
+            results: engine.publish_http(&topic, &request).await?,
+            version: None,
+        },
+        Some(expected_version) => {
+            let appended = engine
+                .append_http_expecting(&topic, &request, expected_version)
+                .await?;
+            PublishResults {
+                results: appended.results,
+                version: appended.version,
+            }
+        }
+    };
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {

@@ -6,6 +6,7 @@
 //!   LOCK, MANIFEST.json          see data_dir.rs
 //!   topics/NAME/topic.json       the configuration, with its format version
 //!   topics/NAME/0/ …             one log per partition
+//!   topics/NAME/keys.redb        the per-key index of events (a cache the logs rebuild)
 //!   subscriptions/NAME/subscription.json
 //!   subscriptions/NAME/checkpoints/, dlq/
 //!   subscriptions/NAME/state/commits/, state/table.redb   stateful subscriptions only
@@ -34,8 +35,8 @@ use crate::limits::{
     DLQ_WRITE_BYTES_MAX, EVENT_BYTES_CEILING, GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING,
 };
 use crate::storage::{
-    Area, DataDirDamage, RecordLog, StateLogs, Storage, StorageError, StoredSubscription,
-    StoredTopic, SubscriptionLogs,
+    Area, DataDirDamage, RecordLog, StateLogs, StateTable, Storage, StorageError,
+    StoredSubscription, StoredTopic, SubscriptionLogs,
 };
 use crate::subscription::spec::SubscriptionSpec;
 use data_dir::DataDir;
@@ -63,6 +64,8 @@ const STATE_DIR: &str = "state";
 const STATE_COMMITS_DIR: &str = "commits";
 /// The state's table, in the state directory.
 const STATE_TABLE_FILE: &str = "table.redb";
+/// A topic's per-key index, in its directory.
+const KEY_INDEX_FILE: &str = "keys.redb";
 /// Segments of a state commit log roll at this size, so that commits covered by a snapshot go
 /// in whole segments.
 const STATE_COMMIT_SEGMENT_BYTES_MAX: u64 = 16 * 1024 * 1024;
@@ -234,12 +237,42 @@ impl Storage for DiskStorage {
                 std::fs::create_dir(&partition_dir)
                     .map_err(EngineError::io("create", &partition_dir))?;
             }
+            // Made (and fsynced by redb's first commit) inside the temporary directory, so
+            // that the directory fsync and rename below make its entry durable with the topic.
+            DiskTable::create(&dir.join(KEY_INDEX_FILE))
+                .map_err(|source| storage_failed("create the key index", dir, source))?;
             Ok(())
         })
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
         self.remove_dir(&self.data_dir.topics().join(name))
+    }
+
+    fn open_key_index(&self, topic: &str) -> Result<Box<dyn StateTable>, EngineError> {
+        let dir = self.data_dir.topics().join(topic);
+        let path = dir.join(KEY_INDEX_FILE);
+        let opened = if path.is_file() {
+            DiskTable::open(&path)
+        } else {
+            // A topic made by a keel without key indexes, or a file lost: rebuilt from the log.
+            tracing::info!(
+                topic,
+                "the topic has no key index; building one from its log"
+            );
+            create_key_index(&dir, &path)
+        };
+        let table = match opened {
+            Ok(table) => table,
+            Err(error) => {
+                // A cache: an unreadable one is replaced, and the log rebuilds it.
+                tracing::warn!(topic, %error, "the key index cannot be opened; rebuilding it from the log");
+                std::fs::remove_file(&path).map_err(EngineError::io("remove", &path))?;
+                create_key_index(&dir, &path)
+                    .map_err(|source| storage_failed("create the key index", &dir, source))?
+            }
+        };
+        Ok(Box::new(table))
     }
 
     fn open_partition(
@@ -364,6 +397,16 @@ fn create_state(dir: &Path) -> Result<(), EngineError> {
     DiskTable::create(&dir.join(STATE_TABLE_FILE))
         .map_err(|source| storage_failed("create the state table", dir, source))?;
     Ok(files::sync_dir(dir)?)
+}
+
+/// Creates a key index at `path` in the topic directory `dir` (replacing one that is missing
+/// or unreadable).
+fn create_key_index(dir: &Path, path: &Path) -> Result<DiskTable, StorageError> {
+    let table = DiskTable::create(path)?;
+    // Not needed for correctness (a lost entry is rebuilt again from the log), but it spares
+    // the next start that rebuild.
+    files::sync_dir(dir)?;
+    Ok(table)
 }
 
 fn storage_failed(what: &str, dir: &Path, source: StorageError) -> EngineError {

@@ -13,7 +13,9 @@
 //!
 //! [`MemoryStorage::crash`] is the power cut: every handle of the storage and its logs fails
 //! from then on (the crashed engine's tasks get errors, never a say in what survives); the
-//! storage it returns sees only what survived, as a restarted process would.
+//! storage it returns sees only what survived, as a restarted process would: logs keep what
+//! was synced and a seeded prefix of the rest; state tables and topics' key indexes go back
+//! to their last snapshot.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use crate::config::TopicConfig;
-use crate::error::{DataError, EngineError, SubscriptionError};
+use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
 use crate::storage::{
     Area, DataDirDamage, Record, RecordLog, StateLogs, StateTable, Storage, StorageError,
     StoredSubscription, StoredTopic, SubscriptionLogs, TableEntry, TableWrite, Trimmed,
@@ -60,12 +62,19 @@ struct Shared {
 #[derive(Default)]
 struct Store {
     crashes: u64,
-    topics: BTreeMap<String, (TopicConfig, Vec<SharedLog>)>,
+    topics: BTreeMap<String, StoredTopicLogs>,
     subscriptions: BTreeMap<String, StoredLogs>,
 }
 
 /// One log's state, shared by the store and the handles opened on it.
 type SharedLog = Arc<Mutex<LogState>>;
+
+/// A topic: its configuration, its partitions' logs and its key index.
+struct StoredTopicLogs {
+    config: TopicConfig,
+    partitions: Vec<SharedLog>,
+    key_index: SharedTable,
+}
 
 struct StoredLogs {
     spec: SubscriptionSpec,
@@ -94,6 +103,17 @@ struct TableState {
 }
 
 impl TableState {
+    fn new(name: String) -> Self {
+        TableState {
+            name,
+            entries: BTreeMap::new(),
+            mark: None,
+            durable: (BTreeMap::new(), None),
+            operations: 0,
+            poisoned: None,
+        }
+    }
+
     fn crash(&mut self) {
         (self.entries, self.mark) = self.durable.clone();
         self.poisoned = None;
@@ -200,7 +220,10 @@ impl MemoryStorage {
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         store.crashes += 1;
         let (seed, crash) = (self.shared.faults().seed, store.crashes);
-        let partitions = store.topics.values().flat_map(|(_, logs)| logs.iter());
+        let partitions = store
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.iter());
         let subscription_logs = store
             .subscriptions
             .values()
@@ -212,10 +235,13 @@ impl MemoryStorage {
         for log in partitions.chain(subscription_logs).chain(state_logs) {
             log.lock().expect("log lock").crash(seed, crash);
         }
-        for logs in store.subscriptions.values() {
-            if let Some((_, table)) = &logs.state {
-                table.lock().expect("table lock").crash();
-            }
+        let state_tables = store
+            .subscriptions
+            .values()
+            .filter_map(|logs| logs.state.as_ref().map(|(_, table)| table));
+        let key_indexes = store.topics.values().map(|topic| &topic.key_index);
+        for table in state_tables.chain(key_indexes) {
+            table.lock().expect("table lock").crash();
         }
         MemoryStorage {
             shared: self.shared.clone(),
@@ -245,6 +271,14 @@ impl MemoryStorage {
             context: "memory storage".to_owned(),
             source: crashed(),
         }))
+    }
+
+    fn table_handle(&self, table: &SharedTable) -> MemoryTable {
+        MemoryTable {
+            state: table.clone(),
+            shared: self.shared.clone(),
+            generation: self.generation,
+        }
     }
 
     fn handle(&self, state: &SharedLog) -> MemoryLog {
@@ -279,21 +313,35 @@ impl Storage for MemoryStorage {
 
     fn topics(&self) -> Result<Vec<StoredTopic>, EngineError> {
         let store = self.live_store()?;
-        let topics = store.topics.iter().map(|(name, (config, _))| StoredTopic {
+        let topics = store.topics.iter().map(|(name, topic)| StoredTopic {
             name: name.clone(),
-            config: Ok(*config),
+            config: Ok(topic.config),
         });
         Ok(topics.collect())
     }
 
     fn create_topic(&self, name: &str, config: &TopicConfig) -> Result<(), EngineError> {
-        let logs = (0..config.partitions)
+        let partitions = (0..config.partitions)
             .map(|number| Arc::new(Mutex::new(LogState::new(format!("{name}/{number}")))))
             .collect();
-        self.live_store()?
-            .topics
-            .insert(name.to_owned(), (*config, logs));
+        let key_index = Arc::new(Mutex::new(TableState::new(format!("{name}/keys"))));
+        let topic = StoredTopicLogs {
+            config: *config,
+            partitions,
+            key_index,
+        };
+        self.live_store()?.topics.insert(name.to_owned(), topic);
         Ok(())
+    }
+
+    fn open_key_index(&self, topic: &str) -> Result<Box<dyn StateTable>, EngineError> {
+        let store = self.live_store()?;
+        let table = store.topics.get(topic).ok_or_else(|| {
+            EngineError::Topic(TopicError::NotFound {
+                topic: topic.to_owned(),
+            })
+        })?;
+        Ok(Box::new(self.table_handle(&table.key_index)))
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
@@ -310,7 +358,7 @@ impl Storage for MemoryStorage {
         let state = store
             .topics
             .get(topic)
-            .and_then(|(_, logs)| logs.get(partition as usize))
+            .and_then(|topic| topic.partitions.get(partition as usize))
             .ok_or_else(|| StorageError::Io {
                 op: "open",
                 path: PathBuf::from(format!("{topic}/{partition}")),
@@ -345,14 +393,7 @@ impl Storage for MemoryStorage {
         });
         (checkpoints.visible_next, checkpoints.synced_next) = (1, 1);
         let state = spec.stateful.then(|| {
-            let table = TableState {
-                name: format!("{name}/state"),
-                entries: BTreeMap::new(),
-                mark: None,
-                durable: (BTreeMap::new(), None),
-                operations: 0,
-                poisoned: None,
-            };
+            let table = TableState::new(format!("{name}/state"));
             let commits = LogState::new(format!("{name}/commits"));
             (Arc::new(Mutex::new(commits)), Arc::new(Mutex::new(table)))
         });
@@ -395,11 +436,7 @@ impl Storage for MemoryStorage {
             })?;
         Ok(StateLogs {
             commits: Box::new(self.handle(commits)),
-            table: Box::new(MemoryTable {
-                state: table.clone(),
-                shared: self.shared.clone(),
-                generation: self.generation,
-            }),
+            table: Box::new(self.table_handle(table)),
         })
     }
 

@@ -1,4 +1,5 @@
-//! [`StateTable`] on local disk: one `redb` database file per stateful subscription.
+//! [`StateTable`] on local disk: one `redb` database file per stateful subscription, and one
+//! per topic for its key index.
 //!
 //! redb is a copy-on-write B-tree with checksummed commits: a crash leaves the last durable
 //! commit whole. Writes commit without an fsync (`Durability::None`: visible, not yet
