@@ -85,6 +85,25 @@ pub(crate) enum SubCommand {
     Nack(NackArgs),
     /// Dead-letter pulled messages at once, without retries
     Reject(SettleArgs),
+    /// Show a stateful subscription's state: one key's, or a page of keys
+    State {
+        /// The subscription's name
+        name: String,
+        /// Show this key's state (its JSON, version and position)
+        key: Option<String>,
+        /// Without KEY: list keys after this one
+        #[arg(long, value_name = "KEY", conflicts_with = "key")]
+        after: Option<String>,
+        /// Without KEY: most keys listed
+        #[arg(long, value_name = "N", default_value_t = 100, conflicts_with = "key")]
+        max: usize,
+    },
+    /// Drop a stateful subscription's state and replay its topic, so a fixed handler
+    /// recomputes it; events emitted the first time are not emitted again
+    Rebuild {
+        /// The subscription's name
+        name: String,
+    },
 }
 
 /// Arguments of `keel sub create`.
@@ -157,6 +176,10 @@ pub(crate) struct SpecFlags {
     /// Most deliveries started per second [default: unlimited]
     #[arg(long, value_name = "EVENTS_PER_S")]
     pub(crate) rate_limit: Option<u32>,
+    /// Keep one JSON state per partition key, committed with each ack (needs
+    /// --ordering key; see docs/processing.md)
+    #[arg(long)]
+    pub(crate) stateful: bool,
     /// Failed push attempts in a row that open the sink's circuit breaker
     #[arg(long, value_name = "N")]
     pub(crate) circuit_failures: Option<u32>,
@@ -356,7 +379,75 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
             settle(client, &args.settle, args.delay, Settle::Nack, json).await
         }
         SubCommand::Reject(args) => settle(client, &args, None, Settle::Reject, json).await,
+        SubCommand::State {
+            name,
+            key: Some(key),
+            ..
+        } => {
+            let reply = client.key_state(&name, &key).await?;
+            if json {
+                return write_json_body(reply.body());
+            }
+            let state = reply.value();
+            write_stdout(&format!(
+                "key      {}\nversion  {}\nposition partition {} offset {}\nstate    {}\n",
+                state.key,
+                state.version,
+                state.partition,
+                state.offset,
+                state.state.get()
+            ))
+        }
+        SubCommand::State {
+            name,
+            key: None,
+            after,
+            max,
+        } => state_list(client, &name, after.as_deref(), max, json).await,
+        SubCommand::Rebuild { name } => {
+            let reply = client.rebuild_state(&name).await?;
+            done(
+                &reply,
+                json,
+                &format!(
+                    "dropped the state of subscription {name}; its topic is replayed from the start (`keel sub describe {name}` shows the lag)\n"
+                ),
+            )
+        }
     }
+}
+
+/// `keel sub state NAME`: a page of keys with their versions and states.
+async fn state_list(
+    client: &Client,
+    name: &str,
+    after: Option<&str>,
+    max: usize,
+    json: bool,
+) -> Result<(), CliError> {
+    let reply = client.list_state(name, after, Some(max)).await?;
+    if json {
+        return write_json_body(reply.body());
+    }
+    let page = reply.value();
+    if page.keys.is_empty() {
+        return write_stdout(&format!("no keys with state in subscription {name}\n"));
+    }
+    let mut text = String::from("KEY\tVERSION\tSTATE\n");
+    for key in &page.keys {
+        text.push_str(&format!(
+            "{}\t{}\t{}\n",
+            key.key,
+            key.version,
+            key.state.get()
+        ));
+    }
+    if let Some(next) = &page.next_after {
+        text.push_str(&format!(
+            "more keys follow: keel sub state {name} --after {next}\n"
+        ));
+    }
+    write_stdout(&text)
 }
 
 /// Prints the server's JSON (if it sent any) with `--json`, `message` otherwise.
@@ -399,7 +490,7 @@ fn spec_body(flags: &SpecFlags) -> Value {
             cool_down: flags.circuit_cool_down.clone(),
         },
         rate_limit: flags.rate_limit,
-        stateful: false,
+        stateful: flags.stateful,
     };
     serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
 }

@@ -1,6 +1,7 @@
 //! Stateful subscriptions' per-key state: one key, or a page of keys.
 
 use keel_api::state::{KeyState, StateList};
+use keel_api::subscriptions::SubscriptionInfo;
 use reqwest::Method;
 
 use crate::client::{Answer, Client};
@@ -37,5 +38,12 @@ impl Client {
         }
         let path = ["v1", "subscriptions", name, "state"];
         self.call(Method::GET, &path, &query, None).await
+    }
+
+    /// `POST /v1/subscriptions/{name}/state/rebuild`: drops every key's state and replays
+    /// the topic from the start; answers once the state is dropped (the replay goes on).
+    pub async fn rebuild_state(&self, name: &str) -> Result<Answer<SubscriptionInfo>, ClientError> {
+        let path = ["v1", "subscriptions", name, "state", "rebuild"];
+        self.call(Method::POST, &path, &[], None).await
     }
 }
