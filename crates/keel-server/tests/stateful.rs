@@ -434,3 +434,38 @@ async fn rebuild_recomputes_state_from_history() {
     let (status, _) = server.get("/v1/subscriptions/ledger/state/rebuild").await;
     assert_eq!(status, 404, "GET state/rebuild reads the key named rebuild");
 }
+
+// Goal: a subscription deleted and created again under its name emits events with new ids,
+// so the target topic's dedupe does not take them for its predecessor's (found by review).
+// Method: the same event committed with an emit by each incarnation; both receipts stored.
+#[tokio::test]
+async fn a_recreated_subscription_emits_under_new_ids() {
+    let server = setup().await;
+    publish(&server, "d0", "k", 1).await;
+    consume(&server, 1).await;
+    let (status, _) = send(
+        &server,
+        Method::DELETE,
+        "/v1/subscriptions/ledger",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let spec = json!({"topic": "orders", "ordering": "key", "stateful": true, "start": "earliest"});
+    let (status, body) = send(&server, Method::PUT, "/v1/subscriptions/ledger", spec).await;
+    assert_eq!(status, 201, "{body}");
+    consume(&server, 1).await;
+    let (_, read) = server.read("invoices", 0, "from=0&max=100").await;
+    let ids: Vec<&str> = read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| record["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "both incarnations' receipts are stored: {read}"
+    );
+    assert_ne!(ids[0], ids[1]);
+}

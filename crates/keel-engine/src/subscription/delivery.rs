@@ -169,7 +169,7 @@ impl Deliveries {
                 .and_then(|effects| {
                     let delivery = answer.delivery;
                     let position = (position(delivery.slot, delivery.origin), answer.generation);
-                    commit_request(self.name(), &delivery.json, position, 0, &effects)
+                    commit_request(keyed.emitter(), &delivery.json, position, 0, &effects)
                 });
             match request {
                 Ok(Some(request)) => requests.push(request),

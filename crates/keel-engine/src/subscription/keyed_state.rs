@@ -127,6 +127,9 @@ pub(super) enum Found {
 /// through the committer task.
 pub(super) struct KeyedState {
     name: String,
+    /// The start of every emitted event's id: the subscription's name and its state's
+    /// incarnation.
+    emitter: String,
     table: Arc<dyn StateTable>,
     queue: mpsc::Sender<Request>,
     /// The rebuild generation (see [`KeyedState::generation`]).
@@ -148,6 +151,7 @@ impl KeyedState {
         let committer = Committer::open(name, table.clone(), logs.commits, targets)?;
         let (queue, receiver) = mpsc::channel(STATE_COMMIT_BATCH_MAX);
         Ok(KeyedState {
+            emitter: format!("{name}:{:x}", committer.incarnation()),
             name: name.to_owned(),
             table,
             queue,
@@ -203,6 +207,11 @@ impl KeyedState {
             .await
             .map_err(|_| self.stopped())?;
         answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// The start of every emitted event's id (see [`emitted_id`]).
+    pub(super) fn emitter(&self) -> &str {
+        &self.emitter
     }
 
     fn stopped(&self) -> EngineError {
@@ -398,7 +407,7 @@ impl Effects {
 /// effects (a plain ack); an error when such an event carries effects, or an emitted event is
 /// not a CloudEvent.
 pub(crate) fn commit_request(
-    subscription: &str,
+    emitter: &str,
     json: &str,
     (position, generation): (Position, u64),
     index: usize,
@@ -419,7 +428,7 @@ pub(crate) fn commit_request(
     };
     let mut emits = Vec::with_capacity(effects.emits.len());
     for (number, (topic, event)) in effects.emits.iter().enumerate() {
-        let id = emitted_id(subscription, position.origin, number);
+        let id = emitted_id(emitter, position.origin, number);
         emits.push((topic.clone(), emitted_event(event, id, index, number)?));
     }
     Ok(Some(CommitRequest {
@@ -476,10 +485,12 @@ pub(super) fn event_key(json: &str) -> Option<String> {
     serde_json::from_str::<KeyOnly>(json).ok()?.partitionkey
 }
 
-/// The id of the `index`th event emitted by the commit of the event at `origin`: the same
-/// for every delivery of that event, so a republish is a duplicate, never a second event.
-pub(super) fn emitted_id(subscription: &str, origin: (u32, u64), index: usize) -> String {
-    format!("{subscription}:{}:{}:{index}", origin.0, origin.1)
+/// The id of the `index`th event emitted by the commit of the event at `origin`:
+/// `{subscription}:{incarnation}:{partition}:{offset}:{index}`, the same for every delivery of
+/// that event, so a republish is a duplicate, never a second event; and new for a
+/// subscription created again under the same name.
+pub(super) fn emitted_id(emitter: &str, origin: (u32, u64), index: usize) -> String {
+    format!("{emitter}:{}:{}:{index}", origin.0, origin.1)
 }
 
 fn storage_error(context: &str, source: crate::storage::StorageError) -> EngineError {

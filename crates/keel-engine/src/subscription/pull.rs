@@ -296,7 +296,7 @@ pub(super) async fn commit(
         };
         let position = position(decoded[index].1, *origin);
         let request = commit_request(
-            deliveries.name(),
+            keyed.emitter(),
             json,
             (position, generation),
             index,

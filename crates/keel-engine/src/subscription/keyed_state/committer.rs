@@ -68,6 +68,12 @@ impl Committer {
                 ),
             }));
         }
+        let mut mark = mark;
+        if mark.incarnation == 0 {
+            // Written with the next write: until a snapshot holds it, a crash draws another,
+            // which is as good (the commit log keeps the ids its events were given).
+            mark.incarnation = fastrand::u64(1..);
+        }
         let mut committer = Committer {
             name: name.to_owned(),
             table,
@@ -84,6 +90,11 @@ impl Committer {
     /// The rebuild generation the table is at.
     pub(super) fn generation(&self) -> u64 {
         self.mark.generation()
+    }
+
+    /// This state's incarnation (see [`TableMark::incarnation`]).
+    pub(super) fn incarnation(&self) -> u64 {
+        self.mark.incarnation
     }
 
     /// Applies the commits from the mark's `applied` to the end of the log to the table.

@@ -94,6 +94,15 @@ pub(super) struct TableMark {
     pub(super) published: u64,
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub(super) rebuild: Option<Rebuild>,
+    /// Drawn at random when the state is first opened: part of every emitted event's id, so
+    /// that a subscription deleted and created again under its name never derives the ids
+    /// its predecessor's events have (0 in a mark from before it existed: drawn then).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) incarnation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// A rebuild of the state: its number (commits asked for before it are stale).
@@ -109,6 +118,7 @@ impl TableMark {
             applied,
             published,
             rebuild: None,
+            incarnation: 0,
         }
     }
 
