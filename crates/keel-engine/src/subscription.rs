@@ -122,6 +122,28 @@ impl Shared {
         result
     }
 
+    /// Removes the dead-letter entries of generations before the state's: a rebuild replayed
+    /// their events. Blocking.
+    fn remove_older_dead_letters(&self) -> Result<(), EngineError> {
+        let generation = self.generation();
+        if generation == 0 {
+            return Ok(());
+        }
+        self.with_dlq(|dlq| {
+            let ids = dlq
+                .older_than(generation)?
+                .into_iter()
+                .map(|entry| entry.id)
+                .collect();
+            dlq.remove(ids)
+        })
+    }
+
+    /// A stateful subscription's rebuild generation (0 for any other).
+    fn generation(&self) -> u64 {
+        self.keyed.as_ref().map_or(0, KeyedState::generation)
+    }
+
     /// Counts `count` attempts that ended as `outcome` (a metric label).
     fn count_attempts(&self, outcome: &'static str, count: u64) {
         if count == 0 {
@@ -255,6 +277,8 @@ impl Subscription {
             keyed,
             targets,
         });
+        // A crash may have come between a rebuild and the removal of older entries.
+        shared.remove_older_dead_letters()?;
         Ok(Subscription {
             shared,
             tasks: Mutex::new(Vec::new()),
@@ -478,11 +502,18 @@ impl Subscription {
     /// Moves every partition's cursor to `starts` (durably). Pending and in-flight events are
     /// dropped; their acks turn stale.
     pub(crate) async fn seek(&self, starts: &[u64]) -> Result<(), EngineError> {
+        self.seek_lanes(starts, false).await
+    }
+
+    /// [`Subscription::seek`], dropping the redriven events too when `drop_redriven`. Returns
+    /// once a store round after the move is durable: every dead letter decided before is
+    /// written.
+    async fn seek_lanes(&self, starts: &[u64], drop_redriven: bool) -> Result<(), EngineError> {
         let shared = &self.shared;
         shared.durability.check_available(&shared.name)?;
         let version = {
             let mut core = shared.core();
-            core.delivery.seek(starts);
+            core.delivery.seek(starts, drop_redriven);
             core.delivery.version()
         };
         shared.signals.reset_readers();
@@ -554,23 +585,70 @@ impl Subscription {
     }
 
     /// Drops every key's state and replays the topic from `starts` (its first offsets),
-    /// durably: the deliveries in flight turn stale, then the cursor moves (durably), then the
-    /// state is dropped (durably). The commit of an event its key had applied before emits
-    /// nothing: its events went out the first time.
+    /// durably:
     ///
-    /// A crash before the drop leaves the state whole with the cursor at the start: what is
-    /// replayed then is found applied and skipped, and the rebuild can be asked again.
+    /// 1. The deliveries in flight turn stale, and the cursor moves (durably), the redriven
+    ///    events dropped: the replay delivers every event again.
+    /// 2. The dead-lettered events never applied are marked so (durably): when the replay
+    ///    applies one, it emits its events, which never went out. (The commit of an event that
+    ///    was applied before emits nothing: its events went out the first time.)
+    /// 3. The state is dropped (durably): the generation moves on.
+    /// 4. The dead-letter entries of older generations are removed: the replay decides their
+    ///    events again (and dead-letters those it still refuses). Until then, no redrive of
+    ///    them is delivered: a redriven entry of an older generation is skipped.
+    ///
+    /// A crash before step 3 leaves the state whole with the cursor at the start: what is
+    /// replayed then is found applied and skipped, and the rebuild can be asked again. A
+    /// crash before step 4 leaves older entries, which the next start removes.
     pub(crate) async fn rebuild(&self, starts: &[u64]) -> Result<(), EngineError> {
         let keyed = self.keyed()?;
         self.shared.core().rebuilding = true;
         let result = async {
-            self.seek(starts).await?;
-            keyed.rebuild().await
+            self.seek_lanes(starts, true).await?;
+            let generation = keyed.generation();
+            let entries = self
+                .blocking(move |shared| shared.with_dlq(|dlq| dlq.older_than(generation + 1)))
+                .await?;
+            let current: Vec<DeadLetterEntry> = entries
+                .into_iter()
+                .filter(|entry| entry.generation == generation)
+                .collect();
+            keyed.mark_unapplied(&current).await?;
+            keyed.rebuild().await?;
+            self.blocking(Shared::remove_older_dead_letters).await
         }
         .await;
         self.shared.core().rebuilding = false;
         self.shared.signals.changed(true);
         result
+    }
+
+    /// Removes every dead-letter entry not being redriven; returns how many. A stateful
+    /// subscription first marks those never applied (see [`Subscription::rebuild`]).
+    pub(crate) async fn purge_dead_letters(&self) -> Result<usize, EngineError> {
+        let entries = self
+            .blocking(|shared| shared.with_dlq(|dlq| dlq.purgeable()))
+            .await?;
+        if let Some(keyed) = &self.shared.keyed {
+            keyed.mark_unapplied(&entries).await?;
+        }
+        let ids = entries.into_iter().map(|entry| entry.id).collect();
+        let purged = self
+            .blocking(move |shared| shared.with_dlq(|dlq| dlq.purge(ids)))
+            .await?;
+        self.shared.signals.wake_readers();
+        Ok(purged)
+    }
+
+    /// Runs a blocking operation on the shared state on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Shared) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || operation(&shared))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
     }
 
     /// A key's state (blocking), when the subscription is stateful and the key has one.

@@ -14,6 +14,10 @@
 //! 4. In-process mode, a chain: a second stateful handler turns each receipt into one
 //!    notification; each deposit has exactly one notification at the end of the chain.
 //!
+//! The consumer also refuses some deposits into the dead-letter queue, and redrives them at
+//! random moments and at the end: a rebuild's replay meets dead-lettered events below what
+//! their keys have applied, which must count once and emit their receipt once.
+//!
 //! A failure prints its seed; `KEEL_TEST_SEED=N` replays it, `KEEL_EXACTLY_ONCE_SEEDS=N` runs N
 //! seeds.
 
@@ -24,6 +28,7 @@ use std::time::Duration;
 use keel_api::state::{Emit, StatefulAck};
 use keel_engine::handler::{Delivered, Next, stateful_fn};
 use keel_engine::storage::{Faults, MemoryStorage};
+use keel_engine::subscription::pull::Settle;
 use keel_engine::{Engine, EngineConfig, TopicConfig};
 use serde_json::{Value, json};
 
@@ -38,6 +43,8 @@ const LIVES: usize = 4;
 const STEPS: usize = 40;
 const SEEDS: u64 = 30;
 const FAILURES_PPM: u32 = 15_000;
+/// Deliveries the consumer refuses (dead-letters), per hundred, before the last life.
+const REFUSED_PERCENT: u8 = 6;
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 
 /// How the deposits are consumed.
@@ -59,6 +66,59 @@ fn in_process_handlers_keep_exact_balances_across_crashes() {
     run_seeds(Consumer::InProcess);
 }
 
+// Goal: an event dead-lettered, then purged, then applied by a rebuild's replay, counts
+// once and emits its receipt once, although its key had applied a later event before the
+// rebuild (whose replay emits nothing again).
+#[test]
+fn a_purged_event_applied_by_a_rebuild_emits_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let storage = Arc::new(MemoryStorage::new(Faults::default()));
+        let config = EngineConfig::new("unused: the storage is in memory");
+        let engine = Engine::open_with_storage(config, storage)
+            .await
+            .expect("open");
+        create(&engine).await.expect("create");
+        let mut model = Model::default();
+        for (id, amount) in [("d0", 5), ("d1", 7)] {
+            let json = json!({"specversion": "1.0", "id": id, "source": "/bank",
+                "type": "deposit", "partitionkey": "a0", "data": {"amount": amount}});
+            let event = keel_engine::event::from_value(json).expect("valid");
+            let stored = engine
+                .publish(DEPOSITS, vec![event])
+                .await
+                .expect("publish");
+            model
+                .published
+                .insert(id.to_owned(), (stored[0].partition, stored[0].offset));
+        }
+        // d0 is refused; d1, its key's next, is applied with its receipt.
+        let first = engine
+            .pull(LEDGER, 10, Duration::from_secs(1))
+            .await
+            .expect("pull");
+        assert_eq!(first.len(), 1, "one event of the key at a time");
+        engine
+            .settle(LEDGER, &[first[0].ack_id.clone()], Settle::Reject)
+            .await
+            .expect("reject");
+        let mut rng = fastrand::Rng::with_seed(1);
+        while consume(&engine, &mut model, &mut rng, true)
+            .await
+            .expect("consume")
+            == 0
+        {}
+        assert_eq!(engine.dlq_purge(LEDGER).await.expect("purge"), 1);
+        engine.rebuild_state(LEDGER).await.expect("rebuild");
+        check(&engine, &model, Consumer::Pull)
+            .await
+            .expect("each deposit counted once, with one receipt");
+    });
+}
+
 fn run_seeds(consumer: Consumer) {
     let seeds: Vec<u64> = match std::env::var("KEEL_TEST_SEED") {
         Ok(seed) => vec![seed.parse().expect("KEEL_TEST_SEED is a number")],
@@ -71,13 +131,14 @@ fn run_seeds(consumer: Consumer) {
             (0..count).map(|index| base.wrapping_add(index)).collect()
         }
     };
-    let (mut failures, mut applied, mut rebuilds) = (0, 0, 0);
+    let (mut failures, mut applied, mut rebuilds, mut refused) = (0, 0, 0, 0);
     for seed in seeds {
         match run_seed(seed, consumer) {
             Ok(report) => {
                 failures += report.failed_operations;
                 applied += report.applied_before_crash;
                 rebuilds += report.rebuilds;
+                refused += report.refused.load(std::sync::atomic::Ordering::Relaxed);
             }
             Err(violation) => panic!(
                 "seed {seed} ({consumer:?}): {violation}\nreplay: KEEL_TEST_SEED={seed} cargo test -p keel-engine --test exactly_once"
@@ -89,6 +150,7 @@ fn run_seeds(consumer: Consumer) {
         assert!(applied > 0, "the runs committed state before their crashes");
     }
     assert!(rebuilds > 0, "the runs rebuilt the state");
+    assert!(refused > 0, "the runs dead-lettered deposits");
 }
 
 #[derive(Default)]
@@ -98,6 +160,8 @@ struct Report {
     applied_before_crash: usize,
     /// State rebuilds answered `Ok`.
     rebuilds: usize,
+    /// Deliveries refused into the dead-letter queue.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -137,8 +201,9 @@ fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
                 create(&engine).await?;
             }
             if consumer == Consumer::InProcess {
+                let refuse = (!last).then(|| model.report.refused.clone());
                 for (name, attached) in [
-                    (LEDGER, engine.attach(LEDGER, ledger_handler())),
+                    (LEDGER, engine.attach(LEDGER, ledger_handler(refuse))),
                     (NOTIFY, engine.attach(NOTIFY, notify_handler())),
                 ] {
                     match attached {
@@ -158,6 +223,7 @@ fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
                 match rng.u8(..100) {
                     0..45 => publish(&engine, &mut model, &mut rng).await,
                     45..48 => rebuild(&engine, &mut model).await,
+                    48..50 => redrive(&engine, &mut model).await,
                     _ if consumer == Consumer::InProcess => {
                         // The handler works meanwhile.
                         tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
@@ -251,6 +317,13 @@ async fn rebuild(engine: &Engine, model: &mut Model) {
     }
 }
 
+/// Redrives every dead-lettered deposit.
+async fn redrive(engine: &Engine, model: &mut Model) {
+    if engine.dlq_redrive(LEDGER, None).await.is_err() {
+        model.report.failed_operations += 1;
+    }
+}
+
 /// One pull; each message is committed with its account's new balance and a receipt, or
 /// (unless `all`) sometimes left in flight for the crash to end. Returns how many came.
 async fn consume(
@@ -271,9 +344,13 @@ async fn consume(
         }
     };
     let count = pulled.len();
-    let mut acks = Vec::new();
+    let (mut acks, mut refused) = (Vec::new(), Vec::new());
     for message in pulled {
         if !all && rng.u8(..100) < 15 {
+            continue;
+        }
+        if !all && rng.u8(..100) < REFUSED_PERCENT {
+            refused.push(message.ack_id);
             continue;
         }
         let event: Value = serde_json::from_str(&message.event).expect("stored events are JSON");
@@ -298,6 +375,15 @@ async fn consume(
             }],
         });
     }
+    if !refused.is_empty() {
+        match engine.settle(LEDGER, &refused, Settle::Reject).await {
+            Ok(answer) => {
+                let refused = &model.report.refused;
+                refused.fetch_add(answer.settled, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(_) => model.report.failed_operations += 1,
+        }
+    }
     match engine.ack_with_commits(LEDGER, &[], acks).await {
         Ok(answer) => {
             model.report.applied_before_crash += answer.settled;
@@ -312,17 +398,31 @@ fn raw(value: &Value) -> Box<serde_json::value::RawValue> {
     serde_json::value::to_raw_value(value).expect("JSON")
 }
 
-/// The in-process consumer: the same balances and receipts as the pull consumer's.
-fn ledger_handler() -> impl keel_engine::handler::Handler {
-    stateful_fn(|event: Delivered, before: Option<Value>| async move {
-        let before = before.unwrap_or_else(|| json!({"balance": 0, "count": 0}));
-        let event_json: Value = event.event()?;
-        let balance = before["balance"].as_u64().unwrap_or(0)
-            + event_json["data"]["amount"].as_u64().unwrap_or(0);
-        let count = before["count"].as_u64().unwrap_or(0) + 1;
-        let receipt = json!({"specversion": "1.0", "source": "/ledger", "type": "receipt",
+/// The in-process consumer: the same balances and receipts as the pull consumer's. With
+/// `refuse`, it refuses some deliveries into the dead-letter queue, counting them there.
+fn ledger_handler(
+    refuse: Option<Arc<std::sync::atomic::AtomicUsize>>,
+) -> impl keel_engine::handler::Handler {
+    stateful_fn(move |event: Delivered, before: Option<Value>| {
+        let refuse = refuse.clone();
+        async move {
+            if let Some(refused) = refuse
+                && fastrand::u8(..100) < REFUSED_PERCENT
+            {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(keel_engine::handler::HandlerError::permanent(
+                    "refused by the test",
+                ));
+            }
+            let before = before.unwrap_or_else(|| json!({"balance": 0, "count": 0}));
+            let event_json: Value = event.event()?;
+            let balance = before["balance"].as_u64().unwrap_or(0)
+                + event_json["data"]["amount"].as_u64().unwrap_or(0);
+            let count = before["count"].as_u64().unwrap_or(0) + 1;
+            let receipt = json!({"specversion": "1.0", "source": "/ledger", "type": "receipt",
             "partitionkey": event_json["partitionkey"], "data": {"deposit": event_json["id"]}});
-        Ok(Next::state(json!({"balance": balance, "count": count})).emit(RECEIPTS, receipt))
+            Ok(Next::state(json!({"balance": balance, "count": count})).emit(RECEIPTS, receipt))
+        }
     })
 }
 
@@ -357,7 +457,14 @@ async fn check(engine: &Engine, model: &Model, consumer: Consumer) -> Result<(),
             .iter()
             .all(|info| info.lag == 0 && info.in_flight == 0 && info.pending == 0)
         {
-            break;
+            if described[0].dlq_depth == 0 {
+                break;
+            }
+            // The refused deposits, taken now (the consumer refuses none any more).
+            engine
+                .dlq_redrive(LEDGER, None)
+                .await
+                .map_err(|error| format!("redrive without faults: {error}"))?;
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!("the subscription did not drain: {described:?}"));

@@ -362,6 +362,70 @@ async fn bad_commits_are_refused_whole() {
     );
 }
 
+// Goal: a keyless event of a stateful subscription is pulled with `"state": null` and version
+// 0 (the documented shape); the state limit counts the state as stored (compacted), so one
+// over 64 KiB only by its whitespace is taken, stored on one line, and one over it compacted
+// is refused.
+#[tokio::test]
+async fn keyless_events_carry_null_state_and_the_limit_counts_stored_bytes() {
+    let server = setup().await;
+    let keyless = event("n0", json!({"data": {"amount": 1}}));
+    let (status, body) = server
+        .publish("orders", STRUCTURED, keyless.to_string())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let message = pull(&server, 1).await.remove(0);
+    assert_eq!(
+        (message.get("state"), message.get("state_version")),
+        (Some(&Value::Null), Some(&json!(0))),
+        "{message}"
+    );
+    let (status, answer) = ack(&server, json!({"ack_ids": [message["ack_id"]]})).await;
+    assert_eq!(status, 200, "{answer}");
+
+    publish(&server, "d0", "k", 1).await;
+    let message = pull(&server, 1).await.remove(0);
+    let id = message["ack_id"].as_str().expect("ack id");
+    // 60 KiB of data in 100 members, padded past 64 KiB by spaces between tokens.
+    let space = " ".repeat(40);
+    let members: Vec<String> = (0..100)
+        .map(|index| format!("\"m{index}\"{space}:{space}\"{}\"", "x".repeat(600)))
+        .collect();
+    let padded = format!("{{{space}{}{space}}}", members.join(&format!(",{space}")));
+    assert!(padded.len() > 64 * 1024, "padded to {} bytes", padded.len());
+    let body = format!(r#"{{"acks": [{{"ack_id": "{id}", "state": {padded}}}]}}"#);
+    let (status, answer, _) = server
+        .request(
+            Method::POST,
+            "/v1/subscriptions/ledger/ack",
+            Some("application/json"),
+            body,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, stored) = server.get("/v1/subscriptions/ledger/state/k").await;
+    assert_eq!(status, 200, "{stored}");
+    let compacted = stored["state"].to_string();
+    assert!(compacted.len() < 64 * 1024, "{} bytes", compacted.len());
+    assert_eq!(stored["state"]["m99"].as_str().map(str::len), Some(600));
+
+    publish(&server, "d1", "k", 1).await;
+    let message = pull(&server, 1).await.remove(0);
+    let big = "x".repeat(65 * 1024);
+    let (status, problem) = ack(
+        &server,
+        json!({"acks": [{"ack_id": message["ack_id"], "state": {"blob": big}}]}),
+    )
+    .await;
+    assert_problem(
+        status,
+        &problem,
+        413,
+        "over the limit",
+        "a compacted state too large",
+    );
+}
+
 // Goal: a rebuild drops the state and replays the topic, so a fixed handler recomputes the
 // state from history; the replayed commits emit nothing (their events went out the first
 // time); an ack with state from before the rebuild is stale. Method: consume three deposits

@@ -404,7 +404,7 @@ impl Engine {
 
     /// Deletes every entry not being redriven; returns how many.
     pub async fn dlq_purge(&self, name: &str) -> Result<usize, EngineError> {
-        self.with_dlq(name, |dlq, _| dlq.purge()).await
+        self.subscription(name)?.purge_dead_letters().await
     }
 
     async fn with_dlq<T: Send + 'static>(

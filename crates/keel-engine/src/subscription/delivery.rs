@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::Shared;
 use super::circuit::CircuitState;
 use super::dlq::entry_id;
-use super::keyed_state::{Effects, Found, KeyedState, Position, commit_request};
+use super::keyed_state::{Committed, Effects, Found, KeyedState, Position, commit_request};
 use super::spec::SubscriptionSpec;
 use super::state::{Delivery, Outcome, REDRIVE_LANE, Settled, Slot, Stale};
 use crate::clock::now_ms;
@@ -38,8 +38,8 @@ pub(super) struct Answer<'a> {
     pub(super) emit: Vec<keel_api::state::Emit>,
 }
 
-/// An outstanding delivery's event and origin (partition, offset).
-pub(super) type Outstanding = Option<(Arc<str>, (u32, u64))>;
+/// An outstanding delivery, when it still is.
+pub(super) type Outstanding = Option<super::state::InFlight>;
 
 /// One delivery's end, as a mode reports it.
 pub(super) struct Settlement {
@@ -128,12 +128,25 @@ impl Deliveries {
             })
             .collect();
         let shared = self.shared.clone();
-        let found = tokio::task::spawn_blocking(move || match &shared.keyed {
-            Some(keyed) => keyed.find(&positions),
-            None => Ok(vec![Found::Deliver(None); positions.len()]),
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = match &shared.keyed {
+                Some(keyed) => keyed.find(&positions)?,
+                None => vec![Found::Deliver(None); positions.len()],
+            };
+            dead_lettered_already(&shared, &positions, &mut found);
+            Ok::<_, EngineError>(found)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
+        {
+            let mut core = self.shared.core();
+            for (delivery, found) in taken.iter().zip(&found) {
+                if let Found::Deliver(Some(state)) = found {
+                    let (slot, lease) = (delivery.slot, delivery.lease);
+                    core.delivery.note_state_version(slot, lease, state.version);
+                }
+            }
+        }
         let applied: Vec<Settlement> = taken
             .iter()
             .zip(&found)
@@ -163,16 +176,25 @@ impl Deliveries {
             return Ok(answers.iter().map(|_| Ok(())).collect());
         };
         let mut results = Vec::with_capacity(answers.len());
-        let mut requests = Vec::new();
+        let (mut requests, mut committing) = (Vec::new(), Vec::new());
         for answer in answers {
+            let delivery = answer.delivery;
+            let based_on = self
+                .outstanding(&[(delivery.slot, delivery.lease)])
+                .pop()
+                .flatten()
+                .and_then(|in_flight| in_flight.state_version);
             let request = Effects::checked(0, answer.state, answer.emit, &self.shared.targets)
                 .and_then(|effects| {
-                    let delivery = answer.delivery;
-                    let position = (position(delivery.slot, delivery.origin), answer.generation);
-                    commit_request(keyed.emitter(), &delivery.json, position, 0, &effects)
+                    let position = position(delivery.slot, delivery.origin);
+                    let basis = (position, answer.generation, based_on);
+                    commit_request(keyed.emitter(), &delivery.json, basis, 0, &effects)
                 });
             match request {
-                Ok(Some(request)) => requests.push(request),
+                Ok(Some(request)) => {
+                    requests.push(request);
+                    committing.push(results.len());
+                }
                 Ok(None) => {}
                 Err(error) => {
                     results.push(Err(error));
@@ -181,7 +203,12 @@ impl Deliveries {
             }
             results.push(Ok(()));
         }
-        keyed.commit(requests).await?;
+        let committed = keyed.commit(requests).await?;
+        for (index, outcome) in committing.into_iter().zip(committed) {
+            if outcome == Committed::Conflict {
+                results[index] = Err(keyed.conflict());
+            }
+        }
         Ok(results)
     }
 
@@ -283,6 +310,32 @@ impl Deliveries {
         if core.paused.is_none() {
             tracing::warn!(subscription = %self.shared.name, %reason, "pausing the subscription");
             core.paused = Some(reason);
+        }
+    }
+}
+
+/// Settles as done the deliveries from a partition whose event is in the dead-letter queue:
+/// a copy of an event dead-lettered before a crash (the checkpoint had not recorded it yet)
+/// or before a seek back. The event belongs to the queue, and is applied when redriven:
+/// were this copy applied too, its redrive would apply it again. Blocking.
+fn dead_lettered_already(
+    shared: &super::Shared,
+    positions: &[(Arc<str>, Position)],
+    found: &mut [Found],
+) {
+    if shared.keyed.is_none() || shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        return;
+    }
+    // An entry of an older generation is void: the rebuild's replay (this copy, perhaps)
+    // decides its event again.
+    let generation = shared.generation();
+    let dlq = shared.dlq.lock().expect("dlq lock");
+    for ((_, position), found) in positions.iter().zip(found) {
+        if position.redriven.is_none()
+            && matches!(found, Found::Deliver(Some(_)))
+            && dlq.contains(&entry_id(position.origin), generation)
+        {
+            *found = Found::Applied;
         }
     }
 }

@@ -48,11 +48,24 @@ pub struct DeadLetterEntry {
     pub dead_lettered_ms: i64,
     /// Every attempt, oldest first.
     pub history: Vec<AttemptRecord>,
+    /// For a stateful subscription: the state's rebuild generation when the event was
+    /// dead-lettered. A rebuild replays the events of older entries, so it removes them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl DeadLetterEntry {
-    /// Builds the entry of an event and its attempts.
-    pub(crate) fn new(origin: (u32, u64), event_json: &str, history: Vec<AttemptRecord>) -> Self {
+    /// Builds the entry of an event and its attempts, dead-lettered in rebuild `generation`.
+    pub(crate) fn new(
+        origin: (u32, u64),
+        event_json: &str,
+        history: Vec<AttemptRecord>,
+        generation: u64,
+    ) -> Self {
         let event = RawValue::from_string(event_json.to_owned()).expect("stored events are JSON");
         let last = history.last();
         DeadLetterEntry {
@@ -67,6 +80,7 @@ impl DeadLetterEntry {
             last_attempt_ms: last.map_or(0, |attempt| attempt.at_ms),
             dead_lettered_ms: now_ms(),
             history,
+            generation,
         }
     }
 }
@@ -155,6 +169,8 @@ struct Live {
     /// Where the entry's `dead` record is in the log.
     position: u64,
     redriving: bool,
+    /// The entry's rebuild generation.
+    generation: u64,
 }
 
 /// A dead-letter queue. Blocking; the caller serialises access.
@@ -266,6 +282,7 @@ impl DeadLetterQueue {
                 let live = Live {
                     position,
                     redriving: false,
+                    generation: entry.generation,
                 };
                 if let Some(old) = self.live.insert(entry.id.clone(), live) {
                     self.by_position.remove(&old.position);
@@ -332,8 +349,8 @@ impl DeadLetterQueue {
         self.remove(ids)
     }
 
-    /// Removes entries (a purge), then compacts the log if it is due.
-    fn remove(&mut self, ids: Vec<String>) -> Result<(), EngineError> {
+    /// Removes entries, then compacts the log if it is due.
+    pub(crate) fn remove(&mut self, ids: Vec<String>) -> Result<(), EngineError> {
         let ids: Vec<String> = ids
             .into_iter()
             .filter(|id| self.live.contains_key(id))
@@ -383,30 +400,54 @@ impl DeadLetterQueue {
         Ok(count)
     }
 
-    /// Removes every entry not being redriven; returns how many.
-    pub(crate) fn purge(&mut self) -> Result<usize, EngineError> {
-        let ids: Vec<String> = self
-            .live
+    /// The entries a purge removes: every entry not being redriven, in dead-letter order.
+    pub(crate) fn purgeable(&self) -> Result<Vec<DeadLetterEntry>, EngineError> {
+        self.by_position
             .iter()
-            .filter(|(_, live)| !live.redriving)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, id)| self.live.get(*id).is_some_and(|live| !live.redriving))
+            .map(|(position, _)| self.read_entry(*position))
+            .collect()
+    }
+
+    /// Removes those of `ids` not being redriven; returns how many.
+    pub(crate) fn purge(&mut self, ids: Vec<String>) -> Result<usize, EngineError> {
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| self.live.get(id).is_some_and(|live| !live.redriving))
             .collect();
         let count = ids.len();
         self.remove(ids)?;
         Ok(count)
     }
 
-    /// Takes up to `max` redriven entries to hand to the subscription.
+    /// Every entry dead-lettered before rebuild `generation`, in dead-letter order.
+    pub(crate) fn older_than(&self, generation: u64) -> Result<Vec<DeadLetterEntry>, EngineError> {
+        self.by_position
+            .iter()
+            .filter(|(_, id)| {
+                self.live
+                    .get(*id)
+                    .is_some_and(|live| live.generation < generation)
+            })
+            .map(|(position, _)| self.read_entry(*position))
+            .collect()
+    }
+
+    /// Takes up to `max` redriven entries to hand to the subscription, skipping those
+    /// dead-lettered before rebuild `generation` (a rebuild replays their events).
     pub(crate) fn take_redriven(
         &mut self,
         max: usize,
+        generation: u64,
     ) -> Result<Vec<DeadLetterEntry>, EngineError> {
         let mut entries = Vec::new();
         while entries.len() < max {
             let Some(id) = self.redrive_queue.pop_front() else {
                 break;
             };
-            if let Some(entry) = self.get(&id)? {
+            if let Some(entry) = self.get(&id)?
+                && entry.generation >= generation
+            {
                 entries.push(entry);
             }
         }
@@ -416,6 +457,13 @@ impl DeadLetterQueue {
     /// Whether redriven entries wait to be handed over.
     pub(crate) fn has_redriven(&self) -> bool {
         !self.redrive_queue.is_empty()
+    }
+
+    /// Whether an entry dead-lettered in rebuild `generation` or later is live.
+    pub(crate) fn contains(&self, id: &str, generation: u64) -> bool {
+        self.live
+            .get(id)
+            .is_some_and(|live| live.generation >= generation)
     }
 
     /// Live entries.
@@ -520,7 +568,18 @@ mod tests {
             status: Some(status),
             error: Some(format!("{status}")),
         }];
-        DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history)
+        DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history, 0)
+    }
+
+    /// Purges every entry a purge may remove; returns how many.
+    pub(super) fn purge_all(queue: &mut DeadLetterQueue) -> usize {
+        let ids = queue
+            .purgeable()
+            .expect("purgeable")
+            .into_iter()
+            .map(|entry| entry.id)
+            .collect();
+        queue.purge(ids).expect("purge")
     }
 
     // Goal: an event of the largest size any configuration allows can be dead-lettered with
@@ -539,7 +598,7 @@ mod tests {
             })
             .collect();
         queue
-            .add(vec![DeadLetterEntry::new((0, 1), &json, history)])
+            .add(vec![DeadLetterEntry::new((0, 1), &json, history, 0)])
             .expect("dead-letter the largest event");
         let entry = queue.get("0-1").expect("read").expect("stored");
         assert_eq!(entry.event.get().len(), json.len());
@@ -642,16 +701,12 @@ mod tests {
             queue.get("1-2").expect("get").map(|e| e.last_status),
             Some(Some(502))
         );
-        let redriven = queue.take_redriven(10).expect("take");
+        let redriven = queue.take_redriven(10, 0).expect("take");
         assert_eq!(
             redriven.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["1-3"]
         );
-        assert_eq!(
-            queue.purge().expect("purge"),
-            2,
-            "the redriving entry stays"
-        );
+        assert_eq!(purge_all(&mut queue), 2, "the redriving entry stays");
         assert_eq!(queue.depth(), 1);
         let (page, more) = queue.list(Some("1-3"), 10).expect("after");
         assert!(page.is_empty() && !more);
@@ -662,6 +717,7 @@ mod tests {
 
 #[cfg(test)]
 mod compaction_tests {
+    use super::tests::purge_all;
     use super::*;
 
     fn entry(offset: u64) -> DeadLetterEntry {
@@ -670,7 +726,7 @@ mod compaction_tests {
             status: Some(500),
             error: Some("500".to_owned()),
         }];
-        DeadLetterEntry::new((0, offset), r#"{"id":"x"}"#, history)
+        DeadLetterEntry::new((0, offset), r#"{"id":"x"}"#, history, 0)
     }
 
     fn ids(queue: &DeadLetterQueue) -> Vec<String> {
@@ -696,17 +752,17 @@ mod compaction_tests {
         );
         for round in 0..20 {
             queue.add(vec![entry(100 + round)]).expect("add");
-            queue.purge().expect("purge");
+            purge_all(&mut queue);
         }
         assert_eq!(ids(&queue), ["0-2"], "the redriving entry outlives purges");
         let records = queue.log.next_offset() - queue.log.start_offset();
         assert!(records < 40, "compacted: {records} records");
-        assert_eq!(queue.take_redriven(10).expect("take").len(), 1);
+        assert_eq!(queue.take_redriven(10, 0).expect("take").len(), 1);
         drop(queue);
         let mut queue = DeadLetterQueue::open_with(test_log(&path), 40).expect("reopen");
         assert_eq!(ids(&queue), ["0-2"]);
         assert_eq!(
-            queue.take_redriven(10).expect("take").len(),
+            queue.take_redriven(10, 0).expect("take").len(),
             1,
             "still being redriven"
         );

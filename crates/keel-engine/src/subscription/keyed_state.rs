@@ -24,7 +24,19 @@
 //!
 //! Invariant: per key, the entry's offset only grows, and a commit applies only above it; so
 //! an event's effect is applied at most once, and (since the delivery is settled only after
-//! its commit, or when found applied) at least once.
+//! its commit, or when found applied) at least once. Two exceptions keep it whole:
+//!
+//! - An event redriven from the dead-letter queue lies below its key's offset: it is judged by
+//!   a mark of its own (its entry id, `r`), and while its entry is in the queue, a copy coming
+//!   round again from its partition is settled without reaching the handler
+//!   (`delivery.rs`), so that only the redrive applies it.
+//! - A redriven event and its key's next one may be in flight at once, both handed the same
+//!   state: a commit applies only while its key is at the version its delivery carried;
+//!   otherwise it is a conflict, and the event is delivered again.
+//!
+//! After a rebuild, a commit emits its events only when no generation before applied its
+//! event: the key's previous entry (`p`) holds the highest offset any generation applied, and
+//! dead-lettered events that leave the queue unapplied (purge, rebuild) are marked (`n`).
 
 mod committer;
 mod records;
@@ -88,6 +100,9 @@ pub(crate) struct CommitRequest {
     pub(super) emits: Vec<(Arc<Topic>, Event)>,
     /// The rebuild generation read before the delivery was found outstanding.
     pub(super) generation: u64,
+    /// The version of the key's state the delivery carried: the commit applies only while
+    /// the key is at it (none: not checked).
+    pub(super) based_on: Option<u64>,
 }
 
 /// What became of a commit.
@@ -97,6 +112,9 @@ pub(super) enum Committed {
     Applied(u64),
     /// The event's commit was applied before (by an earlier delivery): nothing was done.
     Stale,
+    /// The key's state changed since the delivery (a redriven event of the same key was
+    /// committed meanwhile): nothing was done, and the event is to be delivered again.
+    Conflict,
 }
 
 /// A job for the committer, and who waits for its outcome.
@@ -105,6 +123,11 @@ enum Request {
     Commit {
         commit: CommitRequest,
         reply: oneshot::Sender<Result<Committed, EngineError>>,
+    },
+    /// Mark which of these dead-lettered events (key, position) were never applied.
+    Unapplied {
+        events: Vec<(String, (u32, u64))>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
     },
     /// Drop every key's state: a rebuild begins (`generation`).
     Rebuild {
@@ -209,9 +232,44 @@ impl KeyedState {
         answer.await.map_err(|_| self.stopped())?
     }
 
+    /// Marks, durably, which of these dead-lettered events were never applied, before they
+    /// leave the dead-letter queue (a purge, a rebuild): a commit of one after a rebuild then
+    /// emits its events, which never went out. Events without a key are left out.
+    pub(super) async fn mark_unapplied(
+        &self,
+        entries: &[super::DeadLetterEntry],
+    ) -> Result<(), EngineError> {
+        let events: Vec<(String, (u32, u64))> = entries
+            .iter()
+            .filter_map(|entry| {
+                Some((
+                    event_key(entry.event.get())?,
+                    (entry.partition, entry.offset),
+                ))
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Request::Unapplied { events, reply })
+            .await
+            .map_err(|_| self.stopped())?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
     /// The start of every emitted event's id (see [`emitted_id`]).
     pub(super) fn emitter(&self) -> &str {
         &self.emitter
+    }
+
+    /// The error of a commit refused as [`Committed::Conflict`].
+    pub(super) fn conflict(&self) -> EngineError {
+        invalid_commit(format!(
+            "the key's state in subscription {:?} changed since the delivery (a redriven event of the same key was committed meanwhile); the event is delivered again with the new state",
+            self.name
+        ))
     }
 
     fn stopped(&self) -> EngineError {
@@ -364,6 +422,8 @@ impl Effects {
         emit: Vec<keel_api::state::Emit>,
         targets: &EmitTargets,
     ) -> Result<Self, EngineError> {
+        // The limit counts the state as stored: on one line, without whitespace.
+        let state = state.map(|state| compact(&state));
         if let Some(state) = &state
             && state.get().len() > STATE_BYTES_MAX
         {
@@ -409,7 +469,7 @@ impl Effects {
 pub(crate) fn commit_request(
     emitter: &str,
     json: &str,
-    (position, generation): (Position, u64),
+    (position, generation, based_on): (Position, u64, Option<u64>),
     index: usize,
     effects: &Effects,
 ) -> Result<Option<CommitRequest>, EngineError> {
@@ -424,7 +484,7 @@ pub(crate) fn commit_request(
     let change = match &effects.state {
         None => Change::Keep,
         Some(state) if state.get() == "null" => Change::Delete,
-        Some(state) => Change::Set(compact(state)),
+        Some(state) => Change::Set(state.clone()),
     };
     let mut emits = Vec::with_capacity(effects.emits.len());
     for (number, (topic, event)) in effects.emits.iter().enumerate() {
@@ -437,6 +497,7 @@ pub(crate) fn commit_request(
         change,
         emits,
         generation,
+        based_on,
     }))
 }
 
@@ -461,9 +522,11 @@ fn emitted_event(
     })
 }
 
-/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's output).
+/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's
+/// output), and without whitespace when it is over the size limit with it.
 fn compact(state: &RawValue) -> Box<RawValue> {
-    if !state.get().contains('\n') {
+    let text = state.get();
+    if !text.contains('\n') && text.len() <= STATE_BYTES_MAX {
         return state.to_owned();
     }
     let value: serde_json::Value =

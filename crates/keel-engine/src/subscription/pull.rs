@@ -128,6 +128,8 @@ pub(super) async fn pull(
                 })
             })?;
         if !taken.is_empty() {
+            // A stateful subscription's keyless events carry no state: `null`, version 0.
+            let stateful = deliveries.keyed().is_some();
             let found = match deliveries.keyed() {
                 Some(_) => deliveries.find_state(&taken).await?,
                 None => vec![Found::Deliver(None); taken.len()],
@@ -144,7 +146,12 @@ pub(super) async fn pull(
                         partition: delivery.origin.0,
                         offset: delivery.origin.1,
                         event: delivery.json,
-                        state,
+                        state: state.or_else(|| {
+                            stateful.then_some(KeyState {
+                                state: None,
+                                version: 0,
+                            })
+                        }),
                     }),
                 })
                 .collect();
@@ -291,14 +298,14 @@ pub(super) async fn commit(
     let mut requests = Vec::new();
     let mut keyed_acks = Vec::new();
     for (index, (ack, found)) in acks.iter().zip(&outstanding).enumerate() {
-        let Some((json, origin)) = found else {
+        let Some(in_flight) = found else {
             continue;
         };
-        let position = position(decoded[index].1, *origin);
+        let position = position(decoded[index].1, in_flight.origin);
         let request = commit_request(
             keyed.emitter(),
-            json,
-            (position, generation),
+            &in_flight.json,
+            (position, generation, in_flight.state_version),
             index,
             &ack.effects,
         )?;
@@ -312,15 +319,24 @@ pub(super) async fn commit(
     for (index, outcome) in keyed_acks.into_iter().zip(committed) {
         results[index] = Some(outcome);
     }
-    // Applied, found applied before, or keyless: each delivery is done.
+    // Applied, found applied before, or keyless: each delivery is done. A conflict is
+    // delivered again, with the key's new state.
     let settlements: Vec<Settlement> = named
         .iter()
         .zip(&outstanding)
-        .filter(|(_, found)| found.is_some())
-        .map(|((slot, lease), _)| Settlement {
+        .zip(&results)
+        .filter(|((_, found), _)| found.is_some())
+        .map(|(((slot, lease), _), result)| Settlement {
             slot: *slot,
             lease: *lease,
-            outcome: Outcome::Ack,
+            outcome: match result {
+                Some(Committed::Conflict) => Outcome::Fail {
+                    status: None,
+                    error: keyed.conflict().to_string(),
+                    retry_after: Some(std::time::Duration::ZERO),
+                },
+                _ => Outcome::Ack,
+            },
         })
         .collect();
     let keyless = outstanding.len()

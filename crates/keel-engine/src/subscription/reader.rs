@@ -156,9 +156,11 @@ pub(super) async fn read_redriven(shared: Arc<Shared>) {
             .load(std::sync::atomic::Ordering::Relaxed);
         if space > 0 && waiting {
             let taker = shared.clone();
-            let entries =
-                tokio::task::spawn_blocking(move || taker.with_dlq(|dlq| dlq.take_redriven(space)))
-                    .await;
+            let entries = tokio::task::spawn_blocking(move || {
+                let generation = taker.generation();
+                taker.with_dlq(|dlq| dlq.take_redriven(space, generation))
+            })
+            .await;
             match entries {
                 Ok(Ok(entries)) => {
                     let offered = (from..)

@@ -75,6 +75,9 @@ struct Pending {
     uncounted: u32,
     phase: Phase,
     queued: bool,
+    /// A stateful subscription's delivery in flight: the version of its key's state it
+    /// carried. Its commit applies only while the key is still at that version.
+    state_version: Option<u64>,
 }
 
 /// A record a reader offers: its offset, publish time, JSON and ordering key hash.
@@ -100,6 +103,16 @@ pub(crate) struct Delivery {
     pub(crate) json: Arc<str>,
     /// Where the event was first read (partition, offset).
     pub(crate) origin: (u32, u64),
+}
+
+/// A delivery in flight, as an ack finds it.
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub(crate) json: Arc<str>,
+    /// Where the event was first read (partition, offset).
+    pub(crate) origin: (u32, u64),
+    /// The version of its key's state it carried (a stateful subscription's).
+    pub(crate) state_version: Option<u64>,
 }
 
 /// How an attempt ended.
@@ -451,6 +464,7 @@ impl DeliveryState {
                 uncounted,
                 phase,
                 queued: false,
+                state_version: None,
             },
         );
         let slot = Slot {
@@ -516,17 +530,34 @@ impl DeliveryState {
         taken
     }
 
-    /// The event and its origin, when `slot` is in flight under `lease` (the delivery an ack
-    /// id names is still outstanding).
-    pub(crate) fn outstanding(&self, slot: Slot, lease: u64) -> Option<(Arc<str>, (u32, u64))> {
+    /// The event, its origin and the key's state version it carried, when `slot` is in
+    /// flight under `lease` (the delivery an ack id names is still outstanding).
+    pub(crate) fn outstanding(&self, slot: Slot, lease: u64) -> Option<InFlight> {
+        let pending = self.in_flight_under(slot, lease)?;
+        Some(InFlight {
+            json: pending.json.clone(),
+            origin: pending.origin,
+            state_version: pending.state_version,
+        })
+    }
+
+    /// Notes the version of its key's state a delivery in flight carries.
+    pub(crate) fn note_state_version(&mut self, slot: Slot, lease: u64, version: u64) {
+        if self.in_flight_under(slot, lease).is_some() {
+            let lane = self.lane_mut(slot.lane);
+            if let Some(pending) = lane.pending.get_mut(&slot.offset) {
+                pending.state_version = Some(version);
+            }
+        }
+    }
+
+    fn in_flight_under(&self, slot: Slot, lease: u64) -> Option<&Pending> {
         if slot.lane != REDRIVE_LANE && slot.lane as usize >= self.lanes.len() {
             return None;
         }
         let pending = self.lane(slot.lane).pending.get(&slot.offset)?;
         match pending.phase {
-            Phase::InFlight { lease: current, .. } if current == lease => {
-                Some((pending.json.clone(), pending.origin))
-            }
+            Phase::InFlight { lease: current, .. } if current == lease => Some(pending),
             _ => None,
         }
     }
@@ -749,16 +780,20 @@ impl DeliveryState {
     }
 
     /// Moves lanes to new offsets (seek): everything pending is dropped, in-flight acks turn
-    /// stale, and the redrive lane is kept.
-    pub(crate) fn seek(&mut self, starts: &[u64]) {
+    /// stale, and the redrive lane is kept unless `drop_redriven` (a state rebuild replays the
+    /// redriven events).
+    pub(crate) fn seek(&mut self, starts: &[u64], drop_redriven: bool) {
         assert_eq!(starts.len(), self.lanes.len());
         self.lanes = starts.iter().map(|&offset| Lane::at(offset)).collect();
-        self.ready.retain(|slot| slot.lane == REDRIVE_LANE);
-        self.retry_timers
-            .retain(|(_, slot)| slot.lane == REDRIVE_LANE);
-        self.deadlines
-            .retain(|(_, slot, _)| slot.lane == REDRIVE_LANE);
-        self.dead_letters.retain(|slot| slot.lane == REDRIVE_LANE);
+        if drop_redriven {
+            // Its offsets go on from where they were: a stale ack must not name a new event.
+            self.redrive = Lane::at(self.redrive.cursor);
+        }
+        let kept = |slot: &Slot| slot.lane == REDRIVE_LANE && !drop_redriven;
+        self.ready.retain(|slot| kept(slot));
+        self.retry_timers.retain(|(_, slot)| kept(slot));
+        self.deadlines.retain(|(_, slot, _)| kept(slot));
+        self.dead_letters.retain(|slot| kept(slot));
         self.in_flight = self
             .redrive
             .pending

@@ -154,9 +154,15 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
         (core.delivery.version(), letters, acked)
     };
     if !letters.is_empty() {
+        // The generation now is the one the letters were decided in: a rebuild's seek waits
+        // for a round past them before the generation moves.
+        let generation = shared.generation();
         let entries: Vec<DeadLetterEntry> = letters
             .iter()
-            .map(|letter| DeadLetterEntry::new(letter.origin, &letter.json, letter.history.clone()))
+            .map(|letter| {
+                let history = letter.history.clone();
+                DeadLetterEntry::new(letter.origin, &letter.json, history, generation)
+            })
             .collect();
         blocking(shared, move |shared| {
             shared.with_dlq(|dlq| dlq.add(entries))

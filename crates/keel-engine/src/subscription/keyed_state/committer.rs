@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::records::{
     Change, CommitRecord, EmitRecord, KEY_PREFIX, PREVIOUS_PREFIX, REDRIVEN_PREFIX, Rebuild,
-    StoredEntry, TableMark, key_entry, previous_entry, redriven_entry,
+    StoredEntry, TableMark, key_entry, previous_entry, redriven_entry, unapplied_entry,
 };
 use super::{CommitRequest, Committed, Request, storage_error};
 use crate::clock::now_ms;
@@ -22,11 +22,15 @@ use crate::limits::{
     STATE_SNAPSHOT_INTERVAL,
 };
 
-/// Entries dropped per write when a rebuild drops the state.
-const STATE_REBUILD_PAGE: usize = 10_000;
 use crate::storage::{RecordLog, StateTable};
 use crate::subscription::Shared;
 use crate::topic::{EmitTargets, Topic};
+
+/// Entries dropped per write when a rebuild drops the state.
+const STATE_REBUILD_PAGE: usize = 10_000;
+
+/// Positions per record of events never applied.
+const UNAPPLIED_PER_RECORD: usize = 10_000;
 
 /// Who waits for a commit's outcome.
 type Reply = tokio::sync::oneshot::Sender<Result<Committed, EngineError>>;
@@ -115,6 +119,16 @@ impl Committer {
                     (writes, overlay) = (Vec::new(), HashMap::new());
                     continue;
                 }
+                if !record.unapplied.is_empty() {
+                    self.mark.unapplied = true;
+                    writes.extend(unapplied_marks(&record.unapplied));
+                    self.mark.applied = offset + 1;
+                    continue;
+                }
+                if self.mark.unapplied {
+                    // Applied now: whether it had a mark or not, it has none after.
+                    writes.push((unapplied_entry((record.partition, record.offset)), None));
+                }
                 let table_key = key_entry(&record.key);
                 let current = match overlay.get(&table_key) {
                     Some(entry) => Some(entry.clone()),
@@ -186,6 +200,51 @@ impl Committer {
         self.clear()
     }
 
+    /// Marks which of these dead-lettered events (key, position) were never applied, in any
+    /// generation, durably: before they leave the dead-letter queue (a purge, a rebuild), so
+    /// that a later commit of one emits its events although its key has applied events past
+    /// it. An event is left unmarked when its redrive was applied, or when a generation before
+    /// this one applied it (its key's previous entry reaches it, and it has no mark). Blocking.
+    fn mark_unapplied(&mut self, events: &[(String, (u32, u64))]) -> Result<(), EngineError> {
+        let mut wanted = Vec::with_capacity(3 * events.len());
+        for (key, origin) in events {
+            wanted.push(redriven_entry(&crate::subscription::dlq::entry_id(*origin)));
+            wanted.push(previous_entry(key));
+            wanted.push(unapplied_entry(*origin));
+        }
+        let values = self
+            .table
+            .get_many(&wanted)
+            .map_err(|source| storage_error("read the state", source))?;
+        let mut never = Vec::new();
+        for ((_, origin), read) in events.iter().zip(values.chunks(3)) {
+            let [redriven, previous, marked] = read else {
+                unreachable!("three reads per event")
+            };
+            let applied_earlier = self.mark.rebuild.is_some()
+                && marked.is_none()
+                && previous
+                    .as_deref()
+                    .map(StoredEntry::from_bytes)
+                    .transpose()?
+                    .is_some_and(|previous| previous.offset >= origin.1);
+            if redriven.is_none() && !applied_earlier {
+                never.push(*origin);
+            }
+        }
+        for chunk in never.chunks(UNAPPLIED_PER_RECORD) {
+            let record = CommitRecord::unapplied(chunk.to_vec()).to_bytes();
+            self.commits
+                .append(now_ms(), &[&record], true)
+                .map_err(|source| storage_error("append to the state's commit log", source))?;
+            self.mark.applied = self.commits.next_offset();
+            self.mark.unapplied = true;
+            self.since_snapshot += 1;
+            self.write(&unapplied_marks(chunk))?;
+        }
+        Ok(())
+    }
+
     /// Commit records from `from`, with their offsets (a read's worth). Blocking.
     fn read_commits(&self, from: u64) -> Result<Vec<(u64, CommitRecord)>, EngineError> {
         let records = self
@@ -226,6 +285,9 @@ impl Committer {
             }
             if self.mark.rebuild.is_some() {
                 wanted.push(previous_entry(&commit.key));
+            }
+            if self.mark.unapplied {
+                wanted.push(unapplied_entry(commit.position.origin));
             }
         }
         let values = self
@@ -268,14 +330,29 @@ impl Committer {
                 outcomes.push(Committed::Stale);
                 continue;
             }
-            let version = current.as_ref().map_or(0, |entry| entry.version) + 1;
+            let current_version = current.as_ref().map_or(0, |entry| entry.version);
+            if commit
+                .based_on
+                .is_some_and(|based_on| based_on != current_version)
+            {
+                outcomes.push(Committed::Conflict);
+                continue;
+            }
+            let version = current_version + 1;
             let mut emitted = Vec::with_capacity(commit.emits.len());
             let mut commit_since = BTreeMap::new();
-            // Applied before a rebuild: its events went out the first time.
-            let replayed = position.redriven.is_none()
-                && self.mark.rebuild.is_some()
+            // Applied in a generation before (its key's previous entry reaches it, and it is
+            // not marked never applied): its events went out the first time.
+            let marked = read
+                .get(&unapplied_entry(position.origin))
+                .is_some_and(Option::is_some);
+            let replayed = self.mark.rebuild.is_some()
+                && !marked
                 && stored(&previous_entry(&commit.key))?
                     .is_some_and(|previous| previous.offset >= position.origin.1);
+            if marked {
+                writes.push((unapplied_entry(position.origin), None));
+            }
             for (topic, event) in commit.emits.iter().filter(|_| !replayed) {
                 let offsets = since
                     .entry(topic.name.clone())
@@ -418,6 +495,14 @@ impl Committer {
     }
 }
 
+/// The table writes of marks of events never applied.
+fn unapplied_marks(positions: &[(u32, u64)]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    positions
+        .iter()
+        .map(|origin| (unapplied_entry(*origin), Some(Vec::new())))
+        .collect()
+}
+
 /// What [`Committer::apply`] did.
 struct Applied {
     outcomes: Vec<Committed>,
@@ -518,6 +603,15 @@ async fn serve(
         for request in std::mem::take(&mut batch) {
             match request {
                 Request::Commit { commit, reply } => commits.push((commit, reply)),
+                Request::Unapplied { events, reply } => {
+                    // In order: the commits asked for before it apply first.
+                    committer = apply(committer, std::mem::take(&mut commits)).await?;
+                    committer = blocking(committer, move |committer| {
+                        committer.mark_unapplied(&events)
+                    })
+                    .await?;
+                    let _ = reply.send(Ok(()));
+                }
                 Request::Rebuild { generation, reply } => {
                     // In order: the commits asked for before it apply first.
                     committer = apply(committer, std::mem::take(&mut commits)).await?;

@@ -9,10 +9,13 @@ use serde_json::value::RawValue;
 use crate::error::{DataError, EngineError};
 
 /// Table keys of key states start with this byte, marks of applied redriven events with
-/// [`REDRIVEN_PREFIX`], and key states from before the last rebuild with [`PREVIOUS_PREFIX`].
+/// [`REDRIVEN_PREFIX`], key states from before the last rebuild with [`PREVIOUS_PREFIX`], and
+/// marks of events never applied (dead-lettered, then purged or rebuilt over) with
+/// [`UNAPPLIED_PREFIX`].
 pub(super) const KEY_PREFIX: u8 = b'k';
 pub(super) const REDRIVEN_PREFIX: u8 = b'r';
 pub(super) const PREVIOUS_PREFIX: u8 = b'p';
+pub(super) const UNAPPLIED_PREFIX: u8 = b'n';
 
 /// The table key of a key's state from before the last rebuild: its offset says which events
 /// were applied (and emitted their events) before.
@@ -36,6 +39,15 @@ pub(super) fn redriven_entry(entry_id: &str) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(entry_id.len() + 1);
     bytes.push(REDRIVEN_PREFIX);
     bytes.extend_from_slice(entry_id.as_bytes());
+    bytes
+}
+
+/// The table key of the mark that the event at `origin` was never applied, in any
+/// generation: although its key has applied events past it, a commit of it emits its events.
+pub(super) fn unapplied_entry((partition, offset): (u32, u64)) -> Vec<u8> {
+    let mut bytes = vec![UNAPPLIED_PREFIX];
+    bytes.extend_from_slice(&partition.to_be_bytes());
+    bytes.extend_from_slice(&offset.to_be_bytes());
     bytes
 }
 
@@ -99,6 +111,10 @@ pub(super) struct TableMark {
     /// its predecessor's events have (0 in a mark from before it existed: drawn then).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(super) incarnation: u64,
+    /// Whether the table may hold marks of events never applied: then each commit clears
+    /// its event's mark.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) unapplied: bool,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -119,6 +135,7 @@ impl TableMark {
             published,
             rebuild: None,
             incarnation: 0,
+            unapplied: false,
         }
     }
 
@@ -182,6 +199,10 @@ pub(super) struct CommitRecord {
     /// Set on a rebuild's record instead of a commit: the state is dropped here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) rebuild: Option<Rebuild>,
+    /// Set on a record of events never applied instead of a commit: their positions, marked
+    /// so (see [`unapplied_entry`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) unapplied: Vec<(u32, u64)>,
 }
 
 /// An emitted event in a commit record.
@@ -218,12 +239,13 @@ impl CommitRecord {
             emit,
             since,
             rebuild: None,
+            unapplied: Vec::new(),
         }
     }
 
-    /// The record of a rebuild: the state is dropped, and the replay begins.
-    pub(super) fn rebuild(rebuild: Rebuild) -> Self {
-        let mut record = Self::new(
+    /// A record that is not a commit (see [`CommitRecord::rebuild`]).
+    fn marker() -> Self {
+        Self::new(
             String::new(),
             (0, 0),
             None,
@@ -231,9 +253,23 @@ impl CommitRecord {
             &Change::Keep,
             Vec::new(),
             BTreeMap::new(),
-        );
-        record.rebuild = Some(rebuild);
-        record
+        )
+    }
+
+    /// The record of a rebuild: the state is dropped, and the replay begins.
+    pub(super) fn rebuild(rebuild: Rebuild) -> Self {
+        CommitRecord {
+            rebuild: Some(rebuild),
+            ..Self::marker()
+        }
+    }
+
+    /// The record of events never applied (dead-lettered, and now purged or rebuilt over).
+    pub(super) fn unapplied(positions: Vec<(u32, u64)>) -> Self {
+        CommitRecord {
+            unapplied: positions,
+            ..Self::marker()
+        }
     }
 
     pub(super) fn change(&self) -> Change {

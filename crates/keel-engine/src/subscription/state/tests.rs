@@ -202,7 +202,7 @@ fn seek_restarts_lanes() {
     let mut state = DeliveryState::new(Ordering::None, 10, 100, &[0, 0]);
     state.offer(0, 0, vec![record(0, None), record(1, None)]);
     let taken = state.take_ready(10, None);
-    state.seek(&[7, 3]);
+    state.seek(&[7, 3], false);
     assert_eq!(state.in_flight(), 0);
     let stale = state.complete(
         taken[0].slot,
