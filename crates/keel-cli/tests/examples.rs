@@ -5,7 +5,8 @@
 //!   or dead-lettered, and only the sink that was down needed retries;
 //! - aggregate: the account's stream has versions 1..=N with no gap, holds exactly the events
 //!   the writers applied, and folds to balances that never go below 0 and match the balance
-//!   each event recorded when it was decided (a lost or doubled update breaks the chain).
+//!   each event recorded when it was decided (a lost or doubled update breaks the chain),
+//!   also when keel is killed with `kill -9` while the writers run.
 //!
 //! (`examples/balances.py` is tested by `exactly_once.rs`.) Needs `python3` on the PATH.
 
