@@ -21,14 +21,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_testkit::process::free_port;
 use keel_testkit::random::splitmix64;
 use serde_json::{Value, json};
-use support::{KEEL, publish_until_acknowledged, read_partition, seed};
+use support::example::{Example, require_python3};
+use support::{KEEL, get, publish_until_acknowledged, read_topic, seed};
 
 /// Accounts the deposits go to (the events' `partitionkey`).
 const ACCOUNTS: u64 = 12;
@@ -50,7 +49,8 @@ const HANDLING_MS: &str = "40";
 const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// How long one `--until-idle` run of the example may take.
 const EXAMPLE_RUN_WAIT: Duration = Duration::from_secs(30);
-/// The example's names (examples/balances.py).
+/// The example's file and names (examples/balances.py).
+const EXAMPLE: &str = "balances.py";
 const SUBSCRIPTION: &str = "balances";
 const DEPOSITS: &str = "deposits";
 const RECEIPTS: &str = "receipts";
@@ -102,132 +102,7 @@ async fn publish(url: &str, deposits: &[Deposit], pause: Duration) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The example as a child process
-
-/// `examples/balances.py`.
-fn example_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/balances.py")
-}
-
-/// Fails the test clearly when python3 cannot run.
-fn require_python3() {
-    let version = Command::new("python3").arg("--version").output();
-    match version {
-        Ok(output) if output.status.success() => {}
-        other => panic!(
-            "this test runs examples/balances.py and needs python3 on the PATH \
-             (apt-get install python3; scripts/install-test-deps.sh installs it): {other:?}"
-        ),
-    }
-}
-
-/// The example's one command, the first line of its docstring: `python3
-/// examples/balances.py ...`, with arguments split on spaces.
-fn documented_command() -> Vec<String> {
-    let source = std::fs::read_to_string(example_path()).unwrap();
-    let line = source
-        .lines()
-        .find_map(|line| line.strip_prefix("\"\"\""))
-        .filter(|line| line.starts_with("python3 examples/balances.py "))
-        .expect("the docstring starts with the command that runs the example");
-    line.split_whitespace().map(str::to_owned).collect()
-}
-
-/// The example started with its documented command against `url`, plus `extra` arguments;
-/// stdout and stderr go to `log`. Killed when dropped.
-struct Consumer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Consumer {
-    fn start(url: &str, log: &Path, extra: &[&str]) -> Consumer {
-        let command = documented_command();
-        let mut args: Vec<String> = command[1..].to_vec();
-        let server = args.iter().position(|a| a == "--server").unwrap() + 1;
-        args[server] = url.to_owned();
-        args[0] = example_path().to_str().unwrap().to_owned();
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(&command[0])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start python3 examples/balances.py");
-        Consumer {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics with its output if it exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "balances.py exited ({status}); its output:\n{}",
-                self.output()
-            );
-        }
-    }
-
-    /// Waits for it to exit on its own and asserts it succeeded; returns its output.
-    async fn finish(mut self, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let output = self.output();
-                assert!(status.success(), "balances.py failed ({status}):\n{output}");
-                return output;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "balances.py still running after {limit:?}:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        // Consuming forever, it would outlive a failed test.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The invariants
-
-async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
-    let response = client.get(url).send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-/// Every event of a topic, over all its partitions.
-async fn read_topic(client: &reqwest::Client, url: &str, topic: &str) -> Vec<Value> {
-    let (status, info) = get(client, &format!("{url}/v1/topics/{topic}")).await;
-    assert_eq!(status, 200, "{info}");
-    let partitions = info["partitions"].as_array().unwrap().len() as u32;
-    let mut events = Vec::new();
-    for partition in 0..partitions {
-        let records = read_partition(client, url, topic, partition).await;
-        events.extend(records.into_iter().map(|r| r["event"].clone()));
-    }
-    events
-}
 
 /// Asserts the three invariants of the file's header for `published`.
 async fn check_exactly_once(client: &reqwest::Client, url: &str, published: &[Deposit]) {
@@ -305,7 +180,7 @@ fn cycles() -> usize {
 
 /// Polls describe until the subscription has nothing left to do; panics after `DRAIN_WAIT`,
 /// or as soon as the consumer exits.
-async fn wait_drained(client: &reqwest::Client, url: &str, consumer: &mut Consumer) {
+async fn wait_drained(client: &reqwest::Client, url: &str, consumer: &mut Example) {
     let deadline = Instant::now() + DRAIN_WAIT;
     loop {
         consumer.assert_running();
@@ -347,7 +222,7 @@ async fn kill_9_keeps_balances_and_receipts_exactly_once() {
     let url = keel.url.clone();
     let client = reqwest::Client::new();
     let log = dir.path().join("balances.log");
-    let mut consumer = Consumer::start(&url, &log, &["--handling-ms", HANDLING_MS]);
+    let mut consumer = Example::start(EXAMPLE, &url, &log, &["--handling-ms", HANDLING_MS]);
     // The example's --setup creates the topics and the subscription.
     let subscription = format!("{url}/v1/subscriptions/{SUBSCRIPTION}");
     let setup_deadline = Instant::now() + EXAMPLE_RUN_WAIT;
@@ -408,7 +283,7 @@ async fn balances_example_runs_with_its_documented_command() {
     let keel = KEEL.start(&dir.path().join("data")).await;
     let client = reqwest::Client::new();
     let log = dir.path().join("balances.log");
-    let first = Consumer::start(&keel.url, &log, &["--until-idle"]);
+    let first = Example::start(EXAMPLE, &keel.url, &log, &["--until-idle"]);
     let output = first.finish(EXAMPLE_RUN_WAIT).await;
     assert!(
         output.contains("created /v1/subscriptions/balances"),
@@ -416,7 +291,7 @@ async fn balances_example_runs_with_its_documented_command() {
     );
     let published = deposits(7, 15);
     publish(&keel.url, &published, Duration::ZERO).await;
-    let second = Consumer::start(&keel.url, &log, &["--until-idle"]);
+    let second = Example::start(EXAMPLE, &keel.url, &log, &["--until-idle"]);
     let output = second.finish(EXAMPLE_RUN_WAIT).await;
     assert!(output.contains("applied 15 deposits"), "{output}");
     check_exactly_once(&client, &keel.url, &published).await;

@@ -1,8 +1,11 @@
 //! What the binary's integration tests share besides the test kit: the `keel` binary they
-//! run, and reads of whole partitions over the HTTP API.
+//! run, reads of whole partitions over the HTTP API, and the Python examples they run
+//! ([`example`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unreachable_pub)]
+
+pub mod example;
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,30 @@ use serde_json::Value;
 
 /// The `keel` binary cargo built for these tests.
 pub const KEEL: KeelBinary = KeelBinary::new(env!("CARGO_BIN_EXE_keel"));
+
+/// A GET: its status and its body as JSON (a JSON string when the body is not JSON).
+pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every event of a topic, over all its partitions.
+pub async fn read_topic(client: &reqwest::Client, url: &str, topic: &str) -> Vec<Value> {
+    let (status, info) = get(client, &format!("{url}/v1/topics/{topic}")).await;
+    assert_eq!(status, 200, "{info}");
+    let partitions = info["partitions"].as_array().unwrap().len() as u32;
+    let mut events = Vec::new();
+    for partition in 0..partitions {
+        let records = read_partition(client, url, topic, partition).await;
+        events.extend(records.into_iter().map(|r| r["event"].clone()));
+    }
+    events
+}
 
 /// Reads a whole partition from offset 0.
 pub async fn read_partition(
