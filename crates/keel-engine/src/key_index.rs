@@ -4,13 +4,18 @@
 //!
 //! The log stays the truth; the index is a cache it rebuilds:
 //!
-//! - One *follower* task per partition reads the partition's log behind the writer (like a
-//!   subscription's reader: it waits on the log's next offset) and writes, per batch of
-//!   records, one table write: an entry per keyed event and each key's new version, with the
-//!   *mark* (per partition, the offset indexed up to). Nothing of this is on the publish path:
-//!   the writer never waits for it. While nobody reads, a follower gathers records for up to
+//! - One *follower* task per partition indexes the partition's records behind the writer
+//!   (like a subscription's reader: it waits on the log's next offset) and writes, per batch
+//!   of records, one table write: an entry per keyed event, with the *mark* (per partition,
+//!   the offset indexed up to). Nothing of this is on the publish path: the writer never waits
+//!   for it. While nobody reads, a follower gathers records for up to
 //!   [`KEY_INDEX_GATHER_WAIT`] before a write, so the table's transactions stay few at any
 //!   publish rate; a waiting reader makes it index at once.
+//! - The follower takes the records' keys from the partition's writer ([`KeyHandoff`]: after
+//!   each commit, its offsets and its keyed events' keys, which routing read already), so it
+//!   neither reads records back nor parses them. It reads the log instead only for what was
+//!   not handed: after a restart, the records between the mark and this run's first commit;
+//!   and records whose keys the writer dropped because the follower fell far behind.
 //! - A snapshot (every [`KEY_INDEX_SNAPSHOT_RECORDS`] records or
 //!   [`KEY_INDEX_SNAPSHOT_INTERVAL`], and at shutdown) makes the table durable with its mark.
 //!   After a crash the table is its last snapshot, whole, and the followers read the log again
@@ -19,20 +24,29 @@
 //!   partition is indexed up to the log's next offset as they found it, so every answer counts
 //!   every event appended before the request.
 //!
-//! Table layout (big-endian numbers, so a prefix scan returns a key's events in version order):
+//! Table layout (big-endian numbers, so a prefix scan returns a key's events in version order,
+//! and its last entry gives its version):
 //!
 //! ```text
 //! b'e' ‖ u32 key length ‖ key ‖ u64 version  →  u32 partition ‖ u64 offset
-//! b'v' ‖ key                                  →  u64 version (the key's event count)
-//! mark                                        =  u64 indexed-up-to offset, per partition
+//! mark                                        =  u8 format (2) ‖ u64 indexed-up-to offset,
+//!                                                per partition
 //! ```
 //!
-//! The key's length in the entry prefix keeps key "a" from matching the entries of "ab".
+//! The key's length in the entry prefix keeps key "a" from matching the entries of "ab". A
+//! key's version (its event count) is the version of its last entry: retention leaves entries
+//! in place, so it never goes down. (Format 1 also kept each key's version as an entry of its
+//! own: a second insert per key and batch. Its mark has no format byte, so an index of format
+//! 1 is rebuilt from the log at open.)
 //!
 //! Invariants: a key lives in one partition (routing by key), so one follower assigns all its
 //! versions, in log order, each once; the table holds exactly the entries of the records below
-//! the mark. An index ahead of its log (a crash lost records that were indexed but not
-//! fsynced, with a `fsync` policy other than `always`) is cleared and rebuilt at open.
+//! the mark, whether their keys were handed or read (the handed key is the event's validated
+//! `partitionkey`, the one [`event::key_of`] reads from the stored record). An index ahead of
+//! its log (a crash lost records that were indexed but not fsynced, with a `fsync` policy
+//! other than `always`) is cleared and rebuilt at open.
+
+mod handoff;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,13 +63,17 @@ use crate::limits::{
 };
 use crate::partition::Partition;
 use crate::storage::{Record, RecordLog, StateTable, Storage, StorageError, TableWrite};
+pub(crate) use handoff::KeyHandoff;
+use handoff::{KeyedRecord, Take};
 
 /// Prefix of the entries of events.
 const ENTRY_PREFIX: u8 = b'e';
-/// Prefix of the keys' versions.
-const VERSION_PREFIX: u8 = b'v';
 /// Bytes of an entry's value: partition and offset.
 const ENTRY_VALUE_BYTES: usize = 4 + 8;
+/// The table layout's format, the mark's first byte. A mark of another format (format 1, the
+/// first, had no such byte and kept each key's version in an entry of its own) is refused at
+/// open, so the index is rebuilt from the log.
+const MARK_FORMAT: u8 = 2;
 
 /// How far a partition is indexed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +169,10 @@ impl KeyIndex {
                         "the key index is ahead of the log (a crash lost unsynced records); rebuilding it"
                     );
                 } else if mark.is_none() && stored.is_some() {
-                    tracing::warn!(topic, "the key index's mark is unreadable; rebuilding it");
+                    tracing::warn!(
+                        topic,
+                        "the key index's mark is unreadable or of an older format; rebuilding it"
+                    );
                 }
                 let zeros = vec![0; partitions.len()];
                 table
@@ -188,7 +209,10 @@ impl KeyIndex {
         let mut tasks = self.tasks.lock().expect("tasks lock");
         for (number, partition) in (0u32..).zip(partitions) {
             match partition.record_log() {
-                Ok(log) => tasks.push(tokio::spawn(self.clone().follow(number, log))),
+                Ok(log) => {
+                    let follower = self.clone().follow(number, log, partition.key_handoff());
+                    tasks.push(tokio::spawn(follower));
+                }
                 Err(error) => self.fail(number, error.to_string()),
             }
         }
@@ -224,7 +248,12 @@ impl KeyIndex {
     }
 
     /// Indexes the partition's records as they are appended, until stopped or failed.
-    async fn follow(self: Arc<Self>, partition: u32, log: Arc<dyn RecordLog>) {
+    async fn follow(
+        self: Arc<Self>,
+        partition: u32,
+        log: Arc<dyn RecordLog>,
+        handoff: Arc<KeyHandoff>,
+    ) {
         let mut next_offset = log.watch_next_offset();
         let mut stopping = self.stopping.subscribe();
         loop {
@@ -253,9 +282,11 @@ impl KeyIndex {
                     _ = stopping.wait_for(|stopping| *stopping) => return,
                 }
             }
-            let (index, reader) = (self.clone(), log.clone());
-            let indexed =
-                tokio::task::spawn_blocking(move || index.index_batch(partition, &*reader)).await;
+            let (index, reader, handed) = (self.clone(), log.clone(), handoff.clone());
+            let indexed = tokio::task::spawn_blocking(move || {
+                index.index_batch(partition, &*reader, &handed)
+            })
+            .await;
             match indexed {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => return self.fail(partition, format!("{error}")),
@@ -264,10 +295,43 @@ impl KeyIndex {
         }
     }
 
-    /// Reads the next records of a partition and indexes them: one table write with the
-    /// mark. Blocking.
-    fn index_batch(&self, partition: u32, log: &dyn RecordLog) -> Result<(), StorageError> {
-        let mut from = self.covered(partition);
+    /// Indexes the partition's next records, with the keys its writer handed over or, when it
+    /// did not hand the next ones, read from the log: one table write with the mark. Blocking.
+    fn index_batch(
+        &self,
+        partition: u32,
+        log: &dyn RecordLog,
+        handoff: &KeyHandoff,
+    ) -> Result<(), StorageError> {
+        let covered = self.covered(partition);
+        let end = log.next_offset();
+        if end <= covered {
+            return Ok(());
+        }
+        let (keyed, next) = match handoff.take(covered, end) {
+            Take::Handed { keyed, next } => (keyed, next),
+            Take::ReadLog { up_to } => self.read_keys(partition, log, covered, up_to)?,
+        };
+        self.write_entries(partition, &keyed, next)?;
+        let indexed = next - covered;
+        if self.unsnapshotted.fetch_add(indexed, Ordering::Relaxed) + indexed
+            >= KEY_INDEX_SNAPSHOT_RECORDS
+        {
+            self.snapshot_due.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The keyed records among the partition's records from `covered` (at most
+    /// `READ_RECORDS_MAX`, below `up_to`), read from the log, and the offset they reach.
+    fn read_keys(
+        &self,
+        partition: u32,
+        log: &dyn RecordLog,
+        covered: u64,
+        up_to: u64,
+    ) -> Result<(Vec<KeyedRecord>, u64), StorageError> {
+        let mut from = covered;
         let start_offset = log.start_offset();
         if from < start_offset {
             // Only when the index was rebuilt after retention removed records: their events
@@ -275,7 +339,12 @@ impl KeyIndex {
             tracing::warn!(topic = %self.topic, partition, from, start_offset, "retention removed records before the key index read them; their keys' versions leave them out");
             from = start_offset;
         }
-        let records = match log.read(from, READ_RECORDS_MAX, READ_BYTES_MAX) {
+        if from >= up_to {
+            return Ok((Vec::new(), from));
+        }
+        let records_max = usize::try_from(up_to - from)
+            .map_or(READ_RECORDS_MAX, |wanted| wanted.min(READ_RECORDS_MAX));
+        let records = match log.read(from, records_max, READ_BYTES_MAX) {
             Err(StorageError::OffsetOutOfRange { start_offset, .. }) if from < start_offset => {
                 Vec::new()
             }
@@ -284,34 +353,45 @@ impl KeyIndex {
         let next = records
             .last()
             .map_or(from.max(log.start_offset()), |record| record.offset + 1);
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut writes: Vec<TableWrite> = Vec::new();
-        for record in &records {
-            let Some(key) = event::key_of(&record.payload) else {
-                continue;
-            };
-            let version = match versions.get_mut(&key) {
+        let keyed = records
+            .iter()
+            .filter_map(|record| Some((record.offset, event::key_of(&record.payload)?)))
+            .collect();
+        Ok((keyed, next))
+    }
+
+    /// Writes the entries of `keyed` (records of `partition`, in offset order), numbering each
+    /// key's events on from its version, with the mark `next`; then tells readers.
+    fn write_entries(
+        &self,
+        partition: u32,
+        keyed: &[KeyedRecord],
+        next: u64,
+    ) -> Result<(), StorageError> {
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut writes: Vec<TableWrite> = Vec::with_capacity(keyed.len());
+        for (offset, key) in keyed {
+            let version = match versions.get_mut(key.as_str()) {
                 Some(version) => version,
                 None => {
                     let cached = self
                         .versions
                         .lock()
                         .expect("versions lock")
-                        .get(&key)
+                        .get(key)
                         .copied();
                     let stored = match cached {
                         Some(version) => version,
-                        None => stored_version(&*self.table, &key)?,
+                        None => stored_version(&*self.table, key)?,
                     };
-                    versions.entry(key.clone()).or_insert(stored)
+                    versions.entry(key).or_insert(stored)
                 }
             };
             *version += 1;
-            let value = entry_value(partition, record.offset);
-            writes.push((entry_key(&key, *version), Some(value)));
-        }
-        for (key, version) in &versions {
-            writes.push((version_key(key), Some(version.to_be_bytes().to_vec())));
+            writes.push((
+                entry_key(key, *version),
+                Some(entry_value(partition, *offset)),
+            ));
         }
         let mut covered = self.covered.lock().expect("covered lock");
         let mut mark = covered.clone();
@@ -323,15 +403,13 @@ impl KeyIndex {
         if cache.len() + versions.len() > KEY_INDEX_VERSION_CACHE_KEYS {
             cache.clear();
         }
-        cache.extend(versions);
+        cache.extend(
+            versions
+                .into_iter()
+                .map(|(key, version)| (key.to_owned(), version)),
+        );
         drop(cache);
         self.progress[partition as usize].send_replace(Progress::Indexed(next));
-        let indexed = records.len() as u64;
-        if self.unsnapshotted.fetch_add(indexed, Ordering::Relaxed) + indexed
-            >= KEY_INDEX_SNAPSHOT_RECORDS
-        {
-            self.snapshot_due.notify_one();
-        }
         Ok(())
     }
 
@@ -501,14 +579,15 @@ fn read_positions(
     Ok(found)
 }
 
+/// The key's version: the version of its last entry (entries sort by version), 0 without one.
 fn stored_version(table: &dyn StateTable, key: &str) -> Result<u64, StorageError> {
-    let Some(value) = table.get(&version_key(key))? else {
+    let prefix = entry_prefix(key);
+    let Some((entry, _)) = table.last(&prefix)? else {
         return Ok(0);
     };
-    let bytes: [u8; 8] = value
-        .as_slice()
+    let bytes: [u8; 8] = entry[prefix.len()..]
         .try_into()
-        .map_err(|_| corrupt("a key's version"))?;
+        .map_err(|_| corrupt("an entry key"))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -558,26 +637,22 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Option<(u64, u32, u64)> {
     Some((version, partition, offset))
 }
 
-fn version_key(key: &str) -> Vec<u8> {
-    let mut entry = Vec::with_capacity(1 + key.len());
-    entry.push(VERSION_PREFIX);
-    entry.extend_from_slice(key.as_bytes());
-    entry
-}
-
 fn encode_mark(covered: &[u64]) -> Vec<u8> {
-    covered
-        .iter()
-        .flat_map(|offset| offset.to_be_bytes())
+    std::iter::once(MARK_FORMAT)
+        .chain(covered.iter().flat_map(|offset| offset.to_be_bytes()))
         .collect()
 }
 
-/// The per-partition offsets of a mark; `None` when it is not one for `partitions`.
+/// The per-partition offsets of a mark; `None` when it is not one of this format for
+/// `partitions`.
 fn decode_mark(mark: &[u8], partitions: usize) -> Option<Vec<u64>> {
-    if mark.len() != partitions * 8 {
+    let (&MARK_FORMAT, offsets) = mark.split_first()? else {
+        return None;
+    };
+    if offsets.len() != partitions * 8 {
         return None;
     }
-    let offsets = mark
+    let offsets = offsets
         .chunks_exact(8)
         .map(|chunk| u64::from_be_bytes(chunk.try_into().expect("chunks of 8 bytes")));
     Some(offsets.collect())
@@ -601,22 +676,25 @@ mod tests {
         assert_eq!(decode_entry(&entry_key("a", 5), b"short"), None);
     }
 
-    // Goal: the index reads the same key the router used: the top-level `partitionkey`, also
-    // behind an escaped member name, never one nested in `data`; keyless events have none.
+    // Goal: the key the writer hands over (the validated event's `partitionkey`, which routed
+    // it) is the key the index reads from the stored record after a restart: the top-level
+    // `partitionkey`, also behind an escaped member name, never one nested in `data`; keyless
+    // events have none. Method: a table of stored events, both ways.
     #[test]
     fn the_key_of_a_stored_event_is_its_top_level_partitionkey() {
+        let head = r#"{"specversion":"1.0","source":"s","type":"t","id":"1""#;
         let cases: [(&str, Option<&str>); 5] = [
-            (r#"{"id":"1","partitionkey":"a"}"#, Some("a")),
-            (r#"{"id":"1","data":{"partitionkey":"nested"}}"#, None),
-            (
-                r#"{"id":"1","partitionk\u0065y":"escaped"}"#,
-                Some("escaped"),
-            ),
-            (r#"{"id":"1","data":"x"}"#, None),
-            (r#"{"id":"1","partitionkey":"k\"q"}"#, Some("k\"q")),
+            (r#","partitionkey":"a"}"#, Some("a")),
+            (r#","data":{"partitionkey":"nested"}}"#, None),
+            (r#","partitionk\u0065y":"escaped"}"#, Some("escaped")),
+            (r#","data":"x"}"#, None),
+            (r#","partitionkey":"k\"q"}"#, Some("k\"q")),
         ];
-        for (json, key) in cases {
+        for (tail, key) in cases {
+            let json = format!("{head}{tail}");
             assert_eq!(event::key_of(json.as_bytes()).as_deref(), key, "{json}");
+            let handed = event::parse_structured(json.as_bytes()).expect("a valid event");
+            assert_eq!(handed.key(), key, "{json}");
         }
     }
 
@@ -626,5 +704,7 @@ mod tests {
         let mark = encode_mark(&[0, 7, u64::MAX]);
         assert_eq!(decode_mark(&mark, 3), Some(vec![0, 7, u64::MAX]));
         assert_eq!(decode_mark(&mark, 2), None);
+        let first_format = [0u64, 7, 9].map(u64::to_be_bytes).concat();
+        assert_eq!(decode_mark(&first_format, 3), None, "format 1 is rebuilt");
     }
 }

@@ -115,6 +115,12 @@ pub const KEY_INDEX_GATHER_RECORDS: u64 = READ_RECORDS_MAX as u64;
 /// Keys whose versions a topic's key index keeps in memory for its followers (about 100 bytes
 /// each); the cache is emptied when full.
 pub const KEY_INDEX_VERSION_CACHE_KEYS: usize = 100_000;
+/// Bytes of keys a partition's writer keeps for its key index follower (each key's text and
+/// about 32 bytes; some 10,000 keys of 70 bytes): beyond it the oldest are dropped and the
+/// follower reads those records from the log instead. The follower takes them at least every
+/// [`KEY_INDEX_GATHER_WAIT`] or [`KEY_INDEX_GATHER_RECORDS`], so only a stalled follower
+/// reaches it.
+pub const KEY_INDEX_HANDOFF_BYTES_MAX: usize = 1024 * 1024;
 /// Records indexed between two snapshots of a topic's key index (at most; also one per
 /// [`KEY_INDEX_SNAPSHOT_INTERVAL`]): what a restart after a crash reads again at most.
 pub const KEY_INDEX_SNAPSHOT_RECORDS: u64 = 100_000;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::FsyncPolicy;
 use crate::error::{DataError, EngineError, TopicError};
 use crate::event::Event;
+use crate::key_index::KeyHandoff;
 use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
 use crate::storage::{Record, RecordLog, StorageError};
@@ -53,6 +54,8 @@ struct Shared {
 /// A partition of a topic.
 pub(crate) struct Partition {
     shared: Arc<Shared>,
+    /// The keys of committed events, handed from the writer to the key index.
+    key_handoff: Arc<KeyHandoff>,
     queue: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -98,16 +101,18 @@ impl Partition {
             metrics,
         });
         shared.publish_gauges();
+        let key_handoff = Arc::new(KeyHandoff::default());
         let (queue, writer) = match shared.log.clone() {
             Some(log) => {
                 let (sender, receiver) = mpsc::channel(APPEND_QUEUE_CAPACITY);
-                let writer = Writer::new(shared.clone(), log, fsync);
+                let writer = Writer::new(shared.clone(), log, fsync, key_handoff.clone());
                 (Some(sender), Some(tokio::spawn(writer.run(receiver))))
             }
             None => (None, None),
         };
         Self {
             shared,
+            key_handoff,
             queue: Mutex::new(queue),
             writer: Mutex::new(writer),
         }
@@ -154,6 +159,11 @@ impl Partition {
     /// refuses service because its log could not be opened.
     pub(crate) fn record_log(&self) -> Result<Arc<dyn RecordLog>, EngineError> {
         self.log().cloned()
+    }
+
+    /// Where the writer hands the keys of committed events to the key index.
+    pub(crate) fn key_handoff(&self) -> Arc<KeyHandoff> {
+        self.key_handoff.clone()
     }
 
     fn log(&self) -> Result<&Arc<dyn RecordLog>, EngineError> {
@@ -388,13 +398,19 @@ struct Writer {
     shared: Arc<Shared>,
     log: Arc<dyn RecordLog>,
     fsync: FsyncPolicy,
+    key_handoff: Arc<KeyHandoff>,
     /// Timestamps are kept non-decreasing within the partition so the time index is ordered.
     last_timestamp_ms: i64,
     topic_labels: TopicLabels,
 }
 
 impl Writer {
-    fn new(shared: Arc<Shared>, log: Arc<dyn RecordLog>, fsync: FsyncPolicy) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        log: Arc<dyn RecordLog>,
+        fsync: FsyncPolicy,
+        key_handoff: Arc<KeyHandoff>,
+    ) -> Self {
         let topic_labels = TopicLabels {
             topic: shared.topic.clone(),
         };
@@ -402,6 +418,7 @@ impl Writer {
             shared,
             log,
             fsync,
+            key_handoff,
             last_timestamp_ms: 0,
             topic_labels,
         }
@@ -503,6 +520,11 @@ impl Writer {
             .collect();
         let sync = self.fsync == FsyncPolicy::Always;
         let first_offset = self.log.append(self.last_timestamp_ms, &payloads, sync)?;
+        // The records are in the log (readers see them): their keys are the index's to take.
+        let keys = requests
+            .iter()
+            .flat_map(|request| request.events.iter().map(Event::key));
+        self.key_handoff.hand(first_offset, keys);
         if sync_requested && self.fsync == FsyncPolicy::Interval {
             self.log.sync()?;
         }

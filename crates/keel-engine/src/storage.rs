@@ -173,6 +173,16 @@ pub trait RecordLog: Send + Sync + 'static {
     fn rewrite(&mut self, timestamp_ms: i64, payloads: &[&[u8]]) -> Result<(), StorageError>;
 }
 
+/// The least key greater than every key that starts with `prefix` (`None`: every key from
+/// `prefix` on starts with it, as when it is empty or all `0xFF`), for a backend's range
+/// bound.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let kept = prefix.iter().rposition(|&byte| byte != 0xFF)?;
+    let mut end = prefix[..=kept].to_vec();
+    end[kept] += 1;
+    Some(end)
+}
+
 /// A key and its value in a [`StateTable`].
 pub type TableEntry = (Vec<u8>, Vec<u8>);
 /// A key and its new value (none: removed) in a [`StateTable::write`].
@@ -205,6 +215,9 @@ pub trait StateTable: Send + Sync + 'static {
         after: &[u8],
         max: usize,
     ) -> Result<Vec<TableEntry>, StorageError>;
+
+    /// The entry with the greatest key that starts with `prefix`, if any.
+    fn last(&self, prefix: &[u8]) -> Result<Option<TableEntry>, StorageError>;
 
     /// Sets (`Some`) or removes (`None`) keys and the mark, atomically; durable at the next
     /// snapshot. After a failure the table takes no more writes until it is opened again.

@@ -738,6 +738,21 @@ impl StateTable for MemoryTable {
         Ok(entries.collect())
     }
 
+    fn last(&self, prefix: &[u8]) -> Result<Option<TableEntry>, StorageError> {
+        use std::ops::Bound;
+        let state = self.state()?;
+        let end = match crate::storage::prefix_end(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        let last = state
+            .entries
+            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), end))
+            .next_back()
+            .map(|(key, value)| (key.clone(), value.clone()));
+        Ok(last)
+    }
+
     fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError> {
         let mut state = self.writable(Draw::AppendFails)?;
         for (key, value) in writes {

@@ -157,6 +157,23 @@ impl StateTable for DiskTable {
         Ok(entries)
     }
 
+    fn last(&self, prefix: &[u8]) -> Result<Option<TableEntry>, StorageError> {
+        let transaction = self.db.begin_read().map_err(backend)?;
+        let table = transaction.open_table(ENTRIES).map_err(backend)?;
+        let mut range = match crate::storage::prefix_end(prefix) {
+            Some(end) => table.range(prefix..end.as_slice()),
+            None => table.range(prefix..),
+        }
+        .map_err(backend)?;
+        match range.next_back() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(backend)?;
+                Ok(Some((key.value().to_vec(), value.value().to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError> {
         self.transact(Durability::None, |transaction| {
             let mut table = transaction.open_table(ENTRIES)?;
@@ -221,6 +238,13 @@ mod tests {
         let keys: Vec<u8> = page.iter().map(|(key, _)| key[1]).collect();
         assert_eq!(keys, [2, 4, 5, 6]);
         assert_eq!(table.scan(b"k", b"", 100).expect("all").len(), 9);
+        let last = table.last(b"k").expect("last");
+        assert_eq!(last, Some((vec![b'k', 9], vec![9])));
+        assert_eq!(
+            table.last(b"m").expect("last m"),
+            Some((b"m1".to_vec(), b"x".to_vec()))
+        );
+        assert_eq!(table.last(b"z").expect("last z"), None);
         table.snapshot().expect("snapshot");
         drop(table);
         let table = DiskTable::open(&path).expect("reopen");
