@@ -1,7 +1,8 @@
 //! `keel bench`: load generators. `publish` keeps `--concurrency` requests of generated events
 //! in flight and reports throughput and latency percentiles; `read` reads a topic back from
-//! its start on every partition and reports throughput; `e2e` (in [`e2e`]) times each event
-//! from its publish to its delivery through a subscription.
+//! its start on every partition and reports throughput; `keys` (in [`keys`]) times reads of
+//! random keys' streams; `e2e` (in [`e2e`]) times each event from its publish to its delivery
+//! through a subscription.
 //!
 //! Every mode is a client of the server at `--server`, like the rest of `keel`: start
 //! `keel serve --data-dir <a fresh dir>` first.
@@ -13,6 +14,7 @@
 //! teardown use the typed calls.
 
 mod e2e;
+mod keys;
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -55,6 +57,9 @@ pub(crate) enum BenchCommand {
     /// Publish to a fresh topic and consume it through a pull or push subscription; report
     /// end-to-end latency per event and delivered events/s
     E2e(e2e::E2eBenchArgs),
+    /// Read the streams of random keys of a topic published with `bench publish --keys`;
+    /// report latency per read
+    Keys(keys::KeysBenchArgs),
 }
 
 /// Arguments of `keel bench publish`.
@@ -108,7 +113,16 @@ pub(crate) async fn run(server: &str, command: BenchCommand, json: bool) -> Resu
         BenchCommand::Publish(args) => publish(server, args, json).await,
         BenchCommand::Read(args) => read(server, args, json).await,
         BenchCommand::E2e(args) => e2e::run(server, args, json).await,
+        BenchCommand::Keys(args) => keys::run(server, args, json).await,
     }
+}
+
+/// What the `partitionkey` of `bench publish --keys` starts with: then the key's number.
+const BENCH_KEY_PREFIX: &str = "key-";
+
+/// The `partitionkey` of `bench publish --keys`' key number `number`.
+fn bench_key(number: u64) -> String {
+    format!("{BENCH_KEY_PREFIX}{number}")
 }
 
 /// Parses a run length: a whole number and `ms`, `s`, `m` or `h`.
@@ -224,7 +238,8 @@ impl BodyBuilder {
             write!(body, "{sequence}\"").expect("writing to a String cannot fail");
             if self.keys > 0 {
                 let key = sequence % self.keys;
-                write!(body, r#","partitionkey":"key-{key}""#).expect("writing to a String");
+                write!(body, r#","partitionkey":"{BENCH_KEY_PREFIX}{key}""#)
+                    .expect("writing to a String");
             }
             body.push_str(r#","data":""#);
             if self.stamped {
@@ -338,6 +353,25 @@ impl Tally {
         self.bytes += other.bytes;
         self.failures += other.failures;
         self.first_failure = self.first_failure.take().or(other.first_failure);
+    }
+
+    /// Counts one request: its latency, events and bytes when it succeeded, else its failure.
+    /// `false` when the server cannot be reached: the worker stops.
+    fn count(&mut self, latency_us: u64, outcome: Result<(u64, u64), ClientError>) -> bool {
+        self.requests += 1;
+        match outcome {
+            Ok((events, bytes)) => {
+                self.latency_us.saturating_record(latency_us);
+                self.events += events;
+                self.bytes += bytes;
+                true
+            }
+            Err(error) => {
+                self.failures += 1;
+                self.first_failure.get_or_insert_with(|| error.to_string());
+                !error.is_unreachable()
+            }
+        }
     }
 
     /// An error when any request failed, for the exit code (the report is printed first).
@@ -462,22 +496,11 @@ async fn publish_worker(
         let started = Instant::now();
         let outcome = post_raw(&client, &workload.topic, body).await;
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        tally.requests += 1;
-        match outcome {
-            Ok(_) => {
-                tally.latency_us.saturating_record(latency_us);
-                tally.events += count;
-                tally.bytes += body_bytes;
-                bar.inc(count);
-            }
-            Err(error) => {
-                tally.failures += 1;
-                let unreachable = error.is_unreachable();
-                tally.first_failure.get_or_insert_with(|| error.to_string());
-                if unreachable {
-                    break;
-                }
-            }
+        if outcome.is_ok() {
+            bar.inc(count);
+        }
+        if !tally.count(latency_us, outcome.map(|_| (count, body_bytes))) {
+            break;
         }
     }
     tally
