@@ -177,13 +177,14 @@ impl Deliveries {
         };
         let mut results = Vec::with_capacity(answers.len());
         let (mut requests, mut committing) = (Vec::new(), Vec::new());
-        for answer in answers {
+        let named: Vec<(Slot, u64)> = answers
+            .iter()
+            .map(|answer| (answer.delivery.slot, answer.delivery.lease))
+            .collect();
+        let outstanding = self.outstanding(&named);
+        for (answer, in_flight) in answers.into_iter().zip(outstanding) {
             let delivery = answer.delivery;
-            let based_on = self
-                .outstanding(&[(delivery.slot, delivery.lease)])
-                .pop()
-                .flatten()
-                .and_then(|in_flight| in_flight.state_version);
+            let based_on = in_flight.and_then(|in_flight| in_flight.state_version);
             let request = Effects::checked(0, answer.state, answer.emit, &self.shared.targets)
                 .and_then(|effects| {
                     let position = position(delivery.slot, delivery.origin);
