@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_testkit::api::read_topic;
 use keel_testkit::process::free_port;
 use keel_testkit::random::splitmix64;
 use serde_json::{Value, json};
-use support::{KEEL, publish_until_acknowledged, read_partition, seed};
+use support::{KEEL, publish_until_acknowledged, seed};
 
 /// Accounts the deposits go to (the events' `partitionkey`).
 const ACCOUNTS: u64 = 12;
@@ -214,19 +215,6 @@ async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-/// Every event of a topic, over all its partitions.
-async fn read_topic(client: &reqwest::Client, url: &str, topic: &str) -> Vec<Value> {
-    let (status, info) = get(client, &format!("{url}/v1/topics/{topic}")).await;
-    assert_eq!(status, 200, "{info}");
-    let partitions = info["partitions"].as_array().unwrap().len() as u32;
-    let mut events = Vec::new();
-    for partition in 0..partitions {
-        let records = read_partition(client, url, topic, partition).await;
-        events.extend(records.into_iter().map(|r| r["event"].clone()));
-    }
-    events
 }
 
 /// Asserts the three invariants of the file's header for `published`.
