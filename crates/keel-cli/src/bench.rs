@@ -45,6 +45,10 @@ const EVENTS_DEFAULT: u64 = 100_000;
 /// Significant figures the latency histograms keep (0.1% precision).
 const LATENCY_SIGNIFICANT_FIGURES: u8 = 3;
 
+/// Generated events' partition keys are this and a number: event `n` of a run with `keys`
+/// keys has key number `n % keys`.
+const KEY_PREFIX: &str = "key-";
+
 /// `keel bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -224,7 +228,8 @@ impl BodyBuilder {
             write!(body, "{sequence}\"").expect("writing to a String cannot fail");
             if self.keys > 0 {
                 let key = sequence % self.keys;
-                write!(body, r#","partitionkey":"key-{key}""#).expect("writing to a String");
+                write!(body, r#","partitionkey":"{KEY_PREFIX}{key}""#)
+                    .expect("writing to a String");
             }
             body.push_str(r#","data":""#);
             if self.stamped {
