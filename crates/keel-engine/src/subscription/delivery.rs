@@ -166,8 +166,9 @@ impl Deliveries {
     /// Commits handlers' answers (a push sink's 2xx, in-process handlers' results), each for
     /// its delivery and the rebuild generation read before its state: the key's new state and
     /// the events to emit, in one group commit. Each answer is done also when its event's
-    /// commit was applied before (stale); an invalid one gets its own error. Fails whole when
-    /// the state cannot be stored. The caller settles the deliveries afterwards.
+    /// commit was applied before (stale); an answer whose delivery is no longer outstanding
+    /// commits nothing (its settlement is stale); an invalid one gets its own error. Fails
+    /// whole when the state cannot be stored. The caller settles the deliveries afterwards.
     pub(super) async fn commit_answers(
         &self,
         answers: Vec<Answer<'_>>,
@@ -184,7 +185,14 @@ impl Deliveries {
         let outstanding = self.outstanding(&named);
         for (answer, in_flight) in answers.into_iter().zip(outstanding) {
             let delivery = answer.delivery;
-            let based_on = in_flight.and_then(|in_flight| in_flight.state_version);
+            // No longer outstanding (its ack deadline passed, a seek or a rebuild dropped
+            // it): nothing is committed, as for a pull ack; its settlement is stale, and the
+            // event comes again. (Committed, it would skip the check of the state's version.)
+            let Some(in_flight) = in_flight else {
+                results.push(Ok(()));
+                continue;
+            };
+            let based_on = in_flight.state_version;
             let request = Effects::checked(0, answer.state, answer.emit, &self.shared.targets)
                 .and_then(|effects| {
                     let position = position(delivery.slot, delivery.origin);
