@@ -326,13 +326,25 @@ impl Deliveries {
 /// Settles as done the deliveries from a partition whose event is in the dead-letter queue:
 /// a copy of an event dead-lettered before a crash (the checkpoint had not recorded it yet)
 /// or before a seek back. The event belongs to the queue, and is applied when redriven:
-/// were this copy applied too, its redrive would apply it again. Blocking.
+/// were this copy applied too, its redrive would apply it again.
+///
+/// Also settles as done the redriven deliveries whose entry is no longer in the queue of the
+/// state's generation: a redrive handed over while a rebuild was switching over (after its
+/// seek dropped the redrive lane, before the generation moved on). The rebuild voided the
+/// entry, and its replay delivers the event from its partition; were the redriven copy
+/// applied too, the event would count twice. Blocking.
 fn dead_lettered_already(
     shared: &super::Shared,
     positions: &[(Arc<str>, Position)],
     found: &mut [Found],
 ) {
-    if shared.keyed.is_none() || shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    if shared.keyed.is_none() {
+        return;
+    }
+    let redriven = positions
+        .iter()
+        .any(|(_, position)| position.redriven.is_some());
+    if !redriven && shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         return;
     }
     // An entry of an older generation is void: the rebuild's replay (this copy, perhaps)
@@ -340,10 +352,12 @@ fn dead_lettered_already(
     let generation = shared.generation();
     let dlq = shared.dlq.lock().expect("dlq lock");
     for ((_, position), found) in positions.iter().zip(found) {
-        if position.redriven.is_none()
-            && matches!(found, Found::Deliver(Some(_)))
-            && dlq.contains(&entry_id(position.origin), generation)
-        {
+        if !matches!(found, Found::Deliver(Some(_))) {
+            continue;
+        }
+        let live = dlq.contains(&entry_id(position.origin), generation);
+        // A partition's copy of a live entry's event, or a redrive of a void entry.
+        if live == position.redriven.is_none() {
             *found = Found::Applied;
         }
     }
