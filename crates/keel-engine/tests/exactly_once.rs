@@ -16,7 +16,10 @@
 //!
 //! The consumer also refuses some deposits into the dead-letter queue, and redrives them at
 //! random moments and at the end: a rebuild's replay meets dead-lettered events below what
-//! their keys have applied, which must count once and emit their receipt once.
+//! their keys have applied, which must count once and emit their receipt once. It seeks the
+//! ledger back to its first deposit now and then: what comes round again must be settled
+//! without a second application (a dead-lettered deposit's copy included), and a result of a
+//! delivery the seek dropped must commit nothing.
 //!
 //! A failure prints its seed; `KEEL_TEST_SEED=N` replays it, `KEEL_EXACTLY_ONCE_SEEDS=N` runs N
 //! seeds.
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::state::{Emit, StatefulAck};
+use keel_api::subscriptions::{NamedPosition, StartPosition};
 use keel_engine::handler::{Delivered, Next, stateful_fn};
 use keel_engine::subscription::pull::Settle;
 use keel_engine::{Engine, TopicConfig};
@@ -189,6 +193,7 @@ fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
                 0..45 => publish(engine, &mut model, &mut rng).await,
                 45..48 => rebuild(engine, &mut model).await,
                 48..50 => redrive(engine, &mut model).await,
+                50..52 => seek_back(engine, &mut model).await,
                 _ if consumer == Consumer::InProcess => {
                     // The handler works meanwhile.
                     tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
@@ -280,6 +285,16 @@ async fn rebuild(engine: &Engine, model: &mut Model) {
 /// Redrives every dead-lettered deposit.
 async fn redrive(engine: &Engine, model: &mut Model) {
     if engine.dlq_redrive(LEDGER, None).await.is_err() {
+        model.report.failed_operations += 1;
+    }
+}
+
+/// Seeks the ledger back to its first deposit: what comes round again is settled as done
+/// (applied, or in the dead-letter queue) without reaching the consumer; deliveries in
+/// flight turn stale (an in-process call's result then commits nothing).
+async fn seek_back(engine: &Engine, model: &mut Model) {
+    let earliest = StartPosition::Named(NamedPosition::Earliest);
+    if engine.seek_subscription(LEDGER, &earliest).await.is_err() {
         model.report.failed_operations += 1;
     }
 }
