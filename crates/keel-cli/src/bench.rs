@@ -47,6 +47,10 @@ const EVENTS_DEFAULT: u64 = 100_000;
 /// Significant figures the latency histograms keep (0.1% precision).
 const LATENCY_SIGNIFICANT_FIGURES: u8 = 3;
 
+/// Generated events' partition keys are this and a number: event `n` of a run with `keys`
+/// keys has key number `n % keys`.
+const KEY_PREFIX: &str = "key-";
+
 /// `keel bench` subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -117,12 +121,9 @@ pub(crate) async fn run(server: &str, command: BenchCommand, json: bool) -> Resu
     }
 }
 
-/// What the `partitionkey` of `bench publish --keys` starts with: then the key's number.
-const BENCH_KEY_PREFIX: &str = "key-";
-
 /// The `partitionkey` of `bench publish --keys`' key number `number`.
 fn bench_key(number: u64) -> String {
-    format!("{BENCH_KEY_PREFIX}{number}")
+    format!("{KEY_PREFIX}{number}")
 }
 
 /// Parses a run length: a whole number and `ms`, `s`, `m` or `h`.
@@ -238,7 +239,7 @@ impl BodyBuilder {
             write!(body, "{sequence}\"").expect("writing to a String cannot fail");
             if self.keys > 0 {
                 let key = sequence % self.keys;
-                write!(body, r#","partitionkey":"{BENCH_KEY_PREFIX}{key}""#)
+                write!(body, r#","partitionkey":"{KEY_PREFIX}{key}""#)
                     .expect("writing to a String");
             }
             body.push_str(r#","data":""#);

@@ -525,3 +525,59 @@ async fn cli_shows_and_rebuilds_a_stateful_subscriptions_state() {
     assert_ne!(code, Some(0));
     assert!(error.contains("no state"), "{error}");
 }
+
+// Goal: `keel bench e2e --stateful --emit`, as a user runs it, pulls and acks with state,
+// reads every key's state back and says it verified them all; its JSON report carries the
+// check. Method: two tiny runs of the binary against a real server, plain and --json.
+#[tokio::test]
+async fn cli_bench_e2e_stateful_verifies_every_keys_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEEL.start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+    let run = [
+        "bench",
+        "e2e",
+        "--mode",
+        "pull",
+        "--stateful",
+        "--emit",
+        "--keys",
+        "30",
+        "--events",
+        "1000",
+        "--size",
+        "64",
+        "--partitions",
+        "2",
+        "--pull-max",
+        "100",
+        "--drain-timeout",
+        "10s",
+    ];
+    let report = stdout(&keel(url, &run));
+    let state = report
+        .lines()
+        .find(|line| line.starts_with("state"))
+        .unwrap_or_else(|| panic!("no state line in:\n{report}"));
+    assert!(
+        state.contains("verified 30 of 30 keys") && state.contains("1000 events emitted"),
+        "{report}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&keel(
+        url,
+        &[&run[..], &["--json", "--backlog"]].concat(),
+    )))
+    .unwrap();
+    assert_eq!(json["stateful"], true, "{json}");
+    assert_eq!(json["ordering"], "key", "{json}");
+    assert_eq!(json["state_errors"], 0, "{json}");
+    let check = &json["state_check"];
+    assert_eq!(
+        (&check["keys_expected"], &check["keys_verified"]),
+        (&30.into(), &30.into())
+    );
+    assert_eq!(check["emitted"], 1000, "{json}");
+    // The run's topics and subscription are gone: only what the runs left is checked.
+    let subs = stdout(&keel(url, &["sub", "list"]));
+    assert!(!subs.contains("bench-e2e"), "{subs}");
+}

@@ -585,7 +585,38 @@ impl Acker {
     }
 
     /// Sends one settle request, retrying what may pass, and counts the outcome in `done`.
+    /// When the server refuses a request of several commits because one names a delivery no
+    /// longer outstanding (409: nothing of the request was committed), each commit is sent
+    /// again alone, so that only the stale ones are refused.
     async fn settle(&self, settlement: Settlement, request: &SettleRequest, done: &AtomicU64) {
+        let sent = self.send_settle(settlement, request, done).await;
+        if sent != Sent::StaleCommit || !splittable(request) {
+            return;
+        }
+        if !request.ack_ids.is_empty() {
+            let plain = SettleRequest {
+                ack_ids: request.ack_ids.clone(),
+                ..SettleRequest::default()
+            };
+            self.send_settle(settlement, &plain, done).await;
+        }
+        for ack in &request.acks {
+            let alone = SettleRequest {
+                acks: vec![ack.clone()],
+                ..SettleRequest::default()
+            };
+            self.send_settle(settlement, &alone, done).await;
+        }
+    }
+
+    /// Sends one settle request, retrying what may pass. Counts the outcome, except a
+    /// refusal of several commits for a stale one, which the caller sends again piecemeal.
+    async fn send_settle(
+        &self,
+        settlement: Settlement,
+        request: &SettleRequest,
+        done: &AtomicU64,
+    ) -> Sent {
         let count = request.ack_ids.len() + request.acks.len();
         let mut attempt = 1;
         loop {
@@ -605,7 +636,7 @@ impl Acker {
                     let stale = result.stale.len().max(stale_commits);
                     Counters::add(&self.counters.stale, stale);
                     Counters::add(done, count.saturating_sub(stale));
-                    return;
+                    return Sent::Answered;
                 }
                 Err(error) if error.is_retryable() && attempt < SETTLE_ATTEMPTS_MAX => {
                     let initial = Duration::from_millis(HANDLER_RETRY_DELAY_INITIAL_MS);
@@ -613,16 +644,34 @@ impl Acker {
                     attempt += 1;
                 }
                 Err(ClientError::Problem { status, .. }) if status.as_u16() == 409 => {
-                    // Every commit of the request was stale (a redelivered event committed
-                    // already): nothing to do again.
-                    Counters::add(&self.counters.stale, count);
-                    return;
+                    if !splittable(request) {
+                        // Its delivery was redelivered, and committed by then: nothing to do.
+                        Counters::add(&self.counters.stale, count);
+                    }
+                    return Sent::StaleCommit;
                 }
                 Err(_) => {
                     Counters::add(&self.counters.settle_errors, 1);
-                    return;
+                    return Sent::Failed;
                 }
             }
         }
     }
+}
+
+/// Whether a settle request holds several commits (each stateful ack is one; the plain ack
+/// ids together are one), so that sending them apart can get some through.
+fn splittable(request: &SettleRequest) -> bool {
+    request.acks.len() + usize::from(!request.ack_ids.is_empty()) > 1
+}
+
+/// What became of a settle request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Answered: its outcome is counted.
+    Answered,
+    /// Refused whole (409): a commit in it named a delivery no longer outstanding.
+    StaleCommit,
+    /// Failed otherwise: counted as a settle error.
+    Failed,
 }

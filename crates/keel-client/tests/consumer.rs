@@ -234,3 +234,70 @@ async fn stateful_consumer_keeps_a_count_per_key() {
     assert_eq!(page.next_after.as_deref(), Some("k1"));
     server.stop().await;
 }
+
+// Goal: one stale commit does not sink the others sent with it. The server refuses a whole
+// ack call (409) when a commit names a delivery no longer outstanding; the consumer then
+// sends each commit alone, so only the stale one is refused and the rest apply at once.
+// Method: ack timeout 2 s; the first attempt at k0's event sleeps 3 s (its redelivery at 2 s
+// commits meanwhile); k1's event is published at 2.2 s; a 1.2 s linger puts the redelivery's
+// ack, k1's and the stale one in one call. Without the split all three count stale, and the
+// two good ones wait for their redelivery.
+#[tokio::test]
+async fn a_stale_commit_is_refused_alone() {
+    #[derive(serde::Serialize, serde::Deserialize, Default)]
+    struct Count {
+        count: u64,
+    }
+    let server = TestServer::start_in_temp_dir().await;
+    let client = client(&server.url);
+    client
+        .create_topic("orders", &TopicSettings::default())
+        .await
+        .unwrap();
+    let subscription = SubscriptionSettings {
+        topic: "orders".to_owned(),
+        start: Some(StartPosition::Named(NamedPosition::Earliest)),
+        ordering: Some(Ordering::Key),
+        stateful: true,
+        ack_timeout: Some("2s".to_owned()),
+        ..SubscriptionSettings::default()
+    };
+    client
+        .create_subscription("work", &subscription)
+        .await
+        .unwrap();
+    let slow_once = Arc::new(AtomicUsize::new(0));
+    let consumer = consumer(&client)
+        .ack_linger(Duration::from_millis(1200))
+        .start(move |message: Message| {
+            let slow_once = slow_once.clone();
+            async move {
+                let mut state: Count = message.state()?.unwrap_or_default();
+                if number(&message) == 0 && slow_once.fetch_add(1, AtomicOrdering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                state.count += 1;
+                Ok(Outcome::ack_with_state(&state)?)
+            }
+        });
+    let k0 = event(Some("e0"), json!({"partitionkey": "k0", "data": {"n": 0}}));
+    client.publish_batch("orders", &[k0]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let k1 = event(Some("e1"), json!({"partitionkey": "k1", "data": {"n": 1}}));
+    client.publish_batch("orders", &[k1]).await.unwrap();
+    wait_until("both events committed", async || {
+        consumer.stats().acked >= 2
+    })
+    .await;
+    let stats = consumer.shutdown().await;
+    assert_eq!(
+        (stats.handled, stats.acked, stats.stale),
+        (3, 2, 1),
+        "{stats:?}"
+    );
+    for key in ["k0", "k1"] {
+        let answer = client.key_state("work", key).await.unwrap();
+        assert_eq!(answer.value().state.get(), r#"{"count":1}"#, "{key}");
+    }
+    server.stop().await;
+}

@@ -96,17 +96,14 @@ impl Delivered {
 
     /// The event's `id`.
     pub fn id(&self) -> String {
-        self.attribute("id").unwrap_or_default()
+        crate::event::identity_of(self.json.as_bytes())
+            .map(|(_, id)| id)
+            .unwrap_or_default()
     }
 
     /// The event's `partitionkey`, when it has one.
     pub fn key(&self) -> Option<String> {
-        self.attribute("partitionkey")
-    }
-
-    fn attribute(&self, name: &str) -> Option<String> {
-        let value: serde_json::Value = serde_json::from_str(&self.json).ok()?;
-        value.get(name)?.as_str().map(str::to_owned)
+        crate::event::key_of(self.json.as_bytes())
     }
 
     /// The partition it was read from (for a redriven event: where it was first read).

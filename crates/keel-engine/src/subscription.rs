@@ -175,6 +175,9 @@ pub(crate) struct Subscription {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// In-process handlers attached to it.
     handlers: Mutex<Vec<Attached>>,
+    /// Held through a rebuild: rebuilds asked for at once run one after the other (the
+    /// first one's end must not let deliveries out while the next one switches over).
+    rebuilds: tokio::sync::Mutex<()>,
 }
 
 /// An in-process handler attached to a subscription ([`crate::Engine::attach`]): stop it to
@@ -283,6 +286,7 @@ impl Subscription {
             shared,
             tasks: Mutex::new(Vec::new()),
             handlers: Mutex::new(Vec::new()),
+            rebuilds: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -599,9 +603,11 @@ impl Subscription {
     ///
     /// A crash before step 3 leaves the state whole with the cursor at the start: what is
     /// replayed then is found applied and skipped, and the rebuild can be asked again. A
-    /// crash before step 4 leaves older entries, which the next start removes.
+    /// crash before step 4 leaves older entries, which the next start removes. Rebuilds
+    /// asked for at once run one after the other.
     pub(crate) async fn rebuild(&self, starts: &[u64]) -> Result<(), EngineError> {
         let keyed = self.keyed()?;
+        let _one_at_a_time = self.rebuilds.lock().await;
         self.shared.core().rebuilding = true;
         let result = async {
             self.seek_lanes(starts, true).await?;

@@ -17,12 +17,12 @@
 //! every fault and loss are drawn from it), `KEEL_ENGINE_CRASH_SEEDS=N` runs N seeds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use keel_engine::storage::{Faults, MemoryStorage};
 use keel_engine::subscription::pull::Settle;
-use keel_engine::{Engine, EngineConfig, TopicConfig};
+use keel_engine::{Engine, TopicConfig};
+
+mod support;
 
 const TOPIC: &str = "orders";
 const SUBSCRIPTION: &str = "billing";
@@ -40,17 +40,7 @@ const FAILURES_PPM: u32 = 15_000;
 
 #[test]
 fn acknowledged_work_survives_crashes_and_faults() {
-    let seeds: Vec<u64> = match std::env::var("KEEL_TEST_SEED") {
-        Ok(seed) => vec![seed.parse().expect("KEEL_TEST_SEED is a number")],
-        Err(_) => {
-            let count = std::env::var("KEEL_ENGINE_CRASH_SEEDS")
-                .ok()
-                .and_then(|count| count.parse().ok())
-                .unwrap_or(SEEDS);
-            let base = fastrand::u64(..);
-            (0..count).map(|index| base.wrapping_add(index)).collect()
-        }
-    };
+    let seeds = support::seeds("KEEL_ENGINE_CRASH_SEEDS", SEEDS);
     let mut faults_seen = 0;
     for seed in seeds {
         match run_seed(seed) {
@@ -88,56 +78,23 @@ struct Model {
 
 fn run_seed(seed: u64) -> Result<Report, String> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let faults = Faults {
-        seed,
-        append_failures_ppm: FAILURES_PPM,
-        sync_failures_ppm: FAILURES_PPM,
-    };
-    let mut storage = MemoryStorage::new(faults);
     let mut model = Model::default();
-    for life in 0..LIVES {
-        let last = life + 1 == LIVES;
-        if last {
-            storage.set_faults(Faults {
-                seed,
-                ..Faults::default()
-            });
+    support::run_lives(seed, LIVES, FAILURES_PPM, async |engine, life| {
+        if life.number == 0 {
+            create(engine).await?;
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let result = runtime.block_on(async {
-            let engine = open(&storage).await?;
-            if life == 0 {
-                create(&engine).await?;
-            }
-            check_durable_state(&engine, &model).await?;
-            if last {
-                return drain(&engine, &mut model).await;
-            }
-            for _ in 0..STEPS {
-                step(&engine, &mut model, &mut rng).await?;
-            }
-            Ok(())
-        });
-        // The power cut: what was not synced is lost or torn, and the crashed engine's tasks
-        // die with its runtime, never writing again.
-        let crashed = storage.crash();
-        runtime.shutdown_background();
-        result?;
-        storage = crashed;
-    }
+        check_durable_state(engine, &model).await?;
+        if life.last {
+            return drain(engine, &mut model).await;
+        }
+        for _ in 0..STEPS {
+            step(engine, &mut model, &mut rng).await?;
+        }
+        Ok(())
+    })?;
     Ok(Report {
         failed_operations: model.failed_operations,
     })
-}
-
-async fn open(storage: &MemoryStorage) -> Result<Engine, String> {
-    let config = EngineConfig::new("unused: the storage is in memory");
-    Engine::open_with_storage(config, Arc::new(storage.clone()))
-        .await
-        .map_err(|error| format!("the engine does not open after a crash: {error}"))
 }
 
 async fn create(engine: &Engine) -> Result<(), String> {
@@ -309,25 +266,16 @@ async fn check_durable_state(engine: &Engine, model: &Model) -> Result<(), Strin
 
 /// Every stored event's id by (partition, offset).
 async fn read_all(engine: &Engine) -> Result<BTreeMap<(u32, u64), String>, String> {
-    let mut stored = BTreeMap::new();
-    for partition in 0..PARTITIONS {
-        let mut from = 0;
-        loop {
-            let batch = engine
-                .read(TOPIC, partition, Some(from), 1000, Duration::ZERO)
-                .await
-                .map_err(|error| format!("read partition {partition}: {error}"))?;
-            if batch.records.is_empty() {
-                break;
-            }
-            for record in &batch.records {
-                let json = std::str::from_utf8(&record.payload).expect("stored events are text");
-                stored.insert((partition, record.offset), event_id(json));
-            }
-            from = batch.next_offset;
-        }
-    }
-    Ok(stored)
+    let stored = support::read_topic(engine, TOPIC, PARTITIONS).await?;
+    Ok(stored
+        .into_iter()
+        .map(|(place, event)| {
+            (
+                place,
+                event["id"].as_str().expect("events have ids").to_owned(),
+            )
+        })
+        .collect())
 }
 
 async fn dead_letter_ids(engine: &Engine) -> Result<BTreeSet<String>, String> {

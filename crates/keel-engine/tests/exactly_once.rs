@@ -16,7 +16,10 @@
 //!
 //! The consumer also refuses some deposits into the dead-letter queue, and redrives them at
 //! random moments and at the end: a rebuild's replay meets dead-lettered events below what
-//! their keys have applied, which must count once and emit their receipt once.
+//! their keys have applied, which must count once and emit their receipt once. It seeks the
+//! ledger back to its first deposit now and then: what comes round again must be settled
+//! without a second application (a dead-lettered deposit's copy included), and a result of a
+//! delivery the seek dropped must commit nothing.
 //!
 //! A failure prints its seed; `KEEL_TEST_SEED=N` replays it, `KEEL_EXACTLY_ONCE_SEEDS=N` runs N
 //! seeds.
@@ -26,11 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_api::state::{Emit, StatefulAck};
+use keel_api::subscriptions::{NamedPosition, StartPosition};
 use keel_engine::handler::{Delivered, Next, stateful_fn};
-use keel_engine::storage::{Faults, MemoryStorage};
 use keel_engine::subscription::pull::Settle;
-use keel_engine::{Engine, EngineConfig, TopicConfig};
+use keel_engine::{Engine, TopicConfig};
 use serde_json::{Value, json};
+
+mod support;
 
 const DEPOSITS: &str = "deposits";
 const RECEIPTS: &str = "receipts";
@@ -71,17 +76,9 @@ fn in_process_handlers_keep_exact_balances_across_crashes() {
 // rebuild (whose replay emits nothing again).
 #[test]
 fn a_purged_event_applied_by_a_rebuild_emits_once() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let storage = Arc::new(MemoryStorage::new(Faults::default()));
-        let config = EngineConfig::new("unused: the storage is in memory");
-        let engine = Engine::open_with_storage(config, storage)
-            .await
-            .expect("open");
-        create(&engine).await.expect("create");
+    // One life, without injected failures.
+    support::run_lives(0, 1, 0, async |engine, _| {
+        create(engine).await.expect("create");
         let mut model = Model::default();
         for (id, amount) in [("d0", 5), ("d1", 7)] {
             let json = json!({"specversion": "1.0", "id": id, "source": "/bank",
@@ -106,31 +103,23 @@ fn a_purged_event_applied_by_a_rebuild_emits_once() {
             .await
             .expect("reject");
         let mut rng = fastrand::Rng::with_seed(1);
-        while consume(&engine, &mut model, &mut rng, true)
+        while consume(engine, &mut model, &mut rng, true)
             .await
             .expect("consume")
             == 0
         {}
         assert_eq!(engine.dlq_purge(LEDGER).await.expect("purge"), 1);
         engine.rebuild_state(LEDGER).await.expect("rebuild");
-        check(&engine, &model, Consumer::Pull)
+        check(engine, &model, Consumer::Pull)
             .await
             .expect("each deposit counted once, with one receipt");
-    });
+        Ok(())
+    })
+    .expect("one life");
 }
 
 fn run_seeds(consumer: Consumer) {
-    let seeds: Vec<u64> = match std::env::var("KEEL_TEST_SEED") {
-        Ok(seed) => vec![seed.parse().expect("KEEL_TEST_SEED is a number")],
-        Err(_) => {
-            let count = std::env::var("KEEL_EXACTLY_ONCE_SEEDS")
-                .ok()
-                .and_then(|count| count.parse().ok())
-                .unwrap_or(SEEDS);
-            let base = fastrand::u64(..);
-            (0..count).map(|index| base.wrapping_add(index)).collect()
-        }
-    };
+    let seeds = support::seeds("KEEL_EXACTLY_ONCE_SEEDS", SEEDS);
     let (mut failures, mut applied, mut rebuilds, mut refused) = (0, 0, 0, 0);
     for seed in seeds {
         match run_seed(seed, consumer) {
@@ -174,72 +163,48 @@ struct Model {
 
 fn run_seed(seed: u64, consumer: Consumer) -> Result<Report, String> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut storage = MemoryStorage::new(Faults {
-        seed,
-        append_failures_ppm: FAILURES_PPM,
-        sync_failures_ppm: FAILURES_PPM,
-    });
     let mut model = Model::default();
-    for life in 0..LIVES {
-        let last = life + 1 == LIVES;
-        if last {
-            storage.set_faults(Faults {
-                seed,
-                ..Faults::default()
-            });
+    support::run_lives(seed, LIVES, FAILURES_PPM, async |engine, life| {
+        let last = life.last;
+        if life.number == 0 {
+            create(engine).await?;
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let result = runtime.block_on(async {
-            let config = EngineConfig::new("unused: the storage is in memory");
-            let engine = Engine::open_with_storage(config, Arc::new(storage.clone()))
-                .await
-                .map_err(|error| format!("the engine does not open after a crash: {error}"))?;
-            if life == 0 {
-                create(&engine).await?;
-            }
-            if consumer == Consumer::InProcess {
-                let refuse = (!last).then(|| model.report.refused.clone());
-                for (name, attached) in [
-                    (LEDGER, engine.attach(LEDGER, ledger_handler(refuse))),
-                    (NOTIFY, engine.attach(NOTIFY, notify_handler())),
-                ] {
-                    match attached {
-                        Ok(_) => {}
-                        // Injected failures can make a life's recovery fail: it serves nothing.
-                        Err(error) if last => {
-                            return Err(format!("attach {name} without faults: {error}"));
-                        }
-                        Err(_) => model.report.failed_operations += 1,
+        if consumer == Consumer::InProcess {
+            let refuse = (!last).then(|| model.report.refused.clone());
+            for (name, attached) in [
+                (LEDGER, engine.attach(LEDGER, ledger_handler(refuse))),
+                (NOTIFY, engine.attach(NOTIFY, notify_handler())),
+            ] {
+                match attached {
+                    Ok(_) => {}
+                    // Injected failures can make a life's recovery fail: it serves nothing.
+                    Err(error) if last => {
+                        return Err(format!("attach {name} without faults: {error}"));
                     }
+                    Err(_) => model.report.failed_operations += 1,
                 }
             }
-            if last {
-                return check(&engine, &model, consumer).await;
-            }
-            for _ in 0..STEPS {
-                match rng.u8(..100) {
-                    0..45 => publish(&engine, &mut model, &mut rng).await,
-                    45..48 => rebuild(&engine, &mut model).await,
-                    48..50 => redrive(&engine, &mut model).await,
-                    _ if consumer == Consumer::InProcess => {
-                        // The handler works meanwhile.
-                        tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
-                    }
-                    _ => {
-                        consume(&engine, &mut model, &mut rng, false).await?;
-                    }
+        }
+        if last {
+            return check(engine, &model, consumer).await;
+        }
+        for _ in 0..STEPS {
+            match rng.u8(..100) {
+                0..45 => publish(engine, &mut model, &mut rng).await,
+                45..48 => rebuild(engine, &mut model).await,
+                48..50 => redrive(engine, &mut model).await,
+                50..52 => seek_back(engine, &mut model).await,
+                _ if consumer == Consumer::InProcess => {
+                    // The handler works meanwhile.
+                    tokio::time::sleep(Duration::from_millis(rng.u64(1..5))).await;
+                }
+                _ => {
+                    consume(engine, &mut model, &mut rng, false).await?;
                 }
             }
-            Ok(())
-        });
-        let crashed = storage.crash();
-        runtime.shutdown_background();
-        result?;
-        storage = crashed;
-    }
+        }
+        Ok(())
+    })?;
     Ok(model.report)
 }
 
@@ -320,6 +285,16 @@ async fn rebuild(engine: &Engine, model: &mut Model) {
 /// Redrives every dead-lettered deposit.
 async fn redrive(engine: &Engine, model: &mut Model) {
     if engine.dlq_redrive(LEDGER, None).await.is_err() {
+        model.report.failed_operations += 1;
+    }
+}
+
+/// Seeks the ledger back to its first deposit: what comes round again is settled as done
+/// (applied, or in the dead-letter queue) without reaching the consumer; deliveries in
+/// flight turn stale (an in-process call's result then commits nothing).
+async fn seek_back(engine: &Engine, model: &mut Model) {
+    let earliest = StartPosition::Named(NamedPosition::Earliest);
+    if engine.seek_subscription(LEDGER, &earliest).await.is_err() {
         model.report.failed_operations += 1;
     }
 }
@@ -555,31 +530,19 @@ async fn read_all(
     topic: &str,
     partitions: u32,
 ) -> Result<BTreeMap<(u32, u64), (String, String, u64)>, String> {
-    let mut stored = BTreeMap::new();
-    for partition in 0..partitions {
-        let mut from = 0;
-        loop {
-            let batch = engine
-                .read(topic, partition, Some(from), 1000, Duration::ZERO)
-                .await
-                .map_err(|error| format!("read {topic}/{partition}: {error}"))?;
-            if batch.records.is_empty() {
-                break;
-            }
-            for record in &batch.records {
-                let event: Value = serde_json::from_slice(&record.payload).expect("JSON");
-                let entry = match event["data"]["deposit"].as_str() {
-                    Some(deposit) => (deposit.to_owned(), String::new(), 0),
-                    None => (
-                        event["id"].as_str().expect("id").to_owned(),
-                        event["partitionkey"].as_str().expect("key").to_owned(),
-                        event["data"]["amount"].as_u64().expect("amount"),
-                    ),
-                };
-                stored.insert((partition, record.offset), entry);
-            }
-            from = batch.next_offset;
-        }
-    }
-    Ok(stored)
+    let stored = support::read_topic(engine, topic, partitions).await?;
+    Ok(stored
+        .into_iter()
+        .map(|(place, event)| {
+            let entry = match event["data"]["deposit"].as_str() {
+                Some(deposit) => (deposit.to_owned(), String::new(), 0),
+                None => (
+                    event["id"].as_str().expect("id").to_owned(),
+                    event["partitionkey"].as_str().expect("key").to_owned(),
+                    event["data"]["amount"].as_u64().expect("amount"),
+                ),
+            };
+            (place, entry)
+        })
+        .collect())
 }

@@ -2,15 +2,18 @@
 //! - [`sink`]: one scriptable HTTP/1.1 sink on a real socket, for push delivery tests at every
 //!   level (the engine's webhook client, the server's push subscriptions, the binary's crash
 //!   tests). It depends on no keel crate, so keel-engine's own unit tests can use it.
-//! - [`process`]: the real `keel` binary as a child process, for kill -9, SIGTERM and
-//!   power-loss tests.
+//! - [`process`]: the real `keel` binary (or a program embedding keel) as a child process,
+//!   for kill -9, SIGTERM and power-loss tests.
 //! - `server` (cargo feature `server`): keel's server in the test's own process, on a real
 //!   socket, for API tests.
-//! - [`random`]: the seeded pseudo-random mix the tests replay runs with.
+//! - [`api`]: whole-partition reads and publishes retried across restarts, over keel's HTTP
+//!   API.
+//! - [`random`]: the seeded pseudo-random mix the tests replay runs with, and the run's seed.
 
 // A test kit's failures are test failures: panicking with the reason is what it should do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
 pub mod process;
 pub mod random;
 mod readiness;

@@ -1,6 +1,8 @@
-//! The real `keel` binary as a child process, for tests that kill or signal it.
+//! The real `keel` binary as a child process, for tests that kill or signal it, and any
+//! other program that serves keel's HTTP API (one that embeds keel) the same way.
 //!
-//! Only the crate that builds the binary knows where it is, so the path comes in from there:
+//! Only the crate that builds the binary knows where it is, so the path comes in from there
+//! (or, in another package's tests, from [`KeelBinary::from_workspace`]):
 //!
 //! ```no_run
 //! use keel_testkit::process::KeelBinary;
@@ -98,30 +100,68 @@ impl KeelBinary {
         log_path: &Path,
         extra_args: &[&str],
     ) -> KeelProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .unwrap();
-        let child = self
-            .serve_command(data_dir, listen)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start keel");
-        KeelProcess {
-            url: format!("http://{listen}"),
-            listen: listen.to_owned(),
-            data_dir: data_dir.to_owned(),
-            log: log_path.to_owned(),
-            child,
-        }
+        let mut command = self.serve_command(data_dir, listen);
+        command.args(extra_args);
+        KeelProcess::spawn(command, data_dir, listen, log_path)
+    }
+
+    /// The `keel` binary of this workspace's build, for the tests of another package than
+    /// keel-cli (cargo names a binary to the tests of its own package only): see
+    /// [`workspace_binary`].
+    pub fn from_workspace() -> KeelBinary {
+        static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let path = PATH.get_or_init(|| {
+            let path = workspace_binary("keel-cli", "keel");
+            path.to_str().expect("a UTF-8 target path").to_owned()
+        });
+        KeelBinary::new(path)
     }
 }
 
-/// A `keel serve` child process; dropping it kills it.
+/// The binary `name` of the workspace's package `package`, for tests of another package
+/// (cargo's `CARGO_BIN_EXE_<name>` covers only the binaries of the test's own package): the
+/// one in the running test's own target directory and profile. When it is not there yet, it
+/// is built first with `cargo build -p PACKAGE --bin NAME`.
+///
+/// A binary already there is taken as it is, so it is only as fresh as the last build of
+/// the workspace: `cargo nextest run --workspace` (what scripts/test.sh runs) builds every
+/// binary before any test starts; a test run of one package alone does not rebuild the
+/// binaries of another.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    // The test runs as TARGET/PROFILE/deps/TEST-HASH.
+    let test = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from TARGET/PROFILE/deps");
+    let binary = profile_dir.join(name);
+    if binary.exists() {
+        return binary;
+    }
+    let target_dir = profile_dir.parent().expect("TARGET/PROFILE has a parent");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => panic!("no profile directory above {}", test.display()),
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "-p", package, "--bin", name, "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success() && binary.exists(),
+        "cargo build -p {package} --bin {name} failed ({status}), or built no {}",
+        binary.display()
+    );
+    binary
+}
+
+/// A child process serving keel's HTTP API (`keel serve`, or a program embedding keel);
+/// dropping it kills it.
 pub struct KeelProcess {
     /// `http://LISTEN`.
     pub url: String,
@@ -135,6 +175,35 @@ pub struct KeelProcess {
 }
 
 impl KeelProcess {
+    /// Starts `command`, a program that serves keel's HTTP API on `listen` from `data_dir`
+    /// (`keel serve`, or a program that embeds keel and serves it), appending its output to
+    /// `log_path`, without waiting for it to be ready (then [`KeelProcess::wait_ready`]).
+    pub fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        listen: &str,
+        log_path: &Path,
+    ) -> KeelProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {command:?}: {error}"));
+        KeelProcess {
+            url: format!("http://{listen}"),
+            listen: listen.to_owned(),
+            data_dir: data_dir.to_owned(),
+            log: log_path.to_owned(),
+            child,
+        }
+    }
+
     /// Waits until /readyz answers 200; fails at once if keel reports its data damaged.
     pub async fn wait_ready(&self) {
         let readiness = wait_ready(&reqwest::Client::new(), &self.url).await;
@@ -176,7 +245,7 @@ impl KeelProcess {
     }
 
     /// What it logged so far (empty if the log cannot be read).
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

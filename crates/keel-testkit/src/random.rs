@@ -8,3 +8,17 @@ pub fn splitmix64(value: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+/// The run's seed: `KEEL_TEST_SEED`, or the clock. Printed (under the test's name) so that a
+/// failing run can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("KEEL_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.unwrap().as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (KEEL_TEST_SEED={seed} replays it)");
+    seed
+}

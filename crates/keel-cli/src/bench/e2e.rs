@@ -9,6 +9,12 @@
 //! clock, so a receiver computes the event's latency from the event alone. Once every event
 //! has arrived, the run waits until the subscription's lag and in-flight count are 0 (every
 //! event acknowledged), then deletes the subscription and the topic.
+//!
+//! With `--stateful` (pull mode), the subscription is stateful and the consumers are a handler
+//! that counts each key's events in keel's state, acking each batch with the states as one
+//! commit; the run then reads every key's state back and checks it ([`stateful`]).
+
+mod stateful;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -37,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
+use self::stateful::{KeyCounter, StateCheck, check_states};
 use super::{
     BodyBuilder, EVENTS_DEFAULT, LatencyMs, Stop, Tally, Workload, check_request_bytes,
     parse_duration, per_second, print_report, ranged, stop_on_ctrl_c,
@@ -122,11 +129,23 @@ pub(crate) struct E2eBenchArgs {
     /// Partitions of the run's topic
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) partitions: u32,
-    /// Distinct partition keys, used in turn (0: events carry no partitionkey)
-    #[arg(long, default_value_t = 0)]
+    /// Distinct partition keys, used in turn (0: events carry no partitionkey) [default: 0,
+    /// or 1000 with --stateful]
+    #[arg(
+        long,
+        default_value_t = 0,
+        hide_default_value = true,
+        default_value_if("stateful", "true", "1000")
+    )]
     pub(crate) keys: u64,
-    /// Delivery order of the subscription
-    #[arg(long, value_enum, default_value_t = DeliveryOrder::None)]
+    /// Delivery order of the subscription [default: none, or key with --stateful]
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = DeliveryOrder::None,
+        hide_default_value = true,
+        default_value_if("stateful", "true", "key")
+    )]
     pub(crate) ordering: DeliveryOrder,
     /// Events delivered and not yet acknowledged, at most [default: consumers × pull-max for
     /// pull, 100 for push]
@@ -166,9 +185,35 @@ pub(crate) struct E2eBenchArgs {
     /// rate alone, counted from the moment delivery starts (latencies include the wait)
     #[arg(long)]
     pub(crate) backlog: bool,
+    /// Pull mode: a stateful subscription (needs keys and key ordering, the defaults then).
+    /// The consumers count each key's events in the key's state, acking each pulled batch
+    /// with one call that commits every event's new state; at the end the run reads every
+    /// key's state back and fails unless each count equals the events published with its key
+    #[arg(long)]
+    pub(crate) stateful: bool,
+    /// With --stateful: each ack also emits one event, to a topic the run creates; the run
+    /// fails unless that topic ends with one event per event delivered
+    #[arg(long, requires = "stateful")]
+    pub(crate) emit: bool,
 }
 
 impl E2eBenchArgs {
+    /// Refuses a `--stateful` run that is not a keyed, key-ordered pull run.
+    fn check_stateful(&self) -> Result<(), CliError> {
+        let problem = if !self.stateful {
+            return Ok(());
+        } else if self.mode != Mode::Pull {
+            "--stateful measures pull consumers: use --mode pull"
+        } else if self.keys == 0 {
+            "--stateful keeps a state per key: give --keys 1 or more"
+        } else if self.ordering != DeliveryOrder::Key {
+            "a stateful subscription delivers in key order: leave out --ordering or give key"
+        } else {
+            return Ok(());
+        };
+        Err(CliError::Usage(problem.to_owned()))
+    }
+
     /// The subscription's `max_in_flight`: as given, or enough for every consumer's pull to be
     /// full (pull), or the server's default (push).
     fn max_in_flight(&self) -> u64 {
@@ -183,6 +228,7 @@ impl E2eBenchArgs {
 /// missing, the subscription did not settle, or publishing failed.
 pub(super) async fn run(server: &str, args: E2eBenchArgs, json: bool) -> Result<(), CliError> {
     check_request_bytes(args.size, args.batch)?;
+    args.check_stateful()?;
     let connections = args
         .publishers
         .saturating_add(args.consumers)
@@ -385,14 +431,17 @@ struct RunNames {
     topic: String,
     subscription: String,
     id_prefix: String,
+    /// With `--emit`: the topic the acks emit to.
+    emit_topic: Option<String>,
 }
 
 impl RunNames {
-    fn new() -> Self {
+    fn new(emit: bool) -> Self {
         let ids = EventIds::new();
         let name = format!("bench-e2e-{}", ids.prefix());
         Self {
             topic: name.clone(),
+            emit_topic: emit.then(|| format!("{name}-emitted")),
             subscription: name,
             id_prefix: ids.prefix().to_owned(),
         }
@@ -407,14 +456,21 @@ async fn run_e2e(
     bar: &ProgressBar,
     interrupted: Arc<AtomicBool>,
 ) -> Result<E2eReport, CliError> {
-    let names = RunNames::new();
-    let topic = CreateArgs {
-        name: names.topic.clone(),
-        partitions: Some(args.partitions),
-        fsync: args.fsync,
-        ..CreateArgs::default()
-    };
-    put_topic(client, &topic).await?;
+    let names = RunNames::new(args.emit);
+    for name in [Some(&names.topic), names.emit_topic.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        let topic = CreateArgs {
+            name: name.clone(),
+            partitions: Some(args.partitions),
+            fsync: args.fsync,
+            ..CreateArgs::default()
+        };
+        if let Err(error) = put_topic(client, &topic).await {
+            return Err(cleaned_up(client, args, &names, error.into()).await);
+        }
+    }
     let receipts = Arc::new(Receipts::new(args.events, Clock::start()));
     let sink = match args.mode {
         Mode::Push => match PushReceiver::start(args.sink_listen, Arc::clone(&receipts)).await {
@@ -430,6 +486,22 @@ async fn run_e2e(
         Ok(()) => measure(client, args, &names, &receipts, bar, interrupted).await,
         Err(error) => Err(error.into()),
     };
+    // Before the cleanup deletes the state.
+    let state_check = match &measured {
+        Ok(run) if args.stateful => {
+            let published = run.publishing.requests.events;
+            let emit_topic = names.emit_topic.as_deref();
+            let check = check_states(
+                client,
+                &names.subscription,
+                args.keys,
+                published,
+                emit_topic,
+            );
+            Some(check.await)
+        }
+        Ok(_) | Err(_) => None,
+    };
     let cleanup = if args.keep {
         Ok(())
     } else {
@@ -442,6 +514,7 @@ async fn run_e2e(
     };
     let mut measured = measured?;
     measured.sink_connections = sink_connections;
+    measured.state_check = state_check.transpose()?;
     cleanup?;
     Ok(E2eReport::new(args, &names, &receipts, measured))
 }
@@ -484,6 +557,7 @@ async fn create_subscription(
         }),
         start: Some(StartPosition::Named(NamedPosition::Latest)),
         ordering: Some(args.ordering.into()),
+        stateful: args.stateful,
         max_in_flight: Some(
             u32::try_from(args.max_in_flight()).expect("max_in_flight is at most IN_FLIGHT_MAX"),
         ),
@@ -495,12 +569,16 @@ async fn create_subscription(
     Ok(())
 }
 
-/// Deletes the run's subscription, then its topic; either may be missing already.
+/// Deletes the run's subscription, then its topic (and the topic its acks emit to, if any);
+/// any may be missing already.
 async fn delete_run(client: &Client, names: &RunNames) -> Result<(), CliError> {
-    let deleted = [
+    let mut deleted = vec![
         client.delete_subscription(&names.subscription).await,
         client.delete_topic(&names.topic, false).await,
     ];
+    if let Some(emit_topic) = &names.emit_topic {
+        deleted.push(client.delete_topic(emit_topic, false).await);
+    }
     for outcome in deleted {
         match outcome {
             Err(error) if error.status() != Some(StatusCode::NOT_FOUND) => return Err(error.into()),
@@ -525,6 +603,8 @@ struct Measured {
     sink_connections: Option<u64>,
     /// With `--backlog`: when delivery started, after publishing.
     delivery_started_us: Option<u64>,
+    /// With `--stateful`: what reading back the keys' states found.
+    state_check: Option<StateCheck>,
 }
 
 /// Consumes (pull) while publishing, waits for every published event to arrive, then for the
@@ -539,6 +619,9 @@ async fn measure(
 ) -> Result<Measured, CliError> {
     let stop_consumers = Arc::new(AtomicBool::new(false));
     let mut consumers = JoinSet::new();
+    let counter = args
+        .stateful
+        .then(|| Arc::new(KeyCounter::new(args.keys, names.emit_topic.clone())));
     let start_consumers = |consumers: &mut JoinSet<_>| {
         let subscription: Arc<str> = Arc::from(names.subscription.as_str());
         for _ in 0..args.consumers {
@@ -547,6 +630,7 @@ async fn measure(
                 Arc::clone(&subscription),
                 args.pull_max,
                 Arc::clone(receipts),
+                counter.clone(),
                 Arc::clone(&stop_consumers),
             );
             consumers.spawn(consumer);
@@ -596,6 +680,7 @@ async fn measure(
         settle_us,
         sink_connections: None,
         delivery_started_us,
+        state_check: None,
     })
 }
 
@@ -792,6 +877,10 @@ struct ConsumeTally {
     pulls: u64,
     /// Ack ids the server answered as stale (their delivery had timed out or was settled).
     stale_acks: u64,
+    /// With `--stateful`: messages whose state was not the one the handler committed for
+    /// their key's previous event, and the first one's problem.
+    state_errors: u64,
+    first_state_error: Option<String>,
 }
 
 impl ConsumeTally {
@@ -800,6 +889,8 @@ impl ConsumeTally {
             acks: Tally::new(),
             pulls: 0,
             stale_acks: 0,
+            state_errors: 0,
+            first_state_error: None,
         }
     }
 
@@ -807,6 +898,8 @@ impl ConsumeTally {
         self.acks.merge(other.acks);
         self.pulls += other.pulls;
         self.stale_acks += other.stale_acks;
+        self.state_errors += other.state_errors;
+        self.first_state_error = self.first_state_error.take().or(other.first_state_error);
     }
 }
 
@@ -818,12 +911,13 @@ struct PulledEvent<'a> {
 }
 
 /// Pulls and acks until `stop` is set: each pulled batch is recorded on arrival, then acked
-/// with one call.
+/// with one call; with a `counter` (`--stateful`), the ack commits each event's key's state.
 async fn consume(
     client: Client,
     subscription: Arc<str>,
     pull_max: u64,
     receipts: Arc<Receipts>,
+    counter: Option<Arc<KeyCounter>>,
     stop: Arc<AtomicBool>,
 ) -> ConsumeTally {
     let mut tally = ConsumeTally::new();
@@ -841,10 +935,18 @@ async fn consume(
         let pulled = client.send(Method::POST, &pull_path, &[], Some(body)).await;
         let received_us = receipts.clock.now_us();
         tally.pulls += 1;
-        let ack_ids = pulled.and_then(|reply| record_pulled(&reply, received_us, &receipts));
-        let settled = match ack_ids {
-            Ok(ack_ids) if ack_ids.is_empty() => continue,
-            Ok(ack_ids) => ack(&client, &subscription, ack_ids, &mut tally).await,
+        let acks = pulled.and_then(|reply| {
+            record_pulled(
+                &reply,
+                received_us,
+                &receipts,
+                counter.as_deref(),
+                &mut tally,
+            )
+        });
+        let settled = match acks {
+            Ok(acks) if acks.ack_ids.is_empty() && acks.acks.is_empty() => continue,
+            Ok(acks) => ack(&client, &subscription, acks, &mut tally).await,
             Err(error) => Err(error),
         };
         if let Err(error) = settled {
@@ -857,43 +959,48 @@ async fn consume(
     tally
 }
 
-/// Records the arrival of each message of a pull answer; returns their ack ids.
+/// Records the arrival of each message of a pull answer; returns the ack of them all: their
+/// ack ids, or with a `counter` their stateful acks (a message whose pulled state the counter
+/// finds wrong is counted in `tally`).
 fn record_pulled(
     reply: &Reply,
     received_us: u64,
     receipts: &Receipts,
-) -> Result<Vec<String>, ClientError> {
+    counter: Option<&KeyCounter>,
+    tally: &mut ConsumeTally,
+) -> Result<SettleRequest, ClientError> {
     let answer: Pulled<'_, PulledEvent<'_>> =
         serde_json::from_slice(&reply.body).map_err(|error| ClientError::Unexpected {
             detail: format!("pull answer: {error}"),
         })?;
-    let ack_ids = answer
-        .messages
-        .into_iter()
-        .map(|message| {
-            let data = message.event.data.as_deref().map(str::as_bytes);
-            receipts.record(data, received_us);
-            message.ack_id.into_owned()
-        })
-        .collect();
-    Ok(ack_ids)
+    let mut request = SettleRequest::default();
+    for message in answer.messages {
+        let data = message.event.data.as_deref().map(str::as_bytes);
+        receipts.record(data, received_us);
+        let Some(counter) = counter else {
+            request.ack_ids.push(message.ack_id.into_owned());
+            continue;
+        };
+        let (ack, problem) = counter.ack(&message);
+        request.acks.push(ack);
+        if let Some(problem) = problem {
+            tally.state_errors += 1;
+            tally.first_state_error.get_or_insert(problem);
+        }
+    }
+    Ok(request)
 }
 
-/// Acks `ack_ids` with one call, timing it.
+/// Sends `request`, the ack of a pulled batch, with one call, timing it.
 async fn ack(
     client: &Client,
     subscription: &str,
-    ack_ids: Vec<String>,
+    request: SettleRequest,
     tally: &mut ConsumeTally,
 ) -> Result<(), ClientError> {
-    let request = SettleRequest {
-        ack_ids,
-        acks: Vec::new(),
-        delay: None,
-    };
     let body = Body {
         content_type: CONTENT_TYPE_JSON,
-        bytes: serde_json::to_vec(&request).expect("a list of strings"),
+        bytes: serde_json::to_vec(&request).expect("strings and JSON values"),
     };
     let path = ["v1", "subscriptions", subscription, "ack"];
     let started = Instant::now();
@@ -1095,6 +1202,15 @@ struct E2eReport {
     /// Push mode: connections the sink accepted from the server (fewer is better: each new
     /// one costs a TCP handshake, and means the server's pool did not keep it).
     sink_connections: Option<u64>,
+    /// Whether the subscription was stateful, its acks committing each key's count.
+    stateful: bool,
+    /// `--stateful`: pulled messages whose state was not the handler's last commit for their
+    /// key, and the first one's problem.
+    state_errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_state_error: Option<String>,
+    /// `--stateful`: every key's state read back at the end, and checked.
+    state_check: Option<StateCheck>,
 }
 
 impl E2eReport {
@@ -1153,6 +1269,10 @@ impl E2eReport {
             settled: run.settled,
             settle_ms: run.settle_us as f64 / 1000.0,
             sink_connections: run.sink_connections,
+            stateful: args.stateful,
+            state_errors: consuming.state_errors,
+            first_state_error: consuming.first_state_error.clone(),
+            state_check: run.state_check,
         }
     }
 
@@ -1177,10 +1297,29 @@ impl E2eReport {
                 self.lag_end, self.in_flight_end
             )
         } else {
-            return Ok(());
+            return self.state_outcome();
         };
         Err(CliError::Client(ClientError::Unexpected {
             detail: format!("{problem} at the end of the run (see --drain-timeout)"),
+        }))
+    }
+
+    /// `--stateful`: an error when a pulled state or a state read back was wrong.
+    fn state_outcome(&self) -> Result<(), CliError> {
+        let problem = match &self.state_check {
+            _ if self.state_errors > 0 => format!(
+                "{} pulled messages carried a state the handler had not committed for their \
+                 key; first: {}",
+                self.state_errors,
+                self.first_state_error.as_deref().unwrap_or_default()
+            ),
+            Some(check) if !check.passed(self.delivered) => {
+                format!("the state read back is wrong: {}", self.state_line())
+            }
+            Some(_) | None => return Ok(()),
+        };
+        Err(CliError::Client(ClientError::Unexpected {
+            detail: problem,
         }))
     }
 
@@ -1222,6 +1361,9 @@ impl E2eReport {
             pairs.push(("schedule", schedule));
         }
         pairs.push(("lag at end", self.settle_line()));
+        if self.stateful {
+            pairs.push(("state", self.state_line()));
+        }
         pairs.push(("errors", self.errors_line()));
         pairs
             .into_iter()
@@ -1303,6 +1445,31 @@ impl E2eReport {
                 self.lag_end, self.in_flight_end
             )
         }
+    }
+
+    /// What reading every key's state back found.
+    fn state_line(&self) -> String {
+        let Some(check) = &self.state_check else {
+            return "not checked".to_owned();
+        };
+        let verdict = if check.passed(self.delivered) {
+            "verified"
+        } else {
+            "WRONG:"
+        };
+        let mut line = format!(
+            "{verdict} {} of {} keys (count and version = the key's events published)",
+            check.keys_verified, check.keys_expected
+        );
+        if let Some(emitted) = check.emitted {
+            let delivered = self.delivered;
+            write!(line, ", {emitted} events emitted for {delivered} delivered")
+                .expect("writing to a String");
+        }
+        if let Some(wrong) = &check.first_wrong {
+            write!(line, "; first wrong: {wrong}").expect("writing to a String");
+        }
+        line
     }
 
     fn errors_line(&self) -> String {
@@ -1452,6 +1619,8 @@ mod tests {
             drain_timeout: Duration::from_secs(10),
             keep: false,
             backlog: false,
+            stateful: false,
+            emit: false,
         }
     }
 
@@ -1503,5 +1672,83 @@ mod tests {
             }
         }
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn stateful_runs_commit_each_keys_count_and_the_check_catches_a_wrong_one() {
+        // Goal: a --stateful --emit run commits a count per key with every ack, and its final
+        // check reads every key back: it passes on the run's states and fails when they are
+        // not what the published events make them. Method: a kept run against a real server,
+        // then the check again as if one more event had been published.
+        let server = TestServer::start_in_temp_dir().await;
+        let client = server.cli_client();
+        let args = E2eBenchArgs {
+            keys: 7,
+            ordering: DeliveryOrder::Key,
+            stateful: true,
+            emit: true,
+            keep: true,
+            ..small_run(Mode::Pull)
+        };
+        let stopped = Arc::new(AtomicBool::new(false));
+        let report = run_e2e(&client, &args, &ProgressBar::hidden(), stopped)
+            .await
+            .unwrap();
+        report.outcome().unwrap();
+        assert_eq!((report.delivered, report.state_errors), (200, 0));
+        let check = report.state_check.as_ref().expect("checked");
+        assert_eq!((check.keys_expected, check.keys_verified), (7, 7));
+        assert_eq!(check.emitted, Some(200));
+        assert!(report.state_line().starts_with("verified 7 of 7 keys"));
+        let emit_topic = format!("{}-emitted", report.topic);
+        let sub = report.subscription.as_str();
+        let wrong = check_states(&client, sub, 7, 201, Some(&emit_topic));
+        let wrong = wrong.await.unwrap();
+        assert!(!wrong.passed(200), "{wrong:?}");
+        assert_eq!(wrong.keys_verified, 6, "{wrong:?}");
+        assert!(wrong.first_wrong.unwrap().starts_with("key key-4: "));
+        let names = RunNames {
+            topic: report.topic.clone(),
+            subscription: report.subscription.clone(),
+            id_prefix: String::new(),
+            emit_topic: Some(emit_topic),
+        };
+        delete_run(&client, &names).await.unwrap();
+        server.stop().await;
+    }
+
+    #[test]
+    fn stateful_runs_are_keyed_key_ordered_pull_runs() {
+        // Goal: --stateful alone gets keys and key ordering; what cannot be stateful is refused
+        // before anything is created. Method: parse command lines as the CLI does.
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: E2eBenchArgs,
+        }
+        let parse = |line: &str| {
+            let words = std::iter::once("e2e").chain(line.split_whitespace());
+            <Command as clap::Parser>::try_parse_from(words).map(|command| command.args)
+        };
+        let stateful = parse("--mode pull --stateful").unwrap();
+        assert_eq!(
+            (stateful.keys, stateful.ordering),
+            (1000, DeliveryOrder::Key)
+        );
+        stateful.check_stateful().unwrap();
+        let plain = parse("--mode pull").unwrap();
+        assert_eq!((plain.keys, plain.ordering), (0, DeliveryOrder::None));
+        for refused in [
+            "--mode push --stateful",
+            "--mode pull --stateful --keys 0",
+            "--mode pull --stateful --ordering none",
+        ] {
+            let args = parse(refused).unwrap();
+            assert!(args.check_stateful().is_err(), "{refused}");
+        }
+        assert!(
+            parse("--mode pull --emit").is_err(),
+            "--emit needs --stateful"
+        );
     }
 }

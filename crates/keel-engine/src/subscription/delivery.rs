@@ -166,8 +166,9 @@ impl Deliveries {
     /// Commits handlers' answers (a push sink's 2xx, in-process handlers' results), each for
     /// its delivery and the rebuild generation read before its state: the key's new state and
     /// the events to emit, in one group commit. Each answer is done also when its event's
-    /// commit was applied before (stale); an invalid one gets its own error. Fails whole when
-    /// the state cannot be stored. The caller settles the deliveries afterwards.
+    /// commit was applied before (stale); an answer whose delivery is no longer outstanding
+    /// commits nothing (its settlement is stale); an invalid one gets its own error. Fails
+    /// whole when the state cannot be stored. The caller settles the deliveries afterwards.
     pub(super) async fn commit_answers(
         &self,
         answers: Vec<Answer<'_>>,
@@ -177,13 +178,21 @@ impl Deliveries {
         };
         let mut results = Vec::with_capacity(answers.len());
         let (mut requests, mut committing) = (Vec::new(), Vec::new());
-        for answer in answers {
+        let named: Vec<(Slot, u64)> = answers
+            .iter()
+            .map(|answer| (answer.delivery.slot, answer.delivery.lease))
+            .collect();
+        let outstanding = self.outstanding(&named);
+        for (answer, in_flight) in answers.into_iter().zip(outstanding) {
             let delivery = answer.delivery;
-            let based_on = self
-                .outstanding(&[(delivery.slot, delivery.lease)])
-                .pop()
-                .flatten()
-                .and_then(|in_flight| in_flight.state_version);
+            // No longer outstanding (its ack deadline passed, a seek or a rebuild dropped
+            // it): nothing is committed, as for a pull ack; its settlement is stale, and the
+            // event comes again. (Committed, it would skip the check of the state's version.)
+            let Some(in_flight) = in_flight else {
+                results.push(Ok(()));
+                continue;
+            };
+            let based_on = in_flight.state_version;
             let request = Effects::checked(0, answer.state, answer.emit, &self.shared.targets)
                 .and_then(|effects| {
                     let position = position(delivery.slot, delivery.origin);
@@ -317,13 +326,25 @@ impl Deliveries {
 /// Settles as done the deliveries from a partition whose event is in the dead-letter queue:
 /// a copy of an event dead-lettered before a crash (the checkpoint had not recorded it yet)
 /// or before a seek back. The event belongs to the queue, and is applied when redriven:
-/// were this copy applied too, its redrive would apply it again. Blocking.
+/// were this copy applied too, its redrive would apply it again.
+///
+/// Also settles as done the redriven deliveries whose entry is no longer in the queue of the
+/// state's generation: a redrive handed over while a rebuild was switching over (after its
+/// seek dropped the redrive lane, before the generation moved on). The rebuild voided the
+/// entry, and its replay delivers the event from its partition; were the redriven copy
+/// applied too, the event would count twice. Blocking.
 fn dead_lettered_already(
     shared: &super::Shared,
     positions: &[(Arc<str>, Position)],
     found: &mut [Found],
 ) {
-    if shared.keyed.is_none() || shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    if shared.keyed.is_none() {
+        return;
+    }
+    let redriven = positions
+        .iter()
+        .any(|(_, position)| position.redriven.is_some());
+    if !redriven && shared.dlq_depth.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         return;
     }
     // An entry of an older generation is void: the rebuild's replay (this copy, perhaps)
@@ -331,10 +352,12 @@ fn dead_lettered_already(
     let generation = shared.generation();
     let dlq = shared.dlq.lock().expect("dlq lock");
     for ((_, position), found) in positions.iter().zip(found) {
-        if position.redriven.is_none()
-            && matches!(found, Found::Deliver(Some(_)))
-            && dlq.contains(&entry_id(position.origin), generation)
-        {
+        if !matches!(found, Found::Deliver(Some(_))) {
+            continue;
+        }
+        let live = dlq.contains(&entry_id(position.origin), generation);
+        // A partition's copy of a live entry's event, or a redrive of a void entry.
+        if live == position.redriven.is_none() {
             *found = Found::Applied;
         }
     }

@@ -2,13 +2,17 @@
 //! attached to a subscription takes its events directly, each in a task of its own, and its
 //! result settles the event (`crate::handler` has the contract).
 //!
-//! Each handler call runs in a spawned task, so a panic is caught (the task's join error) and
-//! counted as a failed attempt, and a call that runs past `ack_timeout` is aborted and counted
-//! as one too: a bad handler costs its own event's attempts, never the engine. Finished calls
+//! Each handler call runs in a task of its own, which catches a panic of the call (it is
+//! counted as a failed attempt) and drops a call that runs past `ack_timeout` (counted as one
+//! too): a bad handler costs its own event's attempts, never the engine. Finished calls
 //! go to one settler, which commits the successes of everything finished meanwhile in one
 //! group commit and settles them together.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -18,7 +22,7 @@ use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
 use super::state::{Delivery, Outcome};
 use crate::clock::now_ms;
-use crate::handler::{Delivered, Handled, Handler, HandlerError};
+use crate::handler::{Delivered, Handled, Handler, HandlerError, HandlerFuture};
 
 /// Most finished calls settled together.
 const SETTLE_BATCH_MAX: usize = 1024;
@@ -125,25 +129,38 @@ async fn call(
         attempt: delivery.attempt,
         state,
     };
-    let mut task = tokio::spawn(handler.handle(event));
-    let result = tokio::select! {
-        joined = &mut task => joined.map_err(|error| {
-            if error.is_panic() {
-                format!("the handler panicked: {}", panic_text(error.into_panic()))
-            } else {
-                "the handler's task was cancelled".to_owned()
-            }
-        }),
-        _ = tokio::time::sleep(timeout) => {
-            task.abort();
-            Err(format!("the handler ran past the ack_timeout of {}", crate::duration::format(timeout)))
-        }
+    let called = tokio::time::timeout(timeout, CatchUnwind(handler.handle(event))).await;
+    let result = match called {
+        Ok(Ok(result)) => Ok(result),
+        Ok(Err(panic)) => Err(format!("the handler panicked: {}", panic_text(panic))),
+        // The call is dropped: its future runs no further.
+        Err(_) => Err(format!(
+            "the handler ran past the ack_timeout of {}",
+            crate::duration::format(timeout)
+        )),
     };
     let _ = finished.send(Finished {
         delivery,
         generation,
         result,
     });
+}
+
+/// A handler's call that catches a panic while it is polled: the call fails, and the task
+/// running it (and the engine) carries on.
+struct CatchUnwind(HandlerFuture);
+
+impl Future for CatchUnwind {
+    type Output = Result<Result<Handled, HandlerError>, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let call = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(context))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// A handler call's end, for the settler.
@@ -158,15 +175,16 @@ struct Finished {
 async fn settle_finished(deliveries: Deliveries, mut finished: mpsc::UnboundedReceiver<Finished>) {
     let mut batch = Vec::new();
     while finished.recv_many(&mut batch, SETTLE_BATCH_MAX).await > 0 {
-        let group = std::mem::take(&mut batch);
+        let mut group = std::mem::take(&mut batch);
+        // The successes' effects move into their commits.
         let answers = group
-            .iter()
-            .filter_map(|finished| match &finished.result {
+            .iter_mut()
+            .filter_map(|finished| match &mut finished.result {
                 Ok(Ok(handled)) => Some(Answer {
                     delivery: &finished.delivery,
                     generation: finished.generation,
-                    state: handled.state.clone(),
-                    emit: handled.emit.clone(),
+                    state: handled.state.take(),
+                    emit: std::mem::take(&mut handled.emit),
                 }),
                 _ => None,
             })
