@@ -40,8 +40,17 @@ pub const SEGMENT_FILE_BYTES_MAX: u64 = if SEGMENT_BYTES_MAX > PENDING_BYTES_MAX
     PENDING_BYTES_MAX
 };
 
-/// Bytes fetched by one positioned read when scanning or reading frames.
+/// Bytes fetched by one positioned read when scanning or reading frames, at most. A read of
+/// at most [`READ_FEW_RECORDS`] records fetches [`READ_CHUNK_BYTES_FIRST`] first, and each
+/// next time twice as much: a read of one record (a key stream's are) then copies a few KiB
+/// from the page cache, not a whole chunk.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Bytes of the first positioned read of a read of a few records (see [`READ_CHUNK_BYTES`]).
+pub const READ_CHUNK_BYTES_FIRST: usize = 8 * 1024;
+
+/// Reads of at most this many records start with a small positioned read.
+pub const READ_FEW_RECORDS: usize = 8;
 
 /// The most index entries a sealed segment keeps in memory, whatever its size.
 ///
@@ -66,7 +75,8 @@ const _: () = assert!(SEGMENT_FILE_BYTES_MAX / (RECORD_HEADER_BYTES as u64) <= u
 const _: () = assert!(FRAME_BYTES_MAX as u64 <= PENDING_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(INDEX_INTERVAL_BYTES_MIN <= INDEX_INTERVAL_BYTES_MAX);
-const _: () = assert!(READ_CHUNK_BYTES >= RECORD_HEADER_BYTES);
+const _: () = assert!(READ_CHUNK_BYTES_FIRST >= RECORD_HEADER_BYTES);
+const _: () = assert!(READ_CHUNK_BYTES_FIRST <= READ_CHUNK_BYTES);
 // A sealed segment keeps at least its first entry, and a lookup reads at least one entry at once.
 const _: () = assert!(SEALED_INDEX_ENTRIES_IN_MEMORY_MAX >= 1);
 const _: () = assert!(INDEX_LOOKUP_READ_ENTRIES_MAX >= 1);

@@ -11,7 +11,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::error::LogError;
 use crate::index::{IndexBuilder, IndexEntry, SparseIndex};
-use crate::limits::{READ_CHUNK_BYTES, SEGMENT_FILE_BYTES_MAX};
+use crate::limits::{
+    READ_CHUNK_BYTES, READ_CHUNK_BYTES_FIRST, READ_FEW_RECORDS, SEGMENT_FILE_BYTES_MAX,
+};
 use crate::record::{FrameError, RECORD_HEADER_BYTES, Record, decode_frame, decode_header};
 use crate::sealed_index::{Floor, IndexFiles, Lookup, SealedBounds, SealedIndex};
 use crate::storage::{OpenMode, Storage, StorageFile, read_full_at};
@@ -154,6 +156,8 @@ pub(crate) struct FrameCursor<'a> {
     buffer: Vec<u8>,
     /// File position of `buffer[0]`.
     buffer_position: u64,
+    /// Bytes the next positioned read fetches (at least; more when a frame needs it).
+    chunk_bytes: usize,
 }
 
 impl<'a> FrameCursor<'a> {
@@ -171,7 +175,16 @@ impl<'a> FrameCursor<'a> {
             expected_offset,
             buffer: Vec::new(),
             buffer_position: 0,
+            chunk_bytes: READ_CHUNK_BYTES,
         }
+    }
+
+    /// Makes the first positioned read small ([`READ_CHUNK_BYTES_FIRST`]), each next one
+    /// twice the last: for a read of a few records (a key stream's reads are of one each),
+    /// which would otherwise copy a whole chunk per record.
+    fn starting_small(mut self) -> Self {
+        self.chunk_bytes = READ_CHUNK_BYTES_FIRST;
+        self
     }
 
     /// The next frame; `Ok(None)` at `end`.
@@ -262,7 +275,8 @@ impl<'a> FrameCursor<'a> {
             return Ok(());
         }
         let remaining = usize::try_from(self.end - self.position).unwrap_or(usize::MAX);
-        let chunk_bytes = needed.max(READ_CHUNK_BYTES).min(remaining);
+        let chunk_bytes = needed.max(self.chunk_bytes).min(remaining);
+        self.chunk_bytes = (self.chunk_bytes * 2).min(READ_CHUNK_BYTES);
         self.buffer.clear();
         self.buffer.resize(chunk_bytes, 0);
         self.buffer_position = self.position;
@@ -336,6 +350,11 @@ impl ReadLimits {
             bytes_taken: 0,
             bytes_exhausted: false,
         }
+    }
+
+    /// Whether the read wants at most a few more records (reading them starts small).
+    fn few_left(&self, count: usize) -> bool {
+        self.records_max.saturating_sub(count) <= READ_FEW_RECORDS
     }
 
     /// Whether the read is done with `count` records.
@@ -531,7 +550,7 @@ impl Segment {
             SegmentIndex::Active(index) => in_memory(index.floor_for_offset(relative_offset)),
             SegmentIndex::Sealed(index) => index.floor_for_offset(relative_offset),
         });
-        let mut cursor = self.cursor_at(floor, false)?;
+        let mut cursor = self.cursor_at(floor, false, limits.few_left(out.len()))?;
         let mut next = from;
         while next < limit_offset && !limits.is_full(out.len()) {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
@@ -565,7 +584,7 @@ impl Segment {
             SegmentIndex::Active(index) => in_memory(index.floor_for_timestamp(timestamp_ms)),
             SegmentIndex::Sealed(index) => index.floor_for_timestamp(timestamp_ms),
         });
-        let mut cursor = self.cursor_at(floor, true)?;
+        let mut cursor = self.cursor_at(floor, true, false)?;
         while cursor.expected_offset() < limit_offset {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
                 return Err(self.ends_early(cursor.position(), cursor.expected_offset()));
@@ -612,11 +631,12 @@ impl Segment {
         &self,
         floor: Option<Floor>,
         check_timestamp: bool,
+        small: bool,
     ) -> Result<FrameCursor<'_>, LogError> {
         let Some(floor) = floor else {
-            return Ok(self.cursor_from(None));
+            return Ok(self.cursor_from(None, small));
         };
-        let mut cursor = self.cursor_from(Some(floor.entry));
+        let mut cursor = self.cursor_from(Some(floor.entry), small);
         let why = match cursor.check_next_frame() {
             Ok(Some(timestamp_ms))
                 if !check_timestamp || timestamp_ms <= floor.entry.timestamp_ms_max =>
@@ -634,18 +654,24 @@ impl Segment {
             Err(CursorError::Io(source)) => return Err(LogError::io("read", &self.path, source)),
         };
         self.report_index_damage(&format!("entry {:?}: {why}", floor.entry));
-        Ok(self.cursor_from(floor.fallback))
+        Ok(self.cursor_from(floor.fallback, small))
     }
 
-    /// A cursor over the visible bytes, from an index entry or from the start.
-    fn cursor_from(&self, entry: Option<IndexEntry>) -> FrameCursor<'_> {
+    /// A cursor over the visible bytes, from an index entry or from the start; its first
+    /// positioned read small when `small` (a read of a few records).
+    fn cursor_from(&self, entry: Option<IndexEntry>, small: bool) -> FrameCursor<'_> {
         let (position, offset) = entry.map_or((0, self.base_offset), |entry| {
             (
                 u64::from(entry.position),
                 self.base_offset + u64::from(entry.relative_offset),
             )
         });
-        FrameCursor::new(&*self.file, position, self.size_bytes(), offset)
+        let cursor = FrameCursor::new(&*self.file, position, self.size_bytes(), offset);
+        if small {
+            cursor.starting_small()
+        } else {
+            cursor
+        }
     }
 
     /// Maps a cursor failure on visible bytes: these were written and acknowledged, so a bad
