@@ -22,6 +22,7 @@ pub mod routing;
 pub mod storage;
 pub mod subscription;
 mod topic;
+pub mod trace_context;
 pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};
