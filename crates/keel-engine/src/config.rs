@@ -29,9 +29,30 @@ pub fn validate_topic_config(config: &TopicConfig) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The prefix of keel's internal topics (`_keel.alerts`). Users may read them and subscribe
+/// to them; only keel creates, writes and deletes them.
+pub const INTERNAL_TOPIC_PREFIX: &str = "_keel.";
+
+/// Whether `name` is one of keel's internal topics.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
+/// Refuses `action` ("published to", "deleted") on an internal topic.
+pub(crate) fn refuse_internal(name: &str, action: &'static str) -> Result<(), EngineError> {
+    if is_internal_topic(name) {
+        return Err(EngineError::Topic(TopicError::Reserved {
+            topic: name.to_owned(),
+            action,
+        }));
+    }
+    Ok(())
+}
+
 /// Checks a topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
 /// digit (names starting otherwise are kept for keel's internal topics).
 pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
+    refuse_internal(name, "created")?;
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     let starts_well = name
         .chars()

@@ -39,6 +39,13 @@ pub struct SubscriptionLabels {
     pub subscription: String,
 }
 
+/// Labels of per-alert-rule metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The rule.
+    pub rule: String,
+}
+
 /// Every attempt outcome label.
 pub const ATTEMPT_OUTCOMES: [&str; 7] = [
     "acked",
@@ -174,6 +181,12 @@ metrics! {
     subscription_delivery_seconds: Family<SubscriptionLabels, Histogram, fn() -> Histogram> =
         Family::new_with_constructor(delivery_histogram)
         => "subscription_delivery", "Time from publish to acknowledgement", Unit::Seconds;
+    /// Firing instances per alert rule.
+    alerts_firing: Family<AlertLabels, Gauge> = Family::default()
+        => "alerts_firing", "Firing instances per alert rule";
+    /// Time of one evaluation of every alert rule.
+    alert_evaluation_seconds: Histogram = latency_histogram()
+        => "alert_evaluation", "Time of one evaluation of every alert rule", Unit::Seconds;
 }
 
 impl Metrics {
