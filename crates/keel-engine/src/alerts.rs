@@ -96,6 +96,11 @@ impl Alerts {
         self.rules.len()
     }
 
+    /// Whether there is no rule.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
     /// Whether a rule of that name exists.
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.rules.contains_key(name)

@@ -49,16 +49,22 @@ pub(crate) fn refuse_internal(name: &str, action: &'static str) -> Result<(), En
     Ok(())
 }
 
-/// Checks a topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
-/// digit (names starting otherwise are kept for keel's internal topics).
-pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
-    refuse_internal(name, "created")?;
+/// Whether `name` is 1 to `bytes_max` characters of `A-Z a-z 0-9 . _ -` starting with a
+/// letter or digit: safe as a file name, and never one of keel's own (`_keel.`, `.creating-`).
+pub(crate) fn is_plain_name(name: &str, bytes_max: usize) -> bool {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     let starts_well = name
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.len() <= TOPIC_NAME_BYTES_MAX && starts_well && name.chars().all(valid_char) {
+    name.len() <= bytes_max && starts_well && name.chars().all(valid_char)
+}
+
+/// Checks a topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
+/// digit (names starting otherwise are kept for keel's internal topics).
+pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
+    refuse_internal(name, "created")?;
+    if is_plain_name(name, TOPIC_NAME_BYTES_MAX) {
         return Ok(());
     }
     Err(EngineError::Topic(TopicError::InvalidName {

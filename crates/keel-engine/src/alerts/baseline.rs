@@ -6,9 +6,10 @@
 //!   interval: the step's weight is `1 - 2^(-elapsed / half_life)`.
 //! - The deviation used for z-scores is at least [`DEVIATION_FLOOR_RATIO`] of the mean's
 //!   magnitude, so a series that was perfectly flat does not fire on its first wiggle.
-//! - A value is learned clipped to [`CLIP_DEVIATIONS`] deviations from the mean (once the
-//!   baseline has [`SAMPLES_MIN`] observations): a collapse or a spike, even a gradual one,
-//!   moves the baseline only a little per evaluation, so it is flagged before it is learned.
+//! - A value more than [`CLIP_DEVIATIONS`] deviations from the mean (once the baseline has
+//!   [`SAMPLES_MIN`] observations) is an outlier: it is learned clipped to that distance and
+//!   [`LEARNING_SLOWDOWN`] times slower, so a collapse or a spike, even a gradual one, barely
+//!   moves the mean or widens the deviation before it is flagged.
 //! - While its alert is pending or firing, the baseline learns [`LEARNING_SLOWDOWN`] times
 //!   slower: the anomaly is not absorbed at once, yet a lasting change of level becomes the
 //!   new normal after some ten half-lives instead of firing forever.
@@ -57,13 +58,14 @@ impl Baseline {
         // baseline does not lean on its first value for hours.
         let mut weight =
             (1.0 - (-elapsed_ms / half_life_ms).exp2()).max(1.0 / (self.samples + 1) as f64);
-        if slowed {
-            weight /= LEARNING_SLOWDOWN;
-        }
         let mut difference = value - self.mean;
-        if self.samples >= SAMPLES_MIN {
-            let bound = CLIP_DEVIATIONS * self.deviation();
+        let bound = CLIP_DEVIATIONS * self.deviation();
+        let outlier = self.samples >= SAMPLES_MIN && difference.abs() > bound;
+        if outlier {
             difference = difference.clamp(-bound, bound);
+        }
+        if slowed || outlier {
+            weight /= LEARNING_SLOWDOWN;
         }
         let increment = weight * difference;
         self.mean += increment;

@@ -61,7 +61,9 @@ pub(crate) fn evaluate(rule: &AlertRule, history: &History) -> BTreeMap<Instance
     }
 }
 
-/// Each matched counter series' increase over the window, with the span it covers.
+/// Each matched counter series' increase over the window, with the span it covers: only
+/// series seen over at least half the window, so that a series that just appeared (or a
+/// rule just made) gives no value from a sliver of it.
 fn increases<'a>(
     history: &'a History,
     name: &'a str,
@@ -73,7 +75,7 @@ fn increases<'a>(
             .matching(name, matchers)
             .filter_map(move |(labels, _)| {
                 let (total, span_ms) = increase(history, name, labels, window_ms)?;
-                Some((labels.clone(), total, span_ms))
+                (span_ms * 2 >= window_ms).then(|| (labels.clone(), total, span_ms))
             })
     })
 }
@@ -258,7 +260,7 @@ mod tests {
     fn quantile_over_a_window_uses_bucket_increases() {
         let rule = rule(
             serde_json::json!({"kind": "threshold", "metric": "keel_fsync_seconds",
-            "function": "quantile", "quantile": 0.99, "window": "5m", "op": ">", "value": 0.05}),
+            "function": "quantile", "quantile": 0.99, "window": "1m", "op": ">", "value": 0.05}),
         );
         let buckets = |fast: u32, slow: u32| {
             format!(
@@ -283,7 +285,7 @@ mod tests {
     fn ratio_divides_increases_per_group() {
         let rule = rule(serde_json::json!({"kind": "threshold",
             "metric": "keel_subscription_attempts_total", "labels": {"outcome": "failed"},
-            "function": "ratio", "window": "5m", "by": ["subscription"], "op": ">", "value": 0.05,
+            "function": "ratio", "window": "1s", "by": ["subscription"], "op": ">", "value": 0.05,
             "denominator": {"metric": "keel_subscription_attempts_total"}}));
         let text = |failed: u32, acked: u32, idle: u32| {
             format!(
@@ -309,7 +311,7 @@ mod tests {
         };
         let (first, second) = (text(0, 0), text(100, 300));
         let per_series = rule(serde_json::json!({"kind": "anomaly",
-            "metric": "keel_publish_events_total", "function": "rate", "window": "1m"}));
+            "metric": "keel_publish_events_total", "function": "rate", "window": "10s"}));
         let history = history_of(&[(0, &first), (10_000, &second)], &per_series);
         let values = evaluate(&per_series, &history);
         assert_eq!(values[&instance(&[("topic", "a")])], 10.0);

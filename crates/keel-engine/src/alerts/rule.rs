@@ -18,12 +18,7 @@ pub(crate) const HALF_LIFE_DEFAULT: Duration = Duration::from_secs(3600);
 /// Checks a rule name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
 /// digit (it names a file).
 pub fn validate_alert_name(name: &str) -> Result<(), EngineError> {
-    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    let starts_well = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.len() <= ALERT_NAME_BYTES_MAX && starts_well && name.chars().all(valid_char) {
+    if crate::config::is_plain_name(name, ALERT_NAME_BYTES_MAX) {
         return Ok(());
     }
     Err(EngineError::Alert(AlertError::InvalidName {

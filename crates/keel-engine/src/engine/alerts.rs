@@ -168,6 +168,10 @@ impl Inner {
     /// One evaluation of every rule: reads the metrics, steps every rule, updates the alert
     /// metrics. Returns the transitions.
     fn evaluate_alerts(&self) -> Vec<AlertNotice> {
+        if self.alerts.lock().expect("alerts lock").is_empty() {
+            // Nothing reads the metrics: no encoding, no gauge refresh.
+            return Vec::new();
+        }
         let started = Instant::now();
         for subscription in self.subscriptions_snapshot() {
             // Refreshes its gauges (lag, in flight…), as a scrape does.
@@ -224,7 +228,12 @@ fn spawn_evaluation(weak: Weak<Inner>) {
 async fn emit(notices: &Notices, alerts: Vec<AlertNotice>) {
     for alert in alerts {
         let (kind, rule) = (alert.kind(), alert.rule.clone());
-        tracing::warn!(rule = %rule, kind, labels = %alert.data["labels"], value = %alert.data["value"], "alert");
+        let (labels, value) = (&alert.data["labels"], &alert.data["value"]);
+        if alert.firing {
+            tracing::warn!(rule = %rule, %labels, %value, "alert firing");
+        } else {
+            tracing::info!(rule = %rule, %labels, %value, "alert resolved");
+        }
         if let Err(error) = notices.emit(kind, &rule, alert.data).await {
             tracing::error!(rule = %rule, kind, %error, "cannot append the alert to {NOTICES_TOPIC}");
         }
