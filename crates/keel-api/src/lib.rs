@@ -25,6 +25,7 @@
 //! # Ok::<(), serde_json::Error>(())
 //! ```
 
+pub mod alerts;
 pub mod dead_letters;
 pub mod duration;
 pub mod health;

@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 on success, 1 when the command failed, 2 for usage errors.
 
+mod alert;
 mod bench;
 mod dlq;
 mod error;
@@ -20,6 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::alert::AlertCommand;
 use crate::bench::BenchCommand;
 use keel_client::{Client, ClientError, DEFAULT_SERVER};
 
@@ -75,6 +77,9 @@ enum Command {
     /// A subscription's dead-letter queue: list, show, redrive, purge
     #[command(subcommand, after_help = dlq::DLQ_EXAMPLES)]
     Dlq(DlqCommand),
+    /// Alert rules: set, list, get, delete; transitions go to the topic _keel.alerts
+    #[command(subcommand, after_help = alert::ALERT_EXAMPLES)]
+    Alert(AlertCommand),
 }
 
 /// glibc malloc took about a tenth of the server's CPU on the publish path (perf); mimalloc
@@ -106,6 +111,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(command) => bench::run(&cli.server, command, cli.json).await,
         Command::Sub(command) => sub::run(&client()?, command, cli.json).await,
         Command::Dlq(command) => dlq::run(&client()?, command, cli.json).await,
+        Command::Alert(command) => alert::run(&client()?, command, cli.json).await,
     }
 }
 

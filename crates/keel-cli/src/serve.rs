@@ -188,6 +188,21 @@ mod tests {
         assert!(resolve_listen("no-port").is_err());
     }
 
+    // Goal: the alert rules `docs/configuration.md` shows parse as TOML, integers where the
+    // rule takes numbers included, and pass the engine's checks.
+    #[test]
+    fn documented_alert_rules_parse() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let start = docs.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let end = start + docs[start..].find("```").expect("its end");
+        let config = parse_config(Path::new("keel.toml"), &docs[start..end]).unwrap();
+        assert_eq!(config.alerts.len(), 2);
+        assert_eq!(config.alerts["billing-lag"].value, Some(10000.0));
+        for (name, rule) in &config.alerts {
+            keel_engine::validate_alert_rule(name, rule).unwrap();
+        }
+    }
+
     #[test]
     fn log_filter_must_parse() {
         assert!(init_tracing("info,keel_engine=[", LogFormat::Json).is_err());

@@ -581,3 +581,69 @@ async fn cli_bench_e2e_stateful_verifies_every_keys_state() {
     let subs = stdout(&keel(url, &["sub", "list"]));
     assert!(!subs.contains("bench-e2e"), "{subs}");
 }
+
+// Goal: `keel alert` round trip: set from --rule and from --file (201 then 200 wording),
+// list shows the rule, get --json answers the stored rule, delete removes it, and errors
+// (a bad rule refused by the server, an unknown rule) are one readable line.
+#[tokio::test]
+async fn cli_sets_lists_gets_and_deletes_alert_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEEL.start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+    let rule =
+        r#"{"kind": "threshold", "metric": "keel_subscription_dlq_depth", "op": ">", "value": 0}"#;
+    let created = stdout(&keel(url, &["alert", "set", "dlq", "--rule", rule]));
+    assert!(created.starts_with("alert rule dlq created"), "{created}");
+    assert!(
+        has_pair(&created, "metric", "keel_subscription_dlq_depth"),
+        "{created}"
+    );
+    let file = dir.path().join("rule.json");
+    std::fs::write(&file, rule).unwrap();
+    let again = stdout(&keel(
+        url,
+        &["alert", "set", "dlq", "--file", file.to_str().unwrap()],
+    ));
+    assert!(again.starts_with("alert rule dlq stored"), "{again}");
+    let listed = stdout(&keel(url, &["alert", "list"]));
+    let row: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..4],
+        [
+            "dlq",
+            "threshold",
+            "keel_subscription_dlq_depth",
+            "inactive"
+        ]
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(&stdout(&keel(url, &["--json", "alert", "get", "dlq"]))).unwrap();
+    assert_eq!(got["rule"]["op"], ">");
+    let (_, stderr) = failure(
+        url,
+        &[
+            "alert",
+            "set",
+            "bad",
+            "--rule",
+            r#"{"kind": "threshold", "metric": "keel_x"}"#,
+        ],
+    );
+    assert!(
+        stderr.contains("400") && stderr.contains("needs op"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout(&keel(url, &["alert", "delete", "dlq"])).trim(),
+        "deleted alert rule dlq"
+    );
+    let (_, stderr) = failure(url, &["alert", "get", "dlq"]);
+    assert!(
+        stderr.contains("404") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout(&keel(url, &["alert", "list"])).trim(),
+        "no alert rules"
+    );
+}

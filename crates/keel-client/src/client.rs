@@ -146,6 +146,7 @@ macro_rules! decode_borrowed {
     };
 }
 
+use keel_api::alerts::{AlertList, AlertStatus};
 use keel_api::dead_letters::{Entry, EntryPage, Purged, Redriven};
 use keel_api::publish::PublishResults;
 use keel_api::pull::{AckResult, Pulled};
@@ -164,6 +165,8 @@ decode_owned!(
     AckResult,
     Redriven,
     Purged,
+    AlertStatus,
+    AlertList,
     serde_json::Value,
 );
 decode_borrowed!(Records, Pulled, Entry, EntryPage, KeyState, StateList);

@@ -41,6 +41,7 @@
 //! # }
 //! ```
 
+mod alerts;
 mod client;
 mod consumer;
 mod dead_letters;

@@ -29,15 +29,42 @@ pub fn validate_topic_config(config: &TopicConfig) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Checks a topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
-/// digit (names starting otherwise are kept for keel's internal topics).
-pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
+/// The prefix of keel's internal topics (`_keel.alerts`). Users may read them and subscribe
+/// to them; only keel creates, writes and deletes them.
+pub const INTERNAL_TOPIC_PREFIX: &str = "_keel.";
+
+/// Whether `name` is one of keel's internal topics.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
+}
+
+/// Refuses `action` ("published to", "deleted") on an internal topic.
+pub(crate) fn refuse_internal(name: &str, action: &'static str) -> Result<(), EngineError> {
+    if is_internal_topic(name) {
+        return Err(EngineError::Topic(TopicError::Reserved {
+            topic: name.to_owned(),
+            action,
+        }));
+    }
+    Ok(())
+}
+
+/// Whether `name` is 1 to `bytes_max` characters of `A-Z a-z 0-9 . _ -` starting with a
+/// letter or digit: safe as a file name, and never one of keel's own (`_keel.`, `.creating-`).
+pub(crate) fn is_plain_name(name: &str, bytes_max: usize) -> bool {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     let starts_well = name
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.len() <= TOPIC_NAME_BYTES_MAX && starts_well && name.chars().all(valid_char) {
+    name.len() <= bytes_max && starts_well && name.chars().all(valid_char)
+}
+
+/// Checks a topic name: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
+/// digit (names starting otherwise are kept for keel's internal topics).
+pub fn validate_topic_name(name: &str) -> Result<(), EngineError> {
+    refuse_internal(name, "created")?;
+    if is_plain_name(name, TOPIC_NAME_BYTES_MAX) {
         return Ok(());
     }
     Err(EngineError::Topic(TopicError::InvalidName {

@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::alerts::Alerts;
 use crate::clock::now_ms;
-use crate::config::{TopicConfig, validate_topic_config, validate_topic_name};
+use crate::config::{
+    TopicConfig, is_internal_topic, refuse_internal, validate_topic_config, validate_topic_name,
+};
 use crate::error::{EngineError, PublishError, TopicError};
 use crate::event::Event;
 use crate::event::http::HttpRequest;
@@ -15,11 +18,13 @@ use crate::limits::{
     SEGMENT_BYTES_DEFAULT,
 };
 use crate::metrics::Metrics;
+use crate::notices::Notices;
 use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
 use crate::subscription::Subscription;
 use crate::supervisor::Supervisor;
 use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
+mod alerts;
 mod streams;
 mod subscriptions;
 pub use streams::Appended;
@@ -37,6 +42,8 @@ pub struct EngineConfig {
     pub event_bytes_max: usize,
     /// How often retention runs.
     pub retention_check_interval: Duration,
+    /// How often every alert rule is evaluated.
+    pub alert_evaluation_interval: Duration,
 }
 
 impl EngineConfig {
@@ -47,6 +54,7 @@ impl EngineConfig {
             segment_bytes_max: SEGMENT_BYTES_DEFAULT,
             event_bytes_max: EVENT_BYTES_MAX,
             retention_check_interval: Duration::from_secs(30),
+            alert_evaluation_interval: crate::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
         }
     }
 }
@@ -96,6 +104,10 @@ struct Inner {
     storage: Arc<dyn Storage>,
     /// Restarts the engine's long-running tasks when they fail (`supervisor.rs`).
     supervisor: Arc<Supervisor>,
+    /// The alert rules and their state; held for one evaluation or one change of rules.
+    alerts: Mutex<Alerts>,
+    /// Appends notices to `_keel.alerts`.
+    notices: Notices,
 }
 
 impl Engine {
@@ -151,6 +163,10 @@ impl Engine {
         for topic in topics.read().expect("topics lock").values() {
             topic.start_tasks(&supervisor);
         }
+        let notices = Notices::new(EmitTargets {
+            topics: topics.clone(),
+            event_bytes_max,
+        });
         for subscription in subscriptions.values() {
             subscription.start(&supervisor);
         }
@@ -166,8 +182,12 @@ impl Engine {
                 failed_subscriptions: RwLock::new(failed_subscriptions),
                 storage,
                 supervisor,
+                alerts: Mutex::new(Alerts::default()),
+                notices,
             }),
         };
+        engine.create_notices_topic().await;
+        engine.start_alerts().await?;
         engine.spawn_retention();
         Ok(engine)
     }
@@ -206,6 +226,12 @@ impl Engine {
         }))
     }
 
+    /// A topic a caller may publish to: any but keel's internal ones.
+    fn writable_topic(&self, name: &str) -> Result<Arc<Topic>, EngineError> {
+        refuse_internal(name, "published to")?;
+        self.topic(name)
+    }
+
     /// Parts of the storage that are missing or unreadable (readiness reports them); empty
     /// when it is whole.
     pub fn storage_damage(&self) -> Vec<DataDirDamage> {
@@ -219,6 +245,15 @@ impl Engine {
         config: TopicConfig,
     ) -> Result<Created, EngineError> {
         validate_topic_name(name)?;
+        self.create_topic_named(name, config).await
+    }
+
+    /// Creates a topic whose name was checked (or that keel names itself, `_keel.*`).
+    async fn create_topic_named(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<Created, EngineError> {
         validate_topic_config(&config)?;
         let _admin = self.inner.admin.lock().await;
         if let Err(error @ EngineError::Topic(TopicError::Unavailable { .. })) = self.topic(name) {
@@ -256,12 +291,15 @@ impl Engine {
         Ok(Created::New)
     }
 
-    /// Every topic, by name; an error when `topics/` is damaged (an empty list would hide
-    /// the loss).
+    /// Every topic but keel's internal ones (`_keel.*`, described by name), by name; an
+    /// error when `topics/` is damaged (an empty list would hide the loss).
     pub fn list_topics(&self) -> Result<Vec<TopicInfo>, EngineError> {
         self.inner.storage.check_usable(Area::Topics)?;
         let topics = self.inner.topics.read().expect("topics lock");
-        Ok(topics.values().map(|topic| topic.info()).collect())
+        let listed = topics
+            .values()
+            .filter(|topic| !is_internal_topic(&topic.name));
+        Ok(listed.map(|topic| topic.info()).collect())
     }
 
     /// One topic.
@@ -272,6 +310,7 @@ impl Engine {
     /// Deletes a topic and its files. A topic that subscriptions read is deleted only with
     /// `force`, which deletes those subscriptions too.
     pub async fn delete_topic(&self, name: &str, force: bool) -> Result<(), EngineError> {
+        refuse_internal(name, "deleted")?;
         let _admin = self.inner.admin.lock().await;
         let readers = self.subscriptions_of(name);
         if !readers.is_empty() {
@@ -328,7 +367,7 @@ impl Engine {
         topic: &str,
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
-        let topic = self.topic(topic)?;
+        let topic = self.writable_topic(topic)?;
         self.publish_to(&topic, events).await
     }
 
@@ -340,7 +379,7 @@ impl Engine {
         topic: &str,
         request: &HttpRequest<'_>,
     ) -> Result<Vec<PublishResult>, EngineError> {
-        let topic = self.topic(topic)?;
+        let topic = self.writable_topic(topic)?;
         let events = crate::event::http::parse_request(request)?;
         self.publish_to(&topic, events).await
     }
@@ -505,7 +544,7 @@ fn recover(storage: &Arc<dyn Storage>, metrics: &Arc<Metrics>) -> Result<Recover
     let (mut topics, mut failed) = (BTreeMap::new(), BTreeMap::new());
     for stored in storage.topics()? {
         let name = stored.name;
-        if validate_topic_name(&name).is_err() {
+        if !is_internal_topic(&name) && validate_topic_name(&name).is_err() {
             tracing::warn!(topic = %name, "ignoring stored data that is not a topic; move it out of the topics");
             continue;
         }

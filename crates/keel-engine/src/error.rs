@@ -28,6 +28,9 @@ pub enum EngineError {
     /// A key's event stream: reading it, or a conditional append to it.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// An alert rule.
+    #[error(transparent)]
+    Alert(#[from] AlertError),
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
@@ -43,6 +46,8 @@ pub enum ErrorClass {
     Conflict,
     /// The input is invalid: fix it (400).
     Invalid,
+    /// It is keel's own and not the caller's to change, such as an internal topic (403).
+    Forbidden,
     /// The input is over a size limit (413).
     TooLarge,
     /// A request body in a media type keel does not read (415).
@@ -63,6 +68,7 @@ impl EngineError {
             EngineError::Subscription(error) => error.class(),
             EngineError::Data(error) => error.class(),
             EngineError::Stream(error) => error.class(),
+            EngineError::Alert(error) => error.class(),
             EngineError::ShuttingDown => ErrorClass::Unavailable,
         }
     }
@@ -193,6 +199,17 @@ pub enum TopicError {
         /// The subscriptions reading it.
         names: Vec<String>,
     },
+    /// The topic is one of keel's internal topics (`_keel.*`): readable and subscribable,
+    /// but only keel writes, creates or deletes it.
+    #[error(
+        "topic {topic:?} is internal to keel: it may be read and subscribed to, but not {action}"
+    )]
+    Reserved {
+        /// The topic.
+        topic: String,
+        /// What was refused: "published to", "created", "deleted".
+        action: &'static str,
+    },
 }
 
 impl TopicError {
@@ -211,6 +228,52 @@ impl TopicError {
             TopicError::Unavailable { .. } | TopicError::PartitionUnavailable { .. } => {
                 ErrorClass::Unavailable
             }
+            TopicError::Reserved { .. } => ErrorClass::Forbidden,
+        }
+    }
+}
+
+/// An alert rule.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlertError {
+    /// No rule of that name.
+    #[error("alert rule {name:?} does not exist")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name breaks the naming rule.
+    #[error("invalid alert rule name {name:?}: {detail}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// The rule.
+        detail: String,
+    },
+    /// A member of the rule is missing, misplaced or out of range.
+    #[error("invalid alert rule {name:?}: {detail}")]
+    InvalidRule {
+        /// The rule's name.
+        name: String,
+        /// Which member and why.
+        detail: String,
+    },
+    /// There are as many rules as keel holds.
+    #[error("keel holds at most {max} alert rules; delete one first")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl AlertError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            AlertError::NotFound { .. } => ErrorClass::NotFound,
+            AlertError::InvalidName { .. } | AlertError::InvalidRule { .. } => ErrorClass::Invalid,
+            AlertError::TooMany { .. } => ErrorClass::Conflict,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `keel-api`, a leaf crate, re-exported where the engine keeps them; this crate adds the
 //! checks and the behaviour.
 
+mod alerts;
 pub mod clock;
 pub mod config;
 mod dedupe;
@@ -18,6 +19,7 @@ pub mod handler;
 mod key_index;
 pub mod limits;
 pub mod metrics;
+pub mod notices;
 mod partition;
 pub mod routing;
 pub mod storage;
@@ -27,6 +29,7 @@ mod topic;
 pub mod trace_context;
 pub mod webhook;
 
+pub use alerts::{AlertNotice, RulePut, validate_alert_name, validate_alert_rule};
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
     Appended, Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,

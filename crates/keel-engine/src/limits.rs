@@ -129,3 +129,25 @@ pub const KEY_INDEX_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration
 
 const _: () = assert!(KEY_STREAM_RECORDS_MAX <= READ_RECORDS_MAX);
 const _: () = assert!(KEY_STREAM_RECORDS_MAX <= KEY_STREAM_ENTRIES_SCANNED_MAX);
+
+/// Most alert rules one server holds.
+pub const ALERT_RULES_MAX: usize = 1000;
+/// Longest alert rule name (a file name on disk).
+pub const ALERT_NAME_BYTES_MAX: usize = 128;
+/// Most instances (label sets) one alert rule tracks; series beyond it are left out, with a
+/// warning.
+pub const ALERT_INSTANCES_MAX: usize = 10_000;
+/// Longest `window` an alert rule may look back over.
+pub const ALERT_WINDOW_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Longest `for`, `keep_firing_for`, `warm_up` and `half_life` of an alert rule.
+pub const ALERT_DURATION_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Snapshots of the metrics the alert evaluator keeps (for windows): past this, snapshots are
+/// taken further apart than the evaluation interval, so the longest window still fits.
+pub const ALERT_SNAPSHOTS_MAX: usize = 1024;
+/// How often alert rules are evaluated, by default.
+pub const ALERT_EVALUATION_INTERVAL_DEFAULT: std::time::Duration =
+    std::time::Duration::from_secs(15);
+/// Shortest evaluation interval a configuration may set.
+pub const ALERT_EVALUATION_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+
+const _: () = assert!(ALERT_WINDOW_MAX.as_secs() <= ALERT_DURATION_MAX.as_secs());

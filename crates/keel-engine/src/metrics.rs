@@ -46,6 +46,13 @@ pub struct TaskLabels {
     pub task: String,
 }
 
+/// Labels of per-alert-rule metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The rule.
+    pub rule: String,
+}
+
 /// Every attempt outcome label.
 pub const ATTEMPT_OUTCOMES: [&str; 7] = [
     "acked",
@@ -187,6 +194,12 @@ metrics! {
     /// 1 once a supervised task kept failing and was not restarted again.
     task_failed: Family<TaskLabels, Gauge> = Family::default()
         => "task_failed", "1 once a supervised task kept failing and is no longer restarted";
+    /// Firing instances per alert rule.
+    alerts_firing: Family<AlertLabels, Gauge> = Family::default()
+        => "alerts_firing", "Firing instances per alert rule";
+    /// Time of one evaluation of every alert rule.
+    alert_evaluation_seconds: Histogram = latency_histogram()
+        => "alert_evaluation", "Time of one evaluation of every alert rule", Unit::Seconds;
 }
 
 impl Metrics {

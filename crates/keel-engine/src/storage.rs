@@ -4,7 +4,7 @@
 //! - A [`RecordLog`] is an append-only log of records with offsets: a topic's partition, a
 //!   subscription's checkpoints, a subscription's dead-letter operations.
 //! - A [`Storage`] is a backend: it keeps the topics' and subscriptions' metadata (their
-//!   configurations), and opens the logs under them.
+//!   configurations) and the alert rules, and opens the logs under them.
 //!
 //! Two backends implement it:
 //! - [`DiskStorage`]: a data directory on local disk; each log is a `keel-log` log
@@ -39,6 +39,7 @@ use tokio::sync::watch;
 use crate::config::TopicConfig;
 use crate::error::EngineError;
 use crate::subscription::spec::SubscriptionSpec;
+use keel_api::alerts::AlertRule;
 
 /// A part of the store that is missing or unreadable, for readiness reports.
 pub use keel_api::health::DataDirDamage;
@@ -269,6 +270,15 @@ pub struct StoredSubscription {
     pub spec: Result<SubscriptionSpec, String>,
 }
 
+/// An alert rule found in storage: its name, and the rule or why it cannot be read.
+#[derive(Debug)]
+pub struct StoredAlertRule {
+    /// The name.
+    pub name: String,
+    /// The rule, or why it cannot be read.
+    pub rule: Result<AlertRule, String>,
+}
+
 /// The logs of one subscription, as [`Storage::open_subscription`] returns them. (A stateful
 /// subscription's state is opened apart: [`Storage::open_state`].)
 pub struct SubscriptionLogs {
@@ -335,4 +345,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes a subscription and its logs, durably.
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Every alert rule stored (through the API or the configuration), by name.
+    fn alert_rules(&self) -> Result<Vec<StoredAlertRule>, EngineError>;
+
+    /// Stores an alert rule, replacing one of that name, durably and atomically: after a
+    /// crash the old rule or the new one is there, whole.
+    fn put_alert_rule(&self, name: &str, rule: &AlertRule) -> Result<(), EngineError>;
+
+    /// Deletes an alert rule, durably; none of that name is not an error.
+    fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError>;
 }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use keel_api::alerts::AlertRule;
 use keel_engine::error::StreamError;
 use keel_engine::storage::{
     Area, DataDirDamage, Faults, MemoryStorage, Record, RecordLog, StateLogs, StateTable, Storage,
-    StorageError, StoredSubscription, StoredTopic, SubscriptionLogs, Trimmed,
+    StorageError, StoredAlertRule, StoredSubscription, StoredTopic, SubscriptionLogs, Trimmed,
 };
 use keel_engine::subscription::spec::SubscriptionSpec;
 use keel_engine::{Engine, EngineConfig, EngineError, Event, Retention, TopicConfig};
@@ -326,6 +327,15 @@ impl Storage for CountingStorage {
     }
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         self.inner.delete_subscription(name)
+    }
+    fn alert_rules(&self) -> Result<Vec<StoredAlertRule>, EngineError> {
+        self.inner.alert_rules()
+    }
+    fn put_alert_rule(&self, name: &str, rule: &AlertRule) -> Result<(), EngineError> {
+        self.inner.put_alert_rule(name, rule)
+    }
+    fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
+        self.inner.delete_alert_rule(name)
     }
 }
 

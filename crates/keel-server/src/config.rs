@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// Subscriptions to create at start if missing, after the topics (declarative; a
     /// conflicting existing subscription is an error at start).
     pub subscriptions: BTreeMap<String, keel_engine::subscription::spec::SubscriptionSpec>,
+    /// How often every alert rule is evaluated (`"15s"`).
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub alert_evaluation_interval: std::time::Duration,
+    /// Alert rules to put at start (declarative: a stored rule of the same name is replaced
+    /// by the declared one; see `docs/alerts.md`).
+    pub alerts: BTreeMap<String, keel_api::alerts::AlertRule>,
 }
 
 impl ServerConfig {
@@ -67,6 +73,14 @@ impl ServerConfig {
                 keel_engine::duration::format(self.request_timeout)
             ));
         }
+        let evaluation_min = keel_engine::limits::ALERT_EVALUATION_INTERVAL_MIN;
+        if self.alert_evaluation_interval < evaluation_min {
+            return Err(format!(
+                "alert_evaluation_interval must be at least {}, got {}",
+                keel_engine::duration::format(evaluation_min),
+                keel_engine::duration::format(self.alert_evaluation_interval)
+            ));
+        }
         if self.retention_check_interval.is_zero() || self.header_read_timeout.is_zero() {
             return Err(
                 "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
@@ -89,6 +103,8 @@ impl Default for ServerConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             topics: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            alert_evaluation_interval: keel_engine::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
+            alerts: BTreeMap::new(),
         }
     }
 }
@@ -124,6 +140,10 @@ mod tests {
             (r#"{"event_bytes_max": 0}"#, "event_bytes_max"),
             (r#"{"request_timeout": "10s"}"#, "request_timeout"),
             (r#"{"header_read_timeout": "0s"}"#, "header_read_timeout"),
+            (
+                r#"{"alert_evaluation_interval": "1ms"}"#,
+                "alert_evaluation_interval",
+            ),
         ] {
             let error = toml_like(json).unwrap().validate().unwrap_err();
             assert!(error.contains(needle), "{json}: {error}");

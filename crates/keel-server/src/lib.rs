@@ -3,6 +3,7 @@
 //! Dependency direction: `keel-engine` → this crate → `keel-cli`. Every body it reads or
 //! writes is a type of `keel-api`, which its clients share.
 
+pub mod alerts;
 pub mod body;
 pub mod config;
 pub mod dlq;
@@ -104,6 +105,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/subscriptions/{name}/state/{key}",
             get(key_state::show).post(key_state::rebuild),
+        )
+        .route("/v1/alerts", get(alerts::list))
+        .route(
+            "/v1/alerts/{name}",
+            put(alerts::put)
+                .get(alerts::describe)
+                .delete(alerts::delete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -269,6 +277,7 @@ async fn open_engine(
         engine_config.event_bytes_max = config.event_bytes_max;
         engine_config.segment_bytes_max = config.segment_bytes_max;
         engine_config.retention_check_interval = config.retention_check_interval;
+        engine_config.alert_evaluation_interval = config.alert_evaluation_interval;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             let created = engine.create_topic(name, *topic).await;
@@ -282,6 +291,10 @@ async fn open_engine(
                 // `sink.secret` in the configuration avoids this.
                 tracing::warn!(subscription = %name, %secret, "generated the signing secret of a declared push subscription; store it now, it is not shown again");
             }
+        }
+        for (name, rule) in &config.alerts {
+            let put = engine.put_alert_rule(name, rule.clone()).await;
+            put.map_err(|error| declared("alerts", "alert", name, error))?;
         }
         Ok::<_, EngineError>(engine)
     }

@@ -50,6 +50,7 @@ impl From<EngineError> for ApiError {
             ErrorClass::NotFound => StatusCode::NOT_FOUND,
             ErrorClass::Conflict => StatusCode::CONFLICT,
             ErrorClass::Invalid => StatusCode::BAD_REQUEST,
+            ErrorClass::Forbidden => StatusCode::FORBIDDEN,
             ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorClass::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

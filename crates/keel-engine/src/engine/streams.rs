@@ -65,7 +65,7 @@ impl Engine {
         request: &HttpRequest<'_>,
         expected_version: u64,
     ) -> Result<Appended, EngineError> {
-        let topic = self.topic(topic)?;
+        let topic = self.writable_topic(topic)?;
         let events = crate::event::http::parse_request(request)?;
         self.append_to_expecting(&topic, events, expected_version)
             .await
@@ -84,7 +84,7 @@ impl Engine {
         events: Vec<Event>,
         expected_version: u64,
     ) -> Result<Appended, EngineError> {
-        let topic = self.topic(topic)?;
+        let topic = self.writable_topic(topic)?;
         self.append_to_expecting(&topic, events, expected_version)
             .await
     }

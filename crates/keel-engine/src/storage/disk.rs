@@ -10,6 +10,7 @@
 //!   subscriptions/NAME/subscription.json
 //!   subscriptions/NAME/checkpoints/, dlq/
 //!   subscriptions/NAME/state/commits/, state/table.redb   stateful subscriptions only
+//!   alerts/NAME.json             an alert rule, with its format version
 //!   trash/                       directories being deleted (emptied at start)
 //! ```
 //!
@@ -35,11 +36,12 @@ use crate::limits::{
     DLQ_WRITE_BYTES_MAX, EVENT_BYTES_CEILING, GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING,
 };
 use crate::storage::{
-    Area, DataDirDamage, RecordLog, StateLogs, StateTable, Storage, StorageError,
+    Area, DataDirDamage, RecordLog, StateLogs, StateTable, Storage, StorageError, StoredAlertRule,
     StoredSubscription, StoredTopic, SubscriptionLogs,
 };
 use crate::subscription::spec::SubscriptionSpec;
 use data_dir::DataDir;
+use keel_api::alerts::AlertRule;
 use log::DiskLog;
 use state::DiskTable;
 
@@ -364,6 +366,63 @@ impl Storage for DiskStorage {
 
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         self.remove_dir(&self.subscription_dir(name))
+    }
+
+    fn alert_rules(&self) -> Result<Vec<StoredAlertRule>, EngineError> {
+        let dir = self.data_dir.alerts();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let listing = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
+        let mut rules = Vec::new();
+        for entry in listing {
+            let path = entry.map_err(EngineError::io("list", &dir))?.path();
+            let file_name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned());
+            // Only `NAME.json`: a `.NAME.json.tmp` is a write a crash interrupted.
+            let Some(name) = file_name
+                .as_deref()
+                .and_then(|name| name.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            let rule = metadata::read(&path);
+            rules.push(StoredAlertRule {
+                name: name.to_owned(),
+                rule,
+            });
+        }
+        rules.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rules)
+    }
+
+    fn put_alert_rule(&self, name: &str, rule: &AlertRule) -> Result<(), EngineError> {
+        let dir = self.data_dir.alerts();
+        // Crash: the directory's own entry is durable before any rule is renamed into it.
+        files::create_dir_durably(&dir)?;
+        let temporary = dir.join(format!(".{name}.json.tmp"));
+        metadata::write(&temporary, rule)?;
+        let path = dir.join(format!("{name}.json"));
+        std::fs::rename(&temporary, &path).map_err(EngineError::io("rename", &path))?;
+        // Crash: the rename is durable once the directory is fsynced; before, the old rule
+        // (or none) is there, whole.
+        Ok(files::sync_dir(&dir)?)
+    }
+
+    fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
+        let dir = self.data_dir.alerts();
+        let path = dir.join(format!("{name}.json"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(EngineError::io("remove", &path)(error)),
+        }
+        // Crash: without it a deleted rule could come back after a power loss.
+        Ok(files::sync_dir(&dir)?)
     }
 }
 

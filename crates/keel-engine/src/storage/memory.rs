@@ -28,9 +28,11 @@ use crate::config::TopicConfig;
 use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
 use crate::storage::{
     Area, DataDirDamage, Record, RecordLog, StateLogs, StateTable, Storage, StorageError,
-    StoredSubscription, StoredTopic, SubscriptionLogs, TableEntry, TableWrite, Trimmed,
+    StoredAlertRule, StoredSubscription, StoredTopic, SubscriptionLogs, TableEntry, TableWrite,
+    Trimmed,
 };
 use crate::subscription::spec::SubscriptionSpec;
+use keel_api::alerts::AlertRule;
 
 /// Which faults a [`MemoryStorage`] injects, and the seed that decides when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +66,7 @@ struct Store {
     crashes: u64,
     topics: BTreeMap<String, StoredTopicLogs>,
     subscriptions: BTreeMap<String, StoredLogs>,
+    alert_rules: BTreeMap<String, AlertRule>,
 }
 
 /// One log's state, shared by the store and the handles opened on it.
@@ -438,6 +441,29 @@ impl Storage for MemoryStorage {
             commits: Box::new(self.handle(commits)),
             table: Box::new(self.table_handle(table)),
         })
+    }
+
+    fn alert_rules(&self) -> Result<Vec<StoredAlertRule>, EngineError> {
+        let store = self.live_store()?;
+        let rules = store
+            .alert_rules
+            .iter()
+            .map(|(name, rule)| StoredAlertRule {
+                name: name.clone(),
+                rule: Ok(rule.clone()),
+            });
+        Ok(rules.collect())
+    }
+
+    fn put_alert_rule(&self, name: &str, rule: &AlertRule) -> Result<(), EngineError> {
+        let mut store = self.live_store()?;
+        store.alert_rules.insert(name.to_owned(), rule.clone());
+        Ok(())
+    }
+
+    fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
+        self.live_store()?.alert_rules.remove(name);
+        Ok(())
     }
 
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {

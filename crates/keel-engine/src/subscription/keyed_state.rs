@@ -443,6 +443,12 @@ impl Effects {
         }
         let mut emits = Vec::with_capacity(emit.len());
         for (number, emit) in emit.into_iter().enumerate() {
+            if crate::config::is_internal_topic(&emit.topic) {
+                return Err(invalid_commit(format!(
+                    "emit {number} of ack {index} goes to topic {:?}, which is internal to keel: only keel writes it",
+                    emit.topic
+                )));
+            }
             let topic = targets.topic(&emit.topic).ok_or_else(|| {
                 invalid_commit(format!(
                     "emit {number} of ack {index} goes to topic {:?}, which does not exist; create it first",

@@ -28,6 +28,8 @@ use crate::storage::DataDirDamage;
 pub(crate) const TOPICS_DIR: &str = "topics";
 /// Where the subscriptions live, under the data directory.
 pub(crate) const SUBSCRIPTIONS_DIR: &str = "subscriptions";
+/// Where alert rules live, under the data directory.
+pub(crate) const ALERTS_DIR: &str = "alerts";
 /// Where directories wait to be deleted, under the data directory.
 pub(crate) const TRASH_DIR: &str = "trash";
 /// The manifest's file name.
@@ -84,6 +86,12 @@ impl DataDir {
     /// The `subscriptions/` directory.
     pub(crate) fn subscriptions(&self) -> PathBuf {
         self.root.join(SUBSCRIPTIONS_DIR)
+    }
+
+    /// The `alerts/` directory: alert rules, one file each. Not a kept directory (not in the
+    /// manifest): it is made at the first rule, and losing it loses rules, never events.
+    pub(crate) fn alerts(&self) -> PathBuf {
+        self.root.join(ALERTS_DIR)
     }
 
     /// The `trash/` directory.

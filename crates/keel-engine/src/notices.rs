@@ -1,0 +1,112 @@
+//! Notices: the one way a part of keel tells operators that something happened to it, as a
+//! CloudEvent appended durably to the internal topic `_keel.alerts`
+//! ([`keel_api::alerts::NOTICES_TOPIC`]). Anyone may subscribe a webhook to that topic (or
+//! read it) like any other; only keel writes it.
+//!
+//! Alert rules emit `alert.firing` and `alert.resolved`. Other subsystems emit theirs through
+//! the same handle, [`Notices::emit`], with a kind of `AREA.WHAT`: a circuit opening
+//! (`circuit.opened`), an endpoint ejected from its group (`endpoint.ejected`), a
+//! subscription paused by keel (`subscription.paused`), publishing refused for a full disk
+//! (`disk.full`). The event's `type` is `keel.` and the kind, its `source` is `/keel/` and
+//! the area, its `subject` and `partitionkey` name what it is about (a rule, a
+//! subscription), so one thing's notices stay in order. `docs/alerts.md` documents the
+//! format.
+//!
+//! Inside the engine, whatever holds the topics (an `EmitTargets`, as every subscription
+//! does) makes a handle with [`Notices::new`]; outside, [`crate::Engine::notices`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keel_api::alerts::NOTICES_TOPIC;
+
+use crate::clock::{format_rfc3339_ms, now_ms};
+use crate::error::{EngineError, TopicError};
+use crate::topic::{EmitTargets, PublishResult};
+
+/// A handle that appends notices to `_keel.alerts`. Cheap to clone.
+#[derive(Clone)]
+pub struct Notices {
+    targets: EmitTargets,
+    /// Makes event ids unique: a random number per handle family, then a sequence.
+    run: u64,
+    sequence: Arc<AtomicU64>,
+}
+
+impl Notices {
+    pub(crate) fn new(targets: EmitTargets) -> Self {
+        Notices {
+            targets,
+            run: fastrand::u64(..),
+            sequence: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Appends a notice of `kind` (`AREA.WHAT`, such as `alert.firing`) about `subject`
+    /// with `data`, and returns once it is durable (as any publish: fsynced by default). Fails
+    /// when `_keel.alerts` does not exist (its creation at start failed: the data directory's
+    /// `topics/` is damaged) or refuses writes. A caller on a path that must not wait spawns
+    /// it; a notice is a report, so a failure is logged, never a reason to stop.
+    pub async fn emit(
+        &self,
+        kind: &str,
+        subject: &str,
+        data: serde_json::Value,
+    ) -> Result<PublishResult, EngineError> {
+        let topic = self.targets.topic(NOTICES_TOPIC).ok_or_else(|| {
+            EngineError::Topic(TopicError::NotFound {
+                topic: NOTICES_TOPIC.to_owned(),
+            })
+        })?;
+        let event = self.event(kind, subject, data)?;
+        let mut results = topic.publish(vec![event]).await?;
+        Ok(results.remove(0))
+    }
+
+    /// The CloudEvent of a notice.
+    fn event(
+        &self,
+        kind: &str,
+        subject: &str,
+        data: serde_json::Value,
+    ) -> Result<crate::Event, EngineError> {
+        let area = kind.split('.').next().unwrap_or(kind);
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let event = serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("{:016x}-{sequence}", self.run),
+            "source": format!("/keel/{area}"),
+            "type": format!("keel.{kind}"),
+            "subject": subject,
+            "time": format_rfc3339_ms(now_ms()),
+            "partitionkey": subject,
+            "datacontenttype": "application/json",
+            "data": data,
+        });
+        Ok(crate::event::from_value(event)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: a notice is a valid CloudEvent with the documented attributes, and ids differ.
+    #[test]
+    fn a_notice_is_a_cloudevent() {
+        let notices = Notices::new(EmitTargets {
+            topics: Default::default(),
+            event_bytes_max: 1024,
+        });
+        let data = serde_json::json!({"rule": "lag"});
+        let first = notices.event("alert.firing", "lag", data.clone()).unwrap();
+        let second = notices.event("alert.firing", "lag", data).unwrap();
+        assert_ne!(first.id(), second.id());
+        let json: serde_json::Value = serde_json::from_str(first.json()).unwrap();
+        assert_eq!(json["type"], "keel.alert.firing");
+        assert_eq!(json["source"], "/keel/alert");
+        assert_eq!(json["subject"], "lag");
+        assert_eq!(json["partitionkey"], "lag");
+        assert_eq!(json["data"]["rule"], "lag");
+    }
+}
