@@ -116,7 +116,8 @@ impl PublisherBuilder {
 ///
 /// Each event gets an `id` (when it has none) before its first attempt. A batch whose send
 /// fails with a retryable error ([`ClientError::is_retryable`]: connection errors, timeouts,
-/// 429, 5xx) is sent again, with exponential backoff and jitter, carrying the same ids: if
+/// 429, 5xx but 507) is sent again, with exponential backoff and jitter (waiting at least
+/// the `Retry-After` of a 429), carrying the same ids: if
 /// the failed attempt was in fact stored, keel's dedupe answers the original positions
 /// (`duplicate: true`) instead of storing the events twice. Dedupe lasts the topic's
 /// `dedupe_window` (2 minutes by default), far longer than the retries.
@@ -349,7 +350,7 @@ impl Sender {
                     return Ok(results);
                 }
                 Err(error) if error.is_retryable() && attempt < self.settings.attempts_max => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(self.wait_after(&error, attempt)).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
@@ -358,13 +359,15 @@ impl Sender {
     }
 
     /// The wait after failed attempt `attempt` (1-based): a random time between half the
-    /// ceiling and the ceiling, which doubles per failure up to the largest.
-    fn backoff(&self, attempt: u32) -> Duration {
-        backoff(
-            self.settings.backoff_initial,
-            self.settings.backoff_max,
-            attempt,
-        )
+    /// ceiling and the ceiling, which doubles per failure up to the largest; at least the
+    /// server's `Retry-After` (an overloaded keel answers 429 with one), up to the largest.
+    fn wait_after(&self, error: &ClientError, attempt: u32) -> Duration {
+        let (initial, max) = (self.settings.backoff_initial, self.settings.backoff_max);
+        let backoff = backoff(initial, max, attempt);
+        match error.retry_after() {
+            Some(asked) => asked.min(max).max(backoff),
+            None => backoff,
+        }
     }
 }
 

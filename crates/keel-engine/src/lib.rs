@@ -18,6 +18,7 @@ mod key_index;
 pub mod limits;
 pub mod metrics;
 mod partition;
+pub mod pressure;
 pub mod routing;
 pub mod storage;
 pub mod subscription;

@@ -327,6 +327,12 @@ impl Storage for CountingStorage {
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         self.inner.delete_subscription(name)
     }
+    fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
+        self.inner.free_bytes()
+    }
+    fn stored_bytes(&self) -> Result<u64, StorageError> {
+        self.inner.stored_bytes()
+    }
 }
 
 impl RecordLog for CountingLog {

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Subscriptions to create at start if missing, after the topics (declarative; a
     /// conflicting existing subscription is an error at start).
     pub subscriptions: BTreeMap<String, keel_engine::subscription::spec::SubscriptionSpec>,
+    /// Backpressure and resource limits (`[backpressure]`): the disk guard (507) and the
+    /// publish queue's high-water mark (429).
+    pub backpressure: keel_engine::pressure::PressureConfig,
 }
 
 impl ServerConfig {
@@ -72,7 +75,7 @@ impl ServerConfig {
                 "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
             );
         }
-        Ok(())
+        self.backpressure.validate()
     }
 }
 
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             topics: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
+            backpressure: keel_engine::pressure::PressureConfig::default(),
         }
     }
 }
@@ -124,6 +128,18 @@ mod tests {
             (r#"{"event_bytes_max": 0}"#, "event_bytes_max"),
             (r#"{"request_timeout": "10s"}"#, "request_timeout"),
             (r#"{"header_read_timeout": "0s"}"#, "header_read_timeout"),
+            (
+                r#"{"backpressure": {"data_dir_bytes_max": 0}}"#,
+                "backpressure.data_dir_bytes_max",
+            ),
+            (
+                r#"{"backpressure": {"disk_check_interval": "2m"}}"#,
+                "backpressure.disk_check_interval",
+            ),
+            (
+                r#"{"backpressure": {"publish_queue_bytes_max": 0}}"#,
+                "backpressure.publish_queue_bytes_max",
+            ),
         ] {
             let error = toml_like(json).unwrap().validate().unwrap_err();
             assert!(error.contains(needle), "{json}: {error}");

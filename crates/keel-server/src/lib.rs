@@ -268,6 +268,7 @@ async fn open_engine(
         engine_config.event_bytes_max = config.event_bytes_max;
         engine_config.segment_bytes_max = config.segment_bytes_max;
         engine_config.retention_check_interval = config.retention_check_interval;
+        engine_config.pressure = config.backpressure;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             let created = engine.create_topic(name, *topic).await;

@@ -244,6 +244,7 @@ impl Engine {
         self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
             .await?;
         self.inner.metrics.remove_subscription(&name);
+        self.inner.pressure.measure_soon();
         tracing::info!(subscription = %name, "deleted subscription");
         Ok(())
     }
