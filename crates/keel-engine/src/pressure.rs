@@ -203,8 +203,21 @@ impl Pressure {
 
     fn refuse(&self, reason: usize) {
         self.refused[reason].inc();
+        self.block(reason);
+    }
+
+    /// Marks publishing refused for `reason`, and says so once when it starts.
+    fn block(&self, reason: usize) {
         if self.blocked[reason].set(1) == 0 {
-            tracing::warn!(reason = REFUSAL_REASONS[reason], "publishing is refused");
+            tracing::warn!(
+                reason = REFUSAL_REASONS[reason],
+                disk_free_bytes = self.metrics.disk_free_bytes.get(),
+                disk_free_bytes_min = self.config.disk_free_bytes_min,
+                data_dir_bytes = self.metrics.data_dir_bytes.get(),
+                data_dir_bytes_max = self.config.data_dir_bytes_max,
+                publish_queued_bytes = self.queued_bytes.get(),
+                "publishing is refused until there is room again (see docs/configuration.md, backpressure)"
+            );
         }
     }
 
@@ -251,7 +264,7 @@ impl Pressure {
             (DATA_DIR_FULL, self.space.data_dir_at_cap()),
         ] {
             if limit_reached {
-                self.blocked[reason].set(1);
+                self.block(reason);
             } else {
                 self.unblock(reason);
             }
