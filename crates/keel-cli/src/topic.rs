@@ -278,9 +278,11 @@ fn with_force_hint(error: ClientError, force: bool) -> ClientError {
             status: StatusCode::CONFLICT,
             title,
             detail,
+            retry_after,
         } if !force => ClientError::Problem {
             status: StatusCode::CONFLICT,
             title,
+            retry_after,
             detail: Some(format!(
                 "{} (--force deletes the topic and its subscriptions)",
                 detail.as_deref().unwrap_or("the topic has subscriptions")

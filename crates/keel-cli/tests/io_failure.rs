@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 use keel_testkit::process::free_port;
 use serde_json::{Value, json};
-use support::{KEEL, read_partition};
+use support::{KEEL, publish_event, read_partition};
 
 fn fiu_ctrl(pid: u32, command: &str) {
     let status = Command::new("fiu-ctrl")
@@ -35,18 +35,7 @@ async fn publish(
     key: &str,
 ) -> (u16, Value) {
     let event = json!({"specversion": "1.0", "id": id, "source": "fsync-test", "type": "t", "partitionkey": key});
-    let response = client
-        .post(format!("{url}/v1/topics/{topic}/events"))
-        .header("content-type", "application/cloudevents+json")
-        .body(event.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
-    )
+    publish_event(client, url, topic, &event).await
 }
 
 #[tokio::test]

@@ -326,12 +326,13 @@ impl Client {
             .await
             .map_err(|error| self.transport_error(&error))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response
             .bytes()
             .await
             .map_err(|error| self.transport_error(&error))?;
         if !status.is_success() {
-            return Err(problem_error(status, &bytes));
+            return Err(problem_error(status, &headers, &bytes));
         }
         Ok(Reply {
             status,

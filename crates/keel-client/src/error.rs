@@ -1,6 +1,8 @@
 //! The one error type of the client: what went wrong with a call, kept precise enough to
 //! decide whether to try again.
 
+use std::time::Duration;
+
 use keel_api::problem::Problem;
 use reqwest::StatusCode;
 
@@ -15,6 +17,7 @@ use crate::limits::ERROR_BODY_CHARS_MAX;
 ///     status: StatusCode::SERVICE_UNAVAILABLE,
 ///     title: Some("Service Unavailable".to_owned()),
 ///     detail: Some("recovering".to_owned()),
+///     retry_after: None,
 /// };
 /// assert!(error.is_retryable());
 /// assert_eq!(error.to_string(), "503 Service Unavailable: recovering");
@@ -53,6 +56,9 @@ pub enum ClientError {
         title: Option<String>,
         /// The problem's `detail` on one line, or the start of a body that was not a problem.
         detail: Option<String>,
+        /// The answer's `Retry-After` (in seconds), when it had one: how long the server
+        /// asks to wait before trying again (a 429 or a 503).
+        retry_after: Option<Duration>,
     },
     /// The request failed after connecting: a reset, a connection closed before the answer, a
     /// malformed answer.
@@ -84,16 +90,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the same request may succeed if sent again: the server was unreachable, the
-    /// request timed out or its connection broke, or the server answered 408, 429 or 5xx.
-    /// Other answers (400, 404, 409…) will not change by themselves.
+    /// True when the same request may succeed if sent again soon: the server was
+    /// unreachable, the request timed out or its connection broke, or the server answered
+    /// 408, 429 or 5xx other than 507. Other answers (400, 404, 409…) will not change by
+    /// themselves, and neither will 507 (keel's disk is full, or its data directory at its
+    /// cap: an operator or retention has to free space first).
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Timeout { .. } | Self::Transport { .. } => true,
             Self::Problem { status, .. } => {
                 *status == StatusCode::REQUEST_TIMEOUT
                     || *status == StatusCode::TOO_MANY_REQUESTS
-                    || status.is_server_error()
+                    || (status.is_server_error() && *status != StatusCode::INSUFFICIENT_STORAGE)
             }
             Self::InvalidUrl { .. }
             | Self::Unexpected { .. }
@@ -105,6 +113,14 @@ impl ClientError {
     /// True when the server could not be reached at all.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
+    }
+
+    /// How long the server asked to wait before trying again (its `Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Problem { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// The HTTP status of an error answer, when the server answered.
@@ -125,7 +141,11 @@ impl ClientError {
 
 /// The error for a non-2xx answer: its problem's `title` and `detail`, or, when the body is not
 /// a problem (a proxy's page, say), its first characters as the detail.
-pub(crate) fn problem_error(status: StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn problem_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> ClientError {
     let problem = serde_json::from_slice::<Problem>(body).unwrap_or_else(|_| Problem {
         detail: Some(
             String::from_utf8_lossy(body)
@@ -139,7 +159,15 @@ pub(crate) fn problem_error(status: StatusCode, body: &[u8]) -> ClientError {
         status,
         title: problem.title.and_then(one_line),
         detail: problem.detail.and_then(one_line),
+        retry_after: retry_after(headers),
     }
+}
+
+/// A `Retry-After` in seconds, as keel sends it (an HTTP date, which keel never sends, is
+/// ignored).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse().ok().map(Duration::from_secs)
 }
 
 /// `text` on one line, or `None` when it is blank.
@@ -177,6 +205,8 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use reqwest::header::HeaderMap;
+
     use super::*;
 
     #[test]
@@ -212,7 +242,10 @@ mod tests {
         ];
         for (status, body, expected) in cases {
             let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(problem_error(status, body.as_bytes()).to_string(), expected);
+            assert_eq!(
+                problem_error(status, &HeaderMap::new(), body.as_bytes()).to_string(),
+                expected
+            );
         }
     }
 
@@ -220,18 +253,39 @@ mod tests {
     fn non_problem_body_is_cut_short() {
         // Goal: a huge HTML error page does not flood a terminal or a log.
         let body = "x".repeat(10_000);
-        let message = problem_error(StatusCode::BAD_GATEWAY, body.as_bytes()).to_string();
+        let message =
+            problem_error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), body.as_bytes()).to_string();
         assert!(message.len() < ERROR_BODY_CHARS_MAX + 40, "{message}");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_kept() {
+        // Goal: a 429's Retry-After reaches the caller; a date or garbage is no delay.
+        let mut headers = HeaderMap::new();
+        let with = |value: &str, headers: &mut HeaderMap| {
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            problem_error(StatusCode::TOO_MANY_REQUESTS, headers, b"{}").retry_after()
+        };
+        assert_eq!(with("2", &mut headers), Some(Duration::from_secs(2)));
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT", &mut headers), None);
+        let none = problem_error(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), b"{}");
+        assert_eq!(none.retry_after(), None);
     }
 
     #[test]
     fn only_temporary_failures_are_retryable() {
         // Goal: the publisher retries what may pass and never what will not. Method: a table.
-        let problem = |status: u16| problem_error(StatusCode::from_u16(status).unwrap(), b"{}");
+        let problem = |status: u16| {
+            problem_error(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                b"{}",
+            )
+        };
         for status in [408, 429, 500, 502, 503] {
             assert!(problem(status).is_retryable(), "{status}");
         }
-        for status in [400, 404, 409, 413, 415] {
+        for status in [400, 404, 409, 413, 415, 507] {
             assert!(!problem(status).is_retryable(), "{status}");
         }
         let server = "http://h".to_owned();

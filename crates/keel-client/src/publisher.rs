@@ -116,7 +116,8 @@ impl PublisherBuilder {
 ///
 /// Each event gets an `id` (when it has none) before its first attempt. A batch whose send
 /// fails with a retryable error ([`ClientError::is_retryable`]: connection errors, timeouts,
-/// 429, 5xx) is sent again, with exponential backoff and jitter, carrying the same ids: if
+/// 429, 5xx but 507) is sent again, with exponential backoff and jitter (waiting at least
+/// the `Retry-After` of a 429), carrying the same ids: if
 /// the failed attempt was in fact stored, keel's dedupe answers the original positions
 /// (`duplicate: true`) instead of storing the events twice. Dedupe lasts the topic's
 /// `dedupe_window` (2 minutes by default), far longer than the retries.
@@ -349,7 +350,7 @@ impl Sender {
                     return Ok(results);
                 }
                 Err(error) if error.is_retryable() && attempt < self.settings.attempts_max => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(self.wait_after(&error, attempt)).await;
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
@@ -357,14 +358,21 @@ impl Sender {
         }
     }
 
-    /// The wait after failed attempt `attempt` (1-based): a random time between half the
-    /// ceiling and the ceiling, which doubles per failure up to the largest.
-    fn backoff(&self, attempt: u32) -> Duration {
-        backoff(
-            self.settings.backoff_initial,
-            self.settings.backoff_max,
-            attempt,
-        )
+    /// The wait after failed attempt `attempt` (1-based): see [`wait_after`].
+    fn wait_after(&self, error: &ClientError, attempt: u32) -> Duration {
+        let (initial, max) = (self.settings.backoff_initial, self.settings.backoff_max);
+        wait_after(error, initial, max, attempt)
+    }
+}
+
+/// The wait after `error` ended attempt `attempt` (1-based): the [`backoff`], or the server's
+/// `Retry-After` when that is longer (an overloaded keel answers 429 with one), never more
+/// than `max`.
+fn wait_after(error: &ClientError, initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let backoff = backoff(initial, max, attempt);
+    match error.retry_after() {
+        Some(asked) => asked.min(max).max(backoff),
+        None => backoff,
     }
 }
 
@@ -396,6 +404,24 @@ fn random_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_of_a_429_is_waited_within_the_largest_backoff() {
+        // Goal: a 429's Retry-After is honoured, capped by the largest backoff; without one
+        // the backoff applies. Method: errors with and without it, against known bounds.
+        let overloaded = |retry_after| ClientError::Problem {
+            status: reqwest::StatusCode::TOO_MANY_REQUESTS,
+            title: None,
+            detail: None,
+            retry_after,
+        };
+        let (initial, max) = (Duration::from_millis(50), Duration::from_millis(5000));
+        let asked = overloaded(Some(Duration::from_secs(2)));
+        assert_eq!(wait_after(&asked, initial, max, 1), Duration::from_secs(2));
+        let too_long = overloaded(Some(Duration::from_secs(60)));
+        assert_eq!(wait_after(&too_long, initial, max, 1), max);
+        assert!(wait_after(&overloaded(None), initial, max, 1) <= initial);
+    }
 
     #[test]
     fn backoff_doubles_within_its_bounds() {

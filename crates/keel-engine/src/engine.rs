@@ -19,6 +19,7 @@ use crate::limits::{
 };
 use crate::metrics::Metrics;
 use crate::notices::Notices;
+use crate::pressure::{Pressure, PressureConfig};
 use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
 use crate::subscription::Subscription;
 use crate::supervisor::Supervisor;
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub retention_check_interval: Duration,
     /// How often every alert rule is evaluated.
     pub alert_evaluation_interval: Duration,
+    /// Backpressure on publishing: the disk guard and the publish queue's high-water mark.
+    pub pressure: PressureConfig,
 }
 
 impl EngineConfig {
@@ -55,6 +58,7 @@ impl EngineConfig {
             event_bytes_max: EVENT_BYTES_MAX,
             retention_check_interval: Duration::from_secs(30),
             alert_evaluation_interval: crate::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
+            pressure: PressureConfig::default(),
         }
     }
 }
@@ -108,6 +112,8 @@ struct Inner {
     alerts: Mutex<Alerts>,
     /// Appends notices to `_keel.alerts`.
     notices: Notices,
+    /// What refuses publishes while storage or the publish queue is full.
+    pressure: Arc<Pressure>,
 }
 
 impl Engine {
@@ -137,7 +143,9 @@ impl Engine {
                 detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}"),
             }));
         }
+        crate::pressure::validate(&config.pressure)?;
         let metrics = Arc::new(Metrics::new());
+        let pressure = Arc::new(Pressure::new(config.pressure, metrics.clone()));
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
@@ -160,6 +168,12 @@ impl Engine {
         .map_err(|_| EngineError::ShuttingDown)??;
         let (topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
         let supervisor = Supervisor::new(metrics.clone());
+        // Measured before the first publish, so that a full disk refuses it too.
+        let (measured_pressure, measured_storage) = (pressure.clone(), storage.clone());
+        tokio::task::spawn_blocking(move || measured_pressure.measure(&*measured_storage))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?;
+        pressure.spawn_measuring(Arc::downgrade(&storage));
         for topic in topics.read().expect("topics lock").values() {
             topic.start_tasks(&supervisor);
         }
@@ -184,6 +198,7 @@ impl Engine {
                 supervisor,
                 alerts: Mutex::new(Alerts::default()),
                 notices,
+                pressure,
             }),
         };
         engine.create_notices_topic().await;
@@ -345,6 +360,7 @@ impl Engine {
             .metrics
             .remove_topic(name, topic.config.partitions);
         self.inner.supervisor.forget(&format!("topic/{name}/"));
+        self.inner.pressure.measure_soon();
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -390,7 +406,8 @@ impl Engine {
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
         self.check_limits(&events)?;
-        topic.publish(events).await
+        let admission = self.inner.pressure.admit(&events)?;
+        topic.publish(events, admission).await
     }
 
     /// Refuses a batch over the event count or an event over the size limit.
@@ -495,9 +512,12 @@ impl Engine {
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let topics = inner.topics_snapshot();
+                let (topics, pressure) = (inner.topics_snapshot(), inner.pressure.clone());
                 drop(inner);
-                let _ = tokio::task::spawn_blocking(move || apply_retention(&topics)).await;
+                let trimmed = tokio::task::spawn_blocking(move || apply_retention(&topics)).await;
+                if trimmed.is_ok_and(|bytes| bytes > 0) {
+                    pressure.measure_soon();
+                }
             }
         });
     }
@@ -525,8 +545,10 @@ impl Inner {
     }
 }
 
-fn apply_retention(topics: &[Arc<Topic>]) {
+/// Applies every topic's retention; returns the bytes it freed.
+fn apply_retention(topics: &[Arc<Topic>]) -> u64 {
     let now = now_ms();
+    let mut freed_bytes = 0;
     for topic in topics {
         topic.expire_dedupe();
         let retention = topic.config.retention;
@@ -534,9 +556,10 @@ fn apply_retention(topics: &[Arc<Topic>]) {
             .max_age
             .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         for partition in topic.partitions() {
-            partition.apply_retention(now, age_ms_max, retention.max_bytes);
+            freed_bytes += partition.apply_retention(now, age_ms_max, retention.max_bytes);
         }
     }
+    freed_bytes
 }
 
 /// Opens every stored topic (none when the topics' metadata is damaged). Blocking.

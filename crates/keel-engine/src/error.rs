@@ -57,6 +57,12 @@ pub enum ErrorClass {
     Unavailable,
     /// A failure of keel or its medium the caller cannot fix (500).
     Internal,
+    /// Publishing is refused while the disk is nearly full or the data directory is at its
+    /// cap; it resumes by itself once space returns (507).
+    InsufficientStorage,
+    /// Publishing is refused for a moment: more is queued than keel writes in time; retry
+    /// shortly (429).
+    Overloaded,
 }
 
 impl EngineError {
@@ -303,6 +309,26 @@ pub enum PublishError {
     /// The event (or batch) is not valid CloudEvents.
     #[error(transparent)]
     Event(#[from] EventError),
+    /// Publishing is refused while storage is short (see [`StorageLimit`]); nothing was
+    /// stored. Reads, deliveries and acks go on.
+    #[error(
+        "publishing is refused: {limit}. Nothing was stored; reads, deliveries and acks go on. Free space (shorten the retention of topics, delete topics or subscriptions no longer needed) or raise the limit: publishing resumes by itself once space returns"
+    )]
+    StorageFull {
+        /// Which limit was reached.
+        limit: StorageLimit,
+    },
+    /// Publishing is refused for a moment: the events waiting to be written are at their
+    /// high-water mark; nothing was stored.
+    #[error(
+        "keel is overloaded: {queued_bytes} bytes of published events are waiting to be written, at the high-water mark (backpressure.publish_queue_bytes_max = {max_bytes}). Nothing was stored: publish again after the Retry-After delay"
+    )]
+    Overloaded {
+        /// Bytes admitted and not yet answered.
+        queued_bytes: u64,
+        /// The high-water mark.
+        max_bytes: u64,
+    },
     /// An earlier publish of the same (source, id) failed while this one waited for it.
     #[error(
         "an earlier publish of event (source {source_attr:?}, id {id:?}) failed; publish it again"
@@ -329,8 +355,35 @@ impl PublishError {
                 ErrorClass::Invalid
             }
             PublishError::OriginalFailed { .. } => ErrorClass::Unavailable,
+            PublishError::StorageFull { .. } => ErrorClass::InsufficientStorage,
+            PublishError::Overloaded { .. } => ErrorClass::Overloaded,
         }
     }
+}
+
+/// The storage limit that refuses publishing, with the figures of the last check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StorageLimit {
+    /// The file system holding the data directory has less free space than the minimum.
+    #[error(
+        "the disk holding the data directory has {free_bytes} bytes free, below the minimum kept free (backpressure.disk_free_bytes_min = {min_bytes})"
+    )]
+    DiskFree {
+        /// Free bytes now (the last measurement less what was published since).
+        free_bytes: u64,
+        /// The minimum kept free.
+        min_bytes: u64,
+    },
+    /// The data directory holds as much as its cap allows.
+    #[error(
+        "the data directory holds {stored_bytes} bytes, at its cap (backpressure.data_dir_bytes_max = {max_bytes})"
+    )]
+    DataDirFull {
+        /// Bytes stored now (the last measurement plus what was published since).
+        stored_bytes: u64,
+        /// The cap.
+        max_bytes: u64,
+    },
 }
 
 /// A subscription, its deliveries or its dead letters.

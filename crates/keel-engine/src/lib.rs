@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod notices;
 mod partition;
+pub mod pressure;
 pub mod routing;
 pub mod storage;
 pub mod subscription;

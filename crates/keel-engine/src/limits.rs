@@ -151,3 +151,27 @@ pub const ALERT_EVALUATION_INTERVAL_DEFAULT: std::time::Duration =
 pub const ALERT_EVALUATION_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 
 const _: () = assert!(ALERT_WINDOW_MAX.as_secs() <= ALERT_DURATION_MAX.as_secs());
+/// Free space kept on the data directory's disk by default (`disk_free_bytes_min`):
+/// publishing is refused below it. It is the room keel writes into while publishing is
+/// refused (checkpoints, trimmed at 8 MiB per subscription; dead letters; state commits;
+/// key index snapshots), with headroom for the publishes in the queue when the limit is
+/// reached and for other programs on the disk: 1 GiB holds that for tens of subscriptions,
+/// and is under 1% of a typical server disk.
+pub const DISK_FREE_BYTES_MIN_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// Bytes of published events waiting to be written, by default, past which publishing
+/// answers 429 (`publish_queue_bytes_max`). At the 250 MB/s keel writes on its reference
+/// machine this is half a second of writing: beyond it a publisher is better told to come
+/// back than kept waiting while memory grows. Far above what the benchmarks queue (64
+/// concurrent publishes of 100 KiB: 6.4 MiB).
+pub const PUBLISH_QUEUE_BYTES_MAX_DEFAULT: u64 = 128 * 1024 * 1024;
+/// How often the disk guard measures free space (and the data directory, with a cap), by
+/// default (`disk_check_interval`); the bytes admitted in between are counted against the
+/// last measurement.
+pub const DISK_CHECK_INTERVAL_DEFAULT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest `disk_check_interval`: space freed outside keel is seen within it.
+pub const DISK_CHECK_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// Bytes a record takes on disk beyond its event's JSON, as the disk guard counts it: its
+/// frame header, and an index entry with room to spare.
+pub const RECORD_OVERHEAD_BYTES: usize = keel_log::RECORD_HEADER_BYTES + 16;
+
+const _: () = assert!(PUBLISH_QUEUE_BYTES_MAX_DEFAULT >= REQUEST_BYTES_MAX as u64);

@@ -73,6 +73,18 @@ pub struct AttemptLabels {
     pub outcome: &'static str,
 }
 
+/// Every reason a publish is refused for by backpressure.
+pub const REFUSAL_REASONS: [&str; 3] = ["disk_full", "data_dir_full", "overloaded"];
+
+/// Labels of publishes refused by backpressure.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `disk_full` (free space below `disk_free_bytes_min`), `data_dir_full` (the data
+    /// directory at `data_dir_bytes_max`) or `overloaded` (the publish queue at
+    /// `publish_queue_bytes_max`).
+    pub reason: &'static str,
+}
+
 fn delivery_histogram() -> Histogram {
     // 100 µs to about 1.8 h: a local push takes under a millisecond, a retried event hours.
     Histogram::new(exponential_buckets(0.000_1, 2.0, 26))
@@ -166,6 +178,33 @@ metrics! {
     /// Bytes cut from torn tails by recovery since start.
     recovery_truncated_bytes: Counter = Counter::default()
         => "recovery_truncated", "Bytes cut from torn log tails by recovery", Unit::Bytes;
+    /// Free bytes of the file system holding the data directory, at the last check.
+    disk_free_bytes: Gauge = Gauge::default()
+        => "disk_free", "Free bytes of the disk holding the data directory, at the last check",
+        Unit::Bytes;
+    /// The free space below which publishing is refused (`disk_free_bytes_min`).
+    disk_free_min_bytes: Gauge = Gauge::default()
+        => "disk_free_min", "Free space below which publishing is refused", Unit::Bytes;
+    /// Bytes under the data directory at the last check (measured only with a cap).
+    data_dir_bytes: Gauge = Gauge::default()
+        => "data_dir", "Bytes under the data directory at the last check (with a cap only)",
+        Unit::Bytes;
+    /// The data directory's cap (`data_dir_bytes_max`); 0 without one.
+    data_dir_max_bytes: Gauge = Gauge::default()
+        => "data_dir_max", "The data directory's cap; 0 without one", Unit::Bytes;
+    /// Bytes of published events admitted and not yet answered (queued or being written).
+    publish_queued_bytes: Gauge = Gauge::default()
+        => "publish_queued", "Bytes of published events waiting to be written", Unit::Bytes;
+    /// The publish queue's high-water mark (`publish_queue_bytes_max`).
+    publish_queue_max_bytes: Gauge = Gauge::default()
+        => "publish_queue_max", "High-water mark of the publish queue", Unit::Bytes;
+    /// Publishes refused by backpressure, by reason.
+    publish_refused: Family<RefusalLabels, Counter> = Family::default()
+        => "publish_refused", "Publishes refused by backpressure, by reason";
+    /// 1 while publishing is refused for a reason (disk, cap: from the last check;
+    /// overloaded: from a refusal until the next publish admitted).
+    publish_blocked: Family<RefusalLabels, Gauge> = Family::default()
+        => "publish_blocked", "1 while publishing is refused for this reason";
     /// Events published and not yet done per subscription (acknowledged or dead-lettered).
     subscription_lag: Family<SubscriptionLabels, Gauge> = Family::default()
         => "subscription_lag", "Events published and not yet acknowledged or dead-lettered";

@@ -59,7 +59,10 @@ impl Notices {
             })
         })?;
         let event = self.event(kind, subject, data)?;
-        let mut results = topic.publish(vec![event]).await?;
+        // Not metered: a notice that the disk is full must go out while publishing is refused
+        // (it is a few hundred bytes, and the free-space minimum leaves room for it).
+        let admission = crate::pressure::Admission::unmetered();
+        let mut results = topic.publish(vec![event], admission).await?;
         Ok(results.remove(0))
     }
 

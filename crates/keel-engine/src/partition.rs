@@ -320,26 +320,34 @@ impl Partition {
             })
     }
 
-    /// Applies retention and refreshes the size gauges.
+    /// Applies retention and refreshes the size gauges; returns the bytes freed.
     pub(crate) fn apply_retention(
         &self,
         now_ms: i64,
         age_ms_max: Option<u64>,
         bytes_max: Option<u64>,
-    ) {
-        let Some(log) = &self.shared.log else { return };
-        match log.apply_retention(now_ms, age_ms_max, bytes_max) {
-            Ok(trimmed) if trimmed.segments > 0 => tracing::info!(
-                topic = %self.shared.topic, partition = self.shared.number,
-                segments = trimmed.segments, bytes = trimmed.bytes, start_offset = log.start_offset(),
-                "retention deleted segments"
-            ),
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, %error, "retention failed; will retry")
+    ) -> u64 {
+        let Some(log) = &self.shared.log else {
+            return 0;
+        };
+        let freed_bytes = match log.apply_retention(now_ms, age_ms_max, bytes_max) {
+            Ok(trimmed) => {
+                if trimmed.segments > 0 {
+                    tracing::info!(
+                        topic = %self.shared.topic, partition = self.shared.number,
+                        segments = trimmed.segments, bytes = trimmed.bytes, start_offset = log.start_offset(),
+                        "retention deleted segments"
+                    );
+                }
+                trimmed.bytes
             }
-        }
+            Err(error) => {
+                tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, %error, "retention failed; will retry");
+                0
+            }
+        };
         self.shared.publish_gauges();
+        freed_bytes
     }
 
     /// Stops taking appends, lets the writer finish what is queued (and fsync it), and waits

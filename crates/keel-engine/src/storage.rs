@@ -355,4 +355,15 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes an alert rule, durably; none of that name is not an error.
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Bytes the medium under the store can still take for keel (on disk: the free space an
+    /// unprivileged process may use, `statvfs`'s `f_bavail` blocks), or none when the backend
+    /// has no such bound. Cheap (one system call): the engine asks about once a second, from
+    /// a blocking thread.
+    fn free_bytes(&self) -> Result<Option<u64>, StorageError>;
+
+    /// Bytes the store holds, all of it: logs, indexes, tables, metadata, and deleted
+    /// directories not removed yet. May visit every file: the engine asks only when a cap on
+    /// it is set (`data_dir_bytes_max`), about once a second, from a blocking thread.
+    fn stored_bytes(&self) -> Result<u64, StorageError>;
 }

@@ -15,6 +15,7 @@ use crate::key_index::KeyIndex;
 use crate::limits::{DEDUPE_ENTRIES_MAX, READ_RECORDS_MAX};
 use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::Partition;
+use crate::pressure::Admission;
 use crate::routing::partition_for_key;
 use crate::storage::Storage;
 use crate::supervisor::Supervisor;
@@ -205,9 +206,12 @@ impl Topic {
 
     /// Publishes events: new ones are appended (durable per the fsync policy when this
     /// returns), repeated (source, id) pairs answer with the original position.
+    /// `admission` (backpressure's count of the publish) is held until the events are
+    /// appended or failed, even when the caller stops waiting.
     pub(crate) async fn publish(
         self: &Arc<Self>,
         events: Vec<Event>,
+        admission: Admission,
     ) -> Result<Vec<PublishResult>, EngineError> {
         let (outcome_sender, outcome) = watch::channel(None);
         let plans = self.plan(&events, &outcome);
@@ -231,12 +235,12 @@ impl Topic {
                 _ => None,
             })
             .collect();
-        let positions =
-            tokio::spawn(
-                async move { topic.append_groups(groups, new_pairs, outcome_sender).await },
-            )
-            .await
-            .map_err(|_| EngineError::ShuttingDown)??;
+        let positions = tokio::spawn(async move {
+            let _admission = admission;
+            topic.append_groups(groups, new_pairs, outcome_sender).await
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)??;
         let mut results = Vec::with_capacity(plans.len());
         for (index, plan) in plans.into_iter().enumerate() {
             let (position, duplicate) = match plan {

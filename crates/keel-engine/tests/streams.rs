@@ -337,6 +337,12 @@ impl Storage for CountingStorage {
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
         self.inner.delete_alert_rule(name)
     }
+    fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
+        self.inner.free_bytes()
+    }
+    fn stored_bytes(&self) -> Result<u64, StorageError> {
+        self.inner.stored_bytes()
+    }
 }
 
 impl RecordLog for CountingLog {

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     /// Alert rules to put at start (declarative: a stored rule of the same name is replaced
     /// by the declared one; see `docs/alerts.md`).
     pub alerts: BTreeMap<String, keel_api::alerts::AlertRule>,
+    /// Backpressure and resource limits (`[backpressure]`): the disk guard (507) and the
+    /// publish queue's high-water mark (429).
+    pub backpressure: keel_engine::pressure::PressureConfig,
 }
 
 impl ServerConfig {
@@ -86,7 +89,7 @@ impl ServerConfig {
                 "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
             );
         }
-        Ok(())
+        self.backpressure.validate()
     }
 }
 
@@ -105,6 +108,7 @@ impl Default for ServerConfig {
             subscriptions: BTreeMap::new(),
             alert_evaluation_interval: keel_engine::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
             alerts: BTreeMap::new(),
+            backpressure: keel_engine::pressure::PressureConfig::default(),
         }
     }
 }
@@ -143,6 +147,18 @@ mod tests {
             (
                 r#"{"alert_evaluation_interval": "1ms"}"#,
                 "alert_evaluation_interval",
+            ),
+            (
+                r#"{"backpressure": {"data_dir_bytes_max": 0}}"#,
+                "backpressure.data_dir_bytes_max",
+            ),
+            (
+                r#"{"backpressure": {"disk_check_interval": "2m"}}"#,
+                "backpressure.disk_check_interval",
+            ),
+            (
+                r#"{"backpressure": {"publish_queue_bytes_max": 0}}"#,
+                "backpressure.publish_queue_bytes_max",
             ),
         ] {
             let error = toml_like(json).unwrap().validate().unwrap_err();

@@ -278,6 +278,7 @@ async fn open_engine(
         engine_config.segment_bytes_max = config.segment_bytes_max;
         engine_config.retention_check_interval = config.retention_check_interval;
         engine_config.alert_evaluation_interval = config.alert_evaluation_interval;
+        engine_config.pressure = config.backpressure;
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             let created = engine.create_topic(name, *topic).await;

@@ -55,6 +55,8 @@ impl From<EngineError> for ApiError {
             ErrorClass::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorClass::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorClass::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "internal error");
@@ -64,9 +66,14 @@ impl From<EngineError> for ApiError {
             );
         }
         let mut api_error = Self::new(status, error.to_string());
+        // 507 has no `Retry-After`: space returns when retention runs or an operator acts,
+        // not at a time keel could promise.
         api_error.retry_soon = matches!(
             error,
-            EngineError::ShuttingDown | EngineError::Publish(PublishError::OriginalFailed { .. })
+            EngineError::ShuttingDown
+                | EngineError::Publish(
+                    PublishError::OriginalFailed { .. } | PublishError::Overloaded { .. }
+                )
         );
         match error {
             EngineError::Topic(TopicError::OffsetBeforeStart { start_offset, .. }) => {
@@ -104,7 +111,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static(problem::CONTENT_TYPE),
         );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE && self.retry_soon {
+        // One second: the shortest delay `Retry-After` can say. An overloaded queue drains
+        // at disk speed (its default mark is about half a second of writing), and a start or
+        // stop takes about as long.
+        let retry_status = matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        );
+        if retry_status && self.retry_soon {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

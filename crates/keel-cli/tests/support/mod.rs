@@ -28,3 +28,22 @@ pub async fn get(client: &reqwest::Client, url: &str) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// Publishes one event in the structured mode: the status and the answer as JSON.
+pub async fn publish_event(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    event: &Value,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{url}/v1/topics/{topic}/events"))
+        .header("content-type", "application/cloudevents+json")
+        .body(event.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}

@@ -97,6 +97,7 @@ impl Engine {
     ) -> Result<Appended, EngineError> {
         let key = common_key(&events)?.to_owned();
         self.check_limits(&events)?;
+        let admission = self.inner.pressure.admit(&events)?;
         let partition = partition_for_key(&key, topic.config.partitions);
         let index = topic.key_index(partition)?.clone();
         let log = topic.partition(partition)?.record_log()?;
@@ -107,7 +108,7 @@ impl Engine {
         tokio::spawn(async move {
             let _turn = turn;
             if topic.all_stored(&events) {
-                let results = topic.publish(events).await?;
+                let results = topic.publish(events, admission).await?;
                 return Ok(Appended {
                     results,
                     version: None,
@@ -126,7 +127,7 @@ impl Engine {
                     current,
                 }));
             }
-            let results = topic.publish(events).await?;
+            let results = topic.publish(events, admission).await?;
             let appended = results.iter().filter(|result| !result.duplicate).count() as u64;
             Ok(Appended {
                 results,

@@ -246,6 +246,7 @@ impl Engine {
         self.inner.metrics.remove_subscription(&name);
         let tasks = crate::subscription::task_prefix(&name);
         self.inner.supervisor.forget(&tasks);
+        self.inner.pressure.measure_soon();
         tracing::info!(subscription = %name, "deleted subscription");
         Ok(())
     }

@@ -23,6 +23,7 @@ mod files;
 mod log;
 mod metadata;
 mod state;
+mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -214,6 +215,14 @@ impl DiskStorage {
 impl Storage for DiskStorage {
     fn damage(&self) -> Vec<DataDirDamage> {
         self.data_dir.damage().to_vec()
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
+        usage::free_bytes(self.data_dir.root()).map(Some)
+    }
+
+    fn stored_bytes(&self) -> Result<u64, StorageError> {
+        usage::stored_bytes(self.data_dir.root())
     }
 
     fn check_usable(&self, area: Area) -> Result<(), EngineError> {

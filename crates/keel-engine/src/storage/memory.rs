@@ -153,6 +153,11 @@ impl LogState {
         }
     }
 
+    /// Bytes of the records' payloads.
+    fn payload_bytes(&self) -> u64 {
+        self.records.iter().map(|r| r.payload.len() as u64).sum()
+    }
+
     fn written_next(&self) -> u64 {
         self.start_offset + self.records.len() as u64
     }
@@ -202,6 +207,26 @@ fn splitmix(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+impl Store {
+    /// Every log: the topics' partitions, and the subscriptions' checkpoints, dead letters and
+    /// state commits.
+    fn logs(&self) -> impl Iterator<Item = &SharedLog> {
+        let partitions = self
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.iter());
+        let subscription_logs = self
+            .subscriptions
+            .values()
+            .flat_map(|logs| [&logs.checkpoints, &logs.dead_letters]);
+        let state_logs = self
+            .subscriptions
+            .values()
+            .filter_map(|logs| logs.state.as_ref().map(|(commits, _)| commits));
+        partitions.chain(subscription_logs).chain(state_logs)
+    }
+}
+
 impl MemoryStorage {
     /// An empty store that injects `faults`.
     pub fn new(faults: Faults) -> Self {
@@ -223,19 +248,7 @@ impl MemoryStorage {
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         store.crashes += 1;
         let (seed, crash) = (self.shared.faults().seed, store.crashes);
-        let partitions = store
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.iter());
-        let subscription_logs = store
-            .subscriptions
-            .values()
-            .flat_map(|logs| [&logs.checkpoints, &logs.dead_letters]);
-        let state_logs = store
-            .subscriptions
-            .values()
-            .filter_map(|logs| logs.state.as_ref().map(|(commits, _)| commits));
-        for log in partitions.chain(subscription_logs).chain(state_logs) {
+        for log in store.logs() {
             log.lock().expect("log lock").crash(seed, crash);
         }
         let state_tables = store
@@ -308,6 +321,20 @@ fn crashed() -> StorageError {
 impl Storage for MemoryStorage {
     fn damage(&self) -> Vec<DataDirDamage> {
         Vec::new()
+    }
+
+    fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
+        // Memory is not metered: only a cap on the stored bytes applies.
+        Ok(None)
+    }
+
+    fn stored_bytes(&self) -> Result<u64, StorageError> {
+        // The logs' payloads: tables and metadata are small beside them.
+        let store = self.store();
+        let bytes = store
+            .logs()
+            .map(|log| log.lock().expect("log lock").payload_bytes());
+        Ok(bytes.sum())
     }
 
     fn check_usable(&self, _area: Area) -> Result<(), EngineError> {
@@ -610,8 +637,7 @@ impl RecordLog for MemoryLog {
     }
 
     fn size_bytes(&self) -> u64 {
-        let state = self.state.lock().expect("log lock");
-        state.records.iter().map(|r| r.payload.len() as u64).sum()
+        self.state.lock().expect("log lock").payload_bytes()
     }
 
     fn truncated_at_open_bytes(&self) -> u64 {

@@ -78,6 +78,11 @@ impl DataDir {
         })
     }
 
+    /// The data directory itself.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The `topics/` directory.
     pub(crate) fn topics(&self) -> PathBuf {
         self.root.join(TOPICS_DIR)

@@ -22,6 +22,7 @@ use crate::limits::{
     STATE_SNAPSHOT_INTERVAL,
 };
 
+use crate::pressure::Admission;
 use crate::storage::{RecordLog, StateTable};
 use crate::subscription::Shared;
 use crate::topic::{EmitTargets, Topic};
@@ -532,7 +533,9 @@ fn next_offsets(topic: &Topic) -> Vec<u64> {
 
 /// Publishes emitted events, in order, each topic's in one publish. A failure is not retried:
 /// a partition that failed refuses writes until keel restarts, and the commit log keeps the
-/// events for the restart to publish.
+/// events for the restart to publish. Backpressure does not refuse them (their commit is
+/// durable already: refusing them would stop the subscription until a restart); the disk
+/// guard's minimum free space is kept for appends like these.
 async fn publish(emits: Vec<(Arc<Topic>, Event)>) -> Result<(), EngineError> {
     let mut by_topic: Vec<(Arc<Topic>, Vec<Event>)> = Vec::new();
     for (topic, event) in emits {
@@ -542,7 +545,7 @@ async fn publish(emits: Vec<(Arc<Topic>, Event)>) -> Result<(), EngineError> {
         }
     }
     for (topic, events) in by_topic {
-        topic.publish(events).await?;
+        topic.publish(events, Admission::unmetered()).await?;
     }
     Ok(())
 }
