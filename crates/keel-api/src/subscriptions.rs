@@ -168,9 +168,9 @@ impl Default for CircuitPolicy {
             enabled: true,
             failure_rate_percent: 50,
             window: Duration::from_secs(10),
-            min_calls: 20,
+            min_calls: 100,
             connect_failures: 3,
-            probes: 5,
+            probes: 10,
             cool_down: Duration::from_secs(5),
             cool_down_max: Duration::from_secs(300),
         }

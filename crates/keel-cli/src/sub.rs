@@ -191,14 +191,14 @@ pub(crate) struct SpecFlags {
     /// How far back the circuit's failure rate looks, e.g. 10s
     #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) circuit_window: Option<String>,
-    /// Attempts in the window before its failure rate can open the circuit [default: 20]
+    /// Attempts in the window before its failure rate can open the circuit [default: 100]
     /// (--circuit-failures is its old name)
     #[arg(long, value_name = "N", alias = "circuit-failures")]
     pub(crate) circuit_min_calls: Option<u32>,
     /// Failed connections in a row that open the circuit at once [default: 3]
     #[arg(long, value_name = "N")]
     pub(crate) circuit_connect_failures: Option<u32>,
-    /// Probe requests let through when the circuit half-opens [default: 5]
+    /// Probe requests let through when the circuit half-opens [default: 10]
     #[arg(long, value_name = "N")]
     pub(crate) circuit_probes: Option<u32>,
     /// How long an open circuit waits before its probes, e.g. 5s
@@ -1171,7 +1171,7 @@ mod tests {
              ack timeout      30s\n\
              retry            10 attempts, backoff from 1s ×2.0 up to 5m\n\
              circuit breaker  opens at 50% failed of 8+ attempts in 10s, or 3 failed connections \
-             in a row; cool-down 5s (up to 5m), then 5 probes\n\
+             in a row; cool-down 5s (up to 5m), then 10 probes\n\
              rate limit       unlimited\n\
              state            paused: sink answered 410 Gone\n\
              circuit          open\n\
@@ -1352,7 +1352,7 @@ mod tests {
             ["circuit_breaker", "rate_limit", "mode"].map(kept),
             [
                 json!({"enabled": true, "failure_rate_percent": 50, "window": "10s",
-                    "min_calls": 2, "connect_failures": 3, "probes": 5, "cool_down": "300ms",
+                    "min_calls": 2, "connect_failures": 3, "probes": 10, "cool_down": "300ms",
                     "cool_down_max": "5m"}),
                 json!(20),
                 json!("push")

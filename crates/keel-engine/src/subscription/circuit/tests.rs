@@ -6,9 +6,14 @@ const ANSWERED: Option<Failure> = Some(Failure::Answered);
 const REFUSED: Option<Failure> = Some(Failure::Connection { unreached: true });
 const DROPPED: Option<Failure> = Some(Failure::Connection { unreached: false });
 
-/// The default policy with `changes` applied.
+/// The default policy with 20 min calls and 5 probes (round numbers for the tests), and
+/// `changes` applied.
 fn breaker(changes: impl FnOnce(&mut CircuitPolicy)) -> CircuitBreaker {
-    let mut policy = CircuitPolicy::default();
+    let mut policy = CircuitPolicy {
+        min_calls: 20,
+        probes: 5,
+        ..CircuitPolicy::default()
+    };
     changes(&mut policy);
     CircuitBreaker::new(policy)
 }
