@@ -2,7 +2,8 @@
 # Installs the outside tools the tests check keel against, on a fresh Debian machine:
 # promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
 # the CloudEvents Python SDK as an outside publisher, and the official Standard Webhooks
-# Python library to verify pushed signatures; python3 itself runs examples/balances.py in the
+# Python library to verify pushed signatures, OpenTelemetry's API to read pushed trace context;
+# python3 itself runs examples/balances.py in the
 # exactly-once test. Idempotent and quiet when present.
 set -euo pipefail
 
@@ -23,4 +24,8 @@ fi
 if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
   echo "installing with pip: standardwebhooks"
   python3 -m pip install -q 'standardwebhooks==1.1.0'
+fi
+if ! python3 -c 'import opentelemetry.trace' 2>/dev/null; then
+  echo "installing with pip: opentelemetry-api"
+  python3 -m pip install -q 'opentelemetry-api==1.45.3'
 fi

@@ -31,7 +31,10 @@ curl -sf -XPUT "$url/v1/topics/hooks" -d '{"partitions": 2}' >/dev/null
 curl -sf -XPUT "$url/v1/subscriptions/verified" -d "{\"topic\": \"hooks\", \"start\": \"earliest\",
   \"sink\": {\"url\": \"http://127.0.0.1:$(cat "$dir/sink.port")/hook\", \"secret\": \"$secret\"},
   \"retry\": {\"max_attempts\": 1}}" >/dev/null
-for data in '"data":{"amount":42}' '"datacontenttype":"text/plain","data":"caf\u00e9"' '"subject":"a b%c"'; do
+# The last event is also traced: the sink checks with OpenTelemetry's propagator that keel's
+# push continues its trace.
+traced='"subject":"a b%c","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"'
+for data in '"data":{"amount":42}' '"datacontenttype":"text/plain","data":"caf\u00e9"' "$traced"; do
   curl -sf -XPOST "$url/v1/topics/hooks/events" -H 'content-type: application/cloudevents+json' \
     -d "{\"specversion\":\"1.0\",\"id\":\"i-$RANDOM\",\"source\":\"interop\",\"type\":\"t\",$data}" >/dev/null
 done
@@ -45,7 +48,9 @@ if ! curl -sf "$url/v1/subscriptions/verified" | grep -q '"delivered":3,"retried
   curl -s "$url/v1/subscriptions/verified" >&2
   exit 1
 fi
+grep -q "traced" "$dir/sink.log" || { echo "the traced event was not checked" >&2; exit 1; }
 echo "standardwebhooks: the official library verified 3 events pushed by keel"
+echo "opentelemetry: keel's push of a traced event continues its trace"
 
 curl -sf "http://127.0.0.1:$port/metrics" > "$dir/metrics.txt"
 promtool check metrics < "$dir/metrics.txt"

@@ -75,3 +75,37 @@ pub struct DataDirDamage {
     /// What is wrong and what to do.
     pub reason: String,
 }
+
+/// A supervised engine task that has failed since start (`GET /v1/tasks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskHealth {
+    /// What the task is and serves, e.g. `subscription/billing/dispatcher`.
+    pub task: String,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Its failures (panics) since start.
+    pub failures: u64,
+    /// The last failure's message.
+    pub last_failure: String,
+    /// When the last failure came (RFC 3339).
+    pub last_failure_at: String,
+}
+
+/// Where a supervised task that has failed stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// It failed and is restarted after a backoff (or runs again since).
+    Restarting,
+    /// It failed repeatedly in the last ten minutes and is still restarted.
+    Failing,
+    /// It kept failing and is not restarted: what it serves is unavailable.
+    Failed,
+}
+
+/// The answer to `GET /v1/tasks`: the supervised tasks that have failed since start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tasks {
+    /// Each task that failed at least once, by name.
+    pub tasks: Vec<TaskHealth>,
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use keel_server::ServerConfig;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -31,13 +32,29 @@ pub(crate) struct ServeArgs {
     /// TOML file of server settings (log filter: KEEL_LOG, e.g. "info,keel_engine=debug")
     #[arg(long, env = "KEEL_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// Log lines as readable text, or as one JSON object per line (fields, spans and trace ids
+    /// as members) for a log collector
+    #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Runs the server until SIGTERM or SIGINT; returns once it has shut down gracefully.
 pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
     let config = load_config(&args)?;
     let log_filter = std::env::var(LOG_FILTER_VARIABLE).ok();
-    init_tracing(log_filter.as_deref().unwrap_or(LOG_FILTER_DEFAULT))?;
+    init_tracing(
+        log_filter.as_deref().unwrap_or(LOG_FILTER_DEFAULT),
+        args.log_format,
+    )?;
     keel_server::run(config).await?;
     Ok(())
 }
@@ -86,17 +103,20 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| invalid("the host has no address".to_owned()))
 }
 
-/// Sends logs to stderr, filtered by `filter` (`tracing_subscriber` targets syntax).
-fn init_tracing(filter: &str) -> Result<(), CliError> {
+/// Sends logs to stderr in `format`, filtered by `filter` (`tracing_subscriber` targets
+/// syntax). Every line carries its fields as key/value pairs, and the fields of the spans it
+/// is in (a push attempt's `trace_id`, for one).
+fn init_tracing(filter: &str, format: LogFormat) -> Result<(), CliError> {
     let targets: Targets = filter.parse().map_err(|error| {
         CliError::Usage(format!("invalid {LOG_FILTER_VARIABLE} {filter:?}: {error}"))
     })?;
-    let stderr = std::io::stderr;
-    let format = tracing_subscriber::fmt::layer()
-        .with_writer(stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).boxed(),
+    };
     tracing_subscriber::registry()
-        .with(format)
+        .with(lines)
         .with(targets)
         .try_init()
         .map_err(|error| CliError::Usage(format!("cannot set up logging: {error}")))
@@ -111,6 +131,7 @@ mod tests {
             data_dir: data_dir.map(PathBuf::from),
             listen: listen.map(str::to_owned),
             config,
+            log_format: LogFormat::Text,
         }
     }
 
@@ -169,6 +190,6 @@ mod tests {
 
     #[test]
     fn log_filter_must_parse() {
-        assert!(init_tracing("info,keel_engine=[").is_err());
+        assert!(init_tracing("info,keel_engine=[", LogFormat::Json).is_err());
     }
 }

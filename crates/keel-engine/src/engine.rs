@@ -17,6 +17,7 @@ use crate::limits::{
 use crate::metrics::Metrics;
 use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
 use crate::subscription::Subscription;
+use crate::supervisor::Supervisor;
 use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
 mod streams;
@@ -93,6 +94,8 @@ struct Inner {
     failed_subscriptions: RwLock<BTreeMap<String, String>>,
     /// Where everything durable is kept.
     storage: Arc<dyn Storage>,
+    /// Restarts the engine's long-running tasks when they fail (`supervisor.rs`).
+    supervisor: Arc<Supervisor>,
 }
 
 impl Engine {
@@ -144,11 +147,12 @@ impl Engine {
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         let (topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
+        let supervisor = Supervisor::new(metrics.clone());
         for topic in topics.read().expect("topics lock").values() {
-            topic.start_tasks();
+            topic.start_tasks(&supervisor);
         }
         for subscription in subscriptions.values() {
-            subscription.start();
+            subscription.start(&supervisor);
         }
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -161,6 +165,7 @@ impl Engine {
                 subscriptions: RwLock::new(subscriptions),
                 failed_subscriptions: RwLock::new(failed_subscriptions),
                 storage,
+                supervisor,
             }),
         };
         engine.spawn_retention();
@@ -170,6 +175,11 @@ impl Engine {
     /// The engine's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The supervised tasks that have failed since start (`GET /v1/tasks`).
+    pub fn failed_tasks(&self) -> Vec<crate::supervisor::TaskHealth> {
+        self.inner.supervisor.failed_tasks()
     }
 
     /// The engine's settings.
@@ -232,7 +242,7 @@ impl Engine {
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
-        topic.start_tasks();
+        topic.start_tasks(&self.inner.supervisor);
         tracing::info!(
             topic = name,
             partitions = config.partitions,
@@ -295,6 +305,7 @@ impl Engine {
         self.inner
             .metrics
             .remove_topic(name, topic.config.partitions);
+        self.inner.supervisor.forget(&format!("topic/{name}/"));
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }

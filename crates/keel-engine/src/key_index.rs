@@ -63,6 +63,7 @@ use crate::limits::{
 };
 use crate::partition::Partition;
 use crate::storage::{Record, RecordLog, StateTable, Storage, StorageError, TableWrite};
+use crate::supervisor::Supervisor;
 pub(crate) use handoff::KeyHandoff;
 use handoff::{KeyedRecord, Take};
 
@@ -204,19 +205,38 @@ impl KeyIndex {
         }))
     }
 
-    /// Starts a follower per partition and the snapshot task. Call inside the runtime.
-    pub(crate) fn start(self: &Arc<Self>, partitions: &[Partition]) {
+    /// Starts a follower per partition and the snapshot task under `supervisor`, named
+    /// `topic/{topic}/key_index/{partition}` and `topic/{topic}/key_index/snapshots`: each
+    /// starts over from what the table covers; a follower that keeps failing fails its
+    /// partition's index (streams answer 503), the snapshot task all of them. Call inside the
+    /// runtime.
+    pub(crate) fn start(self: &Arc<Self>, partitions: &[Partition], supervisor: &Arc<Supervisor>) {
         let mut tasks = self.tasks.lock().expect("tasks lock");
         for (number, partition) in (0u32..).zip(partitions) {
             match partition.record_log() {
                 Ok(log) => {
-                    let follower = self.clone().follow(number, log, partition.key_handoff());
-                    tasks.push(tokio::spawn(follower));
+                    let (index, failing) = (self.clone(), self.clone());
+                    let handoff = partition.key_handoff();
+                    tasks.push(supervisor.spawn(
+                        format!("topic/{}/key_index/{number}", self.topic),
+                        Box::new(move |reason| failing.fail(number, reason)),
+                        move || index.clone().follow(number, log.clone(), handoff.clone()),
+                    ));
                 }
                 Err(error) => self.fail(number, error.to_string()),
             }
         }
-        tasks.push(tokio::spawn(self.clone().snapshots()));
+        let (index, failing) = (self.clone(), self.clone());
+        let partitions = partitions.len() as u32;
+        tasks.push(supervisor.spawn(
+            format!("topic/{}/key_index/snapshots", self.topic),
+            Box::new(move |reason| {
+                for number in 0..partitions {
+                    failing.fail(number, reason.clone());
+                }
+            }),
+            move || index.clone().snapshots(),
+        ));
     }
 
     /// Stops the tasks and snapshots what they indexed, so a restart reads nothing again.

@@ -11,6 +11,7 @@ mod dedupe;
 mod engine;
 pub mod error;
 pub mod event;
+pub mod faults;
 pub mod filter;
 mod format;
 pub mod handler;
@@ -21,7 +22,9 @@ mod partition;
 pub mod routing;
 pub mod storage;
 pub mod subscription;
+pub mod supervisor;
 mod topic;
+pub mod trace_context;
 pub mod webhook;
 
 pub use config::{FsyncPolicy, Retention, TopicConfig};

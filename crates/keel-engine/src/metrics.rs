@@ -39,6 +39,13 @@ pub struct SubscriptionLabels {
     pub subscription: String,
 }
 
+/// Labels of per-task metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The supervised task's name (`subscription/billing/dispatcher`).
+    pub task: String,
+}
+
 /// Every attempt outcome label.
 pub const ATTEMPT_OUTCOMES: [&str; 7] = [
     "acked",
@@ -196,6 +203,12 @@ metrics! {
     subscription_delivery_seconds: Family<SubscriptionLabels, Histogram, fn() -> Histogram> =
         Family::new_with_constructor(delivery_histogram)
         => "subscription_delivery", "Time from publish to acknowledgement", Unit::Seconds;
+    /// Panics of supervised tasks (each followed by a restart, or by giving up).
+    task_failures: Family<TaskLabels, Counter> = Family::default()
+        => "task_failures", "Panics of supervised engine tasks";
+    /// 1 once a supervised task kept failing and was not restarted again.
+    task_failed: Family<TaskLabels, Gauge> = Family::default()
+        => "task_failed", "1 once a supervised task kept failing and is no longer restarted";
 }
 
 impl Metrics {
@@ -222,6 +235,15 @@ impl Metrics {
                 outcome,
             });
         }
+    }
+
+    /// Forgets the metrics of a supervised task that is gone.
+    pub(crate) fn remove_task(&self, task: &str) {
+        let labels = TaskLabels {
+            task: task.to_owned(),
+        };
+        self.task_failures.remove(&labels);
+        self.task_failed.remove(&labels);
     }
 
     /// Appends the Prometheus text exposition of every metric to `out`.

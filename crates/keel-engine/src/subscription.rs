@@ -47,6 +47,7 @@ use crate::limits::{
 };
 use crate::metrics::{Metrics, SubscriptionLabels};
 use crate::storage::SubscriptionLogs;
+use crate::supervisor::{GiveUp, Supervisor};
 use crate::topic::{EmitTargets, Topic};
 use checkpoint::{Checkpoint, CheckpointLog};
 use circuit::{CircuitBreaker, CircuitState};
@@ -61,6 +62,17 @@ use sink_health::SinkOutages;
 use spec::SubscriptionSpec;
 use state::DeliveryState;
 use store::Durability;
+
+/// A supervised task's run (`Subscription::start`).
+type TaskFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Starts one of a subscription's tasks from its shared state.
+type TaskStart = fn(Arc<Shared>) -> TaskFuture;
+
+/// The prefix of the names of a subscription's supervised tasks.
+pub(crate) fn task_prefix(subscription: &str) -> String {
+    format!("subscription/{subscription}/")
+}
 
 /// What a subscription's mutable state holds, behind one lock.
 #[derive(Debug)]
@@ -322,24 +334,52 @@ impl Subscription {
         })
     }
 
-    /// Starts the subscription's tasks. Call inside the runtime.
-    pub(crate) fn start(&self) {
+    /// Starts the subscription's tasks under `supervisor`, each named
+    /// `subscription/{name}/{task}`: a task that panics is restarted from the shared state;
+    /// one that keeps failing makes the subscription refuse service with the reason. Call
+    /// inside the runtime.
+    pub(crate) fn start(&self, supervisor: &Arc<Supervisor>) {
         let shared = &self.shared;
         let mut tasks = self.tasks.lock().expect("tasks lock");
+        let mut supervise = |task: String, start: Box<dyn FnMut() -> TaskFuture + Send>| {
+            let failing = shared.clone();
+            let give_up: GiveUp = Box::new(move |reason| failing.durability.fail(reason));
+            let name = format!("{}{task}", task_prefix(&shared.name));
+            tasks.push(supervisor.spawn(name, give_up, start));
+        };
         for lane in 0..shared.topic.config.partitions {
-            tasks.push(tokio::spawn(reader::read_partition(shared.clone(), lane)));
+            let shared = shared.clone();
+            supervise(
+                format!("reader/{lane}"),
+                Box::new(move || Box::pin(reader::read_partition(shared.clone(), lane))),
+            );
         }
-        tasks.push(tokio::spawn(reader::read_redriven(shared.clone())));
-        tasks.push(tokio::spawn(store::run(shared.clone())));
-        tasks.push(tokio::spawn(run_timers(shared.clone())));
+        let restartable: [(&str, TaskStart); 3] = [
+            ("redrive_reader", |shared| {
+                Box::pin(reader::read_redriven(shared))
+            }),
+            ("store", |shared| Box::pin(store::run(shared))),
+            ("timers", |shared| Box::pin(run_timers(shared))),
+        ];
+        for (task, run) in restartable {
+            let shared = shared.clone();
+            supervise(task.to_owned(), Box::new(move || run(shared.clone())));
+        }
         if shared.keyed.is_some() {
-            tasks.push(tokio::spawn(keyed_state::run(shared.clone())));
+            let shared = shared.clone();
+            supervise(
+                "state".to_owned(),
+                Box::new(move || Box::pin(keyed_state::run(shared.clone()))),
+            );
         }
         // Each delivery mode's own task, if it has one; pull runs in consumers' requests.
         match &shared.spec.delivery {
             spec::Delivery::Push(sink) => {
-                let deliveries = Deliveries::new(shared.clone());
-                tasks.push(tokio::spawn(push::dispatch(deliveries, sink.clone())));
+                let (deliveries, sink) = (Deliveries::new(shared.clone()), sink.clone());
+                supervise(
+                    "dispatcher".to_owned(),
+                    Box::new(move || Box::pin(push::dispatch(deliveries.clone(), sink.clone()))),
+                );
             }
             spec::Delivery::Pull => {}
         }

@@ -17,6 +17,7 @@ use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::Partition;
 use crate::routing::partition_for_key;
 use crate::storage::Storage;
+use crate::supervisor::Supervisor;
 
 /// Keyless events sent to one partition before the sticky partition moves on.
 const STICKY_EVENTS: u64 = 1024;
@@ -108,9 +109,9 @@ impl Topic {
 
     /// Starts the topic's background tasks (the key index's, the `interval` fsync). Call
     /// inside the runtime.
-    pub(crate) fn start_tasks(&self) {
+    pub(crate) fn start_tasks(&self, supervisor: &Arc<Supervisor>) {
         if let Ok(key_index) = &self.key_index {
-            key_index.start(&self.partitions);
+            key_index.start(&self.partitions, supervisor);
         }
         if self.config.fsync == FsyncPolicy::Interval {
             for partition in &self.partitions {

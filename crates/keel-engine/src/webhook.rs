@@ -13,6 +13,11 @@
 //!
 //! `keel-attempt: <n>` numbers the attempt (1 for the first).
 //!
+//! An event with a valid `traceparent` attribute (CloudEvents distributed tracing extension)
+//! keeps it in its `ce-traceparent` header, and the request also carries the HTTP
+//! `traceparent` (and `tracestate`) of the attempt's own span, a child of the event's span
+//! (`crate::trace_context`).
+//!
 //! A stateful subscription's request also carries the event's key state
 //! ([`PushClient::deliver_stateful`]): `keel-state-version: <n>`, and when the key has a
 //! state, `keel-state: <base64 of its JSON>` with `keel-state-signature`, signed as the body is
@@ -39,6 +44,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
+use tracing::Instrument as _;
+
+use crate::trace_context::TraceContext;
 
 pub use reqwest::Url;
 pub use signature::WebhookSecret;
@@ -56,6 +64,10 @@ pub const ERROR_BODY_BYTES_MAX: usize = 200;
 pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(60 * 60);
 /// Most idle keep-alive connections kept per sink host.
 pub const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
+/// The W3C Trace Context header naming keel's attempt span as the sink's parent.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C Trace Context vendor state, passed on from the event.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for a connection to a sink (TCP and TLS handshakes): room for one lost SYN
@@ -226,17 +238,22 @@ impl PushClient {
         timeout: Duration,
     ) -> AttemptOutcome {
         let timestamp_s = crate::clock::now_ms() / 1000;
-        let outcome = match self.signed_request(target, event_json, attempt, timestamp_s) {
-            Ok((request, _)) => exchange_within(request, timeout).await,
-            Err(error) => transport_failure(error),
+        let (request, span) = match self.signed_request(target, event_json, attempt, timestamp_s) {
+            Ok(signed) => (signed.request, signed.span),
+            Err(error) => return transport_failure(error),
         };
-        tracing::debug!(
-            url = %redacted_url(&target.url),
-            attempt,
-            outcome = ?outcome,
-            "push attempt"
-        );
-        outcome
+        async {
+            let outcome = exchange_within(request, timeout).await;
+            tracing::debug!(
+                url = %redacted_url(&target.url),
+                attempt,
+                outcome = ?outcome,
+                "push attempt"
+            );
+            outcome
+        }
+        .instrument(span)
+        .await
     }
 
     /// Delivers one event of a stateful subscription with its key's state, and returns the
@@ -255,7 +272,7 @@ impl PushClient {
         let timestamp_s = crate::clock::now_ms() / 1000;
         let request = self
             .signed_request(target, event_json, attempt, timestamp_s)
-            .and_then(|(request, id)| {
+            .and_then(|Signed { request, id, span }| {
                 let mut request = request.header("keel-state-version", state.version.to_string());
                 if let Some(json) = &state.state {
                     let encoded = base64::engine::general_purpose::STANDARD.encode(json.as_bytes());
@@ -264,13 +281,16 @@ impl PushClient {
                         .header("keel-state", header_value("keel-state", &encoded)?)
                         .header("keel-state-signature", signature);
                 }
-                Ok(request)
+                Ok((request, span))
             });
-        let request = match request {
+        let (request, span) = match request {
             Ok(request) => request,
             Err(error) => return (transport_failure(error), Vec::new()),
         };
-        match tokio::time::timeout(timeout, exchange(request, COMMIT_ANSWER_BYTES_MAX)).await {
+        let exchanged = tokio::time::timeout(timeout, exchange(request, COMMIT_ANSWER_BYTES_MAX))
+            .instrument(span)
+            .await;
+        match exchanged {
             Ok(Ok(reply)) => {
                 let outcome = response::classify(&reply, crate::clock::now_ms() / 1000);
                 (outcome, reply.body)
@@ -287,14 +307,14 @@ impl PushClient {
     }
 
     /// The request for one attempt (binary-mode headers and body, signature, attempt
-    /// number), and the `webhook-id` it is signed with.
+    /// number, trace context), the `webhook-id` it is signed with, and its span.
     fn signed_request(
         &self,
         target: &SinkTarget,
         event_json: &str,
         attempt: u32,
         timestamp_s: i64,
-    ) -> Result<(reqwest::RequestBuilder, String), String> {
+    ) -> Result<Signed, String> {
         let parts = crate::event::http::binary_request(event_json)
             .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
         let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
@@ -314,13 +334,57 @@ impl PushClient {
         for (name, value) in signing {
             headers.insert(header_name(name)?, header_value(name, &value)?);
         }
+        let span = join_trace(&parts, &mut headers, attempt);
         let request = self
             .client
             .post(target.url.clone())
             .headers(headers)
             .body(parts.body);
-        Ok((request, parts.id))
+        Ok(Signed {
+            request,
+            id: parts.id,
+            span,
+        })
     }
+}
+
+/// One attempt's request, ready to send.
+struct Signed {
+    request: reqwest::RequestBuilder,
+    /// The `webhook-id` it is signed with.
+    id: String,
+    /// The attempt's span: in the event's trace, or none when the event has no valid
+    /// `traceparent`.
+    span: tracing::Span,
+}
+
+/// Joins the event's trace, when it has a valid `traceparent` (`crate::trace_context`): the
+/// attempt is a child span of the event's span, and the request's HTTP `traceparent` header
+/// names it as the parent (with the event's `tracestate`, when it fits in a header), so the
+/// sink's tracing continues under keel's hop. Returns the attempt's span.
+fn join_trace(
+    parts: &crate::event::http::BinaryRequest,
+    headers: &mut reqwest::header::HeaderMap,
+    attempt: u32,
+) -> tracing::Span {
+    let Some(parent) = parts.traceparent.as_deref().and_then(TraceContext::parse) else {
+        return tracing::Span::none();
+    };
+    let hop = parent.child();
+    if let Ok(value) = HeaderValue::from_str(&hop.to_string()) {
+        headers.insert(TRACEPARENT, value);
+    }
+    if let Some(Ok(value)) = parts.tracestate.as_deref().map(HeaderValue::from_str) {
+        headers.insert(TRACESTATE, value);
+    }
+    tracing::info_span!(
+        "push",
+        trace_id = %hop.trace_id_hex(),
+        span_id = %hop.span_id_hex(),
+        parent_id = %parent.span_id_hex(),
+        event_id = %parts.id,
+        attempt,
+    )
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {

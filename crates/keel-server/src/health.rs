@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use keel_api::health::{Liveness, Readiness, ReadyStatus};
+use keel_api::health::{Liveness, Readiness, ReadyStatus, Tasks};
 
 use crate::state::AppState;
 
@@ -15,6 +15,15 @@ pub async fn healthz() -> impl IntoResponse {
     Json(Liveness {
         status: "ok".to_owned(),
     })
+}
+
+/// `GET /v1/tasks`: the supervised engine tasks that have failed since start, with their
+/// state (restarting, failing, failed), failures and last failure.
+pub async fn tasks(State(state): State<AppState>) -> Result<Json<Tasks>, crate::problem::ApiError> {
+    let engine = state.engine()?;
+    Ok(Json(Tasks {
+        tasks: engine.failed_tasks(),
+    }))
 }
 
 /// `GET /readyz`: 503 while recovery runs; then 200, with `"status": "degraded"` and the

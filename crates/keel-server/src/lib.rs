@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/v1/tasks", get(health::tasks))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keel_api::publish::PublishResults;
 use keel_engine::event::http::HttpRequest;
+use keel_engine::trace_context::TraceContext;
+use tracing::Instrument as _;
 
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -50,22 +52,49 @@ pub async fn publish(
         attributes: &attributes,
         body: &body,
     };
-    let answer = match query.expected_version {
-        None => PublishResults {
-            results: engine.publish_http(&topic, &request).await?,
-            version: None,
-        },
-        Some(expected_version) => {
-            let appended = engine
-                .append_http_expecting(&topic, &request, expected_version)
-                .await?;
-            PublishResults {
-                results: appended.results,
-                version: appended.version,
+    let answer = async {
+        let answer = match query.expected_version {
+            None => PublishResults {
+                results: engine.publish_http(&topic, &request).await?,
+                version: None,
+            },
+            Some(expected_version) => {
+                let appended = engine
+                    .append_http_expecting(&topic, &request, expected_version)
+                    .await?;
+                PublishResults {
+                    results: appended.results,
+                    version: appended.version,
+                }
             }
-        }
-    };
+        };
+        tracing::debug!(%topic, events = answer.results.len(), "published");
+        Ok::<_, ApiError>(answer)
+    }
+    .instrument(publish_span(&headers, &topic))
+    .await?;
     Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+/// The publish's span: a child of the caller's span when the request carries a valid W3C
+/// `traceparent` header (so what keel logs while publishing joins the caller's trace), none
+/// otherwise. (The events' own `traceparent` attributes are stored as sent.)
+fn publish_span(headers: &HeaderMap, topic: &str) -> tracing::Span {
+    let caller = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceContext::parse);
+    let Some(caller) = caller else {
+        return tracing::Span::none();
+    };
+    let span = caller.child();
+    tracing::info_span!(
+        "publish",
+        trace_id = %span.trace_id_hex(),
+        span_id = %span.span_id_hex(),
+        parent_id = %caller.span_id_hex(),
+        topic,
+    )
 }
 
 fn body_error(rejection: &BytesRejection, request_bytes_max: usize) -> ApiError {

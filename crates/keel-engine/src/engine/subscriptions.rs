@@ -146,7 +146,7 @@ impl Engine {
         }
         let starts = resolve_position(&topic, &spec.start)?;
         let subscription = self.write_and_open(name, spec, topic, starts).await?;
-        subscription.start();
+        subscription.start(&self.inner.supervisor);
         let info = subscription.info();
         self.inner
             .subscriptions
@@ -244,6 +244,8 @@ impl Engine {
         self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
             .await?;
         self.inner.metrics.remove_subscription(&name);
+        let tasks = crate::subscription::task_prefix(&name);
+        self.inner.supervisor.forget(&tasks);
         tracing::info!(subscription = %name, "deleted subscription");
         Ok(())
     }

@@ -31,7 +31,7 @@ mod outbound;
 use super::{Event, EventError};
 
 pub(crate) use inbound::to_json as binary_to_json;
-pub(crate) use outbound::binary_request;
+pub(crate) use outbound::{BinaryRequest, binary_request};
 
 /// The media type of structured mode.
 pub const STRUCTURED: &str = "application/cloudevents+json";

@@ -8,11 +8,7 @@
 //! go to one settler, which commits the successes of everything finished meanwhile in one
 //! group commit and settles them together.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -22,7 +18,8 @@ use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
 use super::state::{Delivery, Outcome};
 use crate::clock::now_ms;
-use crate::handler::{Delivered, Handled, Handler, HandlerError, HandlerFuture};
+use crate::handler::{Delivered, Handled, Handler, HandlerError};
+use crate::supervisor::{CatchUnwind, panic_message};
 
 /// Most finished calls settled together.
 const SETTLE_BATCH_MAX: usize = 1024;
@@ -132,7 +129,10 @@ async fn call(
     let called = tokio::time::timeout(timeout, CatchUnwind(handler.handle(event))).await;
     let result = match called {
         Ok(Ok(result)) => Ok(result),
-        Ok(Err(panic)) => Err(format!("the handler panicked: {}", panic_text(panic))),
+        Ok(Err(panic)) => Err(format!(
+            "the handler panicked: {}",
+            panic_message(panic.as_ref())
+        )),
         // The call is dropped: its future runs no further.
         Err(_) => Err(format!(
             "the handler ran past the ack_timeout of {}",
@@ -144,23 +144,6 @@ async fn call(
         generation,
         result,
     });
-}
-
-/// A handler's call that catches a panic while it is polled: the call fails, and the task
-/// running it (and the engine) carries on.
-struct CatchUnwind(HandlerFuture);
-
-impl Future for CatchUnwind {
-    type Output = Result<Result<Handled, HandlerError>, Box<dyn std::any::Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        let call = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(context))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
 }
 
 /// A handler call's end, for the settler.
@@ -243,13 +226,4 @@ fn fail(error: String) -> Outcome {
         error,
         retry_after: None,
     }
-}
-
-/// A panic's message, when it has one.
-fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| (*text).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_owned())
 }

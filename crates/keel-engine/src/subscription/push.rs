@@ -9,6 +9,7 @@ use super::keyed_state::Found;
 use super::spec::SinkSpec;
 use super::state::{Delivery, Outcome};
 use crate::clock::{format_rfc3339_ms, now_ms};
+use crate::supervisor::{CatchUnwind, panic_message};
 use crate::webhook::{AttemptOutcome, PushClient, SinkTarget};
 use keel_api::state::CommitAnswer;
 use std::sync::Arc;
@@ -44,7 +45,30 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
         let started = taken.len();
         for delivery in taken {
             let (deliveries, client, target) = (deliveries.clone(), client.clone(), target.clone());
-            tokio::spawn(async move { attempt(&deliveries, &client, &target, delivery).await });
+            tokio::spawn(async move {
+                let (slot, lease) = (delivery.slot, delivery.lease);
+                let attempt = std::pin::pin!(attempt(&deliveries, &client, &target, delivery));
+                if let Err(panic) = CatchUnwind(attempt).await {
+                    // A bug: the attempt counts as failed rather than staying in flight.
+                    let error = format!(
+                        "the push attempt failed on a bug in keel: {}",
+                        panic_message(panic.as_ref())
+                    );
+                    let outcome = Outcome::Fail {
+                        status: None,
+                        error,
+                        retry_after: None,
+                    };
+                    deliveries.settle(
+                        vec![Settlement {
+                            slot,
+                            lease,
+                            outcome,
+                        }],
+                        "failed",
+                    );
+                }
+            });
         }
         if started > 0 {
             continue;

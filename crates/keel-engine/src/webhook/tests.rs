@@ -407,6 +407,37 @@ async fn signature_verifies_with_an_independent_hmac() {
     assert_eq!(received.header("user-agent"), Some(user_agent));
 }
 
+// Goal: an event's trace context reaches the sink twice: unchanged as the event's
+// `ce-traceparent`/`ce-tracestate`, and as the HTTP `traceparent` of keel's attempt span (same
+// trace and flags, a new span id) with the event's `tracestate`. An event without one, or with
+// an invalid one, gets no HTTP `traceparent`.
+#[tokio::test]
+async fn the_event_trace_continues_under_the_attempt_span() {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let members = format!(r#","traceparent":"{parent}","tracestate":"congo=t61rcWkgMzE""#);
+    let (outcome, sink) = deliver_to(vec![], &event(&members)).await;
+    assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
+    let received = &sink.exchanges()[0].request;
+    assert_eq!(received.header("ce-traceparent"), Some(parent));
+    assert_eq!(received.header("ce-tracestate"), Some("congo=t61rcWkgMzE"));
+    assert_eq!(received.header("tracestate"), Some("congo=t61rcWkgMzE"));
+    let hop = received.header("traceparent").expect("an HTTP traceparent");
+    let hop = crate::trace_context::TraceContext::parse(hop).expect("a valid traceparent");
+    let parent = crate::trace_context::TraceContext::parse(parent).unwrap();
+    assert_eq!((hop.trace_id, hop.flags), (parent.trace_id, parent.flags));
+    assert_ne!(
+        hop.span_id, parent.span_id,
+        "keel's attempt is a span of its own"
+    );
+
+    for members in ["", r#","traceparent":"not-a-trace""#] {
+        let (outcome, sink) = deliver_to(vec![], &event(members)).await;
+        assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
+        let received = &sink.exchanges()[0].request;
+        assert_eq!(received.header("traceparent"), None, "{members}");
+    }
+}
+
 // Goal: the signature is the one the Standard Webhooks reference test vector gives, and one
 // byte changed anywhere changes it. Method: sign the vector, then variants.
 #[test]

@@ -21,6 +21,10 @@ pub(crate) struct BinaryRequest {
     pub(crate) body: Vec<u8>,
     /// The event id as its `ce-id` header carries it (percent-encoded): the `webhook-id`.
     pub(crate) id: String,
+    /// The event's `traceparent` attribute (distributed tracing extension), as text.
+    pub(crate) traceparent: Option<String>,
+    /// The event's `tracestate` attribute, as text.
+    pub(crate) tracestate: Option<String>,
 }
 
 /// What a JSON-typed body defaults to (JSON event format §3.1).
@@ -34,6 +38,7 @@ pub(crate) fn binary_request(event_json: &str) -> Result<BinaryRequest, String> 
     let mut content_type = None;
     let mut data = None;
     let mut data_base64 = None;
+    let (mut traceparent, mut tracestate) = (None, None);
     for (name, value) in members {
         match name.as_str() {
             // `data: null` is an explicit null payload; any other null attribute is unset.
@@ -44,6 +49,11 @@ pub(crate) fn binary_request(event_json: &str) -> Result<BinaryRequest, String> 
             _ => {
                 let text = attribute_text(&name, value)?;
                 headers.push((format!("ce-{name}"), percent_encode(&text)));
+                match name.as_str() {
+                    "traceparent" => traceparent = Some(text),
+                    "tracestate" => tracestate = Some(text),
+                    _ => {}
+                }
             }
         }
     }
@@ -67,6 +77,8 @@ pub(crate) fn binary_request(event_json: &str) -> Result<BinaryRequest, String> 
         content_type,
         body,
         id,
+        traceparent,
+        tracestate,
     })
 }
 
