@@ -35,13 +35,14 @@ TOPIC = "purchases"
 SINKS = ("billing", "shipping", "analytics")
 FAILING_SINK = "shipping"
 # How keel treats the sinks: retry soon (from 200 ms, doubling up to 2 s, with jitter), and
-# after 5 failures in a row stop sending to the sink for 1 s before one probe request, so
-# that a sink that is down is not flooded. Attempts a sink's outage spends are bounded by the
-# circuit breaker, so 20 attempts are plenty before an event would be dead-lettered.
+# once half the attempts of the last 10 s fail (or 3 connections in a row fail) stop sending
+# to the sink for 1 s before a few probe requests, so that a sink that is down is not flooded.
+# An outage spends no attempts (the circuit breaker blames the sink), so 20 attempts are
+# plenty before an event would be dead-lettered.
 SUBSCRIPTION_SPEC = {
     "start": "latest",
     "retry": {"max_attempts": 20, "initial": "200ms", "max": "2s", "multiplier": 2},
-    "circuit_breaker": {"failures": 5, "cool_down": "1s"},
+    "circuit_breaker": {"cool_down": "1s"},
 }
 
 

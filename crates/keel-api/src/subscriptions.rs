@@ -123,31 +123,120 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The circuit breaker of a push sink.
+/// The circuit breaker of a push sink: it tells a flaky sink (fails some requests) from one
+/// that is down (fails them all, or cannot be reached), and stops sending only to the latter
+/// (`docs/delivery.md`, "Circuit breaker").
+///
+/// Closed, it opens when the answers of the last `window` hold at least `min_calls` calls and
+/// `failure_rate_percent` % or more of them failed, or at once after `connect_failures`
+/// attempts in a row that got no answer because the connection failed. Open, it sends nothing
+/// for `cool_down`; then up to `probes` requests go, and their failure rate closes it (under
+/// the threshold) or opens it again for twice as long, up to `cool_down_max`.
+///
+/// Reads the old form `{"failures": N, "cool_down": "10s"}` too: `failures` is the old name of
+/// `min_calls` (N calls in the window before it may open), and an old member holding the old
+/// default (5 failures, 10 s) reads as not chosen, so as today's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "CircuitPolicyJson")]
 pub struct CircuitPolicy {
-    /// Failed attempts in a row that open the circuit.
-    #[serde(default = "default_failures")]
-    pub failures: u32,
-    /// How long it stays open before a probe.
-    #[serde(default = "default_cool_down", with = "duration::serde_text")]
+    /// Whether the breaker runs. Off, every failed attempt spends one of the event's attempts,
+    /// also while the sink is down.
+    pub enabled: bool,
+    /// The share of failed calls in the window, in percent, at which the circuit opens.
+    pub failure_rate_percent: u32,
+    /// How far back the failure rate looks.
+    #[serde(with = "duration::serde_text")]
+    pub window: Duration,
+    /// Calls the window must hold before its failure rate can open the circuit.
+    pub min_calls: u32,
+    /// Attempts in a row whose connection failed (refused, connect timeout, dropped before an
+    /// answer) that open the circuit at once, whatever the window holds.
+    pub connect_failures: u32,
+    /// Requests let through when half-open; their failure rate decides.
+    pub probes: u32,
+    /// How long it stays open before the first probes.
+    #[serde(with = "duration::serde_text")]
     pub cool_down: Duration,
-}
-
-fn default_failures() -> u32 {
-    5
-}
-fn default_cool_down() -> Duration {
-    Duration::from_secs(10)
+    /// The longest it stays open: each failed round of probes doubles the wait up to this.
+    #[serde(with = "duration::serde_text")]
+    pub cool_down_max: Duration,
 }
 
 impl Default for CircuitPolicy {
     fn default() -> Self {
         Self {
-            failures: default_failures(),
-            cool_down: default_cool_down(),
+            enabled: true,
+            failure_rate_percent: 50,
+            window: Duration::from_secs(10),
+            min_calls: 100,
+            connect_failures: 3,
+            probes: 10,
+            cool_down: Duration::from_secs(5),
+            cool_down_max: Duration::from_secs(300),
         }
+    }
+}
+
+/// The old breaker's defaults, which every spec stored before the failure-rate breaker holds
+/// unless it chose its own: `{"failures": 5, "cool_down": "10s"}`.
+const OLD_DEFAULT_FAILURES: u32 = 5;
+const OLD_DEFAULT_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// [`CircuitPolicy`] as JSON may give it: any member left out takes its default, and the old
+/// member `failures` names `min_calls`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CircuitPolicyJson {
+    enabled: Option<bool>,
+    failure_rate_percent: Option<u32>,
+    #[serde(default, with = "duration::serde_text_option")]
+    window: Option<Duration>,
+    min_calls: Option<u32>,
+    /// The old breaker's "failed attempts in a row that open the circuit".
+    failures: Option<u32>,
+    connect_failures: Option<u32>,
+    probes: Option<u32>,
+    #[serde(default, with = "duration::serde_text_option")]
+    cool_down: Option<Duration>,
+    #[serde(default, with = "duration::serde_text_option")]
+    cool_down_max: Option<Duration>,
+}
+
+impl TryFrom<CircuitPolicyJson> for CircuitPolicy {
+    type Error = String;
+
+    fn try_from(json: CircuitPolicyJson) -> Result<Self, String> {
+        if json.failures.is_some() && json.min_calls.is_some() {
+            return Err(
+                "circuit_breaker.failures is the old name of circuit_breaker.min_calls: \
+                        give only min_calls"
+                    .to_owned(),
+            );
+        }
+        let default = CircuitPolicy::default();
+        // An old spec always carries both old members, so their old defaults say nothing was
+        // chosen: they read as today's defaults (a declared subscription in the config file,
+        // or a repeated create, then still matches the stored spec).
+        let old_form = json.failures.is_some();
+        let chosen = |given: Option<Duration>, old_default: Duration| {
+            given.filter(|value| !(old_form && *value == old_default))
+        };
+        let failures = json
+            .failures
+            .filter(|failures| *failures != OLD_DEFAULT_FAILURES);
+        let cool_down = chosen(json.cool_down, OLD_DEFAULT_COOL_DOWN);
+        Ok(CircuitPolicy {
+            enabled: json.enabled.unwrap_or(default.enabled),
+            failure_rate_percent: json
+                .failure_rate_percent
+                .unwrap_or(default.failure_rate_percent),
+            window: json.window.unwrap_or(default.window),
+            min_calls: json.min_calls.or(failures).unwrap_or(default.min_calls),
+            connect_failures: json.connect_failures.unwrap_or(default.connect_failures),
+            probes: json.probes.unwrap_or(default.probes),
+            cool_down: cool_down.unwrap_or(default.cool_down),
+            cool_down_max: json.cool_down_max.unwrap_or(default.cool_down_max),
+        })
     }
 }
 
@@ -331,16 +420,35 @@ pub struct RetrySettings {
     pub multiplier: Option<f64>,
 }
 
-/// The circuit breaker settings a client sets in [`SubscriptionSettings`].
+/// The circuit breaker settings a client sets in [`SubscriptionSettings`]; each is
+/// [`CircuitPolicy`]'s member of the same name, durations as text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitSettings {
-    /// Failed attempts in a row that open the circuit.
+    /// Whether the breaker runs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failures: Option<u32>,
-    /// How long it stays open before a probe, as text.
+    pub enabled: Option<bool>,
+    /// The failure rate, in percent, at which the circuit opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_rate_percent: Option<u32>,
+    /// How far back the failure rate looks, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Calls in the window before its failure rate counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_calls: Option<u32>,
+    /// Failed connections in a row that open the circuit at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_failures: Option<u32>,
+    /// Requests let through when half-open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+    /// How long it stays open before probing, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cool_down: Option<String>,
+    /// The longest it stays open, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cool_down_max: Option<String>,
 }
 
 /// How a subscription delivers.
@@ -419,12 +527,56 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     pub dlq_depth: usize,
     /// The push sink's circuit; none for pull.
     pub circuit: Option<CircuitState>,
+    /// The push sink's outages as its circuit breaker saw them; none for pull. (Absent from
+    /// the answers of a keel from before it.)
+    #[serde(default)]
+    pub sink_health: Option<SinkHealth>,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// Why it refuses service, when it does (its storage failed).
     pub unavailable: Option<String>,
     /// Progress per partition.
     pub partitions: Vec<PartitionProgress>,
+}
+
+/// A push sink's outages as its circuit breaker saw them, since the server started: an
+/// outage runs from the circuit opening to its closing again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkHealth {
+    /// When counting started: the subscription's start (RFC 3339).
+    pub since: String,
+    /// Outages so far: times the circuit opened from closed.
+    pub outages: u64,
+    /// Time in outages, the running one included.
+    #[serde(with = "duration::serde_text")]
+    pub down_time: Duration,
+    /// Mean time between failures: the time up divided by the outages; none before the first.
+    #[serde(with = "duration::serde_text_option")]
+    pub mtbf: Option<Duration>,
+    /// Mean time to recover: the time down divided by the outages; none before the first.
+    #[serde(with = "duration::serde_text_option")]
+    pub mttr: Option<Duration>,
+    /// MTBF / (MTBF + MTTR), the share of time up: 1 before any outage.
+    pub availability: f64,
+    /// The last outage, when there was one.
+    pub last_outage: Option<Outage>,
+}
+
+/// One outage of a push sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// When the circuit opened (RFC 3339).
+    pub opened_at: String,
+    /// Why it opened, e.g. `3 connections in a row failed`.
+    pub reason: String,
+    /// From the first failure after the last success to the opening.
+    #[serde(with = "duration::serde_text")]
+    pub time_to_detect: Duration,
+    /// When the circuit closed again; none while the outage lasts.
+    pub closed_at: Option<String>,
+    /// From the opening to the closing; none while the outage lasts.
+    #[serde(with = "duration::serde_text_option")]
+    pub time_to_recover: Option<Duration>,
 }
 
 /// The last failure of a subscription.
@@ -518,8 +670,14 @@ mod tests {
                 multiplier: Some(1.5),
             },
             circuit_breaker: CircuitSettings {
-                failures: Some(2),
+                enabled: Some(true),
+                failure_rate_percent: Some(40),
+                window: Some("5s".to_owned()),
+                min_calls: Some(2),
+                connect_failures: Some(4),
+                probes: Some(3),
                 cool_down: Some("300ms".to_owned()),
+                cool_down_max: Some("1m".to_owned()),
             },
             rate_limit: Some(20),
             stateful: false,
@@ -542,8 +700,14 @@ mod tests {
                 multiplier: 1.5,
             },
             circuit_breaker: CircuitPolicy {
-                failures: 2,
+                enabled: true,
+                failure_rate_percent: 40,
+                window: Duration::from_secs(5),
+                min_calls: 2,
+                connect_failures: 4,
+                probes: 3,
                 cool_down: Duration::from_millis(300),
+                cool_down_max: Duration::from_secs(60),
             },
             rate_limit: Some(20),
             stateful: false,
@@ -568,9 +732,50 @@ mod tests {
         assert_eq!(created.info.mode, DeliveryMode::Push);
         assert_eq!(created.info.circuit, Some(CircuitState::HalfOpen));
         assert_eq!(created.info.spec.retry, RetryPolicy::default());
+        assert_eq!(created.info.sink_health, None, "absent before keel had it");
         let Delivery::Push(sink) = created.info.spec.delivery else {
             panic!("a push sink");
         };
         assert_eq!((sink.url.as_str(), sink.secret), ("http://h/x", None));
+    }
+
+    // Goal: a circuit breaker stored by a keel from before the failure-rate breaker still
+    // reads: its `failures` as `min_calls` and its cool-down kept, the rest defaulted, and the
+    // old defaults (which every old spec holds unless it chose its own) as today's defaults;
+    // it writes back in the new form; giving both names is refused. Method: read old and
+    // mixed JSON, write one back.
+    #[test]
+    fn old_circuit_breaker_reads_as_min_calls() {
+        let old: CircuitPolicy =
+            serde_json::from_str(r#"{"failures": 7, "cool_down": "20s"}"#).expect("old form");
+        let expected = CircuitPolicy {
+            min_calls: 7,
+            cool_down: Duration::from_secs(20),
+            ..CircuitPolicy::default()
+        };
+        assert_eq!(old, expected);
+        let written = serde_json::to_value(old).expect("serialise");
+        assert_eq!(written["min_calls"], 7);
+        assert!(written.get("failures").is_none(), "{written}");
+        let back: CircuitPolicy = serde_json::from_value(written).expect("reads back");
+        assert_eq!(back, old);
+        let old_defaults: CircuitPolicy =
+            serde_json::from_str(r#"{"failures": 5, "cool_down": "10s"}"#).expect("old form");
+        assert_eq!(old_defaults, CircuitPolicy::default());
+        let new_form: CircuitPolicy =
+            serde_json::from_str(r#"{"cool_down": "10s"}"#).expect("new form");
+        assert_eq!(
+            new_form.cool_down,
+            Duration::from_secs(10),
+            "chosen in the new form"
+        );
+        let empty: CircuitPolicy = serde_json::from_str("{}").expect("all defaults");
+        assert_eq!(empty, CircuitPolicy::default());
+        let both = serde_json::from_str::<CircuitPolicy>(r#"{"failures": 3, "min_calls": 4}"#)
+            .expect_err("both names");
+        assert!(both.to_string().contains("old name"), "{both}");
+        let unknown = serde_json::from_str::<CircuitPolicy>(r#"{"failure_rate": 3}"#)
+            .expect_err("unknown member");
+        assert!(unknown.to_string().contains("failure_rate"), "{unknown}");
     }
 }

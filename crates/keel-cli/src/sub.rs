@@ -180,12 +180,33 @@ pub(crate) struct SpecFlags {
     /// --ordering key; see docs/processing.md)
     #[arg(long)]
     pub(crate) stateful: bool,
-    /// Failed push attempts in a row that open the sink's circuit breaker
+    /// Turn the sink's circuit breaker off: every failed attempt then spends one of the
+    /// event's attempts, also while the sink is down
+    #[arg(long)]
+    pub(crate) circuit_off: bool,
+    /// Share of failed push attempts in the window, in percent, that opens the circuit
+    /// [default: 50]
+    #[arg(long, value_name = "PERCENT")]
+    pub(crate) circuit_failure_rate: Option<u32>,
+    /// How far back the circuit's failure rate looks, e.g. 10s
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
+    pub(crate) circuit_window: Option<String>,
+    /// Attempts in the window before its failure rate can open the circuit [default: 100]
+    /// (--circuit-failures is its old name)
+    #[arg(long, value_name = "N", alias = "circuit-failures")]
+    pub(crate) circuit_min_calls: Option<u32>,
+    /// Failed connections in a row that open the circuit at once [default: 3]
     #[arg(long, value_name = "N")]
-    pub(crate) circuit_failures: Option<u32>,
-    /// How long an open circuit waits before a probe, e.g. 10s
+    pub(crate) circuit_connect_failures: Option<u32>,
+    /// Probe requests let through when the circuit half-opens [default: 10]
+    #[arg(long, value_name = "N")]
+    pub(crate) circuit_probes: Option<u32>,
+    /// How long an open circuit waits before its probes, e.g. 5s
     #[arg(long, value_name = "DURATION", value_parser = duration_text)]
     pub(crate) circuit_cool_down: Option<String>,
+    /// Longest wait of an open circuit (each failed round of probes doubles it), e.g. 5m
+    #[arg(long, value_name = "DURATION", value_parser = duration_text)]
+    pub(crate) circuit_cool_down_max: Option<String>,
 }
 
 /// Delivery order, as the API spells it.
@@ -486,8 +507,14 @@ fn spec_body(flags: &SpecFlags) -> Value {
             multiplier: flags.retry_multiplier,
         },
         circuit_breaker: CircuitSettings {
-            failures: flags.circuit_failures,
+            enabled: flags.circuit_off.then_some(false),
+            failure_rate_percent: flags.circuit_failure_rate,
+            window: flags.circuit_window.clone(),
+            min_calls: flags.circuit_min_calls,
+            connect_failures: flags.circuit_connect_failures,
+            probes: flags.circuit_probes,
             cool_down: flags.circuit_cool_down.clone(),
+            cool_down_max: flags.circuit_cool_down_max.clone(),
         },
         rate_limit: flags.rate_limit,
         stateful: flags.stateful,
@@ -595,6 +622,9 @@ fn describe_text(info: &SubscriptionInfo) -> String {
     if info.mode == DeliveryMode::Push {
         head.push(("circuit".to_owned(), plain(&info.circuit)));
     }
+    if let Some(health) = &info.sink_health {
+        head.extend(sink_health_pairs(health));
+    }
     let counters = [
         ("lag", info.lag),
         ("in flight", info.in_flight as u64),
@@ -654,14 +684,9 @@ fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
         ),
     ));
     if spec.is_push() {
-        let circuit = &spec.circuit_breaker;
         pairs.push((
             "circuit breaker".to_owned(),
-            format!(
-                "opens after {} failures in a row, cool-down {}",
-                circuit.failures,
-                duration::format(circuit.cool_down)
-            ),
+            circuit_text(&spec.circuit_breaker),
         ));
     }
     let rate_limit = match spec.rate_limit {
@@ -669,6 +694,58 @@ fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
         None => "unlimited".to_owned(),
     };
     pairs.push(("rate limit".to_owned(), rate_limit));
+    pairs
+}
+
+/// A circuit breaker policy in a line: when it opens, and how it waits.
+fn circuit_text(circuit: &subscriptions::CircuitPolicy) -> String {
+    if !circuit.enabled {
+        return "off".to_owned();
+    }
+    format!(
+        "opens at {}% failed of {}+ attempts in {}, or {} failed connections in a row; \
+         cool-down {} (up to {}), then {} probes",
+        circuit.failure_rate_percent,
+        circuit.min_calls,
+        duration::format(circuit.window),
+        circuit.connect_failures,
+        duration::format(circuit.cool_down),
+        duration::format(circuit.cool_down_max),
+        circuit.probes
+    )
+}
+
+/// A push sink's recovery figures as label/value lines: its outages, and the last one.
+fn sink_health_pairs(health: &subscriptions::SinkHealth) -> Vec<(String, String)> {
+    let optional =
+        |value: Option<std::time::Duration>| value.map_or("-".to_owned(), duration::format);
+    let mut pairs = vec![(
+        "sink outages".to_owned(),
+        format!(
+            "{} since {} (down {}, availability {:.2}%, MTBF {}, MTTR {})",
+            health.outages,
+            health.since,
+            duration::format(health.down_time),
+            health.availability * 100.0,
+            optional(health.mtbf),
+            optional(health.mttr)
+        ),
+    )];
+    if let Some(last) = &health.last_outage {
+        let recovered = match (&last.closed_at, last.time_to_recover) {
+            (Some(at), Some(took)) => format!("recovered in {} at {at}", duration::format(took)),
+            _ => "not recovered yet".to_owned(),
+        };
+        pairs.push((
+            "last outage".to_owned(),
+            format!(
+                "opened {} ({}), detected in {}, {recovered}",
+                last.opened_at,
+                last.reason,
+                duration::format(last.time_to_detect)
+            ),
+        ));
+    }
     pairs
 }
 
@@ -937,10 +1014,20 @@ mod tests {
             "1.5",
             "--rate-limit",
             "20",
-            "--circuit-failures",
+            "--circuit-failure-rate",
+            "40",
+            "--circuit-window",
+            "5s",
+            "--circuit-min-calls",
             "2",
+            "--circuit-connect-failures",
+            "4",
+            "--circuit-probes",
+            "3",
             "--circuit-cool-down",
             "300ms",
+            "--circuit-cool-down-max",
+            "1m",
         ])
         .unwrap();
         assert_eq!(
@@ -954,9 +1041,24 @@ mod tests {
                 "max_in_flight": 7,
                 "ack_timeout": "500ms",
                 "retry": {"max_attempts": 3, "initial": "50ms", "max": "1s", "multiplier": 1.5},
-                "circuit_breaker": {"failures": 2, "cool_down": "300ms"},
+                "circuit_breaker": {"failure_rate_percent": 40, "window": "5s",
+                    "min_calls": 2, "connect_failures": 4, "probes": 3, "cool_down": "300ms",
+                    "cool_down_max": "1m"},
                 "rate_limit": 20,
             })
+        );
+        // The old flag names min_calls, as the old JSON member does; the breaker can be off.
+        let old = parse_create(&[
+            "p",
+            "--topic",
+            "t",
+            "--circuit-failures",
+            "2",
+            "--circuit-off",
+        ]);
+        assert_eq!(
+            spec_body(&old.unwrap().flags),
+            json!({"topic": "t", "circuit_breaker": {"enabled": false, "min_calls": 2}})
         );
         let minimal = parse_create(&["p", "--topic", "orders", "--start", "earliest"]).unwrap();
         assert_eq!(
@@ -1031,7 +1133,8 @@ mod tests {
 
     #[test]
     fn describe_shows_spec_state_counters_and_partitions() {
-        // Goal: a readable description with shorthand filters, the pause reason and each
+        // Goal: a readable description with shorthand filters, the breaker (an old spec's, its
+        // `failures` read as min_calls), the sink's outages, the pause reason and each
         // partition's lag. Method: render a push subscription's describe answer.
         let info = json!({
             "name": "hooks", "topic": "orders",
@@ -1040,10 +1143,15 @@ mod tests {
             "sink": {"url": "http://h/x", "secret": null}, "start": "earliest",
             "ordering": "key", "max_in_flight": 100, "ack_timeout": "30s",
             "retry": {"max_attempts": 10, "initial": "1s", "max": "5m", "multiplier": 2.0},
-            "circuit_breaker": {"failures": 5, "cool_down": "10s"},
+            "circuit_breaker": {"failures": 8, "cool_down": "10s"},
             "mode": "push", "paused": "sink answered 410 Gone", "lag": 4, "in_flight": 1,
             "pending": 2, "delivered": 9, "retried": 3, "dead_lettered": 1,
             "skipped_by_retention": 0, "dlq_depth": 1, "circuit": "open",
+            "sink_health": {"since": "2026-01-01T00:00:00.000Z", "outages": 1,
+                "down_time": "3s", "mtbf": "57s", "mttr": "3s", "availability": 0.95,
+                "last_outage": {"opened_at": "2026-01-01T00:00:57.000Z",
+                    "reason": "3 connections in a row failed", "time_to_detect": "12ms",
+                    "closed_at": null, "time_to_recover": null}},
             "last_error": {"at": "2026-01-01T00:00:00.000Z", "error": "HTTP 500"},
             "unavailable": null,
             "partitions": [{"partition": 0, "committed": 5, "cursor": 7, "next_offset": 9}],
@@ -1062,10 +1170,15 @@ mod tests {
              max in flight    100\n\
              ack timeout      30s\n\
              retry            10 attempts, backoff from 1s ×2.0 up to 5m\n\
-             circuit breaker  opens after 5 failures in a row, cool-down 10s\n\
+             circuit breaker  opens at 50% failed of 8+ attempts in 10s, or 3 failed connections \
+             in a row; cool-down 5s (up to 5m), then 10 probes\n\
              rate limit       unlimited\n\
              state            paused: sink answered 410 Gone\n\
              circuit          open\n\
+             sink outages     1 since 2026-01-01T00:00:00.000Z (down 3s, availability 95.00%, \
+             MTBF 57s, MTTR 3s)\n\
+             last outage      opened 2026-01-01T00:00:57.000Z (3 connections in a row failed), \
+             detected in 12ms, not recovered yet\n\
              \n\
              lag                   4\n\
              in flight             1\n\
@@ -1238,7 +1351,9 @@ mod tests {
         assert_eq!(
             ["circuit_breaker", "rate_limit", "mode"].map(kept),
             [
-                json!({"failures": 2, "cool_down": "300ms"}),
+                json!({"enabled": true, "failure_rate_percent": 50, "window": "10s",
+                    "min_calls": 2, "connect_failures": 3, "probes": 10, "cool_down": "300ms",
+                    "cool_down_max": "5m"}),
                 json!(20),
                 json!("push")
             ],

@@ -85,6 +85,9 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// A gauge of a fractional value (seconds, a share).
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 fn delivery_histogram() -> Histogram {
     // 100 µs to about 1.8 h: a local push takes under a millisecond, a retried event hours.
     Histogram::new(exponential_buckets(0.000_1, 2.0, 26))
@@ -217,6 +220,25 @@ metrics! {
     /// A push subscription's circuit: 0 closed, 1 open, 2 half-open.
     subscription_circuit_state: Family<SubscriptionLabels, Gauge> = Family::default()
         => "subscription_circuit_state", "Push sink circuit: 0 closed, 1 open, 2 half-open";
+    /// A push sink's outages: times its circuit opened from closed.
+    subscription_sink_outages: Family<SubscriptionLabels, Counter> = Family::default()
+        => "subscription_sink_outages", "Push sink outages: times the circuit opened from closed";
+    /// A push sink's time in outages (circuit open or half-open) since start.
+    subscription_sink_down_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
+        => "subscription_sink_down", "Push sink time in outages since start", Unit::Seconds;
+    /// A push sink's availability since start: MTBF / (MTBF + MTTR).
+    subscription_sink_availability: Family<SubscriptionLabels, FloatGauge> = Family::default()
+        => "subscription_sink_availability", "Push sink availability: MTBF / (MTBF + MTTR)";
+    /// A push sink's mean time between failures (set once it had an outage).
+    subscription_sink_mtbf_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
+        => "subscription_sink_mtbf", "Push sink mean time between failures", Unit::Seconds;
+    /// A push sink's mean time to recover (set once it had an outage).
+    subscription_sink_mttr_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
+        => "subscription_sink_mttr", "Push sink mean time to recover", Unit::Seconds;
+    /// The last outage's time to detect: first failure after a success to the circuit opening.
+    subscription_sink_detect_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
+        => "subscription_sink_time_to_detect",
+        "Push sink's last outage: first failure to circuit open", Unit::Seconds;
     /// 1 while a subscription is paused.
     subscription_paused: Family<SubscriptionLabels, Gauge> = Family::default()
         => "subscription_paused", "1 while the subscription is paused";
@@ -251,6 +273,12 @@ impl Metrics {
         self.subscription_in_flight.remove(&labels);
         self.subscription_dlq_depth.remove(&labels);
         self.subscription_circuit_state.remove(&labels);
+        self.subscription_sink_outages.remove(&labels);
+        self.subscription_sink_down_seconds.remove(&labels);
+        self.subscription_sink_availability.remove(&labels);
+        self.subscription_sink_mtbf_seconds.remove(&labels);
+        self.subscription_sink_mttr_seconds.remove(&labels);
+        self.subscription_sink_detect_seconds.remove(&labels);
         self.subscription_paused.remove(&labels);
         self.subscription_delivery_seconds.remove(&labels);
         for outcome in ATTEMPT_OUTCOMES {

@@ -29,6 +29,7 @@ pub mod pull;
 mod push;
 mod reader;
 mod signals;
+mod sink_health;
 pub mod spec;
 pub(crate) mod state;
 mod store;
@@ -49,7 +50,7 @@ use crate::storage::SubscriptionLogs;
 use crate::supervisor::{GiveUp, Supervisor};
 use crate::topic::{EmitTargets, Topic};
 use checkpoint::{Checkpoint, CheckpointLog};
-use circuit::CircuitBreaker;
+use circuit::{CircuitBreaker, CircuitState};
 use delivery::Deliveries;
 pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
@@ -57,6 +58,7 @@ use keyed_state::KeyedState;
 pub use keyed_state::{KeyState, StoredKeyState};
 pub use pull::{AckResult, PulledMessage};
 use signals::Signals;
+use sink_health::SinkOutages;
 use spec::SubscriptionSpec;
 use state::DeliveryState;
 use store::Durability;
@@ -77,7 +79,10 @@ pub(crate) fn task_prefix(subscription: &str) -> String {
 struct Core {
     delivery: DeliveryState,
     paused: Option<String>,
+    /// A push sink's circuit breaker, unless the spec turns it off.
     circuit: Option<CircuitBreaker>,
+    /// The sink's outages as the breaker saw them (with the breaker).
+    sink_outages: Option<SinkOutages>,
     /// Ids of redriven dead-letter entries whose redelivery was acknowledged: the store
     /// removes them from the queue.
     redrive_acked: Vec<String>,
@@ -171,6 +176,35 @@ impl Shared {
             .inc_by(count);
     }
 
+    /// Announces a change of the sink's circuit: logged with its reason, and an opening
+    /// counted as an outage. Every transition passes here (from `Deliveries::take` and
+    /// `Deliveries::settle`), so this is where a later hook (an alert event) is called.
+    fn announce(&self, transition: Option<circuit::Transition>) {
+        let Some(transition) = transition else {
+            return;
+        };
+        let (from, to) = (transition.from, transition.to);
+        let reason = transition.reason.name();
+        let detail = transition.reason.to_string();
+        match to {
+            CircuitState::Open => {
+                tracing::warn!(subscription = %self.name, ?from, ?to, reason, %detail, "sink circuit opened: not sending until the cool-down ends");
+            }
+            CircuitState::HalfOpen => {
+                tracing::info!(subscription = %self.name, ?from, ?to, reason, %detail, "sink circuit half-open: sending probes");
+            }
+            CircuitState::Closed => {
+                tracing::info!(subscription = %self.name, ?from, ?to, reason, %detail, "sink circuit closed: delivering again");
+            }
+        }
+        if from == CircuitState::Closed {
+            self.metrics
+                .subscription_sink_outages
+                .get_or_create(&self.labels)
+                .inc();
+        }
+    }
+
     /// Records an acknowledged event's publish → ack latency.
     fn observe_ack(&self, published_ms: i64) {
         let seconds = (now_ms() - published_ms).max(0) as f64 / 1000.0;
@@ -258,12 +292,9 @@ impl Subscription {
         )
         .with_lane_bytes_max(lane_bytes_max(partitions));
         // The breaker guards a handler that can be down: a push sink.
-        let circuit = spec.is_push().then(|| {
-            CircuitBreaker::new(
-                spec.circuit_breaker.failures,
-                spec.circuit_breaker.cool_down,
-            )
-        });
+        let circuit = (spec.is_push() && spec.circuit_breaker.enabled)
+            .then(|| CircuitBreaker::new(spec.circuit_breaker));
+        let sink_outages = circuit.as_ref().map(|_| SinkOutages::new(now_ms()));
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             labels: SubscriptionLabels {
@@ -276,6 +307,7 @@ impl Subscription {
                 delivery,
                 paused: checkpoint.paused,
                 circuit,
+                sink_outages,
                 redrive_acked: Vec::new(),
                 rebuilding: false,
             }),
@@ -479,6 +511,7 @@ impl Subscription {
             skipped_by_retention: counters.skipped_by_retention,
             dlq_depth,
             circuit: core.circuit.as_ref().map(CircuitBreaker::state),
+            sink_health: core.sink_outages.as_ref().map(|o| o.report(now_ms())),
             last_error: counters
                 .last_error
                 .as_ref()
@@ -518,6 +551,9 @@ impl Subscription {
                 .subscription_circuit_state
                 .get_or_create(labels)
                 .set(circuit.gauge_value());
+        }
+        if let Some(health) = &info.sink_health {
+            publish_sink_health(metrics, labels, health);
         }
     }
 
@@ -725,6 +761,35 @@ impl Subscription {
 
 /// Boot numbers are drawn below this (see `pull.rs`, ack ids).
 const BOOT_LIMIT: u32 = 1 << 31;
+
+/// Sets a push sink's recovery gauges from its figures.
+fn publish_sink_health(
+    metrics: &Metrics,
+    labels: &SubscriptionLabels,
+    health: &keel_api::subscriptions::SinkHealth,
+) {
+    metrics
+        .subscription_sink_down_seconds
+        .get_or_create(labels)
+        .set(health.down_time.as_secs_f64());
+    metrics
+        .subscription_sink_availability
+        .get_or_create(labels)
+        .set(health.availability);
+    let optional = [
+        (&metrics.subscription_sink_mtbf_seconds, health.mtbf),
+        (&metrics.subscription_sink_mttr_seconds, health.mttr),
+        (
+            &metrics.subscription_sink_detect_seconds,
+            health.last_outage.as_ref().map(|o| o.time_to_detect),
+        ),
+    ];
+    for (family, value) in optional {
+        if let Some(value) = value {
+            family.get_or_create(labels).set(value.as_secs_f64());
+        }
+    }
+}
 
 /// Events a lane may hold pending: the subscription's bound shared across its partitions.
 fn lane_pending_max(partitions: usize) -> usize {

@@ -70,6 +70,10 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for a connection to a sink (TCP and TLS handshakes): room for one lost SYN
+/// (Linux resends it after 1 s), short enough that a sink whose host is gone is told from a
+/// slow one within seconds (the circuit breaker opens on failed connections in a row).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const _: () = assert!(ERROR_BODY_BYTES_MAX <= RESPONSE_BYTES_MAX);
 
@@ -81,8 +85,7 @@ pub enum AttemptOutcome {
         /// The 2xx status.
         status: u16,
     },
-    /// Try again later: 408, 429, 5xx, 3xx, an answer that broke off, a timeout or a
-    /// connection error.
+    /// Try again later: 408, 429, 5xx, 3xx, an answer that broke off or a timeout.
     Retry {
         /// The status, when the sink answered.
         status: Option<u16>,
@@ -91,6 +94,15 @@ pub enum AttemptOutcome {
         error: String,
         /// The sink's `Retry-After`, capped at [`RETRY_AFTER_MAX`].
         retry_after: Option<Duration>,
+    },
+    /// Try again later: the connection failed before any answer.
+    ConnectionFailed {
+        /// What happened, e.g. `cannot connect: tcp connect error: connection refused`.
+        error: String,
+        /// Whether the request never reached the sink: the connection could not be made
+        /// (refused, [`CONNECT_TIMEOUT`], no route). Otherwise it dropped after the request
+        /// went out.
+        unreached: bool,
     },
     /// 410 Gone: the sink wants no more events; the caller pauses the subscription.
     Gone {
@@ -203,6 +215,7 @@ impl PushClient {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(idle_max.max(1))
             .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             // Building fails only for a TLS backend that cannot start or bad custom settings;
             // rustls with built-in roots and these fixed settings always build.
@@ -282,10 +295,7 @@ impl PushClient {
                 let outcome = response::classify(&reply, crate::clock::now_ms() / 1000);
                 (outcome, reply.body)
             }
-            Ok(Err(error)) => (
-                transport_failure(response::transport_error(&error)),
-                Vec::new(),
-            ),
+            Ok(Err(error)) => (connection_failure(&error), Vec::new()),
             Err(_elapsed) => (
                 transport_failure(format!(
                     "timed out after {}",
@@ -396,11 +406,19 @@ fn transport_failure(error: String) -> AttemptOutcome {
     }
 }
 
+/// A request that got no answer: its connection failed, before or after the request went out.
+fn connection_failure(error: &reqwest::Error) -> AttemptOutcome {
+    AttemptOutcome::ConnectionFailed {
+        error: response::transport_error(error),
+        unreached: error.is_connect(),
+    }
+}
+
 /// Sends the request and reads the answer, all within `timeout`.
 async fn exchange_within(request: reqwest::RequestBuilder, timeout: Duration) -> AttemptOutcome {
     match tokio::time::timeout(timeout, exchange(request, 0)).await {
         Ok(Ok(reply)) => response::classify(&reply, crate::clock::now_ms() / 1000),
-        Ok(Err(error)) => transport_failure(response::transport_error(&error)),
+        Ok(Err(error)) => connection_failure(&error),
         Err(_elapsed) => transport_failure(format!(
             "timed out after {}",
             crate::duration::format(timeout)

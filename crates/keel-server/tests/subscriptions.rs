@@ -788,6 +788,7 @@ async fn bad_subscription_input_is_a_precise_problem() {
     let server = TestServer::start(dir.path()).await;
     server.put_topic("orders", json!({})).await;
     let with = orders_spec;
+    let sink = json!({"url": "http://127.0.0.1:9/hook"});
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown topic",
@@ -830,6 +831,36 @@ async fn bad_subscription_input_is_a_precise_problem() {
             "max_in_flight",
         ),
         ("unknown field", with(json!({"colour": "blue"})), "colour"),
+        (
+            "circuit failure rate over 100",
+            with(json!({"sink": sink, "circuit_breaker": {"failure_rate_percent": 101}})),
+            "circuit_breaker.failure_rate_percent",
+        ),
+        (
+            "circuit window too short",
+            with(json!({"sink": sink, "circuit_breaker": {"window": "5ms"}})),
+            "circuit_breaker.window",
+        ),
+        (
+            "circuit without probes",
+            with(json!({"sink": sink, "circuit_breaker": {"probes": 0}})),
+            "circuit_breaker.probes",
+        ),
+        (
+            "circuit cool-down over its max",
+            with(json!({"sink": sink, "circuit_breaker": {"cool_down": "10m"}})),
+            "circuit_breaker.cool_down must be above 0 and at most circuit_breaker.cool_down_max",
+        ),
+        (
+            "circuit min_calls under its old name too",
+            with(json!({"sink": sink, "circuit_breaker": {"failures": 3, "min_calls": 3}})),
+            "circuit_breaker.failures is the old name of circuit_breaker.min_calls",
+        ),
+        (
+            "circuit connect_failures 0",
+            with(json!({"sink": sink, "circuit_breaker": {"connect_failures": 0}})),
+            "circuit_breaker.connect_failures",
+        ),
         ("not an object", "[1, 2]".to_owned(), "JSON object"),
         (
             "bad start time",

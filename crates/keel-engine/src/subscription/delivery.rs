@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::Shared;
-use super::circuit::CircuitState;
+use super::circuit::{Failure, Transition};
 use super::dlq::entry_id;
 use super::keyed_state::{Committed, Effects, Found, KeyedState, Position, commit_request};
 use super::spec::SubscriptionSpec;
@@ -237,21 +237,25 @@ impl Deliveries {
         if core.rebuilding {
             return Ok((Vec::new(), None));
         }
-        let permits = core
-            .circuit
-            .as_mut()
-            .and_then(|circuit| circuit.permits(now_ms));
+        let (permits, transition) = match core.circuit.as_mut() {
+            Some(circuit) => {
+                let transition = circuit.poll(now_ms);
+                (circuit.permits(), transition)
+            }
+            None => (None, None),
+        };
         let taken = core
             .delivery
             .take_ready(permits.unwrap_or(max).min(max), deadline_ms);
-        let circuit = core.circuit.as_mut();
-        if let Some(circuit) = circuit {
-            for _ in &taken {
-                circuit.on_start();
+        if let Some(circuit) = core.circuit.as_mut() {
+            for delivery in &taken {
+                circuit.on_start(delivery.lease);
             }
         }
         let probe_at_ms = core.circuit.as_ref().and_then(|c| c.probe_at_ms());
+        core.follow(transition.as_ref());
         drop(core);
+        self.shared.announce(transition);
         if deadline_ms.is_some() && !taken.is_empty() {
             self.shared.signals.wake_timer();
         }
@@ -271,10 +275,13 @@ impl Deliveries {
         let now = now_ms();
         let mut results = Vec::with_capacity(settlements.len());
         let mut acked_published_ms = Vec::new();
+        let mut transitions = Vec::new();
         let version = {
             let mut core = shared.core();
             for settlement in settlements {
-                let outcome = core.judge(settlement.outcome, now);
+                let (outcome, transition) = core.judge(settlement.lease, settlement.outcome, now);
+                core.follow(transition.as_ref());
+                transitions.extend(transition);
                 let completed = core.delivery.complete(
                     settlement.slot,
                     settlement.lease,
@@ -297,6 +304,9 @@ impl Deliveries {
             }
             core.delivery.version()
         };
+        for transition in transitions {
+            shared.announce(Some(transition));
+        }
         let settled = results.iter().filter(|result| result.is_ok()).count();
         shared.count_attempts(label, settled as u64);
         for published_ms in acked_published_ms {
@@ -373,26 +383,60 @@ pub(super) fn position(slot: Slot, origin: (u32, u64)) -> Position {
 }
 
 impl super::Core {
-    /// Runs an attempt's outcome through the circuit breaker, when the mode has one: a failure
-    /// counts towards opening it, anything else closes it, and a failed probe of an open
-    /// circuit does not spend the event's attempts (while the handler is down, events wait
-    /// instead of running out of retries).
-    fn judge(&mut self, outcome: Outcome, now_ms: i64) -> Outcome {
-        let Some(circuit) = &mut self.circuit else {
-            return outcome;
+    /// Runs an attempt's outcome through the circuit breaker, when the mode has one, and
+    /// returns the outcome to settle with and the circuit's change of state. A failure the
+    /// breaker blames on the sink (`circuit::Verdict`) becomes `Blamed`: it does not spend the
+    /// event's attempts, so that while the sink is down events wait instead of running out of
+    /// retries. Without a breaker every failure spends an attempt.
+    fn judge(
+        &mut self,
+        lease: u64,
+        outcome: Outcome,
+        now_ms: i64,
+    ) -> (Outcome, Option<Transition>) {
+        let failure = match &outcome {
+            Outcome::Fail { .. } => Some(Failure::Answered),
+            Outcome::ConnectionFailed { unreached, .. } => Some(Failure::Connection {
+                unreached: *unreached,
+            }),
+            // The handler answered (a 4xx refusal included) or there was no attempt.
+            Outcome::Ack | Outcome::Reject { .. } | Outcome::Delay(_) | Outcome::Blamed { .. } => {
+                None
+            }
         };
-        let Outcome::Fail { status, error, .. } = &outcome else {
-            circuit.on_success();
-            return outcome;
+        let verdict = self
+            .circuit
+            .as_mut()
+            .map(|circuit| circuit.judge(lease, failure, now_ms));
+        let blamed = verdict
+            .as_ref()
+            .is_some_and(|verdict| verdict.blamed_on_sink);
+        let at_once = verdict.as_ref().is_some_and(|verdict| verdict.held_back);
+        let outcome = match outcome {
+            Outcome::Fail { status, error, .. } if blamed => Outcome::Blamed {
+                status,
+                error,
+                at_once,
+            },
+            Outcome::ConnectionFailed { error, .. } if blamed => Outcome::Blamed {
+                status: None,
+                error,
+                at_once,
+            },
+            Outcome::ConnectionFailed { error, .. } => Outcome::Fail {
+                status: None,
+                error,
+                retry_after: None,
+            },
+            outcome => outcome,
         };
-        let probe = circuit.state() == CircuitState::HalfOpen;
-        circuit.on_failure(now_ms);
-        if probe {
-            return Outcome::Probe {
-                status: *status,
-                error: error.clone(),
-            };
+        (outcome, verdict.and_then(|verdict| verdict.transition))
+    }
+
+    /// Counts a change of the circuit into the sink's outages.
+    fn follow(&mut self, transition: Option<&Transition>) {
+        if let (Some(outages), Some(transition)) = (&mut self.sink_outages, transition) {
+            outages.record(transition);
         }
-        outcome
     }
 }

@@ -145,6 +145,9 @@ async fn attempt(
             },
             "failed",
         ),
+        AttemptOutcome::ConnectionFailed { error, unreached } => {
+            (Outcome::ConnectionFailed { error, unreached }, "failed")
+        }
         AttemptOutcome::Gone { status } => {
             deliveries.pause(format!(
                 "the sink answered 410 Gone at {}; resume the subscription once it accepts events again",

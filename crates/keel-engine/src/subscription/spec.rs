@@ -63,16 +63,7 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
         ));
     }
     validate_retry(&spec.retry)?;
-    if spec.circuit_breaker.failures == 0 {
-        return invalid("circuit_breaker.failures must be at least 1".to_owned());
-    }
-    let cool_down_max = super::circuit::COOL_DOWN_MAX;
-    if spec.circuit_breaker.cool_down.is_zero() || spec.circuit_breaker.cool_down > cool_down_max {
-        return invalid(format!(
-            "circuit_breaker.cool_down must be above 0 and at most {}",
-            duration::format(cool_down_max)
-        ));
-    }
+    validate_circuit(&spec.circuit_breaker)?;
     if spec.rate_limit == Some(0) {
         return invalid("rate_limit must be at least 1 event per second".to_owned());
     }
@@ -107,6 +98,39 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
             .or_else(|detail| invalid(format!("sink.url: {detail}")))?;
     }
     Ok(())
+}
+
+fn validate_circuit(circuit: &CircuitPolicy) -> Result<(), EngineError> {
+    use super::circuit::{COOL_DOWN_LIMIT, PROBES_MAX, WINDOW_BUCKETS, WINDOW_LIMIT};
+    let window_min = Duration::from_millis(WINDOW_BUCKETS as u64);
+    let detail = if !(1..=100).contains(&circuit.failure_rate_percent) {
+        "circuit_breaker.failure_rate_percent must be between 1 and 100".to_owned()
+    } else if circuit.window < window_min || circuit.window > WINDOW_LIMIT {
+        format!(
+            "circuit_breaker.window must be between {} and {}",
+            duration::format(window_min),
+            duration::format(WINDOW_LIMIT)
+        )
+    } else if circuit.min_calls == 0 {
+        "circuit_breaker.min_calls must be at least 1".to_owned()
+    } else if circuit.connect_failures == 0 {
+        "circuit_breaker.connect_failures must be at least 1".to_owned()
+    } else if !(1..=PROBES_MAX).contains(&circuit.probes) {
+        format!("circuit_breaker.probes must be between 1 and {PROBES_MAX}")
+    } else if circuit.cool_down.is_zero() || circuit.cool_down > circuit.cool_down_max {
+        "circuit_breaker.cool_down must be above 0 and at most circuit_breaker.cool_down_max"
+            .to_owned()
+    } else if circuit.cool_down_max > COOL_DOWN_LIMIT {
+        format!(
+            "circuit_breaker.cool_down_max must be at most {}",
+            duration::format(COOL_DOWN_LIMIT)
+        )
+    } else {
+        return Ok(());
+    };
+    Err(EngineError::Subscription(SubscriptionError::Invalid {
+        detail,
+    }))
 }
 
 fn validate_retry(retry: &RetryPolicy) -> Result<(), EngineError> {

@@ -70,8 +70,8 @@ struct Pending {
     /// The event's original place (for redriven events, where it was first read).
     origin: (u32, u64),
     history: Vec<AttemptRecord>,
-    /// Failed attempts in `history` that do not count against `max_attempts`: circuit
-    /// breaker probes, so that an outage does not burn an event's retries.
+    /// Failed attempts in `history` that do not count against `max_attempts`: those the
+    /// circuit breaker blamed on the sink, so that an outage does not burn an event's retries.
     uncounted: u32,
     phase: Phase,
     queued: bool,
@@ -132,9 +132,18 @@ pub(crate) enum Outcome {
     /// Failed with an explicit wait before the next attempt (a nack with a delay); still
     /// dead-lettered when it was the last attempt.
     Delay(Duration),
-    /// A circuit breaker's probe failed: recorded, not counted against `max_attempts`; the
-    /// event is ready again at once (the open circuit holds it back).
-    Probe { status: Option<u16>, error: String },
+    /// Failed because the connection to the handler failed (push): retried as `Fail`,
+    /// unless the circuit breaker turns it into `Blamed` first.
+    ConnectionFailed { error: String, unreached: bool },
+    /// Failed, and the circuit breaker blames the sink (`circuit.rs`, `Verdict`): recorded,
+    /// not counted against `max_attempts`. With `at_once` the event is ready again at once
+    /// (the open circuit holds it back); otherwise it waits the backoff of all its failed
+    /// attempts.
+    Blamed {
+        status: Option<u16>,
+        error: String,
+        at_once: bool,
+    },
 }
 
 /// An ended attempt: what became of the event, when it was published and where it came from.
@@ -187,7 +196,7 @@ pub(crate) struct RetryCheckpoint {
     pub(crate) offset: u64,
     pub(crate) due_ms: i64,
     pub(crate) history: Vec<AttemptRecord>,
-    /// Attempts in `history` not counted against `max_attempts` (failed circuit probes).
+    /// Attempts in `history` not counted against `max_attempts` (blamed on the sink).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) uncounted: u32,
 }
@@ -621,8 +630,14 @@ impl DeliveryState {
                 let text = crate::duration::format(delay);
                 (None, format!("nacked with a delay of {text}"), None, true)
             }
-            Outcome::Probe { status, error } => {
-                (counted, exact_delay) = (false, Some(Duration::ZERO));
+            Outcome::ConnectionFailed { error, .. } => (None, error, None, true),
+            Outcome::Blamed {
+                status,
+                error,
+                at_once,
+            } => {
+                counted = false;
+                exact_delay = at_once.then_some(Duration::ZERO);
                 (status, error, None, true)
             }
         };
@@ -644,8 +659,15 @@ impl DeliveryState {
             self.dead_letters.push(slot);
             return Ok(completed(Settled::DeadLettering));
         }
+        // A blamed failure backs off by all the event's failed attempts, so that a sink that
+        // keeps refusing one event's connections is not tried in a tight loop.
+        let failures = if counted {
+            attempts
+        } else {
+            u32::try_from(pending.history.len()).unwrap_or(u32::MAX)
+        };
         let delay =
-            exact_delay.unwrap_or_else(|| retry_delay(policy, attempts, random, retry_after));
+            exact_delay.unwrap_or_else(|| retry_delay(policy, failures, random, retry_after));
         let due_ms = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
         pending.phase = Phase::Waiting { due_ms };
         self.retry_timers.insert((due_ms, slot));

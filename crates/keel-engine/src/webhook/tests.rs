@@ -255,8 +255,8 @@ async fn slow_sink_times_out_as_retry() {
     }
 }
 
-// Goal: a closed port is a retry that says the connection was refused.
-// Method: bind a port, close it, deliver to it.
+// Goal: a closed port is a connection failure that never reached the sink and says the
+// connection was refused. Method: bind a port, close it, deliver to it.
 #[tokio::test]
 async fn closed_port_is_retried_as_connection_refused() {
     let port = keel_testkit::process::free_port();
@@ -267,32 +267,31 @@ async fn closed_port_is_retried_as_connection_refused() {
     let outcome = PushClient::new()
         .deliver(&target, &event(""), 1, TIMEOUT)
         .await;
-    let AttemptOutcome::Retry {
-        status: None,
+    let AttemptOutcome::ConnectionFailed {
         error,
-        retry_after: None,
+        unreached: true,
     } = &outcome
     else {
-        panic!("expected a retry without status, got {outcome:?}");
+        panic!("expected a connection failure before the sink, got {outcome:?}");
     };
     assert!(error.starts_with("cannot connect: "), "{error}");
     assert!(error.ends_with("connection refused"), "{error}");
 }
 
-// Goal: a connection dropped mid-answer is a retry, whether the status arrived or not.
+// Goal: a connection dropped mid-answer is a retry, whether the status arrived or not (without
+// the status, a connection failure after the request reached the sink).
 // Method: the sink writes part of the status line, or a whole head and part of the body, and
 // closes the connection.
 #[tokio::test]
 async fn dropped_connection_mid_response_is_retried() {
     let cut_head = b"HTTP/1.1 200 OK\r\ncontent-le".to_vec();
     let (outcome, _sink) = deliver_to(vec![raw_then_close(cut_head)], &event("")).await;
-    let AttemptOutcome::Retry {
-        status: None,
+    let AttemptOutcome::ConnectionFailed {
         error,
-        ..
+        unreached: false,
     } = &outcome
     else {
-        panic!("cut head: expected a retry without status, got {outcome:?}");
+        panic!("cut head: expected a dropped connection, got {outcome:?}");
     };
     assert!(error.starts_with("the request failed: "), "{error}");
     assert!(

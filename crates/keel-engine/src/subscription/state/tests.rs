@@ -355,16 +355,18 @@ proptest! {
     }
 }
 
-// Goal: failed circuit probes are recorded but never spend the event's attempts, also across
-// a restart from a checkpoint; counted failures still dead-letter at max_attempts.
+// Goal: failures the circuit breaker blames on the sink (failed probes, refused connections)
+// are recorded but never spend the event's attempts, also across a restart from a checkpoint;
+// counted failures still dead-letter at max_attempts.
 #[test]
-fn failed_probes_do_not_spend_attempts() {
+fn blamed_failures_do_not_spend_attempts() {
     let mut state = DeliveryState::new(Ordering::None, 10, 100, &[0]);
     state.offer(0, 0, vec![record(0, None)]);
     let policy = policy(2);
-    let probe = || Outcome::Probe {
+    let probe = || Outcome::Blamed {
         status: None,
         error: "connection refused".to_owned(),
+        at_once: true,
     };
     for round in 0..5 {
         if round == 3 {
