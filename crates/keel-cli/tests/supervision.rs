@@ -120,6 +120,44 @@ async fn a_panicking_task_is_restarted_and_contained() {
     );
     assert!(metrics.contains(r#"keel_task_failed{task="subscription/broken/dispatcher"} 1"#));
 
+    // Both were reported on `_keel.alerts`: `flaky` as failing (its third failure), `broken`
+    // as failing, then as failed.
+    let (_, read) = get(
+        &client,
+        &format!(
+            "{}/v1/topics/_keel.alerts/partitions/0/events?from=0&max=100",
+            keel.url
+        ),
+    )
+    .await;
+    let notices: Vec<(String, String)> = read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            let event = &record["event"];
+            let subject = event["subject"].as_str().unwrap().to_owned();
+            (event["type"].as_str().unwrap().to_owned(), subject)
+        })
+        .collect();
+    let of = |task: &str| -> Vec<&str> {
+        notices
+            .iter()
+            .filter(|(_, subject)| subject == task)
+            .map(|(kind, _)| kind.as_str())
+            .collect()
+    };
+    assert_eq!(
+        of("subscription/flaky/dispatcher"),
+        ["keel.task.failing"],
+        "{read}"
+    );
+    assert_eq!(
+        of("subscription/broken/dispatcher"),
+        ["keel.task.failing", "keel.task.failed"],
+        "{read}"
+    );
+
     // The rest goes on: more events reach the healthy subscriptions, none reaches `broken`.
     publish(&client, &keel, EVENTS..EVENTS + 10).await;
     sink.wait_for(

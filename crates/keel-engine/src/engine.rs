@@ -167,7 +167,12 @@ impl Engine {
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
         let (topics, failed_topics, (subscriptions, failed_subscriptions)) = recovered;
-        let supervisor = Supervisor::new(metrics.clone());
+        let notices = Notices::new(EmitTargets {
+            topics: topics.clone(),
+            event_bytes_max,
+        });
+        pressure.set_notices(notices.clone());
+        let supervisor = Supervisor::new(metrics.clone(), Some(notices.clone()));
         // Measured before the first publish, so that a full disk refuses it too.
         let (measured_pressure, measured_storage) = (pressure.clone(), storage.clone());
         tokio::task::spawn_blocking(move || measured_pressure.measure(&*measured_storage))
@@ -177,10 +182,6 @@ impl Engine {
         for topic in topics.read().expect("topics lock").values() {
             topic.start_tasks(&supervisor);
         }
-        let notices = Notices::new(EmitTargets {
-            topics: topics.clone(),
-            event_bytes_max,
-        });
         for subscription in subscriptions.values() {
             subscription.start(&supervisor);
         }

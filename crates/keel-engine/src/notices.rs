@@ -4,10 +4,11 @@
 //! read it) like any other; only keel writes it.
 //!
 //! Alert rules emit `alert.firing` and `alert.resolved`. Other subsystems emit theirs through
-//! the same handle, [`Notices::emit`], with a kind of `AREA.WHAT`: a circuit opening
-//! (`circuit.opened`), an endpoint ejected from its group (`endpoint.ejected`), a
-//! subscription paused by keel (`subscription.paused`), publishing refused for a full disk
-//! (`disk.full`). The event's `type` is `keel.` and the kind, its `source` is `/keel/` and
+//! the same handle, [`Notices::emit`] (or [`Notices::report`] in the background), with a kind
+//! of `AREA.WHAT`: a circuit opening or closing (`circuit.opened`, `circuit.closed`), a
+//! subscription paused by keel (`subscription.paused`), a supervised task failing
+//! (`task.failing`, `task.failed`), publishing refused for a full disk and resuming
+//! (`publish.refused`, `publish.resumed`). The event's `type` is `keel.` and the kind, its `source` is `/keel/` and
 //! the area, its `subject` and `partitionkey` name what it is about (a rule, a
 //! subscription), so one thing's notices stay in order. `docs/alerts.md` documents the
 //! format.
@@ -64,6 +65,17 @@ impl Notices {
         let admission = crate::pressure::Admission::unmetered();
         let mut results = topic.publish(vec![event], admission).await?;
         Ok(results.remove(0))
+    }
+
+    /// Appends a notice in the background (see [`emit`](Self::emit)), for callers that must
+    /// not wait: a failure is logged. Call inside the runtime.
+    pub(crate) fn report(&self, kind: &'static str, subject: &str, data: serde_json::Value) {
+        let (notices, subject) = (self.clone(), subject.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = notices.emit(kind, &subject, data).await {
+                tracing::warn!(kind, subject, %error, "cannot append a notice to _keel.alerts");
+            }
+        });
     }
 
     /// The CloudEvent of a notice.

@@ -34,6 +34,7 @@ use crate::limits::{
     PUBLISH_QUEUE_BYTES_MAX_DEFAULT, RECORD_OVERHEAD_BYTES,
 };
 use crate::metrics::{Metrics, REFUSAL_REASONS, RefusalLabels};
+use crate::notices::Notices;
 use crate::storage::Storage;
 use space::SpaceView;
 
@@ -99,6 +100,9 @@ pub(crate) struct Pressure {
     metrics: Arc<Metrics>,
     /// Asks the measuring task for a measurement now (space was freed).
     measure_now: Notify,
+    /// Where the disk's refusals and their end are reported (`_keel.alerts`); set once the
+    /// topics are open.
+    notices: std::sync::OnceLock<Notices>,
 }
 
 /// Indexes into [`REFUSAL_REASONS`].
@@ -164,6 +168,7 @@ impl Pressure {
             blocked,
             metrics,
             measure_now: Notify::new(),
+            notices: std::sync::OnceLock::new(),
         }
     }
 
@@ -206,9 +211,32 @@ impl Pressure {
         self.block(reason);
     }
 
+    /// Reports refusals for a full disk or data directory and their end on `_keel.alerts`
+    /// (an overload comes and goes with each request: its metric is the report).
+    pub(crate) fn set_notices(&self, notices: Notices) {
+        let _ = self.notices.set(notices);
+    }
+
+    fn report(&self, kind: &'static str, reason: usize) {
+        if reason == OVERLOADED {
+            return;
+        }
+        if let Some(notices) = self.notices.get() {
+            let data = serde_json::json!({
+                "reason": REFUSAL_REASONS[reason],
+                "disk_free_bytes": self.metrics.disk_free_bytes.get(),
+                "disk_free_bytes_min": self.config.disk_free_bytes_min,
+                "data_dir_bytes": self.metrics.data_dir_bytes.get(),
+                "data_dir_bytes_max": self.config.data_dir_bytes_max,
+            });
+            notices.report(kind, REFUSAL_REASONS[reason], data);
+        }
+    }
+
     /// Marks publishing refused for `reason`, and says so once when it starts.
     fn block(&self, reason: usize) {
         if self.blocked[reason].set(1) == 0 {
+            self.report("publish.refused", reason);
             tracing::warn!(
                 reason = REFUSAL_REASONS[reason],
                 disk_free_bytes = self.metrics.disk_free_bytes.get(),
@@ -224,6 +252,7 @@ impl Pressure {
     fn unblock(&self, reason: usize) {
         // A load first: the common case (not blocked) writes nothing shared.
         if self.blocked[reason].get() != 0 && self.blocked[reason].set(0) != 0 {
+            self.report("publish.resumed", reason);
             tracing::info!(reason = REFUSAL_REASONS[reason], "publishing resumes");
         }
     }

@@ -94,6 +94,8 @@ struct Core {
 struct Shared {
     name: String,
     spec: SubscriptionSpec,
+    /// Where the circuit's openings and closings and keel's pauses are reported.
+    notices: crate::notices::Notices,
     topic: Arc<Topic>,
     metrics: Arc<Metrics>,
     labels: SubscriptionLabels,
@@ -203,6 +205,21 @@ impl Shared {
                 .get_or_create(&self.labels)
                 .inc();
         }
+        let kind = match (from, to) {
+            (CircuitState::Closed, _) => Some("circuit.opened"),
+            (_, CircuitState::Closed) => Some("circuit.closed"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let data = serde_json::json!({
+                "subscription": self.name,
+                "from": from,
+                "to": to,
+                "reason": reason,
+                "detail": detail,
+            });
+            self.notices.report(kind, &self.name, data);
+        }
     }
 
     /// Records an acknowledged event's publish → ack latency.
@@ -301,6 +318,7 @@ impl Subscription {
                 subscription: name.to_owned(),
             },
             spec,
+            notices: crate::notices::Notices::new(targets.clone()),
             topic,
             metrics,
             core: Mutex::new(Core {

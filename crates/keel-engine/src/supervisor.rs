@@ -8,9 +8,10 @@
 //! - it is started again after a backoff: [`RESTART_BACKOFF_INITIAL`], doubling with each
 //!   failure in the last [`FAILURE_WINDOW`], at most [`RESTART_BACKOFF_MAX`];
 //! - after [`FAILURES_TO_WARN`] failures in the window it is reported as failing
-//!   ([`TaskState::Failing`]): restarting has not fixed it yet;
+//!   ([`TaskState::Failing`], a `keel.task.failing` notice on `_keel.alerts`): restarting has
+//!   not fixed it yet;
 //! - after [`FAILURES_TO_GIVE_UP`] failures in the window it is not started again: it
-//!   [`TaskState::Failed`], and its `give_up` action marks only what it served unavailable (a
+//!   [`TaskState::Failed`] (a `keel.task.failed` notice), and its `give_up` action marks only what it served unavailable (a
 //!   subscription refuses service with the reason), never the process.
 //!
 //! A task that ends without panicking is done (it stops when what it serves stops). A task is
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::metrics::{Metrics, TaskLabels};
+use crate::notices::Notices;
 
 pub use keel_api::health::{TaskHealth, TaskState};
 
@@ -49,9 +51,10 @@ pub const FAILURES_TO_GIVE_UP: usize = 6;
 pub(crate) type GiveUp = Box<dyn FnOnce(String) + Send>;
 
 /// The supervisor of every long-running engine task. Cheap to share.
-#[derive(Debug)]
 pub struct Supervisor {
     metrics: Arc<Metrics>,
+    /// Where a task that keeps failing is reported (`_keel.alerts`).
+    notices: Option<Notices>,
     /// Each task that has failed at least once, by name.
     failed: Mutex<BTreeMap<String, TaskRecord>>,
 }
@@ -64,9 +67,10 @@ struct TaskRecord {
 }
 
 impl Supervisor {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Supervisor> {
+    pub(crate) fn new(metrics: Arc<Metrics>, notices: Option<Notices>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             metrics,
+            notices,
             failed: Mutex::new(BTreeMap::new()),
         })
     }
@@ -160,6 +164,23 @@ impl Supervisor {
                 tracing::error!(task = name, failures = recent, %message, restart_in_ms = wait.as_millis() as u64, "task failed; restarting it");
             }
         }
+        // Reported once as failing, once as given up.
+        let kind = match &next {
+            Next::GiveUp(_) => Some("task.failed"),
+            Next::RestartAfter(_) if recent == FAILURES_TO_WARN => Some("task.failing"),
+            Next::RestartAfter(_) => None,
+        };
+        if let (Some(kind), Some(notices)) = (kind, &self.notices) {
+            let data = serde_json::json!({
+                "task": name,
+                "state": health.state,
+                "failures_in_window": recent,
+                "failures": health.failures,
+                "last_failure": message,
+                "last_failure_at": health.last_failure_at,
+            });
+            notices.report(kind, name, data);
+        }
         next
     }
 
@@ -245,7 +266,7 @@ mod tests {
     // 6 failures within 10 minutes, but failures spread wider apart never add up to that.
     #[test]
     fn failures_in_the_window_warn_then_give_up() {
-        let supervisor = Supervisor::new(Arc::new(Metrics::new()));
+        let supervisor = Supervisor::new(Arc::new(Metrics::new()), None);
         let window_ms = FAILURE_WINDOW.as_millis() as i64;
         for failure in 0..20 {
             let next = supervisor.record_failure("spread", "boom", failure * window_ms);
@@ -285,7 +306,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_task_is_restarted_until_it_ends() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let supervisor = Supervisor::new(Arc::new(Metrics::new()));
+        let supervisor = Supervisor::new(Arc::new(Metrics::new()), None);
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = runs.clone();
         let started = std::time::Instant::now();

@@ -999,6 +999,23 @@ async fn dead_sink_is_detected_at_once_and_burns_no_attempts() {
     assert_eq!(outages, Some(1.0));
     let mttr = subscription_metric(&server, "keel_subscription_sink_mttr_seconds", "dead").await;
     assert_eq!(mttr, Some(time_to_recover.as_secs_f64()));
+    // The opening and the closing are notices on `_keel.alerts`, in that order.
+    let deadline = std::time::Instant::now() + SOON;
+    let types = loop {
+        let (_, read) = server.read("_keel.alerts", 0, "from=0&max=100").await;
+        let types: Vec<String> = read["records"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|record| record["event"]["subject"] == "dead")
+            .map(|record| record["event"]["type"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if types.len() >= 2 || std::time::Instant::now() > deadline {
+            break types;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(types, ["keel.circuit.opened", "keel.circuit.closed"]);
     eprintln!(
         "dead sink: detected in {time_to_detect:?} ({detected_in:?} from publish), recovered in {time_to_recover:?}"
     );

@@ -201,26 +201,39 @@ impl Inner {
     }
 }
 
-/// Evaluates every rule once per interval while the engine lives.
+/// Evaluates every rule once per interval while the engine lives, under the supervisor
+/// (`alerts/evaluation`): a panic restarts it; one that keeps failing stops evaluation (the
+/// rules' state stays as it was, and `GET /v1/tasks` says why).
 fn spawn_evaluation(weak: Weak<Inner>) {
     let Some(inner) = weak.upgrade() else { return };
     let interval = inner.config.alert_evaluation_interval;
+    let supervisor = inner.supervisor.clone();
     drop(inner);
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let Some(inner) = weak.upgrade() else { return };
-            if *inner.closing.borrow() {
-                return;
-            }
-            let notices = inner.evaluate_alerts();
-            let handle = inner.notices.clone();
-            drop(inner);
-            emit(&handle, notices).await;
-        }
+    let give_up = Box::new(|reason: String| {
+        tracing::error!(%reason, "alert rules are no longer evaluated");
     });
+    // Runs while the engine lives; aborting it is not needed (it ends with the engine).
+    drop(
+        supervisor.spawn("alerts/evaluation".to_owned(), give_up, move || {
+            evaluate_every(weak.clone(), interval)
+        }),
+    );
+}
+
+async fn evaluate_every(weak: Weak<Inner>, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        if *inner.closing.borrow() {
+            return;
+        }
+        let notices = inner.evaluate_alerts();
+        let handle = inner.notices.clone();
+        drop(inner);
+        emit(&handle, notices).await;
+    }
 }
 
 /// Appends each notice to `_keel.alerts`, in order; a failure is logged (a notice is a

@@ -328,6 +328,10 @@ impl Deliveries {
         let mut core = self.shared.core();
         if core.paused.is_none() {
             tracing::warn!(subscription = %self.shared.name, %reason, "pausing the subscription");
+            let data = serde_json::json!({"subscription": self.shared.name, "reason": reason});
+            self.shared
+                .notices
+                .report("subscription.paused", &self.shared.name, data);
             core.paused = Some(reason);
         }
     }
