@@ -240,16 +240,164 @@ impl TryFrom<CircuitPolicyJson> for CircuitPolicy {
     }
 }
 
-/// An HTTP sink for push delivery.
+/// An HTTP sink for push delivery: one URL, or a group of endpoints that share the events by
+/// a strategy, with health checks and outlier ejection (`docs/delivery.md`, endpoint groups).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, bound(deserialize = "Secret: Deserialize<'de>"))]
 pub struct SinkSpec<Secret = String> {
-    /// `http://` or `https://` URL events are POSTed to.
+    /// `http://` or `https://` URL events are POSTed to; empty when `endpoints` are given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// An endpoint group instead of one `url`: at least two, each with its URL and weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointSpec>,
+    /// How a group's endpoints share the events (default `round_robin`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub strategy: Strategy,
+    /// Active health checks of a group's endpoints; none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckPolicy>,
+    /// Passive outlier ejection of a group's failing endpoints.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub outlier_detection: OutlierPolicy,
     /// The Standard Webhooks signing secret (`whsec_…`); generated when not given. Describe
-    /// never shows it: it is `null` there.
+    /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
     pub secret: Option<Secret>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// One endpoint of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `http://` or `https://` URL events are POSTed to.
+    pub url: String,
+    /// Its share with the `weighted` strategy (1 to 1000; default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// How a group's endpoints share the events. Only available endpoints (healthy, not
+/// ejected) are chosen; with none available, events wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first available endpoint in the listed order takes every event.
+    Failover,
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// In proportion to the endpoints' weights (smooth weighted round robin).
+    Weighted,
+    /// A key's events go to one endpoint while it is available (rendezvous hashing: when an
+    /// endpoint leaves, only its keys move). Events without a key go round robin.
+    KeyHash,
+}
+
+/// Active health checks: a `GET` of each endpoint's `path` every `interval`. An endpoint is
+/// unhealthy after `unhealthy_threshold` failed checks in a row (no 2xx within `timeout`) and
+/// healthy again after `healthy_threshold` passed ones, like HAProxy's `fall` and `rise`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckPolicy {
+    /// The path (and query) probed on each endpoint's scheme, host and port (default
+    /// `/healthz`).
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Time between checks of one endpoint (default 1s).
+    #[serde(default = "default_health_interval", with = "duration::serde_text")]
+    pub interval: Duration,
+    /// Longest wait for a check's answer (default 500ms).
+    #[serde(default = "default_health_timeout", with = "duration::serde_text")]
+    pub timeout: Duration,
+    /// Passed checks in a row that make an unhealthy endpoint healthy (default 2).
+    #[serde(default = "default_rise")]
+    pub healthy_threshold: u32,
+    /// Failed checks in a row that make a healthy endpoint unhealthy (default 2).
+    #[serde(default = "default_fall")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".to_owned()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    2
+}
+
+impl Default for HealthCheckPolicy {
+    fn default() -> Self {
+        Self {
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            healthy_threshold: default_rise(),
+            unhealthy_threshold: default_fall(),
+        }
+    }
+}
+
+/// Passive outlier ejection, like Envoy's: an endpoint whose attempts fail
+/// `consecutive_failures` times in a row (a connection error, a timeout or a 5xx) is ejected
+/// for `base_ejection_time` × the number of times it was ejected (at most
+/// `max_ejection_time`), then admitted again (once its health check passes, with one). At most
+/// `max_ejected_percent` of the endpoints are ejected at once (always at least one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierPolicy {
+    /// Failed attempts in a row that eject an endpoint (default 5).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// The first ejection's length (default 10s).
+    #[serde(default = "default_base_ejection", with = "duration::serde_text")]
+    pub base_ejection_time: Duration,
+    /// The longest ejection (default 5m).
+    #[serde(default = "default_max_ejection", with = "duration::serde_text")]
+    pub max_ejection_time: Duration,
+    /// The largest share of endpoints ejected at once, in percent (default 50).
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejected_percent() -> u32 {
+    50
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
 }
 
 /// A subscription's specification. Every member but `topic` may be left out of the JSON: it
@@ -531,12 +679,33 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// the answers of a keel from before it.)
     #[serde(default)]
     pub sink_health: Option<SinkHealth>,
+    /// A push sink's endpoints (one for a sink with a `url`): whether each is available,
+    /// healthy, ejected; empty for pull.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointInfo>,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// Why it refuses service, when it does (its storage failed).
     pub unavailable: Option<String>,
     /// Progress per partition.
     pub partitions: Vec<PartitionProgress>,
+}
+
+/// One endpoint of a push sink, as describe shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// Its URL (without user info).
+    pub url: String,
+    /// Whether it takes deliveries: healthy and not ejected.
+    pub available: bool,
+    /// Its active health checks pass (true without health checks).
+    pub healthy: bool,
+    /// While ejected after failed attempts: until when (RFC 3339).
+    pub ejected_until: Option<String>,
+    /// Times it was ejected (forgotten after `max_ejection_time` without one).
+    pub ejections: u32,
+    /// Its failed attempts in a row.
+    pub failures_in_row: u32,
 }
 
 /// A push sink's outages as its circuit breaker saw them, since the server started: an
@@ -687,6 +856,10 @@ mod tests {
             filters: full.filters.clone(),
             delivery: Delivery::Push(SinkSpec {
                 url: "http://sink.test/hook".to_owned(),
+                endpoints: Vec::new(),
+                strategy: Strategy::default(),
+                health_check: None,
+                outlier_detection: OutlierPolicy::default(),
                 secret: Some("whsec_x".to_owned()),
             }),
             start: StartPosition::Named(NamedPosition::Earliest),

@@ -7,10 +7,15 @@
 /// The partition for a `partitionkey`.
 pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
     assert!(partitions > 0, "a topic has at least one partition");
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = fnv1a(key.as_bytes());
     u32::try_from(hash % u64::from(partitions)).expect("below a u32 partition count")
+}
+
+/// FNV-1a (64 bits) of `bytes`: the same on every platform, run and version.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -23,12 +23,15 @@ mod checkpoint;
 pub mod circuit;
 mod delivery;
 pub(crate) mod dlq;
+mod endpoints;
+mod health_check;
 mod in_process;
 mod keyed_state;
 pub mod pull;
 mod push;
 mod reader;
 mod signals;
+mod sink;
 mod sink_health;
 pub mod spec;
 pub(crate) mod state;
@@ -96,6 +99,8 @@ struct Shared {
     spec: SubscriptionSpec,
     /// Where the circuit's openings and closings and keel's pauses are reported.
     notices: crate::notices::Notices,
+    /// A push subscription's sink: its endpoints and their state.
+    sink: Option<Arc<sink::PushSink>>,
     topic: Arc<Topic>,
     metrics: Arc<Metrics>,
     labels: SubscriptionLabels,
@@ -181,6 +186,31 @@ impl Shared {
     /// Announces a change of the sink's circuit: logged with its reason, and an opening
     /// counted as an outage. Every transition passes here (from `Deliveries::take` and
     /// `Deliveries::settle`), so this is where a later hook (an alert event) is called.
+    /// Reports a change of an endpoint's availability: logged, and a gain wakes the
+    /// dispatcher, which may have been waiting for an available endpoint.
+    fn endpoint_changed(&self, sink: &sink::PushSink, change: &endpoints::Change) {
+        let url = sink.url_of(change);
+        sink::log_change(&self.name, url, change);
+        let (kind, until) = match change {
+            endpoints::Change::Ejected { until_ms, .. } => ("endpoint.ejected", Some(*until_ms)),
+            endpoints::Change::Readmitted { .. } => ("endpoint.readmitted", None),
+            endpoints::Change::Unhealthy { .. } => ("endpoint.unhealthy", None),
+            endpoints::Change::Healthy { .. } => ("endpoint.healthy", None),
+        };
+        let data = serde_json::json!({
+            "subscription": self.name,
+            "endpoint": crate::webhook::redacted_url(url).as_str(),
+            "ejected_until": until.map(crate::clock::format_rfc3339_ms),
+        });
+        self.notices.report(kind, &self.name, data);
+        if matches!(
+            change,
+            endpoints::Change::Readmitted { .. } | endpoints::Change::Healthy { .. }
+        ) {
+            self.signals.changed(true);
+        }
+    }
+
     fn announce(&self, transition: Option<circuit::Transition>) {
         let Some(transition) = transition else {
             return;
@@ -312,6 +342,15 @@ impl Subscription {
         let circuit = (spec.is_push() && spec.circuit_breaker.enabled)
             .then(|| CircuitBreaker::new(spec.circuit_breaker));
         let sink_outages = circuit.as_ref().map(|_| SinkOutages::new(now_ms()));
+        let sink = match &spec.delivery {
+            spec::Delivery::Push(sink) => {
+                let sink = sink::PushSink::new(sink).map_err(|detail| {
+                    EngineError::Subscription(SubscriptionError::Invalid { detail })
+                })?;
+                Some(Arc::new(sink))
+            }
+            spec::Delivery::Pull => None,
+        };
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             labels: SubscriptionLabels {
@@ -319,6 +358,7 @@ impl Subscription {
             },
             spec,
             notices: crate::notices::Notices::new(targets.clone()),
+            sink,
             topic,
             metrics,
             core: Mutex::new(Core {
@@ -391,15 +431,23 @@ impl Subscription {
             );
         }
         // Each delivery mode's own task, if it has one; pull runs in consumers' requests.
-        match &shared.spec.delivery {
-            spec::Delivery::Push(sink) => {
-                let (deliveries, sink) = (Deliveries::new(shared.clone()), sink.clone());
+        if let (Some(sink), spec::Delivery::Push(spec)) = (&shared.sink, &shared.spec.delivery) {
+            let (deliveries, dispatched) = (Deliveries::new(shared.clone()), sink.clone());
+            supervise(
+                "dispatcher".to_owned(),
+                Box::new(move || Box::pin(push::dispatch(deliveries.clone(), dispatched.clone()))),
+            );
+            if let Some(policy) = &spec.health_check {
+                let checks = Arc::new(health_check::HealthChecks::new(
+                    shared.clone(),
+                    sink.clone(),
+                    policy.clone(),
+                ));
                 supervise(
-                    "dispatcher".to_owned(),
-                    Box::new(move || Box::pin(push::dispatch(deliveries.clone(), sink.clone()))),
+                    "health_check".to_owned(),
+                    Box::new(move || Box::pin(health_check::run(checks.clone()))),
                 );
             }
-            spec::Delivery::Pull => {}
         }
         shared.signals.changed(true);
     }
@@ -530,6 +578,11 @@ impl Subscription {
             dlq_depth,
             circuit: core.circuit.as_ref().map(CircuitBreaker::state),
             sink_health: core.sink_outages.as_ref().map(|o| o.report(now_ms())),
+            endpoints: shared
+                .sink
+                .as_ref()
+                .map(|sink| sink.describe())
+                .unwrap_or_default(),
             last_error: counters
                 .last_error
                 .as_ref()

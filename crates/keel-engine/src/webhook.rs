@@ -142,7 +142,7 @@ impl fmt::Debug for SinkTarget {
 }
 
 /// The URL with any password replaced, for logs.
-fn redacted_url(url: &Url) -> Url {
+pub(crate) fn redacted_url(url: &Url) -> Url {
     let mut url = url.clone();
     if url.password().is_some() {
         // Only fails for URLs that cannot have credentials, and this one has some.
@@ -303,6 +303,21 @@ impl PushClient {
                 )),
                 Vec::new(),
             ),
+        }
+    }
+
+    /// An endpoint's health check: `GET url`. `Ok` for a 2xx answer within `timeout` (its
+    /// body read up to [`RESPONSE_BYTES_MAX`]), else why not.
+    pub async fn probe(&self, url: &Url, timeout: Duration) -> Result<(), String> {
+        let request = self.client.get(url.clone());
+        match tokio::time::timeout(timeout, exchange(request, 0)).await {
+            Ok(Ok(reply)) if reply.status.is_success() => Ok(()),
+            Ok(Ok(reply)) => Err(format!("the health check answered {}", reply.status)),
+            Ok(Err(error)) => Err(response::transport_error(&error)),
+            Err(_elapsed) => Err(format!(
+                "the health check had no answer within {}",
+                crate::duration::format(timeout)
+            )),
         }
     }
 

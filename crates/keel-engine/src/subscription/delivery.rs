@@ -322,6 +322,15 @@ impl Deliveries {
         (results, version)
     }
 
+    /// Reports a change of one of the sink's endpoints (logged; a gain wakes the dispatcher).
+    pub(super) fn endpoint_changed(
+        &self,
+        sink: &super::sink::PushSink,
+        change: &super::endpoints::Change,
+    ) {
+        self.shared.endpoint_changed(sink, change);
+    }
+
     /// Pauses the subscription (when it is not paused already) for `reason`: the handler
     /// asked for no more events.
     pub(super) fn pause(&self, reason: String) {

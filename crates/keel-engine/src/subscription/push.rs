@@ -6,25 +6,19 @@ use std::time::Duration;
 
 use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
-use super::spec::SinkSpec;
+use super::sink::PushSink;
 use super::state::{Delivery, Outcome};
 use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::supervisor::{CatchUnwind, panic_message};
-use crate::webhook::{AttemptOutcome, PushClient, SinkTarget};
+use crate::webhook::{AttemptOutcome, PushClient};
 use keel_api::state::CommitAnswer;
 use std::sync::Arc;
 
 /// Most events the dispatcher starts in one go before it looks at its signals again.
 const DISPATCH_BATCH_MAX: usize = 256;
 
-/// Sends the subscription's events to its sink until it stops.
-pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
-    let (Ok(url), Some(secret)) = (crate::webhook::validate_sink_url(&sink.url), sink.secret)
-    else {
-        tracing::error!(subscription = %deliveries.name(), "push subscription without a valid sink; not delivering");
-        return;
-    };
-    let target = Arc::new(SinkTarget { url, secret });
+/// Sends the subscription's events to its sink's endpoints until it stops.
+pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
     let client = PushClient::with_idle_connections(deliveries.spec().max_in_flight as usize);
     let mut ready = deliveries.ready();
     let mut stopping = deliveries.stopping();
@@ -32,22 +26,34 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
     loop {
         ready.borrow_and_update();
         let now = now_ms();
+        let (changes, available, readmission_ms) = sink.readmit(now);
+        for change in &changes {
+            deliveries.endpoint_changed(&sink, change);
+        }
         let allowed = limiter
             .as_mut()
             .map_or(DISPATCH_BATCH_MAX, |l| l.available(now));
-        // Paused: nothing starts until a resume bumps `ready`.
-        let (taken, wake_at_ms) = deliveries
-            .take(allowed.min(DISPATCH_BATCH_MAX), None, now)
-            .unwrap_or_default();
+        // Paused: nothing starts until a resume bumps `ready`. No endpoint available: nothing
+        // starts until one is readmitted or healthy again.
+        let (taken, wake_at_ms) = if available {
+            deliveries
+                .take(allowed.min(DISPATCH_BATCH_MAX), None, now)
+                .unwrap_or_default()
+        } else {
+            (Vec::new(), None)
+        };
         if let Some(limiter) = &mut limiter {
             limiter.spend(taken.len());
         }
         let started = taken.len();
         for delivery in taken {
-            let (deliveries, client, target) = (deliveries.clone(), client.clone(), target.clone());
+            let (deliveries, client, sink) = (deliveries.clone(), client.clone(), sink.clone());
+            // Some while one is available (checked above, under the same state).
+            let endpoint = sink.pick(&delivery.json).unwrap_or_default();
             tokio::spawn(async move {
                 let (slot, lease) = (delivery.slot, delivery.lease);
-                let attempt = std::pin::pin!(attempt(&deliveries, &client, &target, delivery));
+                let attempt =
+                    std::pin::pin!(attempt(&deliveries, &client, (&sink, endpoint), delivery));
                 if let Err(panic) = CatchUnwind(attempt).await {
                     // A bug: the attempt counts as failed rather than staying in flight.
                     let error = format!(
@@ -78,7 +84,11 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
             .as_ref()
             .filter(|_| allowed == 0)
             .map(|l| l.next_token_ms());
-        let wake_ms = wake_at_ms.into_iter().chain(token_ms).min();
+        let wake_ms = wake_at_ms
+            .into_iter()
+            .chain(token_ms)
+            .chain(readmission_ms)
+            .min();
         let sleep_ms = wake_ms.map_or(60_000, |at| (at - now).clamp(1, 60_000));
         tokio::select! {
             _ = ready.changed() => {}
@@ -93,9 +103,10 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: SinkSpec) {
 async fn attempt(
     deliveries: &Deliveries,
     client: &PushClient,
-    target: &SinkTarget,
+    (sink, endpoint): (&PushSink, usize),
     delivery: Delivery,
 ) {
+    let target = &*sink.target(endpoint);
     let timeout = deliveries.spec().ack_timeout;
     let json = &delivery.json;
     // Read before the state: a rebuild after this makes the commit stale.
@@ -131,6 +142,10 @@ async fn attempt(
                 .await
         }
     };
+    let (change, others_available) = sink.record(endpoint, &answer, now_ms());
+    if let Some(change) = &change {
+        deliveries.endpoint_changed(sink, change);
+    }
     let (outcome, label) = match answer {
         AttemptOutcome::Delivered { .. } => (Outcome::Ack, "acked"),
         AttemptOutcome::Retry {
@@ -145,6 +160,30 @@ async fn attempt(
             },
             "failed",
         ),
+        // One endpoint of a group is down while another is available: the group, not the
+        // circuit, judges the endpoint (its failures eject it). A request that never reached
+        // it goes to another endpoint at once without spending an attempt; one that was cut
+        // off may have reached it (the event may be the cause), so it is an ordinary failed
+        // attempt. (With no other available, the sink as a whole is down: the circuit judges,
+        // as for one URL.)
+        AttemptOutcome::ConnectionFailed { error, unreached } if others_available => {
+            let endpoint = crate::webhook::redacted_url(&target.url);
+            let error = format!("{error} (endpoint {endpoint})");
+            let outcome = if unreached {
+                Outcome::Blamed {
+                    status: None,
+                    error,
+                    at_once: true,
+                }
+            } else {
+                Outcome::Fail {
+                    status: None,
+                    error,
+                    retry_after: None,
+                }
+            };
+            (outcome, "failed")
+        }
         AttemptOutcome::ConnectionFailed { error, unreached } => {
             (Outcome::ConnectionFailed { error, unreached }, "failed")
         }

@@ -93,9 +93,115 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
         );
     }
     if let Delivery::Push(sink) = &spec.delivery {
-        crate::webhook::validate_sink_url(&sink.url)
-            .map(drop)
-            .or_else(|detail| invalid(format!("sink.url: {detail}")))?;
+        validate_sink(sink).or_else(invalid)?;
+    }
+    Ok(())
+}
+
+/// Most endpoints in a group.
+pub const ENDPOINTS_MAX: usize = 16;
+/// Largest endpoint weight.
+pub const ENDPOINT_WEIGHT_MAX: u32 = 1000;
+
+/// Checks a push sink: one `url`, or a group of `endpoints`, and the group's policies.
+fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
+    use keel_api::subscriptions::Strategy;
+    match (sink.url.is_empty(), sink.endpoints.is_empty()) {
+        (false, false) => {
+            return Err("sink: give either url or endpoints, not both".to_owned());
+        }
+        (true, true) => {
+            return Err("sink: give a url, or endpoints (a group of URLs)".to_owned());
+        }
+        (false, true) => {
+            crate::webhook::validate_sink_url(&sink.url)
+                .map_err(|detail| format!("sink.url: {detail}"))?;
+            if sink.strategy != Strategy::default() {
+                return Err(
+                    "sink.strategy applies to endpoint groups: give endpoints instead of url"
+                        .to_owned(),
+                );
+            }
+        }
+        (true, false) => validate_endpoints(&sink.endpoints)?,
+    }
+    if let Some(check) = &sink.health_check {
+        validate_health_check(check)?;
+    }
+    let outlier = &sink.outlier_detection;
+    if !(1..=1000).contains(&outlier.consecutive_failures) {
+        return Err(
+            "sink.outlier_detection.consecutive_failures must be between 1 and 1000".to_owned(),
+        );
+    }
+    let ejection_max = Duration::from_secs(3600);
+    if outlier.base_ejection_time.is_zero()
+        || outlier.base_ejection_time > outlier.max_ejection_time
+        || outlier.max_ejection_time > ejection_max
+    {
+        return Err(format!(
+            "sink.outlier_detection: base_ejection_time must be above 0 and at most max_ejection_time, which is at most {}",
+            duration::format(ejection_max)
+        ));
+    }
+    if !(1..=100).contains(&outlier.max_ejected_percent) {
+        return Err(
+            "sink.outlier_detection.max_ejected_percent must be between 1 and 100".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+fn validate_endpoints(endpoints: &[keel_api::subscriptions::EndpointSpec]) -> Result<(), String> {
+    if endpoints.len() > ENDPOINTS_MAX {
+        return Err(format!("sink.endpoints: at most {ENDPOINTS_MAX} endpoints"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let url = crate::webhook::validate_sink_url(&endpoint.url)
+            .map_err(|detail| format!("sink.endpoints[{index}].url: {detail}"))?;
+        if !seen.insert(url) {
+            return Err(format!(
+                "sink.endpoints[{index}].url {:?} is listed twice",
+                endpoint.url
+            ));
+        }
+        if !(1..=ENDPOINT_WEIGHT_MAX).contains(&endpoint.weight) {
+            return Err(format!(
+                "sink.endpoints[{index}].weight must be between 1 and {ENDPOINT_WEIGHT_MAX}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_health_check(check: &keel_api::subscriptions::HealthCheckPolicy) -> Result<(), String> {
+    let (interval_min, interval_max) = (Duration::from_millis(100), Duration::from_secs(3600));
+    if check.interval < interval_min || check.interval > interval_max {
+        return Err(format!(
+            "sink.health_check.interval must be between {} and {}",
+            duration::format(interval_min),
+            duration::format(interval_max)
+        ));
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        return Err(
+            "sink.health_check.timeout must be above 0 and at most the interval".to_owned(),
+        );
+    }
+    if !(1..=100).contains(&check.healthy_threshold)
+        || !(1..=100).contains(&check.unhealthy_threshold)
+    {
+        return Err(
+            "sink.health_check.healthy_threshold and unhealthy_threshold must be between 1 and 100"
+                .to_owned(),
+        );
+    }
+    if !check.path.starts_with('/') {
+        return Err(format!(
+            "sink.health_check.path {:?} must start with '/': it is probed on each endpoint's host",
+            check.path
+        ));
     }
     Ok(())
 }
@@ -196,6 +302,65 @@ mod tests {
             retry_delay(&policy, 1, 0.0, Some(Duration::from_secs(30))),
             Duration::from_secs(30)
         );
+    }
+
+    // Goal: every malformed sink (url and endpoints, endpoints' URLs and weights, the
+    // group's policies) is refused with a message naming the member, and good ones pass.
+    #[test]
+    fn sinks_are_checked_member_by_member() {
+        let sink = |json: serde_json::Value| -> SinkSpec { serde_json::from_value(json).unwrap() };
+        let (a, b) = ("http://a.test/hook", "http://b.test/hook");
+        let good = [
+            serde_json::json!({"url": a}),
+            serde_json::json!({"url": a, "health_check": {"path": "/up"}}),
+            serde_json::json!({"endpoints": [{"url": a}, {"url": b, "weight": 3}], "strategy": "weighted"}),
+        ];
+        for json in good {
+            assert_eq!(validate_sink(&sink(json.clone())), Ok(()), "{json}");
+        }
+        let bad = [
+            (
+                serde_json::json!({"url": a, "endpoints": [{"url": b}]}),
+                "not both",
+            ),
+            (serde_json::json!({}), "give a url"),
+            (
+                serde_json::json!({"url": a, "strategy": "failover"}),
+                "sink.strategy",
+            ),
+            (
+                serde_json::json!({"endpoints": [{"url": a}, {"url": a}]}),
+                "listed twice",
+            ),
+            (
+                serde_json::json!({"endpoints": [{"url": "ftp://x/"}]}),
+                "sink.endpoints[0].url",
+            ),
+            (
+                serde_json::json!({"endpoints": [{"url": a, "weight": 0}]}),
+                "weight",
+            ),
+            (
+                serde_json::json!({"url": a, "health_check": {"path": "up"}}),
+                "start with '/'",
+            ),
+            (
+                serde_json::json!({"url": a, "health_check": {"interval": "1s", "timeout": "2s"}}),
+                "timeout",
+            ),
+            (
+                serde_json::json!({"url": a, "outlier_detection": {"max_ejected_percent": 0}}),
+                "max_ejected_percent",
+            ),
+            (
+                serde_json::json!({"url": a, "outlier_detection": {"base_ejection_time": "10m", "max_ejection_time": "1m"}}),
+                "base_ejection_time",
+            ),
+        ];
+        for (json, needle) in bad {
+            let error = validate_sink(&sink(json.clone())).unwrap_err();
+            assert!(error.contains(needle), "{json}: {error}");
+        }
     }
 
     // Goal: defaults fill every field left out, and unknown fields are refused.

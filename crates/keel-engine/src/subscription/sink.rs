@@ -1,0 +1,169 @@
+//! A push subscription's sink as its dispatcher, its health checker and describe share it:
+//! the endpoints' targets (URL and signing secret) and the group's state (`endpoints.rs`).
+//! A sink with one `url` is a group of one endpoint, without outlier ejection (the circuit
+//! breaker covers it) but with health checks when it has them.
+
+use std::sync::{Arc, Mutex};
+
+use keel_api::subscriptions::{EndpointInfo, EndpointSpec, Strategy};
+
+use super::endpoints::{Change, EndpointGroup, Thresholds};
+use super::spec::SinkSpec;
+use crate::clock::format_rfc3339_ms;
+use crate::webhook::{AttemptOutcome, SinkTarget, Url};
+
+/// A push subscription's sink.
+pub(crate) struct PushSink {
+    group: Mutex<EndpointGroup>,
+    targets: Vec<Arc<SinkTarget>>,
+    strategy: Strategy,
+}
+
+impl PushSink {
+    /// The sink of a (validated) spec; the error says what is wrong with it.
+    pub(crate) fn new(spec: &SinkSpec) -> Result<PushSink, String> {
+        let secret = spec
+            .secret
+            .clone()
+            .ok_or("the push subscription has no signing secret")?;
+        let endpoints = endpoints_of(spec);
+        let targets = endpoints
+            .iter()
+            .map(|endpoint| {
+                let url = crate::webhook::validate_sink_url(&endpoint.url)?;
+                let secret = secret.clone();
+                Ok(Arc::new(SinkTarget { url, secret }))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let thresholds = spec.health_check.as_ref().map(|check| Thresholds {
+            healthy: check.healthy_threshold,
+            unhealthy: check.unhealthy_threshold,
+        });
+        let group = EndpointGroup::new(
+            &endpoints,
+            spec.strategy,
+            spec.outlier_detection,
+            thresholds,
+        );
+        Ok(PushSink {
+            group: Mutex::new(group),
+            targets,
+            strategy: spec.strategy,
+        })
+    }
+
+    fn group(&self) -> std::sync::MutexGuard<'_, EndpointGroup> {
+        self.group.lock().expect("endpoint group lock")
+    }
+
+    /// Each endpoint's URL, in order.
+    pub(crate) fn urls(&self) -> impl Iterator<Item = &Url> {
+        self.targets.iter().map(|target| &target.url)
+    }
+
+    /// Where and how to send to `endpoint`.
+    pub(crate) fn target(&self, endpoint: usize) -> Arc<SinkTarget> {
+        self.targets[endpoint].clone()
+    }
+
+    /// Ends the ejections due by `now_ms`. Returns the changes, whether an endpoint is
+    /// available, and when the next ejection ends.
+    pub(crate) fn readmit(&self, now_ms: i64) -> (Vec<Change>, bool, Option<i64>) {
+        let mut group = self.group();
+        let changes = group.readmit(now_ms);
+        let available = (0..group.len()).any(|endpoint| group.available(endpoint));
+        (changes, available, group.next_readmission_ms())
+    }
+
+    /// The endpoint for an event (its stored JSON): the key matters only to `key_hash`.
+    pub(crate) fn pick(&self, event_json: &str) -> Option<usize> {
+        let key = (self.strategy == Strategy::KeyHash)
+            .then(|| crate::event::key_of(event_json.as_bytes()))
+            .flatten();
+        self.group().pick(key.as_deref())
+    }
+
+    /// Records an attempt's answer at `endpoint`: a connection failure, a timeout or a 5xx
+    /// counts against it. Returns the ejection it caused, and whether another endpoint is
+    /// available to take the event at once.
+    pub(crate) fn record(
+        &self,
+        endpoint: usize,
+        answer: &AttemptOutcome,
+        now_ms: i64,
+    ) -> (Option<Change>, bool) {
+        let failed = match answer {
+            AttemptOutcome::ConnectionFailed { .. } => true,
+            AttemptOutcome::Retry { status, .. } => status.is_none_or(|status| status >= 500),
+            AttemptOutcome::Delivered { .. }
+            | AttemptOutcome::Gone { .. }
+            | AttemptOutcome::Reject { .. } => false,
+        };
+        let mut group = self.group();
+        let change = group.on_attempt(endpoint, failed, now_ms);
+        let others = (0..group.len()).any(|other| other != endpoint && group.available(other));
+        (change, others)
+    }
+
+    /// A health check's result for `endpoint`; returns its change of health.
+    pub(crate) fn on_check(&self, endpoint: usize, passed: bool) -> Option<Change> {
+        self.group().on_check(endpoint, passed)
+    }
+
+    /// Each endpoint's state, for describe.
+    pub(crate) fn describe(&self) -> Vec<EndpointInfo> {
+        let group = self.group();
+        (0..group.len())
+            .map(|endpoint| {
+                let state = group.state(endpoint);
+                EndpointInfo {
+                    url: self.targets[endpoint].url.to_string(),
+                    available: group.available(endpoint),
+                    healthy: state.healthy,
+                    ejected_until: state.ejected_until_ms.map(format_rfc3339_ms),
+                    ejections: state.ejections,
+                    failures_in_row: state.failures_in_row,
+                }
+            })
+            .collect()
+    }
+
+    /// The URL an endpoint's change is about, for logs and notices.
+    pub(crate) fn url_of(&self, change: &Change) -> &Url {
+        &self.targets[change.endpoint()].url
+    }
+}
+
+/// The endpoints of a sink spec: its group, or its one `url`.
+pub(crate) fn endpoints_of(spec: &SinkSpec) -> Vec<EndpointSpec> {
+    if spec.endpoints.is_empty() {
+        vec![EndpointSpec {
+            url: spec.url.clone(),
+            weight: 1,
+        }]
+    } else {
+        spec.endpoints.clone()
+    }
+}
+
+/// Logs an endpoint's change of availability.
+pub(crate) fn log_change(subscription: &str, url: &Url, change: &Change) {
+    let endpoint = crate::webhook::redacted_url(url);
+    match change {
+        Change::Ejected {
+            failures, until_ms, ..
+        } => {
+            let until = format_rfc3339_ms(*until_ms);
+            tracing::warn!(subscription, %endpoint, failures, %until, "endpoint ejected after failed attempts; its share goes to the others");
+        }
+        Change::Unhealthy { .. } => {
+            tracing::warn!(subscription, %endpoint, "endpoint unhealthy by its health checks; its share goes to the others");
+        }
+        Change::Readmitted { .. } => {
+            tracing::info!(subscription, %endpoint, "endpoint admitted again after its ejection");
+        }
+        Change::Healthy { .. } => {
+            tracing::info!(subscription, %endpoint, "endpoint healthy again by its health checks");
+        }
+    }
+}
