@@ -260,6 +260,15 @@ pub struct SinkSpec<Secret = String> {
     /// Passive outlier ejection of a group's failing endpoints.
     #[serde(default, skip_serializing_if = "is_default")]
     pub outlier_detection: OutlierPolicy,
+    /// Pause the subscription once the sink has been failing this long (its circuit open or
+    /// no endpoint available); off when left out. Keel's pause is announced on
+    /// `_keel.alerts`; it ends by `resume`, or by itself once a health check passes.
+    #[serde(
+        default,
+        with = "duration::serde_text_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pause_after: Option<Duration>,
     /// The Standard Webhooks signing secret (`whsec_…`); generated when not given. Describe
     /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
@@ -692,7 +701,7 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
 }
 
 /// One endpoint of a push sink, as describe shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointInfo {
     /// Its URL (without user info).
     pub url: String,
@@ -706,15 +715,20 @@ pub struct EndpointInfo {
     pub ejections: u32,
     /// Its failed attempts in a row.
     pub failures_in_row: u32,
+    /// Its recovery figures: an outage runs from its ejection or unhealthy verdict to its
+    /// return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<SinkHealth>,
 }
 
-/// A push sink's outages as its circuit breaker saw them, since the server started: an
-/// outage runs from the circuit opening to its closing again.
+/// A push sink's (or one endpoint's) outages since the server started. A sink's outage runs
+/// while its circuit is open or half-open or none of its endpoints is available; an
+/// endpoint's while it is ejected or unhealthy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkHealth {
     /// When counting started: the subscription's start (RFC 3339).
     pub since: String,
-    /// Outages so far: times the circuit opened from closed.
+    /// Outages so far.
     pub outages: u64,
     /// Time in outages, the running one included.
     #[serde(with = "duration::serde_text")]
@@ -731,19 +745,19 @@ pub struct SinkHealth {
     pub last_outage: Option<Outage>,
 }
 
-/// One outage of a push sink.
+/// One outage of a push sink or endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outage {
-    /// When the circuit opened (RFC 3339).
+    /// When it was detected: the circuit opened, the endpoint was ejected… (RFC 3339).
     pub opened_at: String,
-    /// Why it opened, e.g. `3 connections in a row failed`.
+    /// Why, e.g. `3 connections in a row failed`.
     pub reason: String,
-    /// From the first failure after the last success to the opening.
+    /// From the first failure after the last success to the detection.
     #[serde(with = "duration::serde_text")]
     pub time_to_detect: Duration,
-    /// When the circuit closed again; none while the outage lasts.
+    /// When it ended; none while the outage lasts.
     pub closed_at: Option<String>,
-    /// From the opening to the closing; none while the outage lasts.
+    /// From the detection to the end; none while the outage lasts.
     #[serde(with = "duration::serde_text_option")]
     pub time_to_recover: Option<Duration>,
 }
@@ -860,6 +874,7 @@ mod tests {
                 strategy: Strategy::default(),
                 health_check: None,
                 outlier_detection: OutlierPolicy::default(),
+                pause_after: None,
                 secret: Some("whsec_x".to_owned()),
             }),
             start: StartPosition::Named(NamedPosition::Earliest),

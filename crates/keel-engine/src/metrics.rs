@@ -39,6 +39,15 @@ pub struct SubscriptionLabels {
     pub subscription: String,
 }
 
+/// Labels of per-endpoint metrics of a push sink.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The subscription.
+    pub subscription: String,
+    /// The endpoint's URL (a password in it redacted).
+    pub endpoint: String,
+}
+
 /// Labels of per-task metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
@@ -220,10 +229,13 @@ metrics! {
     /// A push subscription's circuit: 0 closed, 1 open, 2 half-open.
     subscription_circuit_state: Family<SubscriptionLabels, Gauge> = Family::default()
         => "subscription_circuit_state", "Push sink circuit: 0 closed, 1 open, 2 half-open";
-    /// A push sink's outages: times its circuit opened from closed.
+    /// A push sink's outages: times its circuit opened from closed or its last available
+    /// endpoint left.
     subscription_sink_outages: Family<SubscriptionLabels, Counter> = Family::default()
-        => "subscription_sink_outages", "Push sink outages: times the circuit opened from closed";
-    /// A push sink's time in outages (circuit open or half-open) since start.
+        => "subscription_sink_outages",
+        "Push sink outages: times the circuit opened or no endpoint was left available";
+    /// A push sink's time in outages (circuit open or half-open, or no endpoint available)
+    /// since start.
     subscription_sink_down_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
         => "subscription_sink_down", "Push sink time in outages since start", Unit::Seconds;
     /// A push sink's availability since start: MTBF / (MTBF + MTTR).
@@ -239,6 +251,30 @@ metrics! {
     subscription_sink_detect_seconds: Family<SubscriptionLabels, FloatGauge> = Family::default()
         => "subscription_sink_time_to_detect",
         "Push sink's last outage: first failure to circuit open", Unit::Seconds;
+    /// 1 while an endpoint of a push sink takes deliveries (healthy and not ejected).
+    subscription_endpoint_available: Family<EndpointLabels, Gauge> = Family::default()
+        => "subscription_endpoint_available",
+        "1 while the sink's endpoint is available: healthy and not ejected";
+    /// An endpoint's outages: times it was ejected or found unhealthy.
+    subscription_endpoint_outages: Family<EndpointLabels, Counter> = Family::default()
+        => "subscription_endpoint_outages",
+        "Endpoint outages: times it was ejected or found unhealthy";
+    /// An endpoint's time in outages since start.
+    subscription_endpoint_down_seconds: Family<EndpointLabels, FloatGauge> = Family::default()
+        => "subscription_endpoint_down", "Endpoint time in outages since start", Unit::Seconds;
+    /// An endpoint's availability since start: MTBF / (MTBF + MTTR).
+    subscription_endpoint_availability: Family<EndpointLabels, FloatGauge> = Family::default()
+        => "subscription_endpoint_availability", "Endpoint availability: MTBF / (MTBF + MTTR)";
+    /// An endpoint's mean time between failures (set once it had an outage).
+    subscription_endpoint_mtbf_seconds: Family<EndpointLabels, FloatGauge> = Family::default()
+        => "subscription_endpoint_mtbf", "Endpoint mean time between failures", Unit::Seconds;
+    /// An endpoint's mean time to recover (set once it had an outage).
+    subscription_endpoint_mttr_seconds: Family<EndpointLabels, FloatGauge> = Family::default()
+        => "subscription_endpoint_mttr", "Endpoint mean time to recover", Unit::Seconds;
+    /// An endpoint's last outage's time to detect: first failure to ejection or verdict.
+    subscription_endpoint_detect_seconds: Family<EndpointLabels, FloatGauge> = Family::default()
+        => "subscription_endpoint_time_to_detect",
+        "Endpoint's last outage: first failure to ejection or unhealthy verdict", Unit::Seconds;
     /// 1 while a subscription is paused.
     subscription_paused: Family<SubscriptionLabels, Gauge> = Family::default()
         => "subscription_paused", "1 while the subscription is paused";
@@ -264,8 +300,22 @@ metrics! {
 }
 
 impl Metrics {
-    /// Forgets the metrics of a deleted subscription.
-    pub(crate) fn remove_subscription(&self, name: &str) {
+    /// Forgets the metrics of a deleted subscription, whose sink had `endpoints` (URLs as
+    /// describe shows them).
+    pub(crate) fn remove_subscription(&self, name: &str, endpoints: &[String]) {
+        for endpoint in endpoints {
+            let labels = EndpointLabels {
+                subscription: name.to_owned(),
+                endpoint: endpoint.clone(),
+            };
+            self.subscription_endpoint_available.remove(&labels);
+            self.subscription_endpoint_outages.remove(&labels);
+            self.subscription_endpoint_down_seconds.remove(&labels);
+            self.subscription_endpoint_availability.remove(&labels);
+            self.subscription_endpoint_mtbf_seconds.remove(&labels);
+            self.subscription_endpoint_mttr_seconds.remove(&labels);
+            self.subscription_endpoint_detect_seconds.remove(&labels);
+        }
         let labels = SubscriptionLabels {
             subscription: name.to_owned(),
         };

@@ -16,8 +16,10 @@
 //! Inside the engine, whatever holds the topics (an `EmitTargets`, as every subscription
 //! does) makes a handle with [`Notices::new`]; outside, [`crate::Engine::notices`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc;
 
 use keel_api::alerts::NOTICES_TOPIC;
 
@@ -28,18 +30,39 @@ use crate::topic::{EmitTargets, PublishResult};
 /// A handle that appends notices to `_keel.alerts`. Cheap to clone.
 #[derive(Clone)]
 pub struct Notices {
+    writer: Writer,
+    /// The reports waiting to be appended, in the order they were made. Invariant: one
+    /// worker appends them, one at a time, so a handle family's reports land in that order
+    /// (a circuit opening before the pause it led to). Started by the first report; it ends
+    /// once every handle of the family is dropped.
+    queue: Arc<OnceLock<mpsc::UnboundedSender<Report>>>,
+}
+
+/// What appends a notice; the worker holds it, not the queue.
+#[derive(Clone)]
+struct Writer {
     targets: EmitTargets,
     /// Makes event ids unique: a random number per handle family, then a sequence.
     run: u64,
     sequence: Arc<AtomicU64>,
 }
 
+/// A notice reported in the background.
+struct Report {
+    kind: &'static str,
+    subject: String,
+    data: serde_json::Value,
+}
+
 impl Notices {
     pub(crate) fn new(targets: EmitTargets) -> Self {
         Notices {
-            targets,
-            run: fastrand::u64(..),
-            sequence: Arc::new(AtomicU64::new(0)),
+            writer: Writer {
+                targets,
+                run: fastrand::u64(..),
+                sequence: Arc::new(AtomicU64::new(0)),
+            },
+            queue: Arc::new(OnceLock::new()),
         }
     }
 
@@ -49,6 +72,43 @@ impl Notices {
     /// `topics/` is damaged) or refuses writes. A caller on a path that must not wait spawns
     /// it; a notice is a report, so a failure is logged, never a reason to stop.
     pub async fn emit(
+        &self,
+        kind: &str,
+        subject: &str,
+        data: serde_json::Value,
+    ) -> Result<PublishResult, EngineError> {
+        self.writer.emit(kind, subject, data).await
+    }
+
+    /// Appends a notice in the background (see [`emit`](Self::emit)), after the reports
+    /// made before it through this handle family, for callers that must not wait: a failure
+    /// is logged. Call inside the runtime.
+    pub(crate) fn report(&self, kind: &'static str, subject: &str, data: serde_json::Value) {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, mut receiver) = mpsc::unbounded_channel::<Report>();
+            let writer = self.writer.clone();
+            tokio::spawn(async move {
+                while let Some(report) = receiver.recv().await {
+                    let Report { kind, subject, data } = report;
+                    if let Err(error) = writer.emit(kind, &subject, data).await {
+                        tracing::warn!(kind, subject, %error, "cannot append a notice to _keel.alerts");
+                    }
+                }
+            });
+            sender
+        });
+        let subject = subject.to_owned();
+        // Fails only once the worker is gone, at shutdown.
+        let _ = queue.send(Report {
+            kind,
+            subject,
+            data,
+        });
+    }
+}
+
+impl Writer {
+    async fn emit(
         &self,
         kind: &str,
         subject: &str,
@@ -65,17 +125,6 @@ impl Notices {
         let admission = crate::pressure::Admission::unmetered();
         let mut results = topic.publish(vec![event], admission).await?;
         Ok(results.remove(0))
-    }
-
-    /// Appends a notice in the background (see [`emit`](Self::emit)), for callers that must
-    /// not wait: a failure is logged. Call inside the runtime.
-    pub(crate) fn report(&self, kind: &'static str, subject: &str, data: serde_json::Value) {
-        let (notices, subject) = (self.clone(), subject.to_owned());
-        tokio::spawn(async move {
-            if let Err(error) = notices.emit(kind, &subject, data).await {
-                tracing::warn!(kind, subject, %error, "cannot append a notice to _keel.alerts");
-            }
-        });
     }
 
     /// The CloudEvent of a notice.
@@ -114,8 +163,11 @@ mod tests {
             event_bytes_max: 1024,
         });
         let data = serde_json::json!({"rule": "lag"});
-        let first = notices.event("alert.firing", "lag", data.clone()).unwrap();
-        let second = notices.event("alert.firing", "lag", data).unwrap();
+        let first = notices
+            .writer
+            .event("alert.firing", "lag", data.clone())
+            .unwrap();
+        let second = notices.writer.event("alert.firing", "lag", data).unwrap();
         assert_ne!(first.id(), second.id());
         let json: serde_json::Value = serde_json::from_str(first.json()).unwrap();
         assert_eq!(json["type"], "keel.alert.firing");

@@ -48,7 +48,7 @@ use crate::limits::{
     LANE_PENDING_BYTES_MIN, LANE_PENDING_MIN, SUBSCRIPTION_PENDING_BYTES_MAX,
     SUBSCRIPTION_PENDING_MAX,
 };
-use crate::metrics::{Metrics, SubscriptionLabels};
+use crate::metrics::{FloatGauge, Metrics, SubscriptionLabels};
 use crate::storage::SubscriptionLogs;
 use crate::supervisor::{GiveUp, Supervisor};
 use crate::topic::{EmitTargets, Topic};
@@ -59,6 +59,8 @@ pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
 use keyed_state::KeyedState;
 pub use keyed_state::{KeyState, StoredKeyState};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 pub use pull::{AckResult, PulledMessage};
 use signals::Signals;
 use sink_health::SinkOutages;
@@ -82,9 +84,16 @@ pub(crate) fn task_prefix(subscription: &str) -> String {
 struct Core {
     delivery: DeliveryState,
     paused: Option<String>,
-    /// A push sink's circuit breaker, unless the spec turns it off.
+    /// Whether keel paused it (the sink failing past `pause_after`). Invariant: only while
+    /// `paused` is some.
+    auto_paused: bool,
+    /// When the sink's failing time for `pause_after` counts from at the earliest: the last
+    /// resume (or the start), so that a resumed sink gets the whole period again.
+    pause_clock_ms: i64,
+    /// A push subscription's circuit breaker, unless the spec turns it off.
     circuit: Option<CircuitBreaker>,
-    /// The sink's outages as the breaker saw them (with the breaker).
+    /// The sink's outages, when something can tell them: the breaker, or the endpoints of a
+    /// group or with health checks.
     sink_outages: Option<SinkOutages>,
     /// Ids of redriven dead-letter entries whose redelivery was acknowledged: the store
     /// removes them from the queue.
@@ -183,12 +192,75 @@ impl Shared {
             .inc_by(count);
     }
 
-    /// Announces a change of the sink's circuit: logged with its reason, and an opening
-    /// counted as an outage. Every transition passes here (from `Deliveries::take` and
-    /// `Deliveries::settle`), so this is where a later hook (an alert event) is called.
-    /// Reports a change of an endpoint's availability: logged, and a gain wakes the
-    /// dispatcher, which may have been waiting for an available endpoint.
+    /// Pauses (with a reason) or resumes delivery, durably. An operator's pause or resume
+    /// replaces keel's; a resume lets an open circuit's probes go at once and gives the sink
+    /// its whole `pause_after` again.
+    async fn set_paused(&self, paused: Option<String>) -> Result<(), EngineError> {
+        self.switch_pause(paused, None).await.map(|_| ())
+    }
+
+    /// Resumes the subscription if keel paused it (not an operator, who may have paused or
+    /// resumed it since), announcing why; returns whether it did.
+    async fn resume_keels_pause(&self, why: String) -> Result<bool, EngineError> {
+        self.switch_pause(None, Some(why)).await
+    }
+
+    /// Sets the pause; with `keels_resume` (why), only resumes a pause of keel's, announced
+    /// before anything is delivered again.
+    async fn switch_pause(
+        &self,
+        paused: Option<String>,
+        keels_resume: Option<String>,
+    ) -> Result<bool, EngineError> {
+        self.durability.check_available(&self.name)?;
+        let version = {
+            let mut core = self.core();
+            if let Some(why) = keels_resume {
+                if !core.auto_paused {
+                    return Ok(false);
+                }
+                tracing::info!(subscription = %self.name, reason = %why, "resuming the subscription keel paused");
+                let data =
+                    serde_json::json!({"subscription": self.name, "reason": why, "by": "keel"});
+                self.notices
+                    .report("subscription.resumed", &self.name, data);
+            }
+            let now = now_ms();
+            if paused.is_none() {
+                core.pause_clock_ms = now;
+                if let Some(circuit) = core.circuit.as_mut() {
+                    circuit.probe_now(now);
+                }
+            }
+            core.paused = paused;
+            core.auto_paused = false;
+            core.delivery.touch()
+        };
+        self.signals.changed(true);
+        self.durability.wait(&self.name, version).await?;
+        Ok(true)
+    }
+
+    /// Whether keel paused the subscription (see [`Shared::resume_keels_pause`]).
+    fn paused_by_keel(&self) -> bool {
+        self.core().auto_paused
+    }
+
+    /// Reports a change of an endpoint's availability: logged, announced, followed into the
+    /// sink's outages (none available holds the sink down), and a gain wakes the dispatcher,
+    /// which may have been waiting for an available endpoint.
     fn endpoint_changed(&self, sink: &sink::PushSink, change: &endpoints::Change) {
+        let all_down_since = sink.all_down_since_ms();
+        if let Some(outages) = self.core().sink_outages.as_mut() {
+            let now = now_ms();
+            match all_down_since {
+                Some(since) => {
+                    let reason = "no endpoint is available".to_owned();
+                    outages.down(sink_health::Cause::Endpoints, since, now, reason);
+                }
+                None => outages.up(sink_health::Cause::Endpoints, now),
+            }
+        }
         let url = sink.url_of(change);
         sink::log_change(&self.name, url, change);
         let (kind, until) = match change {
@@ -211,6 +283,9 @@ impl Shared {
         }
     }
 
+    /// Announces a change of the sink's circuit: logged with its reason, an opening counted
+    /// as an outage, and an opening or closing reported on `_keel.alerts`. Every transition
+    /// passes here (from `Deliveries::take` and `Deliveries::settle`).
     fn announce(&self, transition: Option<circuit::Transition>) {
         let Some(transition) = transition else {
             return;
@@ -228,12 +303,6 @@ impl Shared {
             CircuitState::Closed => {
                 tracing::info!(subscription = %self.name, ?from, ?to, reason, %detail, "sink circuit closed: delivering again");
             }
-        }
-        if from == CircuitState::Closed {
-            self.metrics
-                .subscription_sink_outages
-                .get_or_create(&self.labels)
-                .inc();
         }
         let kind = match (from, to) {
             (CircuitState::Closed, _) => Some("circuit.opened"),
@@ -341,7 +410,6 @@ impl Subscription {
         // The breaker guards a handler that can be down: a push sink.
         let circuit = (spec.is_push() && spec.circuit_breaker.enabled)
             .then(|| CircuitBreaker::new(spec.circuit_breaker));
-        let sink_outages = circuit.as_ref().map(|_| SinkOutages::new(now_ms()));
         let sink = match &spec.delivery {
             spec::Delivery::Push(sink) => {
                 let sink = sink::PushSink::new(sink).map_err(|detail| {
@@ -351,6 +419,8 @@ impl Subscription {
             }
             spec::Delivery::Pull => None,
         };
+        let judged = circuit.is_some() || sink.as_ref().is_some_and(|s| s.judges_endpoints());
+        let sink_outages = judged.then(|| SinkOutages::new(now_ms()));
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             labels: SubscriptionLabels {
@@ -363,7 +433,9 @@ impl Subscription {
             metrics,
             core: Mutex::new(Core {
                 delivery,
+                auto_paused: checkpoint.auto_paused && checkpoint.paused.is_some(),
                 paused: checkpoint.paused,
+                pause_clock_ms: now_ms(),
                 circuit,
                 sink_outages,
                 redrive_acked: Vec::new(),
@@ -581,7 +653,7 @@ impl Subscription {
             endpoints: shared
                 .sink
                 .as_ref()
-                .map(|sink| sink.describe())
+                .map(|sink| sink.describe(now_ms()))
                 .unwrap_or_default(),
             last_error: counters
                 .last_error
@@ -624,30 +696,47 @@ impl Subscription {
                 .set(circuit.gauge_value());
         }
         if let Some(health) = &info.sink_health {
-            publish_sink_health(metrics, labels, health);
+            let families = HealthFamilies {
+                outages: &metrics.subscription_sink_outages,
+                down: &metrics.subscription_sink_down_seconds,
+                availability: &metrics.subscription_sink_availability,
+                mtbf: &metrics.subscription_sink_mtbf_seconds,
+                mttr: &metrics.subscription_sink_mttr_seconds,
+                detect: &metrics.subscription_sink_detect_seconds,
+            };
+            families.publish(labels, health);
+        }
+        for endpoint in &info.endpoints {
+            let labels = crate::metrics::EndpointLabels {
+                subscription: info.name.clone(),
+                endpoint: endpoint.url.clone(),
+            };
+            metrics
+                .subscription_endpoint_available
+                .get_or_create(&labels)
+                .set(i64::from(endpoint.available));
+            let families = HealthFamilies {
+                outages: &metrics.subscription_endpoint_outages,
+                down: &metrics.subscription_endpoint_down_seconds,
+                availability: &metrics.subscription_endpoint_availability,
+                mtbf: &metrics.subscription_endpoint_mtbf_seconds,
+                mttr: &metrics.subscription_endpoint_mttr_seconds,
+                detect: &metrics.subscription_endpoint_detect_seconds,
+            };
+            if let Some(health) = &endpoint.health {
+                families.publish(&labels, health);
+            }
         }
     }
 
     /// Pauses delivery (durably); in-flight deliveries finish.
     pub(crate) async fn pause(&self, reason: &str) -> Result<(), EngineError> {
-        self.set_paused(Some(reason.to_owned())).await
+        self.shared.set_paused(Some(reason.to_owned())).await
     }
 
     /// Resumes delivery (durably).
     pub(crate) async fn resume(&self) -> Result<(), EngineError> {
-        self.set_paused(None).await
-    }
-
-    async fn set_paused(&self, paused: Option<String>) -> Result<(), EngineError> {
-        let shared = &self.shared;
-        shared.durability.check_available(&shared.name)?;
-        let version = {
-            let mut core = shared.core();
-            core.paused = paused;
-            core.delivery.touch()
-        };
-        shared.signals.changed(true);
-        shared.durability.wait(&shared.name, version).await
+        self.shared.set_paused(None).await
     }
 
     /// Moves every partition's cursor to `starts` (durably). Pending and in-flight events are
@@ -833,31 +922,40 @@ impl Subscription {
 /// Boot numbers are drawn below this (see `pull.rs`, ack ids).
 const BOOT_LIMIT: u32 = 1 << 31;
 
-/// Sets a push sink's recovery gauges from its figures.
-fn publish_sink_health(
-    metrics: &Metrics,
-    labels: &SubscriptionLabels,
-    health: &keel_api::subscriptions::SinkHealth,
-) {
-    metrics
-        .subscription_sink_down_seconds
-        .get_or_create(labels)
-        .set(health.down_time.as_secs_f64());
-    metrics
-        .subscription_sink_availability
-        .get_or_create(labels)
-        .set(health.availability);
-    let optional = [
-        (&metrics.subscription_sink_mtbf_seconds, health.mtbf),
-        (&metrics.subscription_sink_mttr_seconds, health.mttr),
-        (
-            &metrics.subscription_sink_detect_seconds,
-            health.last_outage.as_ref().map(|o| o.time_to_detect),
-        ),
-    ];
-    for (family, value) in optional {
-        if let Some(value) = value {
-            family.get_or_create(labels).set(value.as_secs_f64());
+/// The metric families of recovery figures (a sink's or an endpoint's), by labels `L`.
+struct HealthFamilies<'a, L> {
+    outages: &'a Family<L, Counter>,
+    down: &'a Family<L, FloatGauge>,
+    availability: &'a Family<L, FloatGauge>,
+    mtbf: &'a Family<L, FloatGauge>,
+    mttr: &'a Family<L, FloatGauge>,
+    detect: &'a Family<L, FloatGauge>,
+}
+
+impl<L: Clone + std::hash::Hash + Eq> HealthFamilies<'_, L> {
+    /// Sets the series of `labels` from the figures. The outage counter catches up with the
+    /// figures' count, which is the one truth (describe shows it too).
+    fn publish(&self, labels: &L, health: &keel_api::subscriptions::SinkHealth) {
+        let outages = self.outages.get_or_create(labels);
+        outages.inc_by(health.outages.saturating_sub(outages.get()));
+        self.down
+            .get_or_create(labels)
+            .set(health.down_time.as_secs_f64());
+        self.availability
+            .get_or_create(labels)
+            .set(health.availability);
+        let optional = [
+            (self.mtbf, health.mtbf),
+            (self.mttr, health.mttr),
+            (
+                self.detect,
+                health.last_outage.as_ref().map(|o| o.time_to_detect),
+            ),
+        ];
+        for (family, value) in optional {
+            if let Some(value) = value {
+                family.get_or_create(labels).set(value.as_secs_f64());
+            }
         }
     }
 }
@@ -882,7 +980,7 @@ pub(crate) fn first_checkpoint(spec: &SubscriptionSpec, starts: &[u64]) -> Check
         lane_pending_max(partitions),
         starts,
     );
-    Checkpoint::new(state.checkpoint(), None)
+    Checkpoint::new(state.checkpoint(), None, false)
 }
 
 /// Fires retry timers and ack deadlines when they come due.

@@ -1021,24 +1021,160 @@ async fn dead_sink_is_detected_at_once_and_burns_no_attempts() {
     let mttr = subscription_metric(&server, "keel_subscription_sink_mttr_seconds", "dead").await;
     assert_eq!(mttr, Some(time_to_recover.as_secs_f64()));
     // The opening and the closing are notices on `_keel.alerts`, in that order.
-    let deadline = std::time::Instant::now() + SOON;
-    let types = loop {
-        let (_, read) = server.read("_keel.alerts", 0, "from=0&max=100").await;
+    let types = notices_about(&server, "dead", 2).await;
+    assert_eq!(types, ["keel.circuit.opened", "keel.circuit.closed"]);
+    eprintln!(
+        "dead sink: detected in {time_to_detect:?} ({detected_in:?} from publish), recovered in {time_to_recover:?}"
+    );
+    server.stop().await;
+}
+
+/// The types of the notices on `_keel.alerts` about `subject`, in order, once there are at
+/// least `count` (or whatever there is after `SOON`).
+async fn notices_about(server: &TestServer, subject: &str, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let (_, read) = server.read("_keel.alerts", 0, "from=0&max=1000").await;
         let types: Vec<String> = read["records"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|record| record["event"]["subject"] == "dead")
+            .filter(|record| record["event"]["subject"] == subject)
             .map(|record| record["event"]["type"].as_str().unwrap_or("").to_owned())
             .collect();
-        if types.len() >= 2 || std::time::Instant::now() > deadline {
-            break types;
+        if types.len() >= count || Instant::now() > deadline {
+            return types;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(types, ["keel.circuit.opened", "keel.circuit.closed"]);
+    }
+}
+
+/// The notices' types without the endpoints' (which race with the others).
+fn without_endpoints(types: &[String]) -> Vec<&str> {
+    types
+        .iter()
+        .map(String::as_str)
+        .filter(|kind| !kind.starts_with("keel.endpoint."))
+        .collect()
+}
+
+// Goal: a sink failing longer than `pause_after` pauses its subscription with a notice and
+// spends no attempts meanwhile; once the sink is back, its health check (passing twice after
+// the pause) resumes it by itself with a notice, and delivery starts at once, not at the end
+// of the circuit's long cool-down; every event arrives, none dead-lettered. The endpoint's own
+// recovery figures show the outage. A pause by an operator is not lifted by health checks.
+// Method: a closed port, pause_after 2s, health checks every 100 ms, a 1 min cool-down.
+#[tokio::test]
+async fn failing_sink_is_paused_and_resumed_by_its_health_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "t", 1).await;
+    let sink = Sink::start(policy::accept()).await;
+    sink.go_down().await;
+    let mut spec = json!({
+        "url": sink.url("/hook"),
+        "pause_after": "2s",
+        "health_check": {"path": "/healthz", "interval": "100ms", "timeout": "100ms"},
+    });
+    let overrides = json!({
+        "sink": spec.take(),
+        "retry": {"max_attempts": 1},
+        "circuit_breaker": {"cool_down": "1m", "cool_down_max": "1m"},
+    });
+    create_push(&server, "auto", "t", "", overrides).await;
+    let events: Vec<Value> = (0..20)
+        .map(|i| event(&format!("a-{i:02}"), json!({})))
+        .collect();
+    let failing = Instant::now();
+    publish_batch(&server, "t", events).await;
+    let info = wait_describe(&server, "auto", "paused by keel", SOON, |info| {
+        !info["paused"].is_null()
+    })
+    .await;
+    let paused_in = failing.elapsed();
+    let reason = info["paused"].as_str().unwrap();
+    assert!(
+        reason.contains("keel paused it") && reason.contains("pause_after is 2s"),
+        "{info}"
+    );
+    assert!(
+        paused_in >= Duration::from_secs(2),
+        "paused in {paused_in:?}"
+    );
+    assert_eq!(info["dlq_depth"], 0, "the outage spent attempts: {info}");
+    let endpoint = &info["endpoints"][0];
+    assert_eq!(endpoint["available"], false, "{info}");
+    assert_eq!(endpoint["health"]["outages"], 1, "{info}");
+    let types = notices_about(&server, "auto", 3).await;
+    assert_eq!(
+        without_endpoints(&types),
+        ["keel.circuit.opened", "keel.subscription.paused"]
+    );
+    assert!(
+        types.contains(&"keel.endpoint.unhealthy".to_owned()),
+        "{types:?}"
+    );
+
+    sink.come_back().await;
+    let back = Instant::now();
+    let info = wait_describe(&server, "auto", "resumed and delivered", SOON, |info| {
+        info["paused"].is_null() && info["lag"] == 0 && info["in_flight"] == 0
+    })
+    .await;
+    let delivered_in = back.elapsed();
+    assert!(
+        delivered_in < Duration::from_secs(5),
+        "delivery waited for the cool-down: {delivered_in:?}"
+    );
+    let pushes: Vec<Exchange> = sink
+        .exchanges()
+        .into_iter()
+        .filter(|exchange| exchange.request.method() == "POST")
+        .collect();
+    let mut ids = accepted_ids(&pushes);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert_eq!(info["dlq_depth"], 0, "{info}");
+    let health = &info["endpoints"][0]["health"];
+    assert!(
+        health["last_outage"]["time_to_recover"].is_string(),
+        "the endpoint's outage ended: {info}"
+    );
+    assert!(health["availability"].as_f64().unwrap() < 1.0, "{info}");
+    let types = notices_about(&server, "auto", 6).await;
+    assert_eq!(
+        without_endpoints(&types),
+        [
+            "keel.circuit.opened",
+            "keel.subscription.paused",
+            "keel.subscription.resumed",
+            "keel.circuit.closed"
+        ],
+    );
+    assert!(
+        types.contains(&"keel.endpoint.healthy".to_owned()),
+        "{types:?}"
+    );
+    let (status, body, _) = server.request(Method::GET, "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    let endpoint_outages = format!(
+        "keel_subscription_endpoint_outages_total{{subscription=\"auto\",endpoint=\"{}\"}} 1",
+        sink.url("/hook")
+    );
+    assert!(
+        body.as_str().unwrap().contains(&endpoint_outages),
+        "{endpoint_outages} not in /metrics"
+    );
+
+    // An operator's pause stays, however well the health checks go.
+    let path = "/v1/subscriptions/auto/pause";
+    let (status, body) = send_json(&server, Method::POST, path, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let info = describe(&server, "auto").await;
+    assert_eq!(info["paused"], "paused by an operator", "{info}");
     eprintln!(
-        "dead sink: detected in {time_to_detect:?} ({detected_in:?} from publish), recovered in {time_to_recover:?}"
+        "auto-pause: paused {paused_in:?} after the first failure, delivering {delivered_in:?} after the sink came back"
     );
     server.stop().await;
 }

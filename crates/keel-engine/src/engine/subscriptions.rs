@@ -235,6 +235,12 @@ impl Engine {
         subscription: &Subscription,
     ) -> Result<(), EngineError> {
         let name = subscription.name().to_owned();
+        let endpoints: Vec<String> = subscription
+            .info()
+            .endpoints
+            .into_iter()
+            .map(|endpoint| endpoint.url)
+            .collect();
         self.inner
             .subscriptions
             .write()
@@ -243,7 +249,7 @@ impl Engine {
         subscription.stop().await;
         self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
             .await?;
-        self.inner.metrics.remove_subscription(&name);
+        self.inner.metrics.remove_subscription(&name, &endpoints);
         let tasks = crate::subscription::task_prefix(&name);
         self.inner.supervisor.forget(&tasks);
         self.inner.pressure.measure_soon();

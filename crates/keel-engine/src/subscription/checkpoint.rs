@@ -25,15 +25,24 @@ pub(crate) struct Checkpoint {
     /// Why the subscription is paused, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) paused: Option<String>,
+    /// Whether keel paused it, its sink failing past `pause_after`: a passing health check
+    /// resumes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) auto_paused: bool,
 }
 
 impl Checkpoint {
-    /// A checkpoint of `lanes`, paused for a reason or not.
-    pub(crate) fn new(lanes: Vec<LaneCheckpoint>, paused: Option<String>) -> Self {
+    /// A checkpoint of `lanes`, paused for a reason (by keel or not) or not.
+    pub(crate) fn new(
+        lanes: Vec<LaneCheckpoint>,
+        paused: Option<String>,
+        auto_paused: bool,
+    ) -> Self {
         Checkpoint {
             format: crate::format::FORMAT,
             lanes,
             paused,
+            auto_paused,
         }
     }
 
@@ -134,7 +143,7 @@ mod tests {
                 retries: Vec::new(),
             }];
             let paused = (index % 2 == 0).then(|| "410 Gone".to_owned());
-            let checkpoint = Checkpoint::new(lanes, paused);
+            let checkpoint = Checkpoint::new(lanes, paused, index % 4 == 0);
             log.write(&checkpoint).expect("write");
             last = Some(checkpoint);
         }

@@ -361,6 +361,14 @@ impl CircuitBreaker {
         self.state
     }
 
+    /// Ends an open circuit's cool-down at `now_ms`: the next poll lets the probes go (an
+    /// operator resumed the subscription, or a health check passed).
+    pub(crate) fn probe_now(&mut self, now_ms: i64) {
+        if self.state == CircuitState::Open {
+            self.probe_at_ms = self.probe_at_ms.min(now_ms);
+        }
+    }
+
     /// When open: when the probes may go.
     pub(crate) fn probe_at_ms(&self) -> Option<i64> {
         (self.state == CircuitState::Open).then_some(self.probe_at_ms)

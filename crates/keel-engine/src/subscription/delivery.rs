@@ -20,7 +20,7 @@ use super::dlq::entry_id;
 use super::keyed_state::{Committed, Effects, Found, KeyedState, Position, commit_request};
 use super::spec::SubscriptionSpec;
 use super::state::{Delivery, Outcome, REDRIVE_LANE, Settled, Slot, Stale};
-use crate::clock::now_ms;
+use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::error::EngineError;
 
 /// A subscription's delivery interface, as a delivery mode sees it. Cheap to clone.
@@ -329,6 +329,58 @@ impl Deliveries {
         change: &super::endpoints::Change,
     ) {
         self.shared.endpoint_changed(sink, change);
+    }
+
+    /// Pauses the subscription when its sink has been failing for `pause_after` by `now_ms`
+    /// (an outage running, counted from the last resume at the earliest), with a notice; a
+    /// passing health check resumes it (`health_check.rs`), or an operator. Returns when to
+    /// look again while the sink fails but not yet for long enough.
+    pub(super) fn pause_if_failing(
+        &self,
+        pause_after: std::time::Duration,
+        health_checked: bool,
+        now_ms: i64,
+    ) -> Option<i64> {
+        let shared = &self.shared;
+        let mut core = shared.core();
+        if core.paused.is_some() {
+            return None;
+        }
+        let failing_since = core.sink_outages.as_ref()?.failing_since_ms()?;
+        let after_ms = i64::try_from(pause_after.as_millis()).unwrap_or(i64::MAX);
+        let due_ms = failing_since
+            .max(core.pause_clock_ms)
+            .saturating_add(after_ms);
+        if now_ms < due_ms {
+            return Some(due_ms);
+        }
+        let resumes = if health_checked {
+            "it resumes by itself once a health check passes, or resume it"
+        } else {
+            "resume it once the sink is fixed"
+        };
+        let reason = format!(
+            "keel paused it: the sink has been failing since {} (sink.pause_after is {}); {resumes} (keel sub resume {})",
+            format_rfc3339_ms(failing_since),
+            keel_api::duration::format(pause_after),
+            shared.name
+        );
+        tracing::warn!(subscription = %shared.name, %reason, "pausing the subscription");
+        let data = serde_json::json!({
+            "subscription": shared.name,
+            "reason": reason,
+            "by": "keel",
+            "failing_since": format_rfc3339_ms(failing_since),
+        });
+        shared
+            .notices
+            .report("subscription.paused", &shared.name, data);
+        core.paused = Some(reason);
+        core.auto_paused = true;
+        core.delivery.touch();
+        drop(core);
+        shared.signals.changed(true);
+        None
     }
 
     /// Pauses the subscription (when it is not paused already) for `reason`: the handler

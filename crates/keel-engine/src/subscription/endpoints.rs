@@ -20,7 +20,9 @@
 //! the in-flight one has settled. `key_hash` uses rendezvous hashing, so only the keys of the
 //! endpoint that left move, and they come back when it returns.
 
-use keel_api::subscriptions::{EndpointSpec, OutlierPolicy, Strategy};
+use keel_api::subscriptions::{EndpointSpec, OutlierPolicy, SinkHealth, Strategy};
+
+use super::sink_health::{Cause, SinkOutages};
 
 /// A change of an endpoint's availability, for logs, metrics and `_keel.alerts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,16 +97,49 @@ struct Endpoint {
     last_ejected_ms: i64,
     /// A stable hash of the URL, for rendezvous hashing.
     url_hash: u64,
+    /// The first failure (an attempt or a check) after the last success.
+    failing_since_ms: Option<i64>,
+    /// Its outages: the times it was not available.
+    outages: SinkOutages,
+}
+
+impl Endpoint {
+    fn available(&self) -> bool {
+        self.healthy && self.ejected_until_ms.is_none()
+    }
+
+    /// Records a success or failure at `now_ms` (for the time to detect).
+    fn observe(&mut self, failed: bool, now_ms: i64) {
+        if failed {
+            self.failing_since_ms.get_or_insert(now_ms);
+        } else {
+            self.failing_since_ms = None;
+        }
+    }
+
+    /// Follows a change of availability at `now_ms` (`was` before it) into its outages.
+    fn follow(&mut self, was: bool, now_ms: i64, reason: impl FnOnce() -> String) {
+        match (was, self.available()) {
+            (true, false) => {
+                let since = self.failing_since_ms.unwrap_or(now_ms);
+                self.outages.down(Cause::Endpoints, since, now_ms, reason());
+            }
+            (false, true) => self.outages.up(Cause::Endpoints, now_ms),
+            _ => {}
+        }
+    }
 }
 
 impl EndpointGroup {
-    /// A group of `endpoints` (at least one), all healthy and admitted at first. With
-    /// `thresholds`, health checks decide health; without, every endpoint is healthy.
+    /// A group of `endpoints` (at least one), all healthy and admitted at first (at
+    /// `now_ms`). With `thresholds`, health checks decide health; without, every endpoint is
+    /// healthy.
     pub(crate) fn new(
         endpoints: &[EndpointSpec],
         strategy: Strategy,
         outlier: OutlierPolicy,
         thresholds: Option<Thresholds>,
+        now_ms: i64,
     ) -> Self {
         assert!(!endpoints.is_empty(), "a group has an endpoint");
         let endpoints = endpoints
@@ -119,6 +154,8 @@ impl EndpointGroup {
                 ejected_until_ms: None,
                 last_ejected_ms: i64::MIN,
                 url_hash: crate::routing::fnv1a(spec.url.as_bytes()),
+                failing_since_ms: None,
+                outages: SinkOutages::new(now_ms),
             })
             .collect();
         EndpointGroup {
@@ -141,6 +178,23 @@ impl EndpointGroup {
         }
     }
 
+    /// `endpoint`'s recovery figures at `now_ms`.
+    pub(crate) fn health(&self, endpoint: usize, now_ms: i64) -> SinkHealth {
+        self.endpoints[endpoint].outages.report(now_ms)
+    }
+
+    /// When the failures that made every endpoint unavailable began: the earliest first
+    /// failure among them. None while one is available.
+    pub(crate) fn all_down_since_ms(&self) -> Option<i64> {
+        if self.endpoints.iter().any(Endpoint::available) {
+            return None;
+        }
+        self.endpoints
+            .iter()
+            .filter_map(|endpoint| endpoint.outages.failing_since_ms())
+            .min()
+    }
+
     /// How many endpoints the group has.
     pub(crate) fn len(&self) -> usize {
         self.endpoints.len()
@@ -156,6 +210,7 @@ impl EndpointGroup {
             {
                 endpoint.ejected_until_ms = None;
                 endpoint.failures_in_row = 0;
+                endpoint.follow(false, now_ms, String::new);
                 if endpoint.healthy {
                     changes.push(Change::Readmitted { endpoint: index });
                 }
@@ -166,8 +221,7 @@ impl EndpointGroup {
 
     /// Whether `endpoint` may take deliveries.
     pub(crate) fn available(&self, endpoint: usize) -> bool {
-        let endpoint = &self.endpoints[endpoint];
-        endpoint.healthy && endpoint.ejected_until_ms.is_none()
+        self.endpoints[endpoint].available()
     }
 
     /// When the next ejection ends, if one runs.
@@ -240,6 +294,7 @@ impl EndpointGroup {
         };
         let outlier = self.outlier;
         let state = &mut self.endpoints[endpoint];
+        state.observe(failed, now_ms);
         if !failed {
             state.failures_in_row = 0;
             return None;
@@ -261,8 +316,13 @@ impl EndpointGroup {
             .saturating_mul(i64::from(state.ejections))
             .min(max_ms);
         let until_ms = now_ms.saturating_add(length_ms);
+        let was = state.available();
         state.ejected_until_ms = Some(until_ms);
         state.last_ejected_ms = now_ms;
+        let failures = state.failures_in_row;
+        state.follow(was, now_ms, || {
+            format!("{failures} attempts in a row failed")
+        });
         Some(Change::Ejected {
             endpoint,
             failures: state.failures_in_row,
@@ -270,10 +330,17 @@ impl EndpointGroup {
         })
     }
 
-    /// An active health check of `endpoint` ended. Returns its change of health, if any.
-    pub(crate) fn on_check(&mut self, endpoint: usize, passed: bool) -> Option<Change> {
+    /// An active health check of `endpoint` ended at `now_ms`. Returns its change of health,
+    /// if any.
+    pub(crate) fn on_check(
+        &mut self,
+        endpoint: usize,
+        passed: bool,
+        now_ms: i64,
+    ) -> Option<Change> {
         let thresholds = self.thresholds?;
         let state = &mut self.endpoints[endpoint];
+        state.observe(!passed, now_ms);
         if passed == state.healthy {
             state.checks_in_row = 0;
             return None;
@@ -288,7 +355,11 @@ impl EndpointGroup {
             return None;
         }
         state.checks_in_row = 0;
+        let was = state.available();
         state.healthy = passed;
+        state.follow(was, now_ms, || {
+            format!("{} health checks in a row failed", thresholds.unhealthy)
+        });
         Some(if passed {
             Change::Healthy { endpoint }
         } else {
@@ -323,7 +394,13 @@ mod tests {
                 weight,
             })
             .collect();
-        EndpointGroup::new(&endpoints, strategy, OutlierPolicy::default(), thresholds)
+        EndpointGroup::new(
+            &endpoints,
+            strategy,
+            OutlierPolicy::default(),
+            thresholds,
+            0,
+        )
     }
 
     fn picks(group: &mut EndpointGroup, count: usize) -> Vec<usize> {
@@ -471,19 +548,19 @@ mod tests {
             unhealthy: 3,
         };
         let mut group = group(&[1, 1], Strategy::Failover, Some(thresholds));
-        assert_eq!(group.on_check(0, false), None);
-        assert_eq!(group.on_check(0, false), None);
-        assert_eq!(group.on_check(0, true), None, "a pass breaks the run");
-        group.on_check(0, false);
-        group.on_check(0, false);
+        assert_eq!(group.on_check(0, false, 0), None);
+        assert_eq!(group.on_check(0, false, 0), None);
+        assert_eq!(group.on_check(0, true, 0), None, "a pass breaks the run");
+        group.on_check(0, false, 0);
+        group.on_check(0, false, 0);
         assert_eq!(
-            group.on_check(0, false),
+            group.on_check(0, false, 0),
             Some(Change::Unhealthy { endpoint: 0 })
         );
         assert_eq!(group.pick(None), Some(1), "failover to the healthy one");
-        assert_eq!(group.on_check(0, true), None);
+        assert_eq!(group.on_check(0, true, 0), None);
         assert_eq!(
-            group.on_check(0, true),
+            group.on_check(0, true, 0),
             Some(Change::Healthy { endpoint: 0 })
         );
         assert_eq!(group.pick(None), Some(0));
@@ -493,13 +570,13 @@ mod tests {
             panic!("ejected");
         };
         for _ in 0..3 {
-            group.on_check(0, false);
+            group.on_check(0, false, 0);
         }
         assert!(group.readmit(until_ms).is_empty());
         assert_eq!(group.pick(None), Some(1));
-        group.on_check(0, true);
+        group.on_check(0, true, 0);
         assert_eq!(
-            group.on_check(0, true),
+            group.on_check(0, true, 0),
             Some(Change::Healthy { endpoint: 0 })
         );
         assert_eq!(group.pick(None), Some(0));
@@ -507,9 +584,47 @@ mod tests {
         // None available: nothing is picked.
         for endpoint in 0..2 {
             for _ in 0..3 {
-                group.on_check(endpoint, false);
+                group.on_check(endpoint, false, 0);
             }
         }
         assert_eq!(group.pick(None), None);
+    }
+
+    // Goal: an endpoint's outage runs from its ejection (or unhealthy verdict) to its return,
+    // its time to detect from its first failure, and the group is all down only while no
+    // endpoint is available, since the earliest first failure.
+    #[test]
+    fn endpoints_have_recovery_figures() {
+        let thresholds = Thresholds {
+            healthy: 1,
+            unhealthy: 2,
+        };
+        let mut group = group(&[1, 1], Strategy::RoundRobin, Some(thresholds));
+        group.on_attempt(0, true, 1_000);
+        let Some(Change::Ejected { until_ms, .. }) = fail(&mut group, 0, 4, 1_500) else {
+            panic!("five failures eject");
+        };
+        assert_eq!(group.all_down_since_ms(), None, "endpoint 1 is available");
+        group.on_check(1, false, 2_000);
+        group.on_check(1, false, 3_000);
+        assert_eq!(group.all_down_since_ms(), Some(1_000));
+        assert_eq!(group.readmit(until_ms).len(), 1);
+        assert_eq!(group.all_down_since_ms(), None);
+        let health = group.health(0, until_ms + 10_000);
+        let outage = health.last_outage.expect("an outage");
+        assert_eq!(health.outages, 1);
+        assert_eq!(outage.time_to_detect, Duration::from_millis(500));
+        assert_eq!(
+            outage.time_to_recover,
+            Some(Duration::from_millis((until_ms - 1_500) as u64))
+        );
+        let unhealthy = group.health(1, 4_000);
+        assert_eq!(unhealthy.outages, 1);
+        assert_eq!(unhealthy.down_time, Duration::from_secs(1));
+        assert_eq!(
+            unhealthy.last_outage.expect("running").time_to_detect,
+            Duration::from_secs(1),
+            "from the first failed check"
+        );
     }
 }

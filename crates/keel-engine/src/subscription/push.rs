@@ -23,6 +23,7 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
     let mut ready = deliveries.ready();
     let mut stopping = deliveries.stopping();
     let mut limiter = deliveries.spec().rate_limit.map(RateLimiter::new);
+    let pause_after = sink.pause_after();
     loop {
         ready.borrow_and_update();
         let now = now_ms();
@@ -30,6 +31,8 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
         for change in &changes {
             deliveries.endpoint_changed(&sink, change);
         }
+        let pause_check_ms = pause_after
+            .and_then(|after| deliveries.pause_if_failing(after, sink.health_checked(), now));
         let allowed = limiter
             .as_mut()
             .map_or(DISPATCH_BATCH_MAX, |l| l.available(now));
@@ -88,6 +91,7 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
             .into_iter()
             .chain(token_ms)
             .chain(readmission_ms)
+            .chain(pause_check_ms)
             .min();
         let sleep_ms = wake_ms.map_or(60_000, |at| (at - now).clamp(1, 60_000));
         tokio::select! {

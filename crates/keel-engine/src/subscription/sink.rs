@@ -17,6 +17,10 @@ pub(crate) struct PushSink {
     group: Mutex<EndpointGroup>,
     targets: Vec<Arc<SinkTarget>>,
     strategy: Strategy,
+    /// Whether it has active health checks.
+    checked: bool,
+    /// How long it may fail before keel pauses the subscription.
+    pause_after: Option<std::time::Duration>,
 }
 
 impl PushSink {
@@ -44,11 +48,14 @@ impl PushSink {
             spec.strategy,
             spec.outlier_detection,
             thresholds,
+            crate::clock::now_ms(),
         );
         Ok(PushSink {
             group: Mutex::new(group),
             targets,
             strategy: spec.strategy,
+            checked: spec.health_check.is_some(),
+            pause_after: spec.pause_after,
         })
     }
 
@@ -105,24 +112,46 @@ impl PushSink {
         (change, others)
     }
 
-    /// A health check's result for `endpoint`; returns its change of health.
-    pub(crate) fn on_check(&self, endpoint: usize, passed: bool) -> Option<Change> {
-        self.group().on_check(endpoint, passed)
+    /// A health check's result for `endpoint` at `now_ms`; returns its change of health.
+    pub(crate) fn on_check(&self, endpoint: usize, passed: bool, now_ms: i64) -> Option<Change> {
+        self.group().on_check(endpoint, passed, now_ms)
     }
 
-    /// Each endpoint's state, for describe.
-    pub(crate) fn describe(&self) -> Vec<EndpointInfo> {
+    /// When the failures that left no endpoint available began; none while one is.
+    pub(crate) fn all_down_since_ms(&self) -> Option<i64> {
+        self.group().all_down_since_ms()
+    }
+
+    /// Whether outages can be told apart from the endpoints alone: the sink is a group, or
+    /// has health checks.
+    pub(crate) fn judges_endpoints(&self) -> bool {
+        self.targets.len() > 1 || self.checked
+    }
+
+    /// Whether it has active health checks.
+    pub(crate) fn health_checked(&self) -> bool {
+        self.checked
+    }
+
+    /// How long it may fail before keel pauses the subscription (`SinkSpec::pause_after`).
+    pub(crate) fn pause_after(&self) -> Option<std::time::Duration> {
+        self.pause_after
+    }
+
+    /// Each endpoint's state at `now_ms`, for describe.
+    pub(crate) fn describe(&self, now_ms: i64) -> Vec<EndpointInfo> {
         let group = self.group();
         (0..group.len())
             .map(|endpoint| {
                 let state = group.state(endpoint);
                 EndpointInfo {
-                    url: self.targets[endpoint].url.to_string(),
+                    url: crate::webhook::redacted_url(&self.targets[endpoint].url).to_string(),
                     available: group.available(endpoint),
                     healthy: state.healthy,
                     ejected_until: state.ejected_until_ms.map(format_rfc3339_ms),
                     ejections: state.ejections,
                     failures_in_row: state.failures_in_row,
+                    health: Some(group.health(endpoint, now_ms)),
                 }
             })
             .collect()

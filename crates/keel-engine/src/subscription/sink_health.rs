@@ -1,8 +1,14 @@
-//! A push sink's recovery figures, from its circuit breaker's transitions: an outage runs from
-//! the circuit opening (from closed) to its closing again, half-open rounds included.
+//! Recovery figures of a push sink and of each endpoint of a group. An outage runs from the
+//! moment something holds the sink down to the moment nothing does:
 //!
-//! - time to detect: the first failure after the last success → the circuit opened;
-//! - time to recover: opened → closed again;
+//! - the sink: its circuit breaker is open or half-open (from the opening to the closing,
+//!   half-open rounds included), or none of its group's endpoints is available;
+//! - an endpoint: it is ejected or unhealthy by its health checks.
+//!
+//! The figures:
+//!
+//! - time to detect: the first failure after the last success → the outage's start;
+//! - time to recover: the outage's start → its end;
 //! - MTBF = time up / outages, MTTR = time down / outages (the running outage counted up to
 //!   now), availability = MTBF / (MTBF + MTTR) = time up / time since start.
 //!
@@ -15,6 +21,15 @@ use keel_api::subscriptions::{CircuitState, Outage, SinkHealth};
 use super::circuit::Transition;
 use crate::clock::format_rfc3339_ms;
 
+/// What may hold a sink down. An outage lasts while at least one of them does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The circuit is open or half-open.
+    Circuit,
+    /// No endpoint is available (or, for one endpoint's figures: it is not available).
+    Endpoints,
+}
+
 /// One outage, in milliseconds.
 #[derive(Debug, Clone)]
 struct OutageSpan {
@@ -24,7 +39,7 @@ struct OutageSpan {
     reason: String,
 }
 
-/// A push sink's outages since `since_ms`.
+/// A sink's (or an endpoint's) outages since `since_ms`.
 #[derive(Debug, Clone)]
 pub(crate) struct SinkOutages {
     since_ms: i64,
@@ -33,6 +48,8 @@ pub(crate) struct SinkOutages {
     ended_down_ms: i64,
     /// The running or last outage.
     last: Option<OutageSpan>,
+    /// The causes holding the sink down now, by [`Cause`] (circuit, endpoints).
+    held_down: [bool; 2],
 }
 
 impl SinkOutages {
@@ -42,32 +59,76 @@ impl SinkOutages {
             outages: 0,
             ended_down_ms: 0,
             last: None,
+            held_down: [false; 2],
         }
     }
 
-    /// Follows a transition of the circuit: an opening from closed starts an outage, a
-    /// closing ends it. Returns whether an outage started.
+    /// Follows a transition of the circuit: an opening from closed holds the sink down, a
+    /// closing lets it go. Returns whether an outage started.
     pub(crate) fn record(&mut self, transition: &Transition) -> bool {
         match (transition.from, transition.to) {
-            (CircuitState::Closed, _) => {
-                self.outages += 1;
-                self.last = Some(OutageSpan {
-                    failing_since_ms: transition.failing_since_ms.unwrap_or(transition.at_ms),
-                    opened_ms: transition.at_ms,
-                    closed_ms: None,
-                    reason: transition.reason.to_string(),
-                });
-                true
-            }
+            (CircuitState::Closed, _) => self.down(
+                Cause::Circuit,
+                transition.failing_since_ms.unwrap_or(transition.at_ms),
+                transition.at_ms,
+                transition.reason.to_string(),
+            ),
             (_, CircuitState::Closed) => {
-                if let Some(last) = &mut self.last {
-                    last.closed_ms = Some(transition.at_ms);
-                    self.ended_down_ms += transition.at_ms - last.opened_ms;
-                }
+                self.up(Cause::Circuit, transition.at_ms);
                 false
             }
             _ => false,
         }
+    }
+
+    /// `cause` holds the sink down from `at_ms` (its failures began at `failing_since_ms`).
+    /// Returns whether an outage started (nothing held it down before).
+    pub(crate) fn down(
+        &mut self,
+        cause: Cause,
+        failing_since_ms: i64,
+        at_ms: i64,
+        reason: String,
+    ) -> bool {
+        let running = self.running();
+        self.held_down[cause as usize] = true;
+        if running {
+            return false;
+        }
+        self.outages += 1;
+        self.last = Some(OutageSpan {
+            failing_since_ms: failing_since_ms.min(at_ms),
+            opened_ms: at_ms,
+            closed_ms: None,
+            reason,
+        });
+        true
+    }
+
+    /// `cause` no longer holds the sink down from `at_ms`; the outage ends when nothing does.
+    pub(crate) fn up(&mut self, cause: Cause, at_ms: i64) {
+        let running = self.running();
+        self.held_down[cause as usize] = false;
+        if !running || self.running() {
+            return;
+        }
+        if let Some(last) = &mut self.last {
+            last.closed_ms = Some(at_ms);
+            self.ended_down_ms += at_ms - last.opened_ms;
+        }
+    }
+
+    /// Whether an outage is running.
+    pub(crate) fn running(&self) -> bool {
+        self.held_down.contains(&true)
+    }
+
+    /// When the running outage's failures began; none when no outage runs.
+    pub(crate) fn failing_since_ms(&self) -> Option<i64> {
+        self.last
+            .as_ref()
+            .filter(|_| self.running())
+            .map(|last| last.failing_since_ms)
     }
 
     /// The figures at `now_ms`.
@@ -161,5 +222,30 @@ mod tests {
         assert_eq!(running.mttr, Some(Duration::from_millis(7_500)));
         assert_eq!(running.mtbf, Some(Duration::from_millis(12_500)));
         assert_eq!(running.last_outage.expect("running").time_to_recover, None);
+    }
+
+    // Goal: with two causes, the outage lasts while either holds the sink down: one outage,
+    // from the first cause's start to the last one's end.
+    #[test]
+    fn an_outage_lasts_while_any_cause_holds() {
+        let mut outages = SinkOutages::new(0);
+        assert!(outages.down(Cause::Endpoints, 900, 1_000, "no endpoint".to_owned()));
+        assert!(!outages.down(Cause::Circuit, 1_500, 2_000, "circuit".to_owned()));
+        outages.up(Cause::Endpoints, 3_000);
+        assert_eq!(
+            outages.failing_since_ms(),
+            Some(900),
+            "the circuit still holds"
+        );
+        outages.up(Cause::Circuit, 4_000);
+        assert_eq!(outages.failing_since_ms(), None);
+        let health = outages.report(10_000);
+        assert_eq!(health.outages, 1);
+        assert_eq!(health.down_time, Duration::from_secs(3));
+        assert_eq!(
+            health.last_outage.expect("one").reason,
+            "no endpoint",
+            "the first cause names it"
+        );
     }
 }

@@ -102,6 +102,10 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
 pub const ENDPOINTS_MAX: usize = 16;
 /// Largest endpoint weight.
 pub const ENDPOINT_WEIGHT_MAX: u32 = 1000;
+/// The shortest `sink.pause_after`: shorter would pause on a blip the breaker rides out.
+pub const PAUSE_AFTER_MIN: Duration = Duration::from_secs(1);
+/// The longest `sink.pause_after`.
+pub const PAUSE_AFTER_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Checks a push sink: one `url`, or a group of `endpoints`, and the group's policies.
 fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
@@ -148,6 +152,15 @@ fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
         return Err(
             "sink.outlier_detection.max_ejected_percent must be between 1 and 100".to_owned(),
         );
+    }
+    if let Some(after) = sink.pause_after
+        && !(PAUSE_AFTER_MIN..=PAUSE_AFTER_MAX).contains(&after)
+    {
+        return Err(format!(
+            "sink.pause_after must be between {} and {}",
+            duration::format(PAUSE_AFTER_MIN),
+            duration::format(PAUSE_AFTER_MAX)
+        ));
     }
     Ok(())
 }
@@ -313,6 +326,7 @@ mod tests {
         let good = [
             serde_json::json!({"url": a}),
             serde_json::json!({"url": a, "health_check": {"path": "/up"}}),
+            serde_json::json!({"url": a, "pause_after": "1h"}),
             serde_json::json!({"endpoints": [{"url": a}, {"url": b, "weight": 3}], "strategy": "weighted"}),
         ];
         for json in good {
@@ -339,6 +353,10 @@ mod tests {
             (
                 serde_json::json!({"endpoints": [{"url": a, "weight": 0}]}),
                 "weight",
+            ),
+            (
+                serde_json::json!({"url": a, "pause_after": "500ms"}),
+                "sink.pause_after must be between 1s and 30d",
             ),
             (
                 serde_json::json!({"url": a, "health_check": {"path": "up"}}),

@@ -182,7 +182,11 @@ async fn write_once(shared: &Arc<Shared>, written: &mut u64) -> Result<(), Engin
     if version > *written {
         let checkpoint = {
             let core = shared.core();
-            Checkpoint::new(core.delivery.checkpoint(), core.paused.clone())
+            Checkpoint::new(
+                core.delivery.checkpoint(),
+                core.paused.clone(),
+                core.auto_paused,
+            )
         };
         blocking(shared, move |shared| {
             shared
