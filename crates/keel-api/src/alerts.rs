@@ -215,6 +215,19 @@ pub struct AlertRule {
     /// Anomaly rules: `both` (the default), `up` or `down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    /// Anomaly rules: `daily` also learns a baseline per hour of the day (UTC) and judges by
+    /// the current hour's once it has a day behind it, so a nightly lull or a daily batch is
+    /// normal at its hour. Left out: one baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seasonality: Option<Seasonality>,
+}
+
+/// The cycle an anomaly rule's baseline may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seasonality {
+    /// One baseline per hour of the day, UTC.
+    Daily,
 }
 
 /// Where an alert instance is.
@@ -240,6 +253,10 @@ pub struct Baseline {
     pub samples: u64,
     /// Whether the warm-up is over: only then may the rule fire.
     pub warmed_up: bool,
+    /// With `seasonality: "daily"`, once the current hour's baseline judges: that hour
+    /// (0–23, UTC). The figures above are then that hour's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour_of_day: Option<u8>,
 }
 
 /// One alert instance: the series (or group of series) of one label set.

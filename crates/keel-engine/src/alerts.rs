@@ -22,7 +22,7 @@ use keel_api::alerts::{AlertInstance, AlertKind, AlertRule, AlertState, AlertSta
 
 use crate::clock::format_rfc3339_ms;
 use crate::limits::ALERT_INSTANCES_MAX;
-use baseline::{Baseline, beyond};
+use baseline::{Learned, beyond};
 use instance::{Instance, Transition};
 use query::InstanceLabels;
 use series::{History, Snapshot};
@@ -58,7 +58,7 @@ struct Tracked {
     instance: Instance,
     value: Option<f64>,
     z: Option<f64>,
-    baseline: Option<Baseline>,
+    baseline: Option<Learned>,
     /// When it last had a value.
     seen_ms: i64,
 }
@@ -287,11 +287,12 @@ fn step_instance(
 fn judge_anomaly(rule: &AlertRule, tracked: &mut Tracked, value: f64, now_ms: i64) -> bool {
     let Some(baseline) = &tracked.baseline else {
         // The first observation starts the baseline; it is learned, not judged.
-        tracked.baseline = Some(Baseline::new(value, now_ms));
+        let daily = rule.seasonality == Some(keel_api::alerts::Seasonality::Daily);
+        tracked.baseline = Some(Learned::new(value, now_ms, daily));
         tracked.z = None;
         return false;
     };
-    let z = baseline.z(value);
+    let z = baseline.z(value, now_ms);
     tracked.z = Some(z);
     let z_fire = rule.z.unwrap_or(rule::Z_DEFAULT);
     let limit = match tracked.instance.state {

@@ -13,6 +13,13 @@
 //! - While its alert is pending or firing, the baseline learns [`LEARNING_SLOWDOWN`] times
 //!   slower: the anomaly is not absorbed at once, yet a lasting change of level becomes the
 //!   new normal after some ten half-lives instead of firing forever.
+//!
+//! With a daily seasonality ([`Learned`]) each hour of the day (UTC) also has a baseline of
+//! its own, which learns only during its hour. Its clock runs only then: a gap longer than
+//! [`SEASON_GAP_MAX`] between two of its observations (the other 23 hours) counts as that
+//! long, so yesterday's hour weighs like an hour ago, halving per half-life of the hour's own
+//! observations. An hour's baseline judges once it has a day behind it (first learned 23 h
+//! ago or more) and [`SAMPLES_MIN`] observations; until then the overall baseline judges.
 
 use std::time::Duration;
 
@@ -26,6 +33,11 @@ pub(crate) const LEARNING_SLOWDOWN: f64 = 10.0;
 pub(crate) const CLIP_DEVIATIONS: f64 = 3.0;
 /// Observations needed (besides the warm-up time) before a baseline may judge.
 pub(crate) const SAMPLES_MIN: u64 = 10;
+/// The longest gap an hour-of-day baseline counts between two of its observations.
+pub(crate) const SEASON_GAP_MAX: Duration = Duration::from_secs(360);
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// A learned mean and variance.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,8 +63,16 @@ impl Baseline {
     }
 
     /// Learns `value` observed at `now_ms`; `slowed` while its alert is pending or firing.
-    pub(crate) fn learn(&mut self, value: f64, now_ms: i64, half_life: Duration, slowed: bool) {
-        let elapsed_ms = now_ms.saturating_sub(self.last_ms).max(0) as f64;
+    /// The time since the last observation counts at most `gap_max_ms`.
+    fn learn(
+        &mut self,
+        value: f64,
+        now_ms: i64,
+        half_life: Duration,
+        slowed: bool,
+        gap_max_ms: i64,
+    ) {
+        let elapsed_ms = now_ms.saturating_sub(self.last_ms).clamp(0, gap_max_ms) as f64;
         let half_life_ms = half_life.as_millis().max(1) as f64;
         // During the first observations the plain average learns faster than the EWMA, so the
         // baseline does not lean on its first value for hours.
@@ -90,16 +110,87 @@ impl Baseline {
         let learned = Duration::from_millis(now_ms.saturating_sub(self.first_ms).max(0) as u64);
         self.samples >= SAMPLES_MIN && learned >= warm_up
     }
+}
 
-    /// The baseline as the API shows it.
-    pub(crate) fn view(&self, now_ms: i64, warm_up: Duration) -> BaselineView {
-        BaselineView {
-            mean: self.mean,
-            deviation: self.deviation(),
-            samples: self.samples,
-            warmed_up: self.warmed_up(now_ms, warm_up),
+/// What an anomaly instance learned: one baseline, and with a daily seasonality one per hour
+/// of the day.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Learned {
+    overall: Baseline,
+    hours: Option<Box<[Option<Baseline>; 24]>>,
+}
+
+impl Learned {
+    /// Starts learning from a first observation; `daily` for a daily seasonality.
+    pub(crate) fn new(value: f64, now_ms: i64, daily: bool) -> Self {
+        let mut learned = Learned {
+            overall: Baseline::new(value, now_ms),
+            hours: daily.then(|| Box::new([None; 24])),
+        };
+        if let Some(hour) = learned.hour_mut(now_ms) {
+            *hour = Some(Baseline::new(value, now_ms));
+        }
+        learned
+    }
+
+    fn hour_mut(&mut self, now_ms: i64) -> Option<&mut Option<Baseline>> {
+        let hour = hour_of_day(now_ms);
+        self.hours.as_mut().map(|hours| &mut hours[hour])
+    }
+
+    /// Learns `value` observed at `now_ms` (see [`Baseline`]).
+    pub(crate) fn learn(&mut self, value: f64, now_ms: i64, half_life: Duration, slowed: bool) {
+        self.overall
+            .learn(value, now_ms, half_life, slowed, i64::MAX);
+        let gap_max_ms = SEASON_GAP_MAX.as_millis() as i64;
+        match self.hour_mut(now_ms) {
+            Some(Some(hour)) => hour.learn(value, now_ms, half_life, slowed, gap_max_ms),
+            Some(hour) => *hour = Some(Baseline::new(value, now_ms)),
+            None => {}
         }
     }
+
+    /// The baseline that judges at `now_ms`, and its hour when it is an hour's.
+    fn judge(&self, now_ms: i64) -> (&Baseline, Option<u8>) {
+        let hour = hour_of_day(now_ms);
+        let seasonal = self.hours.as_ref().and_then(|hours| hours[hour].as_ref());
+        match seasonal {
+            Some(baseline)
+                if baseline.samples >= SAMPLES_MIN
+                    && now_ms - baseline.first_ms >= DAY_MS - HOUR_MS =>
+            {
+                (baseline, Some(hour as u8))
+            }
+            _ => (&self.overall, None),
+        }
+    }
+
+    /// How many deviations `value` is from the judging baseline's mean, signed.
+    pub(crate) fn z(&self, value: f64, now_ms: i64) -> f64 {
+        self.judge(now_ms).0.z(value)
+    }
+
+    /// Whether the warm-up is over: it may judge (the overall baseline's warm-up).
+    pub(crate) fn warmed_up(&self, now_ms: i64, warm_up: Duration) -> bool {
+        self.overall.warmed_up(now_ms, warm_up)
+    }
+
+    /// The judging baseline as the API shows it.
+    pub(crate) fn view(&self, now_ms: i64, warm_up: Duration) -> BaselineView {
+        let (baseline, hour_of_day) = self.judge(now_ms);
+        BaselineView {
+            mean: baseline.mean,
+            deviation: baseline.deviation(),
+            samples: baseline.samples,
+            warmed_up: self.warmed_up(now_ms, warm_up),
+            hour_of_day,
+        }
+    }
+}
+
+/// The hour of the day (UTC) of a time in milliseconds since the epoch.
+fn hour_of_day(now_ms: i64) -> usize {
+    now_ms.rem_euclid(DAY_MS).div_euclid(HOUR_MS) as usize
 }
 
 /// Whether a z-score is beyond `limit` in the direction a rule watches.
@@ -123,7 +214,13 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(7);
         for step in 1..2000 {
             let value = 100.0 + 10.0 * (rng.f64() - 0.5) * 2.0;
-            baseline.learn(value, step * 15_000, Duration::from_secs(3600), false);
+            baseline.learn(
+                value,
+                step * 15_000,
+                Duration::from_secs(3600),
+                false,
+                i64::MAX,
+            );
         }
         assert!((baseline.mean - 100.0).abs() < 2.0, "{baseline:?}");
         // Uniform on [-10, 10]: deviation 10 / sqrt(3) ≈ 5.8.
@@ -139,11 +236,23 @@ mod tests {
         let mut baseline = Baseline::new(1.0, 0);
         let warm_up = Duration::from_secs(60);
         for step in 1..5 {
-            baseline.learn(1.0, step * 30_000, Duration::from_secs(600), false);
+            baseline.learn(
+                1.0,
+                step * 30_000,
+                Duration::from_secs(600),
+                false,
+                i64::MAX,
+            );
         }
         assert!(!baseline.warmed_up(120_000, warm_up), "5 samples");
         for step in 5..12 {
-            baseline.learn(1.0, step * 30_000, Duration::from_secs(600), false);
+            baseline.learn(
+                1.0,
+                step * 30_000,
+                Duration::from_secs(600),
+                false,
+                i64::MAX,
+            );
         }
         assert!(baseline.warmed_up(360_000, warm_up));
     }

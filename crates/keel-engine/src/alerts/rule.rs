@@ -113,6 +113,7 @@ fn check_threshold(rule: &AlertRule) -> Result<(), String> {
             ("warm_up", rule.warm_up.is_some()),
             ("half_life", rule.half_life.is_some()),
             ("direction", rule.direction.is_some()),
+            ("seasonality", rule.seasonality.is_some()),
         ],
     )?;
     if rule.op.is_none() {

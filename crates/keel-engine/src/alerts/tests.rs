@@ -237,3 +237,54 @@ fn direction_limits_what_fires() {
         "{spike:?}"
     );
 }
+
+// Goal: with `seasonality: "daily"`, a batch that lifts the publish rate tenfold every day
+// from 02:00 to 02:20 UTC is flagged on its first day only (before its hour has a day
+// behind it), while the same rule without seasonality flags it every day; and the seasonal
+// rule still flags a collapse at an hour that is normally busy. Method: five simulated days.
+#[test]
+fn daily_seasonality_learns_a_daily_batch() {
+    let (hour, day) = (3_600_000, 24 * 3_600_000);
+    let batch = |now: i64| {
+        let at = now.rem_euclid(day);
+        if (2 * hour..2 * hour + 20 * 60_000).contains(&at) {
+            1000.0
+        } else {
+            100.0
+        }
+    };
+    let days_fired = |notices: &[(i64, bool)]| -> Vec<i64> {
+        let mut days: Vec<i64> = notices
+            .iter()
+            .filter(|(_, firing)| *firing)
+            .map(|(at, _)| at / day)
+            .collect();
+        days.dedup();
+        days
+    };
+    let (_, plain) = simulate_rate(publish_rate_rule(), 3, 5 * 24, 0.05, batch);
+    assert_eq!(days_fired(&plain), [0, 1, 2, 3, 4], "{plain:?}");
+    let mut seasonal = publish_rate_rule();
+    seasonal["seasonality"] = serde_json::json!("daily");
+    let (alerts, daily) = simulate_rate(seasonal.clone(), 3, 5 * 24, 0.05, batch);
+    assert_eq!(days_fired(&daily), [0], "{daily:?}");
+    let status = alerts.status("publish", 5 * day - 1).expect("status");
+    let baseline = status.instances[0].baseline.clone().expect("a baseline");
+    assert_eq!(baseline.hour_of_day, Some(23), "{baseline:?}");
+
+    // Day 4 at 14:00 the rate collapses for 20 minutes: flagged within two minutes.
+    let collapse_at = 4 * day + 14 * hour;
+    let (_, collapse) = simulate_rate(seasonal, 3, 5 * 24, 0.05, |now| {
+        if (collapse_at..collapse_at + 20 * 60_000).contains(&now) {
+            5.0
+        } else {
+            batch(now)
+        }
+    });
+    assert!(
+        collapse
+            .iter()
+            .any(|&(at, firing)| firing && (collapse_at..collapse_at + 120_000).contains(&at)),
+        "{collapse:?}"
+    );
+}
