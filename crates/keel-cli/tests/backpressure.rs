@@ -68,6 +68,90 @@ async fn small_disk_refuses_publish_before_it_is_full_and_recovers() {
     outcome.run().await;
 }
 
+// Goal: when the disk really fills before keel's limits refuse (a write fails with ENOSPC:
+// something else filled the disk, or the minimum is 0), the commit is refused with a 507
+// naming the full disk and nothing of it is kept; the partition stays in service (nothing is
+// poisoned: `/readyz` is ready, reads answer); publishing resumes without a restart once space
+// returns; after a kill -9 every acknowledged event is there and recovery cuts nothing.
+// Method: a 16 MiB tmpfs and `disk_free_bytes_min = 0`, filled by a second topic, which is
+// then deleted.
+#[tokio::test]
+async fn a_real_enospc_refuses_the_commit_and_recovers_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount_point = dir.path().join("disk");
+    std::fs::create_dir(&mount_point).unwrap();
+    let Some(_mounted) = Tmpfs::mount(&mount_point, "16m") else {
+        return;
+    };
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, format!("{SETTINGS}disk_free_bytes_min = 0\n")).unwrap();
+    let (data_dir, log) = (mount_point.join("data"), dir.path().join("keel.log"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = ["--config", config.to_str().unwrap()];
+    let keel = KEEL.spawn_with(&data_dir, &listen, &log, &args);
+    keel.wait_ready().await;
+    let (url, client) = (keel.url.clone(), reqwest::Client::new());
+    let mut acked = create_and_publish(&client, &url).await;
+
+    let (status, _, content_type, body) = fill_until_refused(&client, &url).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (507, "application/problem+json"),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    for needle in ["is full", "no space left", "Nothing was stored"] {
+        assert!(detail.contains(needle), "{needle:?} in {detail}");
+    }
+    let refused = "keel_publish_refused_total{reason=\"disk_full\"}";
+    assert!(metric(&client, &url, refused).await >= 1.0);
+    let (status, ready) = get(&client, &format!("{url}/readyz")).await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &json!("ready")),
+        "nothing poisoned: {ready}"
+    );
+    assert_eq!(ids(&client, &url).await, acked, "reads answer");
+
+    let deleted = client
+        .delete(format!("{url}/v1/topics/fill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let resumed = Instant::now();
+    loop {
+        let (status, body) = publish(&client, &url, "orders", "after").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 507, "{body}");
+        assert!(
+            resumed.elapsed() < Duration::from_secs(10),
+            "still refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acked.push("after".to_owned());
+    let text = keel.log_text();
+    assert!(
+        !text.contains("write or fsync failed"),
+        "a partition went out of service: {text}"
+    );
+
+    keel.kill9();
+    let keel = KEEL.spawn_with(&data_dir, &listen, &log, &args);
+    keel.wait_ready().await;
+    assert_eq!(
+        ids(&client, &url).await,
+        acked,
+        "every acknowledged event is there"
+    );
+    let truncated = "keel_recovery_truncated_bytes_total";
+    assert_eq!(metric(&client, &url, truncated).await, 0.0, "no torn tail");
+    drop(keel);
+}
+
 /// One run of the scenario in the module doc.
 struct FullStorage<'a> {
     /// Where the config file and keel's log go (never on the small disk).
@@ -88,28 +172,11 @@ impl FullStorage<'_> {
         let listen = format!("127.0.0.1:{}", free_port());
         let keel = self.start(&config, &listen).await;
         let (url, client) = (keel.url.clone(), reqwest::Client::new());
-        for topic in ["orders", "fill"] {
-            let created = client
-                .put(format!("{url}/v1/topics/{topic}"))
-                .body(r#"{"partitions": 1}"#)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(created.status(), 201);
-        }
         let created = client
             .put(format!("{url}/v1/subscriptions/billing"))
-            .body(r#"{"topic": "orders", "start": "earliest"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(created.status(), 201);
-        let mut acked: Vec<String> = Vec::new();
-        for n in 0..10 {
-            let id = format!("before-{n}");
-            assert_eq!(publish(&client, &url, "orders", &id).await.0, 200);
-            acked.push(id);
-        }
+            .body(r#"{"topic": "orders", "start": "earliest"}"#);
+        let mut acked = create_and_publish(&client, &url).await;
+        assert_eq!(created.send().await.unwrap().status(), 201);
 
         let refused = fill_until_refused(&client, &url).await;
         self.check_refusal(&refused);
@@ -217,6 +284,27 @@ impl FullStorage<'_> {
     fn refused(&self) -> String {
         format!("keel_publish_refused_total{{reason=\"{}\"}}", self.reason)
     }
+}
+
+/// Creates the topics `orders` and `fill` (one partition each) and publishes 10 events to
+/// `orders`; returns their ids.
+async fn create_and_publish(client: &reqwest::Client, url: &str) -> Vec<String> {
+    for topic in ["orders", "fill"] {
+        let created = client
+            .put(format!("{url}/v1/topics/{topic}"))
+            .body(r#"{"partitions": 1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let mut acked = Vec::new();
+    for n in 0..10 {
+        let id = format!("before-{n}");
+        assert_eq!(publish(client, url, "orders", &id).await.0, 200);
+        acked.push(id);
+    }
+    acked
 }
 
 /// A refused publish: its status, `Retry-After`, content type and body.

@@ -384,6 +384,12 @@ pub enum StorageLimit {
         /// The cap.
         max_bytes: u64,
     },
+    /// A write found the device full (`ENOSPC`) before the limits above did: something else
+    /// filled the disk, or `disk_free_bytes_min` is too low for it.
+    #[error(
+        "the disk holding the data directory is full: a write failed with no space left (raise backpressure.disk_free_bytes_min to be refused before that)"
+    )]
+    DeviceFull,
 }
 
 /// A subscription, its deliveries or its dead letters.

@@ -494,9 +494,7 @@ impl Writer {
         }
         let records: usize = requests.iter().map(|request| request.events.len()).sum();
         let started = Instant::now();
-        let committed = self
-            .commit(&requests, sync_requested)
-            .map_err(|error| error.to_string());
+        let committed = self.commit(&requests, sync_requested);
         let metrics = &self.shared.metrics;
         let synced = self.fsync == FsyncPolicy::Always || sync_requested;
         if committed.is_ok() && synced {
@@ -539,7 +537,10 @@ impl Writer {
         Ok(first_offset)
     }
 
-    fn answer(&self, requests: Vec<AppendRequest>, committed: Result<u64, String>) {
+    /// Answers each request of a commit. A commit refused for a full device leaves the log
+    /// whole and writable (see `StorageError::Full`): its publishers get 507 and the partition
+    /// stays in service; any other failure takes the partition out of service.
+    fn answer(&self, requests: Vec<AppendRequest>, committed: Result<u64, StorageError>) {
         match committed {
             Ok(first_offset) => {
                 let append_seconds = self
@@ -555,6 +556,23 @@ impl Writer {
                     offset += request.events.len() as u64;
                 }
                 self.shared.publish_gauges();
+            }
+            Err(StorageError::Full { source }) => {
+                tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, error = %source, "a commit was refused: the device is full");
+                let refused = crate::metrics::RefusalLabels {
+                    reason: "disk_full",
+                };
+                self.shared
+                    .metrics
+                    .publish_refused
+                    .get_or_create(&refused)
+                    .inc_by(requests.len() as u64);
+                for request in requests {
+                    let limit = crate::error::StorageLimit::DeviceFull;
+                    let error =
+                        EngineError::Publish(crate::error::PublishError::StorageFull { limit });
+                    let _ = request.reply.send(Err(error));
+                }
             }
             Err(cause) => {
                 let reason = format!(

@@ -198,7 +198,7 @@ impl Pressure {
         self.unblock(OVERLOADED);
         if let Err(limit) = self.space.admit(bytes) {
             self.refuse(match limit {
-                StorageLimit::DiskFree { .. } => DISK_FULL,
+                StorageLimit::DiskFree { .. } | StorageLimit::DeviceFull => DISK_FULL,
                 StorageLimit::DataDirFull { .. } => DATA_DIR_FULL,
             });
             return Err(EngineError::Publish(PublishError::StorageFull { limit }));

@@ -22,7 +22,9 @@
 //! - A record is visible to [`RecordLog::read`] and counted by [`RecordLog::next_offset`] only
 //!   once the append that holds it returned `Ok`; with `sync`, it is durable by then.
 //! - After an append or sync failed, the log refuses every later append and sync until it is
-//!   opened again (what reached the medium is unknown; a reopen finds out).
+//!   opened again (what reached the medium is unknown; a reopen finds out). One exception:
+//!   an append refused with [`StorageError::Full`] kept nothing (not even across a crash),
+//!   and the log takes appends again.
 //! - Records below [`RecordLog::start_offset`] were removed by retention or trimming.
 //! - Methods block (they may do I/O): call them from a blocking thread, except
 //!   [`RecordLog::read`] near the end, which is served from memory or the page cache and may
@@ -87,6 +89,14 @@ pub enum StorageError {
     /// restore from a backup or a replica.
     #[error("stored data is corrupt: {source}")]
     Corrupt {
+        /// The backend's report.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The device is full: an append was refused and nothing of it kept; the log takes
+    /// writes again (one may succeed once space returns).
+    #[error("the device is full: {source}")]
+    Full {
         /// The backend's report.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -30,6 +30,17 @@ pub enum LogError {
         /// What check failed.
         detail: String,
     },
+    /// The device is full (or the quota reached): a commit's write failed with `ENOSPC` or
+    /// `EDQUOT`. Nothing of the commit was kept (what it wrote was cut and the cut fsynced),
+    /// and the log takes writes again: the next commit may succeed once space returns.
+    #[error("{path} is on a full device (no space left or quota reached): {source}")]
+    StorageFull {
+        /// The segment written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An earlier write or fsync failed; the log accepts no more writes.
     #[error("the log stopped accepting writes after an earlier failure: {cause}")]
     Poisoned {

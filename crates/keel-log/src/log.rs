@@ -219,6 +219,10 @@ impl Log {
     /// visible and the log is poisoned: later writes return `LogError::Poisoned` (the fsync is
     /// not retried: after a failed fsync Linux may have dropped the dirty pages). With nothing
     /// buffered, `commit(true)` only fsyncs earlier unsynced commits, if any.
+    ///
+    /// One failure does not poison: the write failing for a full device
+    /// (`LogError::StorageFull`), once what it wrote is cut and the cut fsynced. The log then
+    /// holds exactly its visible records, durably, and takes writes again.
     pub fn commit(&self, fsync: bool) -> Result<u64, LogError> {
         let mut guard = self.lock_writer()?;
         let writer = &mut *guard;
@@ -231,7 +235,10 @@ impl Log {
         } else {
             return Ok(self.next_offset());
         };
-        result.map_err(|error| self.poison(writer, error))
+        result.map_err(|error| match error {
+            LogError::StorageFull { .. } => self.refuse_full(writer, error),
+            error => self.poison(writer, error),
+        })
     }
 
     /// Fsyncs everything committed so far (for the `interval` policy). On failure the log is
@@ -454,7 +461,17 @@ impl Log {
         active
             .file()
             .write_all_at(&writer.pending, position)
-            .map_err(|source| LogError::io("write", active.path(), source))?;
+            .map_err(|source| {
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) {
+                    let path = active.path().to_owned();
+                    LogError::StorageFull { path, source }
+                } else {
+                    LogError::io("write", active.path(), source)
+                }
+            })?;
         if fsync {
             self.sync_active(writer, writer.next_offset)?;
         }
@@ -553,6 +570,27 @@ impl Log {
             tracing::warn!(%mark, %error, "could not advance the durable mark");
         }
         Ok(())
+    }
+
+    /// After a commit's write failed for a full device: drops the pending records, cuts what
+    /// the write left past the visible records and fsyncs the segment, so that no crash can
+    /// bring back a record of the failed commit (nor leave it under a later one's offset).
+    /// Returns `full` for the caller, the log healthy; poisons it when the cut or the fsync
+    /// fails.
+    fn refuse_full(&self, writer: &mut Writer, full: LogError) -> LogError {
+        writer.pending.clear();
+        writer.pending_records.clear();
+        writer.next_offset = self.next_offset();
+        let active = Arc::clone(&writer.active);
+        if let Err(source) = active.file().set_size_bytes(active.size_bytes()) {
+            return self.poison(writer, LogError::io("truncate", active.path(), source));
+        }
+        if let Err(error) = self.sync_active(writer, self.next_offset()) {
+            return self.poison(writer, error);
+        }
+        let dir = self.dir.display();
+        tracing::warn!(%dir, error = %full, "a commit failed for a full device; nothing of it was kept");
+        full
     }
 
     /// Poisons the log after a failed write or fsync and drops the pending records; returns

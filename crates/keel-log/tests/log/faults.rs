@@ -49,7 +49,6 @@ fn a_failed_write_or_fsync_is_never_acknowledged_and_poisons_the_log() {
     // some good commits, then check the poisoned log and a reopened one.
     let cases = [
         (FaultOp::Write, FaultError::Eio, true),
-        (FaultOp::Write, FaultError::Enospc, false),
         (FaultOp::Sync, FaultError::Eio, true),
         (FaultOp::Sync, FaultError::Enospc, true),
     ];
@@ -77,6 +76,40 @@ fn a_failed_write_or_fsync_is_never_acknowledged_and_poisons_the_log() {
             5,
             "{op:?}/{error:?}: reopen recovers the acknowledged records"
         );
+        check_all(&log, |_| 40);
+    }
+}
+
+#[test]
+fn a_full_device_refuses_the_commit_and_the_log_goes_on() {
+    // Goal: a commit whose write fails with ENOSPC returns StorageFull, keeps nothing of it
+    // (not even after a crash), and does not poison: the next commit succeeds once space
+    // returns, and everything acknowledged is served, before and after a crash.
+    // Method: 5 fsynced records; the next write fails (torn) with ENOSPC under a commit of
+    // 60-byte records, with and without fsync; then 40-byte records at the same offsets.
+    for fsync in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = FaultyStorage::new(14);
+        let log = open_faulty(dir.path(), &storage, LogConfig::default());
+        append_records(&log, 0, 5).expect("append");
+        assert_eq!(log.commit(true).expect("good commit"), 5);
+        storage.fail_after(FaultOp::Write, 0, FaultError::Enospc);
+        for offset in 5..8 {
+            log.append(timestamp_for(offset), &payload_for(offset, 60))
+                .expect("append");
+        }
+        match log.commit(fsync) {
+            Err(LogError::StorageFull { .. }) => {}
+            other => panic!("expected StorageFull, got {other:?}"),
+        }
+        assert_eq!(log.next_offset(), 5);
+        append_records(&log, 5, 3).expect("the log takes writes again");
+        assert_eq!(log.commit(false).expect("commit once space returns"), 8);
+        check_all(&log, |_| 40);
+        drop(log);
+        storage.crash().expect("crash");
+        let log = open_faulty(dir.path(), &storage, LogConfig::default());
+        assert!((5..=8).contains(&log.next_offset()), "fsync {fsync}");
         check_all(&log, |_| 40);
     }
 }
@@ -234,6 +267,12 @@ fn random_faults_run(seed: u64) {
                 .map(|next_offset| (acknowledged, pending) = (next_offset, 0)),
             _ => log.sync(),
         };
+        if let Err(LogError::StorageFull { .. }) = result {
+            // The full device refused the commit: its records are gone, the log goes on.
+            pending = 0;
+            assert_eq!(log.next_offset(), acknowledged);
+            continue;
+        }
         if let Err(error) = result {
             assert!(matches!(error, LogError::Io { .. }), "{error:?}");
             failed = true;

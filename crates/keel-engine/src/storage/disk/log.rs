@@ -13,9 +13,11 @@ use crate::storage::{Record, RecordLog, StorageError, Trimmed};
 /// A `keel-log` log, and the next offset for readers that wait at its end.
 ///
 /// Invariant (the `RecordLog` contract): after any failed append, sync or rewrite, the log
-/// takes no more writes until it is opened again. keel-log poisons itself after a failed write
-/// or fsync, but not after every refused append (a batch over its pending buffer, a record too
-/// large): frames buffered before the refusal would otherwise be committed by the next append.
+/// takes no more writes until it is opened again, except after a commit refused for a full
+/// device (keel-log cut and fsynced it away: nothing of it is kept, and nothing is left
+/// buffered). keel-log poisons itself after a failed write or fsync, but not after every
+/// refused append (a batch over its pending buffer, a record too large): frames buffered
+/// before the refusal would otherwise be committed by the next append.
 pub(crate) struct DiskLog {
     log: Log,
     config: LogConfig,
@@ -92,7 +94,10 @@ impl RecordLog for DiskLog {
         sync: bool,
     ) -> Result<u64, StorageError> {
         self.check_writable()?;
-        let failed = |error| self.poison(storage_error(error));
+        let failed = |error| match error {
+            full @ LogError::StorageFull { .. } => storage_error(full),
+            error => self.poison(storage_error(error)),
+        };
         let mut first_offset = None;
         for payload in payloads {
             let offset = self.log.append(timestamp_ms, payload).map_err(failed)?;
@@ -280,6 +285,9 @@ pub(super) fn storage_error(error: LogError) -> StorageError {
         },
         LogError::Io { op, path, source } => StorageError::Io { op, path, source },
         LogError::Poisoned { cause } => StorageError::Poisoned { cause },
+        full @ LogError::StorageFull { .. } => StorageError::Full {
+            source: Box::new(full),
+        },
         corrupt @ LogError::Corrupt { .. } => StorageError::Corrupt {
             source: Box::new(corrupt),
         },
