@@ -113,25 +113,7 @@ async fn a_real_enospc_refuses_the_commit_and_recovers_without_restart() {
     );
     assert_eq!(ids(&client, &url).await, acked, "reads answer");
 
-    let deleted = client
-        .delete(format!("{url}/v1/topics/fill"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
-    let resumed = Instant::now();
-    loop {
-        let (status, body) = publish(&client, &url, "orders", "after").await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 507, "{body}");
-        assert!(
-            resumed.elapsed() < Duration::from_secs(10),
-            "still refused: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    free_space_and_publish(&client, &url).await;
     acked.push("after".to_owned());
     let text = keel.log_text();
     assert!(
@@ -207,25 +189,7 @@ impl FullStorage<'_> {
         );
 
         // Space returns: publishing resumes by itself.
-        let deleted = client
-            .delete(format!("{url}/v1/topics/fill"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(deleted.status(), 204);
-        let resumed = Instant::now();
-        loop {
-            let (status, body) = publish(&client, &url, "orders", "after").await;
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 507, "{body}");
-            assert!(
-                resumed.elapsed() < Duration::from_secs(10),
-                "still refused: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        free_space_and_publish(&client, &url).await;
         acked.push("after".to_owned());
         assert_eq!(metric(&client, &url, &self.blocked()).await, 0.0);
         let log = keel.log_text();
@@ -305,6 +269,30 @@ async fn create_and_publish(client: &reqwest::Client, url: &str) -> Vec<String> 
         acked.push(id);
     }
     acked
+}
+
+/// Deletes the topic `fill`, then publishes `after` to `orders` until it is taken (507
+/// meanwhile, for at most 10 s): publishing resumes without a restart.
+async fn free_space_and_publish(client: &reqwest::Client, url: &str) {
+    let deleted = client
+        .delete(format!("{url}/v1/topics/fill"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let resumed = Instant::now();
+    loop {
+        let (status, body) = publish(client, url, "orders", "after").await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 507, "{body}");
+        assert!(
+            resumed.elapsed() < Duration::from_secs(10),
+            "still refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A refused publish: its status, `Retry-After`, content type and body.
