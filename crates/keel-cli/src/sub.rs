@@ -779,10 +779,9 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
 fn describe_text(info: &SubscriptionInfo) -> String {
     let mut head = vec![("subscription".to_owned(), info.name.clone())];
     head.extend(spec_pairs(&info.spec));
-    let state = match (&info.unavailable, &info.paused) {
-        (Some(reason), _) => format!("unavailable: {reason}"),
-        (_, Some(reason)) => format!("paused: {reason}"),
-        _ => "active".to_owned(),
+    let state = match subscription_state(info) {
+        (word, Some(reason)) => format!("{word}: {reason}"),
+        (word, None) => word.to_owned(),
     };
     head.push(("state".to_owned(), state));
     if info.mode == DeliveryMode::Push {
@@ -817,6 +816,16 @@ fn describe_text(info: &SubscriptionInfo) -> String {
         render_pairs(&numbers),
         progress_table(&info.partitions)
     )
+}
+
+/// Where a subscription stands, `unavailable`, `paused` or `active`, and why when it is not
+/// active.
+pub(crate) fn subscription_state(info: &SubscriptionInfo) -> (&'static str, Option<&str>) {
+    match (&info.unavailable, &info.paused) {
+        (Some(reason), _) => ("unavailable", Some(reason)),
+        (_, Some(reason)) => ("paused", Some(reason)),
+        _ => ("active", None),
+    }
 }
 
 /// The spec as label/value lines, from a describe (or create) answer.
@@ -1188,7 +1197,7 @@ fn duration_text(text: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_client::TestClient as _;
     use clap::Parser;
@@ -1590,7 +1599,7 @@ mod tests {
     }
 
     /// A describe answer: `members` over a pull subscription's defaults.
-    fn described(members: Value) -> SubscriptionInfo {
+    pub(crate) fn described(members: Value) -> SubscriptionInfo {
         let mut info = json!({"name": "", "topic": "", "mode": "pull", "paused": null,
             "lag": 0, "in_flight": 0, "pending": 0, "delivered": 0, "retried": 0,
             "dead_lettered": 0, "skipped_by_retention": 0, "dlq_depth": 0, "circuit": null,

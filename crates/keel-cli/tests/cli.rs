@@ -803,3 +803,125 @@ async fn cli_creates_and_describes_an_endpoint_group() {
     let listed = stdout(&keel(url, &["sub", "list"]));
     assert!(!listed.contains("bad"), "{listed}");
 }
+
+/// `keel status`: its exit code, stdout and stderr.
+fn status(server: &str, json: bool) -> (Option<i32>, String, String) {
+    let args: &[&str] = if json {
+        &["--json", "status"]
+    } else {
+        &["status"]
+    };
+    let output = keel(server, args);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The cells of the table row that starts with `name`, split on whitespace.
+fn row<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name} ");
+    let line = text.lines().find(|line| line.starts_with(&prefix));
+    line.unwrap_or_else(|| panic!("no row {name} in:\n{text}"))
+        .split_whitespace()
+        .collect()
+}
+
+// Goal: `keel status` tells a healthy server from one that needs attention, in its text, its
+// JSON and its exit code: 0 with healthy subscriptions; 1 with a paused subscription and one
+// with dead letters, each named with its next step (resume; dlq list and redrive); 0 again
+// once both are dealt with. Method: the binary against a real server; the dead letter is a
+// pulled event rejected with `sub reject`.
+#[tokio::test]
+async fn cli_status_names_what_needs_attention_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEEL.start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+    stdout(&keel(
+        url,
+        &["topic", "create", "orders", "--partitions", "2"],
+    ));
+    for name in ["healthy", "held", "rejects"] {
+        let create = [
+            "sub", "create", name, "--topic", "orders", "--start", "earliest",
+        ];
+        stdout(&keel(url, &create));
+    }
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(0), "{text}{stderr}");
+    assert!(
+        text.starts_with(&format!("keel at {url}: ready\n")),
+        "{text}"
+    );
+    assert_eq!(row(&text, "orders")[..3], ["orders", "2", "0"], "{text}");
+    assert_eq!(
+        row(&text, "healthy")[..4],
+        ["healthy", "orders", "pull", "active"]
+    );
+    assert!(
+        text.ends_with("healthy: nothing needs attention\n"),
+        "{text}"
+    );
+
+    stdout(&keel(url, &["sub", "pause", "held"]));
+    publish_event(url, "e-1");
+    let pulled = pulled(&stdout(&keel(
+        url,
+        &["sub", "pull", "rejects", "--wait", "5s"],
+    )));
+    let ack_id = pulled[0]["ack_id"].as_str().unwrap();
+    stdout(&keel(url, &["sub", "reject", "rejects", ack_id]));
+    keel_until(url, &["dlq", "list", "rejects"], |text| {
+        text.contains("e-1")
+    });
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(1), "{text}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: 2 problems need attention (listed above)"
+    );
+    assert_eq!(row(&text, "held")[3], "paused", "{text}");
+    assert_eq!(row(&text, "rejects")[5], "1", "DLQ depth: {text}");
+    let attention = &text[text.find("2 problems need attention:\n").expect(&text)..];
+    assert!(
+        attention.contains("subscription held: paused: ")
+            && attention.contains("next: keel sub resume held"),
+        "{attention}"
+    );
+    assert!(
+        attention.contains("subscription rejects: 1 event in the dead-letter queue")
+            && attention.contains("keel dlq redrive rejects --all"),
+        "{attention}"
+    );
+    let (code, json, _) = status(url, true);
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["healthy"], false, "{report}");
+    let each = |list: &str, member: &str| -> Vec<String> {
+        let items = report[list].as_array().unwrap().iter();
+        items
+            .map(|item| item[member].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        each("problems", "subject"),
+        ["subscription held", "subscription rejects"]
+    );
+    assert_eq!(report["readiness"]["status"], "ready", "{report}");
+    assert_eq!(
+        each("subscriptions", "name"),
+        ["healthy", "held", "rejects"],
+        "{report}"
+    );
+
+    stdout(&keel(url, &["sub", "resume", "held"]));
+    stdout(&keel(url, &["dlq", "purge", "rejects", "--yes"]));
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(0), "{text}{stderr}");
+    assert!(
+        text.ends_with("healthy: nothing needs attention\n"),
+        "{text}"
+    );
+}
