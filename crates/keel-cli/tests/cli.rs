@@ -667,9 +667,10 @@ fn usage_error(server: &str, args: &[&str], says: &str) -> String {
 // Goal: `sub create` makes an endpoint group from repeated --sink flags (a weight from
 // URL,weight=N) with its strategy, health checks and ejection policy; describe --json holds
 // them as the API keeps them; the text describe shows the strategy and each endpoint's weight
-// and state, an endpoint nothing listens on turning unhealthy. Group flags that make no sense
-// (a strategy for one URL, a bad weight, a duration that does not parse, a health interval
-// the server refuses) fail with a readable error and a non-zero exit, creating nothing.
+// and state, an endpoint nothing listens on turning unhealthy, which `keel status` reports as
+// a problem. Group flags that make no sense (a strategy for one URL, a bad weight, a
+// duration that does not parse, a health interval the server refuses) fail with a readable
+// error and a non-zero exit, creating nothing.
 // Method: the binary against a real server, two real sinks and a port nothing listens on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_creates_and_describes_an_endpoint_group() {
@@ -757,6 +758,18 @@ async fn cli_creates_and_describes_an_endpoint_group() {
     assert!(
         text.contains("ENDPOINT") && text.contains("FAILURES IN ROW"),
         "{text}"
+    );
+    // `keel status` lists the group's endpoints and names the unhealthy one as a problem.
+    let (code, report, _) = status(url, false);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(
+        row(&report, &dead)[1..],
+        ["group", "unhealthy", "0"],
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("subscription group: endpoint {dead} unhealthy")),
+        "{report}"
     );
 
     let group = ["sub", "create", "bad", "--topic", "orders"];
