@@ -548,15 +548,71 @@ pub struct SubscriptionSettings {
     pub stateful: bool,
 }
 
-/// The push sink a client sets in [`SubscriptionSettings`].
+/// The push sink a client sets in [`SubscriptionSettings`]: one `url`, or a group of
+/// `endpoints` with the group's settings; each is [`SinkSpec`]'s member of the same name,
+/// durations as text, left out when not set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkSettings {
-    /// `http://` or `https://` URL events are POSTed to.
+    /// `http://` or `https://` URL events are POSTed to; empty for a group.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
+    /// An endpoint group instead of one `url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointSpec>,
+    /// How a group's endpoints share the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Active health checks; none = no checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSettings>,
+    /// Passive outlier ejection of a group's endpoints; left out when it sets nothing.
+    #[serde(default, skip_serializing_if = "crate::is_default")]
+    pub outlier_detection: OutlierSettings,
     /// The signing secret (`whsec_…`); left out, the server generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// The health check settings a client sets in [`SinkSettings`]; each is
+/// [`HealthCheckPolicy`]'s member of the same name, durations as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheckSettings {
+    /// The path probed on each endpoint's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between checks of one endpoint, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Longest wait for a check's answer, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Passed checks in a row that make an endpoint healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Failed checks in a row that make an endpoint unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// The outlier ejection settings a client sets in [`SinkSettings`]; each is
+/// [`OutlierPolicy`]'s member of the same name, durations as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutlierSettings {
+    /// Failed attempts in a row that eject an endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// The longest ejection, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<String>,
+    /// The largest share of endpoints ejected at once, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
 }
 
 /// The retry settings a client sets in [`SubscriptionSettings`].
@@ -841,6 +897,7 @@ mod tests {
             sink: Some(SinkSettings {
                 url: "http://sink.test/hook".to_owned(),
                 secret: Some("whsec_x".to_owned()),
+                ..SinkSettings::default()
             }),
             start: Some(StartPosition::Named(NamedPosition::Earliest)),
             ordering: Some(Ordering::Key),
@@ -901,6 +958,58 @@ mod tests {
             stateful: false,
         };
         assert_eq!(read(&full), expected);
+    }
+
+    // Goal: an endpoint group's settings read as the sink they give: members left out take
+    // their defaults, given ones their value, a health check with no member set is on with
+    // the default policy. Method: send a group's settings, read them back as the server does.
+    #[test]
+    fn group_settings_read_as_the_sink_they_give() {
+        let endpoint = |url: &str, weight| EndpointSpec {
+            url: url.to_owned(),
+            weight,
+        };
+        let settings = SinkSettings {
+            endpoints: vec![endpoint("http://a/h", 3), endpoint("http://b/h", 1)],
+            strategy: Some(Strategy::Weighted),
+            health_check: Some(HealthCheckSettings {
+                interval: Some("250ms".to_owned()),
+                ..HealthCheckSettings::default()
+            }),
+            outlier_detection: OutlierSettings {
+                consecutive_failures: Some(2),
+                max_ejection_time: Some("1m".to_owned()),
+                ..OutlierSettings::default()
+            },
+            ..SinkSettings::default()
+        };
+        let body = serde_json::to_string(&settings).expect("settings serialise");
+        let sink: SinkSpec = serde_json::from_str(&body).expect("the server reads them");
+        let expected = SinkSpec {
+            url: String::new(),
+            endpoints: settings.endpoints.clone(),
+            strategy: Strategy::Weighted,
+            health_check: Some(HealthCheckPolicy {
+                interval: Duration::from_millis(250),
+                ..HealthCheckPolicy::default()
+            }),
+            outlier_detection: OutlierPolicy {
+                consecutive_failures: 2,
+                max_ejection_time: Duration::from_secs(60),
+                ..OutlierPolicy::default()
+            },
+            secret: None,
+        };
+        assert_eq!(sink, expected);
+        let checks_on = SinkSettings {
+            url: "http://a/h".to_owned(),
+            health_check: Some(HealthCheckSettings::default()),
+            ..SinkSettings::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&checks_on).expect("serialise"),
+            r#"{"url":"http://a/h","health_check":{}}"#
+        );
     }
 
     // Goal: describe's answer reads back into the typed form, its spec inline, the create

@@ -65,6 +65,12 @@ pub(crate) enum CliError {
         /// The first failure's message.
         first: String,
     },
+    /// `keel status` found problems; the report naming them was printed before this.
+    #[error("{} (listed above)", crate::status::needs_attention(*problems))]
+    NeedsAttention {
+        /// How many.
+        problems: usize,
+    },
     /// The embedded server failed to start or stopped with an error.
     #[error(transparent)]
     Server(#[from] keel_server::ServerError),

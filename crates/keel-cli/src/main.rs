@@ -1,7 +1,8 @@
 //! The `keel` binary. `keel serve` runs the server in this process; every other command is a
 //! client of a keel server's HTTP API, found with `--server` or `KEEL_SERVER`.
 //!
-//! Exit codes: 0 on success, 1 when the command failed, 2 for usage errors.
+//! Exit codes: 0 on success, 1 when the command failed (or `keel status` found something that
+//! needs attention), 2 for usage errors.
 
 mod alert;
 mod bench;
@@ -11,6 +12,7 @@ mod limits;
 mod output;
 mod publish;
 mod serve;
+mod status;
 mod sub;
 mod tail;
 #[cfg(test)]
@@ -80,6 +82,10 @@ enum Command {
     /// Alert rules: set, list, get, delete; transitions go to the topic _keel.alerts
     #[command(subcommand, after_help = alert::ALERT_EXAMPLES)]
     Alert(AlertCommand),
+    /// The health of the whole server on one screen, with a next step for each problem;
+    /// exits 0 when nothing needs attention, 1 when something does
+    #[command(after_help = status::STATUS_HELP)]
+    Status,
 }
 
 /// glibc malloc took about a tenth of the server's CPU on the publish path (perf); mimalloc
@@ -112,6 +118,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sub(command) => sub::run(&client()?, command, cli.json).await,
         Command::Dlq(command) => dlq::run(&client()?, command, cli.json).await,
         Command::Alert(command) => alert::run(&client()?, command, cli.json).await,
+        Command::Status => status::run(&client()?, cli.json).await,
     }
 }
 

@@ -13,11 +13,13 @@ use clap::{Args, Subcommand, ValueEnum};
 use keel_api::duration;
 use keel_api::pull::{AckResult, PulledMessage, SettleRequest};
 use keel_api::subscriptions::{
-    self, CircuitSettings, CreatedSubscription, Delivery, DeliveryMode, NamedPosition,
-    PartitionProgress, RetrySettings, SinkSettings, StartPosition, SubscriptionInfo,
-    SubscriptionSettings, SubscriptionSpec,
+    self, CircuitSettings, CreatedSubscription, Delivery, DeliveryMode, EndpointInfo, EndpointSpec,
+    HealthCheckSettings, NamedPosition, OutlierSettings, PartitionProgress, RetrySettings,
+    SinkSettings, SinkSpec, StartPosition, Strategy, SubscriptionInfo, SubscriptionSettings,
+    SubscriptionSpec,
 };
 use keel_client::{Answer, Client, ClientError, Decode, Settlement, StatusCode};
+use keel_engine::subscription::spec::ENDPOINT_WEIGHT_MAX;
 use serde_json::{Value, json};
 
 use crate::error::CliError;
@@ -31,6 +33,8 @@ pub(crate) const SUB_EXAMPLES: &str = "\
 Examples:
   keel sub create billing --topic orders --filter type=order.created --start earliest
   keel sub create hooks --topic orders --sink https://example.com/hook --filter 'type^=order.'
+  keel sub create group --topic orders --strategy weighted --health-check /healthz \\
+    --sink http://a:8080/hook,weight=3 --sink http://b:8080/hook
   keel sub create big --topic orders --filter 'data.amount > 100 && type == \"order.created\"'
   keel sub create billing --spec billing.json
   keel sub list
@@ -128,12 +132,61 @@ pub(crate) struct SpecFlags {
     #[arg(long, required_unless_present = "spec")]
     pub(crate) topic: Option<String>,
     /// Push events to this http(s) URL (CloudEvents binary mode, signed per Standard
-    /// Webhooks); without it the subscription is pulled with `keel sub pull`
-    #[arg(long, value_name = "URL")]
-    pub(crate) sink: Option<String>,
-    /// The sink's signing secret (whsec_…) [default: generated and printed once]
-    #[arg(long, requires = "sink", value_name = "SECRET")]
+    /// Webhooks); repeat it for an endpoint group; without it the subscription is pulled with
+    /// `keel sub pull`
+    ///
+    /// Two or more make an endpoint group sharing the events by --strategy, each written URL
+    /// or URL,weight=N (N from 1 to 1000, default 1: its share with --strategy weighted), e.g.
+    /// --sink http://a:8080/hook,weight=3 --sink http://b:8080/hook
+    #[arg(long = "sink", value_name = "URL[,weight=N]", value_parser = parse_endpoint)]
+    pub(crate) sinks: Vec<EndpointSpec>,
+    /// The sink's signing secret (whsec_…), shared by a group's endpoints [default: generated
+    /// and printed once]
+    #[arg(long, requires = "sinks", value_name = "SECRET")]
     pub(crate) secret: Option<String>,
+    /// How a group's endpoints share the events [default: round_robin]
+    #[arg(long, value_enum, requires = "sinks")]
+    pub(crate) strategy: Option<StrategyArg>,
+    /// Check each endpoint's health with a GET of PATH on its scheme, host and port [PATH
+    /// default: /healthz]; a single --sink may have health checks too
+    #[arg(long, value_name = "PATH", num_args = 0..=1, requires = "sinks",
+        value_parser = health_path)]
+    pub(crate) health_check: Option<Option<String>>,
+    /// Time between health checks of one endpoint, e.g. 1s
+    #[arg(long, value_name = "DURATION", value_parser = duration_text,
+        requires = "health_check")]
+    pub(crate) health_interval: Option<String>,
+    /// Longest wait for a health check's 2xx answer, e.g. 500ms
+    #[arg(long, value_name = "DURATION", value_parser = duration_text,
+        requires = "health_check")]
+    pub(crate) health_timeout: Option<String>,
+    /// Passed health checks in a row that make an unhealthy endpoint healthy [default: 2]
+    #[arg(long, value_name = "N", requires = "health_check")]
+    pub(crate) healthy_threshold: Option<u32>,
+    /// Failed health checks in a row that make a healthy endpoint unhealthy [default: 2]
+    #[arg(long, value_name = "N", requires = "health_check")]
+    pub(crate) unhealthy_threshold: Option<u32>,
+    /// Failed attempts in a row (connection error, timeout or 5xx) that eject an endpoint of
+    /// a group [default: 5]
+    #[arg(long, value_name = "N", requires = "sinks")]
+    pub(crate) eject_after: Option<u32>,
+    /// The first ejection's length; each further one is as long times the ejections so far,
+    /// e.g. 10s
+    #[arg(long, value_name = "DURATION", value_parser = duration_text, requires = "sinks")]
+    pub(crate) ejection_time: Option<String>,
+    /// The longest ejection, e.g. 5m
+    #[arg(long, value_name = "DURATION", value_parser = duration_text, requires = "sinks",
+        alias = "max-ejection-time")]
+    pub(crate) ejection_time_max: Option<String>,
+    /// Most endpoints of a group ejected at once, in percent (always at least one may be)
+    /// [default: 50]
+    #[arg(
+        long,
+        value_name = "PERCENT",
+        requires = "sinks",
+        alias = "max-ejected-percent"
+    )]
+    pub(crate) ejected_percent_max: Option<u32>,
     /// Deliver only matching events (ATTR=VALUE, ATTR^=VALUE, ATTR$=VALUE or CEL); repeat it
     /// and all must match
     ///
@@ -225,6 +278,69 @@ impl From<Ordering> for subscriptions::Ordering {
             Ordering::Key => subscriptions::Ordering::Key,
             Ordering::Unordered => subscriptions::Ordering::None,
         }
+    }
+}
+
+/// How a group's endpoints share the events, as the API spells it (`round-robin` and
+/// `key-hash` are read too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StrategyArg {
+    /// Each available endpoint in turn
+    #[value(name = "round_robin", alias = "round-robin")]
+    RoundRobin,
+    /// The first available endpoint in the listed order takes every event
+    Failover,
+    /// In proportion to the endpoints' weights (URL,weight=N)
+    Weighted,
+    /// A key's events go to one endpoint while it is available; keyless ones round robin
+    #[value(name = "key_hash", alias = "key-hash")]
+    KeyHash,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(strategy: StrategyArg) -> Self {
+        match strategy {
+            StrategyArg::RoundRobin => Strategy::RoundRobin,
+            StrategyArg::Failover => Strategy::Failover,
+            StrategyArg::Weighted => Strategy::Weighted,
+            StrategyArg::KeyHash => Strategy::KeyHash,
+        }
+    }
+}
+
+/// Reads a `--sink`: `URL` or `URL,weight=N`. The URL itself is checked by the server.
+pub(crate) fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
+    let Some((url, weight)) = text.rsplit_once(",weight=") else {
+        return Ok(EndpointSpec {
+            url: text.to_owned(),
+            weight: 1,
+        });
+    };
+    let weight = weight
+        .parse::<u32>()
+        .ok()
+        .filter(|weight| (1..=ENDPOINT_WEIGHT_MAX).contains(weight))
+        .ok_or_else(|| {
+            format!(
+                "{weight:?} is not a weight: use a whole number from 1 to {ENDPOINT_WEIGHT_MAX}, \
+                 like {url},weight=3"
+            )
+        })?;
+    Ok(EndpointSpec {
+        url: url.to_owned(),
+        weight,
+    })
+}
+
+/// Checks a `--health-check` path: it is probed on each endpoint's host, so it starts with `/`.
+fn health_path(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a path: it starts with '/', like /healthz (it is probed on each \
+             endpoint's scheme, host and port)"
+        ))
     }
 }
 
@@ -484,18 +600,16 @@ pub(crate) fn done<K: Decode>(
     }
 }
 
-/// The JSON body that creates the subscription the flags describe: only what was given.
-fn spec_body(flags: &SpecFlags) -> Value {
+/// The JSON body that creates the subscription the flags describe: only what was given. A
+/// group's flag given with one `--sink` is a usage error.
+fn spec_body(flags: &SpecFlags) -> Result<Value, CliError> {
     let settings = SubscriptionSettings {
         topic: flags
             .topic
             .clone()
             .expect("clap requires --topic unless --spec is given"),
         filters: flags.filters.iter().map(FilterArg::to_json).collect(),
-        sink: flags.sink.as_ref().map(|url| SinkSettings {
-            url: url.clone(),
-            secret: flags.secret.clone(),
-        }),
+        sink: sink_settings(flags)?,
         start: flags.start.as_deref().map(start_position),
         ordering: flags.ordering.map(subscriptions::Ordering::from),
         max_in_flight: flags.max_in_flight,
@@ -519,7 +633,58 @@ fn spec_body(flags: &SpecFlags) -> Value {
         rate_limit: flags.rate_limit,
         stateful: flags.stateful,
     };
-    serde_json::to_value(settings).expect("a struct of strings and numbers is JSON")
+    Ok(serde_json::to_value(settings).expect("a struct of strings and numbers is JSON"))
+}
+
+/// The push sink the flags describe: none without `--sink`, one URL, or a group of two or
+/// more. Flags that only a group uses are refused with one `--sink`, as the server would.
+fn sink_settings(flags: &SpecFlags) -> Result<Option<SinkSettings>, CliError> {
+    let [first, rest @ ..] = flags.sinks.as_slice() else {
+        return Ok(None);
+    };
+    let health_check = flags.health_check.as_ref().map(|path| HealthCheckSettings {
+        path: path.clone(),
+        interval: flags.health_interval.clone(),
+        timeout: flags.health_timeout.clone(),
+        healthy_threshold: flags.healthy_threshold,
+        unhealthy_threshold: flags.unhealthy_threshold,
+    });
+    let outlier_detection = OutlierSettings {
+        consecutive_failures: flags.eject_after,
+        base_ejection_time: flags.ejection_time.clone(),
+        max_ejection_time: flags.ejection_time_max.clone(),
+        max_ejected_percent: flags.ejected_percent_max,
+    };
+    let sink = SinkSettings {
+        health_check,
+        secret: flags.secret.clone(),
+        ..SinkSettings::default()
+    };
+    if !rest.is_empty() {
+        return Ok(Some(SinkSettings {
+            endpoints: flags.sinks.clone(),
+            strategy: flags.strategy.map(Strategy::from),
+            outlier_detection,
+            ..sink
+        }));
+    }
+    let group_only = [
+        ("--strategy", flags.strategy.is_some()),
+        (
+            "outlier ejection (--eject-after, --ejection-time…)",
+            outlier_detection != OutlierSettings::default(),
+        ),
+        ("a weight (URL,weight=N)", first.weight != 1),
+    ];
+    if let Some((flag, _)) = group_only.iter().find(|(_, given)| *given) {
+        return Err(CliError::Usage(format!(
+            "{flag} applies to an endpoint group: give --sink two or more times"
+        )));
+    }
+    Ok(Some(SinkSettings {
+        url: first.url.clone(),
+        ..sink
+    }))
 }
 
 /// The create request's JSON: the `--spec` file as it is (the server checks it), or the flags.
@@ -527,7 +692,7 @@ fn create_request(args: &CreateArgs) -> Result<Vec<u8>, CliError> {
     match &args.spec {
         Some(path) => std::fs::read(path)
             .map_err(|error| CliError::io(format!("read {}", path.display()), error)),
-        None => Ok(spec_body(&args.flags).to_string().into_bytes()),
+        None => Ok(spec_body(&args.flags)?.to_string().into_bytes()),
     }
 }
 
@@ -553,6 +718,7 @@ fn created_text(name: &str, created: &CreatedSubscription) -> String {
         "created subscription {name}\n{}",
         render_pairs(&spec_pairs(&created.info.spec))
     );
+    text.push_str(&endpoints_text(&created.info));
     if let Some(secret) = &created.secret {
         text.push_str(&format!(
             "\nsigning secret: {secret}\n\
@@ -613,10 +779,9 @@ async fn describe(client: &Client, name: &str, json: bool) -> Result<(), CliErro
 fn describe_text(info: &SubscriptionInfo) -> String {
     let mut head = vec![("subscription".to_owned(), info.name.clone())];
     head.extend(spec_pairs(&info.spec));
-    let state = match (&info.unavailable, &info.paused) {
-        (Some(reason), _) => format!("unavailable: {reason}"),
-        (_, Some(reason)) => format!("paused: {reason}"),
-        _ => "active".to_owned(),
+    let state = match subscription_state(info) {
+        (word, Some(reason)) => format!("{word}: {reason}"),
+        (word, None) => word.to_owned(),
     };
     head.push(("state".to_owned(), state));
     if info.mode == DeliveryMode::Push {
@@ -645,21 +810,31 @@ fn describe_text(info: &SubscriptionInfo) -> String {
     };
     numbers.push(("last error".to_owned(), last_error));
     format!(
-        "{}\n{}\n{}",
+        "{}{}\n{}\n{}",
         render_pairs(&head),
+        endpoints_text(info),
         render_pairs(&numbers),
         progress_table(&info.partitions)
     )
 }
 
+/// Where a subscription stands, `unavailable`, `paused` or `active`, and why when it is not
+/// active.
+pub(crate) fn subscription_state(info: &SubscriptionInfo) -> (&'static str, Option<&str>) {
+    match (&info.unavailable, &info.paused) {
+        (Some(reason), _) => ("unavailable", Some(reason)),
+        (_, Some(reason)) => ("paused", Some(reason)),
+        _ => ("active", None),
+    }
+}
+
 /// The spec as label/value lines, from a describe (or create) answer.
 fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
     let mut pairs = vec![("topic".to_owned(), spec.topic.clone())];
-    let mode = match &spec.delivery {
-        Delivery::Push(sink) => format!("push to {}", sink.url),
-        Delivery::Pull => "pull".to_owned(),
-    };
-    pairs.push(("mode".to_owned(), mode));
+    match &spec.delivery {
+        Delivery::Push(sink) => pairs.extend(sink_pairs(sink)),
+        Delivery::Pull => pairs.push(("mode".to_owned(), "pull".to_owned())),
+    }
     for filter in &spec.filters {
         pairs.push(("filter".to_owned(), filter_text(filter)));
     }
@@ -695,6 +870,95 @@ fn spec_pairs(spec: &SubscriptionSpec) -> Vec<(String, String)> {
     };
     pairs.push(("rate limit".to_owned(), rate_limit));
     pairs
+}
+
+/// A push sink as label/value lines: where it pushes (a group's endpoints are in the
+/// endpoint table), its health checks, and a group's outlier ejection.
+fn sink_pairs(sink: &SinkSpec) -> Vec<(String, String)> {
+    let mode = if sink.endpoints.is_empty() {
+        format!("push to {}", sink.url)
+    } else {
+        format!(
+            "push to a group of {} endpoints, strategy {}",
+            sink.endpoints.len(),
+            plain(&sink.strategy)
+        )
+    };
+    let mut pairs = vec![("mode".to_owned(), mode)];
+    if let Some(check) = &sink.health_check {
+        pairs.push((
+            "health check".to_owned(),
+            format!(
+                "GET {} every {}, timeout {}; unhealthy after {} failed, healthy after {} passed",
+                check.path,
+                duration::format(check.interval),
+                duration::format(check.timeout),
+                check.unhealthy_threshold,
+                check.healthy_threshold
+            ),
+        ));
+    }
+    if !sink.endpoints.is_empty() {
+        let outlier = &sink.outlier_detection;
+        pairs.push((
+            "outlier ejection".to_owned(),
+            format!(
+                "after {} failures in a row, for {} × ejections up to {}; at most {}% ejected",
+                outlier.consecutive_failures,
+                duration::format(outlier.base_ejection_time),
+                duration::format(outlier.max_ejection_time),
+                outlier.max_ejected_percent
+            ),
+        ));
+    }
+    pairs
+}
+
+/// A push sink's endpoints and where each stands, when it is a group or has health checks
+/// (a lone URL without them is always available: the circuit line says all), after a blank
+/// line; empty otherwise.
+fn endpoints_text(info: &SubscriptionInfo) -> String {
+    let Delivery::Push(sink) = &info.spec.delivery else {
+        return String::new();
+    };
+    if info.endpoints.is_empty() || (sink.endpoints.is_empty() && sink.health_check.is_none()) {
+        return String::new();
+    }
+    let mut table = Table::new(&[
+        ("ENDPOINT", Align::Left),
+        ("WEIGHT", Align::Right),
+        ("STATE", Align::Left),
+        ("FAILURES IN ROW", Align::Right),
+        ("EJECTIONS", Align::Right),
+    ]);
+    for (index, endpoint) in info.endpoints.iter().enumerate() {
+        // Describe lists the endpoints in the spec's order.
+        let weight = sink.endpoints.get(index).map(|spec| spec.weight);
+        table.push(vec![
+            endpoint.url.clone(),
+            weight.map_or("-".to_owned(), |weight| weight.to_string()),
+            endpoint_state(endpoint),
+            endpoint.failures_in_row.to_string(),
+            endpoint.ejections.to_string(),
+        ]);
+    }
+    format!("\n{}", table.render())
+}
+
+/// `available`, `ejected until T`, `unhealthy`, or both of the last two.
+pub(crate) fn endpoint_state(endpoint: &EndpointInfo) -> String {
+    let mut reasons = Vec::new();
+    if let Some(until) = &endpoint.ejected_until {
+        reasons.push(format!("ejected until {until}"));
+    }
+    if !endpoint.healthy {
+        reasons.push("unhealthy".to_owned());
+    }
+    if reasons.is_empty() {
+        // Healthy and not ejected is what `available` means.
+        return "available".to_owned();
+    }
+    reasons.join(", ")
 }
 
 /// A circuit breaker policy in a line: when it opens, and how it waits.
@@ -933,7 +1197,7 @@ fn duration_text(text: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_client::TestClient as _;
     use clap::Parser;
@@ -1031,7 +1295,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            spec_body(&full.flags),
+            spec_body(&full.flags).unwrap(),
             json!({
                 "topic": "orders",
                 "sink": {"url": "https://example.test/hook", "secret": "whsec_abc"},
@@ -1057,12 +1321,12 @@ mod tests {
             "--circuit-off",
         ]);
         assert_eq!(
-            spec_body(&old.unwrap().flags),
+            spec_body(&old.unwrap().flags).unwrap(),
             json!({"topic": "t", "circuit_breaker": {"enabled": false, "min_calls": 2}})
         );
         let minimal = parse_create(&["p", "--topic", "orders", "--start", "earliest"]).unwrap();
         assert_eq!(
-            spec_body(&minimal.flags),
+            spec_body(&minimal.flags).unwrap(),
             json!({"topic": "orders", "start": "earliest"})
         );
         let some_retry = parse_create(&[
@@ -1075,9 +1339,109 @@ mod tests {
             "1",
         ]);
         assert_eq!(
-            spec_body(&some_retry.unwrap().flags),
+            spec_body(&some_retry.unwrap().flags).unwrap(),
             json!({"topic": "t", "ordering": "none", "retry": {"max_attempts": 1}})
         );
+    }
+
+    #[test]
+    fn repeated_sinks_become_an_endpoint_group_with_its_policies() {
+        // Goal: two or more --sink make `endpoints` (weights read from URL,weight=N), and the
+        // group's flags land on their API members; --health-check alone turns checks on with
+        // the server's defaults, also for one URL. Method: parse flag sets, compare the bodies.
+        let group = parse_create(&[
+            "g",
+            "--topic",
+            "t",
+            "--sink",
+            "http://a/h,weight=3",
+            "--sink",
+            "http://b/h?x=1,2",
+            "--strategy",
+            "key-hash",
+            "--health-check",
+            "/ping",
+            "--health-interval",
+            "250ms",
+            "--health-timeout",
+            "100ms",
+            "--healthy-threshold",
+            "3",
+            "--unhealthy-threshold",
+            "4",
+            "--eject-after",
+            "2",
+            "--ejection-time",
+            "1s",
+            "--max-ejection-time",
+            "1m",
+            "--ejected-percent-max",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(
+            spec_body(&group.flags).unwrap()["sink"],
+            json!({
+                "endpoints": [{"url": "http://a/h", "weight": 3},
+                    {"url": "http://b/h?x=1,2", "weight": 1}],
+                "strategy": "key_hash",
+                "health_check": {"path": "/ping", "interval": "250ms", "timeout": "100ms",
+                    "healthy_threshold": 3, "unhealthy_threshold": 4},
+                "outlier_detection": {"consecutive_failures": 2, "base_ejection_time": "1s",
+                    "max_ejection_time": "1m", "max_ejected_percent": 30},
+            })
+        );
+        let checked = parse_create(&[
+            "s",
+            "--topic",
+            "t",
+            "--sink",
+            "http://a/h",
+            "--health-check",
+        ]);
+        assert_eq!(
+            spec_body(&checked.unwrap().flags).unwrap()["sink"],
+            json!({"url": "http://a/h", "health_check": {}})
+        );
+    }
+
+    #[test]
+    fn group_flags_are_refused_without_a_group() {
+        // Goal: a flag only a group uses, a bad weight, a relative health path or a health
+        // setting without --health-check is refused before anything is sent, saying why.
+        // Method: argument lists refused by clap (with the message's key words) or by
+        // spec_body (a usage error).
+        let by_clap: [(&[&str], &str); 4] = [
+            (&["--sink", "http://a/h,weight=0"], "not a weight"),
+            (&["--sink", "http://a/h,weight=x"], "not a weight"),
+            (
+                &["--sink", "http://a/h", "--health-check", "ping"],
+                "not a path",
+            ),
+            (
+                &["--sink", "http://a/h", "--health-interval", "1s"],
+                "--health-check",
+            ),
+        ];
+        for (flags, says) in by_clap {
+            let args = [&["s", "--topic", "t"], flags].concat();
+            let error = parse_create(&args).unwrap_err().to_string();
+            assert!(error.contains(says), "{flags:?}: {error}");
+        }
+        assert!(parse_create(&["s", "--topic", "t", "--strategy", "failover"]).is_err());
+        let single: [&[&str]; 3] = [
+            &["--sink", "http://a/h", "--strategy", "failover"],
+            &["--sink", "http://a/h", "--eject-after", "2"],
+            &["--sink", "http://a/h,weight=2"],
+        ];
+        for flags in single {
+            let args = [&["s", "--topic", "t"], flags].concat();
+            let error = spec_body(&parse_create(&args).unwrap().flags).unwrap_err();
+            assert!(
+                matches!(&error, CliError::Usage(text) if text.contains("endpoint group")),
+                "{flags:?}: {error}"
+            );
+        }
     }
 
     #[test]
@@ -1195,8 +1559,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn describe_shows_a_groups_strategy_policies_and_endpoint_states() {
+        // Goal: a group describes as its strategy, health check and ejection policy, then one
+        // row per endpoint with its weight and state (available, ejected until T, unhealthy),
+        // never an empty URL. Method: render a group's describe answer.
+        let info = described(json!({"name": "g", "topic": "orders", "mode": "push",
+            "sink": {"endpoints": [{"url": "http://a/h", "weight": 3},
+                {"url": "http://b/h", "weight": 1}, {"url": "http://c/h", "weight": 1}],
+                "strategy": "weighted", "health_check": {"path": "/ping"}, "secret": null},
+            "circuit": "closed",
+            "endpoints": [
+                {"url": "http://a/h", "available": true, "healthy": true, "ejected_until": null,
+                 "ejections": 0, "failures_in_row": 0},
+                {"url": "http://b/h", "available": false, "healthy": false,
+                 "ejected_until": "2026-01-01T00:00:10.000Z", "ejections": 2,
+                 "failures_in_row": 5},
+                {"url": "http://c/h", "available": false, "healthy": false,
+                 "ejected_until": null, "ejections": 0, "failures_in_row": 0}]}));
+        let text = describe_text(&info);
+        let head = "subscription      g\n\
+             topic             orders\n\
+             mode              push to a group of 3 endpoints, strategy weighted\n\
+             health check      GET /ping every 1s, timeout 500ms; unhealthy after 2 failed, \
+             healthy after 2 passed\n\
+             outlier ejection  after 5 failures in a row, for 10s × ejections up to 5m; at most \
+             50% ejected\n";
+        assert!(text.starts_with(head), "{text}");
+        let table = [
+            "ENDPOINT    WEIGHT  STATE                                              FAILURES IN ROW  EJECTIONS",
+            "http://a/h       3  available                                                        0          0",
+            "http://b/h       1  ejected until 2026-01-01T00:00:10.000Z, unhealthy                5          2",
+            "http://c/h       1  unhealthy                                                        0          0",
+        ]
+        .map(|row| format!("{row}\n"))
+        .concat();
+        let table = format!("\n{table}\n");
+        assert!(text.contains(&table), "{text}");
+    }
+
     /// A describe answer: `members` over a pull subscription's defaults.
-    fn described(members: Value) -> SubscriptionInfo {
+    pub(crate) fn described(members: Value) -> SubscriptionInfo {
         let mut info = json!({"name": "", "topic": "", "mode": "pull", "paused": null,
             "lag": 0, "in_flight": 0, "pending": 0, "delivered": 0, "retried": 0,
             "dead_lettered": 0, "skipped_by_retention": 0, "dlq_depth": 0, "circuit": null,

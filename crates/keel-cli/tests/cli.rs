@@ -11,6 +11,8 @@ use std::io::Write;
 use std::process::{Command, Output};
 
 use keel_testkit::process::free_port;
+use keel_testkit::sink::{Sink, policy};
+use serde_json::json;
 use support::KEEL;
 
 fn keel(server: &str, args: &[&str]) -> Output {
@@ -645,5 +647,294 @@ async fn cli_sets_lists_gets_and_deletes_alert_rules() {
     assert_eq!(
         stdout(&keel(url, &["alert", "list"])).trim(),
         "no alert rules"
+    );
+}
+
+/// Runs keel expecting a usage error: exit code 2 and a first stderr line that starts with
+/// `error:` and says `says`; returns that line.
+fn usage_error(server: &str, args: &[&str], says: &str) -> String {
+    let output = keel(server, args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let first = stderr.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        first.starts_with("error:") && first.contains(says),
+        "{args:?}: {stderr}"
+    );
+    first
+}
+
+// Goal: `sub create` makes an endpoint group from repeated --sink flags (a weight from
+// URL,weight=N) with its strategy, health checks and ejection policy; describe --json holds
+// them as the API keeps them; the text describe shows the strategy and each endpoint's weight
+// and state, an endpoint nothing listens on turning unhealthy, which `keel status` reports as
+// a problem. Group flags that make no sense (a strategy for one URL, a bad weight, a
+// duration that does not parse, a health interval the server refuses) fail with a readable
+// error and a non-zero exit, creating nothing.
+// Method: the binary against a real server, two real sinks and a port nothing listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_creates_and_describes_an_endpoint_group() {
+    let sinks = [
+        Sink::start(policy::accept()).await,
+        Sink::start(policy::accept()).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEEL.start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+    stdout(&keel(url, &["topic", "create", "orders"]));
+    let (first, second) = (sinks[0].url("/hook"), sinks[1].url("/hook"));
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let weighted = format!("{first},weight=3");
+    let create = [
+        "sub",
+        "create",
+        "group",
+        "--topic",
+        "orders",
+        "--sink",
+        &weighted,
+        "--sink",
+        &second,
+        "--sink",
+        &dead,
+        "--strategy",
+        "weighted",
+        "--health-check",
+        "--health-interval",
+        "500ms",
+        "--health-timeout",
+        "400ms",
+        "--eject-after",
+        "2",
+        "--ejection-time",
+        "1s",
+    ];
+    let created = stdout(&keel(url, &create));
+    assert!(
+        has_pair(
+            &created,
+            "mode",
+            "push to a group of 3 endpoints, strategy weighted"
+        ),
+        "{created}"
+    );
+    let described: serde_json::Value =
+        serde_json::from_str(&stdout(&keel(url, &["--json", "sub", "describe", "group"]))).unwrap();
+    let sink = &described["sink"];
+    assert_eq!(
+        sink["endpoints"],
+        json!([{"url": first, "weight": 3}, {"url": second, "weight": 1},
+            {"url": dead, "weight": 1}]),
+        "{described}"
+    );
+    assert_eq!(sink["strategy"], "weighted", "{described}");
+    assert_eq!(
+        sink["health_check"],
+        json!({"path": "/healthz", "interval": "500ms", "timeout": "400ms",
+            "healthy_threshold": 2, "unhealthy_threshold": 2}),
+        "{described}"
+    );
+    assert_eq!(
+        (
+            &sink["outlier_detection"]["consecutive_failures"],
+            &sink["outlier_detection"]["base_ejection_time"]
+        ),
+        (&json!(2), &json!("1s")),
+        "{described}"
+    );
+    let state_of = |text: &str, endpoint: &str| -> String {
+        let row = text.lines().find(|line| line.starts_with(endpoint));
+        let cells: Vec<&str> = row.unwrap_or_default().split_whitespace().collect();
+        cells
+            .get(1..cells.len().saturating_sub(2))
+            .unwrap_or_default()
+            .join(" ")
+    };
+    let text = keel_until(url, &["sub", "describe", "group"], |text| {
+        state_of(text, &dead) == "1 unhealthy"
+    });
+    assert_eq!(state_of(&text, &first), "3 available", "{text}");
+    assert_eq!(state_of(&text, &second), "1 available", "{text}");
+    assert!(
+        text.contains("ENDPOINT") && text.contains("FAILURES IN ROW"),
+        "{text}"
+    );
+    // `keel status` lists the group's endpoints and names the unhealthy one as a problem.
+    let (code, report, _) = status(url, false);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(
+        row(&report, &dead)[1..],
+        ["group", "unhealthy", "0"],
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("subscription group: endpoint {dead} unhealthy")),
+        "{report}"
+    );
+
+    let group = ["sub", "create", "bad", "--topic", "orders"];
+    let usage: [(&[&str], &str); 3] = [
+        (
+            &["--sink", &first, "--strategy", "failover"],
+            "--strategy applies to an endpoint group",
+        ),
+        (
+            &["--sink", "http://h/x,weight=0", "--sink", &second],
+            "is not a weight",
+        ),
+        (
+            &[
+                "--sink",
+                &first,
+                "--sink",
+                &second,
+                "--ejection-time",
+                "soon",
+            ],
+            "is not a duration",
+        ),
+    ];
+    for (flags, says) in usage {
+        usage_error(url, &[&group[..], flags].concat(), says);
+    }
+    let refused = [
+        &group[..],
+        &[
+            "--sink",
+            &first,
+            "--health-check",
+            "--health-interval",
+            "10ms",
+        ],
+    ];
+    let (code, stderr) = failure(url, &refused.concat());
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: 400 Bad Request") && stderr.contains("health_check.interval"),
+        "{stderr}"
+    );
+    let listed = stdout(&keel(url, &["sub", "list"]));
+    assert!(!listed.contains("bad"), "{listed}");
+}
+
+/// `keel status`: its exit code, stdout and stderr.
+fn status(server: &str, json: bool) -> (Option<i32>, String, String) {
+    let args: &[&str] = if json {
+        &["--json", "status"]
+    } else {
+        &["status"]
+    };
+    let output = keel(server, args);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+/// The cells of the table row that starts with `name`, split on whitespace.
+fn row<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    let prefix = format!("{name} ");
+    let line = text.lines().find(|line| line.starts_with(&prefix));
+    line.unwrap_or_else(|| panic!("no row {name} in:\n{text}"))
+        .split_whitespace()
+        .collect()
+}
+
+// Goal: `keel status` tells a healthy server from one that needs attention, in its text, its
+// JSON and its exit code: 0 with healthy subscriptions; 1 with a paused subscription and one
+// with dead letters, each named with its next step (resume; dlq list and redrive); 0 again
+// once both are dealt with. Method: the binary against a real server; the dead letter is a
+// pulled event rejected with `sub reject`.
+#[tokio::test]
+async fn cli_status_names_what_needs_attention_and_exits_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = KEEL.start(&dir.path().join("data")).await;
+    let url = server.url.as_str();
+    stdout(&keel(
+        url,
+        &["topic", "create", "orders", "--partitions", "2"],
+    ));
+    for name in ["healthy", "held", "rejects"] {
+        let create = [
+            "sub", "create", name, "--topic", "orders", "--start", "earliest",
+        ];
+        stdout(&keel(url, &create));
+    }
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(0), "{text}{stderr}");
+    assert!(
+        text.starts_with(&format!("keel at {url}: ready\n")),
+        "{text}"
+    );
+    assert_eq!(row(&text, "orders")[..3], ["orders", "2", "0"], "{text}");
+    assert_eq!(
+        row(&text, "healthy")[..4],
+        ["healthy", "orders", "pull", "active"]
+    );
+    assert!(
+        text.ends_with("healthy: nothing needs attention\n"),
+        "{text}"
+    );
+
+    stdout(&keel(url, &["sub", "pause", "held"]));
+    publish_event(url, "e-1");
+    let pulled = pulled(&stdout(&keel(
+        url,
+        &["sub", "pull", "rejects", "--wait", "5s"],
+    )));
+    let ack_id = pulled[0]["ack_id"].as_str().unwrap();
+    stdout(&keel(url, &["sub", "reject", "rejects", ack_id]));
+    keel_until(url, &["dlq", "list", "rejects"], |text| {
+        text.contains("e-1")
+    });
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(1), "{text}{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: 2 problems need attention (listed above)"
+    );
+    assert_eq!(row(&text, "held")[3], "paused", "{text}");
+    assert_eq!(row(&text, "rejects")[5], "1", "DLQ depth: {text}");
+    let attention = &text[text.find("2 problems need attention:\n").expect(&text)..];
+    assert!(
+        attention.contains("subscription held: paused: ")
+            && attention.contains("next: keel sub resume held"),
+        "{attention}"
+    );
+    assert!(
+        attention.contains("subscription rejects: 1 event in the dead-letter queue")
+            && attention.contains("keel dlq redrive rejects --all"),
+        "{attention}"
+    );
+    let (code, json, _) = status(url, true);
+    assert_eq!(code, Some(1));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["healthy"], false, "{report}");
+    let each = |list: &str, member: &str| -> Vec<String> {
+        let items = report[list].as_array().unwrap().iter();
+        items
+            .map(|item| item[member].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        each("problems", "subject"),
+        ["subscription held", "subscription rejects"]
+    );
+    assert_eq!(report["readiness"]["status"], "ready", "{report}");
+    assert_eq!(
+        each("subscriptions", "name"),
+        ["healthy", "held", "rejects"],
+        "{report}"
+    );
+
+    stdout(&keel(url, &["sub", "resume", "held"]));
+    stdout(&keel(url, &["dlq", "purge", "rejects", "--yes"]));
+    let (code, text, stderr) = status(url, false);
+    assert_eq!(code, Some(0), "{text}{stderr}");
+    assert!(
+        text.ends_with("healthy: nothing needs attention\n"),
+        "{text}"
     );
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keel_testkit::process::KeelProcess;
 use keel_testkit::sink::{Exchange, Sink, policy};
 use serde_json::{Value, json};
-use support::{KEEL, get};
+use support::{KEEL, get, publish_batch, put};
 
 const KEYS: usize = 40;
 
@@ -37,7 +37,7 @@ async fn a_killed_endpoint_fails_over_and_is_readmitted() {
     let client = reqwest::Client::new();
     put(
         &client,
-        &keel,
+        &keel.url,
         "/v1/topics/orders",
         json!({"partitions": 4}),
     )
@@ -50,7 +50,7 @@ async fn a_killed_endpoint_fails_over_and_is_readmitted() {
         "max_in_flight": 32, "retry": {"max_attempts": 20, "initial": "50ms", "max": "500ms"},
         "sink": {"endpoints": endpoints, "strategy": "key_hash",
             "health_check": {"interval": "250ms", "timeout": "200ms"}}});
-    put(&client, &keel, "/v1/subscriptions/group", spec).await;
+    put(&client, &keel.url, "/v1/subscriptions/group", spec).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = tokio::spawn(publish_until(
@@ -141,20 +141,7 @@ async fn a_killed_endpoint_fails_over_and_is_readmitted() {
 async fn publish_until(client: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> usize {
     let mut next = 0;
     while !stop.load(Ordering::SeqCst) {
-        let batch: Vec<Value> = (next..next + 20)
-            .map(|id| {
-                json!({"specversion": "1.0", "id": format!("e-{id}"), "source": "/test",
-                "type": "t", "partitionkey": format!("k-{}", id % KEYS)})
-            })
-            .collect();
-        let response = client
-            .post(format!("{url}/v1/topics/orders/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(batch).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        publish_batch(&client, &url, "orders", next..next + 20, KEYS).await;
         next += 20;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -188,16 +175,4 @@ fn accepted_count(sink: &Sink) -> usize {
         .iter()
         .filter(|exchange| exchange.request.path() == "/hook")
         .count()
-}
-
-async fn put(client: &reqwest::Client, keel: &KeelProcess, path: &str, body: Value) {
-    let response = client
-        .put(format!("{}{path}", keel.url))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "PUT {path}: {status} {text}");
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use keel_testkit::process::KeelProcess;
 use keel_testkit::sink::{Response, Sink, policy};
-use serde_json::{Value, json};
-use support::{KEEL, get};
+use serde_json::json;
+use support::{KEEL, get, publish_batch, put};
 
 const EVENTS: usize = 3_000;
 const BATCH: usize = 500;
@@ -37,13 +37,13 @@ async fn bad_neighbours_do_not_starve_a_healthy_subscription() {
     let client = reqwest::Client::new();
     put(
         &client,
-        &keel,
+        &keel.url,
         "/v1/topics/orders",
         json!({"partitions": 4}),
     )
     .await;
     for first in (0..EVENTS).step_by(BATCH) {
-        publish(&client, &keel, first..first + BATCH).await;
+        publish_batch(&client, &keel.url, "orders", first..first + BATCH, 101).await;
     }
 
     let alone = drain(&client, &keel, &healthy, "alone").await;
@@ -54,14 +54,14 @@ async fn bad_neighbours_do_not_starve_a_healthy_subscription() {
     };
     put(
         &client,
-        &keel,
+        &keel.url,
         "/v1/subscriptions/failing",
         neighbour(failing.url("/")),
     )
     .await;
     put(
         &client,
-        &keel,
+        &keel.url,
         "/v1/subscriptions/slow",
         neighbour(slow.url("/")),
     )
@@ -97,7 +97,13 @@ async fn drain(client: &reqwest::Client, keel: &KeelProcess, sink: &Sink, name: 
     let path = format!("/{name}");
     let spec = json!({"topic": "orders", "start": "earliest", "sink": {"url": sink.url(&path)}});
     let started = Instant::now();
-    put(client, keel, &format!("/v1/subscriptions/{name}"), spec).await;
+    put(
+        client,
+        &keel.url,
+        &format!("/v1/subscriptions/{name}"),
+        spec,
+    )
+    .await;
     sink.wait_for(
         &format!("every event at {name}"),
         Duration::from_secs(60),
@@ -112,33 +118,6 @@ async fn drain(client: &reqwest::Client, keel: &KeelProcess, sink: &Sink, name: 
     )
     .await;
     started.elapsed()
-}
-
-async fn put(client: &reqwest::Client, keel: &KeelProcess, path: &str, body: Value) {
-    let response = client
-        .put(format!("{}{path}", keel.url))
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "PUT {path}: {response:?}");
-}
-
-async fn publish(client: &reqwest::Client, keel: &KeelProcess, ids: std::ops::Range<usize>) {
-    let batch: Vec<Value> = ids
-        .map(|id| {
-            json!({"specversion": "1.0", "id": format!("e-{id}"), "source": "/test",
-            "type": "t", "partitionkey": format!("k-{}", id % 101), "data": {"n": id}})
-        })
-        .collect();
-    let response = client
-        .post(format!("{}/v1/topics/orders/events", keel.url))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }
 
 /// keel's resident set size (`VmRSS`), in bytes.

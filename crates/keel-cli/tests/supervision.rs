@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use keel_testkit::process::{KeelProcess, free_port};
 use keel_testkit::sink::{Exchange, Sink, policy};
-use serde_json::{Value, json};
-use support::{KEEL, get};
+use serde_json::json;
+use support::{KEEL, alert_notices, get, publish_batch, put};
 
 const EVENTS: usize = 40;
 
@@ -38,20 +38,25 @@ async fn a_panicking_task_is_restarted_and_contained() {
     let keel = KeelProcess::spawn(command, &data_dir, &listen, &dir.path().join("keel.log"));
     keel.wait_ready().await;
     let client = reqwest::Client::new();
-    let put = |path: String, body: Value| {
-        let request = client.put(format!("{}{path}", keel.url));
-        async move {
-            let response = request.body(body.to_string()).send().await.unwrap();
-            assert!(response.status().is_success(), "PUT {path}: {response:?}");
-        }
-    };
-    put("/v1/topics/orders".into(), json!({"partitions": 2})).await;
+    put(
+        &client,
+        &keel.url,
+        "/v1/topics/orders",
+        json!({"partitions": 2}),
+    )
+    .await;
     for name in ["flaky", "broken", "healthy"] {
         let spec = json!({"topic": "orders", "start": "earliest",
             "sink": {"url": sink.url(&format!("/{name}"))}});
-        put(format!("/v1/subscriptions/{name}"), spec).await;
+        put(
+            &client,
+            &keel.url,
+            &format!("/v1/subscriptions/{name}"),
+            spec,
+        )
+        .await;
     }
-    publish(&client, &keel, 0..EVENTS).await;
+    publish_batch(&client, &keel.url, "orders", 0..EVENTS, 7).await;
 
     let delivered_to = |exchanges: &[Exchange], path: &str| -> BTreeSet<String> {
         exchanges
@@ -122,24 +127,7 @@ async fn a_panicking_task_is_restarted_and_contained() {
 
     // Both were reported on `_keel.alerts`: `flaky` as failing (its third failure), `broken`
     // as failing, then as failed.
-    let (_, read) = get(
-        &client,
-        &format!(
-            "{}/v1/topics/_keel.alerts/partitions/0/events?from=0&max=100",
-            keel.url
-        ),
-    )
-    .await;
-    let notices: Vec<(String, String)> = read["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|record| {
-            let event = &record["event"];
-            let subject = event["subject"].as_str().unwrap().to_owned();
-            (event["type"].as_str().unwrap().to_owned(), subject)
-        })
-        .collect();
+    let notices = alert_notices(&client, &keel.url).await;
     let of = |task: &str| -> Vec<&str> {
         notices
             .iter()
@@ -150,16 +138,16 @@ async fn a_panicking_task_is_restarted_and_contained() {
     assert_eq!(
         of("subscription/flaky/dispatcher"),
         ["keel.task.failing"],
-        "{read}"
+        "{notices:?}"
     );
     assert_eq!(
         of("subscription/broken/dispatcher"),
         ["keel.task.failing", "keel.task.failed"],
-        "{read}"
+        "{notices:?}"
     );
 
     // The rest goes on: more events reach the healthy subscriptions, none reaches `broken`.
-    publish(&client, &keel, EVENTS..EVENTS + 10).await;
+    publish_batch(&client, &keel.url, "orders", EVENTS..EVENTS + 10, 7).await;
     sink.wait_for(
         "the later events at healthy",
         Duration::from_secs(10),
@@ -170,21 +158,4 @@ async fn a_panicking_task_is_restarted_and_contained() {
     )
     .await;
     assert!(delivered_to(&sink.exchanges(), "/broken").is_empty());
-}
-
-async fn publish(client: &reqwest::Client, keel: &KeelProcess, ids: std::ops::Range<usize>) {
-    let batch: Vec<Value> = ids
-        .map(|id| {
-            json!({"specversion": "1.0", "id": format!("e-{id}"), "source": "/test",
-            "type": "t", "partitionkey": format!("k-{}", id % 7)})
-        })
-        .collect();
-    let response = client
-        .post(format!("{}/v1/topics/orders/events", keel.url))
-        .header("content-type", "application/cloudevents-batch+json")
-        .body(Value::Array(batch).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }

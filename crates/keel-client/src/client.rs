@@ -48,7 +48,7 @@ impl Body {
 /// A success answer: its status and body, as received.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// The status, always 2xx.
+    /// The status: 2xx, or one the call accepts (`/readyz` explains its 503 in the body).
     pub status: StatusCode,
     /// The body as received.
     pub body: Vec<u8>,
@@ -148,6 +148,7 @@ macro_rules! decode_borrowed {
 
 use keel_api::alerts::{AlertList, AlertStatus};
 use keel_api::dead_letters::{Entry, EntryPage, Purged, Redriven};
+use keel_api::health::{Readiness, Tasks};
 use keel_api::publish::PublishResults;
 use keel_api::pull::{AckResult, Pulled};
 use keel_api::read::Records;
@@ -156,6 +157,8 @@ use keel_api::subscriptions::{CreatedSubscription, SubscriptionInfo, Subscriptio
 use keel_api::topics::{TopicInfo, TopicList};
 
 decode_owned!(
+    Readiness,
+    Tasks,
     TopicInfo,
     TopicList,
     PublishResults,
@@ -315,6 +318,20 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<Body>,
     ) -> Result<Reply, ClientError> {
+        self.send_accepting(method, segments, query, body, &[])
+            .await
+    }
+
+    /// [`Client::send`], with the non-2xx statuses in `accepted` answered as replies, not
+    /// errors (`/readyz` explains a 503 in its body).
+    pub(crate) async fn send_accepting(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<Body>,
+        accepted: &[StatusCode],
+    ) -> Result<Reply, ClientError> {
         let mut request = self.http.request(method, self.url(segments, query));
         if let Some(body) = body {
             request = request
@@ -331,7 +348,7 @@ impl Client {
             .bytes()
             .await
             .map_err(|error| self.transport_error(&error))?;
-        if !status.is_success() {
+        if !status.is_success() && !accepted.contains(&status) {
             return Err(problem_error(status, &headers, &bytes));
         }
         Ok(Reply {

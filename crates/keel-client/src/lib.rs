@@ -48,6 +48,7 @@ mod dead_letters;
 mod error;
 mod event_id;
 mod events;
+mod health;
 pub mod limits;
 mod publisher;
 mod state;

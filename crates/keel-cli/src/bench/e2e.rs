@@ -553,7 +553,7 @@ async fn create_subscription(
         topic: names.topic.clone(),
         sink: sink_url.map(|url| SinkSettings {
             url: url.to_owned(),
-            secret: None,
+            ..SinkSettings::default()
         }),
         start: Some(StartPosition::Named(NamedPosition::Latest)),
         ordering: Some(args.ordering.into()),

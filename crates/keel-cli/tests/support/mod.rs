@@ -47,3 +47,59 @@ pub async fn publish_event(
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap())
 }
+
+/// A PUT of `body` to the API path `path` (a topic or a subscription) of the server at `url`;
+/// fails the test unless it succeeds.
+pub async fn put(client: &reqwest::Client, url: &str, path: &str, body: Value) {
+    let response = client
+        .put(format!("{url}{path}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "PUT {path}: {status} {text}");
+}
+
+/// Publishes one batch to `topic`: the events `e-{id}` for each id, keyed `k-{id % keys}`,
+/// with `{"n": id}` as data; fails the test unless all are acknowledged.
+pub async fn publish_batch(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    ids: std::ops::Range<usize>,
+    keys: usize,
+) {
+    let batch: Vec<Value> = ids
+        .map(|id| {
+            serde_json::json!({"specversion": "1.0", "id": format!("e-{id}"), "source": "/test",
+                "type": "t", "partitionkey": format!("k-{}", id % keys), "data": {"n": id}})
+        })
+        .collect();
+    let response = client
+        .post(format!("{url}/v1/topics/{topic}/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Value::Array(batch).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// The notices on keel's `_keel.alerts` topic so far, as (type, subject) pairs in order.
+pub async fn alert_notices(client: &reqwest::Client, url: &str) -> Vec<(String, String)> {
+    let read_url = format!("{url}/v1/topics/_keel.alerts/partitions/0/events?from=0&max=100");
+    let (status, read) = get(client, &read_url).await;
+    assert_eq!(status, 200, "{read}");
+    read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            let event = &record["event"];
+            let kind = event["type"].as_str().unwrap().to_owned();
+            (kind, event["subject"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
