@@ -569,6 +569,10 @@ pub struct SinkSettings {
     /// Passive outlier ejection of a group's endpoints; left out when it sets nothing.
     #[serde(default, skip_serializing_if = "crate::is_default")]
     pub outlier_detection: OutlierSettings,
+    /// Pause the subscription once the sink has been failing this long, as text (`"1h"`);
+    /// left out, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_after: Option<String>,
     /// The signing secret (`whsec_…`); left out, the server generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -981,6 +985,7 @@ mod tests {
                 max_ejection_time: Some("1m".to_owned()),
                 ..OutlierSettings::default()
             },
+            pause_after: Some("2h".to_owned()),
             ..SinkSettings::default()
         };
         let body = serde_json::to_string(&settings).expect("settings serialise");
@@ -998,6 +1003,7 @@ mod tests {
                 max_ejection_time: Duration::from_secs(60),
                 ..OutlierPolicy::default()
             },
+            pause_after: Some(Duration::from_secs(7200)),
             secret: None,
         };
         assert_eq!(sink, expected);

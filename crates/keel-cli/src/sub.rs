@@ -187,6 +187,11 @@ pub(crate) struct SpecFlags {
         alias = "max-ejected-percent"
     )]
     pub(crate) ejected_percent_max: Option<u32>,
+    /// Pause the subscription once its sink has been failing this long (circuit open or no
+    /// endpoint available), e.g. 1h; with --health-check a passing check resumes it [default:
+    /// never]
+    #[arg(long, value_name = "DURATION", value_parser = duration_text, requires = "sinks")]
+    pub(crate) pause_after: Option<String>,
     /// Deliver only matching events (ATTR=VALUE, ATTR^=VALUE, ATTR$=VALUE or CEL); repeat it
     /// and all must match
     ///
@@ -657,6 +662,7 @@ fn sink_settings(flags: &SpecFlags) -> Result<Option<SinkSettings>, CliError> {
     };
     let sink = SinkSettings {
         health_check,
+        pause_after: flags.pause_after.clone(),
         secret: flags.secret.clone(),
         ..SinkSettings::default()
     };
@@ -898,6 +904,12 @@ fn sink_pairs(sink: &SinkSpec) -> Vec<(String, String)> {
             ),
         ));
     }
+    if let Some(after) = sink.pause_after {
+        pairs.push((
+            "auto-pause".to_owned(),
+            format!("after the sink fails for {}", duration::format(after)),
+        ));
+    }
     if !sink.endpoints.is_empty() {
         let outlier = &sink.outlier_detection;
         pairs.push((
@@ -930,16 +942,26 @@ fn endpoints_text(info: &SubscriptionInfo) -> String {
         ("STATE", Align::Left),
         ("FAILURES IN ROW", Align::Right),
         ("EJECTIONS", Align::Right),
+        ("OUTAGES", Align::Right),
+        ("AVAILABILITY", Align::Right),
+        ("MTTR", Align::Right),
     ]);
     for (index, endpoint) in info.endpoints.iter().enumerate() {
         // Describe lists the endpoints in the spec's order.
         let weight = sink.endpoints.get(index).map(|spec| spec.weight);
+        let health = endpoint.health.as_ref();
+        let mttr = health.and_then(|health| health.mttr);
         table.push(vec![
             endpoint.url.clone(),
             weight.map_or("-".to_owned(), |weight| weight.to_string()),
             endpoint_state(endpoint),
             endpoint.failures_in_row.to_string(),
             endpoint.ejections.to_string(),
+            health.map_or("-".to_owned(), |health| health.outages.to_string()),
+            health.map_or("-".to_owned(), |health| {
+                format!("{:.2}%", health.availability * 100.0)
+            }),
+            mttr.map_or("-".to_owned(), duration::format),
         ]);
     }
     format!("\n{}", table.render())
@@ -1562,8 +1584,9 @@ pub(crate) mod tests {
     #[test]
     fn describe_shows_a_groups_strategy_policies_and_endpoint_states() {
         // Goal: a group describes as its strategy, health check and ejection policy, then one
-        // row per endpoint with its weight and state (available, ejected until T, unhealthy),
-        // never an empty URL. Method: render a group's describe answer.
+        // row per endpoint with its weight, state (available, ejected until T, unhealthy) and
+        // recovery figures when it has them, never an empty URL. Method: render a group's
+        // describe answer.
         let info = described(json!({"name": "g", "topic": "orders", "mode": "push",
             "sink": {"endpoints": [{"url": "http://a/h", "weight": 3},
                 {"url": "http://b/h", "weight": 1}, {"url": "http://c/h", "weight": 1}],
@@ -1574,7 +1597,9 @@ pub(crate) mod tests {
                  "ejections": 0, "failures_in_row": 0},
                 {"url": "http://b/h", "available": false, "healthy": false,
                  "ejected_until": "2026-01-01T00:00:10.000Z", "ejections": 2,
-                 "failures_in_row": 5},
+                 "failures_in_row": 5, "health": {"since": "2026-01-01T00:00:00.000Z",
+                 "outages": 2, "down_time": "15s", "mtbf": "45s", "mttr": "7500ms",
+                 "availability": 0.857, "last_outage": null}},
                 {"url": "http://c/h", "available": false, "healthy": false,
                  "ejected_until": null, "ejections": 0, "failures_in_row": 0}]}));
         let text = describe_text(&info);
@@ -1587,10 +1612,10 @@ pub(crate) mod tests {
              50% ejected\n";
         assert!(text.starts_with(head), "{text}");
         let table = [
-            "ENDPOINT    WEIGHT  STATE                                              FAILURES IN ROW  EJECTIONS",
-            "http://a/h       3  available                                                        0          0",
-            "http://b/h       1  ejected until 2026-01-01T00:00:10.000Z, unhealthy                5          2",
-            "http://c/h       1  unhealthy                                                        0          0",
+            "ENDPOINT    WEIGHT  STATE                                              FAILURES IN ROW  EJECTIONS  OUTAGES  AVAILABILITY    MTTR",
+            "http://a/h       3  available                                                        0          0        -             -       -",
+            "http://b/h       1  ejected until 2026-01-01T00:00:10.000Z, unhealthy                5          2        2        85.70%  7500ms",
+            "http://c/h       1  unhealthy                                                        0          0        -             -       -",
         ]
         .map(|row| format!("{row}\n"))
         .concat();

@@ -708,8 +708,14 @@ async fn cli_creates_and_describes_an_endpoint_group() {
         "2",
         "--ejection-time",
         "1s",
+        "--pause-after",
+        "1h",
     ];
     let created = stdout(&keel(url, &create));
+    assert!(
+        has_pair(&created, "auto-pause", "after the sink fails for 1h"),
+        "{created}"
+    );
     assert!(
         has_pair(
             &created,
@@ -728,6 +734,7 @@ async fn cli_creates_and_describes_an_endpoint_group() {
         "{described}"
     );
     assert_eq!(sink["strategy"], "weighted", "{described}");
+    assert_eq!(sink["pause_after"], "1h", "{described}");
     assert_eq!(
         sink["health_check"],
         json!({"path": "/healthz", "interval": "500ms", "timeout": "400ms",
@@ -742,11 +749,13 @@ async fn cli_creates_and_describes_an_endpoint_group() {
         (&json!(2), &json!("1s")),
         "{described}"
     );
+    // The weight and state of an endpoint's row: the cells between its URL and the five
+    // number columns (failures in row, ejections, outages, availability, MTTR).
     let state_of = |text: &str, endpoint: &str| -> String {
         let row = text.lines().find(|line| line.starts_with(endpoint));
         let cells: Vec<&str> = row.unwrap_or_default().split_whitespace().collect();
         cells
-            .get(1..cells.len().saturating_sub(2))
+            .get(1..cells.len().saturating_sub(5))
             .unwrap_or_default()
             .join(" ")
     };
