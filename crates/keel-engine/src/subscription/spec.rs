@@ -98,6 +98,8 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
     Ok(())
 }
 
+/// Fewest endpoints in a group: one endpoint is a `url`.
+pub const ENDPOINTS_MIN: usize = 2;
 /// Most endpoints in a group.
 pub const ENDPOINTS_MAX: usize = 16;
 /// Largest endpoint weight.
@@ -171,6 +173,14 @@ fn validate_endpoints(endpoints: &[keel_api::subscriptions::EndpointSpec]) -> Re
                 "sink.endpoints[{index}].weight must be between 1 and {ENDPOINT_WEIGHT_MAX}"
             ));
         }
+    }
+    // After the endpoints' own checks, so a lone bad endpoint is named for what is wrong
+    // with it.
+    if endpoints.len() < ENDPOINTS_MIN {
+        return Err(format!(
+            "sink.endpoints: a group has at least {ENDPOINTS_MIN} endpoints, got {}; for one endpoint give sink.url",
+            endpoints.len()
+        ));
     }
     Ok(())
 }
@@ -339,6 +349,10 @@ mod tests {
             (
                 serde_json::json!({"endpoints": [{"url": a, "weight": 0}]}),
                 "weight",
+            ),
+            (
+                serde_json::json!({"endpoints": [{"url": a}]}),
+                "at least 2 endpoints, got 1",
             ),
             (
                 serde_json::json!({"url": a, "health_check": {"path": "up"}}),
