@@ -93,8 +93,11 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, CliError> {
     if let Ok(address) = listen.parse() {
         return Ok(address);
     }
-    let invalid =
-        |detail: String| CliError::Usage(format!("invalid --listen {listen:?}: {detail}"));
+    let invalid = |detail: String| {
+        CliError::Usage(format!(
+            "invalid --listen (or KEEL_LISTEN) {listen:?}: {detail}"
+        ))
+    };
     let mut addresses = listen
         .to_socket_addrs()
         .map_err(|error| invalid(error.to_string()))?;

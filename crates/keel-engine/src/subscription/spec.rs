@@ -151,6 +151,13 @@ fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
             "sink.outlier_detection.max_ejected_percent must be between 1 and 100".to_owned(),
         );
     }
+    // Checked after its values, so a bad one is named for what is wrong with it.
+    if !sink.url.is_empty() && *outlier != Default::default() {
+        return Err(
+            "sink.outlier_detection applies to endpoint groups: a lone url is never ejected (its circuit breaker covers it)"
+                .to_owned(),
+        );
+    }
     Ok(())
 }
 
@@ -353,6 +360,10 @@ mod tests {
             (
                 serde_json::json!({"endpoints": [{"url": a}]}),
                 "at least 2 endpoints, got 1",
+            ),
+            (
+                serde_json::json!({"url": a, "outlier_detection": {"consecutive_failures": 3}}),
+                "sink.outlier_detection applies to endpoint groups",
             ),
             (
                 serde_json::json!({"url": a, "health_check": {"path": "up"}}),
