@@ -93,8 +93,11 @@ fn resolve_listen(listen: &str) -> Result<SocketAddr, CliError> {
     if let Ok(address) = listen.parse() {
         return Ok(address);
     }
-    let invalid =
-        |detail: String| CliError::Usage(format!("invalid --listen {listen:?}: {detail}"));
+    let invalid = |detail: String| {
+        CliError::Usage(format!(
+            "invalid --listen (or KEEL_LISTEN) {listen:?}: {detail}"
+        ))
+    };
     let mut addresses = listen
         .to_socket_addrs()
         .map_err(|error| invalid(error.to_string()))?;
@@ -188,19 +191,105 @@ mod tests {
         assert!(resolve_listen("no-port").is_err());
     }
 
-    // Goal: the alert rules `docs/configuration.md` shows parse as TOML, integers where the
-    // rule takes numbers included, and pass the engine's checks.
+    /// The configuration reference, which the tests below hold to the code.
+    const REFERENCE: &str = include_str!("../../../docs/configuration.md");
+
+    /// Every TOML example of the reference.
+    fn reference_examples() -> Vec<&'static str> {
+        REFERENCE
+            .split("```toml\n")
+            .skip(1)
+            .map(|block| block.split("```").next().expect("split yields one part"))
+            .collect()
+    }
+
+    // Goal: every TOML example of `docs/configuration.md` parses and passes the start-up
+    // checks, the alert rules' numbers included.
     #[test]
-    fn documented_alert_rules_parse() {
-        let docs = include_str!("../../../docs/configuration.md");
-        let start = docs.find("```toml\n").expect("a TOML example") + "```toml\n".len();
-        let end = start + docs[start..].find("```").expect("its end");
-        let config = parse_config(Path::new("keel.toml"), &docs[start..end]).unwrap();
-        assert_eq!(config.alerts.len(), 2);
-        assert_eq!(config.alerts["billing-lag"].value, Some(10000.0));
-        for (name, rule) in &config.alerts {
-            keel_engine::validate_alert_rule(name, rule).unwrap();
+    fn reference_examples_parse_and_pass_the_checks() {
+        let examples = reference_examples();
+        assert!(examples.len() >= 4, "{} TOML examples", examples.len());
+        for example in examples {
+            let config = parse_config(Path::new("keel.toml"), example)
+                .unwrap_or_else(|error| panic!("{error}\n{example}"));
+            config
+                .validate()
+                .unwrap_or_else(|error| panic!("{error}\n{example}"));
+            if let Some(rule) = config.alerts.get("billing-lag") {
+                assert_eq!(rule.value, Some(10000.0));
+            }
         }
+    }
+
+    // Goal: the reference names every flag and variable of `keel serve`, and every key of the
+    // file, of `[backpressure]`, of a topic, of a subscription and of its sink. Method: the flags and variables from clap; the
+    // keys from serde's unknown-field error, which lists them (an empty list fails, so a
+    // change of that wording cannot pass silently).
+    #[test]
+    fn reference_names_every_flag_variable_and_key() {
+        use clap::Args as _;
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        // Each name as written after a backtick (or, for a table, after `[`).
+        let mut names = vec![
+            format!("{LOG_FILTER_VARIABLE}`"),
+            format!("{}`", keel_engine::faults::FAULTS_VARIABLE),
+        ];
+        for arg in command.get_arguments() {
+            names.extend(arg.get_long().map(|long| format!("--{long}")));
+            names.extend(
+                arg.get_env()
+                    .map(|env| format!("{}`", env.to_string_lossy())),
+            );
+        }
+        let fields = |error: String| -> Vec<String> {
+            let (_, listed) = error.split_once("expected one of ").expect(&error);
+            let fields: Vec<String> = listed
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect();
+            assert!(!fields.is_empty(), "{error}");
+            fields
+        };
+        let unknown = r#"{"unknown-key": 0}"#;
+        names.extend(fields(
+            serde_json::from_str::<ServerConfig>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_engine::pressure::PressureConfig>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_engine::TopicConfig>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_api::subscriptions::SubscriptionSpec>(
+                r#"{"topic": "t", "unknown-key": 0}"#,
+            )
+            .unwrap_err()
+            .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_api::subscriptions::SinkSpec>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                !REFERENCE.contains(&format!("`{name}")) && !REFERENCE.contains(&format!("[{name}"))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md does not name {missing:?}"
+        );
     }
 
     #[test]

@@ -178,6 +178,73 @@ async fn a_second_server_on_one_data_dir_refuses_to_start() {
     assert_eq!(health.status(), 200);
 }
 
+// Goal: a bad configuration file stops `keel serve` before it writes anything, with the
+// setting named: typos, out-of-range values, bad durations and invalid declarations. Method:
+// a table of files against the real binary; the data directory must not exist afterwards (a
+// valid declaration before the bad one is not applied either).
+#[test]
+fn bad_config_files_stop_the_start_naming_the_setting() {
+    let subscription = "[topics.orders]\n[subscriptions.audit]\ntopic = \"orders\"\n";
+    let cases = [
+        (
+            "segmnet_bytes_max = 1000\n".to_owned(),
+            "unknown field `segmnet_bytes_max`",
+        ),
+        (
+            "segment_bytes_max = 10\n".to_owned(),
+            "segment_bytes_max must be between 64 and",
+        ),
+        (
+            "retention_check_interval = \"30 seconds\"\n".to_owned(),
+            "invalid duration \"30 seconds\"",
+        ),
+        (
+            "[topics.orders]\npartitions = 5000\n".to_owned(),
+            "[topics.orders]: invalid topic configuration: partitions",
+        ),
+        (
+            format!("{subscription}sink = {{ endpoints = [{{ url = \"http://a.test/\" }}] }}\n"),
+            "[subscriptions.audit]: invalid subscription: sink.endpoints: a group has at least 2",
+        ),
+        (
+            format!(
+                "{subscription}sink = {{ endpoints = [{{ url = \"http://a.test/\" }}, {{ url = \"http://b.test/\" }}], strategy = \"random\" }}\n"
+            ),
+            "unknown variant `random`",
+        ),
+        (
+            format!(
+                "{subscription}sink = {{ url = \"http://a.test/\", health_check = {{ interval = \"1s\", timeout = \"2s\" }} }}\n"
+            ),
+            "sink.health_check.timeout must be above 0 and at most the interval",
+        ),
+        (
+            format!("{subscription}[subscriptions.zbad]\ntopic = \"orders\"\nmax_in_flight = 0\n"),
+            "[subscriptions.zbad]: invalid subscription: max_in_flight",
+        ),
+        (
+            "[alerts.lag]\nkind = \"threshold\"\nmetric = \"keel_subscription_lag\"\nop = \">\"\n"
+                .to_owned(),
+            "[alerts.lag]: invalid alert rule \"lag\": a threshold rule needs value",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (config, data_dir) = (dir.path().join("keel.toml"), dir.path().join("data"));
+    for (text, needle) in cases {
+        std::fs::write(&config, &text).unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let output = KEEL
+            .serve_command(&data_dir, &listen)
+            .args(["--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text}");
+        assert!(stderr.contains(needle), "{text}\n{stderr}");
+        assert!(!data_dir.exists(), "{text}: the data directory was written");
+    }
+}
+
 /// Runs keel and returns its exit code and stderr, checking the error is one line.
 fn failure(server: &str, args: &[&str]) -> (Option<i32>, String) {
     let output = keel(server, args);

@@ -17,6 +17,11 @@ pub const PARTITIONS_MAX: u32 = 1024;
 pub const TOPIC_NAME_BYTES_MAX: usize = 128;
 /// A partition log's segment size, by default (on disk).
 pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+/// The smallest segment size a configuration may set (the log's own bound; tiny segments are
+/// for tests).
+pub const SEGMENT_BYTES_MIN: u64 = keel_log::limits::SEGMENT_BYTES_MIN;
+/// The largest segment size a configuration may set (the log's own bound).
+pub const SEGMENT_BYTES_CEILING: u64 = keel_log::limits::SEGMENT_BYTES_MAX;
 /// A subscription's checkpoint log is trimmed to about half this size once it grows past it
 /// (only the newest checkpoint is ever read).
 pub const CHECKPOINT_LOG_BYTES_MAX: u64 = 8 * 1024 * 1024;
@@ -81,6 +86,9 @@ const _: () = assert!(EVENT_BYTES_MAX <= EVENT_BYTES_CEILING);
 const _: () = assert!(EVENT_BYTES_CEILING <= REQUEST_BYTES_MAX);
 const _: () = assert!(READ_RECORDS_MAX > 0 && BATCH_EVENTS_MAX > 0);
 const _: () = assert!(REQUEST_BYTES_MAX <= REQUEST_BYTES_CEILING);
+const _: () = assert!(
+    SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_CEILING
+);
 /// Largest state one key may hold, in bytes of JSON.
 pub const STATE_BYTES_MAX: usize = 64 * 1024;
 /// Most events one ack may emit.

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use keel_engine::TopicConfig;
-use keel_engine::limits::{EVENT_BYTES_MAX, REQUEST_BYTES_MAX};
+use keel_engine::limits::{
+    EVENT_BYTES_MAX, REQUEST_BYTES_MAX, SEGMENT_BYTES_CEILING, SEGMENT_BYTES_MIN,
+};
+use keel_engine::{EngineError, TopicConfig};
 
 use crate::limits::{
     HEADER_READ_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, RETENTION_CHECK_INTERVAL_DEFAULT,
@@ -18,6 +20,7 @@ pub struct ServerConfig {
     /// Where everything durable is stored.
     pub data_dir: PathBuf,
     /// Address the HTTP API listens on.
+    #[serde(deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     /// Largest event accepted (bytes of its JSON); over it → 413.
     pub event_bytes_max: usize,
@@ -84,13 +87,65 @@ impl ServerConfig {
                 keel_engine::duration::format(self.alert_evaluation_interval)
             ));
         }
-        if self.retention_check_interval.is_zero() || self.header_read_timeout.is_zero() {
-            return Err(
-                "retention_check_interval and header_read_timeout must be longer than 0".to_owned(),
-            );
+        let segment_bytes = SEGMENT_BYTES_MIN..=SEGMENT_BYTES_CEILING;
+        if !segment_bytes.contains(&self.segment_bytes_max) {
+            return Err(format!(
+                "segment_bytes_max must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_CEILING}, got {}",
+                self.segment_bytes_max
+            ));
         }
-        self.backpressure.validate()
+        for (setting, interval) in [
+            ("retention_check_interval", self.retention_check_interval),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if interval.is_zero() {
+                return Err(format!("{setting} must be longer than 0"));
+            }
+        }
+        self.backpressure.validate()?;
+        self.validate_declared()
     }
+
+    /// Checks the declared topics, subscriptions and alert rules as creating them would, so
+    /// that a bad one stops the start before anything is written (not after the ones before
+    /// it were created). Only a subscription's topic is left to creation: it may exist already.
+    fn validate_declared(&self) -> Result<(), String> {
+        use keel_engine::config::{validate_topic_config, validate_topic_name};
+        use keel_engine::subscription::spec::{
+            validate_subscription_name, validate_subscription_spec,
+        };
+        let named = |section: &str, name: &str, checked: Result<(), EngineError>| {
+            checked.map_err(|error| format!("[{section}.{name}]: {error}"))
+        };
+        for (name, topic) in &self.topics {
+            let checked = validate_topic_name(name).and_then(|()| validate_topic_config(topic));
+            named("topics", name, checked)?;
+        }
+        for (name, spec) in &self.subscriptions {
+            let checked =
+                validate_subscription_name(name).and_then(|()| validate_subscription_spec(spec));
+            named("subscriptions", name, checked)?;
+        }
+        for (name, rule) in &self.alerts {
+            let checked = keel_engine::validate_alert_name(name)
+                .and_then(|()| keel_engine::validate_alert_rule(name, rule));
+            named("alerts", name, checked)?;
+        }
+        Ok(())
+    }
+}
+
+/// `listen` as an IP address and port; the error says what is expected (the file takes no
+/// host name: resolving one is the flag's, at start).
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<SocketAddr, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "listen {text:?} is not an IP address and port, like \"127.0.0.1:7171\" or \"[::]:7171\" (a host name is taken by --listen and KEEL_LISTEN, not by the file)"
+        ))
+    })
 }
 
 impl Default for ServerConfig {
@@ -160,10 +215,74 @@ mod tests {
                 r#"{"backpressure": {"publish_queue_bytes_max": 0}}"#,
                 "backpressure.publish_queue_bytes_max",
             ),
+            (r#"{"segment_bytes_max": 10}"#, "segment_bytes_max"),
+            (
+                r#"{"retention_check_interval": "0s"}"#,
+                "retention_check_interval",
+            ),
         ] {
             let error = toml_like(json).unwrap().validate().unwrap_err();
             assert!(error.contains(needle), "{json}: {error}");
         }
+    }
+
+    // Goal: a declared topic, subscription or alert rule that creating it would refuse is
+    // refused by `validate`, before anything is written, with its table and member named.
+    #[test]
+    fn invalid_declarations_are_refused_by_table_and_member() {
+        for (json, needle) in [
+            (
+                r#"{"topics": {"orders": {"partitions": 5000}}}"#,
+                "[topics.orders]: invalid topic configuration: partitions must be between 1 and 1024",
+            ),
+            (
+                r#"{"topics": {"bad name": {}}}"#,
+                "[topics.bad name]: invalid topic name",
+            ),
+            (
+                r#"{"subscriptions": {"audit": {"topic": "orders", "max_in_flight": 0}}}"#,
+                "[subscriptions.audit]: invalid subscription: max_in_flight",
+            ),
+            (
+                r#"{"subscriptions": {"audit": {"topic": "orders",
+                    "sink": {"endpoints": [{"url": "http://a.test/hooks"}]}}}}"#,
+                "[subscriptions.audit]: invalid subscription: sink.endpoints: a group has at least 2",
+            ),
+            (
+                r#"{"subscriptions": {"audit": {"topic": "orders", "sink": {"url": "http://a.test/",
+                    "health_check": {"interval": "1s", "timeout": "2s"}}}}}"#,
+                "sink.health_check.timeout",
+            ),
+            (
+                r#"{"subscriptions": {".hidden": {"topic": "orders"}}}"#,
+                "[subscriptions..hidden]: invalid subscription: invalid subscription name",
+            ),
+            (
+                r#"{"alerts": {"lag": {"kind": "threshold", "metric": "keel_subscription_lag",
+                    "op": ">"}}}"#,
+                "[alerts.lag]: invalid alert rule \"lag\": a threshold rule needs value",
+            ),
+            (
+                r#"{"alerts": {"-lag": {"kind": "threshold", "metric": "m", "op": ">", "value": 1}}}"#,
+                "[alerts.-lag]: invalid alert rule name",
+            ),
+        ] {
+            let error = toml_like(json).unwrap().validate().unwrap_err();
+            assert!(error.contains(needle), "{json}: {error}");
+        }
+    }
+
+    // Goal: a host name in the file's `listen` is refused with what is expected, not with
+    // the standard library's "invalid socket address syntax".
+    #[test]
+    fn listen_in_the_file_says_it_takes_an_ip_address() {
+        let error = toml_like(r#"{"listen": "localhost:7171"}"#).unwrap_err();
+        assert!(
+            error.to_string().contains("is not an IP address and port"),
+            "{error}"
+        );
+        let parsed = toml_like(r#"{"listen": "[::]:7171"}"#).unwrap();
+        assert_eq!(parsed.listen.port(), 7171);
     }
 
     fn toml_like(json: &str) -> Result<ServerConfig, serde_json::Error> {

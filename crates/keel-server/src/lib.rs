@@ -50,9 +50,22 @@ pub enum ServerError {
     /// A setting is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The engine could not open the data directory or create a declared topic.
+    /// The engine could not open the data directory.
     #[error("cannot start the engine: {0}")]
     Engine(#[from] EngineError),
+    /// A topic, subscription or alert rule the configuration declares could not be applied.
+    #[error("[{section}.{name}] in the configuration: {source}{hint}")]
+    Declared {
+        /// The file's table: `topics`, `subscriptions` or `alerts`.
+        section: &'static str,
+        /// The declared name.
+        name: String,
+        /// The way out, for a conflict with what exists (else empty).
+        hint: String,
+        /// Why the engine refused it (boxed: keeps the error small).
+        #[source]
+        source: Box<EngineError>,
+    },
 }
 
 /// The API's routes.
@@ -247,24 +260,33 @@ pub async fn serve_engine(
     Ok(())
 }
 
-/// An error creating something the configuration declares, naming its section, with the way
+/// An error applying something the configuration declares, naming its table, with the way
 /// out of a conflict (the server cannot start to delete it while the file declares it).
-fn declared(section: &str, command: &str, name: &str, error: EngineError) -> EngineError {
-    let conflict = matches!(
-        error,
-        EngineError::Topic(TopicError::Conflict { .. })
-            | EngineError::Subscription(SubscriptionError::Conflict { .. })
-    );
-    let hint = if conflict {
-        format!(
-            ". To change it, start keel once without [{section}.{name}] in the configuration, run `keel {command} delete {name}`, then start it with the new settings"
-        )
-    } else {
-        String::new()
-    };
-    EngineError::Topic(TopicError::InvalidConfig {
-        detail: format!("[{section}.{name}] in the configuration: {error}{hint}"),
-    })
+fn declared(
+    section: &'static str,
+    command: &str,
+    name: &str,
+) -> impl FnOnce(EngineError) -> ServerError {
+    move |source| {
+        let conflict = matches!(
+            source,
+            EngineError::Topic(TopicError::Conflict { .. })
+                | EngineError::Subscription(SubscriptionError::Conflict { .. })
+        );
+        let hint = if conflict {
+            format!(
+                ". To change it, start keel once without [{section}.{name}] in the configuration, run `keel {command} delete {name}`, then start it with the new settings"
+            )
+        } else {
+            String::new()
+        };
+        ServerError::Declared {
+            section,
+            name: name.to_owned(),
+            hint,
+            source: Box::new(source),
+        }
+    }
 }
 
 async fn open_engine(
@@ -282,11 +304,11 @@ async fn open_engine(
         let engine = Engine::open(engine_config).await?;
         for (name, topic) in &config.topics {
             let created = engine.create_topic(name, *topic).await;
-            created.map_err(|error| declared("topics", "topic", name, error))?;
+            created.map_err(declared("topics", "topic", name))?;
         }
         for (name, spec) in &config.subscriptions {
             let created = engine.create_subscription(name, spec.clone()).await;
-            let created = created.map_err(|error| declared("subscriptions", "sub", name, error))?;
+            let created = created.map_err(declared("subscriptions", "sub", name))?;
             if let Some(secret) = created.secret {
                 // Declared without a secret: this is the only time it can be seen. Declaring
                 // `sink.secret` in the configuration avoids this.
@@ -295,9 +317,9 @@ async fn open_engine(
         }
         for (name, rule) in &config.alerts {
             let put = engine.put_alert_rule(name, rule.clone()).await;
-            put.map_err(|error| declared("alerts", "alert", name, error))?;
+            put.map_err(declared("alerts", "alert", name))?;
         }
-        Ok::<_, EngineError>(engine)
+        Ok::<_, ServerError>(engine)
     }
     .await;
     match result {
@@ -315,7 +337,7 @@ async fn open_engine(
         Err(error) => {
             tracing::error!(%error, "cannot start the engine");
             let _ = failed.send(());
-            Err(error.into())
+            Err(error)
         }
     }
 }

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use keel_testkit::server::TestServer;
 use reqwest::Method;
@@ -741,6 +741,91 @@ async fn restart_redelivers_unacked_events_only_and_keeps_the_dlq() {
         (&json!(1), &json!(0)),
         "{info}"
     );
+    server.stop().await;
+}
+
+/// A configuration declaring topic `orders`, a pull subscription `ledger` with
+/// `max_in_flight` and a push subscription `billing` with its secret, on `data_dir`.
+fn declaring(data_dir: &std::path::Path, max_in_flight: u32) -> keel_server::ServerConfig {
+    let mut config: keel_server::ServerConfig = serde_json::from_value(json!({
+        "topics": {"orders": {"partitions": 2, "retention": {"max_age": "7d"}}},
+        "subscriptions": {
+            "ledger": {"topic": "orders", "ordering": "key", "max_in_flight": max_in_flight},
+            "billing": {"topic": "orders", "filters": [{"exact": {"type": "order.created"}}],
+                "sink": {"url": "http://127.0.0.1:9/hooks",
+                         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}
+        }
+    }))
+    .unwrap();
+    config.data_dir = data_dir.to_owned();
+    config
+}
+
+/// The declared things' files (topic.json, subscription.json) with their bytes and times of
+/// last change.
+fn declared_files(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>, SystemTime)> {
+    let files = [
+        "topics/orders/topic.json",
+        "subscriptions/ledger/subscription.json",
+        "subscriptions/billing/subscription.json",
+    ];
+    files
+        .into_iter()
+        .map(|file| {
+            let path = data_dir.join(file);
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            (path.clone(), std::fs::read(&path).unwrap(), modified)
+        })
+        .collect()
+}
+
+// Goal: topics and subscriptions declared in the configuration are applied idempotently at
+// every start. Method: a first start creates them and a pull consumer acks two events; a
+// restart with the same file writes none of their files and keeps the position; a changed
+// declaration stops the start naming its table and the way out, and changes nothing; the
+// original file starts again.
+#[tokio::test]
+async fn declared_topics_and_subscriptions_apply_idempotently_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
+    assert_eq!(server.get("/v1/topics/orders").await.0, 200);
+    assert_eq!(describe(&server, "billing").await["mode"], "push");
+    let events = (0..2)
+        .map(|i| event(&format!("p{i}"), json!({"type": "order.paid"})))
+        .collect();
+    publish_all(&server, "orders", events).await;
+    let pulled = pull_exactly(&server, "ledger", 2).await;
+    assert_eq!(
+        settle(&server, "ledger", "ack", &ack_ids(&pulled)).await["settled"],
+        2
+    );
+    server.stop().await;
+    let files = declared_files(dir.path());
+
+    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
+    assert!(pull(&server, "ledger", 10, "300ms").await.is_empty());
+    assert_eq!(describe(&server, "ledger").await["lag"], 0);
+    server.stop().await;
+    assert_eq!(
+        declared_files(dir.path()),
+        files,
+        "a restart rewrote a declared file"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let changed = keel_server::serve(listener, declaring(dir.path(), 20), std::future::pending());
+    let error = changed.await.unwrap_err().to_string();
+    for needle in [
+        "[subscriptions.ledger] in the configuration",
+        "exists with another spec",
+        "`keel sub delete ledger`",
+    ] {
+        assert!(error.contains(needle), "{error}");
+    }
+    assert_eq!(declared_files(dir.path()), files, "a refused start wrote");
+
+    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
+    assert_eq!(describe(&server, "ledger").await["max_in_flight"], 10);
     server.stop().await;
 }
 

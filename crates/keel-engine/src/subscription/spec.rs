@@ -98,6 +98,8 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
     Ok(())
 }
 
+/// Fewest endpoints in a group: one endpoint is a `url`.
+pub const ENDPOINTS_MIN: usize = 2;
 /// Most endpoints in a group.
 pub const ENDPOINTS_MAX: usize = 16;
 /// Largest endpoint weight.
@@ -162,6 +164,13 @@ fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
             duration::format(PAUSE_AFTER_MAX)
         ));
     }
+    // Checked after its values, so a bad one is named for what is wrong with it.
+    if !sink.url.is_empty() && *outlier != Default::default() {
+        return Err(
+            "sink.outlier_detection applies to endpoint groups: a lone url is never ejected (its circuit breaker covers it)"
+                .to_owned(),
+        );
+    }
     Ok(())
 }
 
@@ -184,6 +193,14 @@ fn validate_endpoints(endpoints: &[keel_api::subscriptions::EndpointSpec]) -> Re
                 "sink.endpoints[{index}].weight must be between 1 and {ENDPOINT_WEIGHT_MAX}"
             ));
         }
+    }
+    // After the endpoints' own checks, so a lone bad endpoint is named for what is wrong
+    // with it.
+    if endpoints.len() < ENDPOINTS_MIN {
+        return Err(format!(
+            "sink.endpoints: a group has at least {ENDPOINTS_MIN} endpoints, got {}; for one endpoint give sink.url",
+            endpoints.len()
+        ));
     }
     Ok(())
 }
@@ -357,6 +374,14 @@ mod tests {
             (
                 serde_json::json!({"url": a, "pause_after": "500ms"}),
                 "sink.pause_after must be between 1s and 30d",
+            ),
+            (
+                serde_json::json!({"endpoints": [{"url": a}]}),
+                "at least 2 endpoints, got 1",
+            ),
+            (
+                serde_json::json!({"url": a, "outlier_detection": {"consecutive_failures": 3}}),
+                "sink.outlier_detection applies to endpoint groups",
             ),
             (
                 serde_json::json!({"url": a, "health_check": {"path": "up"}}),
