@@ -7,6 +7,8 @@
 # Usage: scripts/bench-compare.sh A_BINARY B_BINARY [ROUNDS] [CLIENT_BINARY]
 #   e.g. scripts/bench-compare.sh /tmp/keel-before target/release/keel 3
 # ONLY=text runs only the workloads whose name contains it (e.g. ONLY=pull).
+# B_CONFIG=FILE starts B's server with --config FILE (e.g. alert rules); B_PUSH_ARGS are added
+# to B's push workloads (e.g. --health-check), for features A does not have.
 set -euo pipefail
 
 a=${1:?usage: bench-compare.sh A_BINARY B_BINARY [ROUNDS] [CLIENT_BINARY]}
@@ -33,7 +35,9 @@ workloads=(
 
 start_server() {
   rm -rf /tmp/keel-bench-compare-data
-  "$1" serve --data-dir /tmp/keel-bench-compare-data --listen "127.0.0.1:$port" \
+  local config=()
+  [ "$2" = b ] && [ -n "${B_CONFIG:-}" ] && config=(--config "$B_CONFIG")
+  "$1" serve --data-dir /tmp/keel-bench-compare-data --listen "127.0.0.1:$port" "${config[@]}" \
     >/tmp/keel-bench-compare.log 2>&1 &
   pid=$!
   for _ in $(seq 100); do
@@ -56,15 +60,17 @@ for round in $(seq "$rounds"); do
   for side in a b; do
     binary=$a
     [ "$side" = b ] && binary=$b
-    start_server "$binary"
+    start_server "$binary" "$side"
     for index in "${!workloads[@]}"; do
       IFS='|' read -r name arguments figure _ <<<"${workloads[$index]}"
       # Several figures may come from one workload: run each distinct argument list once.
       key=$(printf '%s' "$arguments" | md5sum | cut -c1-12)
       out="$results/$side.$round.$key.json"
       if [ ! -f "$out" ]; then
+        extra=""
+        case "$side:$arguments" in b:*"--mode push"*) extra=${B_PUSH_ARGS:-} ;; esac
         # shellcheck disable=SC2086
-        "$client" --server "$server" --json bench $arguments >"$out" 2>/dev/null || echo '{}' >"$out"
+        "$client" --server "$server" --json bench $arguments $extra >"$out" 2>/dev/null || echo '{}' >"$out"
       fi
       echo "round $round, $side: $name" >&2
     done

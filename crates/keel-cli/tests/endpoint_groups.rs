@@ -137,6 +137,80 @@ async fn a_killed_endpoint_fails_over_and_is_readmitted() {
     );
 }
 
+// Goal (issue 11's speed target, default settings): an endpoint that dies while idle (no
+// attempt to fail) is found unhealthy by the default health checks (a GET every 1 s, unhealthy
+// after 2 failed) in under 3 s, and its traffic has moved within 5 s of its death: events
+// published then are all taken by the other endpoint, none dead-lettered. Back, it is healthy
+// again after 2 passed checks. The figures are printed. (Under traffic an attempt that cannot
+// reach it goes to another endpoint at once, and 5 failures eject it in milliseconds: the
+// test above.) Method: two endpoints, round robin, `health_check: {}`, no traffic when the
+// endpoint dies, then 20 events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_health_checks_find_a_dead_idle_endpoint_within_seconds() {
+    let sinks = [
+        Sink::start(policy::accept()).await,
+        Sink::start(policy::accept()).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let keel = KEEL.start(&dir.path().join("data")).await;
+    let client = reqwest::Client::new();
+    put(&client, &keel.url, "/v1/topics/orders", json!({})).await;
+    let endpoints: Vec<Value> = sinks
+        .iter()
+        .map(|sink| json!({"url": sink.url("/hook")}))
+        .collect();
+    let spec = json!({"topic": "orders", "sink": {"endpoints": endpoints, "health_check": {}}});
+    put(&client, &keel.url, "/v1/subscriptions/group", spec).await;
+    // Let a few rounds of checks pass.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let killed_at = Instant::now();
+    sinks[1].go_down().await;
+    let detected = wait_endpoint(&client, &keel, 1, false, Duration::from_secs(10)).await;
+    let (_, info) = get(&client, &format!("{}/v1/subscriptions/group", keel.url)).await;
+    let dead = &info["endpoints"][1];
+    assert_eq!(
+        (&dead["healthy"], &dead["ejections"]),
+        (&json!(false), &json!(0)),
+        "found by its health checks: {info}"
+    );
+    publish_batch(&client, &keel.url, "orders", 0..20, KEYS).await;
+    let delivered = loop {
+        if accepted_count(&sinks[0]) == 20 {
+            break Instant::now();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "the live endpoint took {} of 20",
+            accepted_count(&sinks[0])
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (time_to_detect, time_to_move) = (detected - killed_at, delivered - killed_at);
+
+    let back_at = Instant::now();
+    sinks[1].come_back().await;
+    let healthy = wait_endpoint(&client, &keel, 1, true, Duration::from_secs(10)).await;
+    eprintln!(
+        "default health checks: dead idle endpoint detected in {time_to_detect:?}, its traffic moved in {time_to_move:?}, healthy again {:?} after it returned",
+        healthy - back_at
+    );
+    assert!(
+        time_to_detect < Duration::from_secs(3),
+        "detected after {time_to_detect:?}"
+    );
+    assert!(
+        time_to_move < Duration::from_secs(5),
+        "moved after {time_to_move:?}"
+    );
+    let (_, info) = get(&client, &format!("{}/v1/subscriptions/group", keel.url)).await;
+    assert_eq!(
+        (&info["dead_lettered"], &info["retried"]),
+        (&json!(0), &json!(0)),
+        "nothing was sent to the unhealthy endpoint: {info}"
+    );
+}
+
 /// Publishes keyed events in small batches until `stop`; returns how many it published.
 async fn publish_until(client: reqwest::Client, url: String, stop: Arc<AtomicBool>) -> usize {
     let mut next = 0;

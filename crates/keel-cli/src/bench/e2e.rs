@@ -171,6 +171,10 @@ pub(crate) struct E2eBenchArgs {
     /// address>/]
     #[arg(long, value_name = "URL")]
     pub(crate) sink_url: Option<String>,
+    /// Give the push sink active health checks (the defaults: a GET of /healthz every
+    /// second), to measure what they cost
+    #[arg(long)]
+    pub(crate) health_check: bool,
     /// Fsync policy of the run's topic [default: the server's]
     #[arg(long, value_enum)]
     pub(crate) fsync: Option<Fsync>,
@@ -553,6 +557,9 @@ async fn create_subscription(
         topic: names.topic.clone(),
         sink: sink_url.map(|url| SinkSettings {
             url: url.to_owned(),
+            health_check: args
+                .health_check
+                .then(subscriptions::HealthCheckSettings::default),
             ..SinkSettings::default()
         }),
         start: Some(StartPosition::Named(NamedPosition::Latest)),
@@ -1114,15 +1121,20 @@ async fn serve_deliveries(stream: TcpStream, receipts: Arc<Receipts>) {
 }
 
 /// Records one pushed event (its body is its data) and answers 204; a body that cannot be
-/// read is answered 503, so the server retries it.
+/// read is answered 503, so the server retries it. A `GET` is a health check: 204, nothing
+/// recorded.
 async fn receive(receipts: &Receipts, request: Request<Incoming>) -> Response<Empty<Bytes>> {
     let received_us = receipts.clock.now_us();
-    let status = match request.into_body().collect().await {
-        Ok(body) => {
-            receipts.record(Some(&body.to_bytes()), received_us);
-            StatusCode::NO_CONTENT
+    let status = if request.method() == hyper::Method::GET {
+        StatusCode::NO_CONTENT
+    } else {
+        match request.into_body().collect().await {
+            Ok(body) => {
+                receipts.record(Some(&body.to_bytes()), received_us);
+                StatusCode::NO_CONTENT
+            }
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut response = Response::new(Empty::new());
     *response.status_mut() = status;
@@ -1615,6 +1627,7 @@ mod tests {
             batch: 20,
             sink_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             sink_url: None,
+            health_check: false,
             fsync: None,
             drain_timeout: Duration::from_secs(10),
             keep: false,
