@@ -6,6 +6,7 @@
 With --secret it checks each request's Standard Webhooks signature (HMAC-SHA256 over
 "id.timestamp.body") and answers 401 when it does not verify. With --reject-negative it
 answers 422 to events whose data has a negative "amount", to show keel's dead-letter queue.
+A GET of /healthz answers 200, for keel's health checks (`--health-check`).
 Only the Python standard library is used.
 """
 
@@ -43,6 +44,12 @@ def handler(options):
             print(f"{status} {self.headers['ce-type']} id={self.headers['ce-id']} "
                   f"attempt={self.headers['keel-attempt']} data={body.decode(errors='replace')}",
                   flush=True)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def do_GET(self):
+            status = 200 if self.path == "/healthz" else 404
             self.send_response(status)
             self.send_header("content-length", "0")
             self.end_headers()
