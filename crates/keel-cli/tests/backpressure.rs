@@ -52,11 +52,10 @@ async fn data_dir_cap_refuses_publish_and_recovers_without_restart() {
 #[tokio::test]
 async fn small_disk_refuses_publish_before_it_is_full_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let mount_point = dir.path().join("disk");
-    std::fs::create_dir(&mount_point).unwrap();
-    let Some(_mounted) = Tmpfs::mount(&mount_point, "64m") else {
+    let Some(mounted) = Tmpfs::mount_in(dir.path(), "64m") else {
         return;
     };
+    let mount_point = mounted.0.clone();
     let limit = "disk_free_bytes_min = 33554432\n";
     let outcome = FullStorage {
         dir: dir.path(),
@@ -78,11 +77,10 @@ async fn small_disk_refuses_publish_before_it_is_full_and_recovers() {
 #[tokio::test]
 async fn a_real_enospc_refuses_the_commit_and_recovers_without_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mount_point = dir.path().join("disk");
-    std::fs::create_dir(&mount_point).unwrap();
-    let Some(_mounted) = Tmpfs::mount(&mount_point, "16m") else {
+    let Some(mounted) = Tmpfs::mount_in(dir.path(), "16m") else {
         return;
     };
+    let mount_point = mounted.0.clone();
     let config = dir.path().join("keel.toml");
     std::fs::write(&config, format!("{SETTINGS}disk_free_bytes_min = 0\n")).unwrap();
     let (data_dir, log) = (mount_point.join("data"), dir.path().join("keel.log"));
@@ -369,16 +367,18 @@ async fn metric(client: &reqwest::Client, url: &str, sample: &str) -> f64 {
     value.map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs<'a>(&'a Path);
+/// A tmpfs mounted for the test (at the path it holds), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
 
-impl<'a> Tmpfs<'a> {
-    /// Mounts a tmpfs of `size` at `point`; none (with the reason printed) where this
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir/disk`; none (with the reason printed) where this
     /// machine does not allow it.
-    fn mount(point: &'a Path, size: &str) -> Option<Self> {
+    fn mount_in(dir: &Path, size: &str) -> Option<Self> {
+        let point = dir.join("disk");
+        std::fs::create_dir(&point).unwrap();
         let mounted = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(point)
+            .arg(&point)
             .output();
         match mounted {
             Ok(output) if output.status.success() => Some(Tmpfs(point)),
@@ -395,8 +395,8 @@ impl<'a> Tmpfs<'a> {
     }
 }
 
-impl Drop for Tmpfs<'_> {
+impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0).status();
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }

@@ -235,24 +235,12 @@ mod tests {
     fn warm_up_needs_time_and_samples() {
         let mut baseline = Baseline::new(1.0, 0);
         let warm_up = Duration::from_secs(60);
-        for step in 1..5 {
-            baseline.learn(
-                1.0,
-                step * 30_000,
-                Duration::from_secs(600),
-                false,
-                i64::MAX,
-            );
-        }
-        assert!(!baseline.warmed_up(120_000, warm_up), "5 samples");
-        for step in 5..12 {
-            baseline.learn(
-                1.0,
-                step * 30_000,
-                Duration::from_secs(600),
-                false,
-                i64::MAX,
-            );
+        for step in 1..12 {
+            if step == 5 {
+                assert!(!baseline.warmed_up(120_000, warm_up), "5 samples");
+            }
+            let half_life = Duration::from_secs(600);
+            baseline.learn(1.0, step * 30_000, half_life, false, i64::MAX);
         }
         assert!(baseline.warmed_up(360_000, warm_up));
     }
