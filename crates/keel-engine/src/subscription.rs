@@ -351,6 +351,25 @@ pub struct Attached {
     done: watch::Receiver<bool>,
 }
 
+/// Tells when a stopped subscription's shared state is dropped: its tasks ended and no
+/// request holds it (a long poll ends at the stop; a dead-letter call or a state read ends
+/// soon after). Until then its logs are open, and opening them again would make two writers.
+pub(crate) struct ReleaseWatch(std::sync::Weak<Shared>);
+
+impl ReleaseWatch {
+    /// Waits until the state is dropped, at most `wait`; whether it was.
+    pub(crate) async fn released(&self, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.0.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
 impl Attached {
     /// Stops taking events, and returns once the calls in flight finished and were settled
     /// (at most about 30 seconds; later ones are delivered again).
@@ -583,7 +602,13 @@ impl Subscription {
         // raced a delete or shutdown) is answered now instead of at its request timeout.
         shared
             .durability
-            .fail("it was deleted, or keel is stopping".to_owned());
+            .fail("it was deleted or updated, or keel is stopping".to_owned());
+    }
+
+    /// A handle that tells when nothing holds this subscription's shared state any more: its
+    /// logs, dead-letter queue and state table are then closed, and may be opened again.
+    pub(crate) fn release_watch(&self) -> ReleaseWatch {
+        ReleaseWatch(Arc::downgrade(&self.shared))
     }
 
     pub(crate) fn name(&self) -> &str {
