@@ -101,6 +101,8 @@ impl Engine {
         let old_endpoints = endpoint_urls(&existing.info());
         self.set_unavailable(&name, "it is being updated; retry shortly".to_owned());
         let released = existing.release_watch();
+        // In-process handlers drain their calls and move to the updated subscription.
+        let handlers = existing.detach_handlers().await;
         existing.stop().await;
         drop(existing);
         if !released.released(RELEASE_WAIT).await {
@@ -128,6 +130,7 @@ impl Engine {
         // Failures of the old tasks say nothing about the new ones.
         self.inner.supervisor.forget(&task_prefix(&name));
         subscription.start(&self.inner.supervisor);
+        subscription.reattach_handlers(handlers);
         let info = subscription.info();
         let kept = endpoint_urls(&info);
         let gone: Vec<String> = old_endpoints
