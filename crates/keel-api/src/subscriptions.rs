@@ -862,6 +862,10 @@ pub struct CreatedSubscription<Filters = FilterJson, Secret = String> {
     /// The sink's signing secret: only when keel generated it, in this answer only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The members an update changed in place, as the spec spells them (`sink.url`,
+    /// `retry`); left out on a create and when the spec was unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
 }
 
 /// The body of `POST /v1/subscriptions/{name}/seek`.

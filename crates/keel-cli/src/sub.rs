@@ -710,20 +710,27 @@ async fn create(client: &Client, args: &CreateArgs, json: bool) -> Result<(), Cl
     if json {
         return write_json_body(reply.body());
     }
-    if reply.status() != StatusCode::CREATED {
+    let created = reply.value();
+    if reply.status() != StatusCode::CREATED && created.changed.is_empty() {
         let message = format!("subscription {} already exists with this spec\n", args.name);
         return write_stdout(&message);
     }
-    write_stdout(&created_text(&args.name, &reply.value()))
+    write_stdout(&created_text(&args.name, &created))
 }
 
-/// What `sub create` prints: the spec as the server keeps it, and a generated secret set apart
-/// so it is not missed.
+/// What `sub create` prints: what it did (created, or updated in place with the members it
+/// changed), the spec as the server keeps it, and a generated secret set apart so it is not
+/// missed.
 fn created_text(name: &str, created: &CreatedSubscription) -> String {
-    let mut text = format!(
-        "created subscription {name}\n{}",
-        render_pairs(&spec_pairs(&created.info.spec))
-    );
+    let done = if created.changed.is_empty() {
+        format!("created subscription {name}")
+    } else {
+        format!(
+            "updated subscription {name} in place (changed: {}); its position and dead letters are kept",
+            created.changed.join(", ")
+        )
+    };
+    let mut text = format!("{done}\n{}", render_pairs(&spec_pairs(&created.info.spec)));
     text.push_str(&endpoints_text(&created.info));
     if let Some(secret) = &created.secret {
         text.push_str(&format!(

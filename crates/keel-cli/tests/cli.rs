@@ -415,8 +415,9 @@ async fn cli_pause_seek_and_nack_change_what_is_pulled() {
 
 // Goal: creating a push subscription without a secret prints the generated `whsec_` secret
 // once, with a warning that it is not shown again; describe never shows it, and a spec file
-// that brings its own secret prints none. Method: create them against a real server (nothing
-// is published, so the sink URL is never called).
+// that brings its own secret prints none; `create` again with another URL updates it in place
+// and says what changed. Method: create them against a real server (nothing is published, so
+// the sink URL is never called).
 #[tokio::test]
 async fn cli_push_subscription_create_prints_the_generated_secret_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -459,6 +460,37 @@ async fn cli_push_subscription_create_prints_the_generated_secret_once() {
             .lines()
             .any(|line| line.starts_with("hooks  orders  push")),
         "{listed}"
+    );
+
+    // `create` on an existing name is the API's PUT: another URL updates it in place (no new
+    // secret), the same flags again change nothing, an immutable member is refused by name.
+    let moved = format!("http://127.0.0.1:{}/moved", free_port());
+    let update = [
+        "sub", "create", "hooks", "--topic", "orders", "--sink", &moved,
+    ];
+    let updated = stdout(&keel(url, &update));
+    assert!(
+        updated.starts_with("updated subscription hooks in place (changed: sink.url)"),
+        "{updated}"
+    );
+    assert!(
+        has_pair(&updated, "mode", &format!("push to {moved}")),
+        "{updated}"
+    );
+    assert!(
+        !updated.contains("signing secret"),
+        "the secret is kept: {updated}"
+    );
+    assert_eq!(
+        stdout(&keel(url, &update)),
+        "subscription hooks already exists with this spec\n"
+    );
+    let keyed = [&update[..], &["--ordering", "key"]].concat();
+    let (code, stderr) = failure(url, &keyed);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ordering cannot change in place"),
+        "{stderr}"
     );
 }
 

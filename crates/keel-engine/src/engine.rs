@@ -27,6 +27,7 @@ use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
 mod alerts;
 mod streams;
+mod subscription_update;
 mod subscriptions;
 pub use streams::Appended;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
@@ -63,13 +64,15 @@ impl EngineConfig {
     }
 }
 
-/// Whether a create made a new topic.
+/// What a create (a `PUT`) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
-    /// A new topic.
+    /// It made something new.
     New,
-    /// It existed with the same configuration.
+    /// It existed with the same configuration: nothing changed.
     Existing,
+    /// It existed with another spec, changed in place (subscriptions only).
+    Updated,
 }
 
 /// Records read from a partition.

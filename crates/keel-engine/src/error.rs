@@ -408,11 +408,14 @@ pub enum SubscriptionError {
         /// The name asked for.
         name: String,
     },
-    /// A subscription of that name exists with another spec.
-    #[error("subscription {name:?} exists with another spec; delete it first to change it")]
+    /// A subscription of that name exists with another spec, and an update cannot change
+    /// these members in place (its stored progress is only right for the stored ones).
+    #[error("{}", immutable_change(name, members))]
     Conflict {
         /// The name.
         name: String,
+        /// The members that differ and cannot change in place, as the spec spells them.
+        members: Vec<String>,
     },
     /// The operation needs the other delivery mode (pull on a push subscription, …).
     #[error("{detail}")]
@@ -625,4 +628,26 @@ impl DataError {
             }
         }
     }
+}
+
+/// The detail of [`SubscriptionError::Conflict`]: what differs, why it cannot change in
+/// place, and the ways out.
+fn immutable_change(name: &str, members: &[String]) -> String {
+    let start_only = members.iter().all(|member| member == "start");
+    let way_out = if start_only {
+        format!(
+            "`start` only says where a new subscription begins; to move {name:?}, seek it \
+             (`keel sub seek {name} --to …`), or leave `start` as it was"
+        )
+    } else {
+        format!(
+            "delete {name:?} and create it again (its position and dead letters are lost), \
+             or create the new spec under another name"
+        )
+    };
+    format!(
+        "subscription {name:?} exists with another spec, and {} cannot change in place (its \
+         position, dead letters and state belong to the stored value); {way_out}",
+        members.join(", ")
+    )
 }

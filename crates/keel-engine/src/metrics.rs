@@ -303,19 +303,7 @@ impl Metrics {
     /// Forgets the metrics of a deleted subscription, whose sink had `endpoints` (URLs as
     /// describe shows them).
     pub(crate) fn remove_subscription(&self, name: &str, endpoints: &[String]) {
-        for endpoint in endpoints {
-            let labels = EndpointLabels {
-                subscription: name.to_owned(),
-                endpoint: endpoint.clone(),
-            };
-            self.subscription_endpoint_available.remove(&labels);
-            self.subscription_endpoint_outages.remove(&labels);
-            self.subscription_endpoint_down_seconds.remove(&labels);
-            self.subscription_endpoint_availability.remove(&labels);
-            self.subscription_endpoint_mtbf_seconds.remove(&labels);
-            self.subscription_endpoint_mttr_seconds.remove(&labels);
-            self.subscription_endpoint_detect_seconds.remove(&labels);
-        }
+        self.remove_endpoints(name, endpoints);
         let labels = SubscriptionLabels {
             subscription: name.to_owned(),
         };
@@ -336,6 +324,24 @@ impl Metrics {
                 subscription: name.to_owned(),
                 outcome,
             });
+        }
+    }
+
+    /// Forgets the per-endpoint metrics of a subscription's `endpoints` (URLs as describe
+    /// shows them): it was deleted, or an update took them out of its sink.
+    pub(crate) fn remove_endpoints(&self, name: &str, endpoints: &[String]) {
+        for endpoint in endpoints {
+            let labels = EndpointLabels {
+                subscription: name.to_owned(),
+                endpoint: endpoint.clone(),
+            };
+            self.subscription_endpoint_available.remove(&labels);
+            self.subscription_endpoint_outages.remove(&labels);
+            self.subscription_endpoint_down_seconds.remove(&labels);
+            self.subscription_endpoint_availability.remove(&labels);
+            self.subscription_endpoint_mtbf_seconds.remove(&labels);
+            self.subscription_endpoint_mttr_seconds.remove(&labels);
+            self.subscription_endpoint_detect_seconds.remove(&labels);
         }
     }
 

@@ -346,6 +346,14 @@ pub trait Storage: Send + Sync + 'static {
         checkpoint: &[u8],
     ) -> Result<(), EngineError>;
 
+    /// Replaces a stored subscription's spec (an update in place: its logs are kept),
+    /// durably and atomically: after a crash the old spec or the new one is there, whole.
+    fn replace_subscription_spec(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), EngineError>;
+
     /// Opens (recovering) a stored subscription's logs.
     fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError>;
 

@@ -336,7 +336,7 @@ pub(crate) struct Subscription {
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// In-process handlers attached to it.
-    handlers: Mutex<Vec<Attached>>,
+    handlers: Mutex<Vec<HandlerRun>>,
     /// Held through a rebuild: rebuilds asked for at once run one after the other (the
     /// first one's end must not let deliveries out while the next one switches over).
     rebuilds: tokio::sync::Mutex<()>,
@@ -349,6 +349,51 @@ pub(crate) struct Subscription {
 pub struct Attached {
     stop: Arc<watch::Sender<bool>>,
     done: watch::Receiver<bool>,
+}
+
+/// An attached handler apart from its run: what an update needs to attach it again.
+pub(crate) struct DetachedHandler {
+    handler: Arc<dyn crate::handler::Handler>,
+    /// The handle its caller holds: its stop ends the handler across updates.
+    attached: Attached,
+    /// Turns the handle's `done` true: once the handler stopped for good.
+    finished: Arc<watch::Sender<bool>>,
+}
+
+impl Drop for DetachedHandler {
+    /// Not attached again (an update failed, or its subscription is gone): it is finished, so
+    /// that a stop of its handle returns.
+    fn drop(&mut self) {
+        self.finished.send_replace(true);
+    }
+}
+
+/// An attached handler running on one subscription.
+struct HandlerRun {
+    detached: DetachedHandler,
+    /// Ends this run (draining its calls) without stopping the handle.
+    detach: watch::Sender<bool>,
+    /// True once this run ended.
+    run_done: watch::Receiver<bool>,
+}
+
+/// Tells when a stopped subscription's shared state is dropped: its tasks ended and no
+/// request holds it (a long poll ends at the stop; a dead-letter call or a state read ends
+/// soon after). Until then its logs are open, and opening them again would make two writers.
+pub(crate) struct ReleaseWatch(std::sync::Weak<Shared>);
+
+impl ReleaseWatch {
+    /// Waits until the state is dropped, at most `wait`; whether it was.
+    pub(crate) async fn released(&self, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.0.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
 }
 
 impl Attached {
@@ -540,30 +585,78 @@ impl Subscription {
                 },
             ));
         }
-        let (stop, stopped) = watch::channel(false);
+        let (stop, _) = watch::channel(false);
         let (finished, done) = watch::channel(false);
-        let deliveries = Deliveries::new(self.shared.clone());
-        tokio::spawn(async move {
-            in_process::run(deliveries, handler, stopped).await;
-            finished.send_replace(true);
-        });
         let attached = Attached {
             stop: Arc::new(stop),
             done,
         };
+        self.run_handler(DetachedHandler {
+            handler,
+            attached: attached.clone(),
+            finished: Arc::new(finished),
+        });
+        Ok(attached)
+    }
+
+    /// Runs an attached handler on this subscription until its [`Attached`] handle stops it,
+    /// the subscription stops, or an update detaches it ([`Subscription::detach_handlers`]).
+    fn run_handler(&self, detached: DetachedHandler) {
+        let (detach, detaching) = watch::channel(false);
+        let (ran, run_done) = watch::channel(false);
+        let deliveries = Deliveries::new(self.shared.clone());
+        let handler = detached.handler.clone();
+        let stop = detached.attached.stop.subscribe();
+        let finished = detached.finished.clone();
+        tokio::spawn(async move {
+            in_process::run(deliveries, handler, stop, detaching.clone()).await;
+            // Detached by an update, it goes on with the updated subscription: not finished.
+            if !*detaching.borrow() {
+                finished.send_replace(true);
+            }
+            ran.send_replace(true);
+        });
         self.handlers
             .lock()
             .expect("handlers lock")
-            .push(attached.clone());
-        Ok(attached)
+            .push(HandlerRun {
+                detached,
+                detach,
+                run_done,
+            });
+    }
+
+    /// Detaches every attached handler without stopping its [`Attached`] handle, once its
+    /// calls in flight finished and were settled: an update attaches them again to the
+    /// subscription opened with the new spec ([`Subscription::reattach_handlers`]).
+    pub(crate) async fn detach_handlers(&self) -> Vec<DetachedHandler> {
+        let runs = std::mem::take(&mut *self.handlers.lock().expect("handlers lock"));
+        let mut detached = Vec::with_capacity(runs.len());
+        for mut run in runs {
+            run.detach.send_replace(true);
+            let _ = run.run_done.wait_for(|done| *done).await;
+            detached.push(run.detached);
+        }
+        detached
+    }
+
+    /// Attaches again the handlers an update detached from this subscription's former self;
+    /// one whose handle was stopped meanwhile is finished instead. Call inside the runtime.
+    pub(crate) fn reattach_handlers(&self, detached: Vec<DetachedHandler>) {
+        for handler in detached {
+            // Stopped meanwhile: dropped, it is finished.
+            if !*handler.attached.stop.borrow() {
+                self.run_handler(handler);
+            }
+        }
     }
 
     /// Stops every task after a last checkpoint; attached handlers' calls in flight finish
     /// first.
     pub(crate) async fn stop(&self) {
         let handlers = std::mem::take(&mut *self.handlers.lock().expect("handlers lock"));
-        for handler in handlers {
-            handler.stop().await;
+        for run in handlers {
+            run.detached.attached.stop().await;
         }
         let shared = &self.shared;
         let version = shared.core().delivery.version();
@@ -583,7 +676,13 @@ impl Subscription {
         // raced a delete or shutdown) is answered now instead of at its request timeout.
         shared
             .durability
-            .fail("it was deleted, or keel is stopping".to_owned());
+            .fail("it was deleted or updated, or keel is stopping".to_owned());
+    }
+
+    /// A handle that tells when nothing holds this subscription's shared state any more: its
+    /// logs, dead-letter queue and state table are then closed, and may be opened again.
+    pub(crate) fn release_watch(&self) -> ReleaseWatch {
+        ReleaseWatch(Arc::downgrade(&self.shared))
     }
 
     pub(crate) fn name(&self) -> &str {

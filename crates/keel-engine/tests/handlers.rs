@@ -28,6 +28,14 @@ async fn engine_with(dir: &tempfile::TempDir, topics: &[&str]) -> Engine {
     engine
 }
 
+/// An engine with topic `orders` and a subscription `name` to it from the earliest event.
+async fn engine_with_subscription(dir: &tempfile::TempDir, name: &str) -> Engine {
+    let engine = engine_with(dir, &["orders"]).await;
+    let spec = json!({"topic": "orders", "start": "earliest"});
+    subscribe(&engine, name, spec).await;
+    engine
+}
+
 async fn subscribe(engine: &Engine, name: &str, spec: serde_json::Value) {
     let spec = serde_json::from_value(spec).unwrap();
     engine.create_subscription(name, spec).await.unwrap();
@@ -221,13 +229,7 @@ async fn stateful_handlers_keep_typed_state_and_emit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drains_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine_with(&dir, &["orders"]).await;
-    subscribe(
-        &engine,
-        "slow",
-        json!({"topic": "orders", "start": "earliest"}),
-    )
-    .await;
+    let engine = engine_with_subscription(&dir, "slow").await;
     let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (started_count, finished_count) = (started.clone(), finished.clone());
     let attached = engine
@@ -267,5 +269,60 @@ async fn stop_drains_calls_in_flight() {
     );
     let info = engine.describe_subscription("slow").unwrap();
     assert_eq!((info.in_flight, info.lag), (0, 0), "{info:?}");
+    engine.shut_down().await;
+}
+
+// Goal: an in-process handler attached to a subscription keeps handling its events across an
+// update of the subscription in place, and its handle still stops it afterwards. Method: a
+// handler counting events; one event before the update, one after; then a stop, and one more
+// event that nobody handles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_handler_moves_to_the_updated_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine_with_subscription(&dir, "work").await;
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let attached = engine
+        .attach(
+            "work",
+            handler_fn(move |_event: Delivered| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    Ok(Handled::ack())
+                }
+            }),
+        )
+        .unwrap();
+    publish(&engine, "orders", "before", "k", json!({})).await;
+    wait_until(&engine, "work", "the first event handled", |info| {
+        info.delivered == 1
+    })
+    .await;
+
+    let updated = json!({"topic": "orders", "start": "earliest", "ack_timeout": "1m"});
+    let updated = engine
+        .create_subscription("work", serde_json::from_value(updated).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(updated.created, keel_engine::Created::Updated);
+    assert_eq!(updated.changed, ["ack_timeout"]);
+    publish(&engine, "orders", "after", "k", json!({})).await;
+    wait_until(&engine, "work", "the second event handled", |info| {
+        info.delivered == 1 && info.lag == 0
+    })
+    .await;
+    assert_eq!(handled.load(Ordering::SeqCst), 2, "each event once");
+
+    tokio::time::timeout(PATIENCE, attached.stop())
+        .await
+        .expect("the handle stops the handler after the update");
+    publish(&engine, "orders", "stopped", "k", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        2,
+        "stopped: nothing more handled"
+    );
     engine.shut_down().await;
 }

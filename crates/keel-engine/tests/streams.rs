@@ -319,6 +319,13 @@ impl Storage for CountingStorage {
     ) -> Result<(), EngineError> {
         self.inner.create_subscription(name, spec, checkpoint)
     }
+    fn replace_subscription_spec(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), EngineError> {
+        self.inner.replace_subscription_spec(name, spec)
+    }
     fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError> {
         self.inner.open_subscription(name)
     }

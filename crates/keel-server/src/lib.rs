@@ -27,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post, put};
 use keel_engine::error::{SubscriptionError, TopicError};
-use keel_engine::{Engine, EngineConfig, EngineError};
+use keel_engine::{Created, Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
 
 pub use config::ServerConfig;
@@ -268,11 +268,14 @@ fn declared(
     name: &str,
 ) -> impl FnOnce(EngineError) -> ServerError {
     move |source| {
-        let conflict = matches!(
-            source,
-            EngineError::Topic(TopicError::Conflict { .. })
-                | EngineError::Subscription(SubscriptionError::Conflict { .. })
-        );
+        // A subscription's `start` alone has its way out in the message (leave it, or seek).
+        let conflict = match &source {
+            EngineError::Topic(TopicError::Conflict { .. }) => true,
+            EngineError::Subscription(SubscriptionError::Conflict { members, .. }) => {
+                members.iter().any(|member| member != "start")
+            }
+            _ => false,
+        };
         let hint = if conflict {
             format!(
                 ". To change it, start keel once without [{section}.{name}] in the configuration, run `keel {command} delete {name}`, then start it with the new settings"
@@ -309,6 +312,10 @@ async fn open_engine(
         for (name, spec) in &config.subscriptions {
             let created = engine.create_subscription(name, spec.clone()).await;
             let created = created.map_err(declared("subscriptions", "sub", name))?;
+            if created.created == Created::Updated {
+                let changed = created.changed.join(", ");
+                tracing::info!(subscription = %name, %changed, "applied the changed declaration [subscriptions.{name}]: updated in place, its progress kept");
+            }
             if let Some(secret) = created.secret {
                 // Declared without a secret: this is the only time it can be seen. Declaring
                 // `sink.secret` in the configuration avoids this.

@@ -19,7 +19,8 @@ use crate::body::json_object;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
-/// `PUT /v1/subscriptions/{name}`: 201 when created, 200 when it exists with this spec.
+/// `PUT /v1/subscriptions/{name}`: 201 when created; 200 when it exists with this spec, or
+/// was updated in place to it; 409 when the spec changes a member that cannot change.
 pub async fn create(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -36,6 +37,7 @@ pub async fn create(
     let body = CreatedSubscription {
         info: created.info,
         secret: created.secret.map(|secret| secret.to_string()),
+        changed: created.changed,
     };
     Ok((status, Json(body)).into_response())
 }

@@ -453,6 +453,161 @@ async fn sink_400_dead_letters_after_one_attempt_and_redrive_delivers_after_fix(
     server.stop().await;
 }
 
+/// The members of a subscription's spec in its describe answer, to PUT it back as it is
+/// (the sink's secret is `null` there).
+fn described_spec(info: &Value) -> Value {
+    let members = [
+        "topic",
+        "filters",
+        "sink",
+        "start",
+        "ordering",
+        "max_in_flight",
+        "ack_timeout",
+        "retry",
+        "circuit_breaker",
+        "rate_limit",
+    ];
+    let spec = members
+        .into_iter()
+        .filter_map(|member| Some((member.to_owned(), info.get(member)?.clone())));
+    Value::Object(spec.collect())
+}
+
+/// Whether /metrics has a series labelled with endpoint `url`.
+async fn has_endpoint_series(server: &TestServer, url: &str) -> bool {
+    let (status, body, _) = server.request(Method::GET, "/metrics", None, "").await;
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text");
+    text.contains(&format!("endpoint=\"{url}\""))
+}
+
+// Goal: updating a push subscription's sink URL and retry settings while events wait for
+// retries moves delivery to the new URL keeping the subscription's progress: no event is
+// lost, nothing the old sink took is sent again, the dead letters stay, the old sink gets
+// nothing after the update's answer, the secret is kept (the new sink's requests verify with
+// the secret generated at create), and the old endpoint's metrics go. Re-sending the
+// described spec (secret `null`) is an unchanged 200 that rotates nothing. Method: an old
+// sink that takes five events and refuses one (400, dead-lettered), then answers 503 to five
+// more; the update while those retry; a new sink that accepts.
+#[tokio::test]
+async fn push_subscription_update_moves_pending_events_to_the_new_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "t", 2).await;
+    let old = Sink::start(std::sync::Arc::new(
+        |request: &keel_testkit::sink::Request| {
+            let status = if request.event_id() == "poison" {
+                400
+            } else {
+                200
+            };
+            keel_testkit::sink::Reply::status(status)
+        },
+    ))
+    .await;
+    let new = Sink::start(policy::accept()).await;
+    let slow_retry = json!({"retry": {"max_attempts": 100, "initial": "20ms", "max": "200ms"}});
+    let secret = create_push(&server, "moving", "t", &old.url("/hook"), slow_retry).await;
+    let taken: Vec<Value> = (0..5).map(|i| event(&format!("a{i}"), json!({}))).collect();
+    publish_batch(
+        &server,
+        "t",
+        [taken, vec![event("poison", json!({}))]].concat(),
+    )
+    .await;
+    wait_describe(
+        &server,
+        "moving",
+        "five taken, one dead letter",
+        SOON,
+        |info| info["lag"] == 0 && info["dlq_depth"] == 1,
+    )
+    .await;
+    assert!(has_endpoint_series(&server, &old.url("/hook")).await);
+
+    old.set_policy(policy::always(503));
+    let pending: BTreeSet<String> = (0..5).map(|i| format!("b{i}")).collect();
+    let events = pending.iter().map(|id| event(id, json!({}))).collect();
+    publish_batch(&server, "t", events).await;
+    old.wait_for(
+        "a failed attempt of each pending event",
+        SOON,
+        |exchanges| {
+            let failed = exchanges.iter().filter(|exchange| !exchange.accepted());
+            let ids: BTreeSet<String> = failed.map(|e| e.request.event_id().to_owned()).collect();
+            ids.is_superset(&pending)
+        },
+    )
+    .await;
+
+    let updated = json!({"topic": "t", "sink": {"url": new.url("/new")}, "start": "earliest",
+        "retry": {"max_attempts": 3, "initial": "20ms", "max": "100ms"}});
+    let (status, answer) =
+        send_json(&server, Method::PUT, "/v1/subscriptions/moving", &updated).await;
+    let old_seen = old.exchanges().len();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["changed"], json!(["retry", "sink.url"]), "{answer}");
+    assert!(
+        answer.get("secret").is_none(),
+        "an update shows no secret: {answer}"
+    );
+
+    let exchanges = new
+        .wait_for("every pending event", SOON, |exchanges| {
+            accepted_ids(exchanges).len() >= pending.len()
+        })
+        .await;
+    let info = wait_describe(&server, "moving", "lag 0", SOON, |info| info["lag"] == 0).await;
+    assert_eq!(info["sink"]["url"], new.url("/new"), "{info}");
+    let taken_by_new: BTreeSet<String> = accepted_ids(&exchanges)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        taken_by_new, pending,
+        "only the pending events, none acked before"
+    );
+    assert_eq!(
+        new.exchanges().len(),
+        pending.len(),
+        "each once: {exchanges:?}"
+    );
+    for exchange in &exchanges {
+        assert_signed(&secret, exchange);
+    }
+    assert_eq!(
+        old.exchanges().len(),
+        old_seen,
+        "the old URL got nothing after the update"
+    );
+    let dead = dlq_entries(&server, "moving").await;
+    let dead_ids: Vec<&Value> = dead.iter().map(|entry| &entry["event"]["id"]).collect();
+    assert_eq!(dead_ids, [&json!("poison")], "the dead letters stay");
+    assert!(
+        !has_endpoint_series(&server, &old.url("/hook")).await,
+        "old endpoint's metrics"
+    );
+    assert!(has_endpoint_series(&server, &new.url("/new")).await);
+
+    let described = described_spec(&describe(&server, "moving").await);
+    assert!(described["sink"]["secret"].is_null(), "{described}");
+    let (status, answer) =
+        send_json(&server, Method::PUT, "/v1/subscriptions/moving", &described).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.get("changed").is_none(),
+        "the described spec changes nothing: {answer}"
+    );
+    publish_batch(&server, "t", vec![event("c0", json!({}))]).await;
+    let exchanges = new
+        .wait_for("the next event", SOON, |exchanges| {
+            accepted_ids(exchanges).contains(&"c0")
+        })
+        .await;
+    assert_signed(&secret, exchanges.last().unwrap());
+    server.stop().await;
+}
+
 // Goal: a sink that refuses connections opens the circuit, so keel stops sending: events wait
 // without spending their attempts and nothing is dead-lettered, and only rounds of probes go
 // out; once the sink is back (on the same port) every event arrives, in order, and the circuit

@@ -206,10 +206,33 @@ async fn a_second_commit_is_stale_and_null_deletes() {
     assert_problem(status, &gone, 404, "no state", "deleted state");
 }
 
+/// How a test takes a subscription down and up again.
+enum Bounce {
+    /// keel stops and starts on the same data directory.
+    Restart,
+    /// The subscription is updated in place (a new `ack_timeout`): stopped and opened again
+    /// from its logs and state table, with keel running.
+    Update,
+}
+
 // Goal: committed state survives a restart, and events whose commits were applied are not
 // delivered again. Method: commit two of three deposits, restart, pull.
 #[tokio::test]
 async fn state_survives_a_restart_and_applied_events_stay_done() {
+    applied_state_survives(Bounce::Restart).await;
+}
+
+// Goal: an update in place of a stateful subscription keeps its state (its table is closed
+// and opened again, never twice at once), and applied events stay done. Method: as across a
+// restart, with an update of ack_timeout instead.
+#[tokio::test]
+async fn state_survives_an_update_in_place_and_applied_events_stay_done() {
+    applied_state_survives(Bounce::Update).await;
+}
+
+/// Commits two of three deposits, bounces the subscription, then checks both keys' state and
+/// that only the third deposit comes back.
+async fn applied_state_survives(bounce: Bounce) {
     let kept = tempfile::tempdir().unwrap();
     let server = setup_on(TestServer::start(kept.path()).await).await;
     for n in 0..3 {
@@ -227,8 +250,21 @@ async fn state_survives_a_restart_and_applied_events_stay_done() {
         .collect();
     let (status, answer) = ack(&server, json!({"acks": acks})).await;
     assert_eq!(status, 200, "{answer}");
-    server.stop().await;
-    let server = TestServer::start(kept.path()).await;
+    let server = match bounce {
+        Bounce::Restart => {
+            server.stop().await;
+            TestServer::start(kept.path()).await
+        }
+        Bounce::Update => {
+            let spec = json!({"topic": "orders", "ordering": "key", "stateful": true,
+                "ack_timeout": "1m"});
+            let path = "/v1/subscriptions/ledger";
+            let (status, body) = send(&server, Method::PUT, path, spec).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["changed"], json!(["ack_timeout"]), "{body}");
+            server
+        }
+    };
     for key in &applied_keys {
         let (status, state) = server
             .get(&format!(

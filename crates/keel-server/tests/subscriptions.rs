@@ -744,15 +744,25 @@ async fn restart_redelivers_unacked_events_only_and_keeps_the_dlq() {
     server.stop().await;
 }
 
-/// A configuration declaring topic `orders`, a pull subscription `ledger` with
-/// `max_in_flight` and a push subscription `billing` with its secret, on `data_dir`.
-fn declaring(data_dir: &std::path::Path, max_in_flight: u32) -> keel_server::ServerConfig {
+/// A configuration declaring topics `orders` and `audit`, a pull subscription `ledger` on
+/// `orders` with `ledger`'s members added, and a push subscription `billing` to `billing_url`
+/// with its secret, on `data_dir`.
+fn declaring(
+    data_dir: &std::path::Path,
+    ledger: Value,
+    billing_url: &str,
+) -> keel_server::ServerConfig {
+    let mut ledger_spec = json!({"topic": "orders", "ordering": "key", "max_in_flight": 10});
+    ledger_spec
+        .as_object_mut()
+        .unwrap()
+        .extend(ledger.as_object().unwrap().clone());
     let mut config: keel_server::ServerConfig = serde_json::from_value(json!({
-        "topics": {"orders": {"partitions": 2, "retention": {"max_age": "7d"}}},
+        "topics": {"orders": {"partitions": 2, "retention": {"max_age": "7d"}}, "audit": {}},
         "subscriptions": {
-            "ledger": {"topic": "orders", "ordering": "key", "max_in_flight": max_in_flight},
+            "ledger": ledger_spec,
             "billing": {"topic": "orders", "filters": [{"exact": {"type": "order.created"}}],
-                "sink": {"url": "http://127.0.0.1:9/hooks",
+                "sink": {"url": billing_url,
                          "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}
         }
     }))
@@ -760,6 +770,9 @@ fn declaring(data_dir: &std::path::Path, max_in_flight: u32) -> keel_server::Ser
     config.data_dir = data_dir.to_owned();
     config
 }
+
+/// The sink URL `billing` is first declared with.
+const BILLING_URL: &str = "http://127.0.0.1:9/hooks";
 
 /// The declared things' files (topic.json, subscription.json) with their bytes and times of
 /// last change.
@@ -779,32 +792,54 @@ fn declared_files(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8
         .collect()
 }
 
+/// Starts a server on `config` that must refuse to start, and returns its error.
+async fn refused_start(config: keel_server::ServerConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = keel_server::serve(listener, config, std::future::pending());
+    refused.await.unwrap_err().to_string()
+}
+
 // Goal: topics and subscriptions declared in the configuration are applied idempotently at
-// every start. Method: a first start creates them and a pull consumer acks two events; a
-// restart with the same file writes none of their files and keeps the position; a changed
-// declaration stops the start naming its table and the way out, and changes nothing; the
-// original file starts again.
+// every start: the same file writes nothing, a changed mutable member (a sink's URL,
+// max_in_flight) is applied in place keeping the position, and a changed immutable one (the
+// topic) stops the start naming it and the way out, writing nothing. Method: a first start
+// creates them and a pull consumer acks two events and leaves one in flight; a restart with
+// the same file writes none of their files and redelivers only the one in flight; a start
+// with another URL and max_in_flight updates both and still redelivers nothing acked; a
+// start moving `ledger` to another topic is refused.
 #[tokio::test]
 async fn declared_topics_and_subscriptions_apply_idempotently_at_every_start() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
+    let server = TestServer::start_with(declaring(dir.path(), json!({}), BILLING_URL)).await;
     assert_eq!(server.get("/v1/topics/orders").await.0, 200);
     assert_eq!(describe(&server, "billing").await["mode"], "push");
-    let events = (0..2)
-        .map(|i| event(&format!("p{i}"), json!({"type": "order.paid"})))
+    let events = (0..3)
+        .map(|i| {
+            event(
+                &format!("p{i}"),
+                json!({"type": "order.paid", "partitionkey": format!("k{i}")}),
+            )
+        })
         .collect();
     publish_all(&server, "orders", events).await;
-    let pulled = pull_exactly(&server, "ledger", 2).await;
+    let pulled = pull_exactly(&server, "ledger", 3).await;
+    let (acked, in_flight): (Vec<Value>, Vec<Value>) = pulled
+        .into_iter()
+        .partition(|message| message["event"]["id"] != "p2");
     assert_eq!(
-        settle(&server, "ledger", "ack", &ack_ids(&pulled)).await["settled"],
+        settle(&server, "ledger", "ack", &ack_ids(&acked)).await["settled"],
         2
     );
     server.stop().await;
     let files = declared_files(dir.path());
 
-    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
-    assert!(pull(&server, "ledger", 10, "300ms").await.is_empty());
-    assert_eq!(describe(&server, "ledger").await["lag"], 0);
+    let server = TestServer::start_with(declaring(dir.path(), json!({}), BILLING_URL)).await;
+    let redelivered = pull_exactly(&server, "ledger", 1).await;
+    assert_eq!(
+        event_ids(&redelivered),
+        event_ids(&in_flight),
+        "only p2 was in flight"
+    );
     server.stop().await;
     assert_eq!(
         declared_files(dir.path()),
@@ -812,20 +847,162 @@ async fn declared_topics_and_subscriptions_apply_idempotently_at_every_start() {
         "a restart rewrote a declared file"
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let changed = keel_server::serve(listener, declaring(dir.path(), 20), std::future::pending());
-    let error = changed.await.unwrap_err().to_string();
+    let moved_url = "http://127.0.0.1:9/moved";
+    let changed = declaring(dir.path(), json!({"max_in_flight": 20}), moved_url);
+    let server = TestServer::start_with(changed).await;
+    let ledger = describe(&server, "ledger").await;
+    assert_eq!(ledger["max_in_flight"], 20, "{ledger}");
+    assert_eq!(describe(&server, "billing").await["sink"]["url"], moved_url);
+    let redelivered = pull_exactly(&server, "ledger", 1).await;
+    assert_eq!(
+        event_ids(&redelivered),
+        event_ids(&in_flight),
+        "p0 and p1 stay acked"
+    );
+    assert_eq!(
+        settle(&server, "ledger", "ack", &ack_ids(&redelivered)).await["settled"],
+        1
+    );
+    describe_until(&server, "ledger", "lag 0", |info| info["lag"] == 0).await;
+    server.stop().await;
+    let files = declared_files(dir.path());
+
+    let moved = declaring(
+        dir.path(),
+        json!({"topic": "audit", "max_in_flight": 20}),
+        moved_url,
+    );
+    let error = refused_start(moved).await;
     for needle in [
         "[subscriptions.ledger] in the configuration",
-        "exists with another spec",
+        "exists with another spec, and topic cannot change in place",
         "`keel sub delete ledger`",
     ] {
         assert!(error.contains(needle), "{error}");
     }
     assert_eq!(declared_files(dir.path()), files, "a refused start wrote");
+}
 
-    let server = TestServer::start_with(declaring(dir.path(), 10)).await;
-    assert_eq!(describe(&server, "ledger").await["max_in_flight"], 10);
+// Goal: a PUT that changes a pull subscription's ack_timeout and max_in_flight updates it in
+// place (200, the changed members named) and keeps its progress: nothing acked comes back,
+// the dead letters stay, and only what was in flight at the update is delivered again, under
+// the new max_in_flight. A PUT changing an immutable member is a 409 naming it, and changes
+// nothing. Method: six events, two acked, one rejected, three left in flight; the update;
+// then pulls, the dead-letter queue and a table of refused changes.
+#[tokio::test]
+async fn pull_subscription_update_keeps_its_position_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    server.put_topic("orders", json!({})).await;
+    server.put_topic("audit", json!({})).await;
+    let spec = json!({"topic": "orders", "start": "earliest", "ack_timeout": "5s"});
+    create_subscription(&server, "work", spec).await;
+    let events = (0..6).map(|i| event(&format!("e{i}"), json!({}))).collect();
+    publish_all(&server, "orders", events).await;
+    let pulled = pull_exactly(&server, "work", 6).await;
+    let ids = ack_ids(&pulled);
+    assert_eq!(
+        settle(&server, "work", "ack", &ids[..2]).await["settled"],
+        2
+    );
+    assert_eq!(
+        settle(&server, "work", "reject", &ids[2..3]).await["settled"],
+        1
+    );
+
+    // A long poll waiting when the update comes ends then (empty), instead of holding the
+    // subscription's logs and the update up for its 20 s.
+    let poll = json!({"max": 10, "wait": "20s"});
+    let poll = send(&server, Method::POST, "/v1/subscriptions/work/pull", poll);
+    let updated = json!({"topic": "orders", "ack_timeout": "1m", "max_in_flight": 2});
+    let update = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let answer = send(&server, Method::PUT, "/v1/subscriptions/work", updated).await;
+        (answer, started.elapsed())
+    };
+    let ((poll_status, polled), ((status, answer), took)) = tokio::join!(poll, update);
+    assert_eq!(
+        (poll_status, &polled["messages"]),
+        (200, &json!([])),
+        "{polled}"
+    );
+    assert!(took < Duration::from_secs(3), "the update took {took:?}");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["changed"],
+        json!(["ack_timeout", "max_in_flight"]),
+        "{answer}"
+    );
+    assert_eq!(
+        (
+            &answer["ack_timeout"],
+            &answer["max_in_flight"],
+            &answer["start"]
+        ),
+        (&json!("1m"), &json!(2), &json!("earliest")),
+        "a start left out keeps the stored one: {answer}"
+    );
+    let stale = settle(&server, "work", "ack", &ids[3..4]).await;
+    assert_eq!(
+        stale["settled"], 0,
+        "ack ids from before the update are stale: {stale}"
+    );
+
+    // Two, then none more while they are in flight: the new max_in_flight holds.
+    let first = pull_exactly(&server, "work", 2).await;
+    let mut first_ids = event_ids(&first);
+    first_ids.sort();
+    assert_eq!(
+        first_ids,
+        ["e3", "e4"],
+        "what was in flight comes back first"
+    );
+    assert_eq!(
+        settle(&server, "work", "ack", &ack_ids(&first)).await["settled"],
+        2
+    );
+    let rest = pull_exactly(&server, "work", 1).await;
+    assert_eq!(
+        event_ids(&rest),
+        ["e5"],
+        "nothing acked or dead-lettered comes back"
+    );
+    assert_eq!(
+        settle(&server, "work", "ack", &ack_ids(&rest)).await["settled"],
+        1
+    );
+    let entries = dlq_entries(&server, "work").await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["event"]["id"], "e2");
+    describe_until(&server, "work", "lag 0", |info| info["lag"] == 0).await;
+
+    let refused = [
+        (json!({"topic": "audit"}), "topic cannot change in place"),
+        (
+            json!({"topic": "orders", "ordering": "key"}),
+            "ordering cannot change",
+        ),
+        (
+            json!({"topic": "orders", "filters": [{"exact": {"type": "x"}}]}),
+            "filters cannot change",
+        ),
+        (json!({"topic": "orders", "start": "latest"}), "seek it"),
+        (
+            json!({"topic": "orders", "sink": {"url": "http://127.0.0.1:9/"}}),
+            "sink (the delivery mode) cannot change",
+        ),
+    ];
+    for (spec, needle) in refused {
+        let (status, problem) = send(&server, Method::PUT, "/v1/subscriptions/work", spec).await;
+        assert_problem(status, &problem, 409, needle, needle);
+    }
+    let info = describe(&server, "work").await;
+    assert_eq!(
+        (&info["topic"], &info["mode"], &info["max_in_flight"]),
+        (&json!("orders"), &json!("pull"), &json!(2)),
+        "a refused update changes nothing: {info}"
+    );
     server.stop().await;
 }
 
@@ -864,9 +1041,9 @@ async fn assert_specs_refused(server: &TestServer, cases: Vec<(&str, String, &st
 }
 
 // Goal: bad subscription specs are 400 problem+json whose detail names the bad field; a
-// repeated spec is 200 and a different one 409; a topic with subscriptions cannot be
-// deleted (409 naming them) unless forced, which deletes them too. Method: a table of bad
-// creates, then the conflict and delete paths.
+// repeated spec is 200 and one that changes an immutable member 409; a topic with
+// subscriptions cannot be deleted (409 naming them) unless forced, which deletes them too.
+// Method: a table of bad creates, then the conflict and delete paths.
 #[tokio::test]
 async fn bad_subscription_input_is_a_precise_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -967,7 +1144,7 @@ async fn bad_subscription_input_is_a_precise_problem() {
         &server,
         Method::PUT,
         "/v1/subscriptions/a",
-        json!({"topic": "orders"}),
+        json!({"topic": "orders", "ordering": "key"}),
     )
     .await;
     assert_problem(status, &problem, 409, "another spec", "different spec");

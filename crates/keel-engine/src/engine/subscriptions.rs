@@ -33,6 +33,9 @@ pub struct SubscriptionCreated {
     pub info: SubscriptionInfo,
     /// The sink's signing secret, shown once: when a new push subscription was created.
     pub secret: Option<WebhookSecret>,
+    /// The members an update changed, as the spec spells them (`sink.url`, `retry`); empty
+    /// unless `created` is [`Created::Updated`].
+    pub changed: Vec<String>,
 }
 
 impl Engine {
@@ -87,8 +90,10 @@ impl Engine {
             .collect()
     }
 
-    /// Creates a subscription; the same spec again is not an error (a push subscription
-    /// created without a secret matches whatever secret was generated), another spec is.
+    /// Creates a subscription. On an existing name, the same spec again is not an error (a
+    /// push subscription created without a secret matches whatever secret was generated) and
+    /// another spec updates it in place when only mutable members differ
+    /// ([`SubscriptionError::Conflict`] names the others).
     pub async fn create_subscription(
         &self,
         name: &str,
@@ -112,17 +117,7 @@ impl Engine {
             return Err(error);
         }
         if let Ok(existing) = existing {
-            return same_spec(existing.spec(), &spec)
-                .then(|| SubscriptionCreated {
-                    created: Created::Existing,
-                    info: existing.info(),
-                    secret: None,
-                })
-                .ok_or_else(|| {
-                    EngineError::Subscription(SubscriptionError::Conflict {
-                        name: name.to_owned(),
-                    })
-                });
+            return self.update_subscription(existing, spec, topic).await;
         }
         if self
             .inner
@@ -145,7 +140,11 @@ impl Engine {
             secret = Some(generated);
         }
         let starts = resolve_position(&topic, &spec.start)?;
-        let subscription = self.write_and_open(name, spec, topic, starts).await?;
+        let create = move |storage: &dyn Storage, name: &str, spec: &SubscriptionSpec| {
+            let checkpoint = first_checkpoint(spec, &starts).to_bytes();
+            storage.create_subscription(name, spec, &checkpoint)
+        };
+        let subscription = self.store_and_open(name, spec, topic, create).await?;
         subscription.start(&self.inner.supervisor);
         let info = subscription.info();
         self.inner
@@ -158,18 +157,23 @@ impl Engine {
             created: Created::New,
             info,
             secret,
+            changed: Vec::new(),
         })
     }
 
-    async fn write_and_open(
+    /// Stores a subscription by `store` (a create, or an update's new spec) and opens it from
+    /// its logs with `spec`. Blocking work, on a blocking thread.
+    pub(super) async fn store_and_open(
         &self,
         name: &str,
         spec: SubscriptionSpec,
         topic: Arc<Topic>,
-        starts: Vec<u64>,
+        store: impl FnOnce(&dyn Storage, &str, &SubscriptionSpec) -> Result<(), EngineError>
+        + Send
+        + 'static,
     ) -> Result<Subscription, EngineError> {
         self.inner.storage.check_usable(Area::Subscriptions)?;
-        let (storage, name_owned) = (self.inner.storage.clone(), name.to_owned());
+        let (storage, name) = (self.inner.storage.clone(), name.to_owned());
         let metrics = self.inner.metrics.clone();
         let closing = self.inner.closing.subscribe();
         let targets = EmitTargets {
@@ -177,10 +181,9 @@ impl Engine {
             event_bytes_max: self.inner.config.event_bytes_max,
         };
         tokio::task::spawn_blocking(move || {
-            let checkpoint = first_checkpoint(&spec, &starts).to_bytes();
-            storage.create_subscription(&name_owned, &spec, &checkpoint)?;
-            let logs = open_logs(&*storage, &name_owned, &spec)?;
-            Subscription::open(&name_owned, spec, logs, targets, topic, metrics, closing)
+            store(&*storage, &name, &spec)?;
+            let logs = open_logs(&*storage, &name, &spec)?;
+            Subscription::open(&name, spec, logs, targets, topic, metrics, closing)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
@@ -433,26 +436,11 @@ impl Engine {
     }
 }
 
-/// Whether a create repeats an existing spec; a create without a secret matches any, and a
-/// start left out is `latest` (describe shows it so).
-fn same_spec(existing: &SubscriptionSpec, asked: &SubscriptionSpec) -> bool {
-    let (mut existing, mut asked) = (existing.clone(), asked.clone());
-    for spec in [&mut existing, &mut asked] {
-        if spec.start == StartPosition::Default {
-            spec.start = StartPosition::Named(NamedPosition::Latest);
-        }
-    }
-    if let (Delivery::Push(asked_sink), Delivery::Push(existing_sink)) =
-        (&mut asked.delivery, &existing.delivery)
-        && asked_sink.secret.is_none()
-    {
-        asked_sink.secret = existing_sink.secret.clone();
-    }
-    existing == asked
-}
-
 /// Each partition's offset for a position.
-fn resolve_position(topic: &Topic, position: &StartPosition) -> Result<Vec<u64>, EngineError> {
+pub(super) fn resolve_position(
+    topic: &Topic,
+    position: &StartPosition,
+) -> Result<Vec<u64>, EngineError> {
     topic
         .partitions()
         .iter()

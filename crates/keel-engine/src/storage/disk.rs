@@ -57,6 +57,9 @@ pub struct LogSettings {
 const TOPIC_FILE: &str = "topic.json";
 /// The file in a subscription's directory that holds its spec.
 const SUBSCRIPTION_FILE: &str = "subscription.json";
+/// The new spec of an update, written whole and fsynced before it is renamed over
+/// [`SUBSCRIPTION_FILE`].
+const SUBSCRIPTION_UPDATE_FILE: &str = ".subscription.json.tmp";
 /// The checkpoint log's directory, in a subscription's directory.
 const CHECKPOINTS_DIR: &str = "checkpoints";
 /// The dead-letter log's directory, in a subscription's directory.
@@ -334,6 +337,21 @@ impl Storage for DiskStorage {
             }
             Ok(())
         })
+    }
+
+    fn replace_subscription_spec(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), EngineError> {
+        let dir = self.subscription_dir(name);
+        let temporary = dir.join(SUBSCRIPTION_UPDATE_FILE);
+        metadata::write(&temporary, spec)?;
+        let path = dir.join(SUBSCRIPTION_FILE);
+        std::fs::rename(&temporary, &path).map_err(EngineError::io("rename", &path))?;
+        // Crash: the rename is durable once the directory is fsynced; before, the old spec
+        // is there, whole (and a `.subscription.json.tmp` that the next update overwrites).
+        Ok(files::sync_dir(&dir)?)
     }
 
     fn open_subscription(&self, name: &str) -> Result<SubscriptionLogs, EngineError> {

@@ -493,6 +493,21 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    fn replace_subscription_spec(
+        &self,
+        name: &str,
+        spec: &SubscriptionSpec,
+    ) -> Result<(), EngineError> {
+        let mut store = self.live_store()?;
+        let stored = store.subscriptions.get_mut(name).ok_or_else(|| {
+            EngineError::Subscription(SubscriptionError::NotFound {
+                name: name.to_owned(),
+            })
+        })?;
+        stored.spec = spec.clone();
+        Ok(())
+    }
+
     fn delete_subscription(&self, name: &str) -> Result<(), EngineError> {
         self.live_store()?.subscriptions.remove(name);
         Ok(())

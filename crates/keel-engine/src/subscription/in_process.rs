@@ -27,13 +27,14 @@ const SETTLE_BATCH_MAX: usize = 1024;
 /// How long stopping waits for handler calls in flight to finish.
 pub(crate) const DRAIN_WAIT_MAX: Duration = Duration::from_secs(30);
 
-/// Runs `handler` on the subscription's events until `stop` turns true or the subscription
-/// stops; then stops taking events and waits (up to [`DRAIN_WAIT_MAX`]) for the calls in
-/// flight to finish and be settled.
+/// Runs `handler` on the subscription's events until `stop` (its handle) or `detach` (an
+/// update) turns true, or the subscription stops; then stops taking events and waits (up to
+/// [`DRAIN_WAIT_MAX`]) for the calls in flight to finish and be settled.
 pub(super) async fn run(
     deliveries: Deliveries,
     handler: Arc<dyn Handler>,
     mut stop: watch::Receiver<bool>,
+    mut detach: watch::Receiver<bool>,
 ) {
     let mut ready = deliveries.ready();
     let mut stopping = deliveries.stopping();
@@ -83,6 +84,7 @@ pub(super) async fn run(
             _ = ready.changed() => {}
             Some(_) = calls.join_next(), if !calls.is_empty() => {}
             _ = stop.wait_for(|stop| *stop) => break,
+            _ = detach.wait_for(|detach| *detach) => break,
             _ = stopping.wait_for(|stopping| *stopping) => return,
         }
     }

@@ -116,6 +116,8 @@ pub(super) async fn pull(
     let ack_timeout_ms = i64::try_from(spec.ack_timeout.as_millis()).unwrap_or(i64::MAX);
     let mut ready = deliveries.ready();
     let mut closing = deliveries.closing();
+    // A delete or an update stops the subscription: the poll ends, so that nothing holds it.
+    let mut stopping = deliveries.stopping();
     loop {
         ready.borrow_and_update();
         let now = now_ms();
@@ -164,6 +166,7 @@ pub(super) async fn pull(
             _ = ready.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             _ = closing.wait_for(|closing| *closing) => return Ok(Vec::new()),
+            _ = stopping.wait_for(|stopping| *stopping) => return Ok(Vec::new()),
         }
     }
 }

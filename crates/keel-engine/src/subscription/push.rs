@@ -53,11 +53,19 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
             let (deliveries, client, sink) = (deliveries.clone(), client.clone(), sink.clone());
             // Some while one is available (checked above, under the same state).
             let endpoint = sink.pick(&delivery.json).unwrap_or_default();
+            let mut stopped = stopping.clone();
             tokio::spawn(async move {
                 let (slot, lease) = (delivery.slot, delivery.lease);
                 let attempt =
                     std::pin::pin!(attempt(&deliveries, &client, (&sink, endpoint), delivery));
-                if let Err(panic) = CatchUnwind(attempt).await {
+                // A stop (delete, update, shutdown) drops the attempt: its settlement could no
+                // longer be stored, and the event is delivered again from the checkpoint (at
+                // least once). Dropped, it no longer holds the subscription's logs open.
+                let finished = tokio::select! {
+                    finished = CatchUnwind(attempt) => finished,
+                    _ = stopped.wait_for(|stopping| *stopping) => return,
+                };
+                if let Err(panic) = finished {
                     // A bug: the attempt counts as failed rather than staying in flight.
                     let error = format!(
                         "the push attempt failed on a bug in keel: {}",
