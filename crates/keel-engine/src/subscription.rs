@@ -90,6 +90,11 @@ struct Core {
     /// When the sink's failing time for `pause_after` counts from at the earliest: the last
     /// resume (or the start), so that a resumed sink gets the whole period again.
     pause_clock_ms: i64,
+    /// Health checks resumed keel's pause during the sink's running outage. Its checks pass
+    /// while its deliveries fail, then: they may not resume the next pause of that outage, or
+    /// the subscription would flap. Cleared once the outage ends. (In memory: after a restart
+    /// the checks may resume once more.)
+    checks_resumed_in_outage: bool,
     /// A push subscription's circuit breaker, unless the spec turns it off.
     circuit: Option<CircuitBreaker>,
     /// The sink's outages, when something can tell them: the breaker, or the endpoints of a
@@ -216,9 +221,10 @@ impl Shared {
         let version = {
             let mut core = self.core();
             if let Some(why) = keels_resume {
-                if !core.auto_paused {
+                if !core.auto_paused || core.checks_resumed_in_outage {
                     return Ok(false);
                 }
+                core.checks_resumed_in_outage = true;
                 tracing::info!(subscription = %self.name, reason = %why, "resuming the subscription keel paused");
                 let data =
                     serde_json::json!({"subscription": self.name, "reason": why, "by": "keel"});
@@ -481,6 +487,7 @@ impl Subscription {
                 auto_paused: checkpoint.auto_paused && checkpoint.paused.is_some(),
                 paused: checkpoint.paused,
                 pause_clock_ms: now_ms(),
+                checks_resumed_in_outage: false,
                 circuit,
                 sink_outages,
                 redrive_acked: Vec::new(),

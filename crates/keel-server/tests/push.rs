@@ -1333,3 +1333,73 @@ async fn failing_sink_is_paused_and_resumed_by_its_health_check() {
     );
     server.stop().await;
 }
+
+// Goal: a sink whose health check passes while its deliveries fail does not make keel's
+// auto-pause flap: health checks resume the first pause of an outage, and when the sink
+// fails on, the next pause stays until an operator resumes it (its reason says so); nothing
+// is lost. Method: a sink answering 200 to GET and 500 to POST, pause_after 1s, checks every
+// 100 ms, a breaker opening after 5 calls.
+#[tokio::test]
+async fn a_sink_failing_past_its_passing_health_check_stays_paused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "t", 1).await;
+    let by_method: policy::Policy = std::sync::Arc::new(|request: &keel_testkit::sink::Request| {
+        let status = if request.method() == "GET" { 200 } else { 500 };
+        keel_testkit::sink::Reply::status(status)
+    });
+    let sink = Sink::start(by_method).await;
+    let overrides = json!({
+        "sink": {"url": sink.url("/hook"), "pause_after": "1s",
+            "health_check": {"interval": "100ms", "timeout": "100ms"}},
+        "retry": {"max_attempts": 100, "initial": "20ms", "max": "100ms"},
+        "circuit_breaker": {"min_calls": 5, "cool_down": "200ms", "cool_down_max": "200ms"},
+    });
+    create_push(&server, "flap", "t", "", overrides).await;
+    let events: Vec<Value> = (0..5)
+        .map(|i| event(&format!("f-{i}"), json!({})))
+        .collect();
+    publish_batch(&server, "t", events).await;
+    let paused_twice = |types: &[String]| {
+        types
+            .iter()
+            .filter(|kind| *kind == "keel.subscription.paused")
+            .count()
+            == 2
+    };
+    let deadline = Instant::now() + SOON;
+    while !paused_twice(&notices_about(&server, "flap", 0).await) {
+        assert!(Instant::now() < deadline, "never paused twice");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let info = describe(&server, "flap").await;
+    let reason = info["paused"].as_str().unwrap_or_default();
+    assert!(reason.contains("no longer resume it"), "{info}");
+    // Many rounds of passing checks later, it is still paused, and nothing new was announced.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let types = notices_about(&server, "flap", 0).await;
+    let pauses_and_resumes: Vec<&str> = types
+        .iter()
+        .map(String::as_str)
+        .filter(|kind| kind.starts_with("keel.subscription."))
+        .collect();
+    assert_eq!(
+        pauses_and_resumes,
+        [
+            "keel.subscription.paused",
+            "keel.subscription.resumed",
+            "keel.subscription.paused"
+        ],
+        "{types:?}"
+    );
+    assert!(!describe(&server, "flap").await["paused"].is_null());
+    sink.set_policy(policy::accept());
+    let path = "/v1/subscriptions/flap/resume";
+    let (status, body) = send_json(&server, Method::POST, path, &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let info = wait_describe(&server, "flap", "all delivered", SOON, |info| {
+        info["lag"] == 0 && info["in_flight"] == 0 && info["pending"] == 0
+    })
+    .await;
+    assert_eq!(info["dlq_depth"], 0, "{info}");
+    server.stop().await;
+}

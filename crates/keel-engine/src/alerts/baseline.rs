@@ -5,7 +5,8 @@
 //! - The weight of an observation halves every `half_life`, whatever the evaluation
 //!   interval: the step's weight is `1 - 2^(-elapsed / half_life)`.
 //! - The deviation used for z-scores is at least [`DEVIATION_FLOOR_RATIO`] of the mean's
-//!   magnitude, so a series that was perfectly flat does not fire on its first wiggle.
+//!   magnitude, so a series that was perfectly flat does not fire on its first wiggle (or of
+//!   the value's, when larger: a series flat at 0 has no other scale).
 //! - A value more than [`CLIP_DEVIATIONS`] deviations from the mean (once the baseline has
 //!   [`SAMPLES_MIN`] observations) is an outlier: it is learned clipped to that distance and
 //!   [`LEARNING_SLOWDOWN`] times slower, so a collapse or a spike, even a gradual one, barely
@@ -79,7 +80,7 @@ impl Baseline {
         let mut weight =
             (1.0 - (-elapsed_ms / half_life_ms).exp2()).max(1.0 / (self.samples + 1) as f64);
         let mut difference = value - self.mean;
-        let bound = CLIP_DEVIATIONS * self.deviation();
+        let bound = CLIP_DEVIATIONS * self.deviation_at(value);
         let outlier = self.samples >= SAMPLES_MIN && difference.abs() > bound;
         if outlier {
             difference = difference.clamp(-bound, bound);
@@ -94,15 +95,25 @@ impl Baseline {
         self.last_ms = now_ms;
     }
 
-    /// The deviation z-scores are measured in (see the floor in the module documentation).
+    /// The deviation learned, at least its floor (see the module documentation).
     pub(crate) fn deviation(&self) -> f64 {
-        let floor = (DEVIATION_FLOOR_RATIO * self.mean.abs()).max(f64::MIN_POSITIVE);
+        self.deviation_at(self.mean)
+    }
+
+    /// The deviation `value` is measured in: the learned one, at least
+    /// [`DEVIATION_FLOOR_RATIO`] of the larger of the mean's and the value's magnitudes. The
+    /// value's counts too, so that a series flat at 0 has a scale: a value departing from it
+    /// is 1 / [`DEVIATION_FLOOR_RATIO`] deviations away at most, never an infinite z that
+    /// nothing could ever learn.
+    fn deviation_at(&self, value: f64) -> f64 {
+        let scale = self.mean.abs().max(value.abs());
+        let floor = (DEVIATION_FLOOR_RATIO * scale).max(f64::MIN_POSITIVE);
         self.variance.sqrt().max(floor)
     }
 
     /// How many deviations `value` is from the mean, signed.
     pub(crate) fn z(&self, value: f64) -> f64 {
-        (value - self.mean) / self.deviation()
+        (value - self.mean) / self.deviation_at(value)
     }
 
     /// Whether the warm-up is over: it may judge.

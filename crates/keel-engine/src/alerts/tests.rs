@@ -288,3 +288,38 @@ fn daily_seasonality_learns_a_daily_batch() {
         "{collapse:?}"
     );
 }
+
+// Goal: a series flat at 0 that starts moving (an idle topic starting to take events) fires
+// with a finite z-score, never an infinite or undefined one, and a lasting new level becomes
+// normal and resolves (after about nine half-lives: 9.2 h with seed 5). Method: two idle
+// hours, then a steady 20 events/s for a day.
+#[test]
+fn a_series_leaving_zero_fires_finitely_and_resolves() {
+    let hour = 3_600_000;
+    let mut rule = publish_rate_rule();
+    rule["warm_up"] = serde_json::json!("10m");
+    let (alerts, notices) =
+        simulate_rate(
+            rule,
+            5,
+            26,
+            0.05,
+            |now| {
+                if now < 2 * hour { 0.0 } else { 20.0 }
+            },
+        );
+    let status = alerts.status("publish", 26 * hour).expect("status");
+    assert!(
+        notices
+            .first()
+            .is_some_and(|&(at, firing)| firing && at < 2 * hour + 5 * 60_000),
+        "{notices:?}"
+    );
+    let resolved = notices.iter().find(|(_, firing)| !firing);
+    assert!(
+        resolved.is_some(),
+        "the new level never became normal: {notices:?}"
+    );
+    let z = status.instances[0].z.expect("a z-score");
+    assert!(z.is_finite() && z.abs() < 4.0, "{z}");
+}

@@ -346,7 +346,11 @@ impl Deliveries {
         if core.paused.is_some() {
             return None;
         }
-        let failing_since = core.sink_outages.as_ref()?.failing_since_ms()?;
+        let Some(failing_since) = core.sink_outages.as_ref()?.failing_since_ms() else {
+            // The outage is over: a later one's pause may be resumed by health checks again.
+            core.checks_resumed_in_outage = false;
+            return None;
+        };
         let after_ms = i64::try_from(pause_after.as_millis()).unwrap_or(i64::MAX);
         let due_ms = failing_since
             .max(core.pause_clock_ms)
@@ -354,7 +358,9 @@ impl Deliveries {
         if now_ms < due_ms {
             return Some(due_ms);
         }
-        let resumes = if health_checked {
+        let resumes = if core.checks_resumed_in_outage {
+            "its health checks pass while its deliveries fail, so they no longer resume it: resume it once the sink is fixed"
+        } else if health_checked {
             "it resumes by itself once a health check passes, or resume it"
         } else {
             "resume it once the sink is fixed"

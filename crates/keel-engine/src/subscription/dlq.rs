@@ -567,6 +567,7 @@ mod tests {
             at_ms: 5,
             status: Some(status),
             error: Some(format!("{status}")),
+            failover: false,
         }];
         DeadLetterEntry::new((1, offset), r#"{"id":"x"}"#, history, 0)
     }
@@ -595,6 +596,7 @@ mod tests {
                 at_ms,
                 status: Some(500),
                 error: Some("e".repeat(200)),
+                failover: false,
             })
             .collect();
         queue
@@ -725,6 +727,7 @@ mod compaction_tests {
             at_ms: 5,
             status: Some(500),
             error: Some("500".to_owned()),
+            failover: false,
         }];
         DeadLetterEntry::new((0, offset), r#"{"id":"x"}"#, history, 0)
     }

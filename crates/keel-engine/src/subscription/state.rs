@@ -45,6 +45,10 @@ pub struct AttemptRecord {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// An endpoint of a group could not be reached and the event went to another one at
+    /// once: a failover, which neither counts against `max_attempts` nor lengthens backoff.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,6 +655,7 @@ impl DeliveryState {
             at_ms: now_ms,
             status,
             error: Some(error),
+            failover: !counted && exact_delay == Some(Duration::ZERO),
         });
         pending.uncounted += u32::from(!counted);
         let attempts = u32::try_from(pending.history.len()).unwrap_or(u32::MAX) - pending.uncounted;
@@ -659,12 +664,15 @@ impl DeliveryState {
             self.dead_letters.push(slot);
             return Ok(completed(Settled::DeadLettering));
         }
-        // A blamed failure backs off by all the event's failed attempts, so that a sink that
-        // keeps refusing one event's connections is not tried in a tight loop.
+        // A blamed failure backs off by all the event's failed attempts but its failovers
+        // (each went to another endpoint at once), so that a sink that keeps refusing one
+        // event's connections is not tried in a tight loop, while bouncing between the dead
+        // endpoints of a group does not stretch the wait once they are back.
         let failures = if counted {
             attempts
         } else {
-            u32::try_from(pending.history.len()).unwrap_or(u32::MAX)
+            let waited = pending.history.iter().filter(|record| !record.failover);
+            u32::try_from(waited.count()).unwrap_or(u32::MAX)
         };
         let delay =
             exact_delay.unwrap_or_else(|| retry_delay(policy, failures, random, retry_after));

@@ -466,3 +466,43 @@ fn lane_bytes_bound_the_room() {
     assert_eq!((events, bytes), (93, 100 - 7 * event_bytes));
     state.check_invariants();
 }
+
+// Goal: failovers (a group's endpoint unreachable, the event sent to another at once) do not
+// lengthen the backoff of a later blamed failure that waits: after ten failovers across a
+// restart, the first wait is the policy's first backoff, not the tenth.
+#[test]
+fn failovers_do_not_lengthen_backoff() {
+    let mut state = DeliveryState::new(Ordering::None, 10, 100, &[0]);
+    state.offer(0, 0, vec![record(0, None)]);
+    let policy = policy(3);
+    let blamed = |at_once| Outcome::Blamed {
+        status: None,
+        error: "connection refused".to_owned(),
+        at_once,
+    };
+    for round in 0..10 {
+        if round == 5 {
+            state = DeliveryState::restore(Ordering::None, 10, 100, &state.checkpoint());
+            state.offer(0, 0, vec![record(0, None)]);
+        }
+        state.tick_ready(0, &policy, 0.0);
+        let taken = state.take_ready(1, None);
+        let completed =
+            state.complete(taken[0].slot, taken[0].lease, blamed(true), 0, &policy, 0.0);
+        assert_eq!(completed.map(|c| c.settled), Ok(Settled::RetryAt(0)));
+    }
+    state.tick_ready(0, &policy, 0.0);
+    let taken = state.take_ready(1, None);
+    let waits = state.complete(
+        taken[0].slot,
+        taken[0].lease,
+        blamed(false),
+        0,
+        &policy,
+        0.0,
+    );
+    let first_backoff = crate::subscription::spec::retry_delay(&policy, 1, 0.0, None);
+    let due_ms = i64::try_from(first_backoff.as_millis()).unwrap();
+    assert_eq!(waits.map(|c| c.settled), Ok(Settled::RetryAt(due_ms)));
+    state.check_invariants();
+}
