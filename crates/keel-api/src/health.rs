@@ -30,6 +30,10 @@ pub struct Readiness {
     /// With `ready` or `degraded`: the subscriptions that refuse service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable_subscriptions: Option<Vec<UnavailableSubscription>>,
+    /// Why publishing is refused with 507 (`disk_full`, `data_dir_full`), while it is; the
+    /// server stays ready, since reads and deliveries go on (`docs/durability.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishing_refused: Vec<String>,
 }
 
 /// Where keel stands, as `GET /readyz` says it.

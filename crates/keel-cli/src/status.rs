@@ -27,7 +27,8 @@ It shows readiness, topics (events, size, retention and how full the fullest par
 subscriptions (state, lag, dead letters, circuit, sink availability), the endpoints of
 groups, failed tasks and firing or pending alerts; then each problem with a next step.
 
-Problems: the server not ready; a partition or subscription unavailable; a subscription
+Problems: the server not ready; publishing refused for a full disk (507); a partition or
+subscription unavailable; a subscription
 paused, with dead letters, with events deleted by retention before delivery, or with its
 circuit open or half-open; an endpoint not available; a task failing or failed; an alert
 firing.
@@ -256,9 +257,19 @@ fn readiness_problems(readiness: &Readiness) -> Vec<Problem> {
         }
         ReadyStatus::Ready | ReadyStatus::Degraded => {}
     }
+    let refused = readiness.publishing_refused.iter().map(|reason| {
+        Problem::new(
+            server(),
+            format!("publishing is refused (507): {reason}"),
+            "free space: delete topics or subscriptions no longer needed, or space outside \
+             keel, or raise the limit (docs/durability.md, \"When the disk fills\"); \
+             publishing resumes by itself"
+                .to_owned(),
+        )
+    });
     let partitions = readiness.unavailable_partitions.iter().flatten();
-    partitions
-        .map(|unavailable| {
+    refused
+        .chain(partitions.map(|unavailable| {
             let subject = match unavailable.partition {
                 Some(partition) => format!("topic {} partition {partition}", unavailable.topic),
                 None => format!("topic {}", unavailable.topic),
@@ -269,7 +280,7 @@ fn readiness_problems(readiness: &Readiness) -> Vec<Problem> {
                 "see the server log for the storage error; restart keel once its cause is fixed"
                     .to_owned(),
             )
-        })
+        }))
         .collect()
 }
 
@@ -313,7 +324,8 @@ fn subscription_problems(info: &SubscriptionInfo) -> Vec<Problem> {
                 count_of(info.skipped_by_retention, "event")
             ),
             format!(
-                "it falls behind: raise topic {}'s retention or speed up its consumer",
+                "it falls behind topic {}'s retention: speed up its consumer (more consumers, \
+                 a higher max_in_flight), or give a new topic a longer retention",
                 info.spec.topic
             ),
         ));
@@ -372,13 +384,16 @@ fn circuit_problem(info: &SubscriptionInfo) -> Option<Problem> {
         Delivery::Push(sink) if sink.endpoints.is_empty() => sink.url.clone(),
         _ => "the sink's endpoints".to_owned(),
     };
+    // A paused subscription sends no probes: it resumes by the pause's own next step.
+    let resumes = if info.paused.is_some() {
+        "then resume the subscription (above)"
+    } else {
+        "delivery resumes by itself once it answers"
+    };
     Some(Problem::new(
         format!("subscription {}", info.name),
         format!("circuit {state}{last_error}"),
-        format!(
-            "check {sink}; delivery resumes by itself once it answers (keel sub describe {})",
-            info.name
-        ),
+        format!("check {sink}; {resumes} (keel sub describe {})", info.name),
     ))
 }
 
@@ -721,7 +736,7 @@ mod tests {
         let health = Health {
             readiness: serde_json::from_value(json!({"status": "degraded",
                 "unavailable_partitions": [{"topic": "t", "partition": 1, "reason": "disk"}],
-                "unavailable_subscriptions": []}))
+                "unavailable_subscriptions": [], "publishing_refused": ["disk_full"]}))
             .unwrap(),
             topics: Vec::new(),
             subscriptions: vec![
@@ -730,6 +745,10 @@ mod tests {
                     "down",
                     json!({"circuit": "open",
                     "last_error": {"at": "T", "error": "HTTP 503"}}),
+                ),
+                push(
+                    "held",
+                    json!({"circuit": "open", "paused": "keel paused it"}),
                 ),
                 described(
                     json!({"name": "lost", "topic": "t", "skipped_by_retention": 4,
@@ -747,8 +766,23 @@ mod tests {
                 .unwrap(),
         };
         let expected = [
+            (
+                "server",
+                "publishing is refused (507): disk_full",
+                "free space",
+            ),
             ("topic t partition 1", "unavailable: disk", "restart keel"),
-            ("subscription down", "circuit open: ", "check http://h/x"),
+            ("subscription down", "circuit open: ", "resumes by itself"),
+            (
+                "subscription held",
+                "paused: keel paused it",
+                "keel sub resume held",
+            ),
+            (
+                "subscription held",
+                "circuit open: ",
+                "then resume the subscription",
+            ),
             (
                 "subscription lost",
                 "unavailable: storage failed",
@@ -788,7 +822,7 @@ mod tests {
             assert!(problem.next_step.contains(next), "{problem:?}");
         }
         assert!(
-            problems[1].problem.contains("HTTP 503"),
+            problems[2].problem.contains("HTTP 503"),
             "the last error is named"
         );
     }

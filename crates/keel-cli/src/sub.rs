@@ -315,7 +315,24 @@ impl From<StrategyArg> for Strategy {
 
 /// Reads a `--sink`: `URL` or `URL,weight=N`. The URL itself is checked by the server.
 pub(crate) fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
+    if text.contains(char::is_whitespace) {
+        return Err(format!(
+            "{text:?} has a space: give one URL per --sink (URL or URL,weight=N)"
+        ));
+    }
     let Some((url, weight)) = text.rsplit_once(",weight=") else {
+        // `URL,name=value` with another name is a mistyped option, not part of the URL.
+        if let Some((_, option)) = text.rsplit_once(',')
+            && let Some((name, _)) = option.split_once('=')
+            && !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "unknown endpoint option {name:?}: the only one is weight, like URL,weight=3"
+            ));
+        }
         return Ok(EndpointSpec {
             url: text.to_owned(),
             weight: 1,
@@ -1436,13 +1453,19 @@ pub(crate) mod tests {
 
     #[test]
     fn group_flags_are_refused_without_a_group() {
-        // Goal: a flag only a group uses, a bad weight, a relative health path or a health
-        // setting without --health-check is refused before anything is sent, saying why.
+        // Goal: a flag only a group uses, a bad weight, a mistyped endpoint option, a --sink
+        // holding two URLs, a relative health path or a health setting without
+        // --health-check is refused before anything is sent, saying why.
         // Method: argument lists refused by clap (with the message's key words) or by
         // spec_body (a usage error).
-        let by_clap: [(&[&str], &str); 4] = [
+        let by_clap: [(&[&str], &str); 6] = [
             (&["--sink", "http://a/h,weight=0"], "not a weight"),
             (&["--sink", "http://a/h,weight=x"], "not a weight"),
+            (
+                &["--sink", "http://a/h,wieght=2"],
+                "unknown endpoint option \"wieght\"",
+            ),
+            (&["--sink", "http://a/1 --sink http://a/2"], "has a space"),
             (
                 &["--sink", "http://a/h", "--health-check", "ping"],
                 "not a path",

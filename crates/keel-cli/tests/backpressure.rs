@@ -164,7 +164,12 @@ impl FullStorage<'_> {
         assert_eq!(status, 507, "every topic is refused: {body}");
         assert_eq!(metric(&client, &url, &self.blocked()).await, 1.0);
         assert!(metric(&client, &url, &self.refused()).await >= 2.0);
-        assert_eq!(get(&client, &format!("{url}/readyz")).await.0, 200);
+        let (status, ready) = get(&client, &format!("{url}/readyz")).await;
+        assert_eq!(
+            (status, &ready["publishing_refused"]),
+            (200, &json!([self.reason])),
+            "ready, and saying why publishing is refused: {ready}"
+        );
 
         // Reads and deliveries go on while publishing is refused.
         assert_eq!(ids(&client, &url).await, acked, "reads answer");

@@ -466,6 +466,12 @@ impl Engine {
         })
     }
 
+    /// Why publishing is refused for lack of storage (`disk_full`, `data_dir_full`), while it
+    /// is: each until space returns.
+    pub fn publishing_refused(&self) -> Vec<String> {
+        self.inner.pressure.refusing()
+    }
+
     /// Partitions that refuse service and why.
     pub fn unavailable_partitions(&self) -> Vec<UnavailablePartition> {
         let failed = self.inner.failed_topics.read().expect("failed topics lock");

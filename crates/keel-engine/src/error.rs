@@ -312,7 +312,7 @@ pub enum PublishError {
     /// Publishing is refused while storage is short (see [`StorageLimit`]); nothing was
     /// stored. Reads, deliveries and acks go on.
     #[error(
-        "publishing is refused: {limit}. Nothing was stored; reads, deliveries and acks go on. Free space (shorten the retention of topics, delete topics or subscriptions no longer needed) or raise the limit: publishing resumes by itself once space returns"
+        "publishing is refused: {limit}. Nothing was stored; reads, deliveries and acks go on. Free space (delete topics or subscriptions no longer needed, or files outside keel; retention frees a topic's old segments as they expire) or raise the limit: publishing resumes by itself once space returns"
     )]
     StorageFull {
         /// Which limit was reached.

@@ -257,6 +257,16 @@ impl Pressure {
         }
     }
 
+    /// The storage reasons publishing is refused for now (not an overload, which comes and
+    /// goes with each request).
+    pub(crate) fn refusing(&self) -> Vec<String> {
+        [DISK_FULL, DATA_DIR_FULL]
+            .into_iter()
+            .filter(|&reason| self.blocked[reason].get() != 0)
+            .map(|reason| REFUSAL_REASONS[reason].to_owned())
+            .collect()
+    }
+
     /// Asks for a measurement of the disk soon: space was freed (retention, a delete).
     pub(crate) fn measure_soon(&self) {
         self.measure_now.notify_one();

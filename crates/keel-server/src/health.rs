@@ -37,6 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         status,
         unavailable_partitions: None,
         unavailable_subscriptions: None,
+        publishing_refused: Vec::new(),
     };
     let Some(engine) = state.ready_engine() else {
         let body = readiness(ReadyStatus::Recovering);
@@ -60,6 +61,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let body = Readiness {
         unavailable_partitions: Some(partitions),
         unavailable_subscriptions: Some(subscriptions),
+        publishing_refused: engine.publishing_refused(),
         ..readiness(status)
     };
     Json(body).into_response()
