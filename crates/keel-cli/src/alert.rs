@@ -1,11 +1,11 @@
 //! `keel alert`: set, list, describe and delete alert rules.
 
 use clap::{ArgGroup, Args, Subcommand};
-use keel_api::alerts::{AlertInstance, AlertRule, AlertStatus};
+use keel_api::alerts::{AlertInstance, AlertKind, AlertRule, AlertStatus};
 use keel_client::{Client, StatusCode};
 
 use crate::error::CliError;
-use crate::output::{Align, Table, plain, render_pairs, write_json_body, write_stdout};
+use crate::output::{Align, Table, figure, plain, render_pairs, write_json_body, write_stdout};
 
 /// Examples shown under `keel alert --help`.
 pub(crate) const ALERT_EXAMPLES: &str = "Examples:
@@ -168,20 +168,27 @@ fn describe_text(alert: &AlertStatus) -> String {
     format!(
         "{}\n{}",
         render_pairs(&pairs),
-        instances_table(&alert.instances)
+        instances_table(&alert.instances, alert.rule.kind == AlertKind::Anomaly)
     )
 }
 
-fn instances_table(instances: &[AlertInstance]) -> String {
-    let mut table = Table::new(&[
+/// One row per instance; an anomaly rule's rows also show the z-score and the baseline.
+fn instances_table(instances: &[AlertInstance], anomaly: bool) -> String {
+    let columns = [
         ("LABELS", Align::Left),
         ("STATE", Align::Left),
         ("VALUE", Align::Right),
         ("Z", Align::Right),
         ("SINCE", Align::Left),
         ("BASELINE", Align::Left),
-    ]);
-    let number = |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.4}"));
+    ];
+    let shown = |column: usize| anomaly || !matches!(column, 3 | 5);
+    let headers: Vec<_> = (0..columns.len())
+        .filter(|&column| shown(column))
+        .map(|column| columns[column])
+        .collect();
+    let mut table = Table::new(&headers);
+    let number = |value: Option<f64>| value.map_or("-".to_owned(), figure);
     for instance in instances {
         let labels: Vec<String> = instance
             .labels
@@ -202,7 +209,7 @@ fn instances_table(instances: &[AlertInstance]) -> String {
                     baseline.mean, baseline.deviation
                 )
             });
-        table.push(vec![
+        let cells = [
             if labels.is_empty() {
                 "-".to_owned()
             } else {
@@ -213,7 +220,39 @@ fn instances_table(instances: &[AlertInstance]) -> String {
             number(instance.z),
             instance.since.clone().unwrap_or_else(|| "-".to_owned()),
             baseline,
-        ]);
+        ];
+        let row = cells
+            .into_iter()
+            .enumerate()
+            .filter(|&(column, _)| shown(column));
+        table.push(row.map(|(_, cell)| cell).collect());
     }
     table.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: a threshold rule's instances show no z-score or baseline columns (it has none),
+    // an anomaly rule's do; values show at most four decimals. Method: render both tables.
+    #[test]
+    fn instance_columns_follow_the_rule_kind() {
+        let instances: Vec<AlertInstance> = serde_json::from_value(serde_json::json!([
+            {"labels": {"subscription": "s"}, "state": "firing", "value": 10.63812104187098,
+             "z": 5.5, "baseline": {"mean": 1.0, "deviation": 0.5, "samples": 20,
+             "warmed_up": true}}
+        ]))
+        .unwrap();
+        let threshold = instances_table(&instances, false);
+        assert_eq!(
+            threshold,
+            "LABELS          STATE     VALUE  SINCE\nsubscription=s  firing  10.6381  -\n"
+        );
+        let anomaly = instances_table(&instances, true);
+        assert!(
+            anomaly.contains("Z") && anomaly.contains("mean 1.0000 ± 0.5000"),
+            "{anomaly}"
+        );
+    }
 }

@@ -118,6 +118,16 @@ pub(crate) fn plain(value: &impl Serialize) -> String {
 }
 
 /// `1 event`, `2 events`: a count and its noun, plural unless the count is 1.
+/// A measured value for people: at most four decimals, without trailing zeros (`10.6381`,
+/// `5`, `0.05`).
+pub(crate) fn figure(value: f64) -> String {
+    let text = format!("{value:.4}");
+    match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.').to_owned(),
+        false => text,
+    }
+}
+
 pub(crate) fn count_of(count: u64, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::error::CliError;
-use crate::output::{Align, Table, count_of, human_bytes, plain, write_stdout};
+use crate::output::{Align, Table, count_of, figure, human_bytes, plain, write_stdout};
 use crate::sub::{endpoint_state, subscription_state};
 
 /// Shown under `keel status --help`.
@@ -116,7 +116,24 @@ impl Problem {
 /// problems beside them). Fails with [`CliError::NeedsAttention`] (exit code 1) after printing
 /// when something needs attention.
 pub(crate) async fn run(client: &Client, json: bool) -> Result<(), CliError> {
-    let answers = ask(client).await?;
+    let answers = match ask(client).await {
+        Ok(answers) => answers,
+        // A script reading the JSON still gets a report: the server is the problem.
+        Err(error) if json => {
+            let problem = Problem::new(
+                "server".to_owned(),
+                format!("cannot be asked: {error}"),
+                format!(
+                    "check that keel serve runs at {} (--server, KEEL_SERVER)",
+                    client.server()
+                ),
+            );
+            let report = serde_json::json!({"healthy": false, "problems": [problem]});
+            write_stdout(&format!("{report}\n"))?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     let health = Health::of(&answers);
     let problems = problems(&health);
     let output = if json {
@@ -438,7 +455,8 @@ fn alert_problem(alert: &AlertStatus) -> Option<Problem> {
                 .iter()
                 .map(|(label, value)| format!("{label}={value}"))
                 .collect();
-            format!("{{{}}} = {}", labels.join(","), plain(&instance.value))
+            let value = instance.value.map_or("none".to_owned(), figure);
+            format!("{{{}}} = {value}", labels.join(","))
         })
         .collect();
     Some(Problem::new(
@@ -731,7 +749,8 @@ mod tests {
         let alert = |name: &str, state: &str| {
             json!({"name": name, "state": state,
                 "rule": {"kind": "threshold", "metric": "m", "op": ">", "value": 0},
-                "instances": [{"labels": {"subscription": "s"}, "state": state, "value": 3.0}]})
+                "instances": [{"labels": {"subscription": "s"}, "state": state,
+                    "value": 10.63812104187098}]})
         };
         let health = Health {
             readiness: serde_json::from_value(json!({"status": "degraded",
@@ -810,7 +829,7 @@ mod tests {
             ),
             (
                 "alert a",
-                "firing: m {subscription=s} = 3.0",
+                "firing: m {subscription=s} = 10.6381",
                 "keel alert get a",
             ),
         ];

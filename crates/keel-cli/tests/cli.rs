@@ -1045,4 +1045,14 @@ async fn cli_status_names_what_needs_attention_and_exits_one() {
         text.ends_with("healthy: nothing needs attention\n"),
         "{text}"
     );
+    // With no server to ask, --json still prints a report naming the server as the problem.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let (code, report, _) = status(&nowhere, true);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        (&report["healthy"], &report["problems"][0]["subject"]),
+        (&json!(false), &json!("server")),
+        "{report}"
+    );
 }
