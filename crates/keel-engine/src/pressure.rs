@@ -222,11 +222,14 @@ impl Pressure {
             return;
         }
         if let Some(notices) = self.notices.get() {
+            // The figures now (the last measurement with what was admitted since), which
+            // are what reached the limit or left it.
+            let (free, stored) = self.space.estimate();
             let data = serde_json::json!({
                 "reason": REFUSAL_REASONS[reason],
-                "disk_free_bytes": self.metrics.disk_free_bytes.get(),
+                "disk_free_bytes": free,
                 "disk_free_bytes_min": self.config.disk_free_bytes_min,
-                "data_dir_bytes": self.metrics.data_dir_bytes.get(),
+                "data_dir_bytes": stored,
                 "data_dir_bytes_max": self.config.data_dir_bytes_max,
             });
             notices.report(kind, REFUSAL_REASONS[reason], data);
@@ -237,11 +240,12 @@ impl Pressure {
     fn block(&self, reason: usize) {
         if self.blocked[reason].set(1) == 0 {
             self.report("publish.refused", reason);
+            let (free, stored) = self.space.estimate();
             tracing::warn!(
                 reason = REFUSAL_REASONS[reason],
-                disk_free_bytes = self.metrics.disk_free_bytes.get(),
+                disk_free_bytes = free,
                 disk_free_bytes_min = self.config.disk_free_bytes_min,
-                data_dir_bytes = self.metrics.data_dir_bytes.get(),
+                data_dir_bytes = stored,
                 data_dir_bytes_max = self.config.data_dir_bytes_max,
                 publish_queued_bytes = self.queued_bytes.get(),
                 "publishing is refused until there is room again (see docs/configuration.md, backpressure)"

@@ -10,13 +10,19 @@
 //! what the publish queue holds, `publish_queue_bytes_max`), and what keel's own appends
 //! (checkpoints, dead letters, state) and other programs write — which is what the minimum
 //! is kept for.
+//!
+//! Hysteresis: a limit once reached holds until a measurement finds room past it by
+//! 1 / [`RESUME_MARGIN_DIVISOR`] of the limit, so that publishing does not flap between
+//! refused and resumed as each second's writes cross the line again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::StorageLimit;
 
 /// The free space of a backend without a bound on it.
 const UNBOUNDED: u64 = u64::MAX;
+/// A reached limit is left once there is room past it by this fraction of it (1 %).
+const RESUME_MARGIN_DIVISOR: u64 = 100;
 
 /// Storage as last measured, plus what was admitted since.
 pub(super) struct SpaceView {
@@ -28,6 +34,11 @@ pub(super) struct SpaceView {
     measured_stored_bytes: AtomicU64,
     /// Bytes admitted since the last measurement began.
     admitted_bytes: AtomicU64,
+    /// The free-space minimum was reached, and no measurement has found the margin past it
+    /// since.
+    disk_reached: AtomicBool,
+    /// The same for the cap.
+    cap_reached: AtomicBool,
 }
 
 impl SpaceView {
@@ -39,27 +50,29 @@ impl SpaceView {
             measured_free_bytes: AtomicU64::new(UNBOUNDED),
             measured_stored_bytes: AtomicU64::new(0),
             admitted_bytes: AtomicU64::new(0),
+            disk_reached: AtomicBool::new(false),
+            cap_reached: AtomicBool::new(false),
         }
     }
 
     /// Admits `bytes` (counted from now on), or says which limit is reached.
     pub(super) fn admit(&self, bytes: u64) -> Result<(), StorageLimit> {
         let admitted = self.admitted_bytes.load(Ordering::Relaxed);
-        let free_bytes = self.free_bytes(admitted);
-        if free_bytes < self.free_bytes_min {
+        if self.disk_free_below_min() {
+            self.disk_reached.store(true, Ordering::Relaxed);
             return Err(StorageLimit::DiskFree {
-                free_bytes,
+                free_bytes: self.free_bytes(admitted),
                 min_bytes: self.free_bytes_min,
             });
         }
-        if let Some(max_bytes) = self.stored_bytes_max {
-            let stored_bytes = self.stored_bytes(admitted);
-            if stored_bytes >= max_bytes {
-                return Err(StorageLimit::DataDirFull {
-                    stored_bytes,
-                    max_bytes,
-                });
-            }
+        if let Some(max_bytes) = self.stored_bytes_max
+            && self.data_dir_at_cap()
+        {
+            self.cap_reached.store(true, Ordering::Relaxed);
+            return Err(StorageLimit::DataDirFull {
+                stored_bytes: self.stored_bytes(admitted),
+                max_bytes,
+            });
         }
         self.admitted_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
@@ -96,19 +109,41 @@ impl SpaceView {
         self.measured_free_bytes.store(free, Ordering::Relaxed);
         self.measured_stored_bytes
             .store(stored_bytes.unwrap_or(0), Ordering::Relaxed);
+        // A reached limit is left only with the margin past it.
+        let min = self.free_bytes_min;
+        if free >= min.saturating_add(min / RESUME_MARGIN_DIVISOR) {
+            self.disk_reached.store(false, Ordering::Relaxed);
+        }
+        if let Some(max) = self.stored_bytes_max
+            && stored_bytes.unwrap_or(0) <= max - max / RESUME_MARGIN_DIVISOR
+        {
+            self.cap_reached.store(false, Ordering::Relaxed);
+        }
     }
 
-    /// Whether the free space is below the minimum now.
+    /// Whether the free space is below the minimum now (or was, without the margin past it
+    /// since).
     pub(super) fn disk_free_below_min(&self) -> bool {
         let admitted = self.admitted_bytes.load(Ordering::Relaxed);
-        self.free_bytes(admitted) < self.free_bytes_min
+        self.disk_reached.load(Ordering::Relaxed) || self.free_bytes(admitted) < self.free_bytes_min
     }
 
-    /// Whether the data directory is at or past its cap now.
+    /// Whether the data directory is at or past its cap now (or was, without the margin
+    /// below it since).
     pub(super) fn data_dir_at_cap(&self) -> bool {
         let admitted = self.admitted_bytes.load(Ordering::Relaxed);
-        self.stored_bytes_max
-            .is_some_and(|max| self.stored_bytes(admitted) >= max)
+        self.stored_bytes_max.is_some_and(|max| {
+            self.cap_reached.load(Ordering::Relaxed) || self.stored_bytes(admitted) >= max
+        })
+    }
+
+    /// The free bytes and stored bytes now: the last measurement with what was admitted
+    /// since (none: no bound, or not measured).
+    pub(super) fn estimate(&self) -> (Option<u64>, Option<u64>) {
+        let admitted = self.admitted_bytes.load(Ordering::Relaxed);
+        let free = Some(self.free_bytes(admitted)).filter(|&free| free != UNBOUNDED);
+        let stored = self.stored_bytes_max.map(|_| self.stored_bytes(admitted));
+        (free, stored)
     }
 }
 
@@ -183,5 +218,24 @@ mod tests {
             "one byte below the cap: admitted"
         );
         assert!(view.admit(1).is_err());
+    }
+
+    // Goal: a reached limit holds until a measurement finds 1 % of room past it, so that
+    // publishing does not flap as each second's writes cross the line again; the estimate
+    // counts what was admitted since the measurement. Method: a cap of 10,000.
+    #[test]
+    fn a_reached_limit_holds_until_there_is_a_margin() {
+        let view = SpaceView::new(0, Some(10_000));
+        view.begin_measure();
+        view.end_measure(None, Some(9_000));
+        assert_eq!(view.admit(1_000), Ok(()));
+        assert_eq!(view.estimate(), (None, Some(10_000)));
+        assert!(view.admit(1).is_err(), "at the cap");
+        view.begin_measure();
+        view.end_measure(None, Some(9_950));
+        assert!(view.admit(1).is_err(), "under the cap, within the margin");
+        view.begin_measure();
+        view.end_measure(None, Some(9_900));
+        assert_eq!(view.admit(1), Ok(()), "1 % under the cap");
     }
 }
