@@ -742,8 +742,16 @@ fn created_text(name: &str, created: &CreatedSubscription) -> String {
     let done = if created.changed.is_empty() {
         format!("created subscription {name}")
     } else {
+        // An update keeps a pause (keel's too, even when it was about the old sink).
+        let still_paused = created
+            .info
+            .paused
+            .as_ref()
+            .map_or(String::new(), |reason| {
+                format!("\nit is still paused ({reason}): keel sub resume {name} to deliver")
+            });
         format!(
-            "updated subscription {name} in place (changed: {}); its position and dead letters are kept",
+            "updated subscription {name} in place (changed: {}); its position and dead letters are kept{still_paused}",
             created.changed.join(", ")
         )
     };

@@ -492,6 +492,16 @@ async fn cli_push_subscription_create_prints_the_generated_secret_once() {
         stderr.contains("ordering cannot change in place"),
         "{stderr}"
     );
+    // An update keeps a pause, and says so.
+    stdout(&keel(url, &["sub", "pause", "hooks"]));
+    let back = [
+        "sub", "create", "hooks", "--topic", "orders", "--sink", &sink,
+    ];
+    let updated = stdout(&keel(url, &back));
+    assert!(
+        updated.contains("it is still paused (paused by an operator): keel sub resume hooks"),
+        "{updated}"
+    );
 }
 
 // Goal: subscription errors are one line with the server's detail and exit code 1 (2 for an

@@ -1403,3 +1403,67 @@ async fn a_sink_failing_past_its_passing_health_check_stays_paused() {
     assert_eq!(info["dlq_depth"], 0, "{info}");
     server.stop().await;
 }
+
+// Goal: endpoints that cannot be ejected (the 50 % cap) and cannot be reached never make
+// keel retry in a tight loop: with two of three key_hash endpoints dead, every event reaches
+// the live one within seconds, each dead endpoint tried at most once per event per round;
+// with all three dead, the circuit opens and the retries stay few. Method: three sinks, two
+// (then three) closed; 30 keyed events; `retried` bounds the tries (it was ~9,000 a second).
+#[tokio::test]
+async fn dead_endpoints_beyond_the_ejection_cap_are_not_retried_in_a_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "t", 1).await;
+    let sinks = [
+        Sink::start(policy::accept()).await,
+        Sink::start(policy::accept()).await,
+        Sink::start(policy::accept()).await,
+    ];
+    sinks[1].go_down().await;
+    sinks[2].go_down().await;
+    let endpoints: Vec<Value> = sinks
+        .iter()
+        .map(|s| json!({"url": s.url("/hook")}))
+        .collect();
+    let overrides = json!({"ordering": "key",
+        "sink": {"endpoints": endpoints, "strategy": "key_hash"}});
+    create_push(&server, "capped", "t", "", overrides).await;
+    let published: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("c-{i:02}"), format!("key-{}", i % 10)))
+        .collect();
+    publish_keyed(&server, "t", &published).await;
+    let info = wait_describe(&server, "capped", "all delivered", SOON, |info| {
+        info["lag"] == 0 && info["pending"] == 0
+    })
+    .await;
+    assert_eq!(accepted_ids(&sinks[0].exchanges()).len(), 30, "{info}");
+    let retried = info["retried"].as_u64().unwrap();
+    assert!(retried <= 2 * 30, "{retried} retries for 30 events: {info}");
+
+    // All three dead: the circuit opens, and the events wait without a loop.
+    sinks[0].go_down().await;
+    let more: Vec<(String, String)> = (30..40)
+        .map(|i| (format!("c-{i:02}"), format!("key-{}", i % 10)))
+        .collect();
+    publish_keyed(&server, "t", &more).await;
+    let info = wait_describe(&server, "capped", "the circuit open", SOON, |info| {
+        info["circuit"] == "open"
+    })
+    .await;
+    let before = info["retried"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let info = describe(&server, "capped").await;
+    let during = info["retried"].as_u64().unwrap() - before;
+    assert!(
+        during <= 30,
+        "{during} retries in a second with every endpoint dead: {info}"
+    );
+    for sink in &sinks {
+        sink.come_back().await;
+    }
+    let info = wait_describe(&server, "capped", "all delivered", SOON, |info| {
+        info["lag"] == 0 && info["pending"] == 0
+    })
+    .await;
+    assert_eq!(info["dlq_depth"], 0, "{info}");
+    server.stop().await;
+}

@@ -234,21 +234,33 @@ impl EndpointGroup {
 
     /// The endpoint for the next delivery (of an event with `key`), by the strategy among the
     /// available ones; none when none is available. Call [`readmit`](Self::readmit) first.
-    pub(crate) fn pick(&mut self, key: Option<&str>) -> Option<usize> {
+    /// `failovers` is how many endpoints could not be reached for this event just before:
+    /// `failover` and `key_hash` then take the next one in their order (the first after
+    /// that many), so that a retry at once goes elsewhere; the others move on by themselves.
+    pub(crate) fn pick(&mut self, key: Option<&str>, failovers: u32) -> Option<usize> {
         let available: Vec<usize> = (0..self.endpoints.len())
             .filter(|&index| self.available(index))
             .collect();
         if available.is_empty() {
             return None;
         }
+        let skip = failovers as usize % available.len();
         let picked = match (self.strategy, key) {
-            (Strategy::Failover, _) => available[0],
+            (Strategy::Failover, _) => available[skip],
             (Strategy::KeyHash, Some(key)) => {
+                // Rendezvous order: highest score first.
                 let key_hash = crate::routing::fnv1a(key.as_bytes());
-                *available
-                    .iter()
-                    .max_by_key(|&&index| mix(key_hash ^ self.endpoints[index].url_hash))
-                    .expect("one is available")
+                let score = |index: usize| mix(key_hash ^ self.endpoints[index].url_hash);
+                let mut ranked = available;
+                if skip == 0 {
+                    *ranked
+                        .iter()
+                        .max_by_key(|&&index| score(index))
+                        .expect("one")
+                } else {
+                    ranked.sort_by_key(|&index| std::cmp::Reverse(score(index)));
+                    ranked[skip]
+                }
             }
             (Strategy::RoundRobin | Strategy::KeyHash, _) => {
                 let picked = available[self.turn % available.len()];
@@ -404,7 +416,7 @@ mod tests {
     }
 
     fn picks(group: &mut EndpointGroup, count: usize) -> Vec<usize> {
-        (0..count).map(|_| group.pick(None).unwrap()).collect()
+        (0..count).map(|_| group.pick(None, 0).unwrap()).collect()
     }
 
     fn fail(group: &mut EndpointGroup, endpoint: usize, times: u32, now_ms: i64) -> Option<Change> {
@@ -441,11 +453,14 @@ mod tests {
     fn key_hash_moves_only_the_keys_of_an_endpoint_that_left() {
         let mut group = group(&[1, 1, 1], Strategy::KeyHash, None);
         let keys: Vec<String> = (0..300).map(|i| format!("order-{i}")).collect();
-        let before: Vec<usize> = keys.iter().map(|k| group.pick(Some(k)).unwrap()).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| group.pick(Some(k), 0).unwrap())
+            .collect();
         assert_eq!(
             before,
             keys.iter()
-                .map(|k| group.pick(Some(k)).unwrap())
+                .map(|k| group.pick(Some(k), 0).unwrap())
                 .collect::<Vec<_>>()
         );
         for endpoint in 0..3 {
@@ -459,7 +474,7 @@ mod tests {
             panic!("five failures eject");
         };
         for (key, &endpoint) in keys.iter().zip(&before) {
-            let now = group.pick(Some(key)).unwrap();
+            let now = group.pick(Some(key), 0).unwrap();
             if endpoint == 1 {
                 assert_ne!(now, 1, "{key} left the ejected endpoint");
             } else {
@@ -470,7 +485,10 @@ mod tests {
             group.readmit(until_ms),
             [Change::Readmitted { endpoint: 1 }]
         );
-        let after: Vec<usize> = keys.iter().map(|k| group.pick(Some(k)).unwrap()).collect();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| group.pick(Some(k), 0).unwrap())
+            .collect();
         assert_eq!(after, before, "the keys came back");
     }
 
@@ -536,7 +554,7 @@ mod tests {
     fn a_lone_endpoint_is_never_ejected() {
         let mut group = group(&[1], Strategy::RoundRobin, None);
         assert_eq!(fail(&mut group, 0, 50, 0), None);
-        assert_eq!(group.pick(None), Some(0));
+        assert_eq!(group.pick(None, 0), Some(0));
     }
 
     // Goal: health checks flip health only after the thresholds in a row, an unhealthy
@@ -557,13 +575,13 @@ mod tests {
             group.on_check(0, false, 0),
             Some(Change::Unhealthy { endpoint: 0 })
         );
-        assert_eq!(group.pick(None), Some(1), "failover to the healthy one");
+        assert_eq!(group.pick(None, 0), Some(1), "failover to the healthy one");
         assert_eq!(group.on_check(0, true, 0), None);
         assert_eq!(
             group.on_check(0, true, 0),
             Some(Change::Healthy { endpoint: 0 })
         );
-        assert_eq!(group.pick(None), Some(0));
+        assert_eq!(group.pick(None, 0), Some(0));
 
         // Ejected, and unhealthy by the time the ejection ends: not re-admitted.
         let Some(Change::Ejected { until_ms, .. }) = fail(&mut group, 0, 5, 0) else {
@@ -573,13 +591,13 @@ mod tests {
             group.on_check(0, false, 0);
         }
         assert!(group.readmit(until_ms).is_empty());
-        assert_eq!(group.pick(None), Some(1));
+        assert_eq!(group.pick(None, 0), Some(1));
         group.on_check(0, true, 0);
         assert_eq!(
             group.on_check(0, true, 0),
             Some(Change::Healthy { endpoint: 0 })
         );
-        assert_eq!(group.pick(None), Some(0));
+        assert_eq!(group.pick(None, 0), Some(0));
 
         // None available: nothing is picked.
         for endpoint in 0..2 {
@@ -587,7 +605,7 @@ mod tests {
                 group.on_check(endpoint, false, 0);
             }
         }
-        assert_eq!(group.pick(None), None);
+        assert_eq!(group.pick(None, 0), None);
     }
 
     // Goal: an endpoint's outage runs from its ejection (or unhealthy verdict) to its return,
@@ -626,5 +644,22 @@ mod tests {
             Duration::from_secs(1),
             "from the first failed check"
         );
+    }
+
+    // Goal: after failovers, `failover` and `key_hash` take the next endpoint in their order
+    // (a retry at once goes elsewhere, and wraps around), while the first pick is unchanged.
+    #[test]
+    fn failovers_move_on_in_the_strategys_order() {
+        let mut failover = group(&[1, 1, 1], Strategy::Failover, None);
+        let order: Vec<usize> = (0..4).map(|n| failover.pick(None, n).unwrap()).collect();
+        assert_eq!(order, [0, 1, 2, 0]);
+        let mut hashed = group(&[1, 1, 1], Strategy::KeyHash, None);
+        for key in ["a", "b", "c", "order-7"] {
+            let ranked: Vec<usize> = (0..3).map(|n| hashed.pick(Some(key), n).unwrap()).collect();
+            assert_eq!(ranked[0], hashed.pick(Some(key), 0).unwrap(), "{key}");
+            let mut distinct = ranked.clone();
+            distinct.sort_unstable();
+            assert_eq!(distinct, [0, 1, 2], "{key}: each endpoint once, {ranked:?}");
+        }
     }
 }

@@ -52,7 +52,9 @@ pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
         for delivery in taken {
             let (deliveries, client, sink) = (deliveries.clone(), client.clone(), sink.clone());
             // Some while one is available (checked above, under the same state).
-            let endpoint = sink.pick(&delivery.json).unwrap_or_default();
+            let endpoint = sink
+                .pick(&delivery.json, delivery.failovers)
+                .unwrap_or_default();
             let mut stopped = stopping.clone();
             tokio::spawn(async move {
                 let (slot, lease) = (delivery.slot, delivery.lease);
@@ -177,8 +179,13 @@ async fn attempt(
         // it goes to another endpoint at once without spending an attempt; one that was cut
         // off may have reached it (the event may be the cause), so it is an ordinary failed
         // attempt. (With no other available, the sink as a whole is down: the circuit judges,
-        // as for one URL.)
-        AttemptOutcome::ConnectionFailed { error, unreached } if others_available => {
+        // as for one URL.) Invariant: an event fails over at once at most once per endpoint
+        // in a row; when every endpoint failed it (all down, some not ejectable under the
+        // cap), the circuit judges it and it waits its backoff, so a group of dead endpoints
+        // is never tried in a tight loop.
+        AttemptOutcome::ConnectionFailed { error, unreached }
+            if others_available && (delivery.failovers as usize) + 1 < sink.len() =>
+        {
             let endpoint = crate::webhook::redacted_url(&target.url);
             let error = format!("{error} (endpoint {endpoint})");
             let outcome = if unreached {

@@ -82,12 +82,18 @@ impl PushSink {
         (changes, available, group.next_readmission_ms())
     }
 
-    /// The endpoint for an event (its stored JSON): the key matters only to `key_hash`.
-    pub(crate) fn pick(&self, event_json: &str) -> Option<usize> {
+    /// The endpoint for an event (its stored JSON) after `failovers` endpoints could not be
+    /// reached for it: the key matters only to `key_hash`.
+    pub(crate) fn pick(&self, event_json: &str, failovers: u32) -> Option<usize> {
         let key = (self.strategy == Strategy::KeyHash)
             .then(|| crate::event::key_of(event_json.as_bytes()))
             .flatten();
-        self.group().pick(key.as_deref())
+        self.group().pick(key.as_deref(), failovers)
+    }
+
+    /// How many endpoints it has.
+    pub(crate) fn len(&self) -> usize {
+        self.targets.len()
     }
 
     /// Records an attempt's answer at `endpoint`: a connection failure, a timeout or a 5xx

@@ -104,6 +104,9 @@ pub(crate) struct Delivery {
     pub(crate) lease: u64,
     /// 1 for the first attempt.
     pub(crate) attempt: u32,
+    /// Failovers in a row just before this attempt: endpoints of a group that could not be
+    /// reached for this event, one after the other (see `push.rs`).
+    pub(crate) failovers: u32,
     pub(crate) json: Arc<str>,
     /// Where the event was first read (partition, offset).
     pub(crate) origin: (u32, u64),
@@ -527,10 +530,17 @@ impl DeliveryState {
             }
             pending.phase = Phase::InFlight { lease, deadline_ms };
             let attempt = u32::try_from(pending.history.len()).unwrap_or(u32::MAX) + 1;
+            let failovers = pending
+                .history
+                .iter()
+                .rev()
+                .take_while(|record| record.failover)
+                .count();
             taken.push(Delivery {
                 slot,
                 lease,
                 attempt,
+                failovers: u32::try_from(failovers).unwrap_or(u32::MAX),
                 json: pending.json.clone(),
                 origin: pending.origin,
             });
