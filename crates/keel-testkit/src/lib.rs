@@ -8,12 +8,15 @@
 //!   socket, for API tests.
 //! - [`api`]: whole-partition reads and publishes retried across restarts, over keel's HTTP
 //!   API.
+//! - [`nats`]: a real NATS JetStream cluster (`nats-server` processes) on loopback, whose
+//!   servers a test can kill -9, restart, pause and resume, for cluster-mode tests.
 //! - [`random`]: the seeded pseudo-random mix the tests replay runs with, and the run's seed.
 
 // A test kit's failures are test failures: panicking with the reason is what it should do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod nats;
 pub mod process;
 pub mod random;
 mod readiness;

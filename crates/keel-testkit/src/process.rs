@@ -160,6 +160,31 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     binary
 }
 
+/// Starts `command` with no stdin, appending its stdout and stderr to `log_path`.
+pub(crate) fn spawn_logged(command: &mut Command, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap_or_else(|error| panic!("open {}: {error}", log_path.display()));
+    command
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|error| panic!("start {command:?}: {error}"))
+}
+
+/// Sends `signal` (a name `kill` knows: `TERM`, `STOP`, `CONT`) to process `pid`, with the
+/// `kill` command: the workspace forbids the `unsafe` a `libc::kill` call needs.
+pub(crate) fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap_or_else(|error| panic!("run kill -{signal} {pid}: {error}"));
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
 /// A child process serving keel's HTTP API (`keel serve`, or a program embedding keel);
 /// dropping it kills it.
 pub struct KeelProcess {
@@ -184,17 +209,7 @@ impl KeelProcess {
         listen: &str,
         log_path: &Path,
     ) -> KeelProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log_path)
-            .unwrap();
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("start {command:?}: {error}"));
+        let child = spawn_logged(&mut command, log_path);
         KeelProcess {
             url: format!("http://{listen}"),
             listen: listen.to_owned(),
@@ -236,11 +251,7 @@ impl KeelProcess {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.child.id(), "TERM");
         self.child.wait().unwrap()
     }
 
