@@ -26,6 +26,7 @@
 //! ```
 
 pub mod alerts;
+pub mod cluster;
 pub mod dead_letters;
 pub mod duration;
 pub mod health;

@@ -6,6 +6,7 @@
 
 mod alert;
 mod bench;
+mod cluster;
 mod dlq;
 mod error;
 mod limits;
@@ -25,6 +26,7 @@ use clap::{Parser, Subcommand};
 
 use crate::alert::AlertCommand;
 use crate::bench::BenchCommand;
+use crate::cluster::ClusterCommand;
 use keel_client::{Client, ClientError, DEFAULT_SERVER};
 
 use crate::dlq::DlqCommand;
@@ -86,6 +88,9 @@ enum Command {
     /// exits 0 when nothing needs attention, 1 when something does
     #[command(after_help = status::STATUS_HELP)]
     Status,
+    /// A keel cluster's nodes and which subscriptions each hosts
+    #[command(subcommand, after_help = cluster::CLUSTER_HELP)]
+    Cluster(ClusterCommand),
 }
 
 /// glibc malloc took about a tenth of the server's CPU on the publish path (perf); mimalloc
@@ -112,6 +117,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic(command) => topic::run(&client()?, command, cli.json).await,
+        Command::Cluster(command) => cluster::run(&client()?, command, cli.json).await,
         Command::Publish(args) => publish::run(&client()?, args, cli.json).await,
         Command::Tail(args) => tail::run(&client()?, args).await,
         Command::Bench(command) => bench::run(&cli.server, command, cli.json).await,

@@ -36,6 +36,52 @@ pub(crate) struct ServeArgs {
     /// as members) for a log collector
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Run as a node of a keel cluster on these NATS servers (comma-separated client URLs,
+    /// nats://HOST:4222): everything is stored in their JetStream, not in --data-dir
+    /// [config: cluster.servers]
+    #[arg(
+        long,
+        env = "KEEL_CLUSTER",
+        value_name = "URLS",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) cluster: Option<String>,
+    /// This node's id, unique in the cluster [config default: HOSTNAME-PORT]
+    #[arg(
+        long,
+        env = "KEEL_NODE_ID",
+        value_name = "ID",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) node_id: Option<String>,
+    /// The cluster's name, shared by its nodes [config default: keel]
+    #[arg(
+        long,
+        env = "KEEL_CLUSTER_NAME",
+        value_name = "NAME",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) cluster_name: Option<String>,
+    /// This node's HTTP API as the other nodes reach it [config default: http://LISTEN]
+    #[arg(
+        long,
+        env = "KEEL_ADVERTISE_URL",
+        value_name = "URL",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) advertise_url: Option<String>,
+    /// Replicas of every JetStream stream and bucket, 1 to 5 [config default: 3]
+    #[arg(
+        long,
+        env = "KEEL_REPLICAS",
+        value_name = "N",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) replicas: Option<usize>,
+    /// How long a lease lasts without renewal; a dead node's work moves within about twice
+    /// this [config default: 5s]
+    #[arg(long, env = "KEEL_LEASE_TTL", value_name = "DURATION", value_parser = keel_engine::duration::parse, help_heading = "Cluster mode")]
+    pub(crate) lease_ttl: Option<std::time::Duration>,
 }
 
 /// How log lines are written.
@@ -55,7 +101,19 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
         log_filter.as_deref().unwrap_or(LOG_FILTER_DEFAULT),
         args.log_format,
     )?;
-    keel_server::run(config).await?;
+    let cluster = if config.cluster.enabled() {
+        config
+            .validate()
+            .map_err(|error| CliError::Usage(format!("invalid configuration: {error}")))?;
+        let (settings, listen) = (config.cluster.clone(), config.listen);
+        let joined = tokio::task::spawn_blocking(move || crate::cluster::join(&settings, listen))
+            .await
+            .map_err(|_| CliError::Usage("joining the cluster was interrupted".into()))??;
+        Some(joined)
+    } else {
+        None
+    };
+    keel_server::run_member(config, cluster).await?;
     Ok(())
 }
 
@@ -75,6 +133,30 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     }
     if let Some(listen) = &args.listen {
         config.listen = resolve_listen(listen)?;
+    }
+    let cluster = &mut config.cluster;
+    if let Some(servers) = &args.cluster {
+        cluster.servers = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|server| !server.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    if let Some(node_id) = &args.node_id {
+        cluster.node_id = Some(node_id.clone());
+    }
+    if let Some(name) = &args.cluster_name {
+        cluster.name = name.clone();
+    }
+    if let Some(url) = &args.advertise_url {
+        cluster.advertise_url = Some(url.clone());
+    }
+    if let Some(replicas) = args.replicas {
+        cluster.replicas = replicas;
+    }
+    if let Some(ttl) = args.lease_ttl {
+        cluster.lease_ttl = ttl;
     }
     Ok(config)
 }
@@ -135,6 +217,12 @@ mod tests {
             listen: listen.map(str::to_owned),
             config,
             log_format: LogFormat::Text,
+            cluster: None,
+            node_id: None,
+            cluster_name: None,
+            advertise_url: None,
+            replicas: None,
+            lease_ttl: None,
         }
     }
 
@@ -260,6 +348,11 @@ mod tests {
         ));
         names.extend(fields(
             serde_json::from_str::<keel_engine::pressure::PressureConfig>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_server::ClusterSettings>(unknown)
                 .unwrap_err()
                 .to_string(),
         ));

@@ -147,6 +147,7 @@ macro_rules! decode_borrowed {
 }
 
 use keel_api::alerts::{AlertList, AlertStatus};
+use keel_api::cluster::ClusterStatus;
 use keel_api::dead_letters::{Entry, EntryPage, Purged, Redriven};
 use keel_api::health::{Readiness, Tasks};
 use keel_api::publish::PublishResults;
@@ -170,6 +171,7 @@ decode_owned!(
     Purged,
     AlertStatus,
     AlertList,
+    ClusterStatus,
     serde_json::Value,
 );
 decode_borrowed!(Records, Pulled, Entry, EntryPage, KeyState, StateList);

@@ -21,4 +21,10 @@ impl Client {
     pub async fn tasks(&self) -> Result<Answer<Tasks>, ClientError> {
         self.call(Method::GET, &["v1", "tasks"], &[], None).await
     }
+
+    /// `GET /v1/cluster`: the nodes of the cluster and which units each holds (a single
+    /// node answers with itself).
+    pub async fn cluster(&self) -> Result<Answer<keel_api::cluster::ClusterStatus>, ClientError> {
+        self.call(Method::GET, &["v1", "cluster"], &[], None).await
+    }
 }

@@ -26,9 +26,11 @@ use crate::supervisor::Supervisor;
 use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
 mod alerts;
+mod cluster;
 mod streams;
 mod subscription_update;
 mod subscriptions;
+pub use cluster::Placement;
 pub use streams::Appended;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 
@@ -117,6 +119,8 @@ struct Inner {
     notices: Notices,
     /// What refuses publishes while storage or the publish queue is full.
     pressure: Arc<Pressure>,
+    /// In a cluster, which subscriptions this node hosts (`engine/cluster.rs`); none: all.
+    placement: Option<Arc<dyn Placement>>,
 }
 
 impl Engine {
@@ -141,6 +145,16 @@ impl Engine {
         config: EngineConfig,
         storage: Arc<dyn Storage>,
     ) -> Result<Engine, EngineError> {
+        Self::open_inner(config, storage, None).await
+    }
+
+    /// Opens an engine on `storage` with every topic stored there and every subscription
+    /// placed by `placement`: none hosted until it hosts them (`engine/cluster.rs`).
+    async fn open_inner(
+        config: EngineConfig,
+        storage: Arc<dyn Storage>,
+        placement: Option<Arc<dyn Placement>>,
+    ) -> Result<Engine, EngineError> {
         if config.event_bytes_max == 0 || config.event_bytes_max > EVENT_BYTES_CEILING {
             return Err(EngineError::Topic(TopicError::InvalidConfig {
                 detail: format!("event_bytes_max must be between 1 and {EVENT_BYTES_CEILING}"),
@@ -153,18 +167,23 @@ impl Engine {
         let closing = tokio::sync::watch::Sender::new(false);
         let subscription_closing = closing.subscribe();
         let event_bytes_max = config.event_bytes_max;
+        let hosts_all = placement.is_none();
         let recovered = tokio::task::spawn_blocking(move || {
             let (topics, failed) = recover(&recovery_storage, &recovery_metrics)?;
             let targets = EmitTargets {
                 topics: Arc::new(RwLock::new(topics)),
                 event_bytes_max,
             };
-            let subscriptions = subscriptions::recover(
-                &recovery_storage,
-                &targets,
-                &recovery_metrics,
-                &subscription_closing,
-            )?;
+            let subscriptions = if hosts_all {
+                subscriptions::recover(
+                    &recovery_storage,
+                    &targets,
+                    &recovery_metrics,
+                    &subscription_closing,
+                )?
+            } else {
+                Default::default()
+            };
             Ok::<_, EngineError>((targets.topics, failed, subscriptions))
         })
         .await
@@ -203,6 +222,7 @@ impl Engine {
                 alerts: Mutex::new(Alerts::default()),
                 notices,
                 pressure,
+                placement,
             }),
         };
         engine.create_notices_topic().await;
@@ -274,6 +294,7 @@ impl Engine {
         config: TopicConfig,
     ) -> Result<Created, EngineError> {
         validate_topic_config(&config)?;
+        self.find_topic(name).await;
         let _admin = self.inner.admin.lock().await;
         if let Err(error @ EngineError::Topic(TopicError::Unavailable { .. })) = self.topic(name) {
             return Err(error);
@@ -291,7 +312,13 @@ impl Engine {
         let name_owned = name.to_owned();
         let (storage, metrics) = (self.inner.storage.clone(), self.inner.metrics.clone());
         let topic = tokio::task::spawn_blocking(move || {
-            storage.create_topic(&name_owned, &config)?;
+            match storage.create_topic(&name_owned, &config) {
+                Ok(()) => {}
+                // In a cluster, another node stored the same topic a moment ago.
+                Err(EngineError::Topic(TopicError::Conflict { existing, .. }))
+                    if *existing == config => {}
+                Err(error) => return Err(error),
+            }
             Ok::<_, EngineError>(Topic::open(&*storage, &name_owned, config, metrics))
         })
         .await
@@ -330,6 +357,7 @@ impl Engine {
     /// `force`, which deletes those subscriptions too.
     pub async fn delete_topic(&self, name: &str, force: bool) -> Result<(), EngineError> {
         refuse_internal(name, "deleted")?;
+        self.find_topic(name).await;
         let _admin = self.inner.admin.lock().await;
         let readers = self.subscriptions_of(name);
         if !readers.is_empty() {
@@ -387,6 +415,7 @@ impl Engine {
         topic: &str,
         events: Vec<Event>,
     ) -> Result<Vec<PublishResult>, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.writable_topic(topic)?;
         self.publish_to(&topic, events).await
     }
@@ -399,6 +428,7 @@ impl Engine {
         topic: &str,
         request: &HttpRequest<'_>,
     ) -> Result<Vec<PublishResult>, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.writable_topic(topic)?;
         let events = crate::event::http::parse_request(request)?;
         self.publish_to(&topic, events).await
@@ -447,6 +477,7 @@ impl Engine {
         records_max: usize,
         wait: Duration,
     ) -> Result<ReadBatch, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.topic(topic)?;
         let records_max = records_max.clamp(1, READ_RECORDS_MAX);
         let wait = wait.min(Duration::from_millis(READ_WAIT_MS_MAX));

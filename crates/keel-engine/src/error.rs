@@ -329,6 +329,15 @@ pub enum PublishError {
         /// The high-water mark.
         max_bytes: u64,
     },
+    /// The storage cannot take writes now (cluster mode without a NATS quorum, or without a
+    /// connection): the events were not acknowledged, and may or may not be stored.
+    #[error(
+        "publishing failed: the storage cannot take writes now ({detail}). The events were not acknowledged and may or may not be stored: publish them again with the same ids (dedupe makes that safe) after the Retry-After delay"
+    )]
+    StorageUnavailable {
+        /// What the storage said.
+        detail: String,
+    },
     /// An earlier publish of the same (source, id) failed while this one waited for it.
     #[error(
         "an earlier publish of event (source {source_attr:?}, id {id:?}) failed; publish it again"
@@ -354,7 +363,9 @@ impl PublishError {
             PublishError::Event(EventError::Json { .. } | EventError::Invalid { .. }) => {
                 ErrorClass::Invalid
             }
-            PublishError::OriginalFailed { .. } => ErrorClass::Unavailable,
+            PublishError::OriginalFailed { .. } | PublishError::StorageUnavailable { .. } => {
+                ErrorClass::Unavailable
+            }
             PublishError::StorageFull { .. } => ErrorClass::InsufficientStorage,
             PublishError::Overloaded { .. } => ErrorClass::Overloaded,
         }

@@ -33,8 +33,8 @@ pub mod webhook;
 pub use alerts::{AlertNotice, RulePut, validate_alert_name, validate_alert_rule};
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Appended, Created, Engine, EngineConfig, ReadBatch, SubscriptionCreated, UnavailablePartition,
-    UnavailableSubscription,
+    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SubscriptionCreated,
+    UnavailablePartition, UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;

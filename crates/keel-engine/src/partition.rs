@@ -539,7 +539,8 @@ impl Writer {
 
     /// Answers each request of a commit. A commit refused for a full device leaves the log
     /// whole and writable (see `StorageError::Full`): its publishers get 507 and the partition
-    /// stays in service; any other failure takes the partition out of service.
+    /// stays in service; so does one the storage could not take now (`Unavailable`, 503);
+    /// any other failure takes the partition out of service.
     fn answer(&self, requests: Vec<AppendRequest>, committed: Result<u64, StorageError>) {
         match committed {
             Ok(first_offset) => {
@@ -571,6 +572,17 @@ impl Writer {
                     let limit = crate::error::StorageLimit::DeviceFull;
                     let error =
                         EngineError::Publish(crate::error::PublishError::StorageFull { limit });
+                    let _ = request.reply.send(Err(error));
+                }
+            }
+            Err(StorageError::Unavailable { source }) => {
+                tracing::warn!(topic = %self.shared.topic, partition = self.shared.number, error = %source, "a commit failed: the storage is unavailable");
+                for request in requests {
+                    let detail = source.to_string();
+                    let error =
+                        EngineError::Publish(crate::error::PublishError::StorageUnavailable {
+                            detail,
+                        });
                     let _ = request.reply.send(Err(error));
                 }
             }

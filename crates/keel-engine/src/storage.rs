@@ -24,7 +24,8 @@
 //! - After an append or sync failed, the log refuses every later append and sync until it is
 //!   opened again (what reached the medium is unknown; a reopen finds out). One exception:
 //!   an append refused with [`StorageError::Full`] kept nothing (not even across a crash),
-//!   and the log takes appends again.
+//!   and the log takes appends again. Nor is one refused with [`StorageError::Unavailable`]
+//!   (a replicated backend without a quorum): the log takes appends again.
 //! - Records below [`RecordLog::start_offset`] were removed by retention or trimming.
 //! - Methods block (they may do I/O): call them from a blocking thread, except
 //!   [`RecordLog::read`] near the end, which is served from memory or the page cache and may
@@ -32,6 +33,7 @@
 
 mod disk;
 mod memory;
+mod table_map;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +52,7 @@ pub use keel_api::health::DataDirDamage;
 pub(crate) use disk::log_for_tests as disk_log_for_tests;
 pub use disk::{DiskStorage, LogSettings};
 pub use memory::{Faults, MemoryStorage};
+pub use table_map::TableMap;
 
 /// A record read from a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +100,15 @@ pub enum StorageError {
     /// writes again (one may succeed once space returns).
     #[error("the device is full: {source}")]
     Full {
+        /// The backend's report.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend cannot take the write now (a replicated backend without a quorum, or
+    /// without a connection): the append may or may not have been kept (a retry with the
+    /// same event ids is safe: dedupe), and the log takes writes again.
+    #[error("the storage is unavailable: {source}")]
+    Unavailable {
         /// The backend's report.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -53,6 +53,85 @@ pub struct ServerConfig {
     /// Backpressure and resource limits (`[backpressure]`): the disk guard (507) and the
     /// publish queue's high-water mark (429).
     pub backpressure: keel_engine::pressure::PressureConfig,
+    /// Cluster mode (`[cluster]`): with NATS servers listed, this node stores everything in
+    /// their JetStream and shares the work with the other nodes (`docs/cluster.md`).
+    pub cluster: ClusterSettings,
+}
+
+/// Replicas of every stream and bucket, by default: a quorum survives one lost server.
+pub const CLUSTER_REPLICAS_DEFAULT: usize = 3;
+/// Most replicas JetStream takes.
+pub const CLUSTER_REPLICAS_MAX: usize = 5;
+/// The cluster name by default.
+pub const CLUSTER_NAME_DEFAULT: &str = "keel";
+
+/// `[cluster]`: cluster mode on NATS JetStream. Without `servers`, keel runs alone on its
+/// data directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// The NATS servers' client URLs (`nats://host:4222`); empty: not a cluster.
+    pub servers: Vec<String>,
+    /// The cluster's name: the nodes of one cluster share it; several clusters may share a
+    /// NATS account.
+    pub name: String,
+    /// This node's id, unique in the cluster (default: the host name and the listen port).
+    pub node_id: Option<String>,
+    /// This node's HTTP API as the other nodes reach it (default: `http://` and `listen`,
+    /// which must then not be an unspecified address such as `0.0.0.0`).
+    pub advertise_url: Option<String>,
+    /// Replicas of every stream and bucket (1 to 5; at most the NATS servers there are).
+    pub replicas: usize,
+    /// How long a lease (and a heartbeat) lasts without renewal: a dead node's work moves
+    /// within about twice this.
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub lease_ttl: std::time::Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            name: CLUSTER_NAME_DEFAULT.to_owned(),
+            node_id: None,
+            advertise_url: None,
+            replicas: CLUSTER_REPLICAS_DEFAULT,
+            lease_ttl: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.servers.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.replicas == 0 || self.replicas > CLUSTER_REPLICAS_MAX {
+            return Err(format!(
+                "cluster.replicas must be between 1 and {CLUSTER_REPLICAS_MAX}, got {}",
+                self.replicas
+            ));
+        }
+        if self.lease_ttl < std::time::Duration::from_secs(2) {
+            return Err(format!(
+                "cluster.lease_ttl must be at least 2s, got {}",
+                keel_engine::duration::format(self.lease_ttl)
+            ));
+        }
+        for server in &self.servers {
+            if !server.starts_with("nats://") && !server.starts_with("tls://") {
+                return Err(format!(
+                    "cluster.servers: {server:?} is not a NATS URL like \"nats://host:4222\""
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ServerConfig {
@@ -103,6 +182,7 @@ impl ServerConfig {
             }
         }
         self.backpressure.validate()?;
+        self.cluster.validate()?;
         self.validate_declared()
     }
 
@@ -164,6 +244,7 @@ impl Default for ServerConfig {
             alert_evaluation_interval: keel_engine::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
             alerts: BTreeMap::new(),
             backpressure: keel_engine::pressure::PressureConfig::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }

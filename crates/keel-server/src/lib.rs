@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod dlq;
 pub mod health;
@@ -21,6 +22,7 @@ pub mod topics;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -30,7 +32,8 @@ use keel_engine::error::{SubscriptionError, TopicError};
 use keel_engine::{Created, Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
 
-pub use config::ServerConfig;
+pub use cluster::ClusterMember;
+pub use config::{ClusterSettings, ServerConfig};
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -75,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/v1/tasks", get(health::tasks))
+        .route("/v1/cluster", get(cluster::status))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",
@@ -131,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            cluster::forward_to_host,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             request_deadline,
         ))
         .with_state(state)
@@ -175,6 +183,14 @@ async fn method_not_allowed(uri: Uri) -> ApiError {
 /// Runs the server until SIGTERM or SIGINT, then shuts down gracefully: stops accepting,
 /// finishes in-flight requests (their appends are committed and fsynced), exits.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    run_member(config, None).await
+}
+
+/// [`run`], as a node of `cluster` (cluster mode) or alone.
+pub async fn run_member(
+    config: ServerConfig,
+    cluster: Option<Arc<dyn ClusterMember>>,
+) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     let listener =
         TcpListener::bind(config.listen)
@@ -183,7 +199,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
                 listen: config.listen,
                 source,
             })?;
-    serve(listener, config, shutdown_signal()).await
+    serve_member(listener, config, cluster, shutdown_signal()).await
 }
 
 /// Serves on a bound listener until `shutdown` resolves.
@@ -192,13 +208,25 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_member(listener, config, None, shutdown).await
+}
+
+/// Serves on a bound listener until `shutdown` resolves, as a node of `cluster` (cluster
+/// mode: the storage is the cluster's, not the data directory) or alone.
+pub async fn serve_member(
+    listener: TcpListener,
+    config: ServerConfig,
+    cluster: Option<Arc<dyn ClusterMember>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let listen = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
             listen: config.listen,
             source,
         })?;
-    let state = AppState::new(config.request_bytes_max, config.request_timeout);
+    let mut state = AppState::new(config.request_bytes_max, config.request_timeout);
+    state.cluster = cluster.clone();
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
     tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
@@ -225,6 +253,9 @@ pub async fn serve(
     match opener.await {
         Ok(Ok(engine)) => {
             engine.shut_down().await;
+            if let Some(cluster) = &cluster {
+                cluster.leave().await;
+            }
             tracing::info!("keel stopped cleanly");
             Ok(())
         }
@@ -304,7 +335,16 @@ async fn open_engine(
         engine_config.retention_check_interval = config.retention_check_interval;
         engine_config.alert_evaluation_interval = config.alert_evaluation_interval;
         engine_config.pressure = config.backpressure;
-        let engine = Engine::open(engine_config).await?;
+        let engine = match &state.cluster {
+            Some(cluster) => {
+                let engine =
+                    Engine::open_member(engine_config, cluster.storage(), cluster.placement())
+                        .await?;
+                cluster.start(engine.clone());
+                engine
+            }
+            None => Engine::open(engine_config).await?,
+        };
         for (name, topic) in &config.topics {
             let created = engine.create_topic(name, *topic).await;
             created.map_err(declared("topics", "topic", name))?;

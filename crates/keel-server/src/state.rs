@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use axum::http::StatusCode;
 use keel_engine::Engine;
 
+use crate::cluster::ClusterMember;
 use crate::problem::ApiError;
 
 /// Shared state of the HTTP handlers.
@@ -15,6 +16,10 @@ pub struct AppState {
     pub request_bytes_max: usize,
     /// Longest a request may take from its head to its answer.
     pub request_timeout: std::time::Duration,
+    /// The cluster this node belongs to (cluster mode), or none.
+    pub cluster: Option<Arc<dyn ClusterMember>>,
+    /// The HTTP client that forwards requests to other nodes (cluster mode).
+    pub peers: reqwest::Client,
 }
 
 impl AppState {
@@ -24,6 +29,11 @@ impl AppState {
             engine: Arc::new(OnceLock::new()),
             request_bytes_max,
             request_timeout,
+            cluster: None,
+            peers: reqwest::Client::builder()
+                .timeout(request_timeout)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

@@ -43,9 +43,23 @@ pub async fn create(
 }
 
 /// `GET /v1/subscriptions`.
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let subscriptions = state.engine()?.list_subscriptions()?;
-    Ok(Json(SubscriptionList { subscriptions }).into_response())
+    let forwarded = headers.contains_key(crate::cluster::FORWARDED_HEADER);
+    let Some(cluster) = state.cluster.clone().filter(|_| !forwarded) else {
+        return Ok(Json(SubscriptionList { subscriptions }).into_response());
+    };
+    // Cluster mode: every node's, by name.
+    let mut all: Vec<serde_json::Value> = subscriptions
+        .iter()
+        .filter_map(|info| serde_json::to_value(info).ok())
+        .collect();
+    all.extend(crate::cluster::peer_subscriptions(&state, &*cluster).await);
+    all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(Json(serde_json::json!({ "subscriptions": all })).into_response())
 }
 
 /// `GET /v1/subscriptions/{name}`.

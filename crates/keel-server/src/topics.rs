@@ -42,7 +42,9 @@ pub async fn create(
 
 /// `GET /v1/topics`.
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let topics = state.engine()?.list_topics()?;
+    let engine = state.engine()?;
+    engine.refresh_topics().await;
+    let topics = engine.list_topics()?;
     Ok(Json(TopicList { topics }).into_response())
 }
 
@@ -51,7 +53,9 @@ pub async fn describe(
     State(state): State<AppState>,
     Path(topic): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(state.engine()?.describe_topic(&topic)?).into_response())
+    let engine = state.engine()?;
+    engine.find_topic(&topic).await;
+    Ok(Json(engine.describe_topic(&topic)?).into_response())
 }
 
 /// Query of a delete.

@@ -249,6 +249,16 @@ impl KeelProcess {
         self.child.wait().unwrap();
     }
 
+    /// SIGSTOP: it stops where it is, holding everything (a long GC pause, a frozen VM).
+    pub fn pause(&self) {
+        send_signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT after [`KeelProcess::pause`].
+    pub fn resume(&self) {
+        send_signal(self.child.id(), "CONT");
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         send_signal(self.child.id(), "TERM");

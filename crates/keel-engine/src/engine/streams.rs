@@ -34,6 +34,7 @@ impl Engine {
         from_version: u64,
         records_max: usize,
     ) -> Result<KeyStream, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.topic(topic)?;
         if from_version == 0 {
             return Err(invalid_read(
@@ -65,6 +66,7 @@ impl Engine {
         request: &HttpRequest<'_>,
         expected_version: u64,
     ) -> Result<Appended, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.writable_topic(topic)?;
         let events = crate::event::http::parse_request(request)?;
         self.append_to_expecting(&topic, events, expected_version)
@@ -84,6 +86,7 @@ impl Engine {
         events: Vec<Event>,
         expected_version: u64,
     ) -> Result<Appended, EngineError> {
+        self.find_topic(topic).await;
         let topic = self.writable_topic(topic)?;
         self.append_to_expecting(&topic, events, expected_version)
             .await

@@ -101,6 +101,7 @@ impl Engine {
     ) -> Result<SubscriptionCreated, EngineError> {
         validate_subscription_name(name)?;
         validate_subscription_spec(&spec)?;
+        self.find_topic(&spec.topic).await;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(&spec.topic).map_err(|error| match error {
             EngineError::Topic(TopicError::NotFound { topic }) => {
@@ -144,7 +145,14 @@ impl Engine {
             let checkpoint = first_checkpoint(spec, &starts).to_bytes();
             storage.create_subscription(name, spec, &checkpoint)
         };
-        let subscription = self.store_and_open(name, spec, topic, create).await?;
+        self.claim_subscription(name).await?;
+        let subscription = match self.store_and_open(name, spec, topic, create).await {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                self.release_subscription(name).await;
+                return Err(error);
+            }
+        };
         subscription.start(&self.inner.supervisor);
         let info = subscription.info();
         self.inner
@@ -238,26 +246,34 @@ impl Engine {
         subscription: &Subscription,
     ) -> Result<(), EngineError> {
         let name = subscription.name().to_owned();
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .remove(&name);
+        self.stop_subscription(subscription).await;
+        self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
+            .await?;
+        self.release_subscription(&name).await;
+        self.inner.pressure.measure_soon();
+        tracing::info!(subscription = %name, "deleted subscription");
+        Ok(())
+    }
+
+    /// Stops a subscription taken out of the running ones, and forgets its metrics and tasks
+    /// (what it stored stays).
+    pub(super) async fn stop_subscription(&self, subscription: &Subscription) {
+        let name = subscription.name();
         let endpoints: Vec<String> = subscription
             .info()
             .endpoints
             .into_iter()
             .map(|endpoint| endpoint.url)
             .collect();
-        self.inner
-            .subscriptions
-            .write()
-            .expect("subscriptions lock")
-            .remove(&name);
         subscription.stop().await;
-        self.blocking_storage(|storage, name| storage.delete_subscription(name), &name)
-            .await?;
-        self.inner.metrics.remove_subscription(&name, &endpoints);
-        let tasks = crate::subscription::task_prefix(&name);
+        self.inner.metrics.remove_subscription(name, &endpoints);
+        let tasks = crate::subscription::task_prefix(name);
         self.inner.supervisor.forget(&tasks);
-        self.inner.pressure.measure_soon();
-        tracing::info!(subscription = %name, "deleted subscription");
-        Ok(())
     }
 
     /// Pauses a subscription's delivery.
@@ -501,7 +517,7 @@ pub(super) fn recover(
     Ok((subscriptions, failed))
 }
 
-fn open_one(
+pub(super) fn open_one(
     storage: &dyn Storage,
     stored: StoredSubscription,
     targets: &EmitTargets,

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::config::TopicConfig;
 use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
+use crate::storage::table_map::TableMap;
 use crate::storage::{
     Area, DataDirDamage, Record, RecordLog, StateLogs, StateTable, Storage, StorageError,
     StoredAlertRule, StoredSubscription, StoredTopic, SubscriptionLogs, TableEntry, TableWrite,
@@ -87,9 +88,6 @@ struct StoredLogs {
     state: Option<(SharedLog, SharedTable)>,
 }
 
-/// A state table's entries and mark, as a snapshot keeps them.
-type Snapshot = (BTreeMap<Vec<u8>, Vec<u8>>, Option<Vec<u8>>);
-
 /// One state table's contents, shared by the store and the handles opened on it.
 type SharedTable = Arc<Mutex<TableState>>;
 
@@ -97,10 +95,9 @@ type SharedTable = Arc<Mutex<TableState>>;
 struct TableState {
     /// Names the table in fault decisions.
     name: String,
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
-    mark: Option<Vec<u8>>,
+    map: TableMap,
     /// The last snapshot (entries and mark): all a crash keeps.
-    durable: Snapshot,
+    durable: TableMap,
     operations: u64,
     poisoned: Option<String>,
 }
@@ -109,16 +106,15 @@ impl TableState {
     fn new(name: String) -> Self {
         TableState {
             name,
-            entries: BTreeMap::new(),
-            mark: None,
-            durable: (BTreeMap::new(), None),
+            map: TableMap::default(),
+            durable: TableMap::default(),
             operations: 0,
             poisoned: None,
         }
     }
 
     fn crash(&mut self) {
-        (self.entries, self.mark) = self.durable.clone();
+        self.map = self.durable.clone();
         self.poisoned = None;
     }
 }
@@ -784,7 +780,7 @@ impl MemoryTable {
 
 impl StateTable for MemoryTable {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.state()?.entries.get(key).cloned())
+        Ok(self.state()?.map.get(key))
     }
 
     fn scan(
@@ -793,60 +789,31 @@ impl StateTable for MemoryTable {
         after: &[u8],
         max: usize,
     ) -> Result<Vec<TableEntry>, StorageError> {
-        let state = self.state()?;
-        let from = if after < prefix { prefix } else { after };
-        let entries = state
-            .entries
-            .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
-            .filter(|(key, _)| key.as_slice() != after)
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .take(max)
-            .map(|(key, value)| (key.clone(), value.clone()));
-        Ok(entries.collect())
+        Ok(self.state()?.map.scan(prefix, after, max))
     }
 
     fn last(&self, prefix: &[u8]) -> Result<Option<TableEntry>, StorageError> {
-        use std::ops::Bound;
-        let state = self.state()?;
-        let end = match crate::storage::prefix_end(prefix) {
-            Some(end) => Bound::Excluded(end),
-            None => Bound::Unbounded,
-        };
-        let last = state
-            .entries
-            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), end))
-            .next_back()
-            .map(|(key, value)| (key.clone(), value.clone()));
-        Ok(last)
+        Ok(self.state()?.map.last(prefix))
     }
 
     fn write(&self, writes: &[TableWrite], mark: &[u8]) -> Result<(), StorageError> {
-        let mut state = self.writable(Draw::AppendFails)?;
-        for (key, value) in writes {
-            match value {
-                Some(value) => state.entries.insert(key.clone(), value.clone()),
-                None => state.entries.remove(key),
-            };
-        }
-        state.mark = Some(mark.to_vec());
+        self.writable(Draw::AppendFails)?.map.write(writes, mark);
         Ok(())
     }
 
     fn clear(&self, mark: &[u8]) -> Result<(), StorageError> {
-        let mut state = self.writable(Draw::AppendFails)?;
-        state.entries.clear();
-        state.mark = Some(mark.to_vec());
+        self.writable(Draw::AppendFails)?.map.clear(mark);
         Ok(())
     }
 
     fn snapshot(&self) -> Result<(), StorageError> {
         let mut state = self.writable(Draw::SyncFails)?;
-        state.durable = (state.entries.clone(), state.mark.clone());
+        state.durable = state.map.clone();
         Ok(())
     }
 
     fn mark(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.state()?.mark.clone())
+        Ok(self.state()?.map.mark())
     }
 }
 

@@ -1,0 +1,570 @@
+//! Cluster mode on a real three-server NATS JetStream cluster on loopback, with real `keel`
+//! nodes as child processes: any node serves the whole API, subscriptions spread over the
+//! nodes, a killed or paused node's work moves, and nothing acknowledged is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_testkit::nats::NatsCluster;
+use keel_testkit::process::{KeelProcess, free_port};
+use keel_testkit::sink::{Sink, policy};
+use serde_json::{Value, json};
+use support::{KEEL, get, publish_until_acknowledged, put};
+
+/// The lease TTL of the test nodes: the shortest allowed, so that failovers are quick.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// keel nodes on one NATS cluster.
+struct Nodes {
+    nats: NatsCluster,
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<KeelProcess>>,
+    client: reqwest::Client,
+}
+
+impl Nodes {
+    async fn start(nats: NatsCluster, count: usize) -> Nodes {
+        let mut nodes = Nodes {
+            nats,
+            dir: tempfile::tempdir().unwrap(),
+            nodes: Vec::new(),
+            client: reqwest::Client::new(),
+        };
+        for _ in 0..count {
+            nodes.add().await;
+        }
+        nodes
+    }
+
+    /// Starts one more node, `k{index}`, and waits until it is ready.
+    async fn add(&mut self) -> usize {
+        let index = self.nodes.len();
+        let data_dir: PathBuf = self.dir.path().join(format!("k{index}"));
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = self.dir.path().join(format!("k{index}.log"));
+        let ttl = format!("{}s", LEASE_TTL.as_secs());
+        let node_id = format!("k{index}");
+        let urls = self.nats.url_list();
+        let process = KEEL.spawn_with(
+            &data_dir,
+            &listen,
+            &log,
+            &[
+                "--cluster",
+                &urls,
+                "--node-id",
+                &node_id,
+                "--lease-ttl",
+                &ttl,
+            ],
+        );
+        process.wait_ready().await;
+        self.nodes.push(Some(process));
+        index
+    }
+
+    fn url(&self, index: usize) -> String {
+        self.nodes[index].as_ref().expect("a live node").url.clone()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|index| self.nodes[*index].is_some())
+            .collect()
+    }
+
+    fn kill9(&mut self, index: usize) {
+        self.nodes[index].take().expect("a live node").kill9();
+    }
+
+    fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("k{index}.log"))).unwrap_or_default()
+    }
+
+    /// `GET /v1/cluster` of node `index`.
+    async fn status(&self, index: usize) -> Value {
+        let (status, body) = get(&self.client, &format!("{}/v1/cluster", self.url(index))).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The holder of each unit, as node `index` sees it.
+    async fn holders(&self, index: usize) -> BTreeMap<String, Option<String>> {
+        let status = self.status(index).await;
+        status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|unit| {
+                (
+                    unit["unit"].as_str().unwrap().to_owned(),
+                    unit["node"].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until node `index` sees `units` units, each held by a live node where the
+    /// rebalance places it; returns how long that took.
+    async fn wait_settled(&self, index: usize, units: usize, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let status = self.status(index).await;
+            let live: BTreeSet<String> = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|node| node["id"].as_str().unwrap().to_owned())
+                .collect();
+            let listed = status["units"].as_array().unwrap();
+            let settled = listed.len() == units
+                && listed.iter().all(|unit| {
+                    unit["node"].is_string()
+                        && unit["node"] == unit["placed_on"]
+                        && live.contains(unit["node"].as_str().unwrap())
+                });
+            if settled {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "units not settled within {within:?}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn event(id: &str, key: &str, n: usize) -> Value {
+    json!({"specversion": "1.0", "id": id, "source": "/cluster-test", "type": "t",
+        "partitionkey": key, "data": {"n": n}})
+}
+
+/// One pull of up to `max` events from `name` through node `url`: the status and the answer.
+async fn pull_once(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    max: usize,
+    wait: &str,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{url}/v1/subscriptions/{name}/pull"))
+        .body(json!({"max": max, "wait": wait}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Pulls from `name` through node `url` until `count` distinct events arrived, acking each;
+/// returns their ids.
+async fn pull_all(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    count: usize,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "pulled {} of {count} from {name}",
+            seen.len()
+        );
+        let (status, body) = pull_once(client, url, name, 100, "500ms").await;
+        if status != 200 {
+            // A subscription moving between nodes answers 503 for a moment.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let messages = body["messages"].as_array().unwrap();
+        let ack_ids: Vec<Value> = messages.iter().map(|m| m["ack_id"].clone()).collect();
+        for message in messages {
+            seen.insert(message["event"]["id"].as_str().unwrap().to_owned());
+        }
+        if !ack_ids.is_empty() {
+            let _ = client
+                .post(format!("{url}/v1/subscriptions/{name}/ack"))
+                .body(json!({"ack_ids": ack_ids}).to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    seen
+}
+
+// Goal: every node serves the whole API: a topic created through one node is published to
+// through another and read through a third; subscriptions created through one node spread
+// over the nodes (each held by exactly one, where the rebalance places it), and pulling
+// through any node reaches the node hosting the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_node_serves_and_subscriptions_spread() {
+    let nodes = Nodes::start(NatsCluster::start(3).await, 3).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/orders",
+        json!({"partitions": 4}),
+    )
+    .await;
+    for name in 0..6 {
+        put(
+            &client,
+            &nodes.url(1),
+            &format!("/v1/subscriptions/s{name}"),
+            json!({"topic": "orders", "start": "earliest"}),
+        )
+        .await;
+    }
+    let events: Vec<Value> = (0..100)
+        .map(|n| event(&format!("e{n}"), &format!("k{}", n % 7), n))
+        .collect();
+    let results = publish_until_acknowledged(&client, &nodes.url(2), "orders", &events).await;
+    assert_eq!(results.len(), 100);
+    let read = support::read_topic(&client, &nodes.url(1), "orders").await;
+    assert_eq!(
+        read.len(),
+        100,
+        "every event is readable through another node"
+    );
+
+    nodes.wait_settled(0, 6, Duration::from_secs(15)).await;
+    let holders = nodes.holders(2).await;
+    let distinct: BTreeSet<_> = holders.values().flatten().collect();
+    assert!(
+        distinct.len() >= 2,
+        "units spread over the nodes: {holders:?}"
+    );
+
+    for name in 0..6 {
+        let seen = pull_all(&client, &nodes.url(0), &format!("s{name}"), 100).await;
+        assert_eq!(seen.len(), 100);
+    }
+    let (status, listed) = get(&client, &format!("{}/v1/subscriptions", nodes.url(2))).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed["subscriptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["s0", "s1", "s2", "s3", "s4", "s5"],
+        "every node's, once"
+    );
+}
+
+/// Acknowledged publishes, by event id: key and sequence number within the key.
+type Acknowledged = Arc<Mutex<BTreeMap<String, (String, usize)>>>;
+
+/// Publishes keyed events in batches through the live nodes in turn until `stop`, retrying
+/// a batch until acknowledged (dedupe makes retries safe); records what was acknowledged.
+async fn publish_load(
+    urls: Vec<String>,
+    acknowledged: Acknowledged,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let client = reqwest::Client::new();
+    let mut sequence: HashMap<String, usize> = HashMap::new();
+    let mut batch_number = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let batch: Vec<(String, String, usize)> = (0..20)
+            .map(|i| {
+                let key = format!("k{}", (batch_number * 20 + i) % 13);
+                let n = sequence.entry(key.clone()).or_default();
+                *n += 1;
+                (format!("b{batch_number}-{i}"), key, *n)
+            })
+            .collect();
+        let events: Vec<Value> = batch
+            .iter()
+            .map(|(id, key, n)| event(id, key, *n))
+            .collect();
+        let body = Value::Array(events).to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = 0usize;
+        loop {
+            let url = &urls[(batch_number + attempt) % urls.len()];
+            attempt += 1;
+            let response = client
+                .post(format!("{url}/v1/topics/orders/events"))
+                .header("content-type", "application/cloudevents-batch+json")
+                .body(body.clone())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            if matches!(&response, Ok(response) if response.status() == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a batch was not acknowledged within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        {
+            let mut acknowledged = acknowledged.lock().unwrap();
+            for (id, key, n) in batch {
+                acknowledged.insert(id, (key, n));
+            }
+        }
+        batch_number += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The events a push sink took at `path`, in the order it took them: (id, key, n).
+fn taken(sink: &Sink, path: &str) -> Vec<(String, String, usize)> {
+    sink.accepted()
+        .iter()
+        .filter(|exchange| exchange.request.path() == path)
+        .map(|exchange| {
+            let body: Value = serde_json::from_slice(&exchange.request.body).unwrap();
+            let key = exchange
+                .request
+                .header("ce-partitionkey")
+                .unwrap_or_default()
+                .to_owned();
+            let id = exchange.request.header("ce-id").unwrap().to_owned();
+            (id, key, body["n"].as_u64().unwrap() as usize)
+        })
+        .collect()
+}
+
+// Goal: kill -9 of the node hosting the most subscriptions, under publish and delivery
+// load, loses nothing and moves its work. Invariants: its units are held by the survivors
+// within 2 lease TTLs (plus one round); every acknowledged event reaches every push
+// subscription's sink at least once; per key, no event is delivered before every earlier
+// event of its key was (order holds on successful deliveries, redeliveries aside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
+    let sink = Sink::start(policy::always(200)).await;
+    let mut nodes = Nodes::start(NatsCluster::start(3).await, 3).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/orders",
+        json!({"partitions": 4}),
+    )
+    .await;
+    let subscriptions = 6;
+    for name in 0..subscriptions {
+        put(
+            &client,
+            &nodes.url(name % 3),
+            &format!("/v1/subscriptions/p{name}"),
+            json!({"topic": "orders", "start": "earliest", "ordering": "key",
+                "sink": {"url": sink.url(&format!("/p{name}"))}}),
+        )
+        .await;
+    }
+    nodes
+        .wait_settled(0, subscriptions, Duration::from_secs(15))
+        .await;
+
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = nodes.live().iter().map(|i| nodes.url(*i)).collect();
+    let load = tokio::spawn(publish_load(
+        urls.clone(),
+        acknowledged.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The node holding the most units dies.
+    let holders = nodes.holders(0).await;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for holder in holders.values().flatten() {
+        *counts.entry(holder.clone()).or_default() += 1;
+    }
+    let (victim, _) = counts.iter().max_by_key(|(_, count)| **count).unwrap();
+    let victim: usize = victim.trim_start_matches('k').parse().unwrap();
+    nodes.kill9(victim);
+    let survivor = nodes.live()[0];
+    let moved = nodes
+        .wait_settled(
+            survivor,
+            subscriptions,
+            2 * LEASE_TTL + Duration::from_secs(3),
+        )
+        .await;
+    eprintln!("units of the killed node k{victim} held by the survivors {moved:?} after the kill");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() >= 200,
+        "load ran: {}",
+        acknowledged.len()
+    );
+
+    for name in 0..subscriptions {
+        let path = format!("/p{name}");
+        sink.wait_for(
+            &format!("every acknowledged event at {path}"),
+            Duration::from_secs(60),
+            |_| {
+                let ids: BTreeSet<String> = taken(&sink, &path)
+                    .into_iter()
+                    .map(|(id, _, _)| id)
+                    .collect();
+                acknowledged.keys().all(|id| ids.contains(id))
+            },
+        )
+        .await;
+        let mut delivered_up_to: HashMap<String, usize> = HashMap::new();
+        for (id, key, n) in taken(&sink, &path) {
+            let up_to = delivered_up_to.entry(key.clone()).or_default();
+            assert!(
+                n <= *up_to + 1,
+                "{path}: {id} (key {key}, #{n}) delivered before #{} of its key",
+                *up_to + 1
+            );
+            *up_to = (*up_to).max(n);
+        }
+    }
+}
+
+// Goal: a node paused (SIGSTOP) past its lease loses its subscription to another node, and
+// when it runs again (SIGCONT) nothing it writes is accepted. Method: a stateful pull
+// subscription; the paused host had pulled an event; the new host delivers it again and
+// commits its state; the old host, resumed, is sent a commit for its stale delivery.
+// Invariants: that commit is refused; the key's state is the new host's; the old host logs
+// that it lost the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_fenced_and_its_writes_refused() {
+    let nodes = Nodes::start(NatsCluster::start(3).await, 2).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/accounts",
+        json!({"partitions": 1}),
+    )
+    .await;
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/subscriptions/ledger",
+        json!({"topic": "accounts", "start": "earliest", "ordering": "key", "stateful": true}),
+    )
+    .await;
+    nodes.wait_settled(0, 1, Duration::from_secs(15)).await;
+    let holder = nodes.holders(0).await["subscription/ledger"]
+        .clone()
+        .unwrap();
+    let host: usize = holder.trim_start_matches('k').parse().unwrap();
+    let other = 1 - host;
+    publish_until_acknowledged(
+        &client,
+        &nodes.url(other),
+        "accounts",
+        &[event("a1", "alice", 1)],
+    )
+    .await;
+
+    let pull = |url: String| {
+        let client = client.clone();
+        async move {
+            let (_, body) = pull_once(&client, &url, "ledger", 1, "2s").await;
+            body["messages"][0]["ack_id"].as_str().map(str::to_owned)
+        }
+    };
+    let stale_ack = pull(nodes.url(host)).await.expect("the host delivers a1");
+
+    nodes.nodes[host].as_ref().unwrap().pause();
+    let started = Instant::now();
+    loop {
+        if nodes.holders(other).await["subscription/ledger"].as_deref()
+            == Some(&format!("k{other}"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < 3 * LEASE_TTL + Duration::from_secs(5),
+            "the lease did not move"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new host delivers a1 again (it was never acknowledged) and commits its state.
+    let mut fresh_ack = None;
+    while fresh_ack.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the new host did not deliver a1"
+        );
+        fresh_ack = pull(nodes.url(other)).await;
+    }
+    let commit = |url: String, ack_id: String, balance: u64, forwarded: bool| {
+        let client = client.clone();
+        async move {
+            let mut request = client
+                .post(format!("{url}/v1/subscriptions/ledger/ack"))
+                .body(
+                    json!({"acks": [{"ack_id": ack_id, "state": {"balance": balance}}]})
+                        .to_string(),
+                );
+            if forwarded {
+                // Served where it lands: the resumed node must refuse it itself.
+                request = request.header("keel-forwarded-by", "test");
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = commit(nodes.url(other), fresh_ack.unwrap(), 1, false).await;
+    assert_eq!(status, 200, "the new host commits: {body}");
+
+    nodes.nodes[host].as_ref().unwrap().resume();
+    let (status, body) = commit(nodes.url(host), stale_ack, 999, true).await;
+    let refused = !(200..300).contains(&status)
+        || serde_json::from_str::<Value>(&body).is_ok_and(|answer| {
+            answer["results"].as_array().is_some_and(|results| {
+                results
+                    .iter()
+                    .all(|result| result["outcome"] != "committed")
+            })
+        });
+    assert!(
+        refused,
+        "the deposed node's commit is refused: {status} {body}"
+    );
+
+    tokio::time::sleep(LEASE_TTL).await;
+    let (status, state) = get(
+        &client,
+        &format!("{}/v1/subscriptions/ledger/state/alice", nodes.url(host)),
+    )
+    .await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(
+        state["state"],
+        json!({"balance": 1}),
+        "the new host's state stands: {state}"
+    );
+    let log = nodes.log(host);
+    assert!(
+        log.contains("lease") && (log.contains("lost") || log.contains("not renewed")),
+        "the resumed node says it lost the lease: {log}"
+    );
+}
