@@ -568,3 +568,171 @@ async fn a_paused_node_is_fenced_and_its_writes_refused() {
         "the resumed node says it lost the lease: {log}"
     );
 }
+
+/// Waits until every acknowledged event reached `path` of the sink, at least once.
+async fn wait_delivered(sink: &Sink, path: &str, acknowledged: &BTreeMap<String, (String, usize)>) {
+    sink.wait_for(
+        &format!("every acknowledged event at {path}"),
+        Duration::from_secs(60),
+        |_| {
+            let ids: BTreeSet<String> =
+                taken(sink, path).into_iter().map(|(id, _, _)| id).collect();
+            acknowledged.keys().all(|id| ids.contains(id))
+        },
+    )
+    .await;
+}
+
+// Goal: with replicas 3, the loss of one NATS server (kill -9) under load stops neither
+// publishing nor delivery, and the server catches up when it returns. Invariants: every
+// acknowledged publish is delivered; after the server returned and caught up, another
+// server's loss still leaves every acknowledged event readable (the returned one holds them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_nats_server_keeps_keel_serving() {
+    let sink = Sink::start(policy::always(200)).await;
+    let nodes = Nodes::start(NatsCluster::start(3).await, 2).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/orders",
+        json!({"partitions": 2}),
+    )
+    .await;
+    put(
+        &client,
+        &nodes.url(1),
+        "/v1/subscriptions/push",
+        json!({"topic": "orders", "start": "earliest", "ordering": "key",
+            "sink": {"url": sink.url("/push")}}),
+    )
+    .await;
+    nodes.wait_settled(0, 1, Duration::from_secs(15)).await;
+
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = nodes.live().iter().map(|i| nodes.url(*i)).collect();
+    let load = tokio::spawn(publish_load(urls, acknowledged.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes.nats.kill9(0);
+    let killed = Instant::now();
+    let before = acknowledged.lock().unwrap().len();
+    // Streams and the meta group led by n0 elect new leaders (Raft, a few seconds); clients
+    // connected to n0 reconnect to the others. Then publishing goes on.
+    while acknowledged.lock().unwrap().len() == before {
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "publishing did not go on without server n0"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("publishing went on {:?} after n0's kill", killed.elapsed());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes.nats.restart(0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    wait_delivered(&sink, "/push", &acknowledged).await;
+
+    // n0 caught up: with n1 gone, n0 and n2 are the quorum, and they hold everything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes.nats.kill9(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = support::read_topic(&client, &nodes.url(0), "orders").await;
+        let ids: BTreeSet<&str> = read
+            .iter()
+            .filter_map(|event| event["id"].as_str())
+            .collect();
+        if acknowledged.keys().all(|id| ids.contains(id.as_str())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged events missing after n1's loss"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+// Goal: without a quorum of NATS servers nothing is acknowledged: publishes answer 503 with
+// a problem that says so, and service resumes by itself when the quorum returns.
+// Invariants: no publish is answered 200 while two of three servers are down; every publish
+// answered 200 (before and after) is readable afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_nats_quorum_refuses_publishes_until_it_returns() {
+    let nodes = Nodes::start(NatsCluster::start(3).await, 1).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/orders",
+        json!({"partitions": 1}),
+    )
+    .await;
+    let publish = |id: String| {
+        let (client, url) = (client.clone(), nodes.url(0));
+        async move {
+            let response = client
+                .post(format!("{url}/v1/topics/orders/events"))
+                .header("content-type", "application/cloudevents+json")
+                .body(event(&id, "k", 1).to_string())
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            match response {
+                Ok(response) => (
+                    response.status().as_u16(),
+                    response.text().await.unwrap_or_default(),
+                ),
+                Err(error) => (0, error.to_string()),
+            }
+        }
+    };
+    let mut acknowledged = vec!["before".to_owned()];
+    assert_eq!(publish("before".into()).await.0, 200);
+
+    nodes.nats.kill9(1);
+    nodes.nats.kill9(2);
+    let mut refused = 0;
+    for attempt in 0..3 {
+        let id = format!("without-quorum-{attempt}");
+        let (status, body) = publish(id.clone()).await;
+        assert_ne!(status, 200, "{id} acknowledged without a quorum: {body}");
+        if status == 503 {
+            assert!(body.contains("storage"), "the problem says why: {body}");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "publishes without a quorum answer 503");
+
+    nodes.nats.start_again(1);
+    nodes.nats.start_again(2);
+    nodes.nats.wait_ready(1).await;
+    nodes.nats.wait_ready(2).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = publish("after".into()).await;
+        if status == 200 {
+            acknowledged.push("after".into());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing did not resume: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let read = support::read_topic(&client, &nodes.url(0), "orders").await;
+    let ids: BTreeSet<&str> = read
+        .iter()
+        .filter_map(|event| event["id"].as_str())
+        .collect();
+    for id in &acknowledged {
+        assert!(
+            ids.contains(id.as_str()),
+            "{id} acknowledged and lost: {ids:?}"
+        );
+    }
+}

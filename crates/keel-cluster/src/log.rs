@@ -201,7 +201,7 @@ impl JetStreamLog {
         let (nats, subject) = (self.nats.clone(), self.subject.clone());
         self.nats
             .block(publish_batch(nats, subject, messages))
-            .map_err(|failure| failure.into_storage_error(&self.stream))
+            .map_err(|failure| failure.into_storage_error(&self.stream, self.writers))
     }
 
     /// Records appended by this node, at their offsets, go into the tail too: a reader woken
@@ -474,7 +474,7 @@ impl JetStreamLog {
         let last_sequence = self
             .nats
             .block(publish_batch(nats, subject, messages))
-            .map_err(|failure| failure.into_storage_error(&self.stream))?;
+            .map_err(|failure| failure.into_storage_error(&self.stream, self.writers))?;
         let first_offset = last_sequence - payloads.len() as u64;
         {
             let mut state = self.state();
@@ -501,34 +501,42 @@ pub(crate) enum PublishFailure {
 }
 
 impl PublishFailure {
-    fn into_storage_error(self, stream: &str) -> StorageError {
-        let error = match self {
-            PublishFailure::Conflict(detail) => ClusterError::JetStream {
-                op: format!("append to {stream}"),
-                detail: format!(
-                    "another node wrote to this log ({detail}): this node no longer holds its lease"
-                ),
-            },
-            PublishFailure::NoStream => ClusterError::JetStream {
-                op: format!("append to {stream}"),
-                detail:
-                    "the log no longer takes this node's writes: another node holds its lease now"
-                        .into(),
-            },
-            PublishFailure::Unavailable(detail) => {
-                return StorageError::Unavailable {
-                    source: Box::new(ClusterError::JetStream {
-                        op: format!("append to {stream}"),
-                        detail,
-                    }),
-                };
-            }
-            PublishFailure::Other(detail) => ClusterError::JetStream {
-                op: format!("append to {stream}"),
+    /// The storage error of a failed append. Nothing JetStream answers can leave a log
+    /// half-written on keel's side, so no failure poisons a log: a lease holder's log refuses
+    /// a conflict or a fence for good (`Backend`: the subscription stops here and the cluster
+    /// hosts it again, wherever its lease is), and everything else (no quorum, no leader, no
+    /// connection, an answer that never came) is `Unavailable`: the append may or may not be
+    /// stored, and the log takes appends again.
+    fn into_storage_error(self, stream: &str, writers: Writers) -> StorageError {
+        let op = format!("append to {stream}");
+        let fenced = |detail: String| {
+            StorageError::Backend(Box::new(ClusterError::JetStream {
+                op: op.clone(),
                 detail,
-            },
+            }))
         };
-        StorageError::Backend(Box::new(error))
+        match (self, writers) {
+            (PublishFailure::Conflict(detail), Writers::LeaseHolder) => fenced(format!(
+                "another node wrote to this log ({detail}): this node no longer holds its lease"
+            )),
+            (PublishFailure::NoStream, Writers::LeaseHolder) => fenced(
+                "the log no longer takes this node's writes: another node holds its lease now"
+                    .into(),
+            ),
+            (failure, _) => {
+                let detail = match failure {
+                    PublishFailure::Conflict(detail)
+                    | PublishFailure::Unavailable(detail)
+                    | PublishFailure::Other(detail) => detail,
+                    PublishFailure::NoStream => {
+                        "no stream takes this topic's records (deleted by another node?)".into()
+                    }
+                };
+                StorageError::Unavailable {
+                    source: Box::new(ClusterError::JetStream { op, detail }),
+                }
+            }
+        }
     }
 }
 
@@ -589,28 +597,8 @@ async fn publish_one(
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                 PublishFailure::Unavailable(error.to_string())
             }
-            _ => classify_other(error.to_string()),
+            _ => PublishFailure::Other(error.to_string()),
         }),
-    }
-}
-
-/// JetStream's "unavailable" answers (no quorum, no leader, a stream offline) are 503s and
-/// timeouts; they pass.
-fn classify_other(detail: String) -> PublishFailure {
-    let unavailable = [
-        "503",
-        "unavailable",
-        "no responders",
-        "timed out",
-        "insufficient resources",
-        "quorum",
-        "leader",
-    ];
-    let lower = detail.to_ascii_lowercase();
-    if unavailable.iter().any(|word| lower.contains(word)) {
-        PublishFailure::Unavailable(detail)
-    } else {
-        PublishFailure::Other(detail)
     }
 }
 

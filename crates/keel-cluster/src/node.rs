@@ -12,6 +12,10 @@
 //!    was acknowledged, and releases the lease) and takes what belongs to it once free. A
 //!    unit whose node died is free after the lease TTL, so it moves within about two TTLs.
 //! 4. Opens topics other nodes created, closes those they deleted.
+//!
+//! A subscription whose storage failed on this node (its logs unreachable, or fenced) is
+//! stopped and its lease let go, so that it is opened again from JetStream (the cluster's
+//! way of restarting it), where the rebalance places it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -203,6 +207,17 @@ impl ClusterNode {
         for unit in self.leases.renew_all().await {
             if let Some(subscription) = unit_subscription(&unit) {
                 engine.unhost_subscription(subscription).await;
+            }
+        }
+        // A subscription whose storage failed here (NATS without a quorum, a fence) stops;
+        // its lease goes, so that it is opened again from JetStream, here or elsewhere: the
+        // cluster's restart of it.
+        for unavailable in engine.unavailable_subscriptions() {
+            let unit = subscription_unit(&unavailable.name);
+            if engine.hosts_subscription(&unavailable.name) {
+                tracing::warn!(subscription = %unavailable.name, reason = %unavailable.reason, "subscription failed here; opening it again from the cluster's storage");
+                engine.unhost_subscription(&unavailable.name).await;
+                self.leases.release(&unit).await;
             }
         }
         let view = self.observe().await?;

@@ -193,11 +193,17 @@ impl NatsCluster {
     /// ready (see [`NatsCluster::wait_ready`]). A server still running is killed (SIGKILL)
     /// first.
     pub async fn restart(&self, i: usize) {
+        self.start_again(i);
+        self.wait_ready(i).await;
+    }
+
+    /// Starts server `i` again like [`NatsCluster::restart`], without waiting: to bring back
+    /// several servers at once (one alone may not make a quorum, and is not ready before).
+    pub fn start_again(&self, i: usize) {
         if self.servers[i].lock_child().is_some() {
             self.kill9(i);
         }
         self.servers[i].spawn(nats_server_binary());
-        self.wait_ready(i).await;
     }
 
     /// SIGSTOP to server `i`: it keeps its sockets but answers nothing, like a stalled
