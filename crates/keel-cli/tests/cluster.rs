@@ -113,6 +113,18 @@ impl Nodes {
     /// Waits until node `index` sees `units` units, each held by a live node where the
     /// rebalance places it; returns how long that took.
     async fn wait_settled(&self, index: usize, units: usize, within: Duration) -> Duration {
+        self.wait_settled_without(index, units, within, None).await
+    }
+
+    /// [`Nodes::wait_settled`], where node `dead` (killed, its heartbeat not yet expired)
+    /// may hold nothing.
+    async fn wait_settled_without(
+        &self,
+        index: usize,
+        units: usize,
+        within: Duration,
+        dead: Option<&str>,
+    ) -> Duration {
         let started = Instant::now();
         loop {
             let status = self.status(index).await;
@@ -127,6 +139,7 @@ impl Nodes {
                 && listed.iter().all(|unit| {
                     unit["node"].is_string()
                         && unit["node"] == unit["placed_on"]
+                        && unit["node"].as_str() != dead
                         && live.contains(unit["node"].as_str().unwrap())
                 });
             if settled {
@@ -158,10 +171,13 @@ async fn pull_once(
         .post(format!("{url}/v1/subscriptions/{name}/pull"))
         .body(json!({"max": max, "wait": wait}).to_string())
         .send()
-        .await
-        .unwrap();
+        .await;
+    // A node that dies mid-request answers nothing: status 0.
+    let Ok(response) = response else {
+        return (0, Value::Null);
+    };
     let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
+    let text = response.text().await.unwrap_or_default();
     (
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -347,11 +363,59 @@ fn taken(sink: &Sink, path: &str) -> Vec<(String, String, usize)> {
         .collect()
 }
 
+/// A stateful consumer of `ledger`: per key, the count and the sum of the events' `n`,
+/// committed with each ack; it pulls through the nodes in `urls` (those alive) in turn, and
+/// retries whatever fails (a node dying, a subscription moving) until `stop` and drained.
+async fn consume_ledger(urls: Arc<Mutex<Vec<String>>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let client = reqwest::Client::new();
+    let mut turn = 0usize;
+    let mut empty_after_stop = 0;
+    while empty_after_stop < 3 {
+        let url = {
+            let urls = urls.lock().unwrap();
+            urls[turn % urls.len()].clone()
+        };
+        turn += 1;
+        let (status, body) = pull_once(&client, &url, "ledger", 50, "300ms").await;
+        if status != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        if messages.is_empty() && stop.load(std::sync::atomic::Ordering::SeqCst) {
+            empty_after_stop += 1;
+        }
+        let acks: Vec<Value> = messages
+            .iter()
+            .map(|message| {
+                let state = &message["state"];
+                let n = message["event"]["data"]["n"].as_u64().unwrap();
+                let count = state["count"].as_u64().unwrap_or(0) + 1;
+                let sum = state["sum"].as_u64().unwrap_or(0) + n;
+                json!({"ack_id": message["ack_id"], "state": {"count": count, "sum": sum}})
+            })
+            .collect();
+        if !acks.is_empty() {
+            // A commit that fails or is found stale is delivered again, with the state as
+            // committed: nothing to do here.
+            let _ = client
+                .post(format!("{url}/v1/subscriptions/ledger/ack"))
+                .body(json!({"acks": acks}).to_string())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+        }
+    }
+}
+
 // Goal: kill -9 of the node hosting the most subscriptions, under publish and delivery
 // load, loses nothing and moves its work. Invariants: its units are held by the survivors
 // within 2 lease TTLs (plus one round); every acknowledged event reaches every push
 // subscription's sink at least once; per key, no event is delivered before every earlier
-// event of its key was (order holds on successful deliveries, redeliveries aside).
+// event of its key was (order holds on successful deliveries, redeliveries aside); a
+// stateful subscription's state counts every acknowledged event exactly once (each key's
+// count and sum match what was published, though publishes were retried through other
+// nodes and deliveries redone after the kill).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
     let sink = Sink::start(policy::always(200)).await;
@@ -364,8 +428,15 @@ async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
         json!({"partitions": 4}),
     )
     .await;
-    let subscriptions = 6;
-    for name in 0..subscriptions {
+    put(
+        &client,
+        &nodes.url(2),
+        "/v1/subscriptions/ledger",
+        json!({"topic": "orders", "start": "earliest", "ordering": "key", "stateful": true}),
+    )
+    .await;
+    let subscriptions = 7;
+    for name in 0..subscriptions - 1 {
         put(
             &client,
             &nodes.url(name % 3),
@@ -387,6 +458,8 @@ async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
         acknowledged.clone(),
         stop.clone(),
     ));
+    let consumer_urls = Arc::new(Mutex::new(urls.clone()));
+    let consumer = tokio::spawn(consume_ledger(consumer_urls.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The node holding the most units dies.
@@ -398,12 +471,19 @@ async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
     let (victim, _) = counts.iter().max_by_key(|(_, count)| **count).unwrap();
     let victim: usize = victim.trim_start_matches('k').parse().unwrap();
     nodes.kill9(victim);
+    let victim_url = urls[victim].clone();
+    consumer_urls
+        .lock()
+        .unwrap()
+        .retain(|url| *url != victim_url);
     let survivor = nodes.live()[0];
+    let dead = format!("k{victim}");
     let moved = nodes
-        .wait_settled(
+        .wait_settled_without(
             survivor,
             subscriptions,
-            2 * LEASE_TTL + Duration::from_secs(3),
+            2 * LEASE_TTL + Duration::from_secs(1),
+            Some(&dead),
         )
         .await;
     eprintln!("units of the killed node k{victim} held by the survivors {moved:?} after the kill");
@@ -418,7 +498,31 @@ async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
         acknowledged.len()
     );
 
-    for name in 0..subscriptions {
+    consumer.await.unwrap();
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (key, n) in acknowledged.values() {
+        let entry = expected.entry(key.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += *n as u64;
+    }
+    for (key, (count, sum)) in &expected {
+        let (status, state) = get(
+            &client,
+            &format!(
+                "{}/v1/subscriptions/ledger/state/{key}",
+                nodes.url(survivor)
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{state}");
+        assert_eq!(
+            state["state"],
+            json!({"count": count, "sum": sum}),
+            "key {key}: every acknowledged event counted exactly once"
+        );
+    }
+
+    for name in 0..subscriptions - 1 {
         let path = format!("/p{name}");
         sink.wait_for(
             &format!("every acknowledged event at {path}"),

@@ -150,6 +150,17 @@ impl Dedupe {
 
     /// Drops pairs older than the window, and the oldest beyond the size bound; returns how
     /// many were dropped before their window ended.
+    /// Records a pair found in the log that this table did not store itself (in a cluster,
+    /// an event another node appended), unless it knows the pair already: a later publish
+    /// of it through this node is then a duplicate. Returns how many entries were evicted
+    /// before their window ended.
+    pub(crate) fn observed(&mut self, pair: PairHash, position: Position, stored_ms: i64) -> u64 {
+        if self.stored.contains_key(&pair) || self.pending.contains_key(&pair) {
+            return 0;
+        }
+        self.stored(pair, position, stored_ms)
+    }
+
     pub(crate) fn expire(&mut self, now_ms: i64) -> u64 {
         let mut evicted_early = 0;
         while let Some(&(stored_ms, pair)) = self.order.front() {

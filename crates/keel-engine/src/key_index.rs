@@ -133,7 +133,14 @@ pub(crate) struct KeyIndex {
     snapshot_due: Notify,
     stopping: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Told of the records the followers read from the log, by partition: records no writer
+    /// of this process handed over (another node's, in a cluster), which the topic's dedupe
+    /// table learns from.
+    read_observer: std::sync::OnceLock<ReadObserver>,
 }
+
+/// What [`KeyIndex::observe_reads`] calls with the records a follower read, by partition.
+pub(crate) type ReadObserver = Box<dyn Fn(u32, &[crate::storage::Record]) + Send + Sync>;
 
 impl KeyIndex {
     /// Opens a topic's index: reads its mark, and clears it when it cannot be used (no mark,
@@ -202,6 +209,7 @@ impl KeyIndex {
             snapshot_due: Notify::new(),
             stopping: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
+            read_observer: std::sync::OnceLock::new(),
         }))
     }
 
@@ -210,6 +218,11 @@ impl KeyIndex {
     /// starts over from what the table covers; a follower that keeps failing fails its
     /// partition's index (streams answer 503), the snapshot task all of them. Call inside the
     /// runtime.
+    /// Has `observer` told of every record a follower reads from the log (set once).
+    pub(crate) fn observe_reads(&self, observer: ReadObserver) {
+        let _ = self.read_observer.set(observer);
+    }
+
     pub(crate) fn start(self: &Arc<Self>, partitions: &[Partition], supervisor: &Arc<Supervisor>) {
         let mut tasks = self.tasks.lock().expect("tasks lock");
         for (number, partition) in (0u32..).zip(partitions) {
@@ -370,6 +383,9 @@ impl KeyIndex {
             }
             other => other?,
         };
+        if let Some(observer) = self.read_observer.get() {
+            observer(partition, &records);
+        }
         let next = records
             .last()
             .map_or(from.max(log.start_offset()), |record| record.offset + 1);

@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, TopicLabels};
 use crate::partition::Partition;
 use crate::pressure::Admission;
 use crate::routing::partition_for_key;
-use crate::storage::Storage;
+use crate::storage::{Record, Storage};
 use crate::supervisor::Supervisor;
 
 /// Keyless events sent to one partition before the sticky partition moves on.
@@ -105,7 +105,37 @@ impl Topic {
             key_index,
         });
         topic.rebuild_dedupe(window_ms);
+        if let Ok(key_index) = &topic.key_index {
+            let weak = Arc::downgrade(&topic);
+            key_index.observe_reads(Box::new(move |partition, records| {
+                if let Some(topic) = weak.upgrade() {
+                    topic.observe_stored(partition, records);
+                }
+            }));
+        }
         topic
+    }
+
+    /// Learns the events of records read back from a partition that this process's writer
+    /// did not store (in a cluster, another node's): publishing one of them again through
+    /// this node within the dedupe window is then a duplicate, not a second event. The key
+    /// index's followers read those records anyway, so this costs a parse of each one's
+    /// source and id, and nothing on the publish path.
+    fn observe_stored(&self, partition: u32, records: &[Record]) {
+        let mut dedupe = self.dedupe.lock().expect("dedupe lock");
+        let mut evicted_early = 0;
+        for record in records {
+            if let Some((source, id)) = event::identity_of(&record.payload) {
+                let pair = dedupe.hash(&source, &id);
+                let position = Position {
+                    partition,
+                    offset: record.offset,
+                };
+                evicted_early += dedupe.observed(pair, position, record.timestamp_ms);
+            }
+        }
+        drop(dedupe);
+        self.count_evicted_early(evicted_early);
     }
 
     /// Starts the topic's background tasks (the key index's, the `interval` fsync). Call
