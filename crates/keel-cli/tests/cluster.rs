@@ -840,3 +840,86 @@ async fn losing_the_nats_quorum_refuses_publishes_until_it_returns() {
         );
     }
 }
+
+// Goal: a node added under load takes its share of the subscriptions without stopping
+// delivery for long and without repeating more than what was in flight. Invariants: the
+// units settle over the three nodes, the new one holding some; no subscription's deliveries
+// pause longer than a lease TTL (plus a round) while units move; each subscription delivers
+// at most `max_in_flight` events twice; every acknowledged event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_under_load_takes_its_share() {
+    const IN_FLIGHT: usize = 10;
+    let sink = Sink::start(policy::always(200)).await;
+    let mut nodes = Nodes::start(NatsCluster::start(3).await, 2).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/orders",
+        json!({"partitions": 4}),
+    )
+    .await;
+    let subscriptions = 8;
+    for name in 0..subscriptions {
+        put(
+            &client,
+            &nodes.url(name % 2),
+            &format!("/v1/subscriptions/p{name}"),
+            json!({"topic": "orders", "start": "earliest", "ordering": "key",
+                "max_in_flight": IN_FLIGHT, "sink": {"url": sink.url(&format!("/p{name}"))}}),
+        )
+        .await;
+    }
+    nodes
+        .wait_settled(0, subscriptions, Duration::from_secs(15))
+        .await;
+
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = nodes.live().iter().map(|i| nodes.url(*i)).collect();
+    let load = tokio::spawn(publish_load(urls, acknowledged.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let added = nodes.add().await;
+    let moved_in = nodes
+        .wait_settled(added, subscriptions, Duration::from_secs(15))
+        .await;
+    eprintln!("units settled {moved_in:?} after the third node was ready");
+    let holders = nodes.holders(added).await;
+    let taken_by_new = holders
+        .values()
+        .filter(|holder| holder.as_deref() == Some("k2"))
+        .count();
+    assert!(taken_by_new > 0, "the new node took its share: {holders:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    for name in 0..subscriptions {
+        let path = format!("/p{name}");
+        wait_delivered(&sink, &path, &acknowledged).await;
+        let exchanges: Vec<_> = sink
+            .accepted()
+            .into_iter()
+            .filter(|exchange| exchange.request.path() == path)
+            .collect();
+        let longest_pause = exchanges
+            .windows(2)
+            .map(|pair| pair[1].at - pair[0].at)
+            .max()
+            .unwrap_or_default();
+        assert!(
+            longest_pause < LEASE_TTL + LEASE_TTL / 3,
+            "{path}: deliveries paused {longest_pause:?}"
+        );
+        let mut seen = BTreeSet::new();
+        let repeated = exchanges
+            .iter()
+            .filter(|exchange| !seen.insert(exchange.request.header("ce-id").unwrap().to_owned()))
+            .count();
+        assert!(
+            repeated <= IN_FLIGHT,
+            "{path}: {repeated} events delivered twice, more than were in flight"
+        );
+    }
+}
