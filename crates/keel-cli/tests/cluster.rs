@@ -284,6 +284,19 @@ async fn any_node_serves_and_subscriptions_spread() {
         ["s0", "s1", "s2", "s3", "s4", "s5"],
         "every node's, once"
     );
+    let metrics = client
+        .get(format!("{}/metrics", nodes.url(2)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("node=\"k2\""),
+        "each node's metrics carry its id: {}",
+        &metrics[..metrics.len().min(2000)]
+    );
 }
 
 /// Acknowledged publishes, by event id: key and sequence number within the key.
@@ -922,4 +935,91 @@ async fn a_node_added_under_load_takes_its_share() {
             "{path}: {repeated} events delivered twice, more than were in flight"
         );
     }
+}
+
+// Goal: conditional appends (`expected_version`) stay exact when writers on several nodes
+// race for one key while other keys' events flow into the same partition. Method: two
+// writers per node read the key's version and append at it, through different nodes, while
+// a publisher fills the partition. Invariants: no version is won twice; the key's final
+// version is the number of appends that won.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_appends_stay_exact_across_nodes() {
+    let nodes = Nodes::start(NatsCluster::start(3).await, 2).await;
+    let client = nodes.client.clone();
+    put(
+        &client,
+        &nodes.url(0),
+        "/v1/topics/accounts",
+        json!({"partitions": 1}),
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise = {
+        let (client, url, stop) = (client.clone(), nodes.url(1), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let _ = client
+                    .post(format!("{url}/v1/topics/accounts/events"))
+                    .header("content-type", "application/cloudevents+json")
+                    .body(event(&format!("noise-{n}"), &format!("other-{}", n % 5), n).to_string())
+                    .send()
+                    .await;
+            }
+        })
+    };
+    let won: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (client, url, won) = (client.clone(), nodes.url(writer % 2), won.clone());
+        writers.push(tokio::spawn(async move {
+            for attempt in 0..15 {
+                let (status, stream) = get(
+                    &client,
+                    &format!("{url}/v1/topics/accounts/keys/alice/events"),
+                )
+                .await;
+                assert_eq!(status, 200, "{stream}");
+                let version = stream["version"].as_u64().unwrap();
+                let response = client
+                    .post(format!(
+                        "{url}/v1/topics/accounts/events?expected_version={version}"
+                    ))
+                    .header("content-type", "application/cloudevents+json")
+                    .body(event(&format!("w{writer}-{attempt}"), "alice", attempt).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    200 => won.lock().unwrap().push(version),
+                    409 | 503 => {}
+                    other => panic!("conditional append answered {other}"),
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    noise.await.unwrap();
+    let won = won.lock().unwrap().clone();
+    let distinct: BTreeSet<u64> = won.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        won.len(),
+        "a version was won twice: {won:?}"
+    );
+    let (_, stream) = get(
+        &client,
+        &format!("{}/v1/topics/accounts/keys/alice/events", nodes.url(0)),
+    )
+    .await;
+    assert_eq!(
+        stream["version"].as_u64().unwrap(),
+        won.len() as u64,
+        "every winning append, and only those, is in the key's stream"
+    );
+    assert!(won.len() >= 5, "appends won: {won:?}");
 }

@@ -301,13 +301,15 @@ async fn unreachable_and_timeout_are_retryable_errors() {
         format!("cannot reach keel at {address} (is \"keel serve\" running?)")
     );
     let server = TestServer::start_in_temp_dir().await;
+    // Created by a patient client: a loaded machine may take longer than the impatient
+    // client's timeout to create a topic (an fsync or two).
+    client(&server.url)
+        .create_topic("orders", &settings(1))
+        .await
+        .unwrap();
     let impatient = Client::builder(&server.url)
         .request_timeout(Duration::from_millis(100))
         .build()
-        .unwrap();
-    impatient
-        .create_topic("orders", &settings(1))
-        .await
         .unwrap();
     let slow = impatient
         .read("orders", 0, 0, 10, Some(Duration::from_secs(2)))

@@ -52,6 +52,9 @@ const LAGGING_REPLICA_RETRIES_MAX: u32 = 200;
 /// Most bytes one direct read asks for (the server takes an `int`; larger asks are bounded
 /// by the records count anyway).
 const DIRECT_READ_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// A follower that received nothing for this long checks that its stream did not move on
+/// without it (a consumer left on a server that went away).
+const FOLLOWER_IDLE_CHECK: Duration = Duration::from_secs(5);
 /// A follower whose consumer failed starts again after this pause.
 const FOLLOWER_RESTART_DELAY: Duration = Duration::from_millis(500);
 
@@ -163,6 +166,13 @@ impl JetStreamLog {
                 bytes_max,
             ))?;
             if !records.is_empty() || from >= known_end {
+                // A replica may hold records this node has not learnt of yet (another node's
+                // appends its follower has not delivered): they become readable here when the
+                // end moves past them, so that reads and the end always agree.
+                let records = records
+                    .into_iter()
+                    .take_while(|record| record.offset < known_end)
+                    .collect();
                 return Ok(records);
             }
             std::thread::sleep(LAGGING_REPLICA_RETRY);
@@ -180,7 +190,7 @@ impl JetStreamLog {
         timestamp_ms: i64,
         payloads: &[&[u8]],
         expected_last_sequence: Option<u64>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<u64, PublishFailure> {
         let messages: Vec<(HeaderMap, Vec<u8>)> = payloads
             .iter()
             .enumerate()
@@ -199,9 +209,7 @@ impl JetStreamLog {
             })
             .collect();
         let (nats, subject) = (self.nats.clone(), self.subject.clone());
-        self.nats
-            .block(publish_batch(nats, subject, messages))
-            .map_err(|failure| failure.into_storage_error(&self.stream, self.writers))
+        self.nats.block(publish_batch(nats, subject, messages))
     }
 
     /// Records appended by this node, at their offsets, go into the tail too: a reader woken
@@ -298,26 +306,23 @@ impl RecordLog for JetStreamLog {
         payloads: &[&[u8]],
         _sync: bool,
     ) -> Result<u64, StorageError> {
-        assert!(!payloads.is_empty(), "an append holds records");
-        let mut first_offset = None;
-        let mut expected = match self.writers {
+        let expected = match self.writers {
             Writers::Any => None,
             Writers::LeaseHolder => Some(self.state().next_offset),
         };
-        for (index, chunk) in payloads.chunks(BATCH_RECORDS_MAX).enumerate() {
-            // A second batch must follow the first directly: it expects the first's last
-            // sequence, so that the whole append has consecutive offsets or fails.
-            if index > 0 && expected.is_none() {
-                expected =
-                    first_offset.map(|first: u64| first + (index * BATCH_RECORDS_MAX) as u64);
-            }
-            let last_sequence = self.publish(timestamp_ms, chunk, expected)?;
-            let chunk_first = last_sequence - chunk.len() as u64;
-            self.appended(chunk_first, timestamp_ms, chunk);
-            first_offset.get_or_insert(chunk_first);
-            expected = expected.map(|_| last_sequence);
-        }
-        Ok(first_offset.expect("at least one batch was published"))
+        self.append_after(timestamp_ms, payloads, expected)
+    }
+
+    fn append_expecting(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        _sync: bool,
+        expected_next_offset: u64,
+    ) -> Result<u64, StorageError> {
+        // The stream checks it: offset n is sequence n + 1, so the last sequence before the
+        // append must be the expected next offset.
+        self.append_after(timestamp_ms, payloads, Some(expected_next_offset))
     }
 
     fn sync(&self) -> Result<(), StorageError> {
@@ -409,6 +414,47 @@ impl RecordLog for JetStreamLog {
 }
 
 impl JetStreamLog {
+    /// Appends `payloads` in atomic batches, the first expecting the stream's last sequence
+    /// to be `expected_last_sequence` (when given), each later one the sequence its
+    /// predecessor ended at: the whole append has consecutive offsets, or fails.
+    fn append_after(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        mut expected: Option<u64>,
+    ) -> Result<u64, StorageError> {
+        assert!(!payloads.is_empty(), "an append holds records");
+        let mut first_offset = None;
+        for (index, chunk) in payloads.chunks(BATCH_RECORDS_MAX).enumerate() {
+            if index > 0 && expected.is_none() {
+                expected =
+                    first_offset.map(|first: u64| first + (index * BATCH_RECORDS_MAX) as u64);
+            }
+            let published = self.publish(timestamp_ms, chunk, expected);
+            let last_sequence = match (published, expected) {
+                (Ok(last_sequence), _) => last_sequence,
+                // A conditional append of a log any node writes: another got there first.
+                (Err(PublishFailure::Conflict(detail)), Some(expected_next_offset))
+                    if self.writers == Writers::Any =>
+                {
+                    let next_offset = last_sequence_in(&detail).unwrap_or(expected_next_offset + 1);
+                    return Err(StorageError::Conflict {
+                        expected_next_offset,
+                        next_offset,
+                    });
+                }
+                (Err(failure), _) => {
+                    return Err(failure.into_storage_error(&self.stream, self.writers));
+                }
+            };
+            let chunk_first = last_sequence - chunk.len() as u64;
+            self.appended(chunk_first, timestamp_ms, chunk);
+            first_offset.get_or_insert(chunk_first);
+            expected = expected.map(|_| last_sequence);
+        }
+        Ok(first_offset.expect("at least one batch was published"))
+    }
+
     /// Removes every record below `offset`.
     fn purge_below(&self, offset: u64) -> Result<Trimmed, StorageError> {
         let bytes_before = self.size_bytes();
@@ -602,6 +648,13 @@ async fn publish_one(
     }
 }
 
+/// The stream's last sequence as JetStream states it in a refusal ("wrong last sequence: N").
+fn last_sequence_in(detail: &str) -> Option<u64> {
+    let (_, after) = detail.split_once("wrong last sequence: ")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 fn stream_info(nats: &Nats, stream: &str) -> Result<stream::Info, StorageError> {
     let (jetstream, name) = (nats.jetstream.clone(), stream.to_owned());
     nats.block(async move {
@@ -777,7 +830,34 @@ async fn follow_once(
         .messages()
         .await
         .map_err(|error| ClusterError::jetstream(format!("follow {stream}"), error))?;
-    while let Some(message) = messages.next().await {
+    loop {
+        let next = tokio::time::timeout(FOLLOWER_IDLE_CHECK, messages.next()).await;
+        let message = match next {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                // Quiet for a while: make sure the consumer is not stuck (on a server that
+                // went away) while the stream moved on.
+                let info = jetstream
+                    .get_stream(stream)
+                    .await
+                    .map_err(|error| ClusterError::jetstream(format!("follow {stream}"), error))?
+                    .info()
+                    .await
+                    .map_err(|error| ClusterError::jetstream(format!("follow {stream}"), error))?
+                    .state
+                    .last_sequence;
+                if info >= *first_sequence {
+                    return Err(ClusterError::JetStream {
+                        op: format!("follow {stream}"),
+                        detail: format!(
+                            "the follower is at sequence {first_sequence} and the stream at {info}: following it again"
+                        ),
+                    });
+                }
+                continue;
+            }
+        };
         let message =
             message.map_err(|error| ClusterError::jetstream(format!("follow {stream}"), error))?;
         let Some(shared) = shared.upgrade() else {
@@ -806,5 +886,4 @@ async fn follow_once(
         }
         *first_sequence = sequence + 1;
     }
-    Ok(())
 }

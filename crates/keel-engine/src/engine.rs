@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub alert_evaluation_interval: Duration,
     /// Backpressure on publishing: the disk guard and the publish queue's high-water mark.
     pub pressure: PressureConfig,
+    /// This engine's node id in a cluster: every metric carries it as the label `node`.
+    pub node: Option<String>,
 }
 
 impl EngineConfig {
@@ -62,6 +64,7 @@ impl EngineConfig {
             retention_check_interval: Duration::from_secs(30),
             alert_evaluation_interval: crate::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
             pressure: PressureConfig::default(),
+            node: None,
         }
     }
 }
@@ -161,7 +164,7 @@ impl Engine {
             }));
         }
         crate::pressure::validate(&config.pressure)?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_node(config.node.as_deref()));
         let pressure = Arc::new(Pressure::new(config.pressure, metrics.clone()));
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
         let closing = tokio::sync::watch::Sender::new(false);

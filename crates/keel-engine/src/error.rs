@@ -542,6 +542,17 @@ pub enum StreamError {
         /// The key's version now.
         current: u64,
     },
+    /// A conditional append kept finding other events appended to its partition (by other
+    /// nodes of a cluster) between its version check and its append; nothing was appended.
+    #[error(
+        "the partition took other events between the version check and the append (next offset {next_offset}, expected {expected_next_offset}), again and again; nothing was appended: retry"
+    )]
+    Contended {
+        /// The next offset the append expected.
+        expected_next_offset: u64,
+        /// The next offset found.
+        next_offset: u64,
+    },
     /// A conditional append that cannot be taken as given (events without a key, or with
     /// several keys); nothing was appended.
     #[error("{detail}; nothing was appended")]
@@ -576,7 +587,9 @@ impl StreamError {
             StreamError::InvalidAppend { .. } | StreamError::InvalidRead { .. } => {
                 ErrorClass::Invalid
             }
-            StreamError::IndexUnavailable { .. } => ErrorClass::Unavailable,
+            StreamError::IndexUnavailable { .. } | StreamError::Contended { .. } => {
+                ErrorClass::Unavailable
+            }
         }
     }
 }

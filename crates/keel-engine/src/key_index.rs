@@ -276,6 +276,12 @@ impl KeyIndex {
         self.progress[partition as usize].send_replace(Progress::Failed(reason));
     }
 
+    /// The offset partition `partition` is indexed up to: every version read now counts the
+    /// records below it.
+    pub(crate) fn indexed_up_to(&self, partition: u32) -> u64 {
+        self.covered(partition)
+    }
+
     fn covered(&self, partition: u32) -> u64 {
         self.covered.lock().expect("covered lock")[partition as usize]
     }

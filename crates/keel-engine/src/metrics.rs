@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::borrow::Cow;
 
 /// Labels of per-topic metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,7 +132,14 @@ macro_rules! metrics {
         impl Metrics {
             /// Registers every metric.
             pub fn new() -> Self {
-                let mut registry = Registry::with_prefix("keel");
+                Self::for_node(None)
+            }
+
+            /// Registers every metric; in a cluster, each carries the label `node` with this
+            /// node's id.
+            pub fn for_node(node: Option<&str>) -> Self {
+                let labels = node.map(|node| (Cow::Borrowed("node"), Cow::Owned(node.to_owned())));
+                let mut registry = Registry::with_prefix_and_labels("keel", labels.into_iter());
                 $(
                     let $field: $type = $make;
                     let unit: Option<Unit> = None $(.or(Some($unit)))?;

@@ -30,6 +30,9 @@ const INLINE_READ_BYTES_MAX: usize = 256 * 1024;
 /// Events to append to one partition, answered with the offset of the first.
 pub(crate) struct AppendRequest {
     pub(crate) events: Vec<Event>,
+    /// Append only if the partition's next offset is this (a conditional append's check,
+    /// exact across the nodes of a cluster); committed alone, not in a group.
+    pub(crate) expected_next_offset: Option<u64>,
     pub(crate) reply: oneshot::Sender<Result<u64, EngineError>>,
     enqueued: Instant,
 }
@@ -178,6 +181,7 @@ impl Partition {
     pub(crate) async fn enqueue(
         &self,
         events: Vec<Event>,
+        expected_next_offset: Option<u64>,
     ) -> Result<oneshot::Receiver<Result<u64, EngineError>>, EngineError> {
         if let Some(reason) = self.unavailable() {
             return Err(self.unavailable_error(reason));
@@ -186,6 +190,7 @@ impl Partition {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             events,
+            expected_next_offset,
             reply,
             enqueued: Instant::now(),
         };
@@ -492,6 +497,20 @@ impl Writer {
                 Command::Append(request) => requests.push(request),
             }
         }
+        // A conditional append commits alone, after the group: its check is of the log as
+        // the group left it.
+        let (expecting, requests): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .partition(|request| request.expected_next_offset.is_some());
+        if !requests.is_empty() || sync_requested {
+            self.commit_requests(requests, sync_requested);
+        }
+        for request in expecting {
+            self.commit_requests(vec![request], false);
+        }
+    }
+
+    fn commit_requests(&mut self, requests: Vec<AppendRequest>, sync_requested: bool) {
         let records: usize = requests.iter().map(|request| request.events.len()).sum();
         let started = Instant::now();
         let committed = self.commit(&requests, sync_requested);
@@ -525,7 +544,17 @@ impl Writer {
             .flat_map(|request| request.events.iter().map(|event| event.json().as_bytes()))
             .collect();
         let sync = self.fsync == FsyncPolicy::Always;
-        let first_offset = self.log.append(self.last_timestamp_ms, &payloads, sync)?;
+        let expected = requests
+            .first()
+            .and_then(|request| request.expected_next_offset);
+        let first_offset = match expected {
+            Some(expected) => {
+                self.log
+                    .append_expecting(self.last_timestamp_ms, &payloads, sync, expected)?
+            }
+            None if payloads.is_empty() => self.log.next_offset(),
+            None => self.log.append(self.last_timestamp_ms, &payloads, sync)?,
+        };
         // The records are in the log (readers see them): their keys are the index's to take.
         let keys = requests
             .iter()
@@ -572,6 +601,18 @@ impl Writer {
                     let limit = crate::error::StorageLimit::DeviceFull;
                     let error =
                         EngineError::Publish(crate::error::PublishError::StorageFull { limit });
+                    let _ = request.reply.send(Err(error));
+                }
+            }
+            Err(StorageError::Conflict {
+                expected_next_offset,
+                next_offset,
+            }) => {
+                for request in requests {
+                    let error = EngineError::Stream(crate::error::StreamError::Contended {
+                        expected_next_offset,
+                        next_offset,
+                    });
                     let _ = request.reply.send(Err(error));
                 }
             }

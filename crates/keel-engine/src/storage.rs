@@ -113,6 +113,17 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A conditional append found another record appended first (another writer, in a
+    /// cluster); nothing of it was appended, and the log takes writes again.
+    #[error(
+        "the log's next offset is {next_offset}, not {expected_next_offset}: another writer appended first"
+    )]
+    Conflict {
+        /// The next offset the append expected.
+        expected_next_offset: u64,
+        /// The next offset found (as far as known; at least this).
+        next_offset: u64,
+    },
     /// An earlier append or sync failed; the log takes no more writes until it is reopened.
     #[error("the log stopped accepting writes after an earlier failure: {cause}")]
     Poisoned {
@@ -147,6 +158,28 @@ pub trait RecordLog: Send + Sync + 'static {
         payloads: &[&[u8]],
         sync: bool,
     ) -> Result<u64, StorageError>;
+
+    /// Appends like [`RecordLog::append`] only if the log's next offset is
+    /// `expected_next_offset` (no record appended since the caller looked), else fails with
+    /// [`StorageError::Conflict`] and appends nothing. The default checks the next offset
+    /// itself, which is exact for a log that only its caller writes (a partition's writer
+    /// task, on one node); a log that several nodes write checks at the storage.
+    fn append_expecting(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        sync: bool,
+        expected_next_offset: u64,
+    ) -> Result<u64, StorageError> {
+        let next_offset = self.next_offset();
+        if next_offset != expected_next_offset {
+            return Err(StorageError::Conflict {
+                expected_next_offset,
+                next_offset,
+            });
+        }
+        self.append(timestamp_ms, payloads, sync)
+    }
 
     /// Makes everything appended durable.
     fn sync(&self) -> Result<(), StorageError>;

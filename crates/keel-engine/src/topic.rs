@@ -243,6 +243,18 @@ impl Topic {
         events: Vec<Event>,
         admission: Admission,
     ) -> Result<Vec<PublishResult>, EngineError> {
+        self.publish_expecting(events, admission, None).await
+    }
+
+    /// [`Topic::publish`], appending (events that all go to one partition) only if the
+    /// partition's next offset is `expected_next_offset` when given; else
+    /// [`StreamError::Contended`](crate::error::StreamError::Contended) and nothing appended.
+    pub(crate) async fn publish_expecting(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+        admission: Admission,
+        expected_next_offset: Option<u64>,
+    ) -> Result<Vec<PublishResult>, EngineError> {
         let (outcome_sender, outcome) = watch::channel(None);
         let plans = self.plan(&events, &outcome);
         let ids: Vec<String> = events.iter().map(|event| event.id().to_owned()).collect();
@@ -267,7 +279,9 @@ impl Topic {
             .collect();
         let positions = tokio::spawn(async move {
             let _admission = admission;
-            topic.append_groups(groups, new_pairs, outcome_sender).await
+            topic
+                .append_groups(groups, new_pairs, outcome_sender, expected_next_offset)
+                .await
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
@@ -381,7 +395,9 @@ impl Topic {
         groups: BTreeMap<u32, (Vec<Event>, Vec<usize>)>,
         new_pairs: Vec<Option<PairHash>>,
         outcome: watch::Sender<Outcome>,
+        expected_next_offset: Option<u64>,
     ) -> Result<Vec<Option<Position>>, EngineError> {
+        debug_assert!(expected_next_offset.is_none() || groups.len() <= 1);
         let mut positions = vec![None; new_pairs.len()];
         // All or nothing: a batch that needs a partition refusing service appends nowhere.
         // (Once queued, a write failing on one partition while another succeeds cannot be
@@ -405,7 +421,9 @@ impl Topic {
         for (number, (events, indexes)) in groups {
             let bytes: u64 = events.iter().map(|event| event.json().len() as u64).sum();
             let count = events.len() as u64;
-            let answer = self.partitions[number as usize].enqueue(events).await;
+            let answer = self.partitions[number as usize]
+                .enqueue(events, expected_next_offset)
+                .await;
             queued.push((number, indexes, count, bytes, answer));
         }
         let mut first_error = None;

@@ -337,6 +337,7 @@ async fn open_engine(
         engine_config.pressure = config.backpressure;
         let engine = match &state.cluster {
             Some(cluster) => {
+                engine_config.node = Some(cluster.node_id());
                 let engine =
                     Engine::open_member(engine_config, cluster.storage(), cluster.placement())
                         .await?;
@@ -350,7 +351,24 @@ async fn open_engine(
             created.map_err(declared("topics", "topic", name))?;
         }
         for (name, spec) in &config.subscriptions {
+            // In a cluster, a declared subscription that exists is the cluster's: created
+            // once, then changed through the API (its host may be any node).
+            if state.cluster.is_some()
+                && !engine.hosts_subscription(name)
+                && engine.stores_subscription(name).await?
+            {
+                tracing::info!(subscription = %name, "the declared subscription exists in the cluster; left as it is (change it through the API)");
+                continue;
+            }
             let created = engine.create_subscription(name, spec.clone()).await;
+            // Another node created it a moment ago, and hosts it.
+            if state.cluster.is_some()
+                && let Err(EngineError::Subscription(SubscriptionError::Unavailable { .. })) =
+                    &created
+            {
+                tracing::info!(subscription = %name, "the declared subscription was created by another node of the cluster");
+                continue;
+            }
             let created = created.map_err(declared("subscriptions", "sub", name))?;
             if created.created == Created::Updated {
                 let changed = created.changed.join(", ");

@@ -101,6 +101,19 @@ impl Engine {
         tracing::info!(subscription = name, "stopped hosting subscription");
     }
 
+    /// Whether subscription `name` is stored (hosted here, on another node, or nowhere now).
+    pub async fn stores_subscription(&self, name: &str) -> Result<bool, EngineError> {
+        let (storage, name) = (self.inner.storage.clone(), name.to_owned());
+        tokio::task::spawn_blocking(move || {
+            Ok(storage
+                .subscriptions()?
+                .iter()
+                .any(|stored| stored.name == name))
+        })
+        .await
+        .map_err(|_| EngineError::ShuttingDown)?
+    }
+
     /// The names of the subscriptions this node hosts.
     pub fn hosted_subscriptions(&self) -> Vec<String> {
         self.inner
@@ -178,13 +191,16 @@ impl Engine {
     /// last round: a client may use a topic through any node the moment it exists. (No-op
     /// on a single node, or when the topic is open.)
     pub async fn find_topic(&self, name: &str) {
+        if self.inner.placement.is_none() {
+            return;
+        }
         let open = self
             .inner
             .topics
             .read()
             .expect("topics lock")
             .contains_key(name);
-        if self.inner.placement.is_some() && !open {
+        if !open {
             self.refresh_topics().await;
         }
     }

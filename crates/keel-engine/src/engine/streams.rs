@@ -100,46 +100,94 @@ impl Engine {
     ) -> Result<Appended, EngineError> {
         let key = common_key(&events)?.to_owned();
         self.check_limits(&events)?;
-        let admission = self.inner.pressure.admit(&events)?;
+        let pressure = self.inner.pressure.clone();
         let partition = partition_for_key(&key, topic.config.partitions);
         let index = topic.key_index(partition)?.clone();
         let log = topic.partition(partition)?.record_log()?;
         let turn = index.append_turn(partition).lock_owned().await;
         let topic = topic.clone();
+        // In a cluster, other nodes append to the partition too: the append is made
+        // conditional on the partition as the version check saw it, and checked again when
+        // another event got in between. (On one node the turn serialises conditional appends,
+        // and plain publishes of the key are the caller's to avoid.)
+        let exact = self.inner.placement.is_some();
         // Spawned with the turn: a client hanging up cannot end the turn while its append is
         // still on its way to the log, which would let the next check miss it.
         tokio::spawn(async move {
             let _turn = turn;
-            if topic.all_stored(&events) {
-                let results = topic.publish(events, admission).await?;
-                return Ok(Appended {
-                    results,
-                    version: None,
-                });
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let admission = pressure.admit(&events)?;
+                let attempt = append_if_at_version(
+                    &topic,
+                    &index,
+                    &*log,
+                    admission,
+                    (partition, &key),
+                    &events,
+                    expected_version,
+                    exact,
+                );
+                match attempt.await {
+                    Err(EngineError::Stream(StreamError::Contended { .. }))
+                        if attempts < CONTENDED_ATTEMPTS_MAX => {}
+                    other => return other,
+                }
             }
-            index.caught_up(partition, &*log).await?;
-            let (version_index, version_key) = (index.clone(), key.clone());
-            let current = tokio::task::spawn_blocking(move || version_index.version(&version_key))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)??;
-            if current != expected_version {
-                return Err(EngineError::Stream(StreamError::VersionMismatch {
-                    topic: topic.name.clone(),
-                    key,
-                    expected: expected_version,
-                    current,
-                }));
-            }
-            let results = topic.publish(events, admission).await?;
-            let appended = results.iter().filter(|result| !result.duplicate).count() as u64;
-            Ok(Appended {
-                results,
-                version: Some(current + appended),
-            })
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
     }
+}
+
+/// Times a conditional append is tried again after other events got into its partition
+/// between its version check and its append (cluster mode only).
+const CONTENDED_ATTEMPTS_MAX: u32 = 20;
+
+/// One try of a conditional append of `events` (of `key`, in `partition`), under the
+/// partition's turn; with `exact`, the append is made conditional on the partition's next
+/// offset as the version check saw it.
+#[allow(clippy::too_many_arguments)]
+async fn append_if_at_version(
+    topic: &Arc<Topic>,
+    index: &Arc<crate::key_index::KeyIndex>,
+    log: &dyn crate::storage::RecordLog,
+    admission: crate::pressure::Admission,
+    (partition, key): (u32, &str),
+    events: &[Event],
+    expected_version: u64,
+    exact: bool,
+) -> Result<Appended, EngineError> {
+    if topic.all_stored(events) {
+        let results = topic.publish(events.to_vec(), admission).await?;
+        return Ok(Appended {
+            results,
+            version: None,
+        });
+    }
+    index.caught_up(partition, log).await?;
+    let expected_next_offset = exact.then(|| index.indexed_up_to(partition));
+    let (version_index, version_key) = (index.clone(), key.to_owned());
+    let current = tokio::task::spawn_blocking(move || version_index.version(&version_key))
+        .await
+        .map_err(|_| EngineError::ShuttingDown)??;
+    if current != expected_version {
+        return Err(EngineError::Stream(StreamError::VersionMismatch {
+            topic: topic.name.clone(),
+            key: key.to_owned(),
+            expected: expected_version,
+            current,
+        }));
+    }
+    let results = topic
+        .publish_expecting(events.to_vec(), admission, expected_next_offset)
+        .await?;
+    let appended = results.iter().filter(|result| !result.duplicate).count() as u64;
+    Ok(Appended {
+        results,
+        version: Some(current + appended),
+    })
 }
 
 /// The one key every event carries.
