@@ -566,8 +566,8 @@ async fn killing_a_node_under_load_moves_its_work_and_loses_nothing() {
 // when it runs again (SIGCONT) nothing it writes is accepted. Method: a stateful pull
 // subscription; the paused host had pulled an event; the new host delivers it again and
 // commits its state; the old host, resumed, is sent a commit for its stale delivery.
-// Invariants: that commit is refused; the key's state is the new host's; the old host logs
-// that it lost the lease.
+// Invariants: the resumed node hands nothing out, before its next round even; that commit
+// is refused; the key's state is the new host's; the old host logs that it lost the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_fenced_and_its_writes_refused() {
     let nodes = Nodes::start(NatsCluster::start(3).await, 2).await;
@@ -652,7 +652,34 @@ async fn a_paused_node_is_fenced_and_its_writes_refused() {
     let (status, body) = commit(nodes.url(other), fresh_ack.unwrap(), 1, false).await;
     assert_eq!(status, 200, "the new host commits: {body}");
 
+    // An event the resumed node could hand out if it still believed it hosted the ledger.
+    publish_until_acknowledged(
+        &client,
+        &nodes.url(other),
+        "accounts",
+        &[event("b1", "bob", 1)],
+    )
+    .await;
+
     nodes.nodes[host].as_ref().unwrap().resume();
+    // Straight away, before its next round: it hands nothing out (its lease lapsed).
+    let response = client
+        .post(format!("{}/v1/subscriptions/ledger/pull", nodes.url(host)))
+        .header("keel-forwarded-by", "test")
+        .body(json!({"max": 10, "wait": "0ms"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let handed_out = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|body| body["messages"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    assert_eq!(
+        handed_out, 0,
+        "the resumed node hands nothing out: {status} {text}"
+    );
     let (status, body) = commit(nodes.url(host), stale_ack, 999, true).await;
     let refused = !(200..300).contains(&status)
         || serde_json::from_str::<Value>(&body).is_ok_and(|answer| {

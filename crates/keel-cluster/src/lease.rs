@@ -17,10 +17,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
+use keel_engine::Tenure;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ClusterError;
@@ -37,7 +38,7 @@ pub(crate) struct Holder {
 }
 
 /// A lease this node holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Held {
     /// The revision of the acquisition: the unit's fencing token.
     epoch: u64,
@@ -45,6 +46,8 @@ struct Held {
     revision: u64,
     /// When it was last written.
     renewed: Instant,
+    /// How long it is sure to last: the subscription hands nothing out past it.
+    tenure: Tenure,
 }
 
 /// The leases of one node.
@@ -52,15 +55,17 @@ pub(crate) struct Leases {
     nats: Nats,
     bucket: kv::Store,
     holder: Holder,
+    ttl: Duration,
     held: Mutex<HashMap<String, Held>>,
 }
 
 impl Leases {
-    pub(crate) fn new(nats: Nats, bucket: kv::Store, holder: Holder) -> Leases {
+    pub(crate) fn new(nats: Nats, bucket: kv::Store, holder: Holder, ttl: Duration) -> Leases {
         Leases {
             nats,
             bucket,
             holder,
+            ttl,
             held: Mutex::new(HashMap::new()),
         }
     }
@@ -77,6 +82,7 @@ impl Leases {
         }
         let value = serde_json::to_vec(&self.holder).expect("a holder serialises");
         let (bucket, key) = (self.bucket.clone(), unit.to_owned());
+        let sent = Instant::now();
         let created = self
             .nats
             .block(async move { bucket.create(key, value.into()).await });
@@ -87,7 +93,8 @@ impl Leases {
                     Held {
                         epoch: revision,
                         revision,
-                        renewed: Instant::now(),
+                        renewed: sent,
+                        tenure: Tenure::new(self.sure_for()),
                     },
                 );
                 Ok(true)
@@ -100,18 +107,25 @@ impl Leases {
         }
     }
 
-    /// Renews every lease held; returns the units whose lease was lost. Async: it runs on
-    /// the NATS runtime.
-    pub(crate) async fn renew_all(&self) -> Vec<String> {
+    /// How long after a write the lease is sure to last: the TTL runs from the server's
+    /// write, which comes after the request was sent; a tenth is kept for clock rates.
+    fn sure_for(&self) -> Duration {
+        self.ttl - self.ttl / 10
+    }
+
+    /// Renews every lease held; returns the units whose lease was lost, and those whose
+    /// tenure had lapsed and now runs again. Async: it runs on the NATS runtime.
+    pub(crate) async fn renew_all(&self) -> (Vec<String>, Vec<String>) {
         let held: Vec<(String, Held)> = self
             .held()
             .iter()
-            .map(|(unit, held)| (unit.clone(), *held))
+            .map(|(unit, held)| (unit.clone(), held.clone()))
             .collect();
         let value = serde_json::to_vec(&self.holder).expect("a holder serialises");
-        let mut lost = Vec::new();
+        let (mut lost, mut revived) = (Vec::new(), Vec::new());
         for (unit, lease) in held {
             let (bucket, key, value) = (self.bucket.clone(), unit.clone(), value.clone());
+            let sent = Instant::now();
             let renewed = self
                 .nats
                 .run(async move { bucket.update(key, value.into(), lease.revision).await })
@@ -120,7 +134,10 @@ impl Leases {
                 Ok(revision) => {
                     if let Some(held) = self.held().get_mut(&unit) {
                         held.revision = revision;
-                        held.renewed = Instant::now();
+                        held.renewed = sent;
+                        if held.tenure.extend_to(sent + self.sure_for()) {
+                            revived.push(unit.clone());
+                        }
                     }
                 }
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -139,7 +156,12 @@ impl Leases {
                 }
             }
         }
-        lost
+        (lost, revived)
+    }
+
+    /// The tenure of this node's lease on `unit`, when it holds one.
+    pub(crate) fn tenure(&self, unit: &str) -> Option<Tenure> {
+        self.held().get(unit).map(|held| held.tenure.clone())
     }
 
     /// Leases held but not renewed within `ttl`: another node may hold them now (this node

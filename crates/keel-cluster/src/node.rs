@@ -137,7 +137,12 @@ impl ClusterNode {
             node: options.node_id.clone(),
             url: options.advertise_url.clone(),
         };
-        let leases = Arc::new(Leases::new(nats.clone(), leases_bucket, holder));
+        let leases = Arc::new(Leases::new(
+            nats.clone(),
+            leases_bucket,
+            holder,
+            options.lease_ttl,
+        ));
         let storage = JetStreamStorage::open(
             nats.clone(),
             names.clone(),
@@ -204,9 +209,15 @@ impl ClusterNode {
                 engine.unhost_subscription(subscription).await;
             }
         }
-        for unit in self.leases.renew_all().await {
+        let (lost, revived) = self.leases.renew_all().await;
+        for unit in lost {
             if let Some(subscription) = unit_subscription(&unit) {
                 engine.unhost_subscription(subscription).await;
+            }
+        }
+        for unit in revived {
+            if let Some(subscription) = unit_subscription(&unit) {
+                engine.wake_subscription(subscription);
             }
         }
         // A subscription whose storage failed here (NATS without a quorum, a fence) stops;
@@ -456,6 +467,10 @@ impl ClusterNode {
 }
 
 impl Placement for ClusterNode {
+    fn tenure(&self, subscription: &str) -> Option<keel_engine::Tenure> {
+        self.leases.tenure(&subscription_unit(subscription))
+    }
+
     fn claim(&self, subscription: &str) -> Result<(), EngineError> {
         let unit = subscription_unit(subscription);
         match self.leases.acquire(&unit) {

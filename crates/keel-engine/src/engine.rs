@@ -30,7 +30,7 @@ mod cluster;
 mod streams;
 mod subscription_update;
 mod subscriptions;
-pub use cluster::Placement;
+pub use cluster::{Placement, Tenure};
 pub use streams::Appended;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 

@@ -33,7 +33,7 @@ pub mod webhook;
 pub use alerts::{AlertNotice, RulePut, validate_alert_name, validate_alert_rule};
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SubscriptionCreated,
+    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SubscriptionCreated, Tenure,
     UnavailablePartition, UnavailableSubscription,
 };
 pub use error::EngineError;

@@ -139,9 +139,20 @@ struct Shared {
     keyed: Option<KeyedState>,
     /// Where a stateful subscription's handlers may emit events.
     targets: EmitTargets,
+    /// In a cluster, how long this node's lease on the subscription is sure to last: past
+    /// it, nothing is handed out (another node may hold the lease).
+    tenure: std::sync::OnceLock<crate::engine::Tenure>,
 }
 
 impl Shared {
+    /// Why nothing may be handed out now: this node's lease may have lapsed.
+    fn lapsed(&self) -> Option<String> {
+        let tenure = self.tenure.get()?;
+        (!tenure.is_valid()).then(|| {
+            "this node's lease on the subscription was not renewed in time (the node was paused or cut off from NATS): another node may hold it, so nothing is handed out here until the lease is renewed".to_owned()
+        })
+    }
+
     fn core(&self) -> std::sync::MutexGuard<'_, Core> {
         self.core.lock().expect("subscription state lock")
     }
@@ -505,6 +516,7 @@ impl Subscription {
             closing,
             keyed,
             targets,
+            tenure: std::sync::OnceLock::new(),
         });
         // A crash may have come between a rebuild and the removal of older entries.
         shared.remove_older_dead_letters()?;
@@ -520,6 +532,16 @@ impl Subscription {
     /// `subscription/{name}/{task}`: a task that panics is restarted from the shared state;
     /// one that keeps failing makes the subscription refuse service with the reason. Call
     /// inside the runtime.
+    /// In a cluster: hands out nothing once `tenure` lapses (set once, before start).
+    pub(crate) fn set_tenure(&self, tenure: crate::engine::Tenure) {
+        let _ = self.shared.tenure.set(tenure);
+    }
+
+    /// Wakes whatever waits to hand events out (a lapsed tenure was renewed).
+    pub(crate) fn wake(&self) {
+        self.shared.signals.changed(true);
+    }
+
     pub(crate) fn start(&self, supervisor: &Arc<Supervisor>) {
         let shared = &self.shared;
         let mut tasks = self.tasks.lock().expect("tasks lock");

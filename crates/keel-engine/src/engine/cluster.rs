@@ -10,6 +10,8 @@
 //! creator can answer with it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::{Engine, EngineConfig};
 use crate::config::{is_internal_topic, validate_topic_config, validate_topic_name};
@@ -17,8 +19,52 @@ use crate::error::{EngineError, SubscriptionError};
 use crate::storage::Storage;
 use crate::topic::{EmitTargets, Topic};
 
+/// How long this node's lease on a subscription is sure to last, as the cluster renews it;
+/// shared by the lease keeper and the subscription, which hands nothing out past it. Clones
+/// share one deadline.
+#[derive(Debug, Clone)]
+pub struct Tenure {
+    /// The deadline, in nanoseconds after [`Tenure::base`].
+    until_nanos: Arc<AtomicU64>,
+}
+
+impl Tenure {
+    /// A tenure valid for `length` from now.
+    pub fn new(length: Duration) -> Tenure {
+        let tenure = Tenure {
+            until_nanos: Arc::new(AtomicU64::new(0)),
+        };
+        tenure.extend_to(Instant::now() + length);
+        tenure
+    }
+
+    fn base() -> Instant {
+        static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Valid until `deadline` (never shortened); returns whether it had lapsed before.
+    pub fn extend_to(&self, deadline: Instant) -> bool {
+        let nanos = u64::try_from(deadline.saturating_duration_since(Self::base()).as_nanos())
+            .unwrap_or(u64::MAX);
+        let lapsed = !self.is_valid();
+        self.until_nanos.fetch_max(nanos, Ordering::SeqCst);
+        lapsed
+    }
+
+    /// Whether the deadline is still ahead.
+    pub fn is_valid(&self) -> bool {
+        let now = u64::try_from(Self::base().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.until_nanos.load(Ordering::SeqCst)
+    }
+}
+
 /// Which subscriptions this node hosts. Methods block (they may ask the cluster).
 pub trait Placement: Send + Sync + 'static {
+    /// The tenure of this node's lease on `subscription`, which it hosts: it hands nothing
+    /// out once the tenure lapsed.
+    fn tenure(&self, subscription: &str) -> Option<Tenure>;
+
     /// Takes the lease of a subscription about to be created through this node, so that
     /// this node may open it.
     fn claim(&self, subscription: &str) -> Result<(), EngineError>;
@@ -73,6 +119,7 @@ impl Engine {
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
+        self.place(&subscription);
         subscription.start(&self.inner.supervisor);
         self.inner
             .subscriptions
@@ -212,6 +259,32 @@ impl Engine {
             && let Err(error) = self.sync_topics().await
         {
             tracing::warn!(%error, "could not read the topics other nodes created");
+        }
+    }
+
+    /// Gives a subscription about to start here its tenure (no-op on a single node).
+    pub(super) fn place(&self, subscription: &crate::subscription::Subscription) {
+        if let Some(tenure) = self
+            .inner
+            .placement
+            .as_ref()
+            .and_then(|placement| placement.tenure(subscription.name()))
+        {
+            subscription.set_tenure(tenure);
+        }
+    }
+
+    /// Wakes subscription `name`'s deliveries: its lease, lapsed, was renewed.
+    pub fn wake_subscription(&self, name: &str) {
+        let hosted = self
+            .inner
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .get(name)
+            .cloned();
+        if let Some(subscription) = hosted {
+            subscription.wake();
         }
     }
 

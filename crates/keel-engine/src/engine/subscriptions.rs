@@ -153,6 +153,7 @@ impl Engine {
                 return Err(error);
             }
         };
+        self.place(&subscription);
         subscription.start(&self.inner.supervisor);
         let info = subscription.info();
         self.inner

@@ -224,12 +224,21 @@ impl Deliveries {
     /// Takes up to `max` ready deliveries, within `max_in_flight` and the circuit breaker,
     /// each in flight until settled (or, with `deadline_ms`, until then). Also answers when
     /// an open circuit lets the next probe through. Fails with the reason while paused.
+    /// Why nothing may be handed out here now: in a cluster, this node's lease may have
+    /// lapsed.
+    pub(super) fn lapsed(&self) -> Option<String> {
+        self.shared.lapsed()
+    }
+
     pub(super) fn take(
         &self,
         max: usize,
         deadline_ms: Option<i64>,
         now_ms: i64,
     ) -> Result<(Vec<Delivery>, Option<i64>), String> {
+        if let Some(reason) = self.shared.lapsed() {
+            return Err(reason);
+        }
         let mut core = self.shared.core();
         if let Some(reason) = &core.paused {
             return Err(reason.clone());

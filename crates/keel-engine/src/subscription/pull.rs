@@ -120,6 +120,12 @@ pub(super) async fn pull(
     let mut stopping = deliveries.stopping();
     loop {
         ready.borrow_and_update();
+        if let Some(reason) = deliveries.lapsed() {
+            return Err(EngineError::Subscription(SubscriptionError::Unavailable {
+                name: deliveries.name().to_owned(),
+                reason,
+            }));
+        }
         let now = now_ms();
         let (taken, _) = deliveries
             .take(max, Some(now.saturating_add(ack_timeout_ms)), now)
