@@ -297,6 +297,46 @@ async fn any_node_serves_and_subscriptions_spread() {
         "each node's metrics carry its id: {}",
         &metrics[..metrics.len().min(2000)]
     );
+
+    // A topic whose readers other nodes host is not deleted unless forced; forced, it
+    // takes them all, wherever they run.
+    let deleted = client
+        .delete(format!("{}/v1/topics/orders", nodes.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 409);
+    let body = deleted.text().await.unwrap();
+    for name in 0..6 {
+        assert!(
+            body.contains(&format!("s{name}")),
+            "names every reader: {body}"
+        );
+    }
+    let forced = client
+        .delete(format!("{}/v1/topics/orders?force=true", nodes.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forced.status().as_u16(),
+        204,
+        "{}",
+        forced.text().await.unwrap()
+    );
+    nodes.wait_settled(1, 0, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, listed) = get(&client, &format!("{}/v1/subscriptions", nodes.url(1))).await;
+        if listed["subscriptions"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "their hosts stopped them: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Acknowledged publishes, by event id: key and sequence number within the key.

@@ -363,15 +363,28 @@ impl Engine {
         self.find_topic(name).await;
         let _admin = self.inner.admin.lock().await;
         let readers = self.subscriptions_of(name);
-        if !readers.is_empty() {
+        // In a cluster, other nodes host some of the topic's readers.
+        let elsewhere = self.readers_elsewhere(name).await?;
+        if !readers.is_empty() || !elsewhere.is_empty() {
             if !force {
+                let mut names: Vec<String> = readers.iter().map(|s| s.name().to_owned()).collect();
+                names.extend(elsewhere);
+                names.sort();
                 return Err(EngineError::Topic(TopicError::HasSubscriptions {
                     topic: name.to_owned(),
-                    names: readers.iter().map(|s| s.name().to_owned()).collect(),
+                    names,
                 }));
             }
             for subscription in readers {
                 self.remove_subscription(&subscription).await?;
+            }
+            // Their hosts stop them at their next round, finding them gone.
+            for subscription in elsewhere {
+                self.blocking_storage(
+                    |storage, name| storage.delete_subscription(name),
+                    &subscription,
+                )
+                .await?;
             }
         }
         let failed = self

@@ -161,6 +161,26 @@ impl Engine {
         .map_err(|_| EngineError::ShuttingDown)?
     }
 
+    /// In a cluster, the stored subscriptions that read `topic` and that this node does not
+    /// host (none on a single node).
+    pub(super) async fn readers_elsewhere(&self, topic: &str) -> Result<Vec<String>, EngineError> {
+        if self.inner.placement.is_none() {
+            return Ok(Vec::new());
+        }
+        let storage = self.inner.storage.clone();
+        let stored = tokio::task::spawn_blocking(move || storage.subscriptions())
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
+        Ok(stored
+            .into_iter()
+            .filter(|stored| {
+                stored.spec.as_ref().is_ok_and(|spec| spec.topic == topic)
+                    && !self.hosts_subscription(&stored.name)
+            })
+            .map(|stored| stored.name)
+            .collect())
+    }
+
     /// The names of the subscriptions this node hosts.
     pub fn hosted_subscriptions(&self) -> Vec<String> {
         self.inner
