@@ -37,7 +37,7 @@ use publish::{PublishFailure, last_sequence_in, publish_batch};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::stream;
-use keel_engine::storage::{Record, RecordLog, StorageError, Trimmed};
+use keel_engine::storage::{Appended, Record, RecordLog, StorageError, Trimmed};
 use tokio::sync::watch;
 
 use crate::error::ClusterError;
@@ -197,13 +197,17 @@ impl JetStreamLog {
         timestamp_ms: i64,
         payloads: &[&[u8]],
         expected_last_sequence: Option<u64>,
-    ) -> Result<u64, PublishFailure> {
+        ids: Option<&[String]>,
+    ) -> Result<(u64, bool), PublishFailure> {
         let messages: Vec<(HeaderMap, Vec<u8>)> = payloads
             .iter()
             .enumerate()
             .map(|(index, payload)| {
                 let mut headers = HeaderMap::new();
                 headers.insert(TIME_HEADER, timestamp_ms.to_string().as_str());
+                if let Some(ids) = ids {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, ids[index].as_str());
+                }
                 if index == 0
                     && let Some(sequence) = expected_last_sequence
                 {
@@ -320,6 +324,43 @@ impl RecordLog for JetStreamLog {
         self.append_after(timestamp_ms, payloads, expected)
     }
 
+    fn dedupes(&self) -> bool {
+        // A partition: any node appends, and an append that timed out may be stored later.
+        self.writers == Writers::Any
+    }
+
+    fn append_identified(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        ids: &[String],
+        _sync: bool,
+    ) -> Result<Appended, StorageError> {
+        if payloads.len() > BATCH_RECORDS_MAX {
+            // Beyond one atomic batch the ids are not used (such a commit is rare: a group
+            // of requests of 1,000 events and more).
+            let first_offset = self.append_after(timestamp_ms, payloads, None)?;
+            return Ok(Appended {
+                first_offset,
+                already_stored: false,
+            });
+        }
+        match self.publish(timestamp_ms, payloads, None, Some(ids)) {
+            Ok((last_sequence, duplicate)) => {
+                let first_offset = last_sequence - payloads.len() as u64;
+                if !duplicate {
+                    self.appended(first_offset, timestamp_ms, payloads);
+                }
+                Ok(Appended {
+                    first_offset,
+                    already_stored: duplicate,
+                })
+            }
+            Err(PublishFailure::Duplicate) => self.append_each(timestamp_ms, payloads, ids),
+            Err(failure) => Err(failure.into_storage_error(&self.stream, self.writers)),
+        }
+    }
+
     fn append_expecting(
         &self,
         timestamp_ms: i64,
@@ -421,6 +462,39 @@ impl RecordLog for JetStreamLog {
 }
 
 impl JetStreamLog {
+    /// An atomic batch refused for an id stored earlier: each record alone, with its id, so
+    /// that those stored earlier answer their offsets and the others are stored. Consecutive
+    /// offsets make one answer; scattered ones are [`StorageError::PartlyStored`].
+    fn append_each(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        ids: &[String],
+    ) -> Result<Appended, StorageError> {
+        let mut offsets = Vec::with_capacity(payloads.len());
+        for (payload, id) in payloads.iter().zip(ids) {
+            let (sequence, duplicate) = self
+                .publish(
+                    timestamp_ms,
+                    &[payload],
+                    None,
+                    Some(std::slice::from_ref(id)),
+                )
+                .map_err(|failure| failure.into_storage_error(&self.stream, self.writers))?;
+            if !duplicate {
+                self.appended(sequence - 1, timestamp_ms, &[payload]);
+            }
+            offsets.push(sequence - 1);
+        }
+        if offsets.windows(2).all(|pair| pair[1] == pair[0] + 1) {
+            return Ok(Appended {
+                first_offset: offsets[0],
+                already_stored: true,
+            });
+        }
+        Err(StorageError::PartlyStored)
+    }
+
     /// Appends `payloads` in atomic batches, the first expecting the stream's last sequence
     /// to be `expected_last_sequence` (when given), each later one the sequence its
     /// predecessor ended at: the whole append has consecutive offsets, or fails.
@@ -437,9 +511,9 @@ impl JetStreamLog {
                 expected =
                     first_offset.map(|first: u64| first + (index * BATCH_RECORDS_MAX) as u64);
             }
-            let published = self.publish(timestamp_ms, chunk, expected);
+            let published = self.publish(timestamp_ms, chunk, expected, None);
             let last_sequence = match (published, expected) {
-                (Ok(last_sequence), _) => last_sequence,
+                (Ok((last_sequence, _)), _) => last_sequence,
                 // A conditional append of a log any node writes: another got there first.
                 (Err(PublishFailure::Conflict(detail)), Some(expected_next_offset))
                     if self.writers == Writers::Any =>
@@ -524,7 +598,7 @@ impl JetStreamLog {
             return self.purge_below(expected).map(|_| ());
         }
         let (nats, subject) = (self.nats.clone(), self.subject.clone());
-        let last_sequence = self
+        let (last_sequence, _) = self
             .nats
             .block(publish_batch(nats, subject, messages))
             .map_err(|failure| failure.into_storage_error(&self.stream, self.writers))?;

@@ -329,6 +329,12 @@ pub enum PublishError {
         /// The high-water mark.
         max_bytes: u64,
     },
+    /// Some events of the batch were stored by an earlier publish of the same ids and others
+    /// not (cluster mode): all of them are stored now, once, but not at consecutive offsets.
+    #[error(
+        "some events of this batch were stored by an earlier publish and others not; every one of them is stored now, once. Publish them one at a time (each answers as a duplicate, with its offset) to learn where each is"
+    )]
+    PartlyStored,
     /// The storage cannot take writes now (cluster mode without a NATS quorum, or without a
     /// connection): the events were not acknowledged, and may or may not be stored.
     #[error(
@@ -363,6 +369,7 @@ impl PublishError {
             PublishError::Event(EventError::Json { .. } | EventError::Invalid { .. }) => {
                 ErrorClass::Invalid
             }
+            PublishError::PartlyStored => ErrorClass::Conflict,
             PublishError::OriginalFailed { .. } | PublishError::StorageUnavailable { .. } => {
                 ErrorClass::Unavailable
             }

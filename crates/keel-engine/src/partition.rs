@@ -20,7 +20,7 @@ use crate::event::Event;
 use crate::key_index::KeyHandoff;
 use crate::limits::{APPEND_QUEUE_CAPACITY, GROUP_COMMIT_BYTES_MAX, GROUP_COMMIT_REQUESTS_MAX};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabels};
-use crate::storage::{Record, RecordLog, StorageError};
+use crate::storage::{Appended, Record, RecordLog, StorageError};
 
 /// A read this close to the end of the log runs inline (see [`Partition::read`]).
 const INLINE_READ_RECORDS_MAX: u64 = 64;
@@ -514,6 +514,14 @@ impl Writer {
         let records: usize = requests.iter().map(|request| request.events.len()).sum();
         let started = Instant::now();
         let committed = self.commit(&requests, sync_requested);
+        if requests.len() > 1 && matches!(committed, Err(StorageError::PartlyStored)) {
+            // Some requests were retries of commits stored earlier (in a cluster): each alone
+            // is then either stored already, whole, or new.
+            for request in requests {
+                self.commit_requests(vec![request], false);
+            }
+            return;
+        }
         let metrics = &self.shared.metrics;
         let synced = self.fsync == FsyncPolicy::Always || sync_requested;
         if committed.is_ok() && synced {
@@ -547,19 +555,39 @@ impl Writer {
         let expected = requests
             .first()
             .and_then(|request| request.expected_next_offset);
-        let first_offset = match expected {
-            Some(expected) => {
+        let timestamp_ms = self.last_timestamp_ms;
+        let appended = match expected {
+            Some(expected) => Appended {
+                first_offset: self
+                    .log
+                    .append_expecting(timestamp_ms, &payloads, sync, expected)?,
+                already_stored: false,
+            },
+            None if payloads.is_empty() => Appended {
+                first_offset: self.log.next_offset(),
+                already_stored: true,
+            },
+            None if self.log.dedupes() => {
+                let ids: Vec<String> = requests
+                    .iter()
+                    .flat_map(|request| request.events.iter().map(message_id))
+                    .collect();
                 self.log
-                    .append_expecting(self.last_timestamp_ms, &payloads, sync, expected)?
+                    .append_identified(timestamp_ms, &payloads, &ids, sync)?
             }
-            None if payloads.is_empty() => self.log.next_offset(),
-            None => self.log.append(self.last_timestamp_ms, &payloads, sync)?,
+            None => Appended {
+                first_offset: self.log.append(timestamp_ms, &payloads, sync)?,
+                already_stored: false,
+            },
         };
-        // The records are in the log (readers see them): their keys are the index's to take.
-        let keys = requests
-            .iter()
-            .flat_map(|request| request.events.iter().map(Event::key));
-        self.key_handoff.hand(first_offset, keys);
+        let first_offset = appended.first_offset;
+        if !appended.already_stored {
+            // The records are in the log (readers see them): their keys are the index's.
+            let keys = requests
+                .iter()
+                .flat_map(|request| request.events.iter().map(Event::key));
+            self.key_handoff.hand(first_offset, keys);
+        }
         if sync_requested && self.fsync == FsyncPolicy::Interval {
             self.log.sync()?;
         }
@@ -604,6 +632,12 @@ impl Writer {
                     let _ = request.reply.send(Err(error));
                 }
             }
+            Err(StorageError::PartlyStored) => {
+                for request in requests {
+                    let error = EngineError::Publish(crate::error::PublishError::PartlyStored);
+                    let _ = request.reply.send(Err(error));
+                }
+            }
             Err(StorageError::Conflict {
                 expected_next_offset,
                 next_offset,
@@ -643,6 +677,22 @@ impl Writer {
             }
         }
     }
+}
+
+/// The id an event is appended under in a log that dedupes (`RecordLog::dedupes`): its
+/// (source, id) pair, hashed so that any text fits a message header, and alike on every node.
+fn message_id(event: &Event) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(event.source().as_bytes());
+    // Separates source from id: ("ab", "c") and ("a", "bc") differ.
+    hasher.update([0xff]);
+    hasher.update(event.id().as_bytes());
+    let digest = hasher.finalize();
+    digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn command_bytes(command: &Command) -> usize {

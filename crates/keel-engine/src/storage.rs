@@ -113,6 +113,11 @@ pub enum StorageError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// An identified append found some of its records stored by an earlier append (within
+    /// the log's dedupe window) and not the others. Each of them is stored now (once), but
+    /// not at consecutive offsets; appending each alone answers its offset.
+    #[error("some records of the append were stored by an earlier append and others not")]
+    PartlyStored,
     /// A conditional append found another record appended first (another writer, in a
     /// cluster); nothing of it was appended, and the log takes writes again.
     #[error(
@@ -144,6 +149,17 @@ pub enum StorageError {
     /// Any other failure of the backend.
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How an identified append went ([`RecordLog::append_identified`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The offset of the first record.
+    pub first_offset: u64,
+    /// Whether records were found stored already, by an earlier append of the same ids
+    /// (all of them, or some with the others appended right after them): the offsets are
+    /// theirs, and no keys are to be handed on for them.
+    pub already_stored: bool,
 }
 
 /// An append-only log of records. Shared by readers and one writer: implementations are
@@ -179,6 +195,32 @@ pub trait RecordLog: Send + Sync + 'static {
             });
         }
         self.append(timestamp_ms, payloads, sync)
+    }
+
+    /// Whether the log dedupes appends by the ids [`RecordLog::append_identified`] gives (a
+    /// replicated backend, where an append that seemed to fail may still be stored, and
+    /// where several nodes append: its retry must not store the records twice).
+    fn dedupes(&self) -> bool {
+        false
+    }
+
+    /// Appends like [`RecordLog::append`], each record named by its id in `ids` (one per
+    /// payload, unique). A log that dedupes answers the earlier records' offsets when all
+    /// were stored by an earlier append within its window (`already_stored`), and fails with
+    /// [`StorageError::PartlyStored`] when only some were. The default ignores the ids.
+    fn append_identified(
+        &self,
+        timestamp_ms: i64,
+        payloads: &[&[u8]],
+        ids: &[String],
+        sync: bool,
+    ) -> Result<Appended, StorageError> {
+        debug_assert_eq!(ids.len(), payloads.len());
+        let first_offset = self.append(timestamp_ms, payloads, sync)?;
+        Ok(Appended {
+            first_offset,
+            already_stored: false,
+        })
     }
 
     /// Makes everything appended durable.

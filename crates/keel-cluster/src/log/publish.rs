@@ -14,6 +14,9 @@ pub(crate) enum PublishFailure {
     Conflict(String),
     /// No stream takes the subject: the log was fenced for a newer lease holder (or deleted).
     NoStream,
+    /// An atomic batch was refused because one of its message ids was stored within the
+    /// stream's duplicate window: nothing of the batch was stored.
+    Duplicate,
     /// JetStream did not answer in time, or said it cannot (no quorum, no leader, no
     /// connection): the records may or may not be stored.
     Unavailable(String),
@@ -52,6 +55,7 @@ impl PublishFailure {
                     PublishFailure::NoStream => {
                         "no stream takes this topic's records (deleted by another node?)".into()
                     }
+                    PublishFailure::Duplicate => "a batch held a message id stored before".into(),
                 };
                 StorageError::Unavailable {
                     source: Box::new(ClusterError::JetStream { op, detail }),
@@ -62,12 +66,13 @@ impl PublishFailure {
 }
 
 /// Publishes `messages` on `subject`: one alone, or several as one atomic batch. Returns
-/// the last message's stream sequence.
+/// the last message's stream sequence, and (for one alone) whether it was a duplicate of a
+/// message stored earlier under its id (the sequence is then that message's).
 pub(crate) async fn publish_batch(
     nats: Nats,
     subject: String,
     mut messages: Vec<(HeaderMap, Vec<u8>)>,
-) -> Result<u64, PublishFailure> {
+) -> Result<(u64, bool), PublishFailure> {
     if messages.len() > 1 {
         let batch_id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let count = messages.len();
@@ -100,7 +105,7 @@ async fn publish_one(
     nats: &Nats,
     subject: String,
     (headers, payload): (HeaderMap, Vec<u8>),
-) -> Result<u64, PublishFailure> {
+) -> Result<(u64, bool), PublishFailure> {
     use async_nats::jetstream::context::PublishErrorKind;
     let acknowledged = nats
         .jetstream
@@ -111,13 +116,14 @@ async fn publish_one(
         Err(error) => Err(error),
     };
     match acknowledged {
-        Ok(ack) => Ok(ack.sequence),
+        Ok(ack) => Ok((ack.sequence, ack.duplicate)),
         Err(error) => Err(match error.kind() {
             PublishErrorKind::WrongLastSequence => PublishFailure::Conflict(error.to_string()),
             PublishErrorKind::StreamNotFound => PublishFailure::NoStream,
             PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
                 PublishFailure::Unavailable(error.to_string())
             }
+            _ if error.to_string().contains("duplicate message id") => PublishFailure::Duplicate,
             _ => PublishFailure::Other(error.to_string()),
         }),
     }
