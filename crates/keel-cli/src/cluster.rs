@@ -186,4 +186,8 @@ impl ClusterMember for Member {
     fn peer_urls(&self) -> Vec<String> {
         self.0.peer_urls()
     }
+
+    fn knows_subscription(&self, subscription: &str) -> bool {
+        self.0.knows_subscription(subscription)
+    }
 }

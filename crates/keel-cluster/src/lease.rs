@@ -35,6 +35,10 @@ pub(crate) struct Holder {
     pub(crate) node: String,
     /// The node's HTTP API, as other nodes reach it.
     pub(crate) url: String,
+    /// The lease's epoch (its acquisition's revision), written with each renewal: the
+    /// acquisition itself cannot know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) epoch: Option<u64>,
 }
 
 /// A lease this node holds.
@@ -121,10 +125,14 @@ impl Leases {
             .iter()
             .map(|(unit, held)| (unit.clone(), held.clone()))
             .collect();
-        let value = serde_json::to_vec(&self.holder).expect("a holder serialises");
         let (mut lost, mut revived) = (Vec::new(), Vec::new());
         for (unit, lease) in held {
-            let (bucket, key, value) = (self.bucket.clone(), unit.clone(), value.clone());
+            let holder = Holder {
+                epoch: Some(lease.epoch),
+                ..self.holder.clone()
+            };
+            let value = serde_json::to_vec(&holder).expect("a holder serialises");
+            let (bucket, key) = (self.bucket.clone(), unit.clone());
             let sent = Instant::now();
             let renewed = self
                 .nats

@@ -133,9 +133,11 @@ impl ClusterNode {
             options.replicas,
             Some(options.lease_ttl),
         )?;
+        check_node_id_free(&nats, &nodes, &options)?;
         let holder = Holder {
             node: options.node_id.clone(),
             url: options.advertise_url.clone(),
+            epoch: None,
         };
         let leases = Arc::new(Leases::new(
             nats.clone(),
@@ -407,6 +409,12 @@ impl ClusterNode {
         (holder.node != self.options.node_id).then(|| holder.url.clone())
     }
 
+    /// Whether `subscription` exists, as this node's last round saw the specs.
+    pub fn knows_subscription(&self, subscription: &str) -> bool {
+        let view = self.view.lock().expect("view lock");
+        view.units.contains(&subscription_unit(subscription))
+    }
+
     /// The other live nodes' URLs.
     pub fn peer_urls(&self) -> Vec<String> {
         let view = self.view.lock().expect("view lock");
@@ -447,7 +455,7 @@ impl ClusterNode {
                 Some(UnitStatus {
                     unit: format!("subscription/{name}"),
                     node: lease.map(|(holder, _)| holder.node.clone()),
-                    epoch: lease.map(|(_, revision)| *revision),
+                    epoch: lease.map(|(holder, revision)| holder.epoch.unwrap_or(*revision)),
                     placed_on: placed_on(unit, view.nodes.keys()).map(str::to_owned),
                 })
             })
@@ -491,6 +499,34 @@ impl Placement for ClusterNode {
         let leases = self.leases.clone();
         self.nats.block(async move { leases.release(&unit).await });
     }
+}
+
+/// Refuses a node id another live node uses (its heartbeat is fresh, with another URL): two
+/// nodes under one id would take each other's subscriptions for their own.
+fn check_node_id_free(
+    nats: &Nats,
+    nodes: &kv::Store,
+    options: &ClusterOptions,
+) -> Result<(), ClusterError> {
+    let (nodes, id) = (nodes.clone(), options.node_id.clone());
+    let found = nats
+        .block(async move { nodes.get(id).await })
+        .map_err(|error| ClusterError::jetstream("read the nodes", error))?;
+    let Some(heartbeat) = found.and_then(|value| serde_json::from_slice::<Heartbeat>(&value).ok())
+    else {
+        return Ok(());
+    };
+    if heartbeat.url == options.advertise_url {
+        // This node itself, restarted within a TTL.
+        return Ok(());
+    }
+    Err(ClusterError::JetStream {
+        op: "join the cluster".into(),
+        detail: format!(
+            "node id {:?} is in use by the node at {} (its heartbeat is fresh): give each node its own --node-id, or wait a lease TTL after that node stopped",
+            options.node_id, heartbeat.url
+        ),
+    })
 }
 
 /// The node a unit belongs on: the live node that ranks first for it by rendezvous

@@ -578,25 +578,54 @@ pub(crate) fn open_bucket(
     let (jetstream, name): (jetstream::Context, String) =
         (nats.jetstream.clone(), bucket.to_owned());
     nats.block(async move {
-        if let Ok(store) = jetstream.get_key_value(&name).await {
-            return Ok(store);
-        }
-        let config = kv::Config {
-            bucket: name.clone(),
-            history: 1,
-            num_replicas: replicas,
-            storage: stream::StorageType::File,
-            max_age: ttl.unwrap_or(Duration::ZERO),
-            ..Default::default()
+        let store = match jetstream.get_key_value(&name).await {
+            Ok(store) => store,
+            Err(_) => {
+                let config = kv::Config {
+                    bucket: name.clone(),
+                    history: 1,
+                    num_replicas: replicas,
+                    storage: stream::StorageType::File,
+                    max_age: ttl.unwrap_or(Duration::ZERO),
+                    ..Default::default()
+                };
+                match jetstream.create_key_value(config).await {
+                    Ok(store) => store,
+                    Err(created) => match jetstream.get_key_value(&name).await {
+                        // Another node made it at the same moment.
+                        Ok(store) => store,
+                        Err(_) => {
+                            return Err(ClusterError::JetStream {
+                                op: format!("create bucket {name} with {replicas} replicas"),
+                                detail: format!(
+                                    "{created}. With fewer NATS servers than replicas, give --replicas (1 for a single server)"
+                                ),
+                            });
+                        }
+                    },
+                }
+            }
         };
-        match jetstream.create_key_value(config).await {
-            Ok(store) => Ok(store),
-            // Another node made it at the same moment.
-            Err(_) => jetstream
-                .get_key_value(&name)
+        // Every node must agree on how long leases and heartbeats last: the first node set it.
+        if let Some(ttl) = ttl {
+            let status = store
+                .status()
                 .await
-                .map_err(|error| ClusterError::jetstream(format!("open bucket {name}"), error)),
+                .map_err(|error| ClusterError::jetstream(format!("describe bucket {name}"), error))?;
+            let set = status.max_age();
+            if set != ttl {
+                return Err(ClusterError::JetStream {
+                    op: format!("open bucket {name}"),
+                    detail: format!(
+                        "this cluster's leases last {}s (set by its first node), not {}s: give --lease-ttl {}s, as every node of the cluster must",
+                        set.as_secs(),
+                        ttl.as_secs(),
+                        set.as_secs()
+                    ),
+                });
+            }
         }
+        Ok(store)
     })
 }
 

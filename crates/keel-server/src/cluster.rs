@@ -41,6 +41,8 @@ pub trait ClusterMember: Send + Sync + 'static {
     fn status(&self) -> ClusterStatus;
     /// The URL of the node hosting `subscription`, when another node does.
     fn host_url(&self, subscription: &str) -> Option<String>;
+    /// Whether `subscription` exists in the cluster (as of this node's last round).
+    fn knows_subscription(&self, subscription: &str) -> bool;
     /// The other live nodes' URLs.
     fn peer_urls(&self) -> Vec<String>;
 }
@@ -101,7 +103,19 @@ pub(crate) async fn forward_to_host(
         return next.run(request).await;
     }
     let Some(url) = cluster.host_url(name) else {
-        // Hosted nowhere now: served here (a create claims it; anything else says what is).
+        if cluster.knows_subscription(name) {
+            // It exists, and no node holds it this moment: it is moving between nodes.
+            let mut response = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("subscription {name:?} is moving between the nodes of the cluster (its last host stopped, and the next is taking it over); retry in a moment"),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return response;
+        }
+        // Unknown to the cluster: served here (a create claims it; anything else says what is).
         return next.run(request).await;
     };
     match proxy(&state, &cluster.node_id(), &url, request).await {
