@@ -15,7 +15,8 @@ this); uses only the Python standard library.
                       survivor, forwarded to the new host),
       first_new_ms    until the first event published after the kill is received.
     Then restarts the killed node (same id), waits until the unit is back where the
-    rendezvous hash places it, and goes on.
+    rendezvous hash places it, and goes on. Each kill comes 1 s plus a random share of a
+    lease TTL after the unit settled, so kills fall at every phase of the nodes' rounds.
   spread: N subscriptions created on one node; nodes k1..k4 join one by one; after each,
     waits until every unit is held where it is placed and records units per node, how many
     units changed holder, and how long the cluster took to settle.
@@ -26,6 +27,7 @@ Prints one JSON object per round or step, then a summary (JSON) on the last line
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -215,7 +217,9 @@ def failover(args):
                            threading.Thread(target=trickle.consumer, daemon=True)]
                 for thread in threads:
                     thread.start()
-            time.sleep(args.steady)  # deliveries flowing through the survivors
+            # Deliveries flow through the survivors; the kill falls at a random point of the
+            # nodes' rounds (a fixed pause after the settle would kill at one phase only).
+            time.sleep(args.steady + random.uniform(0, parse_seconds(args.lease_ttl)))
             with trickle.lock:
                 published_before = trickle.sequence
             killed_at = time.monotonic()

@@ -19,7 +19,8 @@
 #   new /tmp/keel-bench-cluster.XXXX), NATS_SYNC (e.g. "always": sets the servers'
 #   jetstream sync_interval; default: nats-server's own, an fsync every 2 minutes),
 #   LEASE_TTL (of the publish/e2e cluster, default 5s), FAILOVER_TTLS ("2s 5s"),
-#   ROUNDS_FAILOVER (20), PUBLISH_EVENTS_BATCHED (200000), PUBLISH_EVENTS_SINGLE (30000).
+#   ROUNDS_FAILOVER (20), PUBLISH_EVENTS_BATCHED (100000; batches of 10 send a quarter),
+#   PUBLISH_EVENTS_SINGLE (20000).
 # Build first: cargo build --release -p keel-cli && cargo build --release -p keel-cluster --example jetstream_publish
 set -euo pipefail
 
@@ -46,8 +47,9 @@ command -v nats-server >/dev/null || { echo "nats-server not found (scripts/inst
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ready() { # URL
-  for _ in $(seq 300); do curl -sf "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "$1 did not become ready; logs in $work" >&2; exit 1
+  for _ in $(seq 600); do curl -sf "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
+  cp "$work"/*.log "$work"/nats/*.log "$out"/ 2>/dev/null || true
+  echo "$1 did not become ready within 60s; logs copied to $out" >&2; exit 1
 }
 # utime + stime of the processes, in clock ticks.
 cpu_ticks() { local total=0 pid; for pid in "$@"; do
@@ -61,21 +63,24 @@ for i in 0 1 2; do
   routes=""
   for j in 0 1 2; do [ "$j" = "$i" ] || routes="$routes\"nats-route://127.0.0.1:${cluster_ports[$j]}\", "; done
   sync_line=""
-  [ -n "${NATS_SYNC:-}" ] && sync_line="sync_interval: ${NATS_SYNC}"
+  [ -n "${NATS_SYNC:-}" ] && sync_line=", sync_interval: ${NATS_SYNC}"
   mkdir -p "$work/nats/n$i"
   cat >"$work/nats/n$i.conf" <<CONF
 server_name: n$i
 listen: "127.0.0.1:${nats_ports[$i]}"
 max_payload: 8MB
-jetstream { store_dir: "$work/nats/n$i" $sync_line }
+jetstream { store_dir: "$work/nats/n$i"$sync_line }
 cluster { name: keel-bench, listen: "127.0.0.1:${cluster_ports[$i]}", routes: [ ${routes%, } ] }
 CONF
   nats-server -c "$work/nats/n$i.conf" >"$work/nats/n$i.log" 2>&1 &
   pids+=($!) nats_pids+=($!)
 done
 nats_urls="nats://127.0.0.1:${nats_ports[0]},nats://127.0.0.1:${nats_ports[1]},nats://127.0.0.1:${nats_ports[2]}"
-# JetStream is ready once a meta leader is elected: the cluster answers a stream listing.
+# JetStream is ready once a meta leader is elected (keel's connect waits for it too).
 sleep 2
+for pid in "${nats_pids[@]}"; do
+  kill -0 "$pid" 2>/dev/null || { cat "$work"/nats/*.log >&2; echo "a nats-server did not start" >&2; exit 1; }
+done
 echo "NATS cluster: $nats_urls (sync_interval ${NATS_SYNC:-default}); results in $out" >&2
 
 needs_keel=0
@@ -127,7 +132,7 @@ warm_up() {
 }
 
 run_publish() {
-  local batched=${PUBLISH_EVENTS_BATCHED:-200000} single_events=${PUBLISH_EVENTS_SINGLE:-30000}
+  local batched=${PUBLISH_EVENTS_BATCHED:-100000} single_events=${PUBLISH_EVENTS_SINGLE:-20000}
   # name | events | batch size | concurrency
   local workloads=("batch100-c4|$batched|100|4" "batch10-c16|$((batched / 4))|10|16" "single-c64|$single_events|1|64")
   for round in $(seq "$rounds"); do
