@@ -14,7 +14,8 @@
 #   failover  scripts/bench-cluster-moves.py failover: kill -9 the node hosting a subscription,
 #             ROUNDS_FAILOVER times, for each lease TTL of FAILOVER_TTLS.
 #   spread    scripts/bench-cluster-moves.py spread: 30 subscriptions, nodes joining one by one.
-# Environment: KEEL (default target/release/keel), JS_BENCH (default
+# Environment: KEEL (default target/release/keel; KEEL_SERVER runs the servers with another
+#   build, the load generator stays KEEL's), JS_BENCH (default
 #   target/release/examples/jetstream_publish), ROUNDS (3), OUT (results directory, default a
 #   new /tmp/keel-bench-cluster.XXXX), NATS_SYNC (e.g. "always": sets the servers'
 #   jetstream sync_interval; default: nats-server's own, an fsync every 2 minutes),
@@ -26,6 +27,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 keel=${KEEL:-target/release/keel}
+# The servers may be another build than the load generator (KEEL_SERVER=/tmp/keel-old).
+keel_server=${KEEL_SERVER:-$keel}
 js_bench=${JS_BENCH:-target/release/examples/jetstream_publish}
 rounds=${ROUNDS:-3}
 whats=("$@")
@@ -89,11 +92,11 @@ node_urls=() node_pids=()
 if [ "$needs_keel" = 1 ]; then
   single_port=$(free_port)
   single="http://127.0.0.1:$single_port"
-  "$keel" serve --data-dir "$work/single" --listen "127.0.0.1:$single_port" >"$work/single.log" 2>&1 &
+  "$keel_server" serve --data-dir "$work/single" --listen "127.0.0.1:$single_port" >"$work/single.log" 2>&1 &
   pids+=($!) single_pid=$!
   for i in 0 1 2; do
     port=$(free_port)
-    "$keel" serve --data-dir "$work/k$i" --listen "127.0.0.1:$port" --cluster "$nats_urls" \
+    "$keel_server" serve --data-dir "$work/k$i" --listen "127.0.0.1:$port" --cluster "$nats_urls" \
       --node-id "k$i" --cluster-name bench --lease-ttl "${LEASE_TTL:-5s}" >"$work/k$i.log" 2>&1 &
     pids+=($!) node_pids+=($!)
     node_urls+=("http://127.0.0.1:$port")
