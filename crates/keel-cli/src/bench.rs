@@ -96,6 +96,11 @@ pub(crate) struct PublishBenchArgs {
     /// Fsync policy of the topic, when the run creates it
     #[arg(long, value_enum)]
     pub(crate) fsync: Option<Fsync>,
+    /// Spread the requests over these servers (comma-separated URLs, e.g. the nodes of a
+    /// cluster): request worker `i` uses server `i` mod their count. The topic is still
+    /// created through --server
+    #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+    pub(crate) servers: Vec<String>,
 }
 
 /// Arguments of `keel bench read`.
@@ -406,6 +411,16 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
     let client = crate::connect(server, concurrency)?;
     let partitions = ensure_topic(&client, &args).await?;
+    // The workers' clients: one per server of --servers, or --server's.
+    let clients = if args.servers.is_empty() {
+        vec![client]
+    } else {
+        let per_server = concurrency.div_ceil(args.servers.len());
+        args.servers
+            .iter()
+            .map(|url| crate::connect(url, per_server))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let structured = args.batch_size == 1;
     let stop = match (args.events, args.duration) {
         (_, Some(duration)) => Stop::At(Instant::now() + duration),
@@ -423,9 +438,9 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
     let bar = progress_bar(workload.planned_events(), "events");
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
+    for worker in 0..concurrency {
         workers.spawn(publish_worker(
-            client.clone(),
+            clients[worker % clients.len()].clone(),
             Arc::clone(&workload),
             Arc::clone(&bodies),
             bar.clone(),
@@ -857,6 +872,7 @@ mod tests {
             duration: None,
             keys: 0,
             fsync: None,
+            servers: Vec::new(),
         };
         let mut tally = Tally::new();
         tally.events = 1000;

@@ -199,6 +199,27 @@ pub(crate) struct E2eBenchArgs {
     /// fails unless that topic ends with one event per event delivered
     #[arg(long, requires = "stateful")]
     pub(crate) emit: bool,
+    /// Cluster mode: once the subscription is created, wait until the node the cluster places
+    /// it on runs it (a new subscription starts on the node that created it and may then
+    /// move), so that it does not move during the run. A single node needs no wait
+    #[arg(long)]
+    pub(crate) wait_placed: bool,
+    /// Cluster mode, pull: which node the consumers pull and ack through: --server (which
+    /// forwards to the node hosting the subscription when that is another), the `host`, or a
+    /// node `elsewhere` (always forwarded). Host and elsewhere imply --wait-placed
+    #[arg(long, value_enum, default_value_t = PullVia::Server)]
+    pub(crate) pull_via: PullVia,
+}
+
+/// The node pull consumers talk to, in cluster mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PullVia {
+    /// The node of --server
+    Server,
+    /// The node hosting the subscription
+    Host,
+    /// A live node other than the host
+    Elsewhere,
 }
 
 impl E2eBenchArgs {
@@ -487,7 +508,21 @@ async fn run_e2e(
         .as_ref()
         .map(|sink| args.sink_url.clone().unwrap_or_else(|| sink.url()));
     let measured = match create_subscription(client, args, &names, sink_url.as_deref()).await {
-        Ok(()) => measure(client, args, &names, &receipts, bar, interrupted).await,
+        Ok(()) => match consumer_client(client, args, &names).await {
+            Ok(consumers) => {
+                measure(
+                    client,
+                    &consumers,
+                    args,
+                    &names,
+                    &receipts,
+                    bar,
+                    interrupted,
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        },
         Err(error) => Err(error.into()),
     };
     // Before the cleanup deletes the state.
@@ -521,6 +556,68 @@ async fn run_e2e(
     measured.state_check = state_check.transpose()?;
     cleanup?;
     Ok(E2eReport::new(args, &names, &receipts, measured))
+}
+
+/// How long `--wait-placed` waits for the subscription to settle on its node.
+const PLACED_WAIT: Duration = Duration::from_secs(60);
+
+/// The client the pull consumers use: `client`, or with `--pull-via host|elsewhere` one of
+/// that node. With `--wait-placed` or such a `--pull-via`, first waits until the cluster runs
+/// the subscription where it places it.
+async fn consumer_client(
+    client: &Client,
+    args: &E2eBenchArgs,
+    names: &RunNames,
+) -> Result<Client, CliError> {
+    if !args.wait_placed && args.pull_via == PullVia::Server {
+        return Ok(client.clone());
+    }
+    let unit = format!("subscription/{}", names.subscription);
+    let deadline = Instant::now() + PLACED_WAIT;
+    loop {
+        let answer = client.cluster().await?;
+        let status = answer.value();
+        if status.mode != "cluster" {
+            return Ok(client.clone());
+        }
+        let placed = status.units.iter().find(|listed| listed.unit == unit);
+        let host = placed.and_then(|listed| {
+            let node = listed.node.as_ref()?;
+            (listed.placed_on.as_ref() == Some(node)).then_some(node)
+        });
+        if let Some(host) = host {
+            let via = status.nodes.iter().find(|listed| match args.pull_via {
+                PullVia::Server => false,
+                PullVia::Host => listed.id == *host,
+                PullVia::Elsewhere => listed.id != *host,
+            });
+            eprintln!(
+                "subscription {} runs on node {host}; pulling through {}",
+                names.subscription,
+                via.map_or("--server", |node| node.id.as_str())
+            );
+            return match via {
+                Some(node) => {
+                    let connections = args.consumers.saturating_add(2);
+                    Ok(crate::connect(
+                        &node.url,
+                        usize::try_from(connections).unwrap_or(usize::MAX),
+                    )?)
+                }
+                None => Ok(client.clone()),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Io {
+                action: format!("wait for subscription {} to settle", names.subscription),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not on its node after {}s", PLACED_WAIT.as_secs()),
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Deletes what the run created (unless `--keep`) and returns `error`, the reason the run
@@ -618,6 +715,7 @@ struct Measured {
 /// subscription to settle, then stops the consumers.
 async fn measure(
     client: &Client,
+    consumer_client: &Client,
     args: &E2eBenchArgs,
     names: &RunNames,
     receipts: &Arc<Receipts>,
@@ -633,7 +731,7 @@ async fn measure(
         let subscription: Arc<str> = Arc::from(names.subscription.as_str());
         for _ in 0..args.consumers {
             let consumer = consume(
-                client.clone(),
+                consumer_client.clone(),
                 Arc::clone(&subscription),
                 args.pull_max,
                 Arc::clone(receipts),
@@ -1634,6 +1732,8 @@ mod tests {
             backlog: false,
             stateful: false,
             emit: false,
+            wait_placed: false,
+            pull_via: PullVia::Server,
         }
     }
 
