@@ -411,6 +411,11 @@ impl RecordLog for JetStreamLog {
         self.state().next_offset
     }
 
+    fn refresh_next_offset(&self) -> Result<u64, StorageError> {
+        self.refresh()?;
+        Ok(self.next_offset())
+    }
+
     fn watch_next_offset(&self) -> watch::Receiver<u64> {
         self.shared.next_offset.subscribe()
     }

@@ -227,6 +227,12 @@ impl Partition {
     ) -> Result<(Vec<Record>, u64), EngineError> {
         let log = self.log()?.clone();
         let from = from.unwrap_or_else(|| log.start_offset());
+        if from > log.next_offset() {
+            // Beyond the end this node knows: in a cluster, another node may have appended it
+            // a moment ago.
+            let refreshed = log.clone();
+            let _ = tokio::task::spawn_blocking(move || refreshed.refresh_next_offset()).await;
+        }
         self.check_offset(&*log, from)?;
         if !wait.is_zero() {
             let mut committed = log.watch_next_offset();

@@ -241,6 +241,14 @@ pub trait RecordLog: Send + Sync + 'static {
     /// One past the last visible record.
     fn next_offset(&self) -> u64;
 
+    /// [`RecordLog::next_offset`] after asking the storage: a log other nodes append to
+    /// learns of their records by following it, a little later; asked, it catches up at once
+    /// (a read beyond the end it knows asks, before it refuses). Blocks; the default only
+    /// answers [`RecordLog::next_offset`].
+    fn refresh_next_offset(&self) -> Result<u64, StorageError> {
+        Ok(self.next_offset())
+    }
+
     /// The next offset as it moves: a reader at the end waits for it to change.
     fn watch_next_offset(&self) -> watch::Receiver<u64>;
 

@@ -183,6 +183,40 @@ pub(crate) fn send_signal(pid: u32, signal: &str) {
         .status()
         .unwrap_or_else(|error| panic!("run kill -{signal} {pid}: {error}"));
     assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+    if signal == "STOP" {
+        wait_stopped(pid);
+    }
+}
+
+/// Waits until every thread of `pid` has stopped: a SIGSTOP takes effect as each thread next
+/// enters the kernel, so a thread running on another core can still answer a request sent
+/// right after `kill` returned.
+fn wait_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let task_dir = format!("/proc/{pid}/task");
+    loop {
+        let states: Vec<char> = std::fs::read_dir(&task_dir)
+            .map(|tasks| {
+                tasks
+                    .filter_map(Result::ok)
+                    .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+                    // The state follows the command's closing parenthesis.
+                    .filter_map(|stat| {
+                        stat.rsplit_once(") ")
+                            .and_then(|(_, rest)| rest.chars().next())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|state| *state == 'T') {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not stop within 5 s after SIGSTOP: {states:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// A child process serving keel's HTTP API (`keel serve`, or a program embedding keel);
