@@ -37,6 +37,7 @@ pub mod read;
 pub mod state;
 pub mod streams;
 pub mod subscriptions;
+pub mod tokens;
 pub mod topics;
 
 /// Whether a value is its type's default: a settings part that sets nothing is left out.

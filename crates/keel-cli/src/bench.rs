@@ -117,7 +117,11 @@ fn ranged(min: u64, max: u64) -> clap::builder::RangedU64ValueParser<u64> {
 }
 
 /// Runs a `keel bench` subcommand against `server`; `json` prints the report as JSON.
-pub(crate) async fn run(server: &str, command: BenchCommand, json: bool) -> Result<(), CliError> {
+pub(crate) async fn run(
+    server: &crate::Target,
+    command: BenchCommand,
+    json: bool,
+) -> Result<(), CliError> {
     match command {
         BenchCommand::Publish(args) => publish(server, args, json).await,
         BenchCommand::Read(args) => read(server, args, json).await,
@@ -406,10 +410,14 @@ fn check_request_bytes(size: u64, batch_size: u64) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(), CliError> {
+async fn publish(
+    server: &crate::Target,
+    args: PublishBenchArgs,
+    json: bool,
+) -> Result<(), CliError> {
     check_request_bytes(args.size, args.batch_size)?;
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
-    let client = crate::connect(server, concurrency)?;
+    let client = server.connect(concurrency)?;
     let partitions = ensure_topic(&client, &args).await?;
     // The workers' clients: one per server of --servers, or --server's.
     let clients = if args.servers.is_empty() {
@@ -418,7 +426,7 @@ async fn publish(server: &str, args: PublishBenchArgs, json: bool) -> Result<(),
         let per_server = concurrency.div_ceil(args.servers.len());
         args.servers
             .iter()
-            .map(|url| crate::connect(url, per_server))
+            .map(|url| server.at(url).connect(per_server))
             .collect::<Result<Vec<_>, _>>()?
     };
     let structured = args.batch_size == 1;
@@ -629,10 +637,10 @@ fn print_report(
     write_stdout(&render_pairs(&pairs))
 }
 
-async fn read(server: &str, args: ReadBenchArgs, json: bool) -> Result<(), CliError> {
-    let probe = crate::connect(server, 1)?;
+async fn read(server: &crate::Target, args: ReadBenchArgs, json: bool) -> Result<(), CliError> {
+    let probe = server.connect(1)?;
     let topic = fetch_topic(&probe, &args.topic).await?;
-    let client = crate::connect(server, topic.partitions.len())?;
+    let client = server.connect(topic.partitions.len())?;
     let records: u64 = topic
         .partitions
         .iter()

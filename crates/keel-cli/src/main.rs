@@ -18,6 +18,7 @@ mod sub;
 mod tail;
 #[cfg(test)]
 mod test_client;
+mod token;
 mod topic;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ use clap::{Parser, Subcommand};
 use crate::alert::AlertCommand;
 use crate::bench::BenchCommand;
 use crate::cluster::ClusterCommand;
+use keel_client::limits::IDLE_CONNECTIONS_MAX;
 use keel_client::{Client, ClientError, DEFAULT_SERVER};
 
 use crate::dlq::DlqCommand;
@@ -35,6 +37,7 @@ use crate::publish::PublishArgs;
 use crate::serve::ServeArgs;
 use crate::sub::SubCommand;
 use crate::tail::TailArgs;
+use crate::token::TokenCommand;
 use crate::topic::TopicCommand;
 
 /// keel: a durable event processing engine.
@@ -53,6 +56,17 @@ struct Cli {
         help_heading = "Global options"
     )]
     server: String,
+    /// API token to send (`keel token create` makes one; with auth on, every command needs
+    /// one)
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    token: Option<String>,
     /// Print the server's JSON answers (or a report as JSON) instead of text
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
@@ -88,6 +102,9 @@ enum Command {
     /// exits 0 when nothing needs attention, 1 when something does
     #[command(after_help = status::STATUS_HELP)]
     Status,
+    /// API tokens: create (shown once), list, revoke; needs the admin scope
+    #[command(subcommand, after_help = token::TOKEN_EXAMPLES)]
+    Token(TokenCommand),
     /// A keel cluster's nodes and which subscriptions each hosts
     #[command(subcommand, after_help = cluster::CLUSTER_HELP)]
     Cluster(ClusterCommand),
@@ -113,27 +130,53 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let client = || Client::new(&cli.server);
+    let target = Target {
+        server: cli.server,
+        token: cli.token,
+    };
+    let client = || target.connect(IDLE_CONNECTIONS_MAX);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Topic(command) => topic::run(&client()?, command, cli.json).await,
         Command::Cluster(command) => cluster::run(&client()?, command, cli.json).await,
         Command::Publish(args) => publish::run(&client()?, args, cli.json).await,
         Command::Tail(args) => tail::run(&client()?, args).await,
-        Command::Bench(command) => bench::run(&cli.server, command, cli.json).await,
+        Command::Bench(command) => bench::run(&target, command, cli.json).await,
         Command::Sub(command) => sub::run(&client()?, command, cli.json).await,
         Command::Dlq(command) => dlq::run(&client()?, command, cli.json).await,
         Command::Alert(command) => alert::run(&client()?, command, cli.json).await,
         Command::Status => status::run(&client()?, cli.json).await,
+        Command::Token(command) => token::run(&client()?, command, cli.json).await,
     }
 }
 
-/// A client of `server` keeping up to `idle_connections_max` idle connections for reuse
-/// (`bench` sizes its pool to its concurrency; other commands take the client's default).
-pub(crate) fn connect(server: &str, idle_connections_max: usize) -> Result<Client, ClientError> {
-    Client::builder(server)
-        .idle_connections_max(idle_connections_max)
-        .build()
+/// The server the client commands talk to, and the token they send.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// `--server`.
+    pub(crate) server: String,
+    /// `--token`.
+    pub(crate) token: Option<String>,
+}
+
+impl Target {
+    /// A client keeping up to `idle_connections_max` idle connections for reuse (`bench`
+    /// sizes its pool to its concurrency; other commands take the client's default).
+    pub(crate) fn connect(&self, idle_connections_max: usize) -> Result<Client, ClientError> {
+        let mut builder = Client::builder(&self.server).idle_connections_max(idle_connections_max);
+        if let Some(token) = &self.token {
+            builder = builder.token(token);
+        }
+        builder.build()
+    }
+
+    /// The same token, sent to another server (a node of a cluster).
+    pub(crate) fn at(&self, server: &str) -> Target {
+        Target {
+            server: server.to_owned(),
+            token: self.token.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ use crate::error::CliError;
 /// The environment variable holding the log filter, e.g. `info` or `warn,keel_engine=debug`.
 const LOG_FILTER_VARIABLE: &str = "KEEL_LOG";
 
+/// The environment variable holding the admin token (turns auth on).
+const ADMIN_TOKEN_VARIABLE: &str = "KEEL_ADMIN_TOKEN";
+
 /// The log filter when `KEEL_LOG` is not set.
 const LOG_FILTER_DEFAULT: &str = "info";
 
@@ -36,6 +39,11 @@ pub(crate) struct ServeArgs {
     /// as members) for a log collector
     #[arg(long, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+    /// Serve without auth beyond loopback (refused otherwise): only behind something that
+    /// authenticates. Auth is on when KEEL_ADMIN_TOKEN (or auth.admin_token) is set
+    /// [config: auth.allow_insecure]
+    #[arg(long, env = "KEEL_ALLOW_INSECURE", help_heading = "Security")]
+    pub(crate) allow_insecure: bool,
     /// Run as a node of a keel cluster on these NATS servers (comma-separated client URLs,
     /// nats://HOST:4222): everything is stored in their JetStream, not in --data-dir
     /// [config: cluster.servers]
@@ -134,6 +142,13 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     if let Some(listen) = &args.listen {
         config.listen = resolve_listen(listen)?;
     }
+    // Read from the environment only: a flag would show the token in `ps`.
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_VARIABLE) {
+        config.auth.admin_token = Some(keel_server::SecretText(token));
+    }
+    if args.allow_insecure {
+        config.auth.allow_insecure = true;
+    }
     let cluster = &mut config.cluster;
     if let Some(servers) = &args.cluster {
         cluster.servers = servers
@@ -223,6 +238,7 @@ mod tests {
             advertise_url: None,
             replicas: None,
             lease_ttl: None,
+            allow_insecure: false,
         }
     }
 
@@ -321,6 +337,7 @@ mod tests {
         let mut names = vec![
             format!("{LOG_FILTER_VARIABLE}`"),
             format!("{}`", keel_engine::faults::FAULTS_VARIABLE),
+            format!("{ADMIN_TOKEN_VARIABLE}`"),
         ];
         for arg in command.get_arguments() {
             names.extend(arg.get_long().map(|long| format!("--{long}")));
@@ -330,7 +347,8 @@ mod tests {
             );
         }
         let fields = |error: String| -> Vec<String> {
-            let (_, listed) = error.split_once("expected one of ").expect(&error);
+            // "expected one of `a`, `b`", or with two "expected `a` or `b`".
+            let (_, listed) = error.split_once("expected ").expect(&error);
             let fields: Vec<String> = listed
                 .split('`')
                 .skip(1)
@@ -353,6 +371,11 @@ mod tests {
         ));
         names.extend(fields(
             serde_json::from_str::<keel_server::ClusterSettings>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_server::AuthSettings>(unknown)
                 .unwrap_err()
                 .to_string(),
         ));

@@ -155,6 +155,7 @@ use keel_api::pull::{AckResult, Pulled};
 use keel_api::read::Records;
 use keel_api::state::{KeyState, StateList};
 use keel_api::subscriptions::{CreatedSubscription, SubscriptionInfo, SubscriptionList};
+use keel_api::tokens::{CreatedToken, TokenList};
 use keel_api::topics::{TopicInfo, TopicList};
 
 decode_owned!(
@@ -172,6 +173,8 @@ decode_owned!(
     AlertStatus,
     AlertList,
     ClusterStatus,
+    CreatedToken,
+    TokenList,
     serde_json::Value,
 );
 decode_borrowed!(Records, Pulled, Entry, EntryPage, KeyState, StateList);
@@ -193,9 +196,23 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     idle_connections_max: usize,
+    /// `Bearer <token>`, marked sensitive (left out of `Debug`); `Err` for a token that is
+    /// not a header value.
+    authorization: Option<Result<reqwest::header::HeaderValue, ()>>,
 }
 
 impl ClientBuilder {
+    /// The API token every request carries (`Authorization: Bearer`); a server with auth on
+    /// needs one.
+    pub fn token(mut self, token: &str) -> Self {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"));
+        self.authorization = Some(value.map_err(|_| ()).map(|mut value| {
+            value.set_sensitive(true);
+            value
+        }));
+        self
+    }
+
     /// How long connecting may take before the server counts as unreachable (default
     /// [`CONNECT_TIMEOUT_MS`]).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -220,7 +237,13 @@ impl ClientBuilder {
     /// The client; fails when the server URL is not an `http(s)://` URL.
     pub fn build(self) -> Result<Client, ClientError> {
         let base = base_url(&self.server)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(authorization) = self.authorization.clone() {
+            let value = authorization.map_err(|()| ClientError::InvalidToken)?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(self.idle_connections_max)
             .tcp_nodelay(true)
             .connect_timeout(self.connect_timeout)
@@ -233,7 +256,8 @@ impl ClientBuilder {
         Ok(Client {
             http,
             base,
-            server: self.server,
+            server: self.server.clone(),
+            settings: self,
         })
     }
 }
@@ -261,6 +285,8 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     server: String,
+    /// What it was built with, for [`Client::for_server`].
+    settings: ClientBuilder,
 }
 
 impl Client {
@@ -277,7 +303,18 @@ impl Client {
             connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             idle_connections_max: IDLE_CONNECTIONS_MAX,
+            authorization: None,
         }
+    }
+
+    /// A client of another server with this one's settings (its token, timeouts and pool):
+    /// another node of a cluster.
+    pub fn for_server(&self, server: &str) -> Result<Client, ClientError> {
+        ClientBuilder {
+            server: server.to_owned(),
+            ..self.settings.clone()
+        }
+        .build()
     }
 
     /// The server URL as given.

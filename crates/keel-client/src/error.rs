@@ -33,6 +33,11 @@ pub enum ClientError {
         /// What is wrong with it.
         detail: String,
     },
+    /// The API token holds characters a header cannot carry.
+    #[error(
+        "invalid token: it must be printable ASCII without spaces, as `keel token create` prints it"
+    )]
+    InvalidToken,
     /// Nothing answers at the server address (the connection was refused or timed out).
     #[error("cannot reach keel at {server} (is \"keel serve\" running?)")]
     Unreachable {
@@ -104,6 +109,7 @@ impl ClientError {
                     || (status.is_server_error() && *status != StatusCode::INSUFFICIENT_STORAGE)
             }
             Self::InvalidUrl { .. }
+            | Self::InvalidToken
             | Self::Unexpected { .. }
             | Self::InvalidEvent { .. }
             | Self::Closed { .. } => false,

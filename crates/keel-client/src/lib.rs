@@ -53,6 +53,7 @@ pub mod limits;
 mod publisher;
 mod state;
 mod subscriptions;
+mod tokens;
 mod topics;
 
 pub use client::{

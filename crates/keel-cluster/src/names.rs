@@ -126,6 +126,14 @@ pub(crate) fn subscription_key(name: &str) -> String {
     format!("subscriptions.{name}")
 }
 
+/// Where API tokens are in the meta bucket.
+pub(crate) const TOKEN_KEY_PREFIX: &str = "tokens.";
+
+/// The key of an API token in the meta bucket, by its id.
+pub(crate) fn token_key(id: &str) -> String {
+    format!("{TOKEN_KEY_PREFIX}{id}")
+}
+
 /// The key of an alert rule in the meta bucket.
 pub(crate) fn alert_key(name: &str) -> String {
     format!("alerts.{name}")

@@ -20,11 +20,13 @@ use keel_api::alerts::AlertRule;
 use keel_engine::config::TopicConfig;
 use keel_engine::error::{DataError, EngineError, TopicError};
 use keel_engine::storage::{
-    Area, DataDirDamage, RecordLog, StateLogs, StateTable, Storage, StorageError, StoredAlertRule,
-    StoredSubscription, StoredTopic, SubscriptionLogs,
+    Area, DataDirDamage, Listed, RecordLog, StateLogs, StateTable, Storage, StorageError,
+    StoredAlertRule, StoredSubscription, StoredTopic, SubscriptionLogs,
 };
 use keel_engine::subscription::spec::SubscriptionSpec;
+use keel_engine::tokens::{TokenRecord, readable_tokens};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::ClusterError;
 use crate::log::{JetStreamLog, Writers};
@@ -60,8 +62,12 @@ struct AlertEntry {
     rule: AlertRule,
 }
 
-/// A spec found in the meta bucket: its name, and the spec or why it cannot be read.
-type Listed<T> = (String, Result<T, String>);
+/// An API token as stored (its secret's hash, never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TokenEntry {
+    format: u64,
+    token: TokenRecord,
+}
 
 /// Who holds which subscription, at which epoch: cluster mode's leases tell the storage, so
 /// that opening a subscription's logs fences them for the holder.
@@ -81,6 +87,8 @@ pub struct JetStreamStorage {
     topics: Mutex<HashMap<String, TopicSpec>>,
     /// Subscription specs as last read or written, by name.
     subscriptions: Mutex<HashMap<String, SubscriptionEntry>>,
+    /// Moves on at each change to the tokens, whichever node made it (`follow_tokens`).
+    token_changes: watch::Receiver<u64>,
 }
 
 impl JetStreamStorage {
@@ -93,6 +101,8 @@ impl JetStreamStorage {
         epochs: Arc<dyn Epochs>,
     ) -> Result<JetStreamStorage, ClusterError> {
         let meta = open_bucket(&nats, &names.meta_bucket(), replicas, None)?;
+        let (changed, token_changes) = watch::channel(0);
+        nats.spawn(follow_tokens(meta.clone(), changed));
         Ok(JetStreamStorage {
             nats,
             names,
@@ -101,6 +111,7 @@ impl JetStreamStorage {
             epochs,
             topics: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
+            token_changes,
         })
     }
 
@@ -553,6 +564,32 @@ impl Storage for JetStreamStorage {
         self.delete_key(&names::alert_key(name))
     }
 
+    fn tokens(&self) -> Result<Vec<TokenRecord>, EngineError> {
+        let listed = self.list::<TokenEntry>(names::TOKEN_KEY_PREFIX)?;
+        let tokens = listed
+            .into_iter()
+            .map(|(id, entry)| (id, entry.map(|entry| entry.token)))
+            .collect();
+        Ok(readable_tokens(tokens))
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), EngineError> {
+        let entry = TokenEntry {
+            format: SPEC_FORMAT,
+            token: token.clone(),
+        };
+        let value = serde_json::to_vec(&entry).expect("a token serialises");
+        self.put_key(&names::token_key(&token.id), value)
+    }
+
+    fn delete_token(&self, id: &str) -> Result<(), EngineError> {
+        self.delete_key(&names::token_key(id))
+    }
+
+    fn token_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.token_changes.clone())
+    }
+
     fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
         // The NATS servers guard their own disks (max_file_store); keel has no figure of them.
         Ok(None)
@@ -654,4 +691,41 @@ fn storage(context: String, source: StorageError) -> EngineError {
 
 fn metadata_error(detail: String) -> EngineError {
     EngineError::Data(DataError::Corrupt { detail })
+}
+
+/// How often the tokens are read again even when no change was heard of: a watch that
+/// stalled without an error is covered within this.
+const TOKENS_REREAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Moves `changed` on at each change to a token in the meta bucket (a create, a
+/// revocation, by any node), when the watch starts again after a failure (changes may have
+/// been missed), and every [`TOKENS_REREAD_INTERVAL`]. Its holder reads every token again
+/// each time. Ends when no one holds the other end.
+async fn follow_tokens(meta: kv::Store, changed: watch::Sender<u64>) {
+    let bump = || changed.send_modify(|count| *count += 1);
+    while !changed.is_closed() {
+        match meta.watch(format!("{}>", names::TOKEN_KEY_PREFIX)).await {
+            Ok(mut entries) => {
+                bump();
+                loop {
+                    let next = tokio::time::timeout(TOKENS_REREAD_INTERVAL, entries.next()).await;
+                    match next {
+                        Ok(Some(Ok(_))) | Err(_) => bump(),
+                        Ok(Some(Err(error))) => {
+                            tracing::warn!(%error, "the watch on the API tokens failed; starting it again");
+                            break;
+                        }
+                        Ok(None) => break,
+                    }
+                    if changed.is_closed() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the API tokens; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

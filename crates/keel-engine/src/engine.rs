@@ -30,6 +30,7 @@ mod cluster;
 mod streams;
 mod subscription_update;
 mod subscriptions;
+mod tokens;
 pub use cluster::{Placement, Tenure};
 pub use streams::Appended;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
@@ -124,6 +125,8 @@ struct Inner {
     pressure: Arc<Pressure>,
     /// In a cluster, which subscriptions this node hosts (`engine/cluster.rs`); none: all.
     placement: Option<Arc<dyn Placement>>,
+    /// The API tokens, as stored (`engine/tokens.rs`).
+    tokens: crate::tokens::TokenCache,
 }
 
 impl Engine {
@@ -226,10 +229,12 @@ impl Engine {
                 notices,
                 pressure,
                 placement,
+                tokens: Default::default(),
             }),
         };
         engine.create_notices_topic().await;
         engine.start_alerts().await?;
+        engine.start_tokens().await?;
         engine.spawn_retention();
         Ok(engine)
     }

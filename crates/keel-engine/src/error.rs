@@ -31,6 +31,9 @@ pub enum EngineError {
     /// An alert rule.
     #[error(transparent)]
     Alert(#[from] AlertError),
+    /// An API token.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
@@ -75,6 +78,7 @@ impl EngineError {
             EngineError::Data(error) => error.class(),
             EngineError::Stream(error) => error.class(),
             EngineError::Alert(error) => error.class(),
+            EngineError::Token(error) => error.class(),
             EngineError::ShuttingDown => ErrorClass::Unavailable,
         }
     }
@@ -235,6 +239,41 @@ impl TopicError {
                 ErrorClass::Unavailable
             }
             TopicError::Reserved { .. } => ErrorClass::Forbidden,
+        }
+    }
+}
+
+/// Why an API token call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// No token of that id.
+    #[error("token {id:?} does not exist")]
+    NotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The request is missing something or has a bad value.
+    #[error("invalid token request: {detail}")]
+    Invalid {
+        /// Which member and why.
+        detail: String,
+    },
+    /// There are as many tokens as keel holds.
+    #[error("keel holds at most {max} tokens; revoke one first")]
+    TooMany {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl TokenError {
+    /// The error's class.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            TokenError::NotFound { .. } => ErrorClass::NotFound,
+            TokenError::Invalid { .. } => ErrorClass::Invalid,
+            TokenError::TooMany { .. } => ErrorClass::Conflict,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod routing;
 pub mod storage;
 pub mod subscription;
 pub mod supervisor;
+pub mod tokens;
 mod topic;
 pub mod trace_context;
 pub mod webhook;

@@ -138,6 +138,11 @@ pub const KEY_INDEX_SNAPSHOT_INTERVAL: std::time::Duration = std::time::Duration
 const _: () = assert!(KEY_STREAM_RECORDS_MAX <= READ_RECORDS_MAX);
 const _: () = assert!(KEY_STREAM_RECORDS_MAX <= KEY_STREAM_ENTRIES_SCANNED_MAX);
 
+/// Most API tokens one server (or cluster) holds.
+pub const TOKENS_MAX: usize = 10_000;
+/// Longest name of an API token.
+pub const TOKEN_NAME_BYTES_MAX: usize = 128;
+
 /// Most alert rules one server holds.
 pub const ALERT_RULES_MAX: usize = 1000;
 /// Longest alert rule name (a file name on disk).

@@ -4,7 +4,7 @@
 //! - A [`RecordLog`] is an append-only log of records with offsets: a topic's partition, a
 //!   subscription's checkpoints, a subscription's dead-letter operations.
 //! - A [`Storage`] is a backend: it keeps the topics' and subscriptions' metadata (their
-//!   configurations) and the alert rules, and opens the logs under them.
+//!   configurations), the alert rules and the API tokens, and opens the logs under them.
 //!
 //! Two backends implement it:
 //! - [`DiskStorage`]: a data directory on local disk; each log is a `keel-log` log
@@ -43,6 +43,7 @@ use tokio::sync::watch;
 use crate::config::TopicConfig;
 use crate::error::EngineError;
 use crate::subscription::spec::SubscriptionSpec;
+use crate::tokens::TokenRecord;
 use keel_api::alerts::AlertRule;
 
 /// A part of the store that is missing or unreadable, for readiness reports.
@@ -289,6 +290,9 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     Some(end)
 }
 
+/// A stored value found by name: the name, and the value or why it cannot be read.
+pub type Listed<T> = (String, Result<T, String>);
+
 /// A key and its value in a [`StateTable`].
 pub type TableEntry = (Vec<u8>, Vec<u8>);
 /// A key and its new value (none: removed) in a [`StateTable::write`].
@@ -468,6 +472,23 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes an alert rule, durably; none of that name is not an error.
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError>;
+
+    /// Every API token stored, by id (an unreadable one is logged and left out: it
+    /// authenticates nothing).
+    fn tokens(&self) -> Result<Vec<TokenRecord>, EngineError>;
+
+    /// Stores a token, durably.
+    fn put_token(&self, token: &TokenRecord) -> Result<(), EngineError>;
+
+    /// Deletes a token, durably; none of that id is not an error.
+    fn delete_token(&self, id: &str) -> Result<(), EngineError>;
+
+    /// Tells of changes to the tokens that other writers made (the other nodes of a
+    /// cluster): the value moves on with each, and its holder reads them again. None for a
+    /// store only this engine writes.
+    fn token_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     /// Bytes the medium under the store can still take for keel (on disk: the free space an
     /// unprivileged process may use, `statvfs`'s `f_bavail` blocks), or none when the backend

@@ -344,6 +344,15 @@ impl Storage for CountingStorage {
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
         self.inner.delete_alert_rule(name)
     }
+    fn tokens(&self) -> Result<Vec<keel_engine::tokens::TokenRecord>, EngineError> {
+        self.inner.tokens()
+    }
+    fn put_token(&self, token: &keel_engine::tokens::TokenRecord) -> Result<(), EngineError> {
+        self.inner.put_token(token)
+    }
+    fn delete_token(&self, id: &str) -> Result<(), EngineError> {
+        self.inner.delete_token(id)
+    }
     fn free_bytes(&self) -> Result<Option<u64>, StorageError> {
         self.inner.free_bytes()
     }

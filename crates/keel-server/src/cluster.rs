@@ -208,20 +208,24 @@ async fn proxy(
     Ok(response)
 }
 
-/// Every other node's subscriptions, for `GET /v1/subscriptions` in cluster mode; a node
-/// that does not answer is left out (with a warning).
+/// Every other node's subscriptions, for `GET /v1/subscriptions` in cluster mode, asked
+/// with the caller's `authorization` (each node lists what it covers); a node that does not
+/// answer is left out (with a warning).
 pub(crate) async fn peer_subscriptions(
     state: &AppState,
     cluster: &dyn ClusterMember,
+    authorization: Option<&axum::http::HeaderValue>,
 ) -> Vec<serde_json::Value> {
     let mut gathered = Vec::new();
     for url in cluster.peer_urls() {
-        let answer = state
+        let mut request = state
             .peers
             .get(format!("{}/v1/subscriptions", url.trim_end_matches('/')))
-            .header(FORWARDED_HEADER, cluster.node_id())
-            .send()
-            .await;
+            .header(FORWARDED_HEADER, cluster.node_id());
+        if let Some(authorization) = authorization {
+            request = request.header(axum::http::header::AUTHORIZATION, authorization);
+        }
+        let answer = request.send().await;
         let listed = match answer {
             Ok(answer) if answer.status().is_success() => answer
                 .bytes()

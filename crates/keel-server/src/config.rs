@@ -56,6 +56,46 @@ pub struct ServerConfig {
     /// Cluster mode (`[cluster]`): with NATS servers listed, this node stores everything in
     /// their JetStream and shares the work with the other nodes (`docs/cluster.md`).
     pub cluster: ClusterSettings,
+    /// Authentication (`[auth]`): an admin token turns it on (`SECURITY.md`).
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`: who may call the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The admin token: with one, every request needs a token (this one, or one created with
+    /// `keel token create`). `KEEL_ADMIN_TOKEN` sets it too, and wins.
+    pub admin_token: Option<SecretText>,
+    /// Serve without auth beyond loopback (refused otherwise): only behind something else
+    /// that authenticates.
+    pub allow_insecure: bool,
+}
+
+/// A secret in the settings: never shown by `Debug` (nor in any log).
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"(redacted)\"")
+    }
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), String> {
+        let min = crate::auth::ADMIN_TOKEN_CHARS_MIN;
+        match &self.admin_token {
+            Some(SecretText(token)) if token.chars().count() < min => Err(format!(
+                "the admin token (KEEL_ADMIN_TOKEN or auth.admin_token) must be at least {min} characters; make one with `openssl rand -hex 32`"
+            )),
+            Some(SecretText(token)) if token.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                Err("the admin token (KEEL_ADMIN_TOKEN or auth.admin_token) must not hold spaces or control characters".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Replicas of every stream and bucket, by default: a quorum survives one lost server.
@@ -183,6 +223,7 @@ impl ServerConfig {
         }
         self.backpressure.validate()?;
         self.cluster.validate()?;
+        self.auth.validate()?;
         self.validate_declared()
     }
 
@@ -245,6 +286,7 @@ impl Default for ServerConfig {
             alerts: BTreeMap::new(),
             backpressure: keel_engine::pressure::PressureConfig::default(),
             cluster: ClusterSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }

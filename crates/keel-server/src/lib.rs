@@ -4,6 +4,7 @@
 //! writes is a type of `keel-api`, which its clients share.
 
 pub mod alerts;
+pub mod auth;
 pub mod body;
 pub mod cluster;
 pub mod config;
@@ -14,10 +15,12 @@ pub mod limits;
 pub mod listener;
 pub mod problem;
 pub mod publish;
+mod rate_limit;
 pub mod read;
 pub mod state;
 pub mod streams;
 pub mod subscriptions;
+pub mod tokens;
 pub mod topics;
 
 use std::future::Future;
@@ -26,14 +29,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
-use axum::routing::{get, post, put};
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{delete, get, post, put};
 use keel_engine::error::{SubscriptionError, TopicError};
 use keel_engine::{Created, Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
 
+pub use auth::{Auth, Caller};
 pub use cluster::ClusterMember;
-pub use config::{ClusterSettings, ServerConfig};
+pub use config::{AuthSettings, ClusterSettings, SecretText, ServerConfig};
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -71,6 +75,51 @@ pub enum ServerError {
     },
 }
 
+/// Every route of the API, by method and path (each has its scope requirement in
+/// `auth.rs`; a test checks the router answers each).
+pub const ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/healthz"),
+    (Method::GET, "/readyz"),
+    (Method::GET, "/metrics"),
+    (Method::GET, "/v1/tasks"),
+    (Method::GET, "/v1/cluster"),
+    (Method::GET, "/v1/tokens"),
+    (Method::POST, "/v1/tokens"),
+    (Method::DELETE, "/v1/tokens/{id}"),
+    (Method::GET, "/v1/topics"),
+    (Method::PUT, "/v1/topics/{topic}"),
+    (Method::GET, "/v1/topics/{topic}"),
+    (Method::DELETE, "/v1/topics/{topic}"),
+    (Method::POST, "/v1/topics/{topic}/events"),
+    (
+        Method::GET,
+        "/v1/topics/{topic}/partitions/{partition}/events",
+    ),
+    (Method::GET, "/v1/topics/{topic}/keys/{key}/events"),
+    (Method::GET, "/v1/subscriptions"),
+    (Method::PUT, "/v1/subscriptions/{name}"),
+    (Method::GET, "/v1/subscriptions/{name}"),
+    (Method::DELETE, "/v1/subscriptions/{name}"),
+    (Method::POST, "/v1/subscriptions/{name}/pause"),
+    (Method::POST, "/v1/subscriptions/{name}/resume"),
+    (Method::POST, "/v1/subscriptions/{name}/seek"),
+    (Method::POST, "/v1/subscriptions/{name}/pull"),
+    (Method::POST, "/v1/subscriptions/{name}/ack"),
+    (Method::POST, "/v1/subscriptions/{name}/nack"),
+    (Method::POST, "/v1/subscriptions/{name}/reject"),
+    (Method::GET, "/v1/subscriptions/{name}/dlq"),
+    (Method::DELETE, "/v1/subscriptions/{name}/dlq"),
+    (Method::POST, "/v1/subscriptions/{name}/dlq/redrive"),
+    (Method::GET, "/v1/subscriptions/{name}/dlq/{id}"),
+    (Method::GET, "/v1/subscriptions/{name}/state"),
+    (Method::GET, "/v1/subscriptions/{name}/state/{key}"),
+    (Method::POST, "/v1/subscriptions/{name}/state/{key}"),
+    (Method::GET, "/v1/alerts"),
+    (Method::PUT, "/v1/alerts/{name}"),
+    (Method::GET, "/v1/alerts/{name}"),
+    (Method::DELETE, "/v1/alerts/{name}"),
+];
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -79,6 +128,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/v1/tasks", get(health::tasks))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",
@@ -130,13 +181,19 @@ pub fn router(state: AppState) -> Router {
                 .get(alerts::describe)
                 .delete(alerts::delete),
         )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.request_bytes_max))
-        .layer(axum::middleware::from_fn_with_state(
+        // Route layers run on matched routes, the last added first: every request is
+        // authorized before it may be forwarded to another node.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             cluster::forward_to_host,
         ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.request_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_deadline,
@@ -219,13 +276,7 @@ pub async fn serve_member(
     cluster: Option<Arc<dyn ClusterMember>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listen = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            listen: config.listen,
-            source,
-        })?;
-    let mut state = AppState::new(config.request_bytes_max, config.request_timeout);
+    let (listen, mut state) = http_state(&listener, &config)?;
     state.cluster = cluster.clone();
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
@@ -276,11 +327,9 @@ pub async fn serve_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
-    let state = AppState::new(config.request_bytes_max, config.request_timeout);
+    let (listen, state) = http_state(&listener, config)?;
     state.set_engine(engine);
-    if let Ok(listen) = listener.local_addr() {
-        tracing::info!(listen = %format!("http://{listen}"), "keel serving an embedded engine");
-    }
+    tracing::info!(listen = %format!("http://{listen}"), "keel serving an embedded engine");
     listener::serve_connections(
         listener,
         router(state),
@@ -289,6 +338,50 @@ pub async fn serve_engine(
     )
     .await;
     Ok(())
+}
+
+/// The address `listener` serves on, and the handlers' state for `config` (its auth checked
+/// against that address).
+fn http_state(
+    listener: &TcpListener,
+    config: &ServerConfig,
+) -> Result<(SocketAddr, AppState), ServerError> {
+    let listen = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            listen: config.listen,
+            source,
+        })?;
+    let mut state = AppState::new(config.request_bytes_max, config.request_timeout);
+    state.auth = check_exposure(config, listen)?;
+    Ok((listen, state))
+}
+
+/// The server's auth from its settings, after checking who can reach it: without auth,
+/// keel serves on loopback only, unless `allow_insecure` says otherwise. Says at start
+/// whether auth is on.
+fn check_exposure(config: &ServerConfig, listen: SocketAddr) -> Result<Auth, ServerError> {
+    let admin_token = config
+        .auth
+        .admin_token
+        .as_ref()
+        .map(|token| token.0.as_str());
+    let auth = Auth::new(admin_token);
+    if auth.enabled() {
+        tracing::info!("auth is on: every request but /healthz and /readyz needs a token");
+    } else if listen.ip().is_loopback() {
+        tracing::warn!(
+            "auth is off: serving without tokens, on loopback only (set KEEL_ADMIN_TOKEN to turn auth on)"
+        );
+    } else if config.auth.allow_insecure {
+        tracing::warn!(%listen, "auth is off and keel listens beyond loopback (--allow-insecure): anyone who reaches it may do anything");
+    } else {
+        return Err(ServerError::Config(format!(
+            "keel listens on {listen}, beyond loopback, without auth: set an admin token (KEEL_ADMIN_TOKEN, at least {} characters, e.g. from `openssl rand -hex 32`) to turn auth on, listen on 127.0.0.1, or give --allow-insecure if something in front of keel authenticates",
+            auth::ADMIN_TOKEN_CHARS_MIN
+        )));
+    }
+    Ok(auth)
 }
 
 /// An error applying something the configuration declares, naming its table, with the way

@@ -14,9 +14,11 @@ pub struct ApiError {
     /// The problem's `detail` and extra members; `type`, `title` and `status` follow from
     /// `status` when it is answered. Boxed: handlers return it in every `Result`.
     problem: Box<Problem>,
-    /// Whether a retry may succeed soon (`Retry-After`): true while starting or stopping,
-    /// false for a partition that needs an operator.
-    retry_soon: bool,
+    /// A 429's or 503's `Retry-After`, in seconds: when a retry may succeed (1 while
+    /// starting or stopping); none for a partition that needs an operator.
+    retry_after: Option<u64>,
+    /// A 401's `WWW-Authenticate` challenge.
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,13 +30,34 @@ impl ApiError {
                 detail: Some(detail.into()),
                 ..Problem::default()
             }),
-            retry_soon: true,
+            retry_after: Some(1),
+            challenge: None,
         }
+    }
+
+    /// 401 Unauthorized with a Bearer challenge (RFC 6750): `invalid_token` when a token was
+    /// sent and refused, a bare challenge when none was.
+    pub fn unauthorized(detail: impl Into<String>, invalid_token: bool) -> Self {
+        let mut error = Self::new(StatusCode::UNAUTHORIZED, detail);
+        error.challenge = Some(if invalid_token {
+            "Bearer realm=\"keel\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"keel\""
+        });
+        error
     }
 
     /// 400 Bad Request.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 429 Too Many Requests, to retry after `wait` (rounded up to whole seconds, at least 1).
+    pub fn too_many_requests(detail: impl Into<String>, wait: std::time::Duration) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, detail);
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        error.retry_after = Some(seconds.max(1));
+        error
     }
 
     /// The status.
@@ -68,13 +91,14 @@ impl From<EngineError> for ApiError {
         let mut api_error = Self::new(status, error.to_string());
         // 507 has no `Retry-After`: space returns when retention runs or an operator acts,
         // not at a time keel could promise.
-        api_error.retry_soon = matches!(
+        let retry_soon = matches!(
             error,
             EngineError::ShuttingDown
                 | EngineError::Publish(
                     PublishError::OriginalFailed { .. } | PublishError::Overloaded { .. }
                 )
         );
+        api_error.retry_after = retry_soon.then_some(1);
         match error {
             EngineError::Topic(TopicError::OffsetBeforeStart { start_offset, .. }) => {
                 api_error.problem.start_offset = Some(start_offset);
@@ -114,14 +138,20 @@ impl IntoResponse for ApiError {
         // One second: the shortest delay `Retry-After` can say. An overloaded queue drains
         // at disk speed (its default mark is about half a second of writing), and a start or
         // stop takes about as long.
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         let retry_status = matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         );
-        if retry_status && self.retry_soon {
+        if retry_status && let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -14,6 +14,7 @@ use keel_engine::trace_context::TraceContext;
 use tracing::Instrument as _;
 
 use crate::problem::ApiError;
+use crate::rate_limit::Published;
 use crate::state::AppState;
 
 /// Query of a publish.
@@ -73,7 +74,10 @@ pub async fn publish(
     }
     .instrument(publish_span(&headers, &topic))
     .await?;
-    Ok((StatusCode::OK, Json(answer)).into_response())
+    let published = Published(answer.results.len() as u64);
+    let mut response = (StatusCode::OK, Json(answer)).into_response();
+    response.extensions_mut().insert(published);
+    Ok(response)
 }
 
 /// The publish's span: a child of the caller's span when the request carries a valid W3C

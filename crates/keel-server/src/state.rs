@@ -5,8 +5,10 @@ use std::sync::{Arc, OnceLock};
 use axum::http::StatusCode;
 use keel_engine::Engine;
 
+use crate::auth::Auth;
 use crate::cluster::ClusterMember;
 use crate::problem::ApiError;
+use crate::rate_limit::RateLimiter;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -20,6 +22,10 @@ pub struct AppState {
     pub cluster: Option<Arc<dyn ClusterMember>>,
     /// The HTTP client that forwards requests to other nodes (cluster mode).
     pub peers: reqwest::Client,
+    /// Who may call: on with an admin token, off without.
+    pub auth: Auth,
+    /// Per-token rate limits' buckets.
+    pub(crate) rate_limits: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -34,6 +40,8 @@ impl AppState {
                 .timeout(request_timeout)
                 .build()
                 .unwrap_or_default(),
+            auth: Auth::default(),
+            rate_limits: Arc::default(),
         }
     }
 

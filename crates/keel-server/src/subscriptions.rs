@@ -5,16 +5,18 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_api::pull::{PULL_MAX_DEFAULT, PullRequest, SettleRequest};
 use keel_api::subscriptions::{CreatedSubscription, SeekRequest, SubscriptionList};
+use keel_api::tokens::{Action, Resource};
 use keel_engine::subscription::PulledMessage;
 use keel_engine::subscription::pull::Settle;
 use keel_engine::subscription::spec::SubscriptionSpec;
 use keel_engine::{Created, duration};
 
+use crate::auth::Caller;
 use crate::body::json_object;
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -24,10 +26,13 @@ use crate::state::AppState;
 pub async fn create(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let spec: SubscriptionSpec = json_object(&body, "subscription spec")?;
+    // A subscription hands on its topic's events: making one is reading them.
+    caller.require(&[Action::Read], Resource::Topic(&spec.topic))?;
     let created = engine.create_subscription(&name, spec).await?;
     let status = if created.created == Created::New {
         StatusCode::CREATED
@@ -42,22 +47,25 @@ pub async fn create(
     Ok((status, Json(body)).into_response())
 }
 
-/// `GET /v1/subscriptions`.
+/// `GET /v1/subscriptions`: the subscriptions the caller's scopes cover.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let subscriptions = state.engine()?.list_subscriptions()?;
+    let mut subscriptions = state.engine()?.list_subscriptions()?;
+    subscriptions.retain(|info| caller.sees(Resource::Subscription(&info.name)));
     let forwarded = headers.contains_key(crate::cluster::FORWARDED_HEADER);
     let Some(cluster) = state.cluster.clone().filter(|_| !forwarded) else {
         return Ok(Json(SubscriptionList { subscriptions }).into_response());
     };
-    // Cluster mode: every node's, by name.
+    // Cluster mode: every node's, by name (each node lists what the same token covers).
     let mut all: Vec<serde_json::Value> = subscriptions
         .iter()
         .filter_map(|info| serde_json::to_value(info).ok())
         .collect();
-    all.extend(crate::cluster::peer_subscriptions(&state, &*cluster).await);
+    let authorization = headers.get(axum::http::header::AUTHORIZATION);
+    all.extend(crate::cluster::peer_subscriptions(&state, &*cluster, authorization).await);
     all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     Ok(Json(serde_json::json!({ "subscriptions": all })).into_response())
 }
@@ -177,32 +185,36 @@ pub async fn pull(
 pub async fn ack(
     state: State<AppState>,
     name: Path<String>,
+    caller: Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    settle(state, name, body, |_| Settle::Ack).await
+    settle(state, name, caller, body, |_| Settle::Ack).await
 }
 
 /// `POST /v1/subscriptions/{name}/nack`.
 pub async fn nack(
     state: State<AppState>,
     name: Path<String>,
+    caller: Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    settle(state, name, body, |delay| Settle::Nack { delay }).await
+    settle(state, name, caller, body, |delay| Settle::Nack { delay }).await
 }
 
 /// `POST /v1/subscriptions/{name}/reject`: dead-letters the events.
 pub async fn reject(
     state: State<AppState>,
     name: Path<String>,
+    caller: Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    settle(state, name, body, |_| Settle::Reject).await
+    settle(state, name, caller, body, |_| Settle::Reject).await
 }
 
 async fn settle(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
     action: fn(Option<Duration>) -> Settle,
 ) -> Result<Response, ApiError> {
@@ -220,6 +232,10 @@ async fn settle(
         )));
     }
     if !request.acks.is_empty() {
+        // An ack that emits events publishes them.
+        for emitted in request.acks.iter().flat_map(|ack| &ack.emit) {
+            caller.require(&[Action::Publish], Resource::Topic(&emitted.topic))?;
+        }
         if !matches!(action, Settle::Ack) {
             return Err(ApiError::bad_request(
                 "only ack takes \"acks\" (with state and events to emit); nack and reject take \"ack_ids\"",

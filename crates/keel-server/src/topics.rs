@@ -3,12 +3,14 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keel_api::tokens::Resource;
 use keel_api::topics::{TopicConfig, TopicList};
 use keel_engine::Created;
 
+use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -40,11 +42,15 @@ pub async fn create(
     Ok((status, Json(engine.describe_topic(&topic)?)).into_response())
 }
 
-/// `GET /v1/topics`.
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /v1/topics`: the topics the caller's scopes cover.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     engine.refresh_topics().await;
-    let topics = engine.list_topics()?;
+    let mut topics = engine.list_topics()?;
+    topics.retain(|topic| caller.sees(Resource::Topic(&topic.name)));
     Ok(Json(TopicList { topics }).into_response())
 }
 

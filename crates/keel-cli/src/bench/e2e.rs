@@ -251,14 +251,18 @@ impl E2eBenchArgs {
 
 /// Runs `keel bench e2e` against `server` and prints its report; fails when an event went
 /// missing, the subscription did not settle, or publishing failed.
-pub(super) async fn run(server: &str, args: E2eBenchArgs, json: bool) -> Result<(), CliError> {
+pub(super) async fn run(
+    server: &crate::Target,
+    args: E2eBenchArgs,
+    json: bool,
+) -> Result<(), CliError> {
     check_request_bytes(args.size, args.batch)?;
     args.check_stateful()?;
     let connections = args
         .publishers
         .saturating_add(args.consumers)
         .saturating_add(2);
-    let client = crate::connect(server, usize::try_from(connections).unwrap_or(usize::MAX))?;
+    let client = server.connect(usize::try_from(connections).unwrap_or(usize::MAX))?;
     let bar = progress_bar(Some(args.events), "events");
     let interrupted = Arc::new(AtomicBool::new(false));
     let interrupt = tokio::spawn(stop_on_ctrl_c(Arc::clone(&interrupted)));
@@ -597,13 +601,8 @@ async fn consumer_client(
                 via.map_or("--server", |node| node.id.as_str())
             );
             return match via {
-                Some(node) => {
-                    let connections = args.consumers.saturating_add(2);
-                    Ok(crate::connect(
-                        &node.url,
-                        usize::try_from(connections).unwrap_or(usize::MAX),
-                    )?)
-                }
+                // Its pool is sized for every worker already (`run`).
+                Some(node) => Ok(client.for_server(&node.url)?),
                 None => Ok(client.clone()),
             };
         }

@@ -39,9 +39,13 @@ pub(crate) struct KeysBenchArgs {
 }
 
 /// Runs `keel bench keys` against `server`.
-pub(super) async fn run(server: &str, args: KeysBenchArgs, json: bool) -> Result<(), CliError> {
+pub(super) async fn run(
+    server: &crate::Target,
+    args: KeysBenchArgs,
+    json: bool,
+) -> Result<(), CliError> {
     let concurrency = usize::try_from(args.concurrency).unwrap_or(usize::MAX);
-    let client = crate::connect(server, concurrency)?;
+    let client = server.connect(concurrency)?;
     let started = Instant::now();
     let mut readers = tokio::task::JoinSet::new();
     for reader in 0..args.concurrency {

@@ -11,6 +11,7 @@
 //!   subscriptions/NAME/checkpoints/, dlq/
 //!   subscriptions/NAME/state/commits/, state/table.redb   stateful subscriptions only
 //!   alerts/NAME.json             an alert rule, with its format version
+//!   tokens/ID.json               an API token (its secret's hash, never the secret)
 //!   trash/                       directories being deleted (emptied at start)
 //! ```
 //!
@@ -37,10 +38,11 @@ use crate::limits::{
     DLQ_WRITE_BYTES_MAX, EVENT_BYTES_CEILING, GROUP_COMMIT_BYTES_MAX, REQUEST_BYTES_CEILING,
 };
 use crate::storage::{
-    Area, DataDirDamage, RecordLog, StateLogs, StateTable, Storage, StorageError, StoredAlertRule,
-    StoredSubscription, StoredTopic, SubscriptionLogs,
+    Area, DataDirDamage, Listed, RecordLog, StateLogs, StateTable, Storage, StorageError,
+    StoredAlertRule, StoredSubscription, StoredTopic, SubscriptionLogs,
 };
 use crate::subscription::spec::SubscriptionSpec;
+use crate::tokens::{TokenRecord, readable_tokens};
 use data_dir::DataDir;
 use keel_api::alerts::AlertRule;
 use log::DiskLog;
@@ -396,61 +398,88 @@ impl Storage for DiskStorage {
     }
 
     fn alert_rules(&self) -> Result<Vec<StoredAlertRule>, EngineError> {
-        let dir = self.data_dir.alerts();
-        if !dir.is_dir() {
-            return Ok(Vec::new());
-        }
-        let listing = std::fs::read_dir(&dir).map_err(EngineError::io("list", &dir))?;
-        let mut rules = Vec::new();
-        for entry in listing {
-            let path = entry.map_err(EngineError::io("list", &dir))?.path();
-            let file_name = path
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned());
-            // Only `NAME.json`: a `.NAME.json.tmp` is a write a crash interrupted.
-            let Some(name) = file_name
-                .as_deref()
-                .and_then(|name| name.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            if name.starts_with('.') {
-                continue;
-            }
-            let rule = metadata::read(&path);
-            rules.push(StoredAlertRule {
-                name: name.to_owned(),
-                rule,
-            });
-        }
-        rules.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(rules)
+        let rules = read_named(&self.data_dir.alerts())?;
+        Ok(rules
+            .into_iter()
+            .map(|(name, rule)| StoredAlertRule { name, rule })
+            .collect())
     }
 
     fn put_alert_rule(&self, name: &str, rule: &AlertRule) -> Result<(), EngineError> {
-        let dir = self.data_dir.alerts();
-        // Crash: the directory's own entry is durable before any rule is renamed into it.
-        files::create_dir_durably(&dir)?;
-        let temporary = dir.join(format!(".{name}.json.tmp"));
-        metadata::write(&temporary, rule)?;
-        let path = dir.join(format!("{name}.json"));
-        std::fs::rename(&temporary, &path).map_err(EngineError::io("rename", &path))?;
-        // Crash: the rename is durable once the directory is fsynced; before, the old rule
-        // (or none) is there, whole.
-        Ok(files::sync_dir(&dir)?)
+        write_named(&self.data_dir.alerts(), name, rule)
     }
 
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
-        let dir = self.data_dir.alerts();
-        let path = dir.join(format!("{name}.json"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(EngineError::io("remove", &path)(error)),
-        }
-        // Crash: without it a deleted rule could come back after a power loss.
-        Ok(files::sync_dir(&dir)?)
+        remove_named(&self.data_dir.alerts(), name)
     }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, EngineError> {
+        let tokens = read_named::<TokenRecord>(&self.data_dir.tokens())?;
+        Ok(readable_tokens(tokens))
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), EngineError> {
+        write_named(&self.data_dir.tokens(), &token.id, token)
+    }
+
+    fn delete_token(&self, id: &str) -> Result<(), EngineError> {
+        remove_named(&self.data_dir.tokens(), id)
+    }
+}
+
+/// Every `NAME.json` in `dir` by name, each read or why it cannot be (none when `dir` is
+/// missing). Blocking.
+fn read_named<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<Listed<T>>, EngineError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let listing = std::fs::read_dir(dir).map_err(EngineError::io("list", dir))?;
+    let mut values = Vec::new();
+    for entry in listing {
+        let path = entry.map_err(EngineError::io("list", dir))?.path();
+        let file_name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        // Only `NAME.json`: a `.NAME.json.tmp` is a write a crash interrupted.
+        let Some(name) = file_name
+            .as_deref()
+            .and_then(|name| name.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        values.push((name.to_owned(), metadata::read(&path)));
+    }
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(values)
+}
+
+/// Writes `value` as `dir/NAME.json`, replacing one there, durably and atomically: after a
+/// crash the old value (or none) or the new one is there, whole. Blocking.
+fn write_named<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), EngineError> {
+    // Crash: the directory's own entry is durable before any file is renamed into it.
+    files::create_dir_durably(dir)?;
+    let temporary = dir.join(format!(".{name}.json.tmp"));
+    metadata::write(&temporary, value)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::rename(&temporary, &path).map_err(EngineError::io("rename", &path))?;
+    // Crash: the rename is durable once the directory is fsynced.
+    Ok(files::sync_dir(dir)?)
+}
+
+/// Removes `dir/NAME.json`, durably; none there is not an error. Blocking.
+fn remove_named(dir: &Path, name: &str) -> Result<(), EngineError> {
+    let path = dir.join(format!("{name}.json"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(EngineError::io("remove", &path)(error)),
+    }
+    // Crash: without it a removed file could come back after a power loss (a deleted alert
+    // rule, a revoked token).
+    Ok(files::sync_dir(dir)?)
 }
 
 fn checkpoint_config() -> LogConfig {

@@ -33,6 +33,7 @@ use crate::storage::{
     Trimmed,
 };
 use crate::subscription::spec::SubscriptionSpec;
+use crate::tokens::TokenRecord;
 use keel_api::alerts::AlertRule;
 
 /// Which faults a [`MemoryStorage`] injects, and the seed that decides when.
@@ -68,6 +69,7 @@ struct Store {
     topics: BTreeMap<String, StoredTopicLogs>,
     subscriptions: BTreeMap<String, StoredLogs>,
     alert_rules: BTreeMap<String, AlertRule>,
+    tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// One log's state, shared by the store and the handles opened on it.
@@ -486,6 +488,21 @@ impl Storage for MemoryStorage {
 
     fn delete_alert_rule(&self, name: &str) -> Result<(), EngineError> {
         self.live_store()?.alert_rules.remove(name);
+        Ok(())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, EngineError> {
+        Ok(self.live_store()?.tokens.values().cloned().collect())
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), EngineError> {
+        let mut store = self.live_store()?;
+        store.tokens.insert(token.id.clone(), token.clone());
+        Ok(())
+    }
+
+    fn delete_token(&self, id: &str) -> Result<(), EngineError> {
+        self.live_store()?.tokens.remove(id);
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub(crate) const TOPICS_DIR: &str = "topics";
 pub(crate) const SUBSCRIPTIONS_DIR: &str = "subscriptions";
 /// Where alert rules live, under the data directory.
 pub(crate) const ALERTS_DIR: &str = "alerts";
+/// Where API tokens live, under the data directory.
+pub(crate) const TOKENS_DIR: &str = "tokens";
 /// Where directories wait to be deleted, under the data directory.
 pub(crate) const TRASH_DIR: &str = "trash";
 /// The manifest's file name.
@@ -97,6 +99,12 @@ impl DataDir {
     /// manifest): it is made at the first rule, and losing it loses rules, never events.
     pub(crate) fn alerts(&self) -> PathBuf {
         self.root.join(ALERTS_DIR)
+    }
+
+    /// The `tokens/` directory: API tokens, one file each. Not a kept directory either: losing
+    /// it loses tokens (which then authenticate nothing), never events.
+    pub(crate) fn tokens(&self) -> PathBuf {
+        self.root.join(TOKENS_DIR)
     }
 
     /// The `trash/` directory.
