@@ -104,6 +104,7 @@ fn render(status: &ClusterStatus) -> String {
 pub(crate) fn join(
     settings: &ClusterSettings,
     listen: std::net::SocketAddr,
+    https: bool,
 ) -> Result<Arc<dyn ClusterMember>, CliError> {
     let advertise_url = match &settings.advertise_url {
         Some(url) => url.clone(),
@@ -112,6 +113,7 @@ pub(crate) fn join(
                 "--listen {listen} is not an address other nodes can reach: give this node's URL with --advertise-url (or [cluster] advertise_url)"
             )));
         }
+        None if https => format!("https://{listen}"),
         None => format!("http://{listen}"),
     };
     let node_id = settings
@@ -125,6 +127,11 @@ pub(crate) fn join(
         advertise_url,
         replicas: settings.replicas,
         lease_ttl: settings.lease_ttl,
+        tls: keel_cluster::NatsTls {
+            ca_file: settings.tls_ca_file.clone(),
+            cert_file: settings.tls_cert_file.clone(),
+            key_file: settings.tls_key_file.clone(),
+        },
     };
     let node = ClusterNode::connect(options).map_err(|error| CliError::Usage(error.to_string()))?;
     Ok(Arc::new(Member(node)))

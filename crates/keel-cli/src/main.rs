@@ -67,6 +67,16 @@ struct Cli {
         help_heading = "Global options"
     )]
     token: Option<String>,
+    /// PEM file of the CA that signed an https:// server's certificate, trusted besides the
+    /// system's roots
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    ca_file: Option<std::path::PathBuf>,
     /// Print the server's JSON answers (or a report as JSON) instead of text
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
@@ -130,9 +140,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
+    let ca_pem = match &cli.ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| CliError::Io {
+            action: format!("read --ca-file {}", path.display()),
+            source,
+        })?),
+        None => None,
+    };
     let target = Target {
         server: cli.server,
         token: cli.token,
+        ca_pem,
     };
     let client = || target.connect(IDLE_CONNECTIONS_MAX);
     match cli.command {
@@ -157,6 +175,8 @@ pub(crate) struct Target {
     pub(crate) server: String,
     /// `--token`.
     pub(crate) token: Option<String>,
+    /// The contents of `--ca-file`.
+    pub(crate) ca_pem: Option<Vec<u8>>,
 }
 
 impl Target {
@@ -167,14 +187,17 @@ impl Target {
         if let Some(token) = &self.token {
             builder = builder.token(token);
         }
+        if let Some(pem) = &self.ca_pem {
+            builder = builder.ca_certificates(pem);
+        }
         builder.build()
     }
 
-    /// The same token, sent to another server (a node of a cluster).
+    /// The same token and CA, for another server (a node of a cluster).
     pub(crate) fn at(&self, server: &str) -> Target {
         Target {
             server: server.to_owned(),
-            token: self.token.clone(),
+            ..self.clone()
         }
     }
 }

@@ -44,6 +44,25 @@ pub(crate) struct ServeArgs {
     /// [config: auth.allow_insecure]
     #[arg(long, env = "KEEL_ALLOW_INSECURE", help_heading = "Security")]
     pub(crate) allow_insecure: bool,
+    /// Serve HTTPS with this PEM certificate (chain); read again on SIGHUP
+    /// [config: tls.cert_file]
+    #[arg(
+        long,
+        env = "KEEL_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Security"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert [config: tls.key_file]
+    #[arg(
+        long,
+        env = "KEEL_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Run as a node of a keel cluster on these NATS servers (comma-separated client URLs,
     /// nats://HOST:4222): everything is stored in their JetStream, not in --data-dir
     /// [config: cluster.servers]
@@ -86,6 +105,34 @@ pub(crate) struct ServeArgs {
         help_heading = "Cluster mode"
     )]
     pub(crate) replicas: Option<usize>,
+    /// PEM CA certificates the NATS servers' certificates are verified against; TLS to NATS
+    /// is then required [config: cluster.tls_ca_file]
+    #[arg(
+        long,
+        env = "KEEL_NATS_CA",
+        value_name = "FILE",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) nats_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients [config:
+    /// cluster.tls_cert_file]
+    #[arg(
+        long,
+        env = "KEEL_NATS_CERT",
+        value_name = "FILE",
+        requires = "nats_key",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) nats_cert: Option<PathBuf>,
+    /// The PEM private key of --nats-cert [config: cluster.tls_key_file]
+    #[arg(
+        long,
+        env = "KEEL_NATS_KEY",
+        value_name = "FILE",
+        requires = "nats_cert",
+        help_heading = "Cluster mode"
+    )]
+    pub(crate) nats_key: Option<PathBuf>,
     /// How long a lease lasts without renewal; a dead node's work moves within about twice
     /// this [config default: 5s]
     #[arg(long, env = "KEEL_LEASE_TTL", value_name = "DURATION", value_parser = keel_engine::duration::parse, help_heading = "Cluster mode")]
@@ -114,9 +161,11 @@ pub(crate) async fn run(args: ServeArgs) -> Result<(), CliError> {
             .validate()
             .map_err(|error| CliError::Usage(format!("invalid configuration: {error}")))?;
         let (settings, listen) = (config.cluster.clone(), config.listen);
-        let joined = tokio::task::spawn_blocking(move || crate::cluster::join(&settings, listen))
-            .await
-            .map_err(|_| CliError::Usage("joining the cluster was interrupted".into()))??;
+        let https = config.tls.files().is_some();
+        let joined =
+            tokio::task::spawn_blocking(move || crate::cluster::join(&settings, listen, https))
+                .await
+                .map_err(|_| CliError::Usage("joining the cluster was interrupted".into()))??;
         Some(joined)
     } else {
         None
@@ -149,6 +198,10 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     if args.allow_insecure {
         config.auth.allow_insecure = true;
     }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls.cert_file = Some(cert.clone());
+        config.tls.key_file = Some(key.clone());
+    }
     let cluster = &mut config.cluster;
     if let Some(servers) = &args.cluster {
         cluster.servers = servers
@@ -172,6 +225,13 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     }
     if let Some(ttl) = args.lease_ttl {
         cluster.lease_ttl = ttl;
+    }
+    if let Some(ca) = &args.nats_ca {
+        cluster.tls_ca_file = Some(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&args.nats_cert, &args.nats_key) {
+        cluster.tls_cert_file = Some(cert.clone());
+        cluster.tls_key_file = Some(key.clone());
     }
     Ok(config)
 }
@@ -239,6 +299,11 @@ mod tests {
             replicas: None,
             lease_ttl: None,
             allow_insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            nats_ca: None,
+            nats_cert: None,
+            nats_key: None,
         }
     }
 
@@ -371,6 +436,11 @@ mod tests {
         ));
         names.extend(fields(
             serde_json::from_str::<keel_server::ClusterSettings>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_server::TlsSettings>(unknown)
                 .unwrap_err()
                 .to_string(),
         ));

@@ -199,6 +199,8 @@ pub struct ClientBuilder {
     /// `Bearer <token>`, marked sensitive (left out of `Debug`); `Err` for a token that is
     /// not a header value.
     authorization: Option<Result<reqwest::header::HeaderValue, ()>>,
+    /// PEM certificates of CAs trusted besides the system's (a keel behind a private CA).
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientBuilder {
@@ -234,6 +236,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Trusts the CA certificates of `pem` (one or more PEM certificates) for an `https://`
+    /// server, besides the system's roots: a keel whose certificate a private CA signed.
+    pub fn ca_certificates(mut self, pem: &[u8]) -> Self {
+        self.ca_pem = Some(pem.to_vec());
+        self
+    }
+
     /// The client; fails when the server URL is not an `http(s)://` URL.
     pub fn build(self) -> Result<Client, ClientError> {
         let base = base_url(&self.server)?;
@@ -242,7 +251,17 @@ impl ClientBuilder {
             let value = authorization.map_err(|()| ClientError::InvalidToken)?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(pem) = &self.ca_pem {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .ok()
+                .filter(|certificates| !certificates.is_empty())
+                .ok_or(ClientError::InvalidCaCertificates)?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
+        let http = http
             .default_headers(headers)
             .pool_max_idle_per_host(self.idle_connections_max)
             .tcp_nodelay(true)
@@ -304,6 +323,7 @@ impl Client {
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
             idle_connections_max: IDLE_CONNECTIONS_MAX,
             authorization: None,
+            ca_pem: None,
         }
     }
 

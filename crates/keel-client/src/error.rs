@@ -38,6 +38,11 @@ pub enum ClientError {
         "invalid token: it must be printable ASCII without spaces, as `keel token create` prints it"
     )]
     InvalidToken,
+    /// The CA certificates given are not PEM certificates.
+    #[error(
+        "invalid CA certificates: expected one or more PEM certificates (-----BEGIN CERTIFICATE-----)"
+    )]
+    InvalidCaCertificates,
     /// Nothing answers at the server address (the connection was refused or timed out).
     #[error("cannot reach keel at {server} (is \"keel serve\" running?)")]
     Unreachable {
@@ -110,6 +115,7 @@ impl ClientError {
             }
             Self::InvalidUrl { .. }
             | Self::InvalidToken
+            | Self::InvalidCaCertificates
             | Self::Unexpected { .. }
             | Self::InvalidEvent { .. }
             | Self::Closed { .. } => false,

@@ -15,7 +15,7 @@ pub enum ClusterError {
     },
     /// No NATS server of the list answered.
     #[error(
-        "cannot connect to NATS at {urls}: {detail}. Check that the servers run and that --cluster lists their client URLs (nats://HOST:4222)"
+        "cannot connect to NATS at {urls}: {detail}. Check that the servers run and that --cluster lists their client URLs (nats://HOST:4222); servers that require TLS need --nats-ca with the CA that signed their certificates (or tls:// URLs, verified against the system's roots)"
     )]
     Connect {
         /// The URLs tried.

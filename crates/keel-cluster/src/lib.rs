@@ -22,5 +22,7 @@ mod table;
 
 pub use error::ClusterError;
 pub use names::CLUSTER_NAME_BYTES_MAX;
-pub use node::{ClusterNode, ClusterOptions, LEASE_TTL_DEFAULT, LEASE_TTL_MIN, NODE_ID_BYTES_MAX};
+pub use node::{
+    ClusterNode, ClusterOptions, LEASE_TTL_DEFAULT, LEASE_TTL_MIN, NODE_ID_BYTES_MAX, NatsTls,
+};
 pub use storage::{Epochs, JetStreamStorage};

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use crate::error::ClusterError;
+use crate::node::NatsTls;
 
 /// Worker threads of the NATS runtime: the client's socket task and the calls in flight
 /// are light; two keep one slow call from delaying the others.
@@ -50,7 +51,11 @@ impl Drop for RuntimeOwner {
 impl Nats {
     /// Connects to the servers of `urls` (comma-separated `nats://host:port`), naming the
     /// connection after the node. Blocking.
-    pub(crate) fn connect(urls: &str, connection_name: &str) -> Result<Nats, ClusterError> {
+    pub(crate) fn connect(
+        urls: &str,
+        connection_name: &str,
+        tls: &NatsTls,
+    ) -> Result<Nats, ClusterError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("keel-nats")
@@ -62,14 +67,20 @@ impl Nats {
             runtime: Mutex::new(Some(runtime)),
             handle,
         });
-        let (urls, name) = (urls.to_owned(), connection_name.to_owned());
+        let (urls, name, tls) = (urls.to_owned(), connection_name.to_owned(), tls.clone());
         let connected = run_on(&owner.handle, async move {
-            let options = async_nats::ConnectOptions::new()
+            let mut options = async_nats::ConnectOptions::new()
                 .name(name)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .request_timeout(Some(REQUEST_TIMEOUT))
                 // Reconnect for ever: a NATS outage is waited out, never a reason to stop.
                 .max_reconnects(None);
+            if let Some(ca_file) = tls.ca_file {
+                options = options.add_root_certificates(ca_file).require_tls(true);
+            }
+            if let (Some(cert), Some(key)) = (tls.cert_file, tls.key_file) {
+                options = options.add_client_certificate(cert, key);
+            }
             let servers = urls
                 .split(',')
                 .map(|url| url.trim().parse::<async_nats::ServerAddr>())

@@ -59,6 +59,21 @@ pub struct ClusterOptions {
     pub replicas: usize,
     /// How long a lease (and a heartbeat) lasts without renewal.
     pub lease_ttl: Duration,
+    /// TLS to the NATS servers.
+    pub tls: NatsTls,
+}
+
+/// TLS to the NATS servers: on with a CA file (or `tls://` URLs, verified against the
+/// system's roots), with a client certificate where the servers ask for one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// PEM: the CA certificates the servers' certificates are verified against (TLS is
+    /// then required).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM: this node's client certificate, for servers that verify clients (mutual TLS).
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM: the client certificate's private key.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// A node's heartbeat, as stored.
@@ -120,6 +135,7 @@ impl ClusterNode {
         let nats = Nats::connect(
             &options.servers,
             &format!("keel {} {}", names.cluster(), options.node_id),
+            &options.tls,
         )?;
         let leases_bucket = open_bucket(
             &nats,

@@ -29,6 +29,7 @@ async fn repeated_ids_are_stored_once() {
         advertise_url: "http://127.0.0.1:1".into(),
         replicas: 1,
         lease_ttl: Duration::from_secs(2),
+        tls: keel_cluster::NatsTls::default(),
     };
     tokio::task::spawn_blocking(move || {
         let node = ClusterNode::connect(options).unwrap();

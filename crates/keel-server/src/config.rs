@@ -58,6 +58,38 @@ pub struct ServerConfig {
     pub cluster: ClusterSettings,
     /// Authentication (`[auth]`): an admin token turns it on (`SECURITY.md`).
     pub auth: AuthSettings,
+    /// TLS for the API (`[tls]`): with a certificate and a key, keel serves HTTPS.
+    pub tls: TlsSettings,
+}
+
+/// `[tls]`: HTTPS for the API. The files are read at start and again on SIGHUP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM: the certificate, then the intermediates of its chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: its private key.
+    pub key_file: Option<PathBuf>,
+    /// PEM: CA certificates trusted (besides the system's roots) when a node forwards a
+    /// request to another node's `https://` advertised URL (cluster mode).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The files, when TLS is on.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.cert_file.clone()?,
+            key: self.key_file.clone()?,
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("tls.cert_file and tls.key_file go together: give both (--tls-cert and --tls-key) or neither".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// `[auth]`: who may call the API.
@@ -126,6 +158,13 @@ pub struct ClusterSettings {
     /// within about twice this.
     #[serde(with = "keel_engine::duration::serde_text")]
     pub lease_ttl: std::time::Duration,
+    /// PEM: the CA certificates the NATS servers' certificates are verified against; with
+    /// it, TLS to NATS is required (`tls://` URLs turn TLS on against the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM: this node's client certificate, for NATS servers that verify clients.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM: the client certificate's private key.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ClusterSettings {
@@ -137,6 +176,9 @@ impl Default for ClusterSettings {
             advertise_url: None,
             replicas: CLUSTER_REPLICAS_DEFAULT,
             lease_ttl: std::time::Duration::from_secs(5),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -162,6 +204,9 @@ impl ClusterSettings {
                 "cluster.lease_ttl must be at least 2s, got {}",
                 keel_engine::duration::format(self.lease_ttl)
             ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("cluster.tls_cert_file and cluster.tls_key_file go together: give both (--nats-cert and --nats-key) or neither".to_owned());
         }
         for server in &self.servers {
             if !server.starts_with("nats://") && !server.starts_with("tls://") {
@@ -224,6 +269,7 @@ impl ServerConfig {
         self.backpressure.validate()?;
         self.cluster.validate()?;
         self.auth.validate()?;
+        self.tls.validate()?;
         self.validate_declared()
     }
 
@@ -287,6 +333,7 @@ impl Default for ServerConfig {
             backpressure: keel_engine::pressure::PressureConfig::default(),
             cluster: ClusterSettings::default(),
             auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod read;
 pub mod state;
 pub mod streams;
 pub mod subscriptions;
+pub mod tls;
 pub mod tokens;
 pub mod topics;
 
@@ -37,7 +38,7 @@ use tokio::net::TcpListener;
 
 pub use auth::{Auth, Caller};
 pub use cluster::ClusterMember;
-pub use config::{AuthSettings, ClusterSettings, SecretText, ServerConfig};
+pub use config::{AuthSettings, ClusterSettings, SecretText, ServerConfig, TlsSettings};
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -276,11 +277,16 @@ pub async fn serve_member(
     cluster: Option<Arc<dyn ClusterMember>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (listen, mut state) = http_state(&listener, &config)?;
+    let Http {
+        listen,
+        mut state,
+        tls,
+    } = http_state(&listener, &config)?;
     state.cluster = cluster.clone();
     let (failed_sender, failed) = tokio::sync::oneshot::channel::<()>();
     let opener = tokio::spawn(open_engine(config.clone(), state.clone(), failed_sender));
-    tracing::info!(listen = %format!("http://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %format!("{scheme}://{listen}"), data_dir = %config.data_dir.display(), "keel serving; recovering logs");
     let shutdown_state = state.clone();
     let graceful = async move {
         tokio::select! {
@@ -298,6 +304,7 @@ pub async fn serve_member(
         listener,
         router(state.clone()),
         header_read_timeout,
+        tls,
         graceful,
     )
     .await;
@@ -327,25 +334,32 @@ pub async fn serve_engine(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
-    let (listen, state) = http_state(&listener, config)?;
+    let Http { listen, state, tls } = http_state(&listener, config)?;
     state.set_engine(engine);
-    tracing::info!(listen = %format!("http://{listen}"), "keel serving an embedded engine");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %format!("{scheme}://{listen}"), "keel serving an embedded engine");
     listener::serve_connections(
         listener,
         router(state),
         config.header_read_timeout,
+        tls,
         shutdown,
     )
     .await;
     Ok(())
 }
 
-/// The address `listener` serves on, and the handlers' state for `config` (its auth checked
-/// against that address).
-fn http_state(
-    listener: &TcpListener,
-    config: &ServerConfig,
-) -> Result<(SocketAddr, AppState), ServerError> {
+/// What serving HTTP takes, from the settings.
+struct Http {
+    /// The address the listener serves on.
+    listen: SocketAddr,
+    /// The handlers' state, its auth checked against that address.
+    state: AppState,
+    /// The TLS of new connections (read again on SIGHUP), if on.
+    tls: Option<Arc<tls::Tls>>,
+}
+
+fn http_state(listener: &TcpListener, config: &ServerConfig) -> Result<Http, ServerError> {
     let listen = listener
         .local_addr()
         .map_err(|source| ServerError::Listen {
@@ -353,14 +367,33 @@ fn http_state(
             source,
         })?;
     let mut state = AppState::new(config.request_bytes_max, config.request_timeout);
-    state.auth = check_exposure(config, listen)?;
-    Ok((listen, state))
+    let tls = match config.tls.files() {
+        Some(files) => {
+            let tls = Arc::new(tls::Tls::load(files).map_err(ServerError::Config)?);
+            tls.reload_on_sighup();
+            Some(tls)
+        }
+        None => None,
+    };
+    state.auth = check_exposure(config, listen, tls.is_some())?;
+    if let Some(path) = &config.tls.ca_file {
+        let pem = std::fs::read(path).map_err(|error| error.to_string());
+        pem.and_then(|pem| state.trust_peer_cas(&pem))
+            .map_err(|error| {
+                ServerError::Config(format!("tls.ca_file {}: {error}", path.display()))
+            })?;
+    }
+    Ok(Http { listen, state, tls })
 }
 
 /// The server's auth from its settings, after checking who can reach it: without auth,
 /// keel serves on loopback only, unless `allow_insecure` says otherwise. Says at start
-/// whether auth is on.
-fn check_exposure(config: &ServerConfig, listen: SocketAddr) -> Result<Auth, ServerError> {
+/// whether auth is on, and warns when tokens would cross a network in clear text.
+fn check_exposure(
+    config: &ServerConfig,
+    listen: SocketAddr,
+    tls: bool,
+) -> Result<Auth, ServerError> {
     let admin_token = config
         .auth
         .admin_token
@@ -369,6 +402,9 @@ fn check_exposure(config: &ServerConfig, listen: SocketAddr) -> Result<Auth, Ser
     let auth = Auth::new(admin_token);
     if auth.enabled() {
         tracing::info!("auth is on: every request but /healthz and /readyz needs a token");
+        if !tls && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "TLS is off: tokens cross the network in clear text (set tls.cert_file and tls.key_file, or terminate TLS in front of keel)");
+        }
     } else if listen.ip().is_loopback() {
         tracing::warn!(
             "auth is off: serving without tokens, on loopback only (set KEEL_ADMIN_TOKEN to turn auth on)"

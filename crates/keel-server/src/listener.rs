@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::limits::{ACCEPT_RETRY_PAUSE, CONNECTIONS_MAX, CONNECTIONS_MIN, SHUTDOWN_GRACE};
+use crate::tls::Tls;
 
 /// Raises the soft open-file limit to the hard one (a server's first step; the default soft
 /// limit is often 1024), and returns how many connections may be open at once.
@@ -44,6 +45,7 @@ pub(crate) async fn serve_connections(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let connections_max = connections_max();
@@ -59,22 +61,23 @@ pub(crate) async fn serve_connections(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let mut closing_seen = closing_seen.clone();
+        let closing_seen = closing_seen.clone();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let closing = async move {
-                // The guard is dropped here, before the select's branch awaits.
-                let _ = closing_seen.wait_for(|closing| *closing).await;
-            };
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = closing => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match acceptor {
+                None => serve_one(stream, service, header_read_timeout, closing_seen).await,
+                Some(acceptor) => {
+                    // The handshake gets the time a request head gets: a client that stalls
+                    // in it holds a connection slot no longer.
+                    let handshake =
+                        tokio::time::timeout(header_read_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            serve_one(stream, service, header_read_timeout, closing_seen).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
             drop(permit);
@@ -88,6 +91,34 @@ pub(crate) async fn serve_connections(
         .is_err()
     {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until the client closes it or shutdown begins (then
+/// it finishes the request in progress).
+async fn serve_one<S>(
+    stream: S,
+    service: TowerToHyperService<Router>,
+    header_read_timeout: Duration,
+    mut closing_seen: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let closing = async move {
+        // The guard is dropped here, before the select's branch awaits.
+        let _ = closing_seen.wait_for(|closing| *closing).await;
+    };
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = closing => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

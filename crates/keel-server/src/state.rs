@@ -45,6 +45,22 @@ impl AppState {
         }
     }
 
+    /// Trusts the CA certificates of `pem` (besides the system's roots) when forwarding to
+    /// another node over HTTPS.
+    pub fn trust_peer_cas(&mut self, pem: &[u8]) -> Result<(), String> {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|error| error.to_string())?;
+        if certificates.is_empty() {
+            return Err("no PEM certificate in it".to_owned());
+        }
+        let mut builder = reqwest::Client::builder().timeout(self.request_timeout);
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+        self.peers = builder.build().map_err(|error| error.to_string())?;
+        Ok(())
+    }
+
     /// Marks recovery done: from now on the API serves.
     pub fn set_engine(&self, engine: Engine) {
         // Set once, by the task that opened the engine.

@@ -10,6 +10,7 @@
 //!   API.
 //! - [`nats`]: a real NATS JetStream cluster (`nats-server` processes) on loopback, whose
 //!   servers a test can kill -9, restart, pause and resume, for cluster-mode tests.
+//! - [`tls`]: a private CA and the server certificates it signs, for TLS tests.
 //! - [`random`]: the seeded pseudo-random mix the tests replay runs with, and the run's seed.
 
 // A test kit's failures are test failures: panicking with the reason is what it should do.
@@ -23,3 +24,4 @@ mod readiness;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sink;
+pub mod tls;

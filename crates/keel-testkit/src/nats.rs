@@ -97,6 +97,12 @@ impl NatsCluster {
     /// `/healthz` answers 200 and, in a cluster, it knows the JetStream meta leader. With one
     /// server there is no cluster block: a plain JetStream server.
     pub async fn start(servers: usize) -> NatsCluster {
+        NatsCluster::start_with_tls(servers, None).await
+    }
+
+    /// [`NatsCluster::start`], with clients required to speak TLS, the servers presenting
+    /// the PEM certificate and key of `tls`.
+    pub async fn start_with_tls(servers: usize, tls: Option<(&Path, &Path)>) -> NatsCluster {
         assert!(
             (1..=SERVERS_MAX).contains(&servers),
             "a NATS cluster has 1 to {SERVERS_MAX} servers, not {servers}"
@@ -115,7 +121,7 @@ impl NatsCluster {
             })
             .collect();
         let servers: Vec<NatsServer> = (0..servers)
-            .map(|index| NatsServer::create(dir.path(), index, &ports))
+            .map(|index| NatsServer::create(dir.path(), index, &ports, tls))
             .collect();
         for server in &servers {
             server.spawn(binary);
@@ -334,13 +340,26 @@ impl Drop for NatsCluster {
 
 impl NatsServer {
     /// Server `index` of a cluster with `ports`: writes its config under `root/n{index}`.
-    fn create(root: &Path, index: usize, ports: &[ServerPorts]) -> NatsServer {
+    fn create(
+        root: &Path,
+        index: usize,
+        ports: &[ServerPorts],
+        tls: Option<(&Path, &Path)>,
+    ) -> NatsServer {
         let name = format!("n{index}");
         let dir = root.join(&name);
         let store_dir = dir.join("store");
         std::fs::create_dir_all(&store_dir).unwrap();
         let config_path = dir.join(format!("{name}.conf"));
-        std::fs::write(&config_path, config_text(&name, index, ports, &store_dir)).unwrap();
+        let mut config = config_text(&name, index, ports, &store_dir);
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(&config_path, config).unwrap();
         NatsServer {
             log_path: dir.join(format!("{name}.log")),
             name,

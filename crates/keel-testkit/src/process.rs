@@ -293,6 +293,11 @@ impl KeelProcess {
         send_signal(self.child.id(), "CONT");
     }
 
+    /// SIGHUP: keel reads its TLS certificate and key again.
+    pub fn hang_up(&self) {
+        send_signal(self.child.id(), "HUP");
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> ExitStatus {
         send_signal(self.child.id(), "TERM");
