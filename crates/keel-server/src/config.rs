@@ -10,7 +10,8 @@ use keel_engine::limits::{
 use keel_engine::{EngineError, TopicConfig};
 
 use crate::limits::{
-    HEADER_READ_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, RETENTION_CHECK_INTERVAL_DEFAULT,
+    HEADER_READ_TIMEOUT_DEFAULT, REQUEST_TIMEOUT_DEFAULT, RESPONSE_BYTES_MAX_DEFAULT,
+    RESPONSE_BYTES_MAX_MIN, RETENTION_CHECK_INTERVAL_DEFAULT, WRITE_TIMEOUT_DEFAULT,
 };
 
 /// Settings of the server. Every field has a default; a config file sets any of them.
@@ -38,6 +39,13 @@ pub struct ServerConfig {
     /// arriving gets 408). Must exceed the longest long poll, 30 s.
     #[serde(with = "keel_engine::duration::serde_text")]
     pub request_timeout: std::time::Duration,
+    /// How long a write to a client may make no progress (the client stopped reading its
+    /// answer) before its connection is closed.
+    #[serde(with = "keel_engine::duration::serde_text")]
+    pub write_timeout: std::time::Duration,
+    /// Bytes of large answers held for clients that have not read them yet; past it,
+    /// requests are answered 503 with `Retry-After`.
+    pub response_bytes_max: usize,
     /// Topics to create at start if missing (declarative; a conflicting existing topic is an
     /// error at start).
     pub topics: BTreeMap<String, TopicConfig>,
@@ -261,10 +269,17 @@ impl ServerConfig {
         for (setting, interval) in [
             ("retention_check_interval", self.retention_check_interval),
             ("header_read_timeout", self.header_read_timeout),
+            ("write_timeout", self.write_timeout),
         ] {
             if interval.is_zero() {
                 return Err(format!("{setting} must be longer than 0"));
             }
+        }
+        if self.response_bytes_max < RESPONSE_BYTES_MAX_MIN {
+            return Err(format!(
+                "response_bytes_max must be at least {RESPONSE_BYTES_MAX_MIN} (16 MiB), got {}",
+                self.response_bytes_max
+            ));
         }
         self.backpressure.validate()?;
         self.cluster.validate()?;
@@ -326,6 +341,8 @@ impl Default for ServerConfig {
             retention_check_interval: RETENTION_CHECK_INTERVAL_DEFAULT,
             header_read_timeout: HEADER_READ_TIMEOUT_DEFAULT,
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            write_timeout: WRITE_TIMEOUT_DEFAULT,
+            response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
             topics: BTreeMap::new(),
             subscriptions: BTreeMap::new(),
             alert_evaluation_interval: keel_engine::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,

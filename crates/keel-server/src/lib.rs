@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod body;
+mod budget;
 pub mod cluster;
 pub mod config;
 pub mod dlq;
@@ -197,9 +198,43 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            budget::limit_response_bytes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             request_deadline,
         ))
         .with_state(state)
+}
+
+/// Answers 413 at once to a request whose `Content-Length` is over `request_bytes_max`,
+/// before any of its body is read: a flood of oversized requests costs keel no memory.
+async fn refuse_oversized(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = state.request_bytes_max;
+    match declared {
+        Some(length) if length > limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body ({length} bytes) is over the limit of {limit} bytes; send fewer events per batch"
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Ends a request that takes longer than `request_timeout` from its head to its answer,
@@ -299,11 +334,10 @@ pub async fn serve_member(
     };
     // Appends already queued when connections are dropped are still committed and fsynced
     // by the engine's shutdown below.
-    let header_read_timeout = config.header_read_timeout;
     listener::serve_connections(
         listener,
         router(state.clone()),
-        header_read_timeout,
+        listener::Timeouts::of(&config),
         tls,
         graceful,
     )
@@ -341,7 +375,7 @@ pub async fn serve_engine(
     listener::serve_connections(
         listener,
         router(state),
-        config.header_read_timeout,
+        listener::Timeouts::of(config),
         tls,
         shutdown,
     )
@@ -367,6 +401,7 @@ fn http_state(listener: &TcpListener, config: &ServerConfig) -> Result<Http, Ser
             source,
         })?;
     let mut state = AppState::new(config.request_bytes_max, config.request_timeout);
+    state.response_budget = Arc::new(budget::ResponseBudget::new(config.response_bytes_max));
     let tls = match config.tls.files() {
         Some(files) => {
             let tls = Arc::new(tls::Tls::load(files).map_err(ServerError::Config)?);

@@ -12,6 +12,10 @@ use keel_engine::limits::READ_WAIT_MS_MAX;
 pub const CONNECTIONS_MAX: usize = 4096;
 /// Fewest connections served at once, however low the open-file limit is.
 pub const CONNECTIONS_MIN: usize = 16;
+/// Each connection's kernel send buffer (`SO_SNDBUF`; Linux doubles it for its own
+/// bookkeeping): what a client that stops reading can make the kernel hold. Enough for full
+/// speed on a local network.
+pub const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// How long shutdown waits for open requests to finish before dropping their connections.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (out of file descriptors, say) before accepting again, so a
@@ -21,6 +25,14 @@ pub const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 pub const RETENTION_CHECK_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 /// How long a client may take to send a request head, by default (`header_read_timeout`).
 pub const HEADER_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// Bytes of large answers keel holds for clients that have not read them yet, by default
+/// (`response_bytes_max`); past it, requests are answered 503 (`budget.rs`).
+pub const RESPONSE_BYTES_MAX_DEFAULT: usize = 512 * 1024 * 1024;
+/// Least `response_bytes_max`: the largest page of events fits.
+pub const RESPONSE_BYTES_MAX_MIN: usize = 16 * 1024 * 1024;
+/// How long a write to a client may make no progress before its connection is closed, by
+/// default (`write_timeout`).
+pub const WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// Longest a request may take from its head to its answer, by default (`request_timeout`).
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 

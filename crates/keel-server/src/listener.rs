@@ -15,7 +15,10 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::limits::{ACCEPT_RETRY_PAUSE, CONNECTIONS_MAX, CONNECTIONS_MIN, SHUTDOWN_GRACE};
+use crate::budget::WriteTimeout;
+use crate::limits::{
+    ACCEPT_RETRY_PAUSE, CONNECTIONS_MAX, CONNECTIONS_MIN, SEND_BUFFER_BYTES, SHUTDOWN_GRACE,
+};
 use crate::tls::Tls;
 
 /// Raises the soft open-file limit to the hard one (a server's first step; the default soft
@@ -44,10 +47,14 @@ pub fn connections_max() -> usize {
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    timeouts: Timeouts,
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Timeouts {
+        header_read: header_read_timeout,
+        write: write_timeout,
+    } = timeouts;
     let connections_max = connections_max();
     let connections = Arc::new(Semaphore::new(connections_max));
     let (closing, closing_seen) = watch::channel(false);
@@ -63,6 +70,8 @@ pub(crate) async fn serve_connections(
         let service = TowerToHyperService::new(router.clone());
         let closing_seen = closing_seen.clone();
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+        // A client that stops reading its answer is let go after `write_timeout`.
+        let stream = WriteTimeout::new(stream, write_timeout);
         tokio::spawn(async move {
             match acceptor {
                 None => serve_one(stream, service, header_read_timeout, closing_seen).await,
@@ -91,6 +100,24 @@ pub(crate) async fn serve_connections(
         .is_err()
     {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+    }
+}
+
+/// The time limits of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// To send a request head (and, with TLS, to finish the handshake).
+    pub(crate) header_read: Duration,
+    /// For a write to make progress.
+    pub(crate) write: Duration,
+}
+
+impl Timeouts {
+    pub(crate) fn of(config: &crate::ServerConfig) -> Timeouts {
+        Timeouts {
+            header_read: config.header_read_timeout,
+            write: config.write_timeout,
+        }
     }
 }
 
@@ -137,6 +164,9 @@ async fn accept(
         Ok((stream, _)) => {
             // Small answers go out at once rather than waiting for Nagle's timer.
             let _ = stream.set_nodelay(true);
+            // What the kernel buffers for a client that does not read stays small; the rest of
+            // its answer waits in keel, counted against the response budget.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER_BYTES);
             Some((stream, permit))
         }
         Err(error) => {

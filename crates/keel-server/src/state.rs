@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use keel_engine::Engine;
 
 use crate::auth::Auth;
+use crate::budget::ResponseBudget;
 use crate::cluster::ClusterMember;
+use crate::limits::RESPONSE_BYTES_MAX_DEFAULT;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimiter;
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Per-token rate limits' buckets.
     pub(crate) rate_limits: Arc<RateLimiter>,
+    /// The response bytes in flight, against `response_bytes_max`.
+    pub(crate) response_budget: Arc<ResponseBudget>,
 }
 
 impl AppState {
@@ -42,6 +46,7 @@ impl AppState {
                 .unwrap_or_default(),
             auth: Auth::default(),
             rate_limits: Arc::default(),
+            response_budget: Arc::new(ResponseBudget::new(RESPONSE_BYTES_MAX_DEFAULT)),
         }
     }
 
