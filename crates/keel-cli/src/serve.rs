@@ -82,6 +82,26 @@ pub(crate) struct ServeArgs {
     /// this [config default: 5s]
     #[arg(long, env = "KEEL_LEASE_TTL", value_name = "DURATION", value_parser = keel_engine::duration::parse, help_heading = "Cluster mode")]
     pub(crate) lease_ttl: Option<std::time::Duration>,
+    /// Which addresses push sinks may connect to: standard (no link-local or cloud metadata
+    /// addresses), strict (public addresses only, for multi-tenant setups) or open
+    /// [config: webhooks.egress, default: standard]
+    #[arg(
+        long,
+        env = "KEEL_WEBHOOK_EGRESS",
+        value_name = "POLICY",
+        value_parser = str::parse::<keel_engine::egress::EgressPolicy>,
+        help_heading = "Webhooks"
+    )]
+    pub(crate) webhook_egress: Option<keel_engine::egress::EgressPolicy>,
+    /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's
+    /// roots [config: webhooks.ca_bundle]
+    #[arg(
+        long,
+        env = "KEEL_WEBHOOK_CA_BUNDLE",
+        value_name = "FILE",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) webhook_ca_bundle: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -158,6 +178,12 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     if let Some(ttl) = args.lease_ttl {
         cluster.lease_ttl = ttl;
     }
+    if let Some(policy) = args.webhook_egress {
+        config.webhooks.egress = policy;
+    }
+    if let Some(bundle) = &args.webhook_ca_bundle {
+        config.webhooks.ca_bundle = Some(bundle.clone());
+    }
     Ok(config)
 }
 
@@ -223,6 +249,8 @@ mod tests {
             advertise_url: None,
             replicas: None,
             lease_ttl: None,
+            webhook_egress: None,
+            webhook_ca_bundle: None,
         }
     }
 
@@ -330,7 +358,11 @@ mod tests {
             );
         }
         let fields = |error: String| -> Vec<String> {
-            let (_, listed) = error.split_once("expected one of ").expect(&error);
+            // serde says `expected one of `a`, `b`, `c``, or for two `expected `a` or `b``.
+            let (_, listed) = error
+                .split_once("expected one of ")
+                .or_else(|| error.split_once("expected "))
+                .expect(&error);
             let fields: Vec<String> = listed
                 .split('`')
                 .skip(1)
@@ -353,6 +385,11 @@ mod tests {
         ));
         names.extend(fields(
             serde_json::from_str::<keel_server::ClusterSettings>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_server::WebhooksSettings>(unknown)
                 .unwrap_err()
                 .to_string(),
         ));

@@ -9,6 +9,7 @@ mod alerts;
 pub mod clock;
 pub mod config;
 mod dedupe;
+pub mod egress;
 mod engine;
 pub mod error;
 pub mod event;

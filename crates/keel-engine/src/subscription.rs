@@ -135,6 +135,8 @@ struct Shared {
     boot: u32,
     /// The engine's shutdown signal (ends long polls early).
     closing: watch::Receiver<bool>,
+    /// Builds the sink's HTTP clients (egress policy, trusted roots).
+    sinks: crate::webhook::SinkClients,
     /// A stateful subscription's per-key state.
     keyed: Option<KeyedState>,
     /// Where a stateful subscription's handlers may emit events.
@@ -423,6 +425,19 @@ impl Attached {
     }
 }
 
+/// What the engine gives each subscription it opens, beside its spec and logs.
+#[derive(Clone)]
+pub(crate) struct Surroundings {
+    /// The topics a stateful subscription's handlers may emit to.
+    pub(crate) targets: EmitTargets,
+    /// The engine's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The engine's shutdown signal.
+    pub(crate) closing: watch::Receiver<bool>,
+    /// Builds the HTTP clients of push sinks, their health checks and handshakes.
+    pub(crate) sinks: crate::webhook::SinkClients,
+}
+
 /// A subscription as describe shows it, its spec as the engine holds it.
 pub type SubscriptionInfo = keel_api::subscriptions::SubscriptionInfo<
     crate::filter::Filters,
@@ -437,11 +452,15 @@ impl Subscription {
         name: &str,
         spec: SubscriptionSpec,
         logs: SubscriptionLogs,
-        targets: EmitTargets,
         topic: Arc<Topic>,
-        metrics: Arc<Metrics>,
-        closing: watch::Receiver<bool>,
+        surroundings: &Surroundings,
     ) -> Result<Self, EngineError> {
+        let Surroundings {
+            targets,
+            metrics,
+            closing,
+            sinks,
+        } = surroundings.clone();
         let keyed = logs
             .state
             .map(|state| KeyedState::open(name, state, targets.clone()))
@@ -516,6 +535,7 @@ impl Subscription {
             closing,
             keyed,
             targets,
+            sinks,
             tenure: std::sync::OnceLock::new(),
         });
         // A crash may have come between a rebuild and the removal of older entries.

@@ -56,6 +56,30 @@ pub struct ServerConfig {
     /// Cluster mode (`[cluster]`): with NATS servers listed, this node stores everything in
     /// their JetStream and shares the work with the other nodes (`docs/cluster.md`).
     pub cluster: ClusterSettings,
+    /// Push sinks' outgoing requests (`[webhooks]`): where they may connect, which
+    /// certificate authorities HTTPS sinks are verified against.
+    pub webhooks: WebhooksSettings,
+}
+
+/// `[webhooks]`: the outgoing requests of push sinks, their health checks and handshakes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSettings {
+    /// Which addresses sink requests may connect to (`docs/configuration.md`, "Webhooks").
+    pub egress: keel_engine::egress::EgressPolicy,
+    /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl WebhooksSettings {
+    /// The engine's settings for them (the system's resolver).
+    pub fn engine_settings(&self) -> keel_engine::webhook::WebhookSettings {
+        keel_engine::webhook::WebhookSettings {
+            egress: self.egress,
+            ca_bundle: self.ca_bundle.clone(),
+            ..keel_engine::webhook::WebhookSettings::default()
+        }
+    }
 }
 
 /// Replicas of every stream and bucket, by default: a quorum survives one lost server.
@@ -192,7 +216,7 @@ impl ServerConfig {
     fn validate_declared(&self) -> Result<(), String> {
         use keel_engine::config::{validate_topic_config, validate_topic_name};
         use keel_engine::subscription::spec::{
-            validate_subscription_name, validate_subscription_spec,
+            validate_egress, validate_subscription_name, validate_subscription_spec,
         };
         let named = |section: &str, name: &str, checked: Result<(), EngineError>| {
             checked.map_err(|error| format!("[{section}.{name}]: {error}"))
@@ -202,8 +226,9 @@ impl ServerConfig {
             named("topics", name, checked)?;
         }
         for (name, spec) in &self.subscriptions {
-            let checked =
-                validate_subscription_name(name).and_then(|()| validate_subscription_spec(spec));
+            let checked = validate_subscription_name(name)
+                .and_then(|()| validate_subscription_spec(spec))
+                .and_then(|()| validate_egress(spec, self.webhooks.egress));
             named("subscriptions", name, checked)?;
         }
         for (name, rule) in &self.alerts {
@@ -245,6 +270,7 @@ impl Default for ServerConfig {
             alerts: BTreeMap::new(),
             backpressure: keel_engine::pressure::PressureConfig::default(),
             cluster: ClusterSettings::default(),
+            webhooks: WebhooksSettings::default(),
         }
     }
 }
@@ -333,6 +359,11 @@ mod tests {
                 r#"{"subscriptions": {"audit": {"topic": "orders", "sink": {"url": "http://a.test/",
                     "health_check": {"interval": "1s", "timeout": "2s"}}}}}"#,
                 "sink.health_check.timeout",
+            ),
+            (
+                r#"{"webhooks": {"egress": "strict"}, "subscriptions": {"audit": {"topic": "orders",
+                    "sink": {"url": "http://10.1.2.3/hooks"}}}}"#,
+                "[subscriptions.audit]: invalid subscription: sink.url: sink address 10.1.2.3 is private, denied by the strict egress policy",
             ),
             (
                 r#"{"subscriptions": {".hidden": {"topic": "orders"}}}"#,

@@ -33,7 +33,7 @@ use keel_engine::{Created, Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
 
 pub use cluster::ClusterMember;
-pub use config::{ClusterSettings, ServerConfig};
+pub use config::{ClusterSettings, ServerConfig, WebhooksSettings};
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -335,6 +335,7 @@ async fn open_engine(
         engine_config.retention_check_interval = config.retention_check_interval;
         engine_config.alert_evaluation_interval = config.alert_evaluation_interval;
         engine_config.pressure = config.backpressure;
+        engine_config.webhooks = config.webhooks.engine_settings();
         let engine = match &state.cluster {
             Some(cluster) => {
                 engine_config.node = Some(cluster.node_id());

@@ -762,6 +762,40 @@ async fn redirect_is_not_followed() {
     server.stop().await;
 }
 
+// Goal: with `[webhooks] egress = "strict"`, creating a push subscription to a loopback sink
+// answers 400 with a problem naming the address, the range and the setting, nothing is stored,
+// and the sink never sees a connection. Method: a real sink on 127.0.0.1 counting connections.
+#[tokio::test]
+async fn strict_egress_refuses_a_loopback_sink_with_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        webhooks: keel_server::WebhooksSettings {
+            egress: keel_engine::egress::EgressPolicy::Strict,
+            ca_bundle: None,
+        },
+        ..keel_server::ServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (status, body) = server.put_topic("t", json!({"partitions": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let sink = Sink::start(policy::accept()).await;
+    let spec = json!({"topic": "t", "sink": {"url": sink.url("/hook")}});
+    let (status, problem) = send_json(&server, Method::PUT, "/v1/subscriptions/s", &spec).await;
+    support::assert_problem(
+        status,
+        &problem,
+        400,
+        "sink.url: sink address 127.0.0.1 is loopback, denied by the strict egress policy; \
+         set webhooks.egress (--webhook-egress) to \"standard\" to allow it",
+        "create",
+    );
+    let (status, _) = send_json(&server, Method::GET, "/v1/subscriptions/s", &json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(sink.connections(), 0);
+    server.stop().await;
+}
+
 // Goal: a pushed request is the event in CloudEvents binary mode: attributes and extensions as
 // ce-* headers (strings percent-encoded), the data as the body with its content type, and a
 // Standard Webhooks signature whose id is the event id. Method: one event with a subject (with

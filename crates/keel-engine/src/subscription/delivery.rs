@@ -66,6 +66,11 @@ impl Deliveries {
         &self.shared.spec
     }
 
+    /// Builds the sink's HTTP clients.
+    pub(super) fn sinks(&self) -> &crate::webhook::SinkClients {
+        &self.shared.sinks
+    }
+
     /// Part of every pull ack id: ids from before a restart are stale.
     pub(super) fn boot(&self) -> u32 {
         self.shared.boot

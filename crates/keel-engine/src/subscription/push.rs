@@ -19,7 +19,9 @@ const DISPATCH_BATCH_MAX: usize = 256;
 
 /// Sends the subscription's events to its sink's endpoints until it stops.
 pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
-    let client = PushClient::with_idle_connections(deliveries.spec().max_in_flight as usize);
+    let client = deliveries
+        .sinks()
+        .client(deliveries.spec().max_in_flight as usize);
     let mut ready = deliveries.ready();
     let mut stopping = deliveries.stopping();
     let mut limiter = deliveries.spec().rate_limit.map(RateLimiter::new);

@@ -10,6 +10,7 @@ use keel_api::subscriptions::{EndpointInfo, EndpointSpec, Strategy};
 use super::endpoints::{Change, EndpointGroup, Thresholds};
 use super::spec::SinkSpec;
 use crate::clock::format_rfc3339_ms;
+use crate::egress::EgressPolicy;
 use crate::webhook::{AttemptOutcome, SinkTarget, Url};
 
 /// A push subscription's sink.
@@ -179,6 +180,25 @@ pub(crate) fn endpoints_of(spec: &SinkSpec) -> Vec<EndpointSpec> {
     } else {
         spec.endpoints.clone()
     }
+}
+
+/// Refuses a sink whose URL's host is an address `policy` denies (a host name is checked at
+/// each connection instead: what it resolves to may change), naming the member.
+pub(crate) fn check_egress(spec: &SinkSpec, policy: EgressPolicy) -> Result<(), String> {
+    let endpoints = endpoints_of(spec);
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let member = if spec.endpoints.is_empty() {
+            "sink.url".to_owned()
+        } else {
+            format!("sink.endpoints[{index}].url")
+        };
+        let url = crate::webhook::validate_sink_url(&endpoint.url)
+            .map_err(|detail| format!("{member}: {detail}"))?;
+        policy
+            .check_url(&url)
+            .map_err(|denied| format!("{member}: {denied}"))?;
+    }
+    Ok(())
 }
 
 /// Logs an endpoint's change of availability.

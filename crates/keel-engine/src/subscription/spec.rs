@@ -98,6 +98,19 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
     Ok(())
 }
 
+/// Refuses a push sink whose URL's host is an address `policy` denies, naming the member; a
+/// host name passes (its addresses are checked at each connection, as they may change).
+pub fn validate_egress(
+    spec: &SubscriptionSpec,
+    policy: crate::egress::EgressPolicy,
+) -> Result<(), EngineError> {
+    match &spec.delivery {
+        Delivery::Push(sink) => super::sink::check_egress(sink, policy)
+            .map_err(|detail| EngineError::Subscription(SubscriptionError::Invalid { detail })),
+        Delivery::Pull => Ok(()),
+    }
+}
+
 /// Fewest endpoints in a group: one endpoint is a `url`.
 pub const ENDPOINTS_MIN: usize = 2;
 /// Most endpoints in a group.

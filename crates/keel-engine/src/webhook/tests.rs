@@ -278,6 +278,62 @@ async fn closed_port_is_retried_as_connection_refused() {
     assert!(error.ends_with("connection refused"), "{error}");
 }
 
+/// A client of `policy` in which `sink.example` resolves to 127.0.0.1.
+fn client_with_policy(policy: crate::egress::EgressPolicy) -> PushClient {
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let lookup = crate::egress::HostsTable::new().with("sink.example", &[loopback]);
+    let settings = WebhookSettings {
+        egress: policy,
+        lookup: Arc::new(lookup),
+        ..WebhookSettings::default()
+    };
+    SinkClients::new(&settings).unwrap().client(1)
+}
+
+// Goal: under the strict policy, a delivery, a stateful delivery and a health check aimed at
+// 127.0.0.1, by address or by a name resolving there, are refused as connections that never
+// reached the sink, with the policy's words, and the listener sees no connection; the
+// standard policy reaches it through the same name. (A subscription created before the
+// policy was made strict keeps its URL: each request is checked, not only the create.)
+// Method: the test kit's sink counts accepted connections; a hosts table names it.
+#[tokio::test]
+async fn strict_policy_refuses_each_request_to_loopback_without_connecting() {
+    let sink = Sink::start(policy::accept()).await;
+    let by_address = target(&sink);
+    let mut by_name = target(&sink);
+    by_name.url.set_host(Some("sink.example")).unwrap();
+    let client = client_with_policy(crate::egress::EgressPolicy::Strict);
+    let state = crate::subscription::KeyState {
+        state: None,
+        version: 0,
+    };
+    let allow = "denied by the strict egress policy; set webhooks.egress (--webhook-egress) to \
+                 \"standard\" to allow it";
+    for (target, from) in [(&by_address, ""), (&by_name, " (from sink.example)")] {
+        let expected = format!("sink address 127.0.0.1{from} is loopback, {allow}");
+        let refused = AttemptOutcome::ConnectionFailed {
+            error: expected.clone(),
+            unreached: true,
+        };
+        let outcome = client.deliver(target, &event(""), 1, TIMEOUT).await;
+        assert_eq!(outcome, refused);
+        let (outcome, _) = client
+            .deliver_stateful(target, &event(""), 1, TIMEOUT, &state)
+            .await;
+        assert_eq!(outcome, refused);
+        assert_eq!(client.probe(&target.url, TIMEOUT).await, Err(expected));
+    }
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a refused request reached the listener"
+    );
+    let standard = client_with_policy(crate::egress::EgressPolicy::Standard);
+    let outcome = standard.deliver(&by_name, &event(""), 1, TIMEOUT).await;
+    assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
+    assert_eq!(sink.connections(), 1);
+}
+
 // Goal: a connection dropped mid-answer is a retry, whether the status arrived or not (without
 // the status, a connection failure after the request reached the sink).
 // Method: the sink writes part of the status line, or a whole head and part of the body, and
