@@ -174,7 +174,9 @@ impl Engine {
             tokio::task::spawn_blocking(move || crate::webhook::SinkClients::new(&webhooks))
                 .await
                 .map_err(|_| EngineError::ShuttingDown)?
-                .map_err(|detail| EngineError::Topic(TopicError::InvalidConfig { detail }))?;
+                .map_err(|detail| EngineError::Settings {
+                    detail: format!("webhooks.ca_bundle: {detail}"),
+                })?;
         let metrics = Arc::new(Metrics::for_node(config.node.as_deref()));
         let pressure = Arc::new(Pressure::new(config.pressure, metrics.clone()));
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());

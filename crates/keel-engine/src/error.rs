@@ -31,6 +31,13 @@ pub enum EngineError {
     /// An alert rule.
     #[error(transparent)]
     Alert(#[from] AlertError),
+    /// An engine setting, found wrong when the engine opens (a CA bundle that cannot be
+    /// read, …).
+    #[error("invalid setting: {detail}")]
+    Settings {
+        /// Which setting and what is wrong with it.
+        detail: String,
+    },
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
@@ -75,6 +82,7 @@ impl EngineError {
             EngineError::Data(error) => error.class(),
             EngineError::Stream(error) => error.class(),
             EngineError::Alert(error) => error.class(),
+            EngineError::Settings { .. } => ErrorClass::Invalid,
             EngineError::ShuttingDown => ErrorClass::Unavailable,
         }
     }
