@@ -273,6 +273,46 @@ pub struct SinkSpec<Secret = String> {
     /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// The secret before the last rotation, which still signs each request beside `secret`
+    /// until its time ends (`POST /v1/subscriptions/{name}/secret/rotate`). Describe shows
+    /// its end, never the secret; it is left out once its time has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret<Secret>>,
+}
+
+/// A rotated-out signing secret in its overlap period: requests carry its signature too, so
+/// that a receiver still holding it verifies them until it switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "Secret: Deserialize<'de>"))]
+pub struct PreviousSecret<Secret = String> {
+    /// The previous secret (`whsec_…`); `null` in describe.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// When it stops signing (RFC 3339).
+    pub until: String,
+}
+
+/// The body of `POST /v1/subscriptions/{name}/secret/rotate`: how long the current secret
+/// keeps signing beside the new one, and the new secret (generated when left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecretRequest {
+    /// The overlap, as text (`"24h"`); left out or `"0s"`, the current secret stops at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// The new secret (`whsec_…`); left out, keel generates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The answer to a secret rotation: the new secret, shown this once, and until when the
+/// previous one still signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedSecret {
+    /// The new signing secret (`whsec_…`).
+    pub secret: String,
+    /// When the previous secret stops signing (RFC 3339); none without an overlap.
+    pub previous_secret_until: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -941,6 +981,7 @@ mod tests {
                 outlier_detection: OutlierPolicy::default(),
                 pause_after: None,
                 secret: Some("whsec_x".to_owned()),
+                previous_secret: None,
             }),
             start: StartPosition::Named(NamedPosition::Earliest),
             ordering: Ordering::Key,
@@ -1009,6 +1050,7 @@ mod tests {
             },
             pause_after: Some(Duration::from_secs(7200)),
             secret: None,
+            previous_secret: None,
         };
         assert_eq!(sink, expected);
         let checks_on = SinkSettings {

@@ -32,6 +32,7 @@ mod subscription_update;
 mod subscriptions;
 pub use cluster::{Placement, Tenure};
 pub use streams::Appended;
+pub use subscription_update::SecretRotated;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 
 /// Settings of an engine.

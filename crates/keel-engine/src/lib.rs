@@ -34,8 +34,8 @@ pub mod webhook;
 pub use alerts::{AlertNotice, RulePut, validate_alert_name, validate_alert_rule};
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SubscriptionCreated, Tenure,
-    UnavailablePartition, UnavailableSubscription,
+    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SecretRotated,
+    SubscriptionCreated, Tenure, UnavailablePartition, UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;

@@ -778,7 +778,17 @@ impl Subscription {
         let counters = &core.delivery.counters;
         let mut spec = shared.spec.clone();
         if let spec::Delivery::Push(sink) = &mut spec.delivery {
+            // Secrets are shown once, when keel makes them; describe shows only how long a
+            // rotated-out one still signs.
             sink.secret = None;
+            sink.previous_secret = sink.previous_secret.take().and_then(|previous| {
+                let ended = crate::clock::parse_rfc3339_ms(&previous.until)
+                    .is_none_or(|until_ms| until_ms <= now_ms());
+                (!ended).then_some(keel_api::subscriptions::PreviousSecret {
+                    secret: None,
+                    until: previous.until,
+                })
+            });
         }
         if spec.start == spec::StartPosition::Default {
             spec.start = spec::StartPosition::Named(spec::NamedPosition::Latest);

@@ -9,7 +9,8 @@
 //!   ids of printable ASCII without space, `"` or `%` unchanged);
 //! - `webhook-timestamp`: Unix seconds at the attempt;
 //! - `webhook-signature`: `v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
-//!   keyed with the subscription's [`WebhookSecret`].
+//!   keyed with the subscription's [`WebhookSecret`]; while a rotated-out secret's overlap
+//!   lasts, its own `v1,` signature follows after a space ([`SinkTarget::signatures`]).
 //!
 //! `keel-attempt: <n>` numbers the attempt (1 for the first).
 //!
@@ -122,8 +123,8 @@ pub enum AttemptOutcome {
 }
 
 /// Where and how to push a subscription's events. Serialises as
-/// `{"url": "https://…", "secret": "whsec_…"}`; `Debug` hides the secret and any password in
-/// the URL.
+/// `{"url": "https://…", "secret": "whsec_…"}` (the previous secret is not serialised);
+/// `Debug` hides the secrets and any password in the URL.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkTarget {
@@ -132,6 +133,34 @@ pub struct SinkTarget {
     pub url: Url,
     /// The key every request is signed with.
     pub secret: WebhookSecret,
+    /// The key before the last rotation, and when it stops signing (Unix milliseconds):
+    /// until then every request carries its signature too.
+    #[serde(skip)]
+    pub previous_secret: Option<(WebhookSecret, i64)>,
+}
+
+impl SinkTarget {
+    /// A target signed with `secret` alone.
+    pub fn new(url: Url, secret: WebhookSecret) -> SinkTarget {
+        SinkTarget {
+            url,
+            secret,
+            previous_secret: None,
+        }
+    }
+
+    /// The `webhook-signature` value for one message at `now_ms`: the current secret's
+    /// signature, then, while the previous secret's overlap lasts, its signature after a
+    /// space (Standard Webhooks: a space-delimited list, any of which may verify).
+    pub fn signatures(&self, msg_id: &str, timestamp_s: i64, body: &[u8], now_ms: i64) -> String {
+        let current = self.secret.sign(msg_id, timestamp_s, body);
+        match &self.previous_secret {
+            Some((previous, until_ms)) if now_ms < *until_ms => {
+                format!("{current} {}", previous.sign(msg_id, timestamp_s, body))
+            }
+            _ => current,
+        }
+    }
 }
 
 impl fmt::Debug for SinkTarget {
@@ -140,6 +169,10 @@ impl fmt::Debug for SinkTarget {
             .debug_struct("SinkTarget")
             .field("url", &redacted_url(&self.url).as_str())
             .field("secret", &self.secret)
+            .field(
+                "previous_secret_until_ms",
+                &self.previous_secret.as_ref().map(|(_, until_ms)| until_ms),
+            )
             .finish()
     }
 }
@@ -364,7 +397,8 @@ impl PushClient {
                 let mut request = request.header("keel-state-version", state.version.to_string());
                 if let Some(json) = &state.state {
                     let encoded = base64::engine::general_purpose::STANDARD.encode(json.as_bytes());
-                    let signature = target.secret.sign(&id, timestamp_s, encoded.as_bytes());
+                    let now_ms = crate::clock::now_ms();
+                    let signature = target.signatures(&id, timestamp_s, encoded.as_bytes(), now_ms);
                     request = request
                         .header("keel-state", header_value("keel-state", &encoded)?)
                         .header("keel-state-signature", signature);
@@ -423,7 +457,8 @@ impl PushClient {
     ) -> Result<Signed, String> {
         let parts = crate::event::http::binary_request(event_json)
             .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
-        let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
+        let now_ms = crate::clock::now_ms();
+        let signature = target.signatures(&parts.id, timestamp_s, &parts.body, now_ms);
         let mut headers = reqwest::header::HeaderMap::with_capacity(parts.headers.len() + 5);
         for (name, value) in &parts.headers {
             headers.insert(header_name(name)?, header_value(name, value)?);

@@ -79,10 +79,7 @@ fn rss_bytes() -> u64 {
 /// Delivers one event to `url` `CONCURRENT` times at once, each in a task; returns each
 /// outcome with how long its attempt took.
 async fn deliver_at_once(client: &PushClient, url: &Url) -> Vec<(AttemptOutcome, Duration)> {
-    let target = SinkTarget {
-        url: url.clone(),
-        secret: WebhookSecret::generate(),
-    };
+    let target = SinkTarget::new(url.clone(), WebhookSecret::generate());
     let event = r#"{"specversion":"1.0","id":"e-1","source":"/test","type":"t","data":"x"}"#;
     let mut attempts = tokio::task::JoinSet::new();
     for _ in 0..CONCURRENT {

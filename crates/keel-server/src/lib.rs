@@ -105,6 +105,10 @@ pub fn router(state: AppState) -> Router {
             post(subscriptions::resume),
         )
         .route("/v1/subscriptions/{name}/seek", post(subscriptions::seek))
+        .route(
+            "/v1/subscriptions/{name}/secret/rotate",
+            post(subscriptions::rotate_secret),
+        )
         .route("/v1/subscriptions/{name}/pull", post(subscriptions::pull))
         .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
         .route("/v1/subscriptions/{name}/nack", post(subscriptions::nack))
@@ -375,10 +379,10 @@ async fn open_engine(
                 let changed = created.changed.join(", ");
                 tracing::info!(subscription = %name, %changed, "applied the changed declaration [subscriptions.{name}]: updated in place, its progress kept");
             }
-            if let Some(secret) = created.secret {
-                // Declared without a secret: this is the only time it can be seen. Declaring
-                // `sink.secret` in the configuration avoids this.
-                tracing::warn!(subscription = %name, %secret, "generated the signing secret of a declared push subscription; store it now, it is not shown again");
+            if created.secret.is_some() {
+                // Declared without a secret: keel generated one. Secrets are never logged;
+                // declaring `sink.secret`, or a rotation (which shows the new one), gives it.
+                tracing::warn!(subscription = %name, "generated the signing secret of a declared push subscription; it is not logged: declare sink.secret, or get a new one with `keel sub rotate-secret {name}`");
             }
         }
         for (name, rule) in &config.alerts {

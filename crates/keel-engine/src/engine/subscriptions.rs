@@ -38,7 +38,7 @@ pub struct SubscriptionCreated {
 }
 
 impl Engine {
-    fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
+    pub(super) fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
         let running = self.inner.subscriptions.read().expect("subscriptions lock");
         if let Some(subscription) = running.get(name) {
             return Ok(subscription.clone());
@@ -133,12 +133,21 @@ impl Engine {
             }));
         }
         let mut secret = None;
-        if let Delivery::Push(sink) = &mut spec.delivery
-            && sink.secret.is_none()
-        {
-            let generated = WebhookSecret::generate();
-            sink.secret = Some(generated.clone());
-            secret = Some(generated);
+        if let Delivery::Push(sink) = &mut spec.delivery {
+            if sink.secret.is_none() {
+                let generated = WebhookSecret::generate();
+                sink.secret = Some(generated.clone());
+                secret = Some(generated);
+            }
+            // A previous secret as describe shows it (without the secret) is nothing to keep
+            // on a new subscription.
+            if sink
+                .previous_secret
+                .as_ref()
+                .is_some_and(|p| p.secret.is_none())
+            {
+                sink.previous_secret = None;
+            }
         }
         let starts = resolve_position(&topic, &spec.start)?;
         let create = move |storage: &dyn Storage, name: &str, spec: &SubscriptionSpec| {

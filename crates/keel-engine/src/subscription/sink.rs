@@ -5,13 +5,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use keel_api::subscriptions::{EndpointInfo, EndpointSpec, Strategy};
+use keel_api::subscriptions::{EndpointInfo, EndpointSpec, PreviousSecret, Strategy};
 
 use super::endpoints::{Change, EndpointGroup, Thresholds};
 use super::spec::SinkSpec;
 use crate::clock::format_rfc3339_ms;
 use crate::egress::EgressPolicy;
-use crate::webhook::{AttemptOutcome, SinkTarget, Url};
+use crate::webhook::{AttemptOutcome, SinkTarget, Url, WebhookSecret};
 
 /// A push subscription's sink.
 pub(crate) struct PushSink {
@@ -31,13 +31,22 @@ impl PushSink {
             .secret
             .clone()
             .ok_or("the push subscription has no signing secret")?;
+        let previous_secret = match &spec.previous_secret {
+            Some(previous) => Some(previous_key(previous)?),
+            None => None,
+        };
         let endpoints = endpoints_of(spec);
         let targets = endpoints
             .iter()
             .map(|endpoint| {
                 let url = crate::webhook::validate_sink_url(&endpoint.url)?;
                 let secret = secret.clone();
-                Ok(Arc::new(SinkTarget { url, secret }))
+                let previous_secret = previous_secret.clone();
+                Ok(Arc::new(SinkTarget {
+                    url,
+                    secret,
+                    previous_secret,
+                }))
             })
             .collect::<Result<Vec<_>, String>>()?;
         let thresholds = spec.health_check.as_ref().map(|check| Thresholds {
@@ -168,6 +177,21 @@ impl PushSink {
     pub(crate) fn url_of(&self, change: &Change) -> &Url {
         &self.targets[change.endpoint()].url
     }
+}
+
+/// A rotated-out secret and when it stops signing (Unix milliseconds).
+fn previous_key(previous: &PreviousSecret<WebhookSecret>) -> Result<(WebhookSecret, i64), String> {
+    let secret = previous
+        .secret
+        .clone()
+        .ok_or("sink.previous_secret has no secret")?;
+    let until_ms = crate::clock::parse_rfc3339_ms(&previous.until).ok_or_else(|| {
+        format!(
+            "sink.previous_secret.until {:?} is not an RFC 3339 time",
+            previous.until
+        )
+    })?;
+    Ok((secret, until_ms))
 }
 
 /// The endpoints of a sink spec: its group, or its one `url`.

@@ -147,6 +147,14 @@ fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
     if let Some(check) = &sink.health_check {
         validate_health_check(check)?;
     }
+    if let Some(previous) = &sink.previous_secret
+        && crate::clock::parse_rfc3339_ms(&previous.until).is_none()
+    {
+        return Err(format!(
+            "sink.previous_secret.until {:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z",
+            previous.until
+        ));
+    }
     let outlier = &sink.outlier_detection;
     if !(1..=1000).contains(&outlier.consecutive_failures) {
         return Err(
