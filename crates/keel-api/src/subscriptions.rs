@@ -273,6 +273,11 @@ pub struct SinkSpec<Secret = String> {
     /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// Run the CloudEvents webhook validation handshake (an `OPTIONS` request with
+    /// `WebHook-Request-Origin`) with every endpoint before delivering: no event is sent
+    /// until each answers 2xx with `WebHook-Allowed-Origin` naming keel (or `*`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake: bool,
     /// The secret before the last rotation, which still signs each request beside `secret`
     /// until its time ends (`POST /v1/subscriptions/{name}/secret/rotate`). Describe shows
     /// its end, never the secret; it is left out once its time has ended.
@@ -616,6 +621,10 @@ pub struct SinkSettings {
     /// The signing secret (`whsec_…`); left out, the server generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Run the CloudEvents webhook validation handshake before delivering; left out when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake: bool,
 }
 
 /// The health check settings a client sets in [`SinkSettings`]; each is
@@ -792,6 +801,10 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// healthy, ejected; empty for pull.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointInfo>,
+    /// A sink with `handshake`: where its validation handshake stands (`passed at …`, or why
+    /// delivery waits); none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<String>,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// Why it refuses service, when it does (its storage failed).
@@ -980,6 +993,7 @@ mod tests {
                 health_check: None,
                 outlier_detection: OutlierPolicy::default(),
                 pause_after: None,
+                handshake: false,
                 secret: Some("whsec_x".to_owned()),
                 previous_secret: None,
             }),
@@ -1049,6 +1063,7 @@ mod tests {
                 ..OutlierPolicy::default()
             },
             pause_after: Some(Duration::from_secs(7200)),
+            handshake: false,
             secret: None,
             previous_secret: None,
         };

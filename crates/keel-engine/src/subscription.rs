@@ -105,6 +105,9 @@ struct Core {
     redrive_acked: Vec<String>,
     /// A state rebuild is switching over: nothing is handed out (not stored: a crash ends it).
     rebuilding: bool,
+    /// A sink with `handshake`: where its validation handshake stands (`push/handshake.rs`).
+    /// In memory: each start of the dispatcher does the handshake again.
+    handshake: Option<String>,
 }
 
 /// Everything a subscription's tasks share.
@@ -522,6 +525,7 @@ impl Subscription {
                 sink_outages,
                 redrive_acked: Vec::new(),
                 rebuilding: false,
+                handshake: None,
             }),
             dlq_depth: std::sync::atomic::AtomicUsize::new(dlq.depth()),
             dlq_redriven: std::sync::atomic::AtomicBool::new(dlq.has_redriven()),
@@ -813,6 +817,7 @@ impl Subscription {
                 .as_ref()
                 .map(|sink| sink.describe(now_ms()))
                 .unwrap_or_default(),
+            handshake: core.handshake.clone(),
             last_error: counters
                 .last_error
                 .as_ref()

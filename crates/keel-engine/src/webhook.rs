@@ -72,6 +72,12 @@ pub const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C Trace Context vendor state, passed on from the event.
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The validation handshake's request: who asks to send (CloudEvents HTTP webhook §4.1).
+const WEBHOOK_REQUEST_ORIGIN: HeaderName = HeaderName::from_static("webhook-request-origin");
+/// The validation handshake's request: the rate asked for, in requests per minute.
+const WEBHOOK_REQUEST_RATE: HeaderName = HeaderName::from_static("webhook-request-rate");
+/// The validation handshake's answer: who may send (the origin asked, or `*`).
+const WEBHOOK_ALLOWED_ORIGIN: HeaderName = HeaderName::from_static("webhook-allowed-origin");
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for a connection to a sink (TCP and TLS handshakes): room for one lost SYN
@@ -226,6 +232,9 @@ mod url_text {
 pub struct SinkClients {
     resolver: Arc<GuardedResolver>,
     roots: Arc<[reqwest::Certificate]>,
+    origin: Arc<str>,
+    /// `origin` as a header value (checked when made).
+    origin_header: HeaderValue,
 }
 
 /// The settings sink clients are built from (`[webhooks]` in the server's config).
@@ -237,6 +246,9 @@ pub struct WebhookSettings {
     pub ca_bundle: Option<std::path::PathBuf>,
     /// How host names are resolved (the system's resolver; tests give a hosts table).
     pub lookup: Arc<dyn HostLookup>,
+    /// The name keel sends as `WebHook-Request-Origin` in validation handshakes, and as
+    /// `Origin` to sinks that passed one: a DNS name for this keel (all its nodes).
+    pub origin: String,
 }
 
 impl Default for WebhookSettings {
@@ -245,7 +257,34 @@ impl Default for WebhookSettings {
             egress: EgressPolicy::default(),
             ca_bundle: None,
             lookup: Arc::new(SystemLookup),
+            origin: default_origin(),
         }
+    }
+}
+
+/// Checks an origin: a host name (letters, digits, `-`, `.`), as the handshake's header
+/// carries it; the error names the setting.
+fn validate_origin(origin: &str) -> Result<HeaderValue, String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.');
+    if origin.is_empty() || origin.len() > 253 || !origin.chars().all(valid) {
+        return Err(format!(
+            "webhooks.origin {origin:?} is not a host name (letters, digits, '-' and '.', at most 253)"
+        ));
+    }
+    header_value("origin", origin)
+}
+
+/// The host's name (from `uname`), the handshake's origin when none is configured; `keel`
+/// when the host's name is not a valid origin.
+pub fn default_origin() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if validate_origin(&name).is_ok() {
+        name
+    } else {
+        "keel".to_owned()
     }
 }
 
@@ -253,6 +292,7 @@ impl SinkClients {
     /// Loads the roots (the system's and the bundle's) for `settings`; the error says what
     /// is wrong with the bundle.
     pub fn new(settings: &WebhookSettings) -> Result<SinkClients, String> {
+        let origin_header = validate_origin(&settings.origin)?;
         let roots = trust::load_roots(settings.ca_bundle.as_deref())?;
         Ok(SinkClients {
             resolver: Arc::new(GuardedResolver::new(
@@ -260,7 +300,19 @@ impl SinkClients {
                 settings.lookup.clone(),
             )),
             roots: roots.into(),
+            origin: settings.origin.as_str().into(),
+            origin_header,
         })
+    }
+
+    /// The origin as the `Origin` header of deliveries to a sink that agreed to it.
+    pub fn origin_header(&self) -> HeaderValue {
+        self.origin_header.clone()
+    }
+
+    /// The origin keel names itself by in validation handshakes.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The egress policy.
@@ -301,6 +353,7 @@ impl SinkClients {
         PushClient {
             client,
             policy: self.policy(),
+            origin: None,
         }
     }
 }
@@ -312,6 +365,9 @@ pub struct PushClient {
     client: reqwest::Client,
     /// Checks URLs whose host is an address (the resolver checks the others).
     policy: EgressPolicy,
+    /// The `Origin` header every delivery carries: for a sink that passed the validation
+    /// handshake, the origin it allowed.
+    origin: Option<HeaderValue>,
 }
 
 impl Default for PushClient {
@@ -328,6 +384,62 @@ impl PushClient {
             // Without a bundle, loading the roots cannot fail.
             .expect("the system's roots load")
             .client(IDLE_CONNECTIONS_PER_HOST_MAX)
+    }
+
+    /// The client with every delivery carrying `Origin: origin`, as the CloudEvents HTTP
+    /// webhook spec asks of a sender once a sink allowed that origin.
+    pub fn with_origin(mut self, origin: HeaderValue) -> PushClient {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The CloudEvents webhook validation handshake (HTTP webhook spec §4.1): `OPTIONS url`
+    /// with `WebHook-Request-Origin: origin` (and `WebHook-Request-Rate` when given, per
+    /// minute), within `timeout`. `Ok` when the sink answers 2xx with `WebHook-Allowed-Origin`
+    /// equal to `origin` or `*`; otherwise why not. (The callback variant, and enforcing a
+    /// `WebHook-Allowed-Rate`, are left out.)
+    pub async fn handshake(
+        &self,
+        url: &Url,
+        origin: &str,
+        rate_per_minute: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if let Some(error) = self.refused(url) {
+            return Err(error);
+        }
+        let mut request = self
+            .client
+            .request(reqwest::Method::OPTIONS, url.clone())
+            .header(WEBHOOK_REQUEST_ORIGIN, header_value("origin", origin)?);
+        if let Some(rate) = rate_per_minute {
+            request = request.header(WEBHOOK_REQUEST_RATE, rate.to_string());
+        }
+        let reply = match tokio::time::timeout(timeout, exchange(request, 0)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(failure_text(&error)),
+            Err(_elapsed) => {
+                return Err(format!(
+                    "no answer to the validation handshake within {}",
+                    crate::duration::format(timeout)
+                ));
+            }
+        };
+        let status = reply.status;
+        match reply.allowed_origin.as_deref().map(str::trim) {
+            Some(allowed)
+                if status.is_success()
+                    && (allowed == "*" || allowed.eq_ignore_ascii_case(origin)) =>
+            {
+                Ok(())
+            }
+            Some(allowed) => Err(format!(
+                "the validation handshake answered {status} allowing origin {allowed:?}, not {origin:?}"
+            )),
+            None => Err(format!(
+                "the validation handshake answered {status} without WebHook-Allowed-Origin: the sink did not agree to receive events from {origin:?}"
+            )),
+        }
     }
 
     /// The refusal of a request to `url` when its host is an address the policy denies.
@@ -475,6 +587,9 @@ impl PushClient {
         for (name, value) in signing {
             headers.insert(header_name(name)?, header_value(name, &value)?);
         }
+        if let Some(origin) = &self.origin {
+            headers.insert(reqwest::header::ORIGIN, origin.clone());
+        }
         let span = join_trace(&parts, &mut headers, attempt);
         let request = self
             .client
@@ -603,6 +718,7 @@ async fn exchange(
     };
     let location = header_text(LOCATION);
     let retry_after = header_text(RETRY_AFTER);
+    let allowed_origin = header_text(WEBHOOK_ALLOWED_ORIGIN);
     let mut body_start = Vec::new();
     let mut body = Vec::new();
     let mut body_bytes = 0;
@@ -632,6 +748,7 @@ async fn exchange(
         status: response.status(),
         location,
         retry_after,
+        allowed_origin,
         body_start,
         body,
         body_error,

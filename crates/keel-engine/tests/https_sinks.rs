@@ -188,8 +188,8 @@ async fn an_unusable_ca_bundle_is_refused_at_open() {
         };
         let text = error.to_string();
         assert!(
-            text.starts_with("invalid setting: webhooks.ca_bundle: ")
-                && text.contains(&bundle.display().to_string())
+            text.starts_with("invalid setting: ")
+                && text.contains(&format!("(webhooks.ca_bundle) {}", bundle.display()))
                 && text.contains(reason),
             "{text}"
         );

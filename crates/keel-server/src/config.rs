@@ -69,15 +69,19 @@ pub struct WebhooksSettings {
     pub egress: keel_engine::egress::EgressPolicy,
     /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's.
     pub ca_bundle: Option<PathBuf>,
+    /// The name keel gives as its origin in validation handshakes (default: the host name).
+    pub origin: Option<String>,
 }
 
 impl WebhooksSettings {
     /// The engine's settings for them (the system's resolver).
     pub fn engine_settings(&self) -> keel_engine::webhook::WebhookSettings {
+        let defaults = keel_engine::webhook::WebhookSettings::default();
         keel_engine::webhook::WebhookSettings {
             egress: self.egress,
             ca_bundle: self.ca_bundle.clone(),
-            ..keel_engine::webhook::WebhookSettings::default()
+            origin: self.origin.clone().unwrap_or(defaults.origin.clone()),
+            ..defaults
         }
     }
 }

@@ -777,7 +777,7 @@ async fn strict_egress_refuses_a_loopback_sink_with_a_problem() {
         data_dir: dir.path().to_owned(),
         webhooks: keel_server::WebhooksSettings {
             egress: keel_engine::egress::EgressPolicy::Strict,
-            ca_bundle: None,
+            ..keel_server::WebhooksSettings::default()
         },
         ..keel_server::ServerConfig::default()
     };
@@ -863,6 +863,115 @@ async fn rotated_secret_signs_beside_the_old_one_during_the_overlap() {
         "overlap must be at most 30d",
         "long overlap",
     );
+    server.stop().await;
+}
+
+/// A sink answering the validation handshake (`OPTIONS`) with `handshake`, and 200 to the rest.
+fn handshaking_sink_policy(handshake: Response) -> keel_testkit::sink::policy::Policy {
+    std::sync::Arc::new(move |request: &keel_testkit::sink::Request| {
+        if request.method() == "OPTIONS" {
+            handshake.clone().into()
+        } else {
+            keel_testkit::sink::Reply::status(200)
+        }
+    })
+}
+
+// Goal: with `sink.handshake`, no event reaches a sink before it passes the CloudEvents
+// validation handshake: a sink that answers `WebHook-Allowed-Origin` with keel's origin gets
+// the OPTIONS request (with `WebHook-Request-Origin`) first, then the event with `Origin`;
+// one that refuses (405, or 200 without the header) gets OPTIONS requests only, describe says
+// why, and nothing is dead-lettered. Method: three real sinks, keel's origin `keel.test`.
+#[tokio::test]
+async fn validation_handshake_comes_before_any_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        webhooks: keel_server::WebhooksSettings {
+            origin: Some("keel.test".to_owned()),
+            ..keel_server::WebhooksSettings::default()
+        },
+        ..keel_server::ServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (status, body) = server.put_topic("t", json!({"partitions": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let allowing = Response::new(200).header("WebHook-Allowed-Origin", "keel.test");
+    let agreeing = Sink::start(handshaking_sink_policy(allowing)).await;
+    let refusing = Sink::start(handshaking_sink_policy(Response::new(405))).await;
+    let silent = Sink::start(handshaking_sink_policy(Response::new(200))).await;
+    for (name, sink) in [
+        ("agreeing", &agreeing),
+        ("refusing", &refusing),
+        ("silent", &silent),
+    ] {
+        let sink_spec = json!({"sink": {"url": sink.url("/hook"), "handshake": true}});
+        create_push(&server, name, "t", &sink.url("/hook"), sink_spec).await;
+    }
+    publish_batch(&server, "t", vec![event("h-1", json!({}))]).await;
+
+    let seen = agreeing
+        .wait_for("the handshake, then the event", SOON, |exchanges| {
+            exchanges.len() >= 2
+        })
+        .await;
+    assert_eq!(seen[0].request.method(), "OPTIONS");
+    assert_eq!(
+        seen[0].request.header("webhook-request-origin"),
+        Some("keel.test")
+    );
+    assert_eq!(seen[1].request.method(), "POST");
+    assert_eq!(seen[1].request.header("origin"), Some("keel.test"));
+    let info = wait_describe(&server, "agreeing", "delivered", SOON, |info| {
+        info["delivered"] == 1
+    })
+    .await;
+    assert!(
+        info["handshake"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed at "),
+        "{info}"
+    );
+
+    for (name, sink, why) in [
+        (
+            "refusing",
+            &refusing,
+            "answered 405 Method Not Allowed without WebHook-Allowed-Origin",
+        ),
+        (
+            "silent",
+            &silent,
+            "answered 200 OK without WebHook-Allowed-Origin",
+        ),
+    ] {
+        let info = wait_describe(&server, name, "the refusal", SOON, |info| {
+            info["handshake"]
+                .as_str()
+                .is_some_and(|status| status.contains(why))
+        })
+        .await;
+        let status = info["handshake"].as_str().unwrap();
+        assert!(
+            status.starts_with("no event is delivered until the sink agrees: "),
+            "{info}"
+        );
+        assert_eq!(
+            (&info["delivered"], &info["dlq_depth"]),
+            (&json!(0), &json!(0)),
+            "{info}"
+        );
+        let methods: Vec<String> = sink
+            .exchanges()
+            .iter()
+            .map(|exchange| exchange.request.method().to_owned())
+            .collect();
+        assert!(
+            !methods.is_empty() && methods.iter().all(|m| m == "OPTIONS"),
+            "{methods:?}"
+        );
+    }
     server.stop().await;
 }
 

@@ -66,6 +66,11 @@ impl Deliveries {
         &self.shared.spec
     }
 
+    /// Records where the sink's validation handshake stands, for describe.
+    pub(super) fn set_handshake(&self, status: String) {
+        self.shared.core().handshake = Some(status);
+    }
+
     /// Builds the sink's HTTP clients.
     pub(super) fn sinks(&self) -> &crate::webhook::SinkClients {
         &self.shared.sinks

@@ -41,7 +41,8 @@ pub(crate) fn load_roots(ca_bundle: Option<&Path>) -> Result<Vec<Certificate>, S
 
 /// The certificates of a PEM bundle file: at least one, every one usable as a root.
 fn bundle(path: &Path) -> Result<Vec<Certificate>, String> {
-    let shown = path.display();
+    // Errors name the setting: they stop the engine from opening.
+    let shown = format!("(webhooks.ca_bundle) {}", path.display());
     let pem = std::fs::read(path)
         .map_err(|error| format!("cannot read the CA bundle {shown}: {error}"))?;
     let certificates = Certificate::from_pem_bundle(&pem)
