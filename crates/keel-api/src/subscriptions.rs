@@ -273,6 +273,51 @@ pub struct SinkSpec<Secret = String> {
     /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// Run the CloudEvents webhook validation handshake (an `OPTIONS` request with
+    /// `WebHook-Request-Origin`) with every endpoint before delivering: no event is sent
+    /// until each answers 2xx with `WebHook-Allowed-Origin` naming keel (or `*`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake: bool,
+    /// The secret before the last rotation, which still signs each request beside `secret`
+    /// until its time ends (`POST /v1/subscriptions/{name}/secret/rotate`). Describe shows
+    /// its end, never the secret; it is left out once its time has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<PreviousSecret<Secret>>,
+}
+
+/// A rotated-out signing secret in its overlap period: requests carry its signature too, so
+/// that a receiver still holding it verifies them until it switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, bound(deserialize = "Secret: Deserialize<'de>"))]
+pub struct PreviousSecret<Secret = String> {
+    /// The previous secret (`whsec_…`); `null` in describe.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// When it stops signing (RFC 3339).
+    pub until: String,
+}
+
+/// The body of `POST /v1/subscriptions/{name}/secret/rotate`: how long the current secret
+/// keeps signing beside the new one, and the new secret (generated when left out).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecretRequest {
+    /// The overlap, as text (`"24h"`); left out or `"0s"`, the current secret stops at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<String>,
+    /// The new secret (`whsec_…`); left out, keel generates one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The answer to a secret rotation: the new secret, shown this once, and until when the
+/// previous one still signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedSecret {
+    /// The new signing secret (`whsec_…`).
+    pub secret: String,
+    /// When the previous secret stops signing (RFC 3339); none without an overlap.
+    pub previous_secret_until: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -576,6 +621,10 @@ pub struct SinkSettings {
     /// The signing secret (`whsec_…`); left out, the server generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Run the CloudEvents webhook validation handshake before delivering; left out when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handshake: bool,
 }
 
 /// The health check settings a client sets in [`SinkSettings`]; each is
@@ -752,6 +801,10 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// healthy, ejected; empty for pull.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointInfo>,
+    /// A sink with `handshake`: where its validation handshake stands (`passed at …`, or why
+    /// delivery waits); none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<String>,
     /// The last failure.
     pub last_error: Option<LastError>,
     /// Why it refuses service, when it does (its storage failed).
@@ -940,7 +993,9 @@ mod tests {
                 health_check: None,
                 outlier_detection: OutlierPolicy::default(),
                 pause_after: None,
+                handshake: false,
                 secret: Some("whsec_x".to_owned()),
+                previous_secret: None,
             }),
             start: StartPosition::Named(NamedPosition::Earliest),
             ordering: Ordering::Key,
@@ -1008,7 +1063,9 @@ mod tests {
                 ..OutlierPolicy::default()
             },
             pause_after: Some(Duration::from_secs(7200)),
+            handshake: false,
             secret: None,
+            previous_secret: None,
         };
         assert_eq!(sink, expected);
         let checks_on = SinkSettings {

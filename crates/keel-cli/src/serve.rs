@@ -137,6 +137,26 @@ pub(crate) struct ServeArgs {
     /// this [config default: 5s]
     #[arg(long, env = "KEEL_LEASE_TTL", value_name = "DURATION", value_parser = keel_engine::duration::parse, help_heading = "Cluster mode")]
     pub(crate) lease_ttl: Option<std::time::Duration>,
+    /// Which addresses push sinks may connect to: standard (no link-local or cloud metadata
+    /// addresses), strict (public addresses only, for multi-tenant setups) or open
+    /// [config: webhooks.egress, default: standard]
+    #[arg(
+        long,
+        env = "KEEL_WEBHOOK_EGRESS",
+        value_name = "POLICY",
+        value_parser = str::parse::<keel_engine::egress::EgressPolicy>,
+        help_heading = "Webhooks"
+    )]
+    pub(crate) webhook_egress: Option<keel_engine::egress::EgressPolicy>,
+    /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's
+    /// roots [config: webhooks.ca_bundle]
+    #[arg(
+        long,
+        env = "KEEL_WEBHOOK_CA_BUNDLE",
+        value_name = "FILE",
+        help_heading = "Webhooks"
+    )]
+    pub(crate) webhook_ca_bundle: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -233,6 +253,12 @@ fn load_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
         cluster.tls_cert_file = Some(cert.clone());
         cluster.tls_key_file = Some(key.clone());
     }
+    if let Some(policy) = args.webhook_egress {
+        config.webhooks.egress = policy;
+    }
+    if let Some(bundle) = &args.webhook_ca_bundle {
+        config.webhooks.ca_bundle = Some(bundle.clone());
+    }
     Ok(config)
 }
 
@@ -304,6 +330,8 @@ mod tests {
             nats_ca: None,
             nats_cert: None,
             nats_key: None,
+            webhook_egress: None,
+            webhook_ca_bundle: None,
         }
     }
 
@@ -446,6 +474,11 @@ mod tests {
         ));
         names.extend(fields(
             serde_json::from_str::<keel_server::AuthSettings>(unknown)
+                .unwrap_err()
+                .to_string(),
+        ));
+        names.extend(fields(
+            serde_json::from_str::<keel_server::WebhooksSettings>(unknown)
                 .unwrap_err()
                 .to_string(),
         ));

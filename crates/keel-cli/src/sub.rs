@@ -15,8 +15,8 @@ use keel_api::pull::{AckResult, PulledMessage, SettleRequest};
 use keel_api::subscriptions::{
     self, CircuitSettings, CreatedSubscription, Delivery, DeliveryMode, EndpointInfo, EndpointSpec,
     HealthCheckSettings, NamedPosition, OutlierSettings, PartitionProgress, RetrySettings,
-    SinkSettings, SinkSpec, StartPosition, Strategy, SubscriptionInfo, SubscriptionSettings,
-    SubscriptionSpec,
+    RotateSecretRequest, SinkSettings, SinkSpec, StartPosition, Strategy, SubscriptionInfo,
+    SubscriptionSettings, SubscriptionSpec,
 };
 use keel_client::{Answer, Client, ClientError, Decode, Settlement, StatusCode};
 use keel_engine::subscription::spec::ENDPOINT_WEIGHT_MAX;
@@ -75,6 +75,19 @@ pub(crate) enum SubCommand {
         /// earliest, latest, or an RFC 3339 time (the first event appended at or after it)
         #[arg(long, value_name = "POSITION", value_parser = position_text)]
         to: String,
+    },
+    /// Give a push subscription a new signing secret, printed once; the current one keeps
+    /// signing beside it for --overlap, so receivers can switch without refusing a request
+    RotateSecret {
+        /// The subscription's name
+        name: String,
+        /// How long the current secret keeps signing beside the new one (e.g. 24h; at most
+        /// 30d) [default: 0s, it stops at once]
+        #[arg(long, value_name = "DURATION", value_parser = duration_text)]
+        overlap: Option<String>,
+        /// The new secret (whsec_…) [default: generated]
+        #[arg(long, value_name = "SECRET")]
+        secret: Option<String>,
     },
     /// Delete a subscription, its progress and its dead-letter queue
     Delete {
@@ -523,6 +536,27 @@ pub(crate) async fn run(client: &Client, command: SubCommand, json: bool) -> Res
                 json,
                 &format!("subscription {name} now reads from {to}\n"),
             )
+        }
+        SubCommand::RotateSecret {
+            name,
+            overlap,
+            secret,
+        } => {
+            let request = RotateSecretRequest { overlap, secret };
+            let reply = client.rotate_secret(&name, &request).await?;
+            let rotated = reply.value();
+            let until = match &rotated.previous_secret_until {
+                Some(until) => format!("the previous secret signs beside it until {until}"),
+                None => "the previous secret no longer signs".to_owned(),
+            };
+            let text = format!(
+                "rotated the signing secret of subscription {name}; {until}
+signing secret: {}
+(shown only once: store it now)
+",
+                rotated.secret
+            );
+            done(&reply, json, &text)
         }
         SubCommand::Delete { name } => {
             client.delete_subscription(&name).await?;

@@ -502,6 +502,26 @@ async fn cli_push_subscription_create_prints_the_generated_secret_once() {
         updated.contains("it is still paused (paused by an operator): keel sub resume hooks"),
         "{updated}"
     );
+    // A rotation prints the new secret once, with the overlap's end; describe shows neither.
+    let rotate = ["sub", "rotate-secret", "hooks", "--overlap", "1h"];
+    let rotated = stdout(&keel(url, &rotate));
+    let new_secret = rotated
+        .lines()
+        .find_map(|line| line.strip_prefix("signing secret: "))
+        .unwrap_or_else(|| panic!("no secret in {rotated}"));
+    assert!(
+        new_secret.starts_with("whsec_") && new_secret != secret,
+        "{rotated}"
+    );
+    assert!(
+        rotated.contains("the previous secret signs beside it until "),
+        "{rotated}"
+    );
+    let described = stdout(&keel(url, &["--json", "sub", "describe", "hooks"]));
+    assert!(
+        !described.contains(secret) && !described.contains(new_secret),
+        "{described}"
+    );
 }
 
 // Goal: subscription errors are one line with the server's detail and exit code 1 (2 for an

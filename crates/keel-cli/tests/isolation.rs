@@ -47,7 +47,7 @@ async fn bad_neighbours_do_not_starve_a_healthy_subscription() {
     }
 
     let alone = drain(&client, &keel, &healthy, "alone").await;
-    let rss_before = resident_bytes(&keel);
+    let rss_before = keel_testkit::process::resident_bytes(keel.pid());
     let neighbour = |url: String| {
         json!({"topic": "orders", "start": "earliest", "sink": {"url": url}, "max_in_flight": 50,
             "retry": {"max_attempts": 100, "initial": "100ms", "max": "1s"}})
@@ -87,7 +87,7 @@ async fn bad_neighbours_do_not_starve_a_healthy_subscription() {
         failing_info["in_flight"].as_u64().unwrap() <= 50,
         "{failing_info}"
     );
-    let growth = resident_bytes(&keel).saturating_sub(rss_before);
+    let growth = keel_testkit::process::resident_bytes(keel.pid()).saturating_sub(rss_before);
     assert!(growth < 100 << 20, "keel's memory grew by {growth} bytes");
 }
 
@@ -118,15 +118,4 @@ async fn drain(client: &reqwest::Client, keel: &KeelProcess, sink: &Sink, name: 
     )
     .await;
     started.elapsed()
-}
-
-/// keel's resident set size (`VmRSS`), in bytes.
-fn resident_bytes(keel: &KeelProcess) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", keel.pid())).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
 }

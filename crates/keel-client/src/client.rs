@@ -154,7 +154,9 @@ use keel_api::publish::PublishResults;
 use keel_api::pull::{AckResult, Pulled};
 use keel_api::read::Records;
 use keel_api::state::{KeyState, StateList};
-use keel_api::subscriptions::{CreatedSubscription, SubscriptionInfo, SubscriptionList};
+use keel_api::subscriptions::{
+    CreatedSubscription, RotatedSecret, SubscriptionInfo, SubscriptionList,
+};
 use keel_api::tokens::{CreatedToken, TokenList};
 use keel_api::topics::{TopicInfo, TopicList};
 
@@ -167,6 +169,7 @@ decode_owned!(
     CreatedSubscription,
     SubscriptionInfo,
     SubscriptionList,
+    RotatedSecret,
     AckResult,
     Redriven,
     Purged,

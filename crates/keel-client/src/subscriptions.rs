@@ -1,13 +1,13 @@
-//! Subscriptions: create, list, describe, delete, pause, resume, seek; and pull delivery:
-//! pull, ack (plain or stateful), nack, reject.
+//! Subscriptions: create, list, describe, delete, pause, resume, seek, rotate a push sink's
+//! signing secret; and pull delivery: pull, ack (plain or stateful), nack, reject.
 
 use std::time::Duration;
 
 use keel_api::pull::{AckResult, PullRequest, Pulled, SettleRequest};
 use keel_api::state::StatefulAck;
 use keel_api::subscriptions::{
-    CreatedSubscription, SeekRequest, StartPosition, SubscriptionInfo, SubscriptionList,
-    SubscriptionSettings,
+    CreatedSubscription, RotateSecretRequest, RotatedSecret, SeekRequest, StartPosition,
+    SubscriptionInfo, SubscriptionList, SubscriptionSettings,
 };
 use reqwest::Method;
 
@@ -136,6 +136,19 @@ impl Client {
     ) -> Result<Answer<SubscriptionInfo>, ClientError> {
         let body = Body::json(&SeekRequest { to })?;
         let path = ["v1", "subscriptions", name, "seek"];
+        self.call(Method::POST, &path, &[], Some(body)).await
+    }
+
+    /// `POST /v1/subscriptions/{name}/secret/rotate`: a new signing secret for a push
+    /// subscription (`request.secret`, or generated), shown in this answer only; the current
+    /// one keeps signing beside it for `request.overlap`.
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        request: &RotateSecretRequest,
+    ) -> Result<Answer<RotatedSecret>, ClientError> {
+        let body = Body::json(request)?;
+        let path = ["v1", "subscriptions", name, "secret", "rotate"];
         self.call(Method::POST, &path, &[], Some(body)).await
     }
 

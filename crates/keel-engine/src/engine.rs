@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::notices::Notices;
 use crate::pressure::{Pressure, PressureConfig};
 use crate::storage::{Area, DataDirDamage, DiskStorage, LogSettings, Record, Storage};
-use crate::subscription::Subscription;
+use crate::subscription::{Subscription, Surroundings};
 use crate::supervisor::Supervisor;
 use crate::topic::{EmitTargets, PublishResult, Topic, TopicInfo, TopicMap};
 
@@ -33,6 +33,7 @@ mod subscriptions;
 mod tokens;
 pub use cluster::{Placement, Tenure};
 pub use streams::Appended;
+pub use subscription_update::SecretRotated;
 pub use subscriptions::{SubscriptionCreated, UnavailableSubscription};
 
 /// Settings of an engine.
@@ -53,6 +54,8 @@ pub struct EngineConfig {
     pub pressure: PressureConfig,
     /// This engine's node id in a cluster: every metric carries it as the label `node`.
     pub node: Option<String>,
+    /// Push sinks' HTTP clients: the egress policy, trusted roots, the resolver.
+    pub webhooks: crate::webhook::WebhookSettings,
 }
 
 impl EngineConfig {
@@ -66,6 +69,7 @@ impl EngineConfig {
             alert_evaluation_interval: crate::limits::ALERT_EVALUATION_INTERVAL_DEFAULT,
             pressure: PressureConfig::default(),
             node: None,
+            webhooks: crate::webhook::WebhookSettings::default(),
         }
     }
 }
@@ -127,6 +131,8 @@ struct Inner {
     placement: Option<Arc<dyn Placement>>,
     /// The API tokens, as stored (`engine/tokens.rs`).
     tokens: crate::tokens::TokenCache,
+    /// Builds push sinks' HTTP clients (egress policy, trusted roots).
+    sinks: crate::webhook::SinkClients,
 }
 
 impl Engine {
@@ -167,6 +173,14 @@ impl Engine {
             }));
         }
         crate::pressure::validate(&config.pressure)?;
+        let webhooks = config.webhooks.clone();
+        let sinks =
+            tokio::task::spawn_blocking(move || crate::webhook::SinkClients::new(&webhooks))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?
+                .map_err(|detail| EngineError::Settings {
+                    detail: format!("webhooks.ca_bundle: {detail}"),
+                })?;
         let metrics = Arc::new(Metrics::for_node(config.node.as_deref()));
         let pressure = Arc::new(Pressure::new(config.pressure, metrics.clone()));
         let (recovery_storage, recovery_metrics) = (storage.clone(), metrics.clone());
@@ -174,23 +188,24 @@ impl Engine {
         let subscription_closing = closing.subscribe();
         let event_bytes_max = config.event_bytes_max;
         let hosts_all = placement.is_none();
+        let recovery_sinks = sinks.clone();
         let recovered = tokio::task::spawn_blocking(move || {
             let (topics, failed) = recover(&recovery_storage, &recovery_metrics)?;
-            let targets = EmitTargets {
-                topics: Arc::new(RwLock::new(topics)),
-                event_bytes_max,
+            let surroundings = Surroundings {
+                targets: EmitTargets {
+                    topics: Arc::new(RwLock::new(topics)),
+                    event_bytes_max,
+                },
+                metrics: recovery_metrics,
+                closing: subscription_closing,
+                sinks: recovery_sinks,
             };
             let subscriptions = if hosts_all {
-                subscriptions::recover(
-                    &recovery_storage,
-                    &targets,
-                    &recovery_metrics,
-                    &subscription_closing,
-                )?
+                subscriptions::recover(&recovery_storage, &surroundings)?
             } else {
                 Default::default()
             };
-            Ok::<_, EngineError>((targets.topics, failed, subscriptions))
+            Ok::<_, EngineError>((surroundings.targets.topics, failed, subscriptions))
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;
@@ -230,6 +245,7 @@ impl Engine {
                 pressure,
                 placement,
                 tokens: Default::default(),
+                sinks,
             }),
         };
         engine.create_notices_topic().await;
@@ -586,6 +602,20 @@ impl Engine {
 }
 
 impl Inner {
+    /// What a subscription opened now is given: the topics, metrics, shutdown signal and sink
+    /// clients.
+    fn surroundings(&self) -> Surroundings {
+        Surroundings {
+            targets: EmitTargets {
+                topics: self.topics.clone(),
+                event_bytes_max: self.config.event_bytes_max,
+            },
+            metrics: self.metrics.clone(),
+            closing: self.closing.subscribe(),
+            sinks: self.sinks.clone(),
+        }
+    }
+
     /// The subscriptions now, without holding the lock afterwards.
     fn subscriptions_snapshot(&self) -> Vec<Arc<Subscription>> {
         self.subscriptions

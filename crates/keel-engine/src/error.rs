@@ -34,6 +34,13 @@ pub enum EngineError {
     /// An API token.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// An engine setting, found wrong when the engine opens (a CA bundle that cannot be
+    /// read, …).
+    #[error("invalid setting: {detail}")]
+    Settings {
+        /// Which setting and what is wrong with it.
+        detail: String,
+    },
     /// The engine is shutting down.
     #[error("keel is shutting down")]
     ShuttingDown,
@@ -79,6 +86,7 @@ impl EngineError {
             EngineError::Stream(error) => error.class(),
             EngineError::Alert(error) => error.class(),
             EngineError::Token(error) => error.class(),
+            EngineError::Settings { .. } => ErrorClass::Invalid,
             EngineError::ShuttingDown => ErrorClass::Unavailable,
         }
     }

@@ -9,6 +9,7 @@ mod alerts;
 pub mod clock;
 pub mod config;
 mod dedupe;
+pub mod egress;
 mod engine;
 pub mod error;
 pub mod event;
@@ -34,8 +35,8 @@ pub mod webhook;
 pub use alerts::{AlertNotice, RulePut, validate_alert_name, validate_alert_rule};
 pub use config::{FsyncPolicy, Retention, TopicConfig};
 pub use engine::{
-    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SubscriptionCreated, Tenure,
-    UnavailablePartition, UnavailableSubscription,
+    Appended, Created, Engine, EngineConfig, Placement, ReadBatch, SecretRotated,
+    SubscriptionCreated, Tenure, UnavailablePartition, UnavailableSubscription,
 };
 pub use error::EngineError;
 pub use event::Event;

@@ -64,6 +64,9 @@ pub const SUBSCRIPTION_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const LANE_PENDING_BYTES_MIN: usize = 256 * 1024;
 /// Longest ack timeout.
 pub const ACK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Longest overlap of a signing secret's rotation: how long the previous secret may keep
+/// signing beside the new one.
+pub const SECRET_OVERLAP_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 /// Most attempts a retry policy may allow.
 pub const RETRY_ATTEMPTS_MAX: u32 = 100;
 /// Longest wait between attempts (also caps a sink's `Retry-After`).

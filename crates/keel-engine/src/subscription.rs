@@ -105,6 +105,9 @@ struct Core {
     redrive_acked: Vec<String>,
     /// A state rebuild is switching over: nothing is handed out (not stored: a crash ends it).
     rebuilding: bool,
+    /// A sink with `handshake`: where its validation handshake stands (`push/handshake.rs`).
+    /// In memory: each start of the dispatcher does the handshake again.
+    handshake: Option<String>,
 }
 
 /// Everything a subscription's tasks share.
@@ -135,6 +138,8 @@ struct Shared {
     boot: u32,
     /// The engine's shutdown signal (ends long polls early).
     closing: watch::Receiver<bool>,
+    /// Builds the sink's HTTP clients (egress policy, trusted roots).
+    sinks: crate::webhook::SinkClients,
     /// A stateful subscription's per-key state.
     keyed: Option<KeyedState>,
     /// Where a stateful subscription's handlers may emit events.
@@ -423,6 +428,19 @@ impl Attached {
     }
 }
 
+/// What the engine gives each subscription it opens, beside its spec and logs.
+#[derive(Clone)]
+pub(crate) struct Surroundings {
+    /// The topics a stateful subscription's handlers may emit to.
+    pub(crate) targets: EmitTargets,
+    /// The engine's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The engine's shutdown signal.
+    pub(crate) closing: watch::Receiver<bool>,
+    /// Builds the HTTP clients of push sinks, their health checks and handshakes.
+    pub(crate) sinks: crate::webhook::SinkClients,
+}
+
 /// A subscription as describe shows it, its spec as the engine holds it.
 pub type SubscriptionInfo = keel_api::subscriptions::SubscriptionInfo<
     crate::filter::Filters,
@@ -437,11 +455,15 @@ impl Subscription {
         name: &str,
         spec: SubscriptionSpec,
         logs: SubscriptionLogs,
-        targets: EmitTargets,
         topic: Arc<Topic>,
-        metrics: Arc<Metrics>,
-        closing: watch::Receiver<bool>,
+        surroundings: &Surroundings,
     ) -> Result<Self, EngineError> {
+        let Surroundings {
+            targets,
+            metrics,
+            closing,
+            sinks,
+        } = surroundings.clone();
         let keyed = logs
             .state
             .map(|state| KeyedState::open(name, state, targets.clone()))
@@ -503,6 +525,7 @@ impl Subscription {
                 sink_outages,
                 redrive_acked: Vec::new(),
                 rebuilding: false,
+                handshake: None,
             }),
             dlq_depth: std::sync::atomic::AtomicUsize::new(dlq.depth()),
             dlq_redriven: std::sync::atomic::AtomicBool::new(dlq.has_redriven()),
@@ -516,6 +539,7 @@ impl Subscription {
             closing,
             keyed,
             targets,
+            sinks,
             tenure: std::sync::OnceLock::new(),
         });
         // A crash may have come between a rebuild and the removal of older entries.
@@ -758,7 +782,17 @@ impl Subscription {
         let counters = &core.delivery.counters;
         let mut spec = shared.spec.clone();
         if let spec::Delivery::Push(sink) = &mut spec.delivery {
+            // Secrets are shown once, when keel makes them; describe shows only how long a
+            // rotated-out one still signs.
             sink.secret = None;
+            sink.previous_secret = sink.previous_secret.take().and_then(|previous| {
+                let ended = crate::clock::parse_rfc3339_ms(&previous.until)
+                    .is_none_or(|until_ms| until_ms <= now_ms());
+                (!ended).then_some(keel_api::subscriptions::PreviousSecret {
+                    secret: None,
+                    until: previous.until,
+                })
+            });
         }
         if spec.start == spec::StartPosition::Default {
             spec.start = spec::StartPosition::Named(spec::NamedPosition::Latest);
@@ -783,6 +817,7 @@ impl Subscription {
                 .as_ref()
                 .map(|sink| sink.describe(now_ms()))
                 .unwrap_or_default(),
+            handshake: core.handshake.clone(),
             last_error: counters
                 .last_error
                 .as_ref()

@@ -9,7 +9,8 @@
 //!   ids of printable ASCII without space, `"` or `%` unchanged);
 //! - `webhook-timestamp`: Unix seconds at the attempt;
 //! - `webhook-signature`: `v1,` + base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
-//!   keyed with the subscription's [`WebhookSecret`].
+//!   keyed with the subscription's [`WebhookSecret`]; while a rotated-out secret's overlap
+//!   lasts, its own `v1,` signature follows after a space ([`SinkTarget::signatures`]).
 //!
 //! `keel-attempt: <n>` numbers the attempt (1 for the first).
 //!
@@ -35,17 +36,20 @@
 
 mod response;
 mod signature;
+mod trust;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, LOCATION, RETRY_AFTER};
 use tracing::Instrument as _;
 
+use crate::egress::{EgressPolicy, GuardedResolver, HostLookup, SystemLookup};
 use crate::trace_context::TraceContext;
 
 pub use reqwest::Url;
@@ -68,6 +72,12 @@ pub const IDLE_CONNECTIONS_PER_HOST_MAX: usize = 64;
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The W3C Trace Context vendor state, passed on from the event.
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// The validation handshake's request: who asks to send (CloudEvents HTTP webhook §4.1).
+const WEBHOOK_REQUEST_ORIGIN: HeaderName = HeaderName::from_static("webhook-request-origin");
+/// The validation handshake's request: the rate asked for, in requests per minute.
+const WEBHOOK_REQUEST_RATE: HeaderName = HeaderName::from_static("webhook-request-rate");
+/// The validation handshake's answer: who may send (the origin asked, or `*`).
+const WEBHOOK_ALLOWED_ORIGIN: HeaderName = HeaderName::from_static("webhook-allowed-origin");
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for a connection to a sink (TCP and TLS handshakes): room for one lost SYN
@@ -119,8 +129,8 @@ pub enum AttemptOutcome {
 }
 
 /// Where and how to push a subscription's events. Serialises as
-/// `{"url": "https://…", "secret": "whsec_…"}`; `Debug` hides the secret and any password in
-/// the URL.
+/// `{"url": "https://…", "secret": "whsec_…"}` (the previous secret is not serialised);
+/// `Debug` hides the secrets and any password in the URL.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkTarget {
@@ -129,6 +139,34 @@ pub struct SinkTarget {
     pub url: Url,
     /// The key every request is signed with.
     pub secret: WebhookSecret,
+    /// The key before the last rotation, and when it stops signing (Unix milliseconds):
+    /// until then every request carries its signature too.
+    #[serde(skip)]
+    pub previous_secret: Option<(WebhookSecret, i64)>,
+}
+
+impl SinkTarget {
+    /// A target signed with `secret` alone.
+    pub fn new(url: Url, secret: WebhookSecret) -> SinkTarget {
+        SinkTarget {
+            url,
+            secret,
+            previous_secret: None,
+        }
+    }
+
+    /// The `webhook-signature` value for one message at `now_ms`: the current secret's
+    /// signature, then, while the previous secret's overlap lasts, its signature after a
+    /// space (Standard Webhooks: a space-delimited list, any of which may verify).
+    pub fn signatures(&self, msg_id: &str, timestamp_s: i64, body: &[u8], now_ms: i64) -> String {
+        let current = self.secret.sign(msg_id, timestamp_s, body);
+        match &self.previous_secret {
+            Some((previous, until_ms)) if now_ms < *until_ms => {
+                format!("{current} {}", previous.sign(msg_id, timestamp_s, body))
+            }
+            _ => current,
+        }
+    }
 }
 
 impl fmt::Debug for SinkTarget {
@@ -137,6 +175,10 @@ impl fmt::Debug for SinkTarget {
             .debug_struct("SinkTarget")
             .field("url", &redacted_url(&self.url).as_str())
             .field("secret", &self.secret)
+            .field(
+                "previous_secret_until_ms",
+                &self.previous_secret.as_ref().map(|(_, until_ms)| until_ms),
+            )
             .finish()
     }
 }
@@ -184,12 +226,148 @@ mod url_text {
     }
 }
 
-/// Sends events to sinks. Cheap to clone (one shared connection pool): keep-alive and pooling
-/// per host, redirects never followed, user agent `keel/<version>`, https through rustls with
-/// the Mozilla root certificates (webpki-roots).
+/// What every sink client of an engine shares: the egress policy's resolver and the roots
+/// HTTPS sinks are verified against (`trust.rs`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SinkClients {
+    resolver: Arc<GuardedResolver>,
+    roots: Arc<[reqwest::Certificate]>,
+    origin: Arc<str>,
+    /// `origin` as a header value (checked when made).
+    origin_header: HeaderValue,
+}
+
+/// The settings sink clients are built from (`[webhooks]` in the server's config).
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Which addresses sink requests may connect to.
+    pub egress: EgressPolicy,
+    /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's.
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// How host names are resolved (the system's resolver; tests give a hosts table).
+    pub lookup: Arc<dyn HostLookup>,
+    /// The name keel sends as `WebHook-Request-Origin` in validation handshakes, and as
+    /// `Origin` to sinks that passed one: a DNS name for this keel (all its nodes).
+    pub origin: String,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            egress: EgressPolicy::default(),
+            ca_bundle: None,
+            lookup: Arc::new(SystemLookup),
+            origin: default_origin(),
+        }
+    }
+}
+
+/// Checks an origin: a host name (letters, digits, `-`, `.`), as the handshake's header
+/// carries it; the error names the setting.
+fn validate_origin(origin: &str) -> Result<HeaderValue, String> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.');
+    if origin.is_empty() || origin.len() > 253 || !origin.chars().all(valid) {
+        return Err(format!(
+            "webhooks.origin {origin:?} is not a host name (letters, digits, '-' and '.', at most 253)"
+        ));
+    }
+    header_value("origin", origin)
+}
+
+/// The host's name (from `uname`), the handshake's origin when none is configured; `keel`
+/// when the host's name is not a valid origin.
+pub fn default_origin() -> String {
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if validate_origin(&name).is_ok() {
+        name
+    } else {
+        "keel".to_owned()
+    }
+}
+
+impl SinkClients {
+    /// Loads the roots (the system's and the bundle's) for `settings`; the error says what
+    /// is wrong with the bundle.
+    pub fn new(settings: &WebhookSettings) -> Result<SinkClients, String> {
+        let origin_header = validate_origin(&settings.origin)?;
+        let roots = trust::load_roots(settings.ca_bundle.as_deref())?;
+        Ok(SinkClients {
+            resolver: Arc::new(GuardedResolver::new(
+                settings.egress,
+                settings.lookup.clone(),
+            )),
+            roots: roots.into(),
+            origin: settings.origin.as_str().into(),
+            origin_header,
+        })
+    }
+
+    /// The origin as the `Origin` header of deliveries to a sink that agreed to it.
+    pub fn origin_header(&self) -> HeaderValue {
+        self.origin_header.clone()
+    }
+
+    /// The origin keel names itself by in validation handshakes.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The egress policy.
+    pub fn policy(&self) -> EgressPolicy {
+        self.resolver.policy()
+    }
+
+    /// A client with its own connection pool, keeping up to `idle_max` idle connections per
+    /// host: a subscription passes its `max_in_flight`, so every concurrent delivery finds a
+    /// kept-alive connection instead of opening (and closing) one (measured: with 64 kept and
+    /// 1,000 in flight, over half of all deliveries opened a new connection).
+    ///
+    /// Keep-alive and pooling per host, redirects never followed, user agent
+    /// `keel/<version>`, every new connection's addresses checked by the egress policy, no
+    /// proxy from the environment (a proxy would resolve names behind the policy's back),
+    /// https through rustls with the loaded roots only.
+    pub fn client(&self, idle_max: usize) -> PushClient {
+        let builder = reqwest::Client::builder()
+            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(self.resolver.clone())
+            .tls_built_in_root_certs(false)
+            .pool_max_idle_per_host(idle_max.max(1))
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT);
+        let client = self
+            .roots
+            .iter()
+            .fold(builder, |builder, root| {
+                builder.add_root_certificate(root.clone())
+            })
+            .build()
+            // Building fails only for a TLS backend that cannot start, bad custom settings or
+            // a root rustls refuses: the roots were checked when loaded (`trust.rs`) and the
+            // other settings are fixed.
+            .expect("the HTTP client's checked configuration builds");
+        PushClient {
+            client,
+            policy: self.policy(),
+            origin: None,
+        }
+    }
+}
+
+/// Sends events to sinks. Cheap to clone (one shared connection pool); made by
+/// [`SinkClients::client`].
 #[derive(Debug, Clone)]
 pub struct PushClient {
     client: reqwest::Client,
+    /// Checks URLs whose host is an address (the resolver checks the others).
+    policy: EgressPolicy,
+    /// The `Origin` header every delivery carries: for a sink that passed the validation
+    /// handshake, the origin it allowed.
+    origin: Option<HeaderValue>,
 }
 
 impl Default for PushClient {
@@ -199,28 +377,77 @@ impl Default for PushClient {
 }
 
 impl PushClient {
-    /// A client with its own connection pool, keeping up to
-    /// [`IDLE_CONNECTIONS_PER_HOST_MAX`] idle connections per host.
+    /// A client of the default settings (the standard egress policy, the system's resolver
+    /// and roots), keeping up to [`IDLE_CONNECTIONS_PER_HOST_MAX`] idle connections per host.
     pub fn new() -> PushClient {
-        Self::with_idle_connections(IDLE_CONNECTIONS_PER_HOST_MAX)
+        SinkClients::new(&WebhookSettings::default())
+            // Without a bundle, loading the roots cannot fail.
+            .expect("the system's roots load")
+            .client(IDLE_CONNECTIONS_PER_HOST_MAX)
     }
 
-    /// A client keeping up to `idle_max` idle connections per host: a subscription passes its
-    /// `max_in_flight`, so every concurrent delivery finds a kept-alive connection instead of
-    /// opening (and closing) one (measured: with 64 kept and 1,000 in flight, over half of all
-    /// deliveries opened a new connection).
-    pub fn with_idle_connections(idle_max: usize) -> PushClient {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(idle_max.max(1))
-            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            // Building fails only for a TLS backend that cannot start or bad custom settings;
-            // rustls with built-in roots and these fixed settings always build.
-            .expect("the HTTP client's fixed configuration builds");
-        PushClient { client }
+    /// The client with every delivery carrying `Origin: origin`, as the CloudEvents HTTP
+    /// webhook spec asks of a sender once a sink allowed that origin.
+    pub fn with_origin(mut self, origin: HeaderValue) -> PushClient {
+        self.origin = Some(origin);
+        self
+    }
+
+    /// The CloudEvents webhook validation handshake (HTTP webhook spec §4.1): `OPTIONS url`
+    /// with `WebHook-Request-Origin: origin` (and `WebHook-Request-Rate` when given, per
+    /// minute), within `timeout`. `Ok` when the sink answers 2xx with `WebHook-Allowed-Origin`
+    /// equal to `origin` or `*`; otherwise why not. (The callback variant, and enforcing a
+    /// `WebHook-Allowed-Rate`, are left out.)
+    pub async fn handshake(
+        &self,
+        url: &Url,
+        origin: &str,
+        rate_per_minute: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if let Some(error) = self.refused(url) {
+            return Err(error);
+        }
+        let mut request = self
+            .client
+            .request(reqwest::Method::OPTIONS, url.clone())
+            .header(WEBHOOK_REQUEST_ORIGIN, header_value("origin", origin)?);
+        if let Some(rate) = rate_per_minute {
+            request = request.header(WEBHOOK_REQUEST_RATE, rate.to_string());
+        }
+        let reply = match tokio::time::timeout(timeout, exchange(request, 0)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => return Err(failure_text(&error)),
+            Err(_elapsed) => {
+                return Err(format!(
+                    "no answer to the validation handshake within {}",
+                    crate::duration::format(timeout)
+                ));
+            }
+        };
+        let status = reply.status;
+        match reply.allowed_origin.as_deref().map(str::trim) {
+            Some(allowed)
+                if status.is_success()
+                    && (allowed == "*" || allowed.eq_ignore_ascii_case(origin)) =>
+            {
+                Ok(())
+            }
+            Some(allowed) => Err(format!(
+                "the validation handshake answered {status} allowing origin {allowed:?}, not {origin:?}"
+            )),
+            None => Err(format!(
+                "the validation handshake answered {status} without WebHook-Allowed-Origin: the sink did not agree to receive events from {origin:?}"
+            )),
+        }
+    }
+
+    /// The refusal of a request to `url` when its host is an address the policy denies.
+    fn refused(&self, url: &Url) -> Option<String> {
+        self.policy
+            .check_url(url)
+            .err()
+            .map(|denied| denied.to_string())
     }
 
     /// Delivers one event: `event_json` is its stored CloudEvents JSON object, `attempt` the
@@ -237,6 +464,9 @@ impl PushClient {
         attempt: u32,
         timeout: Duration,
     ) -> AttemptOutcome {
+        if let Some(error) = self.refused(&target.url) {
+            return refusal(error);
+        }
         let timestamp_s = crate::clock::now_ms() / 1000;
         let (request, span) = match self.signed_request(target, event_json, attempt, timestamp_s) {
             Ok(signed) => (signed.request, signed.span),
@@ -269,6 +499,9 @@ impl PushClient {
         timeout: Duration,
         state: &crate::subscription::KeyState,
     ) -> (AttemptOutcome, Vec<u8>) {
+        if let Some(error) = self.refused(&target.url) {
+            return (refusal(error), Vec::new());
+        }
         let timestamp_s = crate::clock::now_ms() / 1000;
         let request = self
             .signed_request(target, event_json, attempt, timestamp_s)
@@ -276,7 +509,8 @@ impl PushClient {
                 let mut request = request.header("keel-state-version", state.version.to_string());
                 if let Some(json) = &state.state {
                     let encoded = base64::engine::general_purpose::STANDARD.encode(json.as_bytes());
-                    let signature = target.secret.sign(&id, timestamp_s, encoded.as_bytes());
+                    let now_ms = crate::clock::now_ms();
+                    let signature = target.signatures(&id, timestamp_s, encoded.as_bytes(), now_ms);
                     request = request
                         .header("keel-state", header_value("keel-state", &encoded)?)
                         .header("keel-state-signature", signature);
@@ -309,11 +543,14 @@ impl PushClient {
     /// An endpoint's health check: `GET url`. `Ok` for a 2xx answer within `timeout` (its
     /// body read up to [`RESPONSE_BYTES_MAX`]), else why not.
     pub async fn probe(&self, url: &Url, timeout: Duration) -> Result<(), String> {
+        if let Some(error) = self.refused(url) {
+            return Err(error);
+        }
         let request = self.client.get(url.clone());
         match tokio::time::timeout(timeout, exchange(request, 0)).await {
             Ok(Ok(reply)) if reply.status.is_success() => Ok(()),
             Ok(Ok(reply)) => Err(format!("the health check answered {}", reply.status)),
-            Ok(Err(error)) => Err(response::transport_error(&error)),
+            Ok(Err(error)) => Err(failure_text(&error)),
             Err(_elapsed) => Err(format!(
                 "the health check had no answer within {}",
                 crate::duration::format(timeout)
@@ -332,7 +569,8 @@ impl PushClient {
     ) -> Result<Signed, String> {
         let parts = crate::event::http::binary_request(event_json)
             .map_err(|error| format!("cannot build the request from the stored event: {error}"))?;
-        let signature = target.secret.sign(&parts.id, timestamp_s, &parts.body);
+        let now_ms = crate::clock::now_ms();
+        let signature = target.signatures(&parts.id, timestamp_s, &parts.body, now_ms);
         let mut headers = reqwest::header::HeaderMap::with_capacity(parts.headers.len() + 5);
         for (name, value) in &parts.headers {
             headers.insert(header_name(name)?, header_value(name, value)?);
@@ -348,6 +586,9 @@ impl PushClient {
         ];
         for (name, value) in signing {
             headers.insert(header_name(name)?, header_value(name, &value)?);
+        }
+        if let Some(origin) = &self.origin {
+            headers.insert(reqwest::header::ORIGIN, origin.clone());
         }
         let span = join_trace(&parts, &mut headers, attempt);
         let request = self
@@ -421,11 +662,30 @@ fn transport_failure(error: String) -> AttemptOutcome {
     }
 }
 
+/// A request the egress policy refused: it never reached the sink, as a connection that
+/// cannot be made (the circuit breaker judges the sink; the event's attempts are not spent
+/// while it is open).
+fn refusal(error: String) -> AttemptOutcome {
+    AttemptOutcome::ConnectionFailed {
+        error,
+        unreached: true,
+    }
+}
+
 /// A request that got no answer: its connection failed, before or after the request went out.
 fn connection_failure(error: &reqwest::Error) -> AttemptOutcome {
     AttemptOutcome::ConnectionFailed {
-        error: response::transport_error(error),
+        error: failure_text(error),
         unreached: error.is_connect(),
+    }
+}
+
+/// Words a failed request: the egress policy's refusal alone when it refused the connection
+/// (the resolver's), otherwise the stage and causes (`response::transport_error`).
+fn failure_text(error: &reqwest::Error) -> String {
+    match crate::egress::denial_in(error) {
+        Some(denied) => denied.to_string(),
+        None => response::transport_error(error),
     }
 }
 
@@ -458,6 +718,7 @@ async fn exchange(
     };
     let location = header_text(LOCATION);
     let retry_after = header_text(RETRY_AFTER);
+    let allowed_origin = header_text(WEBHOOK_ALLOWED_ORIGIN);
     let mut body_start = Vec::new();
     let mut body = Vec::new();
     let mut body_bytes = 0;
@@ -487,6 +748,7 @@ async fn exchange(
         status: response.status(),
         location,
         retry_after,
+        allowed_origin,
         body_start,
         body,
         body_error,

@@ -80,7 +80,7 @@ async fn standard_webhooks_library_verifies_pushes() {
     let secret = WebhookSecret::generate();
     let (_sink, url) = start_sink(&secret, dir.path()).await;
     let client = PushClient::new();
-    let target = SinkTarget { url, secret };
+    let target = SinkTarget::new(url, secret);
     for (attempt, event) in (1..).zip(EVENTS) {
         let outcome = client.deliver(&target, event, attempt, TIMEOUT).await;
         assert_eq!(
@@ -90,10 +90,7 @@ async fn standard_webhooks_library_verifies_pushes() {
         );
     }
 
-    let forged = SinkTarget {
-        url: target.url.clone(),
-        secret: WebhookSecret::generate(),
-    };
+    let forged = SinkTarget::new(target.url.clone(), WebhookSecret::generate());
     let outcome = client.deliver(&forged, EVENTS[0], 1, TIMEOUT).await;
     assert_eq!(
         outcome,
@@ -101,5 +98,45 @@ async fn standard_webhooks_library_verifies_pushes() {
             status: 401,
             error: "401 Unauthorized: signature rejected: No matching signature found".to_owned(),
         }
+    );
+}
+
+// Goal: during a secret rotation's overlap, the official Standard Webhooks library verifies a
+// push with the previous secret and with the new one (two signatures in `webhook-signature`),
+// and once the overlap ends only with the new one. Method: two Python sinks, one holding the
+// old secret and one the new; push with the previous secret in its overlap, then ended.
+#[tokio::test]
+async fn standard_webhooks_library_verifies_either_secret_during_a_rotation() {
+    if std::env::var("KEEL_INTEROP").as_deref() != Ok("1") {
+        println!("skipped: set KEEL_INTEROP=1 (scripts/interop.sh does) to run this check");
+        return;
+    }
+    let (old, new) = (WebhookSecret::generate(), WebhookSecret::generate());
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_old_sink, old_url) = start_sink(&old, old_dir.path()).await;
+    let (_new_sink, new_url) = start_sink(&new, new_dir.path()).await;
+    let client = PushClient::new();
+    let now_ms = keel_engine::clock::now_ms();
+    let rotated = |url: &Url, until_ms: i64| SinkTarget {
+        url: url.clone(),
+        secret: new.clone(),
+        previous_secret: Some((old.clone(), until_ms)),
+    };
+    let delivered = AttemptOutcome::Delivered { status: 204 };
+    for url in [&old_url, &new_url] {
+        let in_overlap = rotated(url, now_ms + 3_600_000);
+        let outcome = client.deliver(&in_overlap, EVENTS[0], 1, TIMEOUT).await;
+        assert_eq!(outcome, delivered, "in the overlap, to {url}");
+    }
+    let ended = client
+        .deliver(&rotated(&new_url, now_ms - 1), EVENTS[0], 1, TIMEOUT)
+        .await;
+    assert_eq!(ended, delivered, "after the overlap, with the new secret");
+    let ended = client
+        .deliver(&rotated(&old_url, now_ms - 1), EVENTS[0], 1, TIMEOUT)
+        .await;
+    assert!(
+        matches!(ended, AttemptOutcome::Reject { status: 401, .. }),
+        "after the overlap, the old secret no longer verifies: {ended:?}"
     );
 }

@@ -179,6 +179,7 @@ fn requirement(method: &Method, route: &str) -> Requirement {
         "/v1/subscriptions/{name}/pause"
         | "/v1/subscriptions/{name}/resume"
         | "/v1/subscriptions/{name}/seek"
+        | "/v1/subscriptions/{name}/secret/rotate"
         | "/v1/subscriptions/{name}/dlq/redrive"
         | "/v1/subscriptions/{name}/state/{key}"
             if post =>

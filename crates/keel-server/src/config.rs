@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub auth: AuthSettings,
     /// TLS for the API (`[tls]`): with a certificate and a key, keel serves HTTPS.
     pub tls: TlsSettings,
+    /// Push sinks' outgoing requests (`[webhooks]`): where they may connect, which
+    /// certificate authorities HTTPS sinks are verified against.
+    pub webhooks: WebhooksSettings,
 }
 
 /// `[tls]`: HTTPS for the API. The files are read at start and again on SIGHUP.
@@ -134,6 +137,31 @@ impl AuthSettings {
                 Err("the admin token (KEEL_ADMIN_TOKEN or auth.admin_token) must not hold spaces or control characters".to_owned())
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// `[webhooks]`: the outgoing requests of push sinks, their health checks and handshakes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSettings {
+    /// Which addresses sink requests may connect to (`docs/configuration.md`, "Webhooks").
+    pub egress: keel_engine::egress::EgressPolicy,
+    /// A PEM file of certificate authorities trusted for HTTPS sinks, beside the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// The name keel gives as its origin in validation handshakes (default: the host name).
+    pub origin: Option<String>,
+}
+
+impl WebhooksSettings {
+    /// The engine's settings for them (the system's resolver).
+    pub fn engine_settings(&self) -> keel_engine::webhook::WebhookSettings {
+        let defaults = keel_engine::webhook::WebhookSettings::default();
+        keel_engine::webhook::WebhookSettings {
+            egress: self.egress,
+            ca_bundle: self.ca_bundle.clone(),
+            origin: self.origin.clone().unwrap_or(defaults.origin.clone()),
+            ..defaults
         }
     }
 }
@@ -294,7 +322,7 @@ impl ServerConfig {
     fn validate_declared(&self) -> Result<(), String> {
         use keel_engine::config::{validate_topic_config, validate_topic_name};
         use keel_engine::subscription::spec::{
-            validate_subscription_name, validate_subscription_spec,
+            validate_egress, validate_subscription_name, validate_subscription_spec,
         };
         let named = |section: &str, name: &str, checked: Result<(), EngineError>| {
             checked.map_err(|error| format!("[{section}.{name}]: {error}"))
@@ -304,8 +332,9 @@ impl ServerConfig {
             named("topics", name, checked)?;
         }
         for (name, spec) in &self.subscriptions {
-            let checked =
-                validate_subscription_name(name).and_then(|()| validate_subscription_spec(spec));
+            let checked = validate_subscription_name(name)
+                .and_then(|()| validate_subscription_spec(spec))
+                .and_then(|()| validate_egress(spec, self.webhooks.egress));
             named("subscriptions", name, checked)?;
         }
         for (name, rule) in &self.alerts {
@@ -351,6 +380,7 @@ impl Default for ServerConfig {
             cluster: ClusterSettings::default(),
             auth: AuthSettings::default(),
             tls: TlsSettings::default(),
+            webhooks: WebhooksSettings::default(),
         }
     }
 }
@@ -439,6 +469,11 @@ mod tests {
                 r#"{"subscriptions": {"audit": {"topic": "orders", "sink": {"url": "http://a.test/",
                     "health_check": {"interval": "1s", "timeout": "2s"}}}}}"#,
                 "sink.health_check.timeout",
+            ),
+            (
+                r#"{"webhooks": {"egress": "strict"}, "subscriptions": {"audit": {"topic": "orders",
+                    "sink": {"url": "http://10.1.2.3/hooks"}}}}"#,
+                "[subscriptions.audit]: invalid subscription: sink.url: sink address 10.1.2.3 is private, denied by the strict egress policy",
             ),
             (
                 r#"{"subscriptions": {".hidden": {"topic": "orders"}}}"#,

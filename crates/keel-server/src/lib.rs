@@ -39,7 +39,9 @@ use tokio::net::TcpListener;
 
 pub use auth::{Auth, Caller};
 pub use cluster::ClusterMember;
-pub use config::{AuthSettings, ClusterSettings, SecretText, ServerConfig, TlsSettings};
+pub use config::{
+    AuthSettings, ClusterSettings, SecretText, ServerConfig, TlsSettings, WebhooksSettings,
+};
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -105,6 +107,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/v1/subscriptions/{name}/pause"),
     (Method::POST, "/v1/subscriptions/{name}/resume"),
     (Method::POST, "/v1/subscriptions/{name}/seek"),
+    (Method::POST, "/v1/subscriptions/{name}/secret/rotate"),
     (Method::POST, "/v1/subscriptions/{name}/pull"),
     (Method::POST, "/v1/subscriptions/{name}/ack"),
     (Method::POST, "/v1/subscriptions/{name}/nack"),
@@ -158,6 +161,10 @@ pub fn router(state: AppState) -> Router {
             post(subscriptions::resume),
         )
         .route("/v1/subscriptions/{name}/seek", post(subscriptions::seek))
+        .route(
+            "/v1/subscriptions/{name}/secret/rotate",
+            post(subscriptions::rotate_secret),
+        )
         .route("/v1/subscriptions/{name}/pull", post(subscriptions::pull))
         .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
         .route("/v1/subscriptions/{name}/nack", post(subscriptions::nack))
@@ -499,6 +506,7 @@ async fn open_engine(
         engine_config.retention_check_interval = config.retention_check_interval;
         engine_config.alert_evaluation_interval = config.alert_evaluation_interval;
         engine_config.pressure = config.backpressure;
+        engine_config.webhooks = config.webhooks.engine_settings();
         let engine = match &state.cluster {
             Some(cluster) => {
                 engine_config.node = Some(cluster.node_id());
@@ -538,10 +546,10 @@ async fn open_engine(
                 let changed = created.changed.join(", ");
                 tracing::info!(subscription = %name, %changed, "applied the changed declaration [subscriptions.{name}]: updated in place, its progress kept");
             }
-            if let Some(secret) = created.secret {
-                // Declared without a secret: this is the only time it can be seen. Declaring
-                // `sink.secret` in the configuration avoids this.
-                tracing::warn!(subscription = %name, %secret, "generated the signing secret of a declared push subscription; store it now, it is not shown again");
+            if created.secret.is_some() {
+                // Declared without a secret: keel generated one. Secrets are never logged;
+                // declaring `sink.secret`, or a rotation (which shows the new one), gives it.
+                tracing::warn!(subscription = %name, "generated the signing secret of a declared push subscription; it is not logged: declare sink.secret, or get a new one with `keel sub rotate-secret {name}`");
             }
         }
         for (name, rule) in &config.alerts {

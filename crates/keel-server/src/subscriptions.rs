@@ -9,11 +9,14 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_api::pull::{PULL_MAX_DEFAULT, PullRequest, SettleRequest};
-use keel_api::subscriptions::{CreatedSubscription, SeekRequest, SubscriptionList};
+use keel_api::subscriptions::{
+    CreatedSubscription, RotateSecretRequest, RotatedSecret, SeekRequest, SubscriptionList,
+};
 use keel_api::tokens::{Action, Resource};
 use keel_engine::subscription::PulledMessage;
 use keel_engine::subscription::pull::Settle;
 use keel_engine::subscription::spec::SubscriptionSpec;
+use keel_engine::webhook::WebhookSecret;
 use keel_engine::{Created, duration};
 
 use crate::auth::Caller;
@@ -112,6 +115,35 @@ pub async fn seek(
     let engine = state.engine()?;
     let seek: SeekRequest = json_object(&body, "seek request")?;
     Ok(Json(engine.seek_subscription(&name, &seek.to).await?).into_response())
+}
+
+/// `POST /v1/subscriptions/{name}/secret/rotate` with `{"overlap": "24h", "secret": …}`
+/// (both optional): the new secret, shown in this answer only.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let request: RotateSecretRequest = json_object(&body, "secret rotation")?;
+    let overlap = match &request.overlap {
+        Some(text) => duration::parse(text)
+            .map_err(|error| ApiError::bad_request(format!("overlap: {error}")))?,
+        None => Duration::ZERO,
+    };
+    let secret = match &request.secret {
+        Some(text) => Some(
+            WebhookSecret::parse(text)
+                .map_err(|error| ApiError::bad_request(format!("secret: {error}")))?,
+        ),
+        None => None,
+    };
+    let rotated = engine.rotate_secret(&name, overlap, secret).await?;
+    let answer = RotatedSecret {
+        secret: rotated.secret.to_string(),
+        previous_secret_until: rotated.previous_secret_until,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// Writes the answer, keel-api's [`Pulled`](keel_api::pull::Pulled), by hand: each event is

@@ -115,28 +115,33 @@ async fn subscription_metric(server: &TestServer, metric: &str, name: &str) -> O
         .map(|value| value.trim().parse().unwrap())
 }
 
-/// Checks a request's Standard Webhooks signature with `secret` (`whsec_<base64>`): one of
-/// the `v1,` signatures is the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
-/// keyed with the secret's decoded bytes.
-fn assert_signed(secret: &str, exchange: &Exchange) {
+/// The `v1,` signatures a request carries, and whether each verifies with `secret`.
+fn verified_by(secret: &str, exchange: &Exchange) -> Vec<bool> {
     let request = &exchange.request;
     let key = BASE64
         .decode(secret.strip_prefix("whsec_").unwrap())
         .unwrap();
-    let id = request.header("webhook-id").expect("webhook-id");
-    let timestamp = request
-        .header("webhook-timestamp")
-        .expect("webhook-timestamp");
+    let id = request.header("webhook-id").unwrap();
+    let timestamp = request.header("webhook-timestamp").unwrap();
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(&request.body);
     let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
-    let signatures = request
-        .header("webhook-signature")
-        .expect("webhook-signature");
+    let signatures = request.header("webhook-signature").unwrap();
+    signatures
+        .split(' ')
+        .map(|signature| signature == expected)
+        .collect()
+}
+
+/// Checks a request's Standard Webhooks signature with `secret` (`whsec_<base64>`): one of
+/// the `v1,` signatures is the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`
+/// keyed with the secret's decoded bytes.
+fn assert_signed(secret: &str, exchange: &Exchange) {
     assert!(
-        signatures.split(' ').any(|signature| signature == expected),
-        "bad signature on {request:?}: expected {expected}"
+        verified_by(secret, exchange).contains(&true),
+        "bad signature on {:?}",
+        exchange.request
     );
 }
 
@@ -759,6 +764,214 @@ async fn redirect_is_not_followed() {
         (&dead[0]["attempts"], &dead[0]["last_status"]),
         (&json!(3), &json!(307))
     );
+    server.stop().await;
+}
+
+// Goal: with `[webhooks] egress = "strict"`, creating a push subscription to a loopback sink
+// answers 400 with a problem naming the address, the range and the setting, nothing is stored,
+// and the sink never sees a connection. Method: a real sink on 127.0.0.1 counting connections.
+#[tokio::test]
+async fn strict_egress_refuses_a_loopback_sink_with_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        webhooks: keel_server::WebhooksSettings {
+            egress: keel_engine::egress::EgressPolicy::Strict,
+            ..keel_server::WebhooksSettings::default()
+        },
+        ..keel_server::ServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (status, body) = server.put_topic("t", json!({"partitions": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let sink = Sink::start(policy::accept()).await;
+    let spec = json!({"topic": "t", "sink": {"url": sink.url("/hook")}});
+    let (status, problem) = send_json(&server, Method::PUT, "/v1/subscriptions/s", &spec).await;
+    support::assert_problem(
+        status,
+        &problem,
+        400,
+        "sink.url: sink address 127.0.0.1 is loopback, denied by the strict egress policy; \
+         set webhooks.egress (--webhook-egress) to \"standard\" to allow it",
+        "create",
+    );
+    let (status, _) = send_json(&server, Method::GET, "/v1/subscriptions/s", &json!({})).await;
+    assert_eq!(status, 404);
+    assert_eq!(sink.connections(), 0);
+    server.stop().await;
+}
+
+// Goal: rotating a push subscription's secret with an overlap answers the new secret once;
+// during the overlap each request carries two signatures, the new secret's then the old's,
+// also after a restart (the rotation is stored with the spec); once the overlap ends only the
+// new one signs. Describe never shows either secret, only the overlap's end. Method: rotate
+// with a 3 s overlap, push, restart, push, wait past the overlap, push; verify every signature
+// with an independent HMAC.
+#[tokio::test]
+async fn rotated_secret_signs_beside_the_old_one_during_the_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_topic(&dir, "t", 1).await;
+    let sink = Sink::start(policy::accept()).await;
+    let old = create_push(&server, "hooks", "t", &sink.url("/hook"), json!({})).await;
+    let path = "/v1/subscriptions/hooks/secret/rotate";
+    let (status, rotated) = send_json(&server, Method::POST, path, &json!({"overlap": "3s"})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    let until = rotated["previous_secret_until"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new, old);
+    let described = describe(&server, "hooks").await;
+    assert_eq!(
+        described["sink"]["previous_secret"],
+        json!({"secret": null, "until": until})
+    );
+    let text = described.to_string();
+    assert!(!text.contains(&old) && !text.contains(&new), "{text}");
+
+    publish_batch(&server, "t", vec![event("r-1", json!({}))]).await;
+    let server = TestServer::start(&server.stop().await).await;
+    publish_batch(&server, "t", vec![event("r-2", json!({}))]).await;
+    let during = sink
+        .wait_for("two deliveries", SOON, |exchanges| exchanges.len() >= 2)
+        .await;
+    for exchange in &during {
+        assert_eq!(verified_by(&new, exchange), [true, false], "new first");
+        assert_eq!(verified_by(&old, exchange), [false, true], "old second");
+    }
+
+    let until_ms = keel_engine::clock::parse_rfc3339_ms(&until).unwrap();
+    let wait_ms = (until_ms - keel_engine::clock::now_ms()).max(0) as u64 + 50;
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    publish_batch(&server, "t", vec![event("r-3", json!({}))]).await;
+    let after = sink
+        .wait_for("a third delivery", SOON, |exchanges| exchanges.len() >= 3)
+        .await;
+    assert_eq!(verified_by(&new, &after[2]), [true]);
+    assert_eq!(verified_by(&old, &after[2]), [false]);
+    assert_eq!(
+        describe(&server, "hooks").await["sink"]["previous_secret"],
+        Value::Null
+    );
+
+    let bad = send_json(&server, Method::POST, path, &json!({"overlap": "31d"})).await;
+    support::assert_problem(
+        bad.0,
+        &bad.1,
+        400,
+        "overlap must be at most 30d",
+        "long overlap",
+    );
+    server.stop().await;
+}
+
+/// A sink answering the validation handshake (`OPTIONS`) with `handshake`, and 200 to the rest.
+fn handshaking_sink_policy(handshake: Response) -> keel_testkit::sink::policy::Policy {
+    std::sync::Arc::new(move |request: &keel_testkit::sink::Request| {
+        if request.method() == "OPTIONS" {
+            handshake.clone().into()
+        } else {
+            keel_testkit::sink::Reply::status(200)
+        }
+    })
+}
+
+// Goal: with `sink.handshake`, no event reaches a sink before it passes the CloudEvents
+// validation handshake: a sink that answers `WebHook-Allowed-Origin` with keel's origin gets
+// the OPTIONS request (with `WebHook-Request-Origin`) first, then the event with `Origin`;
+// one that refuses (405, or 200 without the header) gets OPTIONS requests only, describe says
+// why, and nothing is dead-lettered. Method: three real sinks, keel's origin `keel.test`.
+#[tokio::test]
+async fn validation_handshake_comes_before_any_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keel_server::ServerConfig {
+        data_dir: dir.path().to_owned(),
+        webhooks: keel_server::WebhooksSettings {
+            origin: Some("keel.test".to_owned()),
+            ..keel_server::WebhooksSettings::default()
+        },
+        ..keel_server::ServerConfig::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let (status, body) = server.put_topic("t", json!({"partitions": 1})).await;
+    assert_eq!(status, 201, "{body}");
+    let allowing = Response::new(200).header("WebHook-Allowed-Origin", "keel.test");
+    let agreeing = Sink::start(handshaking_sink_policy(allowing)).await;
+    let refusing = Sink::start(handshaking_sink_policy(Response::new(405))).await;
+    let silent = Sink::start(handshaking_sink_policy(Response::new(200))).await;
+    for (name, sink) in [
+        ("agreeing", &agreeing),
+        ("refusing", &refusing),
+        ("silent", &silent),
+    ] {
+        let sink_spec = json!({"sink": {"url": sink.url("/hook"), "handshake": true}});
+        create_push(&server, name, "t", &sink.url("/hook"), sink_spec).await;
+    }
+    publish_batch(&server, "t", vec![event("h-1", json!({}))]).await;
+
+    let seen = agreeing
+        .wait_for("the handshake, then the event", SOON, |exchanges| {
+            exchanges.len() >= 2
+        })
+        .await;
+    assert_eq!(seen[0].request.method(), "OPTIONS");
+    assert_eq!(
+        seen[0].request.header("webhook-request-origin"),
+        Some("keel.test")
+    );
+    assert_eq!(seen[1].request.method(), "POST");
+    assert_eq!(seen[1].request.header("origin"), Some("keel.test"));
+    let info = wait_describe(&server, "agreeing", "delivered", SOON, |info| {
+        info["delivered"] == 1
+    })
+    .await;
+    assert!(
+        info["handshake"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed at "),
+        "{info}"
+    );
+
+    for (name, sink, why) in [
+        (
+            "refusing",
+            &refusing,
+            "answered 405 Method Not Allowed without WebHook-Allowed-Origin",
+        ),
+        (
+            "silent",
+            &silent,
+            "answered 200 OK without WebHook-Allowed-Origin",
+        ),
+    ] {
+        let info = wait_describe(&server, name, "the refusal", SOON, |info| {
+            info["handshake"]
+                .as_str()
+                .is_some_and(|status| status.contains(why))
+        })
+        .await;
+        let status = info["handshake"].as_str().unwrap();
+        assert!(
+            status.starts_with("no event is delivered until the sink agrees: "),
+            "{info}"
+        );
+        assert_eq!(
+            (&info["delivered"], &info["dlq_depth"]),
+            (&json!(0), &json!(0)),
+            "{info}"
+        );
+        let methods: Vec<String> = sink
+            .exchanges()
+            .iter()
+            .map(|exchange| exchange.request.method().to_owned())
+            .collect();
+        assert!(
+            !methods.is_empty() && methods.iter().all(|m| m == "OPTIONS"),
+            "{methods:?}"
+        );
+    }
     server.stop().await;
 }
 

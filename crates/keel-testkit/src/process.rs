@@ -21,6 +21,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 use crate::readiness::{READY_WAIT, Readiness, wait_ready};
 
+/// The resident set size (`VmRSS` of `/proc/PID/status`) of process `pid`, in bytes; pass
+/// [`std::process::id`] for the test's own process.
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -17,7 +17,7 @@ use super::{Engine, EngineConfig};
 use crate::config::{is_internal_topic, validate_topic_config, validate_topic_name};
 use crate::error::{EngineError, SubscriptionError};
 use crate::storage::Storage;
-use crate::topic::{EmitTargets, Topic};
+use crate::topic::Topic;
 
 /// How long this node's lease on a subscription is sure to last, as the cluster renews it;
 /// shared by the lease keeper and the subscription, which hands nothing out past it. Clones
@@ -100,11 +100,7 @@ impl Engine {
             return Ok(());
         }
         let (storage, owned_name) = (self.inner.storage.clone(), name.to_owned());
-        let targets = EmitTargets {
-            topics: self.inner.topics.clone(),
-            event_bytes_max: self.inner.config.event_bytes_max,
-        };
-        let (metrics, closing) = (self.inner.metrics.clone(), self.inner.closing.subscribe());
+        let surroundings = self.inner.surroundings();
         let subscription = tokio::task::spawn_blocking(move || {
             let stored = storage
                 .subscriptions()?
@@ -115,7 +111,7 @@ impl Engine {
                         name: owned_name.clone(),
                     })
                 })?;
-            super::subscriptions::open_one(&*storage, stored, &targets, &metrics, &closing)
+            super::subscriptions::open_one(&*storage, stored, &surroundings)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)??;

@@ -20,11 +20,28 @@ use serde_json::{Map, Value};
 
 use super::subscriptions::SubscriptionCreated;
 use super::{Created, Engine};
+use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::error::{EngineError, SubscriptionError};
+use crate::limits::SECRET_OVERLAP_MAX;
 use crate::storage::Storage;
-use crate::subscription::spec::{Delivery, NamedPosition, StartPosition, SubscriptionSpec};
+use crate::subscription::spec::{
+    Delivery, NamedPosition, SinkSpec, StartPosition, SubscriptionSpec,
+};
 use crate::subscription::{Subscription, task_prefix};
 use crate::topic::Topic;
+use crate::webhook::WebhookSecret;
+use keel_api::subscriptions::PreviousSecret;
+
+/// What a secret rotation did.
+#[derive(Debug, Clone)]
+pub struct SecretRotated {
+    /// The new secret: shown in this answer only.
+    pub secret: WebhookSecret,
+    /// When the previous secret stops signing (RFC 3339); none without an overlap.
+    pub previous_secret_until: Option<String>,
+    /// The subscription after the rotation.
+    pub info: crate::subscription::SubscriptionInfo,
+}
 
 /// Members an update may not change, as the spec spells them: `topic` (the position is that
 /// topic's offsets), `filters` (events the old filters skipped stay skipped, and the dead
@@ -84,6 +101,58 @@ impl Engine {
             info,
             secret: None,
             changed,
+        })
+    }
+
+    /// Rotates a push subscription's signing secret: `secret` (or a generated one) signs
+    /// from now on, and the current one keeps signing beside it for `overlap` (none when
+    /// zero), so a receiver can switch without refusing a request. A previous secret still in
+    /// its overlap is dropped: at most two sign. Stored in the spec, so it holds across
+    /// restarts and on any node; the subscription restarts as for any update.
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        overlap: Duration,
+        secret: Option<WebhookSecret>,
+    ) -> Result<SecretRotated, EngineError> {
+        let invalid =
+            |detail: String| EngineError::Subscription(SubscriptionError::Invalid { detail });
+        if overlap > SECRET_OVERLAP_MAX {
+            return Err(invalid(format!(
+                "overlap must be at most {}",
+                crate::duration::format(SECRET_OVERLAP_MAX)
+            )));
+        }
+        let _admin = self.inner.admin.lock().await;
+        let existing = self.subscription(name)?;
+        let mut spec = existing.spec().clone();
+        let Delivery::Push(sink) = &mut spec.delivery else {
+            return Err(EngineError::Subscription(
+                SubscriptionError::WrongDeliveryMode {
+                    detail: format!(
+                        "subscription {name:?} is pulled: only a push sink's requests are signed"
+                    ),
+                },
+            ));
+        };
+        let secret = secret.unwrap_or_else(WebhookSecret::generate);
+        let previous = sink.secret.replace(secret.clone());
+        let overlap_ms = i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX);
+        let until =
+            (!overlap.is_zero()).then(|| format_rfc3339_ms(now_ms().saturating_add(overlap_ms)));
+        sink.previous_secret = previous
+            .zip(until.clone())
+            .map(|(secret, until)| PreviousSecret {
+                secret: Some(secret),
+                until,
+            });
+        let topic = self.topic(existing.topic_name())?;
+        let info = self.restart_with(existing, spec, topic).await?;
+        tracing::info!(subscription = %name, previous_secret_until = until.as_deref().unwrap_or("none"), "rotated the signing secret");
+        Ok(SecretRotated {
+            secret,
+            previous_secret_until: until,
+            info,
         })
     }
 
@@ -174,17 +243,31 @@ fn unavailable(name: &str, reason: &str) -> EngineError {
 }
 
 /// The asked spec with what it leaves out taken from the stored one: a start left out keeps
-/// the stored start, and a push sink without a secret keeps the stored secret (describe never
-/// shows it, so a client that re-sends what it described must not rotate it).
+/// the stored start, and a push sink without a secret keeps the stored secret and the stored
+/// previous secret (describe never shows them, so a client that re-sends what it described
+/// must not rotate them); a previous secret given without its secret (as describe shows it)
+/// is the stored one, and none when none is stored.
 fn keep_unset_members(stored: &SubscriptionSpec, mut asked: SubscriptionSpec) -> SubscriptionSpec {
     if asked.start == StartPosition::Default {
         asked.start = stored.start.clone();
     }
     if let (Delivery::Push(asked_sink), Delivery::Push(stored_sink)) =
         (&mut asked.delivery, &stored.delivery)
-        && asked_sink.secret.is_none()
     {
-        asked_sink.secret = stored_sink.secret.clone();
+        let previous_unknown = |sink: &SinkSpec| {
+            sink.previous_secret
+                .as_ref()
+                .is_some_and(|previous| previous.secret.is_none())
+        };
+        if asked_sink.secret.is_none() {
+            asked_sink.secret = stored_sink.secret.clone();
+            if asked_sink.previous_secret.is_none() {
+                asked_sink.previous_secret = stored_sink.previous_secret.clone();
+            }
+        }
+        if previous_unknown(asked_sink) {
+            asked_sink.previous_secret = stored_sink.previous_secret.clone();
+        }
     }
     asked
 }

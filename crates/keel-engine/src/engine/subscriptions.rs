@@ -7,18 +7,17 @@ use std::time::Duration;
 use super::{Created, Engine};
 use crate::error::{DataError, EngineError, SubscriptionError, TopicError};
 use crate::limits::{DLQ_LIST_MAX, STATE_LIST_MAX, SUBSCRIPTIONS_MAX};
-use crate::metrics::Metrics;
 use crate::storage::{Area, Storage, StoredSubscription};
 use crate::subscription::pull::Settle;
 use crate::subscription::spec::{
-    Delivery, NamedPosition, StartPosition, SubscriptionSpec, validate_subscription_name,
-    validate_subscription_spec,
+    Delivery, NamedPosition, StartPosition, SubscriptionSpec, validate_egress,
+    validate_subscription_name, validate_subscription_spec,
 };
 use crate::subscription::{
     AckResult, Attached, DeadLetterEntry, PulledMessage, StoredKeyState, Subscription,
-    SubscriptionInfo, first_checkpoint,
+    SubscriptionInfo, Surroundings, first_checkpoint,
 };
-use crate::topic::{EmitTargets, Topic};
+use crate::topic::Topic;
 use crate::webhook::WebhookSecret;
 use keel_api::state::StatefulAck;
 
@@ -39,7 +38,7 @@ pub struct SubscriptionCreated {
 }
 
 impl Engine {
-    fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
+    pub(super) fn subscription(&self, name: &str) -> Result<Arc<Subscription>, EngineError> {
         let running = self.inner.subscriptions.read().expect("subscriptions lock");
         if let Some(subscription) = running.get(name) {
             return Ok(subscription.clone());
@@ -101,6 +100,7 @@ impl Engine {
     ) -> Result<SubscriptionCreated, EngineError> {
         validate_subscription_name(name)?;
         validate_subscription_spec(&spec)?;
+        validate_egress(&spec, self.inner.sinks.policy())?;
         self.find_topic(&spec.topic).await;
         let _admin = self.inner.admin.lock().await;
         let topic = self.topic(&spec.topic).map_err(|error| match error {
@@ -133,12 +133,21 @@ impl Engine {
             }));
         }
         let mut secret = None;
-        if let Delivery::Push(sink) = &mut spec.delivery
-            && sink.secret.is_none()
-        {
-            let generated = WebhookSecret::generate();
-            sink.secret = Some(generated.clone());
-            secret = Some(generated);
+        if let Delivery::Push(sink) = &mut spec.delivery {
+            if sink.secret.is_none() {
+                let generated = WebhookSecret::generate();
+                sink.secret = Some(generated.clone());
+                secret = Some(generated);
+            }
+            // A previous secret as describe shows it (without the secret) is nothing to keep
+            // on a new subscription.
+            if sink
+                .previous_secret
+                .as_ref()
+                .is_some_and(|p| p.secret.is_none())
+            {
+                sink.previous_secret = None;
+            }
         }
         let starts = resolve_position(&topic, &spec.start)?;
         let create = move |storage: &dyn Storage, name: &str, spec: &SubscriptionSpec| {
@@ -183,16 +192,11 @@ impl Engine {
     ) -> Result<Subscription, EngineError> {
         self.inner.storage.check_usable(Area::Subscriptions)?;
         let (storage, name) = (self.inner.storage.clone(), name.to_owned());
-        let metrics = self.inner.metrics.clone();
-        let closing = self.inner.closing.subscribe();
-        let targets = EmitTargets {
-            topics: self.inner.topics.clone(),
-            event_bytes_max: self.inner.config.event_bytes_max,
-        };
+        let surroundings = self.inner.surroundings();
         tokio::task::spawn_blocking(move || {
             store(&*storage, &name, &spec)?;
             let logs = open_logs(&*storage, &name, &spec)?;
-            Subscription::open(&name, spec, logs, targets, topic, metrics, closing)
+            Subscription::open(&name, spec, logs, topic, &surroundings)
         })
         .await
         .map_err(|_| EngineError::ShuttingDown)?
@@ -494,14 +498,12 @@ pub(super) type RecoveredSubscriptions = (
 /// refuses service (readyz lists it); it does not stop the server, and deleting it removes it.
 pub(super) fn recover(
     storage: &Arc<dyn Storage>,
-    targets: &EmitTargets,
-    metrics: &Arc<Metrics>,
-    closing: &tokio::sync::watch::Receiver<bool>,
+    surroundings: &Surroundings,
 ) -> Result<RecoveredSubscriptions, EngineError> {
     let (mut subscriptions, mut failed) = (BTreeMap::new(), BTreeMap::new());
     for stored in storage.subscriptions()? {
         let name = stored.name.clone();
-        match open_one(&**storage, stored, targets, metrics, closing) {
+        match open_one(&**storage, stored, surroundings) {
             Ok(subscription) => {
                 tracing::info!(subscription = %name, "recovered subscription");
                 subscriptions.insert(name, Arc::new(subscription));
@@ -521,30 +523,20 @@ pub(super) fn recover(
 pub(super) fn open_one(
     storage: &dyn Storage,
     stored: StoredSubscription,
-    targets: &EmitTargets,
-    metrics: &Arc<Metrics>,
-    closing: &tokio::sync::watch::Receiver<bool>,
+    surroundings: &Surroundings,
 ) -> Result<Subscription, EngineError> {
     let name = stored.name;
     validate_subscription_name(&name)?;
     let spec = stored
         .spec
         .map_err(|detail| EngineError::Data(DataError::Corrupt { detail }))?;
-    let topic = targets.topic(&spec.topic).ok_or_else(|| {
+    let topic = surroundings.targets.topic(&spec.topic).ok_or_else(|| {
         EngineError::Topic(TopicError::NotFound {
             topic: spec.topic.clone(),
         })
     })?;
     let logs = open_logs(storage, &name, &spec)?;
-    Subscription::open(
-        &name,
-        spec,
-        logs,
-        targets.clone(),
-        topic,
-        metrics.clone(),
-        closing.clone(),
-    )
+    Subscription::open(&name, spec, logs, topic, surroundings)
 }
 
 /// A stored subscription's logs, with its state when it is stateful. Blocking.

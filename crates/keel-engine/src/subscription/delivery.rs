@@ -66,6 +66,16 @@ impl Deliveries {
         &self.shared.spec
     }
 
+    /// Records where the sink's validation handshake stands, for describe.
+    pub(super) fn set_handshake(&self, status: String) {
+        self.shared.core().handshake = Some(status);
+    }
+
+    /// Builds the sink's HTTP clients.
+    pub(super) fn sinks(&self) -> &crate::webhook::SinkClients {
+        &self.shared.sinks
+    }
+
     /// Part of every pull ack id: ids from before a restart are stale.
     pub(super) fn boot(&self) -> u32 {
         self.shared.boot

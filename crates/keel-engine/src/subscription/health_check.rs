@@ -33,12 +33,13 @@ impl HealthChecks {
             .urls()
             .map(|url| url.join(&policy.path).unwrap_or_else(|_| url.clone()))
             .collect();
+        let client = shared.sinks.client(1);
         HealthChecks {
+            client,
             shared,
             sink,
             probes,
             policy,
-            client: PushClient::with_idle_connections(1),
         }
     }
 }

@@ -2,12 +2,15 @@
 //! ready events within the circuit breaker and the rate limit and sends each to the sink in a
 //! task of its own; each answer settles its event.
 
+mod handshake;
+
 use std::time::Duration;
 
 use super::delivery::{Answer, Deliveries, Settlement};
 use super::keyed_state::Found;
 use super::sink::PushSink;
-use super::state::{Delivery, Outcome};
+use super::spec::Delivery;
+use super::state::{Delivery as Taken, Outcome};
 use crate::clock::{format_rfc3339_ms, now_ms};
 use crate::supervisor::{CatchUnwind, panic_message};
 use crate::webhook::{AttemptOutcome, PushClient};
@@ -19,7 +22,18 @@ const DISPATCH_BATCH_MAX: usize = 256;
 
 /// Sends the subscription's events to its sink's endpoints until it stops.
 pub(super) async fn dispatch(deliveries: Deliveries, sink: Arc<PushSink>) {
-    let client = PushClient::with_idle_connections(deliveries.spec().max_in_flight as usize);
+    let mut client = deliveries
+        .sinks()
+        .client(deliveries.spec().max_in_flight as usize);
+    if let Delivery::Push(spec) = &deliveries.spec().delivery
+        && spec.handshake
+    {
+        // Invariant: no event is taken before every endpoint agreed.
+        match handshake::until_agreed(&deliveries, &sink, client).await {
+            Some(agreed) => client = agreed,
+            None => return,
+        }
+    }
     let mut ready = deliveries.ready();
     let mut stopping = deliveries.stopping();
     let mut limiter = deliveries.spec().rate_limit.map(RateLimiter::new);
@@ -118,7 +132,7 @@ async fn attempt(
     deliveries: &Deliveries,
     client: &PushClient,
     (sink, endpoint): (&PushSink, usize),
-    delivery: Delivery,
+    delivery: Taken,
 ) {
     let target = &*sink.target(endpoint);
     let timeout = deliveries.spec().ack_timeout;
@@ -238,11 +252,7 @@ async fn attempt(
 /// Commits a stateful sink's 2xx answer: an empty body keeps the key's state; otherwise it
 /// is `{"state": …, "emit": […]}`, as one ack of a pull. An answer that is not a valid commit
 /// counts as a failed attempt (retried, then dead-lettered), with the reason.
-async fn commit(
-    deliveries: &Deliveries,
-    delivery: (&Delivery, u64),
-    body: &[u8],
-) -> AttemptOutcome {
+async fn commit(deliveries: &Deliveries, delivery: (&Taken, u64), body: &[u8]) -> AttemptOutcome {
     let failed = |error: String| AttemptOutcome::Retry {
         status: None,
         error: format!("the sink's 2xx answer is not a commit: {error}"),

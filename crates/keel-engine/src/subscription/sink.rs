@@ -5,12 +5,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use keel_api::subscriptions::{EndpointInfo, EndpointSpec, Strategy};
+use keel_api::subscriptions::{EndpointInfo, EndpointSpec, PreviousSecret, Strategy};
 
 use super::endpoints::{Change, EndpointGroup, Thresholds};
 use super::spec::SinkSpec;
 use crate::clock::format_rfc3339_ms;
-use crate::webhook::{AttemptOutcome, SinkTarget, Url};
+use crate::egress::EgressPolicy;
+use crate::webhook::{AttemptOutcome, SinkTarget, Url, WebhookSecret};
 
 /// A push subscription's sink.
 pub(crate) struct PushSink {
@@ -30,13 +31,22 @@ impl PushSink {
             .secret
             .clone()
             .ok_or("the push subscription has no signing secret")?;
+        let previous_secret = match &spec.previous_secret {
+            Some(previous) => Some(previous_key(previous)?),
+            None => None,
+        };
         let endpoints = endpoints_of(spec);
         let targets = endpoints
             .iter()
             .map(|endpoint| {
                 let url = crate::webhook::validate_sink_url(&endpoint.url)?;
                 let secret = secret.clone();
-                Ok(Arc::new(SinkTarget { url, secret }))
+                let previous_secret = previous_secret.clone();
+                Ok(Arc::new(SinkTarget {
+                    url,
+                    secret,
+                    previous_secret,
+                }))
             })
             .collect::<Result<Vec<_>, String>>()?;
         let thresholds = spec.health_check.as_ref().map(|check| Thresholds {
@@ -169,6 +179,21 @@ impl PushSink {
     }
 }
 
+/// A rotated-out secret and when it stops signing (Unix milliseconds).
+fn previous_key(previous: &PreviousSecret<WebhookSecret>) -> Result<(WebhookSecret, i64), String> {
+    let secret = previous
+        .secret
+        .clone()
+        .ok_or("sink.previous_secret has no secret")?;
+    let until_ms = crate::clock::parse_rfc3339_ms(&previous.until).ok_or_else(|| {
+        format!(
+            "sink.previous_secret.until {:?} is not an RFC 3339 time",
+            previous.until
+        )
+    })?;
+    Ok((secret, until_ms))
+}
+
 /// The endpoints of a sink spec: its group, or its one `url`.
 pub(crate) fn endpoints_of(spec: &SinkSpec) -> Vec<EndpointSpec> {
     if spec.endpoints.is_empty() {
@@ -179,6 +204,25 @@ pub(crate) fn endpoints_of(spec: &SinkSpec) -> Vec<EndpointSpec> {
     } else {
         spec.endpoints.clone()
     }
+}
+
+/// Refuses a sink whose URL's host is an address `policy` denies (a host name is checked at
+/// each connection instead: what it resolves to may change), naming the member.
+pub(crate) fn check_egress(spec: &SinkSpec, policy: EgressPolicy) -> Result<(), String> {
+    let endpoints = endpoints_of(spec);
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let member = if spec.endpoints.is_empty() {
+            "sink.url".to_owned()
+        } else {
+            format!("sink.endpoints[{index}].url")
+        };
+        let url = crate::webhook::validate_sink_url(&endpoint.url)
+            .map_err(|detail| format!("{member}: {detail}"))?;
+        policy
+            .check_url(&url)
+            .map_err(|denied| format!("{member}: {denied}"))?;
+    }
+    Ok(())
 }
 
 /// Logs an endpoint's change of availability.

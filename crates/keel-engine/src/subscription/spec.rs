@@ -98,6 +98,19 @@ pub fn validate_subscription_spec(spec: &SubscriptionSpec) -> Result<(), EngineE
     Ok(())
 }
 
+/// Refuses a push sink whose URL's host is an address `policy` denies, naming the member; a
+/// host name passes (its addresses are checked at each connection, as they may change).
+pub fn validate_egress(
+    spec: &SubscriptionSpec,
+    policy: crate::egress::EgressPolicy,
+) -> Result<(), EngineError> {
+    match &spec.delivery {
+        Delivery::Push(sink) => super::sink::check_egress(sink, policy)
+            .map_err(|detail| EngineError::Subscription(SubscriptionError::Invalid { detail })),
+        Delivery::Pull => Ok(()),
+    }
+}
+
 /// Fewest endpoints in a group: one endpoint is a `url`.
 pub const ENDPOINTS_MIN: usize = 2;
 /// Most endpoints in a group.
@@ -133,6 +146,14 @@ fn validate_sink(sink: &SinkSpec) -> Result<(), String> {
     }
     if let Some(check) = &sink.health_check {
         validate_health_check(check)?;
+    }
+    if let Some(previous) = &sink.previous_secret
+        && crate::clock::parse_rfc3339_ms(&previous.until).is_none()
+    {
+        return Err(format!(
+            "sink.previous_secret.until {:?} is not an RFC 3339 timestamp with its offset, like 2026-11-25T10:00:00Z",
+            previous.until
+        ));
     }
     let outlier = &sink.outlier_detection;
     if !(1..=1000).contains(&outlier.consecutive_failures) {

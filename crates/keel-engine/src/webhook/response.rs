@@ -17,6 +17,8 @@ pub(super) struct Reply {
     pub(super) location: Option<String>,
     /// The `Retry-After` header, when it is text.
     pub(super) retry_after: Option<String>,
+    /// The `WebHook-Allowed-Origin` header of a validation handshake's answer.
+    pub(super) allowed_origin: Option<String>,
     /// The start of the body: at most [`super::ERROR_BODY_BYTES_MAX`] bytes.
     pub(super) body_start: Vec<u8>,
     /// The whole body, when the caller asked to keep it.

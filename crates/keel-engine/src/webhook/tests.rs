@@ -21,10 +21,10 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The sink's URL, with a query that must reach it unchanged.
 fn target(sink: &Sink) -> SinkTarget {
-    SinkTarget {
-        url: Url::parse(&sink.url("/hook?team=1")).unwrap(),
-        secret: WebhookSecret::parse(SECRET).unwrap(),
-    }
+    SinkTarget::new(
+        Url::parse(&sink.url("/hook?team=1")).unwrap(),
+        WebhookSecret::parse(SECRET).unwrap(),
+    )
 }
 
 /// A stored event with `members` (each with a leading comma) after the required attributes.
@@ -260,10 +260,10 @@ async fn slow_sink_times_out_as_retry() {
 #[tokio::test]
 async fn closed_port_is_retried_as_connection_refused() {
     let port = keel_testkit::process::free_port();
-    let target = SinkTarget {
-        url: Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
-        secret: WebhookSecret::parse(SECRET).unwrap(),
-    };
+    let target = SinkTarget::new(
+        Url::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
+        WebhookSecret::parse(SECRET).unwrap(),
+    );
     let outcome = PushClient::new()
         .deliver(&target, &event(""), 1, TIMEOUT)
         .await;
@@ -276,6 +276,62 @@ async fn closed_port_is_retried_as_connection_refused() {
     };
     assert!(error.starts_with("cannot connect: "), "{error}");
     assert!(error.ends_with("connection refused"), "{error}");
+}
+
+/// A client of `policy` in which `sink.example` resolves to 127.0.0.1.
+fn client_with_policy(policy: crate::egress::EgressPolicy) -> PushClient {
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let lookup = crate::egress::HostsTable::new().with("sink.example", &[loopback]);
+    let settings = WebhookSettings {
+        egress: policy,
+        lookup: Arc::new(lookup),
+        ..WebhookSettings::default()
+    };
+    SinkClients::new(&settings).unwrap().client(1)
+}
+
+// Goal: under the strict policy, a delivery, a stateful delivery and a health check aimed at
+// 127.0.0.1, by address or by a name resolving there, are refused as connections that never
+// reached the sink, with the policy's words, and the listener sees no connection; the
+// standard policy reaches it through the same name. (A subscription created before the
+// policy was made strict keeps its URL: each request is checked, not only the create.)
+// Method: the test kit's sink counts accepted connections; a hosts table names it.
+#[tokio::test]
+async fn strict_policy_refuses_each_request_to_loopback_without_connecting() {
+    let sink = Sink::start(policy::accept()).await;
+    let by_address = target(&sink);
+    let mut by_name = target(&sink);
+    by_name.url.set_host(Some("sink.example")).unwrap();
+    let client = client_with_policy(crate::egress::EgressPolicy::Strict);
+    let state = crate::subscription::KeyState {
+        state: None,
+        version: 0,
+    };
+    let allow = "denied by the strict egress policy; set webhooks.egress (--webhook-egress) to \
+                 \"standard\" to allow it";
+    for (target, from) in [(&by_address, ""), (&by_name, " (from sink.example)")] {
+        let expected = format!("sink address 127.0.0.1{from} is loopback, {allow}");
+        let refused = AttemptOutcome::ConnectionFailed {
+            error: expected.clone(),
+            unreached: true,
+        };
+        let outcome = client.deliver(target, &event(""), 1, TIMEOUT).await;
+        assert_eq!(outcome, refused);
+        let (outcome, _) = client
+            .deliver_stateful(target, &event(""), 1, TIMEOUT, &state)
+            .await;
+        assert_eq!(outcome, refused);
+        assert_eq!(client.probe(&target.url, TIMEOUT).await, Err(expected));
+    }
+    assert_eq!(
+        sink.connections(),
+        0,
+        "a refused request reached the listener"
+    );
+    let standard = client_with_policy(crate::egress::EgressPolicy::Standard);
+    let outcome = standard.deliver(&by_name, &event(""), 1, TIMEOUT).await;
+    assert_eq!(outcome, AttemptOutcome::Delivered { status: 200 });
+    assert_eq!(sink.connections(), 1);
 }
 
 // Goal: a connection dropped mid-answer is a retry, whether the status arrived or not (without
@@ -709,6 +765,36 @@ fn secret_text_round_trips_and_debug_hides_it() {
         !debug.contains(&text[6..]) && !debug.contains("pass@"),
         "{debug}"
     );
+}
+
+// Goal: while a previous secret's overlap lasts, the signature header lists the current
+// secret's signature then the previous one's, each the one that secret alone gives; from the
+// overlap's end (inclusive) only the current one; and Debug shows neither secret, nor a
+// specification holding them. Method: sign at times around the end.
+#[test]
+fn previous_secret_signs_second_until_its_overlap_ends() {
+    let (current, previous) = (WebhookSecret::generate(), WebhookSecret::generate());
+    let mut target = SinkTarget::new(Url::parse("https://hooks.example/in").unwrap(), current);
+    target.previous_secret = Some((previous.clone(), 1_000));
+    let (id, timestamp_s, body) = ("msg-1", 1_614_265_330, b"{}".as_slice());
+    let alone = target.secret.sign(id, timestamp_s, body);
+    let both = format!("{alone} {}", previous.sign(id, timestamp_s, body));
+    assert_eq!(target.signatures(id, timestamp_s, body, 999), both);
+    assert_eq!(target.signatures(id, timestamp_s, body, 1_000), alone);
+    let debug = format!("{target:?}");
+    for secret in [&target.secret, &previous] {
+        assert!(!debug.contains(&secret.to_string()[6..]), "{debug}");
+    }
+    let spec: crate::subscription::spec::SubscriptionSpec = serde_json::from_value(json!({
+        "topic": "t",
+        "sink": {"url": "https://hooks.example/in", "secret": target.secret.to_string(),
+            "previous_secret": {"secret": previous.to_string(), "until": "2030-01-01T00:00:00Z"}}
+    }))
+    .unwrap();
+    let debug = format!("{spec:?}");
+    for secret in [&target.secret, &previous] {
+        assert!(!debug.contains(&secret.to_string()[6..]), "{debug}");
+    }
 }
 
 // Goal: a malformed secret is refused with a message that says what is wrong and does not
