@@ -72,7 +72,9 @@ impl From<EngineError> for ApiError {
             error,
             EngineError::ShuttingDown
                 | EngineError::Publish(
-                    PublishError::OriginalFailed { .. } | PublishError::Overloaded { .. }
+                    PublishError::OriginalFailed { .. }
+                        | PublishError::Overloaded { .. }
+                        | PublishError::StorageUnavailable { .. }
                 )
         );
         match error {
