@@ -21,3 +21,6 @@ cargo test --workspace --locked --doc
 
 echo "== interop with outside clients"
 scripts/interop.sh
+
+echo "== fuzzing, 20 s per target"
+scripts/fuzz.sh 20

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use keel_testkit::process::{KeelProcess, free_port};
 use serde_json::{Value, json};
-use support::{KEEL, get, publish_event, read_partition};
+use support::{KEEL, get, post_batch, publish_event, read_partition};
 
 /// Segments this small let a few megabytes make many files, as a long-running keel has.
 const SETTINGS: &str =
@@ -311,13 +311,7 @@ async fn fill_until_refused(client: &reqwest::Client, url: &str) -> Refusal {
                 "source": "fill", "type": "t", "data": data})
             })
             .collect();
-        let response = client
-            .post(format!("{url}/v1/topics/fill/events"))
-            .header("content-type", "application/cloudevents-batch+json")
-            .body(Value::Array(events).to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = post_batch(client, url, "fill", events).await;
         let status = response.status().as_u16();
         if status == 200 {
             continue;

@@ -14,19 +14,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
-
 use keel_testkit::process::free_port;
 use serde_json::{Value, json};
-use support::{KEEL, publish_event, read_partition};
-
-fn fiu_ctrl(pid: u32, command: &str) {
-    let status = Command::new("fiu-ctrl")
-        .args(["-c", command, &pid.to_string()])
-        .status()
-        .expect("fiu-ctrl runs");
-    assert!(status.success(), "fiu-ctrl {command}");
-}
+use support::{KEEL, fiu_ctrl, fiu_missing, publish_event, read_partition};
 
 async fn publish(
     client: &reqwest::Client,
@@ -56,17 +46,7 @@ async fn disk_full_is_never_acknowledged_and_stops_nothing() {
 /// partition goes on, 503: it stops).
 async fn failed_io_is_never_acknowledged(fault: &str, errno: i32, refusal: (u16, &str)) {
     let stops = refusal.0 == 503;
-    if Command::new("fiu-run")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        assert!(
-            std::env::var("KEEL_SKIP_FIU").is_ok(),
-            "fiu-run is missing: run scripts/install-test-deps.sh (or set KEEL_SKIP_FIU=1 to skip this test)"
-        );
+    if fiu_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -383,7 +383,8 @@ pub enum PublishError {
     )]
     PartlyStored,
     /// The storage cannot take writes now (cluster mode without a NATS quorum, or without a
-    /// connection): the events were not acknowledged, and may or may not be stored.
+    /// connection; a partition's log out of file descriptors to start a new segment): the
+    /// events were not acknowledged, and may or may not be stored.
     #[error(
         "publishing failed: the storage cannot take writes now ({detail}). The events were not acknowledged and may or may not be stored: publish them again with the same ids (dedupe makes that safe) after the Retry-After delay"
     )]

@@ -25,7 +25,8 @@
 //!   opened again (what reached the medium is unknown; a reopen finds out). One exception:
 //!   an append refused with [`StorageError::Full`] kept nothing (not even across a crash),
 //!   and the log takes appends again. Nor is one refused with [`StorageError::Unavailable`]
-//!   (a replicated backend without a quorum): the log takes appends again.
+//!   (a replicated backend without a quorum; a disk log that found no file descriptor left to
+//!   start a new segment, which kept nothing): the log takes appends again.
 //! - Records below [`RecordLog::start_offset`] were removed by retention or trimming.
 //! - Methods block (they may do I/O): call them from a blocking thread, except
 //!   [`RecordLog::read`] near the end, which is served from memory or the page cache and may
@@ -106,8 +107,9 @@ pub enum StorageError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The backend cannot take the write now (a replicated backend without a quorum, or
-    /// without a connection): the append may or may not have been kept (a retry with the
-    /// same event ids is safe: dedupe), and the log takes writes again.
+    /// without a connection; a disk log out of file descriptors to start a new segment): the
+    /// append may or may not have been kept (a retry with the same event ids is safe: dedupe),
+    /// and the log takes writes again.
     #[error("the storage is unavailable: {source}")]
     Unavailable {
         /// The backend's report.

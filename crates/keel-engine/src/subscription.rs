@@ -58,7 +58,7 @@ use delivery::Deliveries;
 pub use dlq::DeadLetterEntry;
 use dlq::DeadLetterQueue;
 use keyed_state::KeyedState;
-pub use keyed_state::{KeyState, StoredKeyState};
+pub use keyed_state::{KeyState, StoredKeyState, emitted_event, stored_state};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use pull::{AckResult, PulledMessage};

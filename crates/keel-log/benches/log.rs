@@ -53,7 +53,7 @@ fn read(criterion: &mut Criterion) {
     ];
     for (name, config) in cases {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = filled_log(dir.path(), config);
+        let log = filled_log(dir.path(), config, 100);
         group.bench_function(name, |bencher| {
             bencher.iter_batched(|| (), |()| read_all(&log), BatchSize::SmallInput)
         });
@@ -61,13 +61,41 @@ fn read(criterion: &mut Criterion) {
     group.finish();
 }
 
-/// A log in `dir` holding `READ_RECORDS` records of `RECORD_BYTES`.
-fn filled_log(dir: &std::path::Path, config: LogConfig) -> Log {
+/// One-record reads, each from another of many sealed segments: more segments than the
+/// process keeps files open for (`SEALED_FILES_OPEN_MAX`), so every read opens its segment's
+/// files: the worst case of opening sealed segments on demand.
+fn read_scattered(criterion: &mut Criterion) {
+    let mut group = criterion.benchmark_group("read_scattered");
+    let config = LogConfig {
+        segment_bytes_max: 16 * 1024,
+        ..LogConfig::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Commits of 15 records of 1 KiB: one per 16 KiB segment.
+    let log = filled_log(dir.path(), config, 15);
+    // One offset in the middle of each segment.
+    let offsets: Vec<u64> = (7..READ_RECORDS).step_by(15).collect();
+    assert!(log.segment_count() > 4 * keel_log::limits::SEALED_FILES_OPEN_MAX);
+    group.throughput(Throughput::Elements(offsets.len() as u64));
+    group.bench_function("1_record_from_each_of_667_sealed_segments", |bencher| {
+        bencher.iter(|| {
+            for offset in &offsets {
+                let records = log.read(*offset, 1, usize::MAX).expect("read");
+                assert_eq!(records[0].offset, *offset);
+            }
+        })
+    });
+    group.finish();
+}
+
+/// A log in `dir` holding `READ_RECORDS` records of `RECORD_BYTES`, committed
+/// `records_per_commit` at a time.
+fn filled_log(dir: &std::path::Path, config: LogConfig, records_per_commit: i64) -> Log {
     let (log, _) = Log::open(dir, config).expect("open");
     let payload = vec![0xa5; RECORD_BYTES];
     for timestamp_ms in 0..READ_RECORDS as i64 {
         log.append(timestamp_ms, &payload).expect("append");
-        if timestamp_ms % 100 == 99 {
+        if timestamp_ms % records_per_commit == records_per_commit - 1 {
             log.commit(false).expect("commit");
         }
     }
@@ -100,6 +128,7 @@ fn benches() {
         .configure_from_args();
     append_commit(&mut criterion);
     read(&mut criterion);
+    read_scattered(&mut criterion);
 }
 
 criterion_main!(benches);

@@ -89,10 +89,19 @@ impl DurableMark {
                     newest = Some(slot);
                 }
                 Ok(_) => {}
-                Err(detail) => tracing::warn!(
-                    mark = %path.display(), slot = slot_number, %detail,
-                    "ignoring a damaged durable-mark slot; corruption checks fall back to the other"
-                ),
+                Err(detail) => {
+                    tracing::warn!(
+                        mark = %path.display(), slot = slot_number, %detail,
+                        "ignoring a damaged durable-mark slot; corruption checks fall back to the other"
+                    );
+                    // Zeroed (never written), so it cannot turn valid again: a slot cut short
+                    // is whole again once the file grows with zeros (a write to the other
+                    // slot), and an old, higher sequence there would then beat every newer
+                    // mark: a mark above records recovery has cut, and a log that no longer
+                    // opens. `recover` fsyncs the mark before the log is used.
+                    file.write_all_at(&[0; SLOT_BYTES], slot_number * SLOT_STRIDE_BYTES)
+                        .map_err(|source| LogError::io("write", &path, source))?;
+                }
             }
         }
         let slot = newest.unwrap_or(Slot {
@@ -212,6 +221,32 @@ mod tests {
             9,
             "falls back to the older slot"
         );
+    }
+
+    #[test]
+    fn a_damaged_slot_never_comes_back_above_a_newer_mark() {
+        // Goal: a slot ignored as damaged cannot turn valid later and win over newer writes
+        // (the fuzz target recover_segment found it: fuzz/corpus/recover_segment/mark-cut-short;
+        // recovery then cut the log below the old mark and the log no longer opened).
+        // Method: the mark at 4 in slot 0, the file cut inside slot 0's high bytes (zeros);
+        // open finds no valid slot (0), advance to 3 (a write to slot 1 extends the file with
+        // zeros, which would make slot 0 whole again), reopen: 3, not 4.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut mark, _) = DurableMark::open(&FileStorage, dir.path()).expect("open");
+        for offset in [1, 4] {
+            mark.advance(offset).expect("advance");
+        }
+        drop(mark);
+        let path = dir.path().join(MARK_FILE_NAME);
+        let mut bytes = std::fs::read(&path).expect("read mark");
+        bytes.truncate(OFFSET_POSITION + 5);
+        std::fs::write(&path, &bytes).expect("cut the mark");
+        let (mut mark, _) = DurableMark::open(&FileStorage, dir.path()).expect("open damaged");
+        assert_eq!(mark.durable_next_offset(), 0, "no valid slot");
+        mark.advance(3).expect("advance");
+        drop(mark);
+        let (mark, _) = DurableMark::open(&FileStorage, dir.path()).expect("reopen");
+        assert_eq!(mark.durable_next_offset(), 3);
     }
 
     #[test]

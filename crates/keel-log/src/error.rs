@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::storage::is_descriptor_exhaustion;
+
 /// Errors of the log.
 ///
 /// `Io` and `Corrupt` come from the disk; `Poisoned` says an earlier write failure stopped the
@@ -36,6 +38,22 @@ pub enum LogError {
     #[error("{path} is on a full device (no space left or quota reached): {source}")]
     StorageFull {
         /// The segment written.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No file descriptor was left (`EMFILE` for the process, `ENFILE` for the system) to
+    /// start a new segment, after [`ROLL_ATTEMPTS_MAX`](crate::limits::ROLL_ATTEMPTS_MAX)
+    /// tries. Nothing of the commit was written (a roll comes before the write), and the log
+    /// takes writes again: the next commit may succeed once descriptors are free.
+    #[error(
+        "no file descriptor left to start a new segment ({op} {path}: {source}); nothing of the commit was written. Raise the open-files limit (ulimit -n) or close connections, then retry"
+    )]
+    DescriptorsExhausted {
+        /// What was being done ("create", "fsync", ...).
+        op: &'static str,
+        /// The file or directory concerned.
         path: PathBuf,
         /// The cause.
         #[source]
@@ -86,6 +104,12 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether this is an `Io` error for want of a file descriptor (`EMFILE`, `ENFILE`): an
+    /// open that failed, so nothing was done and the same step may succeed later.
+    pub(crate) fn is_descriptor_exhaustion(&self) -> bool {
+        matches!(self, LogError::Io { source, .. } if is_descriptor_exhaustion(source))
+    }
+
     /// An `Io` error for `op` on `path`.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LogError::Io {

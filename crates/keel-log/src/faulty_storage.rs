@@ -26,6 +26,9 @@ pub enum FaultOp {
     Write,
     /// `fdatasync` of a file and fsync of a directory.
     Sync,
+    /// Opening a file (or a directory, to fsync it): fails before anything is opened or
+    /// created, as `EMFILE` does.
+    Open,
 }
 
 /// The error [`FaultyStorage`] injects.
@@ -35,6 +38,8 @@ pub enum FaultError {
     Eio,
     /// `ENOSPC`: the device is full.
     Enospc,
+    /// `EMFILE`: the process has no file descriptor left.
+    Emfile,
 }
 
 impl FaultError {
@@ -42,9 +47,11 @@ impl FaultError {
         // Linux errno values, so the error reads like the real one.
         const EIO: i32 = 5;
         const ENOSPC: i32 = 28;
+        const EMFILE: i32 = 24;
         match self {
             FaultError::Eio => io::Error::from_raw_os_error(EIO),
             FaultError::Enospc => io::Error::from_raw_os_error(ENOSPC),
+            FaultError::Emfile => io::Error::from_raw_os_error(EMFILE),
         }
     }
 }
@@ -80,6 +87,7 @@ struct FaultPlan {
     rng_state: u64,
     write: FaultRule,
     sync: FaultRule,
+    open: FaultRule,
     injected_count: u64,
     /// When set, only paths whose name ends with one of these are failed.
     fault_suffixes: Option<Vec<String>>,
@@ -105,6 +113,11 @@ impl FaultPlan {
 
     /// Decides whether this operation on `path` fails, and with what.
     fn decide(&mut self, op: FaultOp, path: &Path) -> Option<FaultError> {
+        // Opens draw no random number while no open fault is asked for, so that seeds chosen
+        // before opens could fail replay as they did.
+        if op == FaultOp::Open && self.open.countdown.is_none() && self.open.random.is_none() {
+            return None;
+        }
         let random = self.next_random();
         if let Some(suffixes) = &self.fault_suffixes {
             let name = path.to_string_lossy();
@@ -115,10 +128,7 @@ impl FaultPlan {
                 return None;
             }
         }
-        let rule = match op {
-            FaultOp::Write => &mut self.write,
-            FaultOp::Sync => &mut self.sync,
-        };
+        let rule = self.rule(op);
         let mut fault = None;
         if let Some((remaining, error)) = rule.countdown {
             if remaining == 0 {
@@ -137,6 +147,14 @@ impl FaultPlan {
             self.injected_count += 1;
         }
         fault
+    }
+
+    fn rule(&mut self, op: FaultOp) -> &mut FaultRule {
+        match op {
+            FaultOp::Write => &mut self.write,
+            FaultOp::Sync => &mut self.sync,
+            FaultOp::Open => &mut self.open,
+        }
     }
 
     /// Starts tracking `dir`, taking its present names as durable (they predate this layer).
@@ -212,6 +230,7 @@ impl FaultyStorage {
             rng_state: seed,
             write: FaultRule::default(),
             sync: FaultRule::default(),
+            open: FaultRule::default(),
             injected_count: 0,
             fault_suffixes: None,
             files: HashMap::new(),
@@ -250,6 +269,7 @@ impl FaultyStorage {
         let mut plan = self.lock();
         plan.write = FaultRule::default();
         plan.sync = FaultRule::default();
+        plan.open = FaultRule::default();
     }
 
     /// How many faults were injected so far.
@@ -287,11 +307,7 @@ impl FaultyStorage {
     }
 
     fn rule(&self, op: FaultOp, change: impl FnOnce(&mut FaultRule)) {
-        let mut plan = self.lock();
-        change(match op {
-            FaultOp::Write => &mut plan.write,
-            FaultOp::Sync => &mut plan.sync,
-        });
+        change(self.lock().rule(op));
     }
 
     fn lock(&self) -> MutexGuard<'_, FaultPlan> {
@@ -382,6 +398,9 @@ impl Storage for FaultyStorage {
     }
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
         let mut plan = self.lock();
+        if let Some(error) = plan.decide(FaultOp::Open, path) {
+            return Err(error.to_io_error());
+        }
         if let Some(dir) = path.parent() {
             plan.track_dir(dir)?;
         }
@@ -418,6 +437,10 @@ impl Storage for FaultyStorage {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut plan = self.lock();
+        // The directory is opened first, then fsynced.
+        if let Some(error) = plan.decide(FaultOp::Open, dir) {
+            return Err(error.to_io_error());
+        }
         if let Some(error) = plan.decide(FaultOp::Sync, dir) {
             return Err(error.to_io_error());
         }

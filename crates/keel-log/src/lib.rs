@@ -32,6 +32,7 @@ mod faulty_storage;
 mod index;
 pub mod limits;
 mod log;
+mod open_files;
 mod record;
 mod recovery;
 mod retention;

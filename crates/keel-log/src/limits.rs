@@ -68,6 +68,19 @@ pub(crate) const SEALED_INDEX_ENTRIES_IN_MEMORY_MAX: usize = 128;
 /// entries are left, then reads those at once; with the default config that is one read.
 pub(crate) const INDEX_LOOKUP_READ_ENTRIES_MAX: usize = 512;
 
+/// The most files of sealed segments (`.log`, `.index`, `.timeindex`) kept open at once by all
+/// the logs of a process, the least recently read closed first (`open_files.rs`). An idle
+/// sealed segment holds no descriptor; reads in progress hold theirs until they end.
+pub const SEALED_FILES_OPEN_MAX: usize = 128;
+
+/// How many times a roll (sealing a segment and creating the next one) is tried when no file
+/// descriptor is left, before the commit fails with `LogError::DescriptorsExhausted`.
+pub const ROLL_ATTEMPTS_MAX: u32 = 5;
+
+/// The wait before the second try of a roll that ran out of descriptors; each next wait is
+/// twice the last (10, 20, 40, 80 ms: 150 ms in all, while the writer waits).
+pub const ROLL_RETRY_BACKOFF_MS_FIRST: u64 = 10;
+
 // Index entries store byte positions and relative offsets as u32.
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX <= u32::MAX as u64);
 const _: () = assert!(SEGMENT_FILE_BYTES_MAX / (RECORD_HEADER_BYTES as u64) <= u32::MAX as u64);
@@ -80,6 +93,9 @@ const _: () = assert!(READ_CHUNK_BYTES_FIRST <= READ_CHUNK_BYTES);
 // A sealed segment keeps at least its first entry, and a lookup reads at least one entry at once.
 const _: () = assert!(SEALED_INDEX_ENTRIES_IN_MEMORY_MAX >= 1);
 const _: () = assert!(INDEX_LOOKUP_READ_ENTRIES_MAX >= 1);
+// A read opens one file at a time, and the cache must hold it.
+const _: () = assert!(SEALED_FILES_OPEN_MAX >= 1);
+const _: () = assert!(ROLL_ATTEMPTS_MAX >= 1);
 // With the default config (128 MiB segments, 4 KiB interval: 32768 entries), the entries between
 // two sampled ones fit one lookup read.
 const _: () = assert!(

@@ -10,19 +10,22 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use crate::durable_mark::{DurableMark, MARK_FILE_NAME};
 use crate::error::LogError;
 use crate::index::IndexBuilder;
 use crate::limits::{
     INDEX_INTERVAL_BYTES_MAX, INDEX_INTERVAL_BYTES_MIN, PAYLOAD_BYTES_MAX, PENDING_BYTES_MAX,
-    PENDING_BYTES_RETAINED_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, SEGMENT_FILE_BYTES_MAX,
+    PENDING_BYTES_RETAINED_MAX, ROLL_ATTEMPTS_MAX, ROLL_RETRY_BACKOFF_MS_FIRST, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN, SEGMENT_FILE_BYTES_MAX,
 };
+use crate::open_files::OpenFiles;
 use crate::record::{Record, encode_frame, frame_bytes};
 use crate::recovery::{RecoveryReport, recover};
 use crate::retention::{RetentionReport, SegmentStats, delete_segment_files, expired_prefix};
 use crate::segment::{ReadLimits, Segment, parse_segment_file_name};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, Storage, is_descriptor_exhaustion};
 
 /// Tunables of one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +152,7 @@ impl Log {
         storage: Arc<dyn Storage>,
     ) -> Result<(Log, RecoveryReport), LogError> {
         config.validate()?;
-        let recovered = recover(&*storage, dir, config.index_interval_bytes)?;
+        let recovered = recover(&storage, dir, config.index_interval_bytes)?;
         let active = Arc::clone(
             recovered
                 .segments
@@ -220,9 +223,12 @@ impl Log {
     /// not retried: after a failed fsync Linux may have dropped the dirty pages). With nothing
     /// buffered, `commit(true)` only fsyncs earlier unsynced commits, if any.
     ///
-    /// One failure does not poison: the write failing for a full device
-    /// (`LogError::StorageFull`), once what it wrote is cut and the cut fsynced. The log then
-    /// holds exactly its visible records, durably, and takes writes again.
+    /// Two failures do not poison. The write failing for a full device
+    /// (`LogError::StorageFull`), once what it wrote is cut and the cut fsynced: the log then
+    /// holds exactly its visible records, durably, and takes writes again. And a roll to a new
+    /// segment that found no file descriptor left, after a few tries
+    /// (`LogError::DescriptorsExhausted`): nothing was written, and the next commit tries the
+    /// roll again.
     pub fn commit(&self, fsync: bool) -> Result<u64, LogError> {
         let mut guard = self.lock_writer()?;
         let writer = &mut *guard;
@@ -237,6 +243,7 @@ impl Log {
         };
         result.map_err(|error| match error {
             LogError::StorageFull { .. } => self.refuse_full(writer, error),
+            LogError::DescriptorsExhausted { .. } => self.refuse_unwritten(writer, error),
             error => self.poison(writer, error),
         })
     }
@@ -273,7 +280,18 @@ impl Log {
         let mut limits = ReadLimits::new(records_max, bytes_max);
         let mut offset = from;
         while offset < next_offset && !limits.is_full(records.len()) {
-            let read_to = segment.read_into(offset, next_offset, &mut limits, &mut records)?;
+            let read_to = match segment.read_into(offset, next_offset, &mut limits, &mut records) {
+                Ok(read_to) => read_to,
+                // Retention removed the segment's file after the lookup, before the read
+                // opened it: as if the read had come after the removal.
+                Err(error) if self.was_removed(&segment, &error) => {
+                    if !records.is_empty() {
+                        break;
+                    }
+                    return Err(self.out_of_range(offset, next_offset));
+                }
+                Err(error) => return Err(error),
+            };
             if read_to >= next_offset || limits.is_full(records.len()) {
                 break;
             }
@@ -334,8 +352,12 @@ impl Log {
             if segment.timestamp_ms_max() < timestamp_ms {
                 continue;
             }
-            if let Some(offset) = segment.offset_for_timestamp(timestamp_ms, next_offset)? {
-                return Ok(offset);
+            match segment.offset_for_timestamp(timestamp_ms, next_offset) {
+                Ok(Some(offset)) => return Ok(offset),
+                Ok(None) => {}
+                // Retention removed it meanwhile: the answer is in a later segment.
+                Err(error) if self.was_removed(&segment, &error) => {}
+                Err(error) => return Err(error),
             }
         }
         Ok(next_offset)
@@ -449,7 +471,11 @@ impl Log {
     fn write_batch(&self, writer: &mut Writer, fsync: bool) -> Result<u64, LogError> {
         let batch_bytes = writer.pending.len() as u64;
         let active_bytes = writer.active.size_bytes();
-        if !writer.active.is_empty() && active_bytes + batch_bytes > self.config.segment_bytes_max {
+        let full =
+            !writer.active.is_empty() && active_bytes + batch_bytes > self.config.segment_bytes_max;
+        // A roll that failed for want of descriptors may have sealed the active segment already:
+        // it is rolled before anything is appended to it again.
+        if full || writer.active.is_sealed() {
             self.roll(writer)?;
         }
         let active = Arc::clone(&writer.active);
@@ -459,7 +485,7 @@ impl Log {
         assert!(position + batch_bytes <= SEGMENT_FILE_BYTES_MAX);
         writer.unsynced = true;
         active
-            .file()
+            .pinned_file()
             .write_all_at(&writer.pending, position)
             .map_err(|source| {
                 if matches!(
@@ -508,6 +534,13 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one at its next offset.
+    ///
+    /// Out of file descriptors (`EMFILE`, `ENFILE`), the steps that open files are tried again
+    /// [`ROLL_ATTEMPTS_MAX`] times in all, closing the idle files of sealed segments and waiting
+    /// a little longer each time; then the roll fails with `LogError::DescriptorsExhausted`,
+    /// which does not poison the log: nothing was written and no fsync failed, so nothing is
+    /// in doubt. The next commit tries the roll again (the active segment may be sealed by
+    /// then: a sealed active segment is never appended to, see `write_batch`).
     fn roll(&self, writer: &mut Writer) -> Result<(), LogError> {
         let sealed = Arc::clone(&writer.active);
         if writer.unsynced {
@@ -515,8 +548,48 @@ impl Log {
             // segment's records must be durable before a newer segment exists.
             self.sync_active(writer, sealed.next_offset())?;
         }
+        let mut backoff = Duration::from_millis(ROLL_RETRY_BACKOFF_MS_FIRST);
+        let mut attempt = 1;
+        let segment = loop {
+            match self.start_next_segment(&sealed) {
+                Ok(segment) => break segment,
+                Err(error) if error.is_descriptor_exhaustion() && attempt < ROLL_ATTEMPTS_MAX => {
+                    let closed = OpenFiles::shared().close_idle();
+                    let dir = self.dir.display();
+                    tracing::warn!(%dir, %error, attempt, closed_idle_files = closed, "no file descriptor left to roll the log to a new segment; trying again");
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(LogError::Io { op, path, source }) if is_descriptor_exhaustion(&source) => {
+                    return Err(LogError::DescriptorsExhausted { op, path, source });
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        self.segments_write().push(Arc::clone(&segment));
+        // Nothing writes to the sealed segment again: reads open its file on demand.
+        sealed.release_file();
+        tracing::debug!(
+            sealed = %sealed.path().display(), size_bytes = sealed.size_bytes(),
+            base_offset = segment.base_offset(), "rolled to a new segment"
+        );
+        writer.active = segment;
+        writer.builder = IndexBuilder::new(self.config.index_interval_bytes);
+        Ok(())
+    }
+
+    /// The steps of a roll that open files: seals `sealed` (writes its index files) and creates
+    /// the next segment, its name made durable. A failure for want of descriptors leaves
+    /// nothing to undo: the segment stays unsealed when its index files could not be opened,
+    /// and a segment file created whose directory could not be fsynced is removed again, so
+    /// the steps can be run again.
+    fn start_next_segment(&self, sealed: &Segment) -> Result<Arc<Segment>, LogError> {
         // From here on the sealed segment keeps only a sample of its index in memory.
-        if let Err(error) = sealed.seal(&*self.storage) {
+        if let Err(error) = sealed.seal() {
+            if error.is_descriptor_exhaustion() {
+                return Err(error);
+            }
             // Index files are caches of the segment: a failed write or fsync of one must not
             // stop the partition. The sealed segment serves lookups by scanning from its
             // in-memory sample, and the next open rebuilds the files. Whatever part of them
@@ -533,32 +606,32 @@ impl Log {
                 }
             }
         }
-        let segment = Arc::new(Segment::create(
-            &*self.storage,
-            &self.dir,
-            sealed.next_offset(),
-        )?);
+        let segment = Segment::create(&self.storage, &self.dir, sealed.next_offset())?;
         // Crash: fdatasync of a file does not make its directory entry durable; without this a
         // crash could lose the new segment with records fsynced into it and acknowledged. It also
         // makes the sealed segment's index file names durable.
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(|source| LogError::io("fsync", &self.dir, source))?;
-        self.segments_write().push(Arc::clone(&segment));
-        tracing::debug!(
-            sealed = %sealed.path().display(), size_bytes = sealed.size_bytes(),
-            base_offset = segment.base_offset(), "rolled to a new segment"
-        );
-        writer.active = segment;
-        writer.builder = IndexBuilder::new(self.config.index_interval_bytes);
-        Ok(())
+        if let Err(source) = self.storage.sync_dir(&self.dir) {
+            let error = LogError::io("fsync", &self.dir, source);
+            if error.is_descriptor_exhaustion() {
+                // The directory could not be opened, so no fsync ran (and none failed). The
+                // empty file goes, so that the next try creates it again; a crash before its
+                // removal is durable leaves an empty last segment, which recovery accepts.
+                let path = segment.path().to_owned();
+                drop(segment);
+                if let Err(remove_error) = self.storage.remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %remove_error, "could not remove a segment file created by a failed roll");
+                }
+            }
+            return Err(error);
+        }
+        Ok(Arc::new(segment))
     }
 
     /// Fsyncs the active segment, then advances the durable mark to `durable_next_offset`.
     fn sync_active(&self, writer: &mut Writer, durable_next_offset: u64) -> Result<(), LogError> {
         let active = &writer.active;
         active
-            .file()
+            .pinned_file()
             .sync_data()
             .map_err(|source| LogError::io("fsync", active.path(), source))?;
         writer.unsynced = false;
@@ -582,7 +655,7 @@ impl Log {
         writer.pending_records.clear();
         writer.next_offset = self.next_offset();
         let active = Arc::clone(&writer.active);
-        if let Err(source) = active.file().set_size_bytes(active.size_bytes()) {
+        if let Err(source) = active.pinned_file().set_size_bytes(active.size_bytes()) {
             return self.poison(writer, LogError::io("truncate", active.path(), source));
         }
         if let Err(error) = self.sync_active(writer, self.next_offset()) {
@@ -591,6 +664,24 @@ impl Log {
         let dir = self.dir.display();
         tracing::warn!(%dir, error = %full, "a commit failed for a full device; nothing of it was kept");
         full
+    }
+
+    /// After a commit failed before writing anything (a roll that found no descriptor left):
+    /// drops the pending records and returns `error`, the log healthy.
+    fn refuse_unwritten(&self, writer: &mut Writer, error: LogError) -> LogError {
+        writer.pending.clear();
+        writer.pending_records.clear();
+        writer.next_offset = self.next_offset();
+        let dir = self.dir.display();
+        tracing::warn!(%dir, %error, "a commit failed: no file descriptor left to roll the log; nothing of it was written");
+        error
+    }
+
+    /// Whether `error`, from a read of `segment`, came from its file removed by retention
+    /// since the segment was looked up.
+    fn was_removed(&self, segment: &Arc<Segment>, error: &LogError) -> bool {
+        let not_found = matches!(error, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+        not_found && !self.segments_read().iter().any(|s| Arc::ptr_eq(s, segment))
     }
 
     /// Poisons the log after a failed write or fsync and drops the pending records; returns
@@ -606,7 +697,7 @@ impl Log {
         // does not resurface records whose commit returned an error. If this fails too, reopen
         // still recovers: it keeps intact frames and cuts at the first bad one.
         let active = &writer.active;
-        if let Err(cut_error) = active.file().set_size_bytes(active.size_bytes()) {
+        if let Err(cut_error) = active.pinned_file().set_size_bytes(active.size_bytes()) {
             let segment = active.path().display();
             tracing::warn!(%segment, error = %cut_error, "could not cut a failed write");
         }

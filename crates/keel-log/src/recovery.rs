@@ -16,7 +16,8 @@ use crate::durable_mark::DurableMark;
 use crate::error::LogError;
 use crate::index::{IndexBounds, IndexBuilder, SparseIndex, TIME_INDEX_ENTRY_BYTES};
 use crate::limits::SEGMENT_FILE_BYTES_MAX;
-use crate::sealed_index::{IndexFiles, SealedBounds, SealedIndex};
+use crate::open_files::SegmentFiles;
+use crate::sealed_index::{SealedBounds, SealedIndex};
 use crate::segment::{
     CursorError, FrameCursor, INDEX_EXTENSION, LOG_EXTENSION, Scan, Segment, SegmentIndex,
     TIME_INDEX_EXTENSION, parse_segment_file_name, scan_segment, segment_path,
@@ -52,13 +53,13 @@ pub(crate) struct Recovered {
 
 /// Opens the log in `dir`, creating it when missing, and recovers it (see the module doc).
 pub(crate) fn recover(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     index_interval_bytes: u32,
 ) -> Result<Recovered, LogError> {
-    let names = list_or_create_dir(storage, dir)?;
-    let bases = segment_bases(storage, dir, &names);
-    let (mut mark, mark_created) = DurableMark::open(storage, dir)?;
+    let names = list_or_create_dir(&**storage, dir)?;
+    let bases = segment_bases(&**storage, dir, &names);
+    let (mut mark, mark_created) = DurableMark::open(&**storage, dir)?;
     if mark_created && !bases.is_empty() {
         let dir = dir.display();
         let message = "durable mark missing: this open cannot tell corruption from a torn tail";
@@ -91,7 +92,7 @@ pub(crate) fn recover(
         )?,
         None => create_first(storage, dir, &mark, index_interval_bytes)?,
     };
-    make_durable(storage, dir, &last, &mut mark)?;
+    make_durable(&**storage, dir, &last, &mut mark)?;
     segments.push(Arc::new(last));
     Ok(Recovered {
         segments,
@@ -114,7 +115,7 @@ fn make_durable(
     // damage to them from a torn tail. The same fsync makes a cut tail durable (see
     // `recover_last`) before anything is appended after the cut.
     let path = last.path().to_path_buf();
-    last.file()
+    last.pinned_file()
         .sync_data()
         .map_err(|source| LogError::io("fsync", &path, source))?;
     mark.advance(last.next_offset())
@@ -188,7 +189,7 @@ fn segment_bases(storage: &dyn Storage, dir: &Path, names: &[String]) -> Vec<u64
 
 /// A brand new log: one empty segment at offset 0. The caller fsyncs the directory.
 fn create_first(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     mark: &DurableMark,
     index_interval_bytes: u32,
@@ -234,7 +235,7 @@ fn corrupt(segment: &Path, position: u64, detail: String) -> LogError {
 /// rebuilding them. Any bad frame in it is corruption: it was fsynced before the next segment
 /// existed.
 fn open_sealed(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     base_offset: u64,
     next_base_offset: u64,
@@ -242,7 +243,7 @@ fn open_sealed(
     report: &mut RecoveryReport,
 ) -> Result<Segment, LogError> {
     let path = segment_path(dir, base_offset, LOG_EXTENSION);
-    let (file, file_bytes) = open_existing(storage, &path)?;
+    let (file, file_bytes) = open_existing(&**storage, &path)?;
     let record_count = next_base_offset - base_offset;
     if file_bytes == 0 || file_bytes > SEGMENT_FILE_BYTES_MAX || record_count > u64::from(u32::MAX)
     {
@@ -256,29 +257,28 @@ fn open_sealed(
         record_count,
         file_bytes,
     };
-    let checked = match load_index(storage, &path, bounds) {
-        Ok((index, files)) => check_tail(&*file, &path, base_offset, bounds, index)?
-            .map(|(index, timestamp_ms_max)| (index, files, timestamp_ms_max)),
+    let checked = match load_index(&**storage, &path, bounds) {
+        Ok(index) => check_tail(&*file, &path, base_offset, bounds, index)?,
         Err(why) => Err(why),
     };
-    match checked {
-        Ok((index, files, timestamp_ms_max)) => {
+    let segment = match checked {
+        Ok((index, timestamp_ms_max)) => {
             let sealed_bounds = SealedBounds {
                 record_count,
                 file_bytes,
                 timestamp_ms_max,
             };
             // The whole index was read to check it; only a sample stays in memory.
-            let index = SealedIndex::new(index.entries(), sealed_bounds, Some(files));
-            Ok(Segment::new(
+            let index = SealedIndex::new(index.entries(), sealed_bounds, true);
+            Segment::new(
+                SegmentFiles::new(Arc::clone(storage), path),
                 base_offset,
-                path,
                 file,
                 SegmentIndex::Sealed(index),
                 file_bytes,
                 next_base_offset,
                 timestamp_ms_max,
-            ))
+            )
         }
         Err(why) => {
             let segment = path.display();
@@ -291,45 +291,38 @@ fn open_sealed(
                 base_offset,
                 bounds,
                 index_interval_bytes,
-            )
+            )?
         }
-    }
+    };
+    // An idle sealed segment holds no descriptor: a log of many segments opens with few.
+    segment.release_file();
+    Ok(segment)
 }
 
 /// Reads both index files of the segment at `log_path` and checks them against `bounds`;
-/// returns them decoded and open.
+/// returns them decoded.
 fn load_index(
     storage: &dyn Storage,
     log_path: &Path,
     bounds: IndexBounds,
-) -> Result<(SparseIndex, IndexFiles), String> {
-    let (offset_file, offset_index) = read_small_file(
+) -> Result<SparseIndex, String> {
+    let offset_index = read_small_file(
         storage,
         &log_path.with_extension(INDEX_EXTENSION),
         bounds.offset_index_bytes_max(),
     )?;
-    let (time_file, time_index) = read_small_file(
+    let time_index = read_small_file(
         storage,
         &log_path.with_extension(TIME_INDEX_EXTENSION),
         bounds
             .record_count
             .saturating_mul(TIME_INDEX_ENTRY_BYTES as u64),
     )?;
-    let index = SparseIndex::decode(&offset_index, &time_index, bounds)?;
-    let files = IndexFiles {
-        offset_index: offset_file,
-        time_index: time_file,
-    };
-    Ok((index, files))
+    SparseIndex::decode(&offset_index, &time_index, bounds)
 }
 
-/// The file at `path`, open, and its whole content, refusing one over `bytes_max` before
-/// reading it.
-fn read_small_file(
-    storage: &dyn Storage,
-    path: &Path,
-    bytes_max: u64,
-) -> Result<(Arc<dyn StorageFile>, Vec<u8>), String> {
+/// The whole content of the file at `path`, refusing one over `bytes_max` before reading it.
+fn read_small_file(storage: &dyn Storage, path: &Path, bytes_max: u64) -> Result<Vec<u8>, String> {
     let describe = |error: io::Error| format!("{}: {error}", path.display());
     let file = storage.open(path, OpenMode::Existing).map_err(describe)?;
     let file_bytes = file.size_bytes().map_err(describe)?;
@@ -342,7 +335,7 @@ fn read_small_file(
     let mut bytes = vec![0; file_bytes as usize];
     let read = read_full_at(&*file, &mut bytes, 0).map_err(describe)?;
     bytes.truncate(read);
-    Ok((file, bytes))
+    Ok(bytes)
 }
 
 /// Reads the frames after the last index entry to the end of the file. They must be intact and
@@ -388,7 +381,7 @@ fn check_tail(
 
 /// Rebuilds a sealed segment's index from its frames and rewrites the index files.
 fn rebuild_sealed(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     path: PathBuf,
     file: Arc<dyn StorageFile>,
     base_offset: u64,
@@ -412,15 +405,9 @@ fn rebuild_sealed(
         );
         return Err(corrupt(&path, scan.size_bytes, detail));
     }
-    let segment = segment_from_scan(
-        base_offset,
-        path,
-        file,
-        &scan,
-        bounds.file_bytes,
-        next_offset,
-    );
-    if let Err(error) = segment.seal(storage) {
+    // The scan ran to the end of the file (no bad frame) and to `next_offset` (checked).
+    let segment = segment_from_scan(storage, base_offset, path, file, &scan);
+    if let Err(error) = segment.seal() {
         // Index files are caches: lookups scan from the in-memory sample instead, slower but
         // correct; the next open rebuilds again.
         let shown = segment.path().display();
@@ -433,30 +420,29 @@ fn rebuild_sealed(
 /// is below the durable mark, which makes it corruption and leaves the file untouched.
 /// A segment whose in-memory index is rebuilt from a scan of its frames.
 fn segment_from_scan(
+    storage: &Arc<dyn Storage>,
     base_offset: u64,
     path: PathBuf,
     file: Arc<dyn StorageFile>,
     scan: &Scan,
-    size_bytes: u64,
-    next_offset: u64,
 ) -> Segment {
     let mut index = SparseIndex::default();
     index.extend(&scan.entries);
     let timestamp_ms_max = scan.builder.timestamp_ms_max();
     let index = SegmentIndex::Active(index);
     Segment::new(
+        SegmentFiles::new(Arc::clone(storage), path),
         base_offset,
-        path,
         file,
         index,
-        size_bytes,
-        next_offset,
+        scan.size_bytes,
+        scan.next_offset,
         timestamp_ms_max,
     )
 }
 
 fn recover_last(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     dir: &Path,
     base_offset: u64,
     index_interval_bytes: u32,
@@ -464,7 +450,7 @@ fn recover_last(
     report: &mut RecoveryReport,
 ) -> Result<(Segment, IndexBuilder), LogError> {
     let path = segment_path(dir, base_offset, LOG_EXTENSION);
-    let (file, file_bytes) = open_existing(storage, &path)?;
+    let (file, file_bytes) = open_existing(&**storage, &path)?;
     let scan = scan_segment(&*file, base_offset, file_bytes, index_interval_bytes)
         .map_err(|source| LogError::io("read", &path, source))?;
     let durable_next_offset = mark.durable_next_offset();
@@ -506,7 +492,6 @@ fn recover_last(
         ));
         report.first_truncated_offset = Some(bad.expected_offset);
     }
-    let (size_bytes, next_offset) = (scan.size_bytes, scan.next_offset);
-    let segment = segment_from_scan(base_offset, path, file, &scan, size_bytes, next_offset);
+    let segment = segment_from_scan(storage, base_offset, path, file, &scan);
     Ok((segment, scan.builder))
 }

@@ -23,6 +23,7 @@
 //! of order, such an entry can make `offset_for_timestamp` skip an older-but-later-stamped
 //! record; with timestamps in order (append time) it is caught by the frame check.
 
+use std::io;
 use std::sync::Arc;
 
 use crate::index::{IndexEntry, OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES};
@@ -61,13 +62,13 @@ pub(crate) struct Lookup {
     pub(crate) damage: Option<String>,
 }
 
-/// The open index files of a sealed segment.
-#[derive(Debug, Clone)]
-pub(crate) struct IndexFiles {
-    /// The `.index` file.
-    pub(crate) offset_index: Arc<dyn StorageFile>,
-    /// The `.timeindex` file.
-    pub(crate) time_index: Arc<dyn StorageFile>,
+/// Where a lookup gets a sealed segment's index files: opened on demand through the cache of
+/// open files (`open_files.rs`), so an idle sealed segment holds no descriptor.
+pub(crate) trait IndexFiles {
+    /// The `.index` file, open.
+    fn offset_index(&self) -> io::Result<Arc<dyn StorageFile>>;
+    /// The `.timeindex` file, open.
+    fn time_index(&self) -> io::Result<Arc<dyn StorageFile>>;
 }
 
 /// What entries read from a sealed segment's index files are checked against.
@@ -92,8 +93,8 @@ pub(crate) struct SealedIndex {
     /// Entries in each index file.
     entry_count: u64,
     bounds: SealedBounds,
-    /// `None` when the files could not be written: lookups then scan from the samples.
-    files: Option<IndexFiles>,
+    /// False when the files could not be written: lookups then scan from the samples.
+    files_written: bool,
 }
 
 /// An `.index` entry as read, or the end of the segment as an upper bound.
@@ -122,7 +123,7 @@ impl SealedIndex {
     pub(crate) fn new(
         entries: &[IndexEntry],
         bounds: SealedBounds,
-        files: Option<IndexFiles>,
+        files_written: bool,
     ) -> SealedIndex {
         let stride = entries
             .len()
@@ -135,7 +136,7 @@ impl SealedIndex {
             stride: stride as u64,
             entry_count: entries.len() as u64,
             bounds,
-            files,
+            files_written,
         }
     }
 
@@ -145,8 +146,9 @@ impl SealedIndex {
         self.samples.len()
     }
 
-    /// The last entry at or before `relative_offset`: where to start scanning for it.
-    pub(crate) fn floor_for_offset(&self, relative_offset: u32) -> Lookup {
+    /// The last entry at or before `relative_offset`: where to start scanning for it. The index
+    /// files are `files`.
+    pub(crate) fn floor_for_offset(&self, files: &dyn IndexFiles, relative_offset: u32) -> Lookup {
         let count = self
             .samples
             .partition_point(|entry| entry.relative_offset <= relative_offset);
@@ -154,11 +156,15 @@ impl SealedIndex {
             return self.sampled(None);
         };
         let sample = self.samples[sample_number];
-        let Some(files) = &self.files else {
+        if !self.files_needed() {
             return self.sampled(Some(sample));
+        }
+        let file = match files.offset_index() {
+            Ok(file) => file,
+            Err(error) => return self.unopened(sample, &error),
         };
         let target = u64::from(relative_offset);
-        match self.search_offset(&*files.offset_index, sample_number, target) {
+        match self.search_offset(&*file, sample_number, target) {
             Ok(entry) => self.found(entry, sample),
             Err(why) => Lookup {
                 floor: Some(Floor::in_memory(sample)),
@@ -168,8 +174,9 @@ impl SealedIndex {
     }
 
     /// The last entry whose records, and all records before it, are older than `timestamp_ms`:
-    /// where to start scanning for the first record at or after `timestamp_ms`.
-    pub(crate) fn floor_for_timestamp(&self, timestamp_ms: i64) -> Lookup {
+    /// where to start scanning for the first record at or after `timestamp_ms`. The index files
+    /// are `files`.
+    pub(crate) fn floor_for_timestamp(&self, files: &dyn IndexFiles, timestamp_ms: i64) -> Lookup {
         let count = self
             .samples
             .partition_point(|entry| entry.timestamp_ms_max < timestamp_ms);
@@ -177,16 +184,37 @@ impl SealedIndex {
             return self.sampled(None);
         };
         let sample = self.samples[sample_number];
-        let Some(files) = &self.files else {
+        if !self.files_needed() {
             return self.sampled(Some(sample));
+        }
+        let opened = files
+            .time_index()
+            .and_then(|time| Ok((time, files.offset_index()?)));
+        let (time_file, offset_file) = match opened {
+            Ok(files) => files,
+            Err(error) => return self.unopened(sample, &error),
         };
-        match self.search_timestamp(files, sample_number, timestamp_ms) {
+        match self.search_timestamp(&*time_file, &*offset_file, sample_number, timestamp_ms) {
             Ok(entry) => self.found(entry, sample),
             Err(why) => Lookup {
                 floor: Some(Floor::in_memory(sample)),
                 damage: Some(why),
             },
         }
+    }
+
+    /// Whether a lookup reads the index files: not when they could not be written, nor when
+    /// every entry is sampled (the sample found is the entry the files would give), which
+    /// saves opening them.
+    fn files_needed(&self) -> bool {
+        self.files_written && self.stride > 1
+    }
+
+    /// A floor at `sample` when an index file could not be opened (out of descriptors, say):
+    /// not damage, so not reported as such; the scan from the sample is slower, not wrong.
+    fn unopened(&self, sample: IndexEntry, error: &io::Error) -> Lookup {
+        tracing::debug!(%error, "could not open an index file; scanning from a sampled entry");
+        self.sampled(Some(sample))
     }
 
     fn sampled(&self, entry: Option<IndexEntry>) -> Lookup {
@@ -272,7 +300,8 @@ impl SealedIndex {
     /// `sample_number`, with its position from the matching `.index` entry.
     fn search_timestamp(
         &self,
-        files: &IndexFiles,
+        time_file: &dyn StorageFile,
+        offset_file: &dyn StorageFile,
         sample_number: usize,
         timestamp_ms: i64,
     ) -> Result<IndexEntry, String> {
@@ -284,7 +313,7 @@ impl SealedIndex {
         let found = narrow(
             lower,
             upper,
-            |first, count| read_time_keys(&*files.time_index, first, count),
+            |first, count| read_time_keys(time_file, first, count),
             time_follows,
             |key| key.timestamp_ms_max < timestamp_ms,
         )
@@ -300,7 +329,7 @@ impl SealedIndex {
         };
         let (offset_lower, offset_upper) = self.window(sample_number, offset_key, end);
         let offset = read_one(
-            |first, count| read_offset_keys(&*files.offset_index, first, count),
+            |first, count| read_offset_keys(offset_file, first, count),
             found.number,
         )
         .map_err(|why| format!(".index: {why}"))?;
@@ -520,13 +549,27 @@ mod tests {
         }
     }
 
+    /// A sealed segment's two index files, in memory.
+    struct MemoryIndexFiles {
+        offset_file: Arc<MemoryFile>,
+        time_file: Arc<MemoryFile>,
+    }
+
+    impl IndexFiles for MemoryIndexFiles {
+        fn offset_index(&self) -> io::Result<Arc<dyn StorageFile>> {
+            Ok(self.offset_file.clone())
+        }
+        fn time_index(&self) -> io::Result<Arc<dyn StorageFile>> {
+            Ok(self.time_file.clone())
+        }
+    }
+
     /// A sealed segment of `count` records of 100 bytes with timestamps 10 apart (each one
     /// indexed), its full in-memory index, its sealed index and the two files behind it.
     struct Sample {
         full: SparseIndex,
         sealed: SealedIndex,
-        offset_file: Arc<MemoryFile>,
-        time_file: Arc<MemoryFile>,
+        files: MemoryIndexFiles,
     }
 
     fn sample(count: u32) -> Sample {
@@ -544,16 +587,14 @@ mod tests {
             file_bytes: u64::from(count) * 100,
             timestamp_ms_max: builder.timestamp_ms_max(),
         };
-        let files = IndexFiles {
-            offset_index: offset_file.clone(),
-            time_index: time_file.clone(),
-        };
-        let sealed = SealedIndex::new(full.entries(), bounds, Some(files));
+        let sealed = SealedIndex::new(full.entries(), bounds, true);
         Sample {
             full,
             sealed,
-            offset_file,
-            time_file,
+            files: MemoryIndexFiles {
+                offset_file,
+                time_file,
+            },
         }
     }
 
@@ -582,14 +623,16 @@ mod tests {
         for count in [1, 7, 128, 129, 1_000, 65_537, 200_000] {
             let sample = sample(count);
             for target in targets(count) {
-                let lookup = sample.sealed.floor_for_offset(target);
+                let lookup = sample.sealed.floor_for_offset(&sample.files, target);
                 assert_eq!(lookup.damage, None);
                 // An offset lookup reads no timestamp: compare where it starts.
                 let expected = sample.full.floor_for_offset(target).map(place);
                 let found = lookup.floor.map(|f| place(f.entry));
                 assert_eq!(found, expected, "{count}: {target}");
                 for timestamp_ms in [i64::from(target) * 10, i64::from(target) * 10 + 1] {
-                    let lookup = sample.sealed.floor_for_timestamp(timestamp_ms);
+                    let lookup = sample
+                        .sealed
+                        .floor_for_timestamp(&sample.files, timestamp_ms);
                     assert_eq!(lookup.damage, None);
                     let expected = sample.full.floor_for_timestamp(timestamp_ms);
                     let found = lookup.floor.map(|f| f.entry);
@@ -654,13 +697,13 @@ mod tests {
         for (name, damage) in cases {
             let sample = sample(65_537);
             damage(
-                &mut sample.offset_file.bytes(),
-                &mut sample.time_file.bytes(),
+                &mut sample.files.offset_file.bytes(),
+                &mut sample.files.time_file.bytes(),
             );
             let mut damage_seen = false;
             for target in targets(65_537) {
                 let true_floor = sample.full.floor_for_offset(target).expect("an entry");
-                let lookup = sample.sealed.floor_for_offset(target);
+                let lookup = sample.sealed.floor_for_offset(&sample.files, target);
                 damage_seen |= lookup.damage.is_some();
                 let floor = lookup.floor.expect("an entry");
                 assert!(
@@ -675,7 +718,10 @@ mod tests {
                 }
                 let timestamp_ms = i64::from(target) * 10 + 1;
                 let true_floor = sample.full.floor_for_timestamp(timestamp_ms);
-                let floor = sample.sealed.floor_for_timestamp(timestamp_ms).floor;
+                let floor = sample
+                    .sealed
+                    .floor_for_timestamp(&sample.files, timestamp_ms)
+                    .floor;
                 let floor = floor.map(|floor| floor.entry);
                 assert!(floor.is_some() == true_floor.is_some(), "{name}");
                 if floor != true_floor {
@@ -695,18 +741,21 @@ mod tests {
         // Goal: a sealed segment whose index files could not be written still answers lookups,
         // from its samples alone (the caller scans further).
         // Method: seal an index without files and look up targets between samples.
-        let full = sample(1_000).full;
+        let Sample { full, files, .. } = sample(1_000);
         let bounds = SealedBounds {
             record_count: 1_000,
             file_bytes: 100_000,
             timestamp_ms_max: 9_990,
         };
-        let sealed = SealedIndex::new(full.entries(), bounds, None);
-        let lookup = sealed.floor_for_offset(500);
+        let sealed = SealedIndex::new(full.entries(), bounds, false);
+        let lookup = sealed.floor_for_offset(&files, 500);
         assert_eq!(lookup.damage, None);
         let floor = lookup.floor.expect("an entry");
         assert_eq!((floor.entry.relative_offset, floor.fallback), (496, None));
-        let floor = sealed.floor_for_timestamp(5_001).floor.expect("an entry");
+        let floor = sealed
+            .floor_for_timestamp(&files, 5_001)
+            .floor
+            .expect("an entry");
         assert_eq!(floor.entry.relative_offset, 496);
     }
 }

@@ -14,8 +14,9 @@ use crate::index::{IndexBuilder, IndexEntry, SparseIndex};
 use crate::limits::{
     READ_CHUNK_BYTES, READ_CHUNK_BYTES_FIRST, READ_FEW_RECORDS, SEGMENT_FILE_BYTES_MAX,
 };
+use crate::open_files::{FileKind, SegmentFiles};
 use crate::record::{FrameError, RECORD_HEADER_BYTES, Record, decode_frame, decode_header};
-use crate::sealed_index::{Floor, IndexFiles, Lookup, SealedBounds, SealedIndex};
+use crate::sealed_index::{Floor, Lookup, SealedBounds, SealedIndex};
 use crate::storage::{OpenMode, Storage, StorageFile, read_full_at};
 
 /// Extension of segment data files.
@@ -51,10 +52,16 @@ pub(crate) fn parse_segment_file_name(name: &str) -> Option<(u64, &str)> {
 /// back from byte 0; the visible records `[base_offset, next_offset)` take bytes
 /// `[0, size_bytes)`. Only the writer changes the counters, and readers never look past them.
 /// Thread-safe: every method takes `&self`.
+///
+/// Descriptors: the segment keeps its `.log` open ("pinned") while it may be written to; once
+/// it is sealed and released ([`Segment::release_file`]) it holds no descriptor while idle: its
+/// files are opened by the reads that need them, through the bounded cache of `open_files.rs`.
 pub(crate) struct Segment {
     base_offset: u64,
-    path: PathBuf,
-    file: Arc<dyn StorageFile>,
+    /// Its files, opened on demand once released.
+    files: SegmentFiles,
+    /// The open `.log` until the segment is released: always for the active segment.
+    pinned: RwLock<Option<Arc<dyn StorageFile>>>,
     index: RwLock<SegmentIndex>,
     size_bytes: AtomicU64,
     next_offset: AtomicU64,
@@ -80,7 +87,7 @@ impl fmt::Debug for Segment {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("Segment")
-            .field("path", &self.path)
+            .field("path", &self.path())
             .field("base_offset", &self.base_offset)
             .field("next_offset", &self.next_offset())
             .field("size_bytes", &self.size_bytes())
@@ -375,10 +382,11 @@ impl ReadLimits {
 }
 
 impl Segment {
-    /// A segment over `file` whose first `size_bytes` hold `[base_offset, next_offset)`.
+    /// A segment over `file`, open (pinned until released), whose first `size_bytes` hold
+    /// `[base_offset, next_offset)`; `files` opens it (and its index files) once released.
     pub(crate) fn new(
+        files: SegmentFiles,
         base_offset: u64,
-        path: PathBuf,
         file: Arc<dyn StorageFile>,
         index: SegmentIndex,
         size_bytes: u64,
@@ -392,8 +400,8 @@ impl Segment {
         assert!(size_bytes <= SEGMENT_FILE_BYTES_MAX);
         Segment {
             base_offset,
-            path,
-            file,
+            files,
+            pinned: RwLock::new(Some(file)),
             index: RwLock::new(index),
             size_bytes: AtomicU64::new(size_bytes),
             next_offset: AtomicU64::new(next_offset),
@@ -404,7 +412,7 @@ impl Segment {
 
     /// Creates an empty segment file at `base_offset` (the caller fsyncs the directory).
     pub(crate) fn create(
-        storage: &dyn Storage,
+        storage: &Arc<dyn Storage>,
         dir: &Path,
         base_offset: u64,
     ) -> Result<Segment, LogError> {
@@ -414,8 +422,8 @@ impl Segment {
             .map_err(|source| LogError::io("create", &path, source))?;
         let index = SegmentIndex::Active(SparseIndex::default());
         Ok(Segment::new(
+            SegmentFiles::new(Arc::clone(storage), path),
             base_offset,
-            path,
             file,
             index,
             0,
@@ -429,11 +437,43 @@ impl Segment {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.files.log_path()
     }
 
-    pub(crate) fn file(&self) -> &dyn StorageFile {
-        &*self.file
+    /// The `.log` file of a segment not yet released: the active segment's, for the writer.
+    pub(crate) fn pinned_file(&self) -> Arc<dyn StorageFile> {
+        let pinned = self.pinned.read().unwrap_or_else(PoisonError::into_inner);
+        let file = pinned
+            .as_ref()
+            .expect("only a sealed segment is released, and the writer never writes to one");
+        Arc::clone(file)
+    }
+
+    /// The `.log` file, open, for a read: the pinned one, or one from the cache of open files.
+    fn open_file(&self) -> Result<Arc<dyn StorageFile>, LogError> {
+        if let Some(file) = &*self.pinned.read().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(Arc::clone(file));
+        }
+        self.files
+            .open(FileKind::Log)
+            .map_err(|source| LogError::io("open", self.path(), source))
+    }
+
+    /// Stops holding the `.log` open (it is closed once no read uses it): from here on reads
+    /// open it on demand, through the cache of open files. Only for a sealed segment, which
+    /// nothing writes to again.
+    pub(crate) fn release_file(&self) {
+        debug_assert!(self.is_sealed(), "only a sealed segment is released");
+        self.pinned
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Whether the segment was sealed (its index is no longer appended to).
+    pub(crate) fn is_sealed(&self) -> bool {
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        matches!(&*index, SegmentIndex::Sealed(_))
     }
 
     /// Bytes of the visible records.
@@ -458,8 +498,8 @@ impl Segment {
     /// Paths of the `.index` and `.timeindex` files.
     pub(crate) fn index_paths(&self) -> [PathBuf; 2] {
         [
-            self.path.with_extension(INDEX_EXTENSION),
-            self.path.with_extension(TIME_INDEX_EXTENSION),
+            self.files.path(FileKind::OffsetIndex),
+            self.files.path(FileKind::TimeIndex),
         ]
     }
 
@@ -491,8 +531,10 @@ impl Segment {
     /// looks the rest up in the files. Writer only.
     ///
     /// When the files cannot be written the error is returned, and the segment is sealed anyway
-    /// without them: lookups then scan from the sampled entries, slower but correct.
-    pub(crate) fn seal(&self, storage: &dyn Storage) -> Result<(), LogError> {
+    /// without them: lookups then scan from the sampled entries, slower but correct. Except
+    /// when no descriptor was left to open them: then the segment stays unsealed, for the
+    /// caller to seal again once descriptors are free.
+    pub(crate) fn seal(&self) -> Result<(), LogError> {
         let (offset_index, time_index) =
             match &*self.index.read().unwrap_or_else(PoisonError::into_inner) {
                 SegmentIndex::Active(index) => {
@@ -502,17 +544,16 @@ impl Segment {
             };
         // Written outside the lock, so readers of this segment go on during the fsyncs.
         let [offset_path, time_path] = self.index_paths();
-        let files = write_whole_file(storage, &offset_path, &offset_index).and_then(|offset| {
-            let time = write_whole_file(storage, &time_path, &time_index)?;
-            Ok(IndexFiles {
-                offset_index: offset,
-                time_index: time,
-            })
-        });
-        let (files, result) = match files {
-            Ok(files) => (Some(files), Ok(())),
-            Err(error) => (None, Err(error)),
-        };
+        let storage = &**self.files.storage();
+        // Closed once written: lookups open them on demand.
+        let written = write_whole_file(storage, &offset_path, &offset_index)
+            .and_then(|()| write_whole_file(storage, &time_path, &time_index));
+        if let Err(error) = &written
+            && error.is_descriptor_exhaustion()
+        {
+            return written;
+        }
+        let files_written = written.is_ok();
         let bounds = SealedBounds {
             record_count: self.next_offset() - self.base_offset,
             file_bytes: self.size_bytes(),
@@ -521,9 +562,10 @@ impl Segment {
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         if let SegmentIndex::Active(active) = &*index {
             // Only the writer seals and publishes, so this is the index the files were made of.
-            *index = SegmentIndex::Sealed(SealedIndex::new(active.entries(), bounds, files));
+            *index =
+                SegmentIndex::Sealed(SealedIndex::new(active.entries(), bounds, files_written));
         }
-        result
+        written
     }
 
     /// Index entries held in memory.
@@ -548,9 +590,10 @@ impl Segment {
         let relative_offset = self.relative(from);
         let floor = self.lookup(|index| match index {
             SegmentIndex::Active(index) => in_memory(index.floor_for_offset(relative_offset)),
-            SegmentIndex::Sealed(index) => index.floor_for_offset(relative_offset),
+            SegmentIndex::Sealed(index) => index.floor_for_offset(&self.files, relative_offset),
         });
-        let mut cursor = self.cursor_at(floor, false, limits.few_left(out.len()))?;
+        let file = self.open_file()?;
+        let mut cursor = self.cursor_at(&*file, floor, false, limits.few_left(out.len()))?;
         let mut next = from;
         while next < limit_offset && !limits.is_full(out.len()) {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
@@ -582,9 +625,10 @@ impl Segment {
         let limit_offset = limit_offset.min(self.next_offset());
         let floor = self.lookup(|index| match index {
             SegmentIndex::Active(index) => in_memory(index.floor_for_timestamp(timestamp_ms)),
-            SegmentIndex::Sealed(index) => index.floor_for_timestamp(timestamp_ms),
+            SegmentIndex::Sealed(index) => index.floor_for_timestamp(&self.files, timestamp_ms),
         });
-        let mut cursor = self.cursor_at(floor, true, false)?;
+        let file = self.open_file()?;
+        let mut cursor = self.cursor_at(&*file, floor, true, false)?;
         while cursor.expected_offset() < limit_offset {
             let Some(frame) = cursor.next_frame().map_err(|e| self.cursor_error(e))? else {
                 return Err(self.ends_early(cursor.position(), cursor.expected_offset()));
@@ -617,7 +661,7 @@ impl Segment {
         let message = "an index entry does not fit the segment's frames (a damaged index file, or \
                        a damaged record); lookups there scan from an earlier entry instead, and \
                        reopening the log checks the index files and rebuilds damaged ones";
-        tracing::warn!(segment = %self.path.display(), reason = why, "{message}");
+        tracing::warn!(segment = %self.path().display(), reason = why, "{message}");
     }
 
     /// A cursor from `floor`, or from the segment's start.
@@ -627,16 +671,17 @@ impl Segment {
     /// otherwise the cursor starts from the floor's fallback instead. So an index entry that is
     /// out of place (a damaged index file) costs a longer scan, never a wrong record. The check
     /// reads nothing more: the frame stays buffered for the scan.
-    fn cursor_at(
+    fn cursor_at<'f>(
         &self,
+        file: &'f dyn StorageFile,
         floor: Option<Floor>,
         check_timestamp: bool,
         small: bool,
-    ) -> Result<FrameCursor<'_>, LogError> {
+    ) -> Result<FrameCursor<'f>, LogError> {
         let Some(floor) = floor else {
-            return Ok(self.cursor_from(None, small));
+            return Ok(self.cursor_from(file, None, small));
         };
-        let mut cursor = self.cursor_from(Some(floor.entry), small);
+        let mut cursor = self.cursor_from(file, Some(floor.entry), small);
         let why = match cursor.check_next_frame() {
             Ok(Some(timestamp_ms))
                 if !check_timestamp || timestamp_ms <= floor.entry.timestamp_ms_max =>
@@ -651,22 +696,27 @@ impl Segment {
             // When the record there is damaged rather than the index, the scan from the fallback
             // reports it again, as corruption.
             Err(CursorError::Bad(bad)) => format!("at byte {}: {}", bad.position, bad.reason),
-            Err(CursorError::Io(source)) => return Err(LogError::io("read", &self.path, source)),
+            Err(CursorError::Io(source)) => return Err(LogError::io("read", self.path(), source)),
         };
         self.report_index_damage(&format!("entry {:?}: {why}", floor.entry));
-        Ok(self.cursor_from(floor.fallback, small))
+        Ok(self.cursor_from(file, floor.fallback, small))
     }
 
     /// A cursor over the visible bytes, from an index entry or from the start; its first
     /// positioned read small when `small` (a read of a few records).
-    fn cursor_from(&self, entry: Option<IndexEntry>, small: bool) -> FrameCursor<'_> {
+    fn cursor_from<'f>(
+        &self,
+        file: &'f dyn StorageFile,
+        entry: Option<IndexEntry>,
+        small: bool,
+    ) -> FrameCursor<'f> {
         let (position, offset) = entry.map_or((0, self.base_offset), |entry| {
             (
                 u64::from(entry.position),
                 self.base_offset + u64::from(entry.relative_offset),
             )
         });
-        let cursor = FrameCursor::new(&*self.file, position, self.size_bytes(), offset);
+        let cursor = FrameCursor::new(file, position, self.size_bytes(), offset);
         if small {
             cursor.starting_small()
         } else {
@@ -678,9 +728,9 @@ impl Segment {
     /// frame among them is corruption, never a torn tail.
     fn cursor_error(&self, error: CursorError) -> LogError {
         match error {
-            CursorError::Io(source) => LogError::io("read", &self.path, source),
+            CursorError::Io(source) => LogError::io("read", self.path(), source),
             CursorError::Bad(bad) => LogError::Corrupt {
-                segment: self.path.clone(),
+                segment: self.path().to_owned(),
                 position: bad.position,
                 detail: bad.reason.to_string(),
             },
@@ -689,7 +739,7 @@ impl Segment {
 
     fn ends_early(&self, position: u64, offset: u64) -> LogError {
         LogError::Corrupt {
-            segment: self.path.clone(),
+            segment: self.path().to_owned(),
             position,
             detail: format!("the segment's frames end before offset {offset}"),
         }
@@ -704,12 +754,8 @@ fn in_memory(entry: Option<IndexEntry>) -> Lookup {
     }
 }
 
-/// Replaces the file at `path` with `bytes`, fsyncs it, and returns it open.
-fn write_whole_file(
-    storage: &dyn Storage,
-    path: &Path,
-    bytes: &[u8],
-) -> Result<Arc<dyn StorageFile>, LogError> {
+/// Replaces the file at `path` with `bytes` and fsyncs it.
+fn write_whole_file(storage: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<(), LogError> {
     let file = storage
         .open(path, OpenMode::Create)
         .map_err(|source| LogError::io("create", path, source))?;
@@ -722,7 +768,7 @@ fn write_whole_file(
     // a rebuild; the directory entry is made durable by the caller's directory fsync.
     file.sync_data()
         .map_err(|source| LogError::io("fsync", path, source))?;
-    Ok(file)
+    Ok(())
 }
 
 #[cfg(test)]

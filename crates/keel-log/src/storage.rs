@@ -53,6 +53,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
+/// Whether `error` says no file descriptor was left: `EMFILE` (the process's limit) or `ENFILE`
+/// (the system's). Only an open fails so; nothing was opened, and the same open may succeed
+/// once descriptors are closed (unlike a failed fsync, which is never retried).
+pub(crate) fn is_descriptor_exhaustion(error: &io::Error) -> bool {
+    // Linux errno values.
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(error.raw_os_error(), Some(ENFILE | EMFILE))
+}
+
 /// Reads from `position` until `buffer` is full or the file ends; returns the bytes read.
 pub(crate) fn read_full_at(
     file: &dyn StorageFile,

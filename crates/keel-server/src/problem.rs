@@ -95,7 +95,9 @@ impl From<EngineError> for ApiError {
             error,
             EngineError::ShuttingDown
                 | EngineError::Publish(
-                    PublishError::OriginalFailed { .. } | PublishError::Overloaded { .. }
+                    PublishError::OriginalFailed { .. }
+                        | PublishError::Overloaded { .. }
+                        | PublishError::StorageUnavailable { .. }
                 )
         );
         api_error.retry_after = retry_soon.then_some(1);

@@ -87,6 +87,48 @@ pub async fn publish_batch(
     assert_eq!(response.status(), 200);
 }
 
+/// Posts `events` to `topic` in one batch (batched content mode), whatever the answer.
+pub async fn post_batch(
+    client: &reqwest::Client,
+    url: &str,
+    topic: &str,
+    events: Vec<Value>,
+) -> reqwest::Response {
+    client
+        .post(format!("{url}/v1/topics/{topic}/events"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(Value::Array(events).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Runs `fiu-ctrl -c COMMAND PID`: enables or disables a libfiu failure point in a process run
+/// under `fiu-run -x`.
+pub fn fiu_ctrl(pid: u32, command: &str) {
+    let status = std::process::Command::new("fiu-ctrl")
+        .args(["-c", command, &pid.to_string()])
+        .status()
+        .expect("fiu-ctrl runs");
+    assert!(status.success(), "fiu-ctrl {command}");
+}
+
+/// Whether libfiu's `fiu-run` is missing, so a fault-injection test must be skipped: allowed
+/// only with `KEEL_SKIP_FIU` set, otherwise the test fails saying what to install.
+pub fn fiu_missing() -> bool {
+    let missing = std::process::Command::new("fiu-run")
+        .arg("-h")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_err();
+    assert!(
+        !missing || std::env::var("KEEL_SKIP_FIU").is_ok(),
+        "fiu-run is missing: run scripts/install-test-deps.sh (or set KEEL_SKIP_FIU=1 to skip this test)"
+    );
+    missing
+}
+
 /// The notices on keel's `_keel.alerts` topic so far, as (type, subject) pairs in order.
 pub async fn alert_notices(client: &reqwest::Client, url: &str) -> Vec<(String, String)> {
     let read_url = format!("{url}/v1/topics/_keel.alerts/partitions/0/events?from=0&max=100");

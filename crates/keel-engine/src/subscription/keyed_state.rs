@@ -422,19 +422,7 @@ impl Effects {
         emit: Vec<keel_api::state::Emit>,
         targets: &EmitTargets,
     ) -> Result<Self, EngineError> {
-        // The limit counts the state as stored: on one line, without whitespace.
-        let state = state.map(|state| compact(&state));
-        if let Some(state) = &state
-            && state.get().len() > STATE_BYTES_MAX
-        {
-            return Err(EngineError::Subscription(
-                SubscriptionError::StateTooLarge {
-                    index,
-                    bytes: state.get().len(),
-                    max: STATE_BYTES_MAX,
-                },
-            ));
-        }
+        let state = state.map(|state| stored_state(index, &state)).transpose()?;
         if emit.len() > EMITS_PER_ACK_MAX {
             return Err(invalid_commit(format!(
                 "ack {index} emits {} events, over the limit of {EMITS_PER_ACK_MAX}",
@@ -507,8 +495,10 @@ pub(crate) fn commit_request(
     }))
 }
 
-/// An emitted event, its `id` set to `id`: a valid CloudEvent, or why not.
-fn emitted_event(
+/// Event `number` emitted by ack `ack`, its `id` set to `id`: a valid CloudEvent, or why not.
+/// What an ack's and a stateful push sink's emitted events go through, and what the fuzz
+/// target `ack_body` calls.
+pub fn emitted_event(
     event: &RawValue,
     id: String,
     ack: usize,
@@ -528,16 +518,53 @@ fn emitted_event(
     })
 }
 
-/// A state as stored: on one line (a pulled message is one line of JSON in the CLI's
-/// output), and without whitespace when it is over the size limit with it.
-fn compact(state: &RawValue) -> Box<RawValue> {
+/// Ack `index`'s state as stored: on one line (a pulled message is one line of JSON in the
+/// CLI's output), and without whitespace when it is over the size limit with it; refused when
+/// it is still over [`STATE_BYTES_MAX`] (the limit counts the state as stored). What an ack's
+/// and a stateful push sink's state go through, and what the fuzz target `ack_body` calls.
+pub fn stored_state(index: usize, state: &RawValue) -> Result<Box<RawValue>, EngineError> {
     let text = state.get();
-    if !text.contains('\n') && text.len() <= STATE_BYTES_MAX {
-        return state.to_owned();
+    let stored = if !text.contains('\n') && text.len() <= STATE_BYTES_MAX {
+        state.to_owned()
+    } else {
+        RawValue::from_string(without_whitespace(text))
+            .expect("JSON without the whitespace between its tokens is JSON")
+    };
+    if stored.get().len() > STATE_BYTES_MAX {
+        return Err(EngineError::Subscription(
+            SubscriptionError::StateTooLarge {
+                index,
+                bytes: stored.get().len(),
+                max: STATE_BYTES_MAX,
+            },
+        ));
     }
-    let value: serde_json::Value =
-        serde_json::from_str(state.get()).expect("a state parsed as JSON is JSON");
-    serde_json::value::to_raw_value(&value).expect("a JSON value serialises")
+    Ok(stored)
+}
+
+/// `json` (checked JSON) without the whitespace between its tokens, strings kept byte for
+/// byte. Not by parsing it into a `serde_json::Value` and writing that back: a value has
+/// limits raw JSON has not (128 levels of nesting, numbers within an f64), and a state beyond
+/// them made that parse fail (the fuzz target `ack_body` found it: a panic, then).
+fn without_whitespace(json: &str) -> String {
+    let mut compact = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for character in json.chars() {
+        if in_string {
+            compact.push(character);
+            if escaped {
+                escaped = false;
+            } else if character == '\\' {
+                escaped = true;
+            } else if character == '"' {
+                in_string = false;
+            }
+        } else if !matches!(character, ' ' | '\t' | '\n' | '\r') {
+            in_string = character == '"';
+            compact.push(character);
+        }
+    }
+    compact
 }
 
 pub(crate) fn invalid_commit(detail: String) -> EngineError {
@@ -567,4 +594,42 @@ fn storage_error(context: &str, source: crate::storage::StorageError) -> EngineE
         context: context.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_beyond_what_a_json_value_holds_are_stored_on_one_line() {
+        // Goal: a state that serde_json takes as raw JSON but cannot read as a value (over its
+        // 128 levels of nesting, or a number beyond an f64) is stored like any other, on one
+        // line, never a panic nor a refusal (the fuzz target ack_body found the panic:
+        // fuzz/corpus/ack_body/deep-state-with-newline, number-out-of-range-with-newline);
+        // strings keep their whitespace and escapes.
+        // Method: such states with newlines between tokens, compared with the same states
+        // written without whitespace.
+        let cases = [
+            (
+                "[".repeat(200) + "\n" + &"]".repeat(200),
+                "[".repeat(200) + &"]".repeat(200),
+            ),
+            (
+                "[1e999999,\n -0.5E-3 ]".to_owned(),
+                "[1e999999,-0.5E-3]".to_owned(),
+            ),
+            (
+                "{ \"a b\" :\n [\"x \\\" \\\\\", true , null ] }".to_owned(),
+                "{\"a b\":[\"x \\\" \\\\\",true,null]}".to_owned(),
+            ),
+        ];
+        for (sent, stored) in cases {
+            let state = RawValue::from_string(sent).expect("raw JSON");
+            assert_eq!(stored_state(3, &state).expect("stored").get(), stored);
+        }
+        let over = RawValue::from_string(format!("\"{}\"\n", "x".repeat(STATE_BYTES_MAX)))
+            .expect("raw JSON");
+        let error = stored_state(3, &over).expect_err("too large");
+        assert!(error.to_string().contains("ack 3"), "{error}");
+    }
 }

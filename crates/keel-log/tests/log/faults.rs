@@ -1,7 +1,9 @@
-//! Fault injection: a failed write or fsync is never acknowledged and poisons the log.
+//! Fault injection: a failed write or fsync is never acknowledged and poisons the log; a roll
+//! that finds no file descriptor left is retried and does not.
 
 use std::sync::Arc;
 
+use keel_log::limits::ROLL_ATTEMPTS_MAX;
 use keel_log::{FaultError, FaultOp, FaultyStorage, Log, LogConfig, LogError};
 
 use crate::support::{Rng, check_all, open, payload_for, small_config, timestamp_for, with_seed};
@@ -160,6 +162,66 @@ fn failures_while_rolling_a_segment_poison_without_losing_visible_records() {
             assert_eq!(log.next_offset(), acknowledged, "{op:?} after {successes}");
             check_all(&log, |_| 40);
         }
+    }
+}
+
+#[test]
+fn a_roll_out_of_descriptors_is_retried_and_never_poisons() {
+    // Goal: a roll whose opens fail with EMFILE (the new segment's creation, the directory's
+    // open for its fsync, or an index file's) is tried again: one failure costs nothing; when
+    // every try fails the commit returns DescriptorsExhausted, keeps nothing, and the log is
+    // not poisoned: the next commit rolls and succeeds once descriptors are free, and every
+    // acknowledged record survives a crash.
+    // Method: per kind of file, fill a segment, fail that open once (the commit succeeds), then
+    // fail it always (the commit is refused after ROLL_ATTEMPTS_MAX tries), heal, commit again,
+    // then crash and reopen.
+    for suffix in [".log", "/p0", ".index", ".timeindex"] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("p0");
+        let storage = FaultyStorage::new(23);
+        let log = open_faulty(&dir, &storage, small_config());
+        storage.only_on_paths_ending(&[suffix]);
+        append_records(&log, 0, 8).expect("append");
+        assert_eq!(log.commit(true).expect("fills the first segment"), 8);
+        storage.fail_after(FaultOp::Open, 0, FaultError::Emfile);
+        append_records(&log, 8, 8).expect("append");
+        assert_eq!(
+            log.commit(true).expect("{suffix}: one EMFILE is retried"),
+            16
+        );
+        assert_eq!(storage.injected_count(), 1, "{suffix}");
+        assert_eq!(log.segment_count(), 2, "{suffix}");
+
+        storage.fail_randomly(FaultOp::Open, 1_000_000, FaultError::Emfile);
+        append_records(&log, 16, 2).expect("append");
+        match log.commit(true) {
+            Err(LogError::DescriptorsExhausted { .. }) => {}
+            other => panic!("{suffix}: expected DescriptorsExhausted, got {other:?}"),
+        }
+        assert_eq!(
+            storage.injected_count(),
+            1 + u64::from(ROLL_ATTEMPTS_MAX),
+            "{suffix}: tried ROLL_ATTEMPTS_MAX times"
+        );
+        assert_eq!(
+            log.next_offset(),
+            16,
+            "{suffix}: nothing of the refused commit"
+        );
+
+        storage.heal();
+        append_records(&log, 16, 2).expect("{suffix}: not poisoned");
+        assert_eq!(
+            log.commit(true).expect("{suffix}: the roll succeeds now"),
+            18
+        );
+        assert_eq!(log.segment_count(), 3, "{suffix}");
+        check_all(&log, |_| 40);
+        drop(log);
+        storage.crash().expect("crash");
+        let (log, _) = open(&dir, small_config());
+        assert_eq!(log.next_offset(), 18, "{suffix}: acknowledged records kept");
+        check_all(&log, |_| 40);
     }
 }
 

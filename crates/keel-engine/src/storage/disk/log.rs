@@ -15,7 +15,8 @@ use crate::storage::{Record, RecordLog, StorageError, Trimmed};
 /// Invariant (the `RecordLog` contract): after any failed append, sync or rewrite, the log
 /// takes no more writes until it is opened again, except after a commit refused for a full
 /// device (keel-log cut and fsynced it away: nothing of it is kept, and nothing is left
-/// buffered). keel-log poisons itself after a failed write or fsync, but not after every
+/// buffered) or for want of a file descriptor to roll to a new segment (nothing was written,
+/// nothing is left buffered). keel-log poisons itself after a failed write or fsync, but not after every
 /// refused append (a batch over its pending buffer, a record too large): frames buffered
 /// before the refusal would otherwise be committed by the next append.
 pub(crate) struct DiskLog {
@@ -96,6 +97,7 @@ impl RecordLog for DiskLog {
         self.check_writable()?;
         let failed = |error| match error {
             full @ LogError::StorageFull { .. } => storage_error(full),
+            exhausted @ LogError::DescriptorsExhausted { .. } => storage_error(exhausted),
             error => self.poison(storage_error(error)),
         };
         let mut first_offset = None;
@@ -287,6 +289,9 @@ pub(super) fn storage_error(error: LogError) -> StorageError {
         LogError::Poisoned { cause } => StorageError::Poisoned { cause },
         full @ LogError::StorageFull { .. } => StorageError::Full {
             source: Box::new(full),
+        },
+        exhausted @ LogError::DescriptorsExhausted { .. } => StorageError::Unavailable {
+            source: Box::new(exhausted),
         },
         corrupt @ LogError::Corrupt { .. } => StorageError::Corrupt {
             source: Box::new(corrupt),

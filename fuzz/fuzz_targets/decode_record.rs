@@ -8,7 +8,12 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = keel_log::decode_header(bytes);
     if let Ok(frame) = keel_log::decode_frame(bytes) {
         let mut encoded = Vec::new();
-        keel_log::encode_frame(frame.offset, frame.timestamp_ms, frame.payload, &mut encoded);
+        keel_log::encode_frame(
+            frame.offset,
+            frame.timestamp_ms,
+            frame.payload,
+            &mut encoded,
+        );
         assert_eq!(&encoded[..], &bytes[..frame.frame_bytes()]);
     }
 });
