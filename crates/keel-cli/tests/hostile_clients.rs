@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use keel_testkit::process::{KeelProcess, free_port};
+use keel_testkit::process::{KeelProcess, free_port, resident_bytes};
 use serde_json::{Value, json};
 use support::KEEL;
 use tokio::io::AsyncWriteExt;
@@ -32,17 +32,6 @@ async fn start(dir: &std::path::Path) -> KeelProcess {
     let keel = KeelProcess::spawn(command, &dir.join("data"), &listen, &dir.join("keel.log"));
     keel.wait_ready().await;
     keel
-}
-
-/// The process's resident memory, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
 }
 
 /// Publishes one small event; how long the answer took.
@@ -122,7 +111,7 @@ async fn clients_that_never_read_stay_within_the_budget() {
             .unwrap();
         assert_eq!(published.status(), 200);
     }
-    let baseline = rss(keel.pid());
+    let baseline = resident_bytes(keel.pid());
     let listen = keel.listen.clone();
     let pid = keel.pid();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
@@ -140,11 +129,11 @@ async fn clients_that_never_read_stay_within_the_budget() {
                     .await
                     .unwrap();
                 readers.push(socket);
-                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::SeqCst);
+                peak.fetch_max(resident_bytes(pid), std::sync::atomic::Ordering::SeqCst);
             }
             for _ in 0..60 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::SeqCst);
+                peak.fetch_max(resident_bytes(pid), std::sync::atomic::Ordering::SeqCst);
             }
             readers
         }
@@ -166,12 +155,12 @@ async fn clients_that_never_read_stay_within_the_budget() {
         slowest < Duration::from_secs(2),
         "a publish took {slowest:?}"
     );
-    // After the write timeout, keel has let the non-readers go: reading now finds the end.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Within the write timeout (3 s) and a margin, keel lets the non-readers go: a read finds
+    // the end of each connection.
     let readers: Vec<_> = readers.lock().unwrap().drain(..).collect();
     let mut closed = 0;
     for mut socket in readers {
-        closed += usize::from(closed_by_keel(&mut socket, Duration::from_secs(2)).await);
+        closed += usize::from(closed_by_keel(&mut socket, Duration::from_secs(10)).await);
     }
     assert_eq!(closed, 150, "connections keel let go");
 }
@@ -243,7 +232,7 @@ async fn a_flood_of_oversized_requests_is_refused_cheaply() {
     let dir = tempfile::tempdir().unwrap();
     let keel = start(dir.path()).await;
     create_good_topic(&keel).await;
-    let baseline = rss(keel.pid());
+    let baseline = resident_bytes(keel.pid());
     let (url, pid) = (keel.url.clone(), keel.pid());
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
     let watched = peak.clone();
@@ -265,7 +254,7 @@ async fn a_flood_of_oversized_requests_is_refused_cheaply() {
         }
         for flood in floods {
             let status = flood.await.unwrap();
-            watched.fetch_max(rss(pid), std::sync::atomic::Ordering::SeqCst);
+            watched.fetch_max(resident_bytes(pid), std::sync::atomic::Ordering::SeqCst);
             // 413, or the connection closed while the body was still being sent.
             assert!(status == 413 || status == 0, "{status}");
         }
