@@ -3,6 +3,7 @@
 # promtool (Prometheus' own checker) for /metrics, fiu-run (libfiu) to make fsync fail,
 # the CloudEvents Python SDK as an outside publisher, and the official Standard Webhooks
 # Python library to verify pushed signatures, OpenTelemetry's API to read pushed trace context,
+# openapi-spec-validator and schemathesis to check the OpenAPI document and fuzz the API from it,
 # and nats-server 2.12 or later for the JetStream cluster tests (keel-testkit's nats harness;
 # Debian's nats-server 2.9 is too old); python3 itself runs examples/balances.py in the
 # exactly-once test. Idempotent and quiet when present.
@@ -25,6 +26,23 @@ fi
 if ! python3 -c 'import standardwebhooks' 2>/dev/null; then
   echo "installing with pip: standardwebhooks"
   python3 -m pip install -q 'standardwebhooks==1.1.0'
+fi
+# The OpenAPI document's outside checks, openapi-spec-validator and schemathesis (which fuzzes
+# the live API from the document: scripts/openapi-fuzz.sh), in their own virtualenv on the
+# newest Python 3.12+ at hand: CPython 3.11.7's ast module has a bug (gh-106905) that
+# schemathesis's coverage phase trips over.
+st_venv=/opt/keel-schemathesis
+if ! "$st_venv/bin/st" --version 2>/dev/null | grep -q '4\.32\.5'; then
+  st_python=python3
+  for candidate in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      st_python=$candidate
+    fi
+  done
+  echo "installing with pip into $st_venv ($("$st_python" --version)): schemathesis, openapi-spec-validator"
+  rm -rf "$st_venv"
+  "$st_python" -m venv "$st_venv"
+  "$st_venv/bin/pip" install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
 fi
 if ! python3 -c 'import opentelemetry.trace' 2>/dev/null; then
   echo "installing with pip: opentelemetry-api"

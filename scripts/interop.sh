@@ -59,3 +59,9 @@ echo "promtool: /metrics passes ($(grep -c '^keel_' "$dir/metrics.txt") samples)
 # Push delivery: PushClient::deliver against a Python sink that verifies with the official
 # standardwebhooks library (the test skips itself without KEEL_INTEROP=1).
 KEEL_INTEROP=1 cargo test --locked -p keel-engine --test standard_webhooks_interop -- --nocapture
+
+# The OpenAPI document: an outside validator checks it against the OpenAPI 3.1 schema, then
+# schemathesis fuzzes a second server, with auth on, from it for 90 s: every answer must be
+# documented (status, content type, headers, body schema), none may be a 5xx, and requests
+# the document forbids must be refused. At least 1,000 requests must have been sent.
+scripts/openapi-fuzz.sh

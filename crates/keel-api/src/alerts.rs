@@ -28,6 +28,7 @@ use crate::duration;
 
 /// Whether a rule compares with a fixed threshold or with a learned baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     /// The value compared with `value` by `op`.
@@ -38,6 +39,7 @@ pub enum AlertKind {
 
 /// How a rule turns the matched series into the number it judges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Function {
     /// The latest value (a gauge, or a counter's total).
@@ -58,6 +60,7 @@ pub enum Function {
 
 /// How series are gathered into alert instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Aggregation {
     /// Matched series that share the `by` labels are added up.
@@ -69,6 +72,7 @@ pub enum Aggregation {
 
 /// A comparison of a threshold rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Comparison {
     /// Fires while the value is above the threshold.
     #[serde(rename = ">")]
@@ -108,6 +112,7 @@ impl Comparison {
 
 /// Which departures from the baseline an anomaly rule flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Spikes and collapses.
@@ -121,6 +126,7 @@ pub enum Direction {
 
 /// The other side of a ratio: a metric and its label matchers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     /// The metric's sample name, as `GET /metrics` writes it.
@@ -133,6 +139,7 @@ pub struct Selector {
 /// An alert rule. Members that do not apply to its `kind` or `function` are refused, so a
 /// misplaced setting is never silently ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
     /// `threshold` or `anomaly`.
@@ -153,6 +160,7 @@ pub struct AlertRule {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub window: Option<Duration>,
     /// For `quantile`: which one, between 0 and 1 (`0.99`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,6 +189,7 @@ pub struct AlertRule {
         with = "duration::serde_text",
         skip_serializing_if = "Duration::is_zero"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub for_duration: Duration,
     /// How long an alert keeps firing after its condition cleared.
     #[serde(
@@ -188,6 +197,7 @@ pub struct AlertRule {
         with = "duration::serde_text",
         skip_serializing_if = "Duration::is_zero"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub keep_firing_for: Duration,
     /// Anomaly rules: fire when the value is more than this many deviations from the
     /// baseline's mean (default 4).
@@ -203,6 +213,7 @@ pub struct AlertRule {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub warm_up: Option<Duration>,
     /// Anomaly rules: the baseline's memory: an observation's weight halves after this long
     /// (default 1h). Independent of the evaluation interval, unlike a raw EWMA alpha.
@@ -211,6 +222,7 @@ pub struct AlertRule {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub half_life: Option<Duration>,
     /// Anomaly rules: `both` (the default), `up` or `down`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +236,7 @@ pub struct AlertRule {
 
 /// The cycle an anomaly rule's baseline may follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Seasonality {
     /// One baseline per hour of the day, UTC.
@@ -232,6 +245,7 @@ pub enum Seasonality {
 
 /// Where an alert instance is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     /// The condition does not hold.
@@ -244,6 +258,7 @@ pub enum AlertState {
 
 /// What an anomaly instance has learned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Baseline {
     /// The mean learned.
     pub mean: f64,
@@ -256,31 +271,38 @@ pub struct Baseline {
     /// With `seasonality: "daily"`, once the current hour's baseline judges: that hour
     /// (0–23, UTC). The figures above are then that hour's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false, maximum = 23))]
     pub hour_of_day: Option<u8>,
 }
 
 /// One alert instance: the series (or group of series) of one label set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertInstance {
     /// The instance's labels (the `by` labels, or the series' labels).
     pub labels: BTreeMap<String, String>,
     /// Where it is.
     pub state: AlertState,
     /// The value at the last evaluation (none: no data, such as a rate before two samples).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub value: Option<f64>,
     /// Anomaly rules: the value's z-score against the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub z: Option<f64>,
     /// Since when it is in `state` (RFC 3339); none while inactive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub since: Option<String>,
     /// Anomaly rules: the baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub baseline: Option<Baseline>,
 }
 
 /// A rule and its instances, as describe and list answer it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertStatus {
     /// The rule's name.
     pub name: String,
@@ -290,6 +312,7 @@ pub struct AlertStatus {
     pub rule: AlertRule,
     /// When it was last evaluated (RFC 3339); none before the first evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub evaluated_at: Option<String>,
     /// Its instances, by labels.
     pub instances: Vec<AlertInstance>,
@@ -297,6 +320,7 @@ pub struct AlertStatus {
 
 /// `GET /v1/alerts`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertList {
     /// Every rule, by name.
     pub alerts: Vec<AlertStatus>,

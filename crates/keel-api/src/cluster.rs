@@ -5,19 +5,23 @@ use serde::{Deserialize, Serialize};
 
 /// The cluster as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStatus {
     /// `"single"` (embedded storage, one node) or `"cluster"` (NATS JetStream).
     pub mode: String,
     /// The cluster's name (cluster mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub cluster: Option<String>,
     /// The id of the node that answered.
     pub node: String,
     /// The replicas of every stream and bucket (cluster mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub replicas: Option<usize>,
     /// How long a lease lasts without renewal, in milliseconds (cluster mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub lease_ttl_ms: Option<u64>,
     /// Every node with a live heartbeat, by id.
     pub nodes: Vec<NodeStatus>,
@@ -27,6 +31,7 @@ pub struct ClusterStatus {
 
 /// One node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     /// Its id.
     pub id: String,
@@ -42,16 +47,20 @@ pub struct NodeStatus {
 
 /// One unit of work and its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnitStatus {
     /// The unit: `subscription/NAME`.
     pub unit: String,
     /// The node holding its lease; none while it moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub node: Option<String>,
     /// The lease's epoch (its fencing token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub epoch: Option<u64>,
     /// The node the rebalance wants it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub placed_on: Option<String>,
 }

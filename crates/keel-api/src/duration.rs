@@ -50,6 +50,40 @@ pub fn format(duration: Duration) -> String {
     format!("{}{name}", ms / unit_ms)
 }
 
+/// The JSON Schema of a duration as keel writes and reads it (`"30s"`): a string holding a
+/// whole number and a unit, as [`parse`] takes it. `Duration` fields point at it with
+/// `#[schema(value_type = DurationText)]`.
+#[cfg(feature = "openapi")]
+pub struct DurationText;
+
+#[cfg(feature = "openapi")]
+impl DurationText {
+    /// The ECMA-262 pattern of what [`parse`] accepts and [`format`] writes: digits and a
+    /// unit. ([`parse`] also trims surrounding whitespace, which the schema leaves out as no
+    /// client needs it; a number too large for its unit matches and is refused.)
+    pub fn pattern() -> String {
+        let units: Vec<&str> = UNITS.iter().map(|(name, _)| *name).collect();
+        format!("^[0-9]+({})$", units.join("|"))
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for DurationText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(Self::pattern()))
+            .description(Some(
+                "A duration: a whole number and a unit of ms, s, m, h or d (`\"500ms\"`, `\"30s\"`, `\"2m\"`, `\"1h\"`, `\"7d\"`).",
+            ))
+            .examples(["30s"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for DurationText {}
+
 /// Serde helpers for `Duration` fields written as strings.
 pub mod serde_text {
     use serde::{Deserialize, Deserializer, Serializer};

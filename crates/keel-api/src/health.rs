@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The answer to `GET /healthz` (200 once the process serves).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Liveness {
     /// Always `ok`.
     pub status: String,
@@ -18,17 +19,21 @@ pub struct Liveness {
 /// none but the status (503), `damaged` names the damage (503), `ready` and `degraded` (200)
 /// list what refuses service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     /// With `damaged`: the directories keel created that are missing or unreadable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub data_dir_damage: Option<Vec<DataDirDamage>>,
     /// Where keel stands.
     pub status: ReadyStatus,
     /// With `ready` or `degraded`: the partitions that refuse service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unavailable_partitions: Option<Vec<UnavailablePartition>>,
     /// With `ready` or `degraded`: the subscriptions that refuse service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unavailable_subscriptions: Option<Vec<UnavailableSubscription>>,
     /// Why publishing is refused with 507 (`disk_full`, `data_dir_full`), while it is; the
     /// server stays ready, since reads and deliveries go on (`docs/durability.md`).
@@ -38,6 +43,7 @@ pub struct Readiness {
 
 /// Where keel stands, as `GET /readyz` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReadyStatus {
     /// Recovery runs; nothing is served yet.
@@ -53,8 +59,10 @@ pub enum ReadyStatus {
 
 /// A partition that refuses service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnavailablePartition {
     /// The partition; none when the whole topic could not be opened.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub partition: Option<u32>,
     /// Why.
     pub reason: String,
@@ -64,6 +72,7 @@ pub struct UnavailablePartition {
 
 /// A subscription that refuses service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnavailableSubscription {
     /// The subscription.
     pub name: String,
@@ -73,8 +82,10 @@ pub struct UnavailableSubscription {
 
 /// A part of the data directory that is missing or unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DataDirDamage {
     /// The file or directory.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub path: PathBuf,
     /// What is wrong and what to do.
     pub reason: String,
@@ -82,6 +93,7 @@ pub struct DataDirDamage {
 
 /// A supervised engine task that has failed since start (`GET /v1/tasks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskHealth {
     /// What the task is and serves, e.g. `subscription/billing/dispatcher`.
     pub task: String,
@@ -97,6 +109,7 @@ pub struct TaskHealth {
 
 /// Where a supervised task that has failed stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// It failed and is restarted after a backoff (or runs again since).
@@ -109,6 +122,7 @@ pub enum TaskState {
 
 /// The answer to `GET /v1/tasks`: the supervised tasks that have failed since start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tasks {
     /// Each task that failed at least once, by name.
     pub tasks: Vec<TaskHealth>,

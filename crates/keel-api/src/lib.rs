@@ -40,6 +40,9 @@ pub mod subscriptions;
 pub mod tokens;
 pub mod topics;
 
+#[cfg(all(test, feature = "openapi"))]
+mod openapi_schemas;
+
 /// Whether a value is its type's default: a settings part that sets nothing is left out.
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()

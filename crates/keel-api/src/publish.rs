@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where one published event is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishResult {
     /// The event's id.
     pub id: String,
@@ -19,11 +20,13 @@ pub struct PublishResult {
 
 /// The answer to a publish, once the events are durable: one result per event, in input order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishResults {
     /// The results, in the order the events were sent.
     pub results: Vec<PublishResult>,
     /// A conditional append (`expected_version`) that appended: the key's version after it.
     /// Absent from plain publishes, and from a retry whose events were all duplicates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub version: Option<u64>,
 }

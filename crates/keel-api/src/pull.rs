@@ -18,16 +18,24 @@ pub const PULL_MAX_DEFAULT: usize = 100;
 
 /// The body of a pull. Every member may be left out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// Most messages; none = [`PULL_MAX_DEFAULT`]. `null` is refused, as a wrong type.
-    #[serde(deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub max: Option<usize>,
     /// How long to wait for a first message when none is ready (`"5s"`); none = no wait.
     #[serde(
+        default,
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub wait: Option<Duration>,
 }
 
@@ -41,16 +49,21 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 
 /// The answer to a pull.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(bound(deserialize = "Event: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct Pulled<'a, Event = &'a RawValue> {
     /// The messages, oldest delivery first; empty when none was ready in time.
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<PulledMessage>))]
     pub messages: Vec<PulledMessage<'a, Event>>,
 }
 
 /// One pulled event and the ack id that settles its delivery.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(bound(deserialize = "Event: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct PulledMessage<'a, Event = &'a RawValue> {
     /// Settles this delivery; opaque (URL-safe base64), so it borrows from the answer.
     #[serde(borrow)]
@@ -62,18 +75,22 @@ pub struct PulledMessage<'a, Event = &'a RawValue> {
     /// Its offset there.
     pub offset: u64,
     /// The CloudEvent, as stored.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event: Event,
     /// Stateful subscriptions only: the state of the event's key (`null` when it has none).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub state: Option<&'a RawValue>,
     /// Stateful subscriptions only: the version of that state (0 when the key has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub state_version: Option<u64>,
 }
 
 /// The body of an ack, nack or reject: `ack_ids`, or (ack only) `acks` carrying state and
 /// events to emit, or both.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SettleRequest {
     /// Ack ids of pulled messages.
@@ -89,11 +106,13 @@ pub struct SettleRequest {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub delay: Option<Duration>,
 }
 
 /// The answer to an ack, nack or reject, once what it settled is durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AckResult {
     /// Ack ids settled.
     pub settled: usize,

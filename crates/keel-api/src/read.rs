@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 /// The answer to a read: records from the requested offset on, and where to read next.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Records<'a> {
     /// The records, in offset order.
     #[serde(borrow)]
@@ -18,6 +19,7 @@ pub struct Records<'a> {
 
 /// One stored record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Record<'a> {
     /// Its offset in the partition.
     pub offset: u64,
@@ -25,9 +27,11 @@ pub struct Record<'a> {
     /// (`"2026-11-25T20:04:35.870Z"`). Kept as the JSON the server wrote, so a reader passes it
     /// on without decoding; a reader also takes an answer without it.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub timestamp: Option<&'a RawValue>,
     /// The CloudEvent, as stored (validated when published).
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event: &'a RawValue,
 }
 

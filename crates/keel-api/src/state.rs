@@ -10,6 +10,7 @@ pub const STATE_LIST_MAX_DEFAULT: usize = 100;
 /// One ack of a stateful subscription: settles the delivery and commits, with it and at
 /// once, the key's new state and the events to emit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StatefulAck {
     /// The pulled message's ack id.
@@ -20,6 +21,7 @@ pub struct StatefulAck {
         deserialize_with = "raw_present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub state: Option<Box<RawValue>>,
     /// Events to publish with the commit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -36,6 +38,7 @@ fn raw_present<'de, D: serde::Deserializer<'de>>(
 /// What a stateful push sink may answer in its 2xx body (an empty body commits nothing but the
 /// ack): the key's new state and the events to emit, as in a [`StatefulAck`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitAnswer {
     /// The key's new state. Left out: unchanged; `null`: deleted.
@@ -44,6 +47,7 @@ pub struct CommitAnswer {
         deserialize_with = "raw_present",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub state: Option<Box<RawValue>>,
     /// Events to publish with the commit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -53,16 +57,19 @@ pub struct CommitAnswer {
 /// An event a handler emits: published to `topic` when its commit is, exactly once (keel
 /// sets its `id`, derived from the subscription and the source event's position).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Emit {
     /// The topic it goes to; it must exist.
     pub topic: String,
     /// A CloudEvent in JSON (structured mode); its `id` may be left out.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event: Box<RawValue>,
 }
 
 /// What became of one ack's commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommitResult {
     /// The ack id.
     pub ack_id: String,
@@ -70,11 +77,13 @@ pub struct CommitResult {
     pub outcome: CommitOutcome,
     /// When applied: the key's version after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub state_version: Option<u64>,
 }
 
 /// Whether a commit was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitOutcome {
     /// Its state, emitted events and ack were committed, durably.
@@ -86,11 +95,13 @@ pub enum CommitOutcome {
 
 /// One key's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyState<'a> {
     /// The key (the events' `partitionkey`).
     pub key: String,
     /// The state, as the last commit left it.
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub state: &'a RawValue,
     /// Commits applied to the key so far.
     pub version: u64,
@@ -102,12 +113,14 @@ pub struct KeyState<'a> {
 
 /// A page of keys with state, in key order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateList<'a> {
     /// The keys' states.
     #[serde(borrow)]
     pub keys: Vec<KeyState<'a>>,
     /// Pass as `after` for the next page; none on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub next_after: Option<String>,
 }
 

@@ -14,6 +14,7 @@ pub const KEY_STREAM_RECORDS_DEFAULT: usize = 100;
 
 /// The answer to a read of a key's stream: its events from the version asked for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyStream<'a> {
     /// The key (the events' `partitionkey`).
     pub key: String,
@@ -29,6 +30,7 @@ pub struct KeyStream<'a> {
 
 /// One event of a key's stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamRecord<'a> {
     /// Its version: the key's `version`-th event.
     pub version: u64,
@@ -39,8 +41,10 @@ pub struct StreamRecord<'a> {
     /// When it was appended: an RFC 3339 UTC string with milliseconds, kept as the JSON the
     /// server wrote (see [`crate::read::Record`]).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub timestamp: Option<&'a RawValue>,
     /// The CloudEvent, as stored.
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub event: &'a RawValue,
 }

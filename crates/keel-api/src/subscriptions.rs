@@ -57,8 +57,38 @@ impl<'de> Deserialize<'de> for StartPosition {
     }
 }
 
+/// `"earliest"`, `"latest"`, or an object with only `time` (a string), as the hand-written
+/// `Deserialize` above reads it.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for StartPosition {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let time = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "time",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("RFC 3339.")),
+            )
+            .required("time")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        OneOfBuilder::new()
+            .item(<NamedPosition as utoipa::PartialSchema>::schema())
+            .item(time)
+            .description(Some(
+                r#"Where to start or seek to: "earliest", "latest" or {"time": "<RFC 3339>"}: the first event appended at or after that time."#,
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for StartPosition {}
+
 /// The named ends of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NamedPosition {
     /// The oldest retained event.
@@ -69,6 +99,7 @@ pub enum NamedPosition {
 
 /// Delivery order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// Per key (`partitionkey`): one event of a key in flight at a time, in log order. Events
@@ -83,6 +114,7 @@ pub enum Ordering {
 /// random time in [0, min(max, initial × multiplier^(n-1))], but never less than a sink's
 /// `Retry-After`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; after the last failure the event is dead-lettered.
@@ -90,9 +122,11 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// The backoff ceiling after the first failure.
     #[serde(default = "default_initial", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub initial: Duration,
     /// The largest backoff ceiling.
     #[serde(default = "default_max", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max: Duration,
     /// Growth of the ceiling per failure.
     #[serde(default = "default_multiplier")]
@@ -137,28 +171,38 @@ impl Default for RetryPolicy {
 /// `min_calls` (N calls in the window before it may open), and an old member holding the old
 /// default (5 failures, 10 s) reads as not chosen, so as today's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "CircuitPolicyJson")]
+// Read through `CircuitPolicyJson`, every member may be left out: hence `required = false`.
 pub struct CircuitPolicy {
     /// Whether the breaker runs. Off, every failed attempt spends one of the event's attempts,
     /// also while the sink is down.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub enabled: bool,
     /// The share of failed calls in the window, in percent, at which the circuit opens.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub failure_rate_percent: u32,
     /// How far back the failure rate looks.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText, required = false))]
     pub window: Duration,
     /// Calls the window must hold before its failure rate can open the circuit.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub min_calls: u32,
     /// Attempts in a row whose connection failed (refused, connect timeout, dropped before an
     /// answer) that open the circuit at once, whatever the window holds.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub connect_failures: u32,
     /// Requests let through when half-open; their failure rate decides.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub probes: u32,
     /// How long it stays open before the first probes.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText, required = false))]
     pub cool_down: Duration,
     /// The longest it stays open: each failed round of probes doubles the wait up to this.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText, required = false))]
     pub cool_down_max: Duration,
 }
 
@@ -243,7 +287,9 @@ impl TryFrom<CircuitPolicyJson> for CircuitPolicy {
 /// An HTTP sink for push delivery: one URL, or a group of endpoints that share the events by
 /// a strategy, with health checks and outlier ejection (`docs/delivery.md`, endpoint groups).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, bound(deserialize = "Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct SinkSpec<Secret = String> {
     /// `http://` or `https://` URL events are POSTed to; empty when `endpoints` are given.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -268,10 +314,12 @@ pub struct SinkSpec<Secret = String> {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub pause_after: Option<Duration>,
     /// The Standard Webhooks signing secret (`whsec_…`); generated when not given. Describe
     /// never shows it: it is `null` there. A group's endpoints share it.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub secret: Option<Secret>,
     /// Run the CloudEvents webhook validation handshake (an `OPTIONS` request with
     /// `WebHook-Request-Origin`) with every endpoint before delivering: no event is sent
@@ -282,16 +330,20 @@ pub struct SinkSpec<Secret = String> {
     /// until its time ends (`POST /v1/subscriptions/{name}/secret/rotate`). Describe shows
     /// its end, never the secret; it is left out once its time has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = PreviousSecret))]
     pub previous_secret: Option<PreviousSecret<Secret>>,
 }
 
 /// A rotated-out signing secret in its overlap period: requests carry its signature too, so
 /// that a receiver still holding it verifies them until it switches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, bound(deserialize = "Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct PreviousSecret<Secret = String> {
     /// The previous secret (`whsec_…`); `null` in describe.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub secret: Option<Secret>,
     /// When it stops signing (RFC 3339).
     pub until: String,
@@ -300,10 +352,12 @@ pub struct PreviousSecret<Secret = String> {
 /// The body of `POST /v1/subscriptions/{name}/secret/rotate`: how long the current secret
 /// keeps signing beside the new one, and the new secret (generated when left out).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecretRequest {
     /// The overlap, as text (`"24h"`); left out or `"0s"`, the current secret stops at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub overlap: Option<String>,
     /// The new secret (`whsec_…`); left out, keel generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,10 +367,12 @@ pub struct RotateSecretRequest {
 /// The answer to a secret rotation: the new secret, shown this once, and until when the
 /// previous one still signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RotatedSecret {
     /// The new signing secret (`whsec_…`).
     pub secret: String,
     /// When the previous secret stops signing (RFC 3339); none without an overlap.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub previous_secret_until: Option<String>,
 }
 
@@ -326,6 +382,7 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 
 /// One endpoint of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// `http://` or `https://` URL events are POSTed to.
@@ -342,6 +399,7 @@ fn default_weight() -> u32 {
 /// How a group's endpoints share the events. Only available endpoints (healthy, not
 /// ejected) are chosen; with none available, events wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// The first available endpoint in the listed order takes every event.
@@ -360,6 +418,7 @@ pub enum Strategy {
 /// unhealthy after `unhealthy_threshold` failed checks in a row (no 2xx within `timeout`) and
 /// healthy again after `healthy_threshold` passed ones, like HAProxy's `fall` and `rise`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckPolicy {
     /// The path (and query) probed on each endpoint's scheme, host and port (default
@@ -368,9 +427,11 @@ pub struct HealthCheckPolicy {
     pub path: String,
     /// Time between checks of one endpoint (default 1s).
     #[serde(default = "default_health_interval", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub interval: Duration,
     /// Longest wait for a check's answer (default 500ms).
     #[serde(default = "default_health_timeout", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub timeout: Duration,
     /// Passed checks in a row that make an unhealthy endpoint healthy (default 2).
     #[serde(default = "default_rise")]
@@ -414,6 +475,7 @@ impl Default for HealthCheckPolicy {
 /// `max_ejection_time`), then admitted again (once its health check passes, with one). At most
 /// `max_ejected_percent` of the endpoints are ejected at once (always at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OutlierPolicy {
     /// Failed attempts in a row that eject an endpoint (default 5).
@@ -421,9 +483,11 @@ pub struct OutlierPolicy {
     pub consecutive_failures: u32,
     /// The first ejection's length (default 10s).
     #[serde(default = "default_base_ejection", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub base_ejection_time: Duration,
     /// The longest ejection (default 5m).
     #[serde(default = "default_max_ejection", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max_ejection_time: Duration,
     /// The largest share of endpoints ejected at once, in percent (default 50).
     #[serde(default = "default_max_ejected_percent")]
@@ -457,17 +521,21 @@ impl Default for OutlierPolicy {
 /// A subscription's specification. Every member but `topic` may be left out of the JSON: it
 /// then takes its default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 #[serde(bound(deserialize = "Filters: Deserialize<'de> + Default, Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct SubscriptionSpec<Filters = FilterJson, Secret = String> {
     /// The topic it reads.
     pub topic: String,
     /// All must match for an event to be delivered (CloudEvents Subscriptions API dialects).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub filters: Filters,
     /// How events reach their handler. In JSON it is the `sink` member: a sink pushes to
     /// that webhook, `null` or none pulls.
     #[serde(rename = "sink", default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Delivery))]
     pub delivery: Delivery<Secret>,
     /// Where a new subscription starts (default `latest`).
     #[serde(default, skip_serializing_if = "is_default_start")]
@@ -481,6 +549,7 @@ pub struct SubscriptionSpec<Filters = FilterJson, Secret = String> {
     /// How long a delivery may stay unacknowledged (pull) or an HTTP attempt may take (push)
     /// before it counts as failed.
     #[serde(default = "default_ack_timeout", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub ack_timeout: Duration,
     /// Retries and backoff.
     #[serde(default)]
@@ -551,17 +620,51 @@ impl<'de, Secret: Deserialize<'de>> Deserialize<'de> for Delivery<Secret> {
     }
 }
 
+/// The `sink` member: `null` pulls, a [`SinkSpec`] pushes (the serde impls above).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Delivery {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(Ref::from_schema_name(<SinkSpec as utoipa::ToSchema>::name()))
+            .description(Some(
+                "How events reach their handler: a sink pushes to that webhook, `null` pulls.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Delivery {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::{PartialSchema, ToSchema};
+        schemas.push((
+            <SinkSpec as ToSchema>::name().into_owned(),
+            <SinkSpec as PartialSchema>::schema(),
+        ));
+        <SinkSpec as ToSchema>::schemas(schemas);
+    }
+}
+
 /// The body of `PUT /v1/subscriptions/{name}` as a client writes it: only the settings it
 /// sets, so the server's defaults apply to the rest. Durations are text (`"30s"`) passed on as
 /// given: the server reads the body as a [`SubscriptionSpec`] and names a bad value in its
 /// error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionSettings {
     /// The topic to read.
     pub topic: String,
     /// Filter objects, all of which must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub filters: FilterJson,
     /// Push to this sink; none = pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -577,6 +680,7 @@ pub struct SubscriptionSettings {
     pub max_in_flight: Option<u32>,
     /// How long a delivery may stay unacknowledged, as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub ack_timeout: Option<String>,
     /// Retries and backoff; left out when it sets nothing.
     #[serde(default, skip_serializing_if = "crate::is_default")]
@@ -597,6 +701,7 @@ pub struct SubscriptionSettings {
 /// `endpoints` with the group's settings; each is [`SinkSpec`]'s member of the same name,
 /// durations as text, left out when not set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SinkSettings {
     /// `http://` or `https://` URL events are POSTed to; empty for a group.
@@ -617,6 +722,7 @@ pub struct SinkSettings {
     /// Pause the subscription once the sink has been failing this long, as text (`"1h"`);
     /// left out, never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub pause_after: Option<String>,
     /// The signing secret (`whsec_…`); left out, the server generates one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -630,6 +736,7 @@ pub struct SinkSettings {
 /// The health check settings a client sets in [`SinkSettings`]; each is
 /// [`HealthCheckPolicy`]'s member of the same name, durations as text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckSettings {
     /// The path probed on each endpoint's host.
@@ -637,9 +744,11 @@ pub struct HealthCheckSettings {
     pub path: Option<String>,
     /// Time between checks of one endpoint, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub interval: Option<String>,
     /// Longest wait for a check's answer, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub timeout: Option<String>,
     /// Passed checks in a row that make an endpoint healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -652,6 +761,7 @@ pub struct HealthCheckSettings {
 /// The outlier ejection settings a client sets in [`SinkSettings`]; each is
 /// [`OutlierPolicy`]'s member of the same name, durations as text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct OutlierSettings {
     /// Failed attempts in a row that eject an endpoint.
@@ -659,9 +769,11 @@ pub struct OutlierSettings {
     pub consecutive_failures: Option<u32>,
     /// The first ejection's length, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub base_ejection_time: Option<String>,
     /// The longest ejection, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max_ejection_time: Option<String>,
     /// The largest share of endpoints ejected at once, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -670,6 +782,7 @@ pub struct OutlierSettings {
 
 /// The retry settings a client sets in [`SubscriptionSettings`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts in all, the first included.
@@ -677,9 +790,11 @@ pub struct RetrySettings {
     pub max_attempts: Option<u32>,
     /// The backoff ceiling after the first failure, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub initial: Option<String>,
     /// The largest backoff ceiling, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max: Option<String>,
     /// Growth of the ceiling per failure.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -689,6 +804,7 @@ pub struct RetrySettings {
 /// The circuit breaker settings a client sets in [`SubscriptionSettings`]; each is
 /// [`CircuitPolicy`]'s member of the same name, durations as text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitSettings {
     /// Whether the breaker runs.
@@ -699,6 +815,7 @@ pub struct CircuitSettings {
     pub failure_rate_percent: Option<u32>,
     /// How far back the failure rate looks, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub window: Option<String>,
     /// Calls in the window before its failure rate counts.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -711,14 +828,17 @@ pub struct CircuitSettings {
     pub probes: Option<u32>,
     /// How long it stays open before probing, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub cool_down: Option<String>,
     /// The longest it stays open, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub cool_down_max: Option<String>,
 }
 
 /// How a subscription delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryMode {
     /// keel POSTs each event to the sink.
@@ -739,6 +859,7 @@ impl std::fmt::Display for DeliveryMode {
 
 /// Where a push sink's circuit stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// Requests flow.
@@ -764,16 +885,20 @@ impl CircuitState {
 /// A subscription as describe (`GET /v1/subscriptions/{name}`), pause, resume and seek answer
 /// it: its spec (never the secret), state, counters and per-partition progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(bound(deserialize = "Filters: Deserialize<'de> + Default, Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// Its name.
     pub name: String,
     /// Its spec, its members inline; the sink's secret is always none here.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(value_type = SpecMembers, inline))]
     pub spec: SubscriptionSpec<Filters, Secret>,
     /// How it delivers.
     pub mode: DeliveryMode,
     /// Why it is paused, when it is.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub paused: Option<String>,
     /// Matching or not, events published and not yet done.
     pub lag: u64,
@@ -792,10 +917,12 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// Entries in the dead-letter queue.
     pub dlq_depth: usize,
     /// The push sink's circuit; none for pull.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub circuit: Option<CircuitState>,
     /// The push sink's outages as its circuit breaker saw them; none for pull. (Absent from
     /// the answers of a keel from before it.)
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub sink_health: Option<SinkHealth>,
     /// A push sink's endpoints (one for a sink with a `url`): whether each is available,
     /// healthy, ejected; empty for pull.
@@ -804,10 +931,13 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
     /// A sink with `handshake`: where its validation handshake stands (`passed at …`, or why
     /// delivery waits); none without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub handshake: Option<String>,
     /// The last failure.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub last_error: Option<LastError>,
     /// Why it refuses service, when it does (its storage failed).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub unavailable: Option<String>,
     /// Progress per partition.
     pub partitions: Vec<PartitionProgress>,
@@ -815,6 +945,7 @@ pub struct SubscriptionInfo<Filters = FilterJson, Secret = String> {
 
 /// One endpoint of a push sink, as describe shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointInfo {
     /// Its URL (without user info).
     pub url: String,
@@ -823,6 +954,7 @@ pub struct EndpointInfo {
     /// Its active health checks pass (true without health checks).
     pub healthy: bool,
     /// While ejected after failed attempts: until when (RFC 3339).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub ejected_until: Option<String>,
     /// Times it was ejected (forgotten after `max_ejection_time` without one).
     pub ejections: u32,
@@ -831,6 +963,7 @@ pub struct EndpointInfo {
     /// Its recovery figures: an outage runs from its ejection or unhealthy verdict to its
     /// return.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub health: Option<SinkHealth>,
 }
 
@@ -838,6 +971,7 @@ pub struct EndpointInfo {
 /// while its circuit is open or half-open or none of its endpoints is available; an
 /// endpoint's while it is ejected or unhealthy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SinkHealth {
     /// When counting started: the subscription's start (RFC 3339).
     pub since: String,
@@ -845,21 +979,26 @@ pub struct SinkHealth {
     pub outages: u64,
     /// Time in outages, the running one included.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub down_time: Duration,
     /// Mean time between failures: the time up divided by the outages; none before the first.
     #[serde(with = "duration::serde_text_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<duration::DurationText>, required))]
     pub mtbf: Option<Duration>,
     /// Mean time to recover: the time down divided by the outages; none before the first.
     #[serde(with = "duration::serde_text_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<duration::DurationText>, required))]
     pub mttr: Option<Duration>,
     /// MTBF / (MTBF + MTTR), the share of time up: 1 before any outage.
     pub availability: f64,
     /// The last outage, when there was one.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub last_outage: Option<Outage>,
 }
 
 /// One outage of a push sink or endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Outage {
     /// When it was detected: the circuit opened, the endpoint was ejected… (RFC 3339).
     pub opened_at: String,
@@ -867,16 +1006,20 @@ pub struct Outage {
     pub reason: String,
     /// From the first failure after the last success to the detection.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub time_to_detect: Duration,
     /// When it ended; none while the outage lasts.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub closed_at: Option<String>,
     /// From the detection to the end; none while the outage lasts.
     #[serde(with = "duration::serde_text_option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<duration::DurationText>, required))]
     pub time_to_recover: Option<Duration>,
 }
 
 /// The last failure of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LastError {
     /// When (RFC 3339).
     pub at: String,
@@ -886,6 +1029,7 @@ pub struct LastError {
 
 /// A subscription's progress on one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartitionProgress {
     /// The partition.
     pub partition: u32,
@@ -897,23 +1041,59 @@ pub struct PartitionProgress {
     pub next_offset: u64,
 }
 
+/// [`SubscriptionSpec`]'s schema as [`SubscriptionInfo`] inlines it among its own members:
+/// open to them, where a spec alone refuses unknown members.
+#[cfg(feature = "openapi")]
+struct SpecMembers;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SpecMembers {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{RefOr, schema::Schema};
+        let mut schema = <SubscriptionSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.additional_properties = None;
+        }
+        schema
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for SpecMembers {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <SubscriptionSpec as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// The answer to `GET /v1/subscriptions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(bound(deserialize = "Filters: Deserialize<'de> + Default, Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct SubscriptionList<Filters = FilterJson, Secret = String> {
     /// Every subscription, by name.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<SubscriptionInfo>))]
     pub subscriptions: Vec<SubscriptionInfo<Filters, Secret>>,
 }
 
 /// The answer to a create: the subscription, and the signing secret keel generated for it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(bound(deserialize = "Filters: Deserialize<'de> + Default, Secret: Deserialize<'de>"))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct CreatedSubscription<Filters = FilterJson, Secret = String> {
     /// The subscription, its members inline.
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(value_type = SubscriptionInfo))]
     pub info: SubscriptionInfo<Filters, Secret>,
     /// The sink's signing secret: only when keel generated it, in this answer only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub secret: Option<String>,
     /// The members an update changed in place, as the spec spells them (`sink.url`,
     /// `retry`); left out on a create and when the spec was unchanged.
@@ -923,6 +1103,7 @@ pub struct CreatedSubscription<Filters = FilterJson, Secret = String> {
 
 /// The body of `POST /v1/subscriptions/{name}/seek`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SeekRequest {
     /// Where to read from next.

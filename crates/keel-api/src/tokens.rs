@@ -201,6 +201,36 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
+/// A scope is a string: `ACTION` or `ACTION:PATTERN` (`admin` takes no pattern).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Scope {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let with_pattern: Vec<&str> = Action::ALL
+            .iter()
+            .filter(|action| **action != Action::Admin)
+            .map(|action| action.name())
+            .collect();
+        let pattern = format!(
+            "^({}|({})(:[A-Za-z0-9._*-]{{1,{PATTERN_BYTES_MAX}}})?)$",
+            Action::Admin.name(),
+            with_pattern.join("|"),
+        );
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(pattern))
+            .description(Some(
+                "A scope: `ACTION` or `ACTION:PATTERN`. The action is admin, manage, publish, read \
+                 or consume; the pattern (not with admin) is a name or a glob where `*` stands for \
+                 any run of characters.",
+            ))
+            .examples(["publish:orders.*"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Scope {}
+
 /// Whether glob `pattern` (`*`: any run of characters, none included) covers all of `name`.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
@@ -228,6 +258,7 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 
 /// Limits on what one token may do per second (on each node). Left out: no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     /// Events published per second; a publish over it answers 429 with `Retry-After`.
@@ -240,6 +271,7 @@ pub struct RateLimits {
 
 /// The body of `POST /v1/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// What the token is for, shown in lists (`billing-service`).
@@ -252,6 +284,7 @@ pub struct TokenRequest {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub expires_in: Option<Duration>,
     /// Rate limits; none by default.
     #[serde(default, skip_serializing_if = "crate::is_default")]
@@ -260,6 +293,7 @@ pub struct TokenRequest {
 
 /// A token as listed: everything but its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// Its id: the public part of the token, which revocation names.
     pub id: String,
@@ -271,9 +305,11 @@ pub struct TokenInfo {
     pub created_at: String,
     /// When it stops working (RFC 3339); none: until revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub expires_at: Option<String>,
     /// Whether it has expired.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub expired: bool,
     /// Its rate limits.
     #[serde(default, skip_serializing_if = "crate::is_default")]
@@ -282,6 +318,7 @@ pub struct TokenInfo {
 
 /// The answer to `POST /v1/tokens`: the token itself, shown this once, and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedToken {
     /// The bearer token: send it as `Authorization: Bearer <token>`. Keel keeps only its
     /// hash; it cannot be shown again.
@@ -293,6 +330,7 @@ pub struct CreatedToken {
 
 /// The answer to `GET /v1/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenList {
     /// Every token, oldest first.
     pub tokens: Vec<TokenInfo>,

@@ -9,6 +9,7 @@ use crate::duration;
 
 /// When appended events are fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// Fsync before acknowledging (group commit). The default: an acknowledged event survives
@@ -26,6 +27,7 @@ pub enum FsyncPolicy {
 /// Retention of a topic: whole segments older than `max_age`, or beyond `max_bytes` per
 /// partition, are deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     /// Keep events at least this long (`"7d"`); none = forever.
@@ -34,6 +36,7 @@ pub struct Retention {
         with = "duration::serde_text_option",
         skip_serializing_if = "Option::is_none"
     )]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max_age: Option<Duration>,
     /// Keep at most about this many bytes per partition; none = unbounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +46,7 @@ pub struct Retention {
 /// A topic's configuration. Every member may be left out of the JSON: it then takes the value
 /// of [`TopicConfig::default`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// Number of partitions (fixed at creation).
@@ -56,9 +60,11 @@ pub struct TopicConfig {
     pub fsync: FsyncPolicy,
     /// With `fsync = "interval"`, how often.
     #[serde(default = "default_fsync_interval", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub fsync_interval: Duration,
     /// How long a (source, id) pair is remembered to drop repeated publishes.
     #[serde(default = "default_dedupe_window", with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub dedupe_window: Duration,
 }
 
@@ -88,6 +94,7 @@ impl Default for TopicConfig {
 /// the server's defaults apply to the rest. Durations are text (`"7d"`) passed on as given:
 /// the server reads the body as a [`TopicConfig`] and names a bad value in its error.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicSettings {
     /// Number of partitions.
@@ -101,18 +108,22 @@ pub struct TopicSettings {
     pub fsync: Option<FsyncPolicy>,
     /// With `fsync = "interval"`, how often, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub fsync_interval: Option<String>,
     /// How long a repeated (source, id) is answered as a duplicate, as text.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub dedupe_window: Option<String>,
 }
 
 /// The retention a client sets in [`TopicSettings`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSettings {
     /// Keep events at least this long, as text (`"7d"`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub max_age: Option<String>,
     /// Keep at most about this many bytes per partition.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +133,7 @@ pub struct RetentionSettings {
 /// Figures describing one partition of a topic: the records in `start_offset..next_offset`
 /// are readable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PartitionInfo {
     /// Partition number.
     pub partition: u32,
@@ -133,6 +145,7 @@ pub struct PartitionInfo {
     pub bytes: u64,
     /// Why it refuses service, when it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unavailable: Option<String>,
 }
 
@@ -140,6 +153,7 @@ pub struct PartitionInfo {
 /// answer: the configuration's members, with `partitions` holding each partition's figures
 /// instead of their count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopicInfo {
     /// The name.
     pub name: String,
@@ -151,14 +165,17 @@ pub struct TopicInfo {
     pub fsync: FsyncPolicy,
     /// With `fsync = "interval"`, how often.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub fsync_interval: Duration,
     /// How long a (source, id) pair is remembered.
     #[serde(with = "duration::serde_text")]
+    #[cfg_attr(feature = "openapi", schema(value_type = duration::DurationText))]
     pub dedupe_window: Duration,
 }
 
 /// The answer to `GET /v1/topics`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopicList {
     /// Every topic, by name.
     pub topics: Vec<TopicInfo>,

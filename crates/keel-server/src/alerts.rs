@@ -14,6 +14,19 @@ use crate::state::AppState;
 
 /// `PUT /v1/alerts/{name}`: 201 when created; 200 when it replaced a rule or was there
 /// already. Answers the rule's status.
+#[utoipa::path(
+    put,
+    path = "/v1/alerts/{name}",
+    operation_id = "putAlert",
+    tag = "alerts",
+    params(("name" = String, Path, description = "The alert rule's name")),
+    request_body = keel_api::alerts::AlertRule,
+    responses(
+        (status = 201, description = "Created.", body = keel_api::alerts::AlertStatus),
+        (status = 200, description = "Replaced a rule, or it was there already.", body = keel_api::alerts::AlertStatus),
+        (status = 409, description = "keel holds as many rules as it may; delete one first.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn put(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -30,12 +43,31 @@ pub async fn put(
 }
 
 /// `GET /v1/alerts`: every rule with its instances' state, value and since when.
+#[utoipa::path(
+    get,
+    path = "/v1/alerts",
+    operation_id = "listAlerts",
+    tag = "alerts",
+    responses(
+        (status = 200, description = "Every rule with its instances' state.", body = keel_api::alerts::AlertList),
+    ),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let alerts = state.engine()?.list_alerts();
     Ok(Json(AlertList { alerts }).into_response())
 }
 
 /// `GET /v1/alerts/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/alerts/{name}",
+    operation_id = "getAlert",
+    tag = "alerts",
+    params(("name" = String, Path, description = "The alert rule's name")),
+    responses(
+        (status = 200, description = "The rule and its instances.", body = keel_api::alerts::AlertStatus),
+    ),
+)]
 pub async fn describe(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -44,6 +76,16 @@ pub async fn describe(
 }
 
 /// `DELETE /v1/alerts/{name}`: 204.
+#[utoipa::path(
+    delete,
+    path = "/v1/alerts/{name}",
+    operation_id = "deleteAlert",
+    tag = "alerts",
+    params(("name" = String, Path, description = "The alert rule's name")),
+    responses(
+        (status = 204, description = "Deleted."),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -277,15 +277,34 @@ pub(crate) async fn authorize(
     response
 }
 
-/// The limit a token's request counts against, if any: its id, what is counted and the rate.
-fn rate_limited(token: &TokenRecord, method: &Method, route: &str) -> Option<(String, Kind, u32)> {
+/// What a route's requests count against under a token's rate limits, if anything.
+fn limited_kind(method: &Method, route: &str) -> Option<Kind> {
     if method != Method::POST {
         return None;
     }
-    let (kind, per_second) = match route {
-        "/v1/topics/{topic}/events" => (Kind::Publish, token.limits.publish_per_second?),
-        "/v1/subscriptions/{name}/pull" => (Kind::Pull, token.limits.pull_per_second?),
-        _ => return None,
+    match route {
+        "/v1/topics/{topic}/events" => Some(Kind::Publish),
+        "/v1/subscriptions/{name}/pull" => Some(Kind::Pull),
+        _ => None,
+    }
+}
+
+/// Whether a token's rate limits count a route's requests (the OpenAPI document's 429s).
+pub(crate) fn is_rate_limited(method: &Method, route: &str) -> bool {
+    limited_kind(method, route).is_some()
+}
+
+/// Whether a route needs no token (the OpenAPI document's security).
+pub(crate) fn is_public(method: &Method, route: &str) -> bool {
+    requirement(method, route) == Requirement::Public
+}
+
+/// The limit a token's request counts against, if any: its id, what is counted and the rate.
+fn rate_limited(token: &TokenRecord, method: &Method, route: &str) -> Option<(String, Kind, u32)> {
+    let kind = limited_kind(method, route)?;
+    let per_second = match kind {
+        Kind::Publish => token.limits.publish_per_second?,
+        Kind::Pull => token.limits.pull_per_second?,
     };
     Some((token.id.clone(), kind, per_second))
 }
@@ -328,8 +347,8 @@ mod tests {
     #[test]
     fn every_route_has_its_requirement() {
         let admin_only = Requirement::Allowed(&[Action::Admin], Named::Everything);
-        for (method, route) in crate::ROUTES {
-            let required = requirement(method, route);
+        for (method, route) in crate::openapi::routes() {
+            let required = requirement(&method, &route);
             let is_tokens = route.starts_with("/v1/tokens");
             assert_eq!(
                 required == admin_only,

@@ -48,6 +48,15 @@ pub trait ClusterMember: Send + Sync + 'static {
 }
 
 /// `GET /v1/cluster`.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    operation_id = "getCluster",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "The cluster's nodes and which node hosts what (one node when alone).", body = keel_api::cluster::ClusterStatus),
+    ),
+)]
 pub async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     if let Some(cluster) = &state.cluster {
         return Ok(Json(cluster.status()).into_response());

@@ -42,16 +42,29 @@ fn entry_view(entry: &DeadLetterEntry) -> Entry<'_> {
 }
 
 /// Query of a list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Most entries (default 100, at most 1000).
+    #[param(minimum = 1)]
     limit: Option<usize>,
     /// Continue after this entry id.
     after: Option<String>,
 }
 
 /// `GET /v1/subscriptions/{name}/dlq?limit=&after=`: entries, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}/dlq",
+    operation_id = "listDeadLetters",
+    tag = "dead letters",
+    params(("name" = String, Path, description = "The subscription's name"), ListQuery),
+    responses(
+        (status = 200, description = "Entries, oldest first.", body = keel_api::dead_letters::EntryPage),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -78,6 +91,17 @@ pub async fn list(
 }
 
 /// `GET /v1/subscriptions/{name}/dlq/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}/dlq/{id}",
+    operation_id = "getDeadLetter",
+    tag = "dead letters",
+    params(("name" = String, Path, description = "The subscription's name"), ("id" = String, Path, description = "The entry's id, `{partition}-{offset}`")),
+    responses(
+        (status = 200, description = "The entry with its attempts.", body = keel_api::dead_letters::Entry),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -88,6 +112,18 @@ pub async fn show(
 }
 
 /// `POST /v1/subscriptions/{name}/dlq/redrive` with `{"ids": [...]}` or `{"all": true}`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/dlq/redrive",
+    operation_id = "redriveDeadLetters",
+    tag = "dead letters",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::dead_letters::RedriveRequest,
+    responses(
+        (status = 200, description = "Delivered again.", body = keel_api::dead_letters::Redriven),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn redrive(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -126,6 +162,17 @@ fn check_entry_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// `DELETE /v1/subscriptions/{name}/dlq`: deletes every entry not being redriven.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{name}/dlq",
+    operation_id = "purgeDeadLetters",
+    tag = "dead letters",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Deleted every entry not being redriven.", body = keel_api::dead_letters::Purged),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -11,6 +11,15 @@ use keel_api::health::{Liveness, Readiness, ReadyStatus, Tasks};
 use crate::state::AppState;
 
 /// `GET /healthz`: 200 once the process serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The process serves.", body = keel_api::health::Liveness),
+    ),
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(Liveness {
         status: "ok".to_owned(),
@@ -19,6 +28,15 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// `GET /v1/tasks`: the supervised engine tasks that have failed since start, with their
 /// state (restarting, failing, failed), failures and last failure.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "listTasks",
+    tag = "health",
+    responses(
+        (status = 200, description = "The supervised tasks that have failed since start.", body = keel_api::health::Tasks),
+    ),
+)]
 pub async fn tasks(State(state): State<AppState>) -> Result<Json<Tasks>, crate::problem::ApiError> {
     let engine = state.engine()?;
     Ok(Json(Tasks {
@@ -31,6 +49,16 @@ pub async fn tasks(State(state): State<AppState>) -> Result<Json<Tasks>, crate::
 /// are any — the others keep serving, so the node stays ready. A damaged data directory (a
 /// directory keel created is missing) is 503 `"damaged"`: the node lacks what it acknowledged
 /// and must not take traffic until an operator acts.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready: `ok`, or `degraded` with the partitions and subscriptions that refuse service.", body = keel_api::health::Readiness),
+        (status = 503, description = "Not ready: `starting` while recovery runs, `damaged` when the data directory lacks what keel created.", body = keel_api::health::Readiness),
+    ),
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let readiness = |status| Readiness {
         data_dir_damage: None,
@@ -69,6 +97,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 
 /// `GET /metrics`: the Prometheus text format (0.0.4), or OpenMetrics when the scraper's
 /// `Accept` asks for it (Prometheus itself does).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "The Prometheus text format (0.0.4), or OpenMetrics when `Accept` asks for it.", content(("text/plain"), ("application/openmetrics-text"))),
+    ),
+)]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let wants_openmetrics = headers
         .get(header::ACCEPT)

@@ -22,6 +22,17 @@ fn view(stored: &StoredKeyState) -> KeyState<'_> {
 }
 
 /// `GET /v1/subscriptions/{name}/state/{key}`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}/state/{key}",
+    operation_id = "getKeyState",
+    tag = "state",
+    params(("name" = String, Path, description = "The subscription's name"), ("key" = String, Path, description = "The key")),
+    responses(
+        (status = 200, description = "The key's state, its version and the event that made it.", body = keel_api::state::KeyState),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,
@@ -31,16 +42,29 @@ pub async fn show(
 }
 
 /// Query of a listing.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Most keys (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     max: Option<usize>,
     /// Continue after this key.
     after: Option<String>,
 }
 
 /// `GET /v1/subscriptions/{name}/state?max=&after=`: keys with state, in key order.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}/state",
+    operation_id = "listKeyStates",
+    tag = "state",
+    params(("name" = String, Path, description = "The subscription's name"), ListQuery),
+    responses(
+        (status = 200, description = "Keys with state, in key order.", body = keel_api::state::StateList),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -71,6 +95,18 @@ pub async fn list(
 /// `POST /v1/subscriptions/{name}/state/rebuild`: drops every key's state and replays the
 /// topic from the start. (The route is `state/{key}` so that `GET state/rebuild` still reads
 /// a key named `rebuild`.)
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/state/{key}",
+    operation_id = "rebuildState",
+    tag = "state",
+    params(("name" = String, Path, description = "The subscription's name"), ("key" = String, Path, description = "Only `rebuild`: POST applies to `state/rebuild`", example = "rebuild")),
+    responses(
+        (status = 200, description = "Every key's state dropped; the topic replays from the start.", body = keel_api::subscriptions::SubscriptionInfo),
+        (status = 405, description = "POST names another key than `rebuild`.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn rebuild(
     State(state): State<AppState>,
     Path((name, key)): Path<(String, String)>,

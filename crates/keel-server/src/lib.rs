@@ -14,6 +14,7 @@ pub mod health;
 pub mod key_state;
 pub mod limits;
 pub mod listener;
+pub mod openapi;
 pub mod problem;
 pub mod publish;
 mod rate_limit;
@@ -31,8 +32,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{delete, get, post, put};
+use axum::http::{StatusCode, Uri};
 use keel_engine::error::{SubscriptionError, TopicError};
 use keel_engine::{Created, Engine, EngineConfig, EngineError};
 use tokio::net::TcpListener;
@@ -42,6 +42,7 @@ pub use cluster::ClusterMember;
 pub use config::{
     AuthSettings, ClusterSettings, SecretText, ServerConfig, TlsSettings, WebhooksSettings,
 };
+pub use openapi::routes;
 pub use problem::ApiError;
 pub use state::AppState;
 
@@ -79,117 +80,10 @@ pub enum ServerError {
     },
 }
 
-/// Every route of the API, by method and path (each has its scope requirement in
-/// `auth.rs`; a test checks the router answers each).
-pub const ROUTES: &[(Method, &str)] = &[
-    (Method::GET, "/healthz"),
-    (Method::GET, "/readyz"),
-    (Method::GET, "/metrics"),
-    (Method::GET, "/v1/tasks"),
-    (Method::GET, "/v1/cluster"),
-    (Method::GET, "/v1/tokens"),
-    (Method::POST, "/v1/tokens"),
-    (Method::DELETE, "/v1/tokens/{id}"),
-    (Method::GET, "/v1/topics"),
-    (Method::PUT, "/v1/topics/{topic}"),
-    (Method::GET, "/v1/topics/{topic}"),
-    (Method::DELETE, "/v1/topics/{topic}"),
-    (Method::POST, "/v1/topics/{topic}/events"),
-    (
-        Method::GET,
-        "/v1/topics/{topic}/partitions/{partition}/events",
-    ),
-    (Method::GET, "/v1/topics/{topic}/keys/{key}/events"),
-    (Method::GET, "/v1/subscriptions"),
-    (Method::PUT, "/v1/subscriptions/{name}"),
-    (Method::GET, "/v1/subscriptions/{name}"),
-    (Method::DELETE, "/v1/subscriptions/{name}"),
-    (Method::POST, "/v1/subscriptions/{name}/pause"),
-    (Method::POST, "/v1/subscriptions/{name}/resume"),
-    (Method::POST, "/v1/subscriptions/{name}/seek"),
-    (Method::POST, "/v1/subscriptions/{name}/secret/rotate"),
-    (Method::POST, "/v1/subscriptions/{name}/pull"),
-    (Method::POST, "/v1/subscriptions/{name}/ack"),
-    (Method::POST, "/v1/subscriptions/{name}/nack"),
-    (Method::POST, "/v1/subscriptions/{name}/reject"),
-    (Method::GET, "/v1/subscriptions/{name}/dlq"),
-    (Method::DELETE, "/v1/subscriptions/{name}/dlq"),
-    (Method::POST, "/v1/subscriptions/{name}/dlq/redrive"),
-    (Method::GET, "/v1/subscriptions/{name}/dlq/{id}"),
-    (Method::GET, "/v1/subscriptions/{name}/state"),
-    (Method::GET, "/v1/subscriptions/{name}/state/{key}"),
-    (Method::POST, "/v1/subscriptions/{name}/state/{key}"),
-    (Method::GET, "/v1/alerts"),
-    (Method::PUT, "/v1/alerts/{name}"),
-    (Method::GET, "/v1/alerts/{name}"),
-    (Method::DELETE, "/v1/alerts/{name}"),
-];
-
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/tasks", get(health::tasks))
-        .route("/v1/cluster", get(cluster::status))
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{id}", delete(tokens::revoke))
-        .route("/v1/topics", get(topics::list))
-        .route(
-            "/v1/topics/{topic}",
-            put(topics::create)
-                .get(topics::describe)
-                .delete(topics::delete),
-        )
-        .route("/v1/topics/{topic}/events", post(publish::publish))
-        .route(
-            "/v1/topics/{topic}/partitions/{partition}/events",
-            get(read::read),
-        )
-        .route("/v1/topics/{topic}/keys/{key}/events", get(streams::read))
-        .route("/v1/subscriptions", get(subscriptions::list))
-        .route(
-            "/v1/subscriptions/{name}",
-            put(subscriptions::create)
-                .get(subscriptions::describe)
-                .delete(subscriptions::delete),
-        )
-        .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))
-        .route(
-            "/v1/subscriptions/{name}/resume",
-            post(subscriptions::resume),
-        )
-        .route("/v1/subscriptions/{name}/seek", post(subscriptions::seek))
-        .route(
-            "/v1/subscriptions/{name}/secret/rotate",
-            post(subscriptions::rotate_secret),
-        )
-        .route("/v1/subscriptions/{name}/pull", post(subscriptions::pull))
-        .route("/v1/subscriptions/{name}/ack", post(subscriptions::ack))
-        .route("/v1/subscriptions/{name}/nack", post(subscriptions::nack))
-        .route(
-            "/v1/subscriptions/{name}/reject",
-            post(subscriptions::reject),
-        )
-        .route(
-            "/v1/subscriptions/{name}/dlq",
-            get(dlq::list).delete(dlq::purge),
-        )
-        .route("/v1/subscriptions/{name}/dlq/redrive", post(dlq::redrive))
-        .route("/v1/subscriptions/{name}/dlq/{id}", get(dlq::show))
-        .route("/v1/subscriptions/{name}/state", get(key_state::list))
-        .route(
-            "/v1/subscriptions/{name}/state/{key}",
-            get(key_state::show).post(key_state::rebuild),
-        )
-        .route("/v1/alerts", get(alerts::list))
-        .route(
-            "/v1/alerts/{name}",
-            put(alerts::put)
-                .get(alerts::describe)
-                .delete(alerts::delete),
-        )
+    let (routes, _) = openapi::api();
+    routes
         // Route layers run on matched routes, the last added first: every request is
         // authorized before it may be forwarded to another node.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -201,7 +95,6 @@ pub fn router(state: AppState) -> Router {
             auth::authorize,
         ))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.request_bytes_max))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -215,6 +108,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_deadline,
         ))
+        .layer(axum::middleware::from_fn(problem::plain_errors_as_problems))
         .with_state(state)
 }
 
@@ -270,13 +164,6 @@ async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no such endpoint: {}", uri.path()),
-    )
-}
-
-async fn method_not_allowed(uri: Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("method not allowed on {}", uri.path()),
     )
 }
 

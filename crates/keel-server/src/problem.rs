@@ -158,3 +158,49 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Most bytes of a plain-text error answer [`plain_errors_as_problems`] reads.
+const PLAIN_ERROR_BYTES_MAX: usize = 4096;
+
+/// Turns an error answer that is not a problem (axum's own rejections, such as a path that is
+/// not UTF-8 or a body over the limit, answer in plain text, and a method a path does not take
+/// with an empty 405) into `application/problem+json`
+/// with the same status, its text as the detail, and its other headers (`Allow`) kept: every
+/// error keel answers is a problem, as the OpenAPI document says.
+pub(crate) async fn plain_errors_as_problems(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE);
+    let plain = content_type.is_none_or(|value| {
+        value
+            .to_str()
+            .is_ok_and(|value| value.starts_with("text/plain"))
+    });
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, PLAIN_ERROR_BYTES_MAX).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => match parts.headers.get(header::ALLOW) {
+            Some(allow) if status == StatusCode::METHOD_NOT_ALLOWED => format!(
+                "this path does not take this method; it takes {}",
+                allow.to_str().unwrap_or("others")
+            ),
+            _ => status
+                .canonical_reason()
+                .unwrap_or("the request failed")
+                .to_owned(),
+        },
+    };
+    let problem = ApiError::new(status, text).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let (problem_parts, body) = problem.into_parts();
+    for (name, value) in &problem_parts.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
+}

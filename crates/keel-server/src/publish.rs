@@ -18,7 +18,8 @@ use crate::rate_limit::Published;
 use crate::state::AppState;
 
 /// Query of a publish.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PublishQuery {
     /// Append only if the events' key is at this version (0: a key without events).
@@ -27,6 +28,20 @@ pub struct PublishQuery {
 
 /// Publishes; answers `{"results": [{"id", "partition", "offset", "duplicate"}]}` once durable
 /// (and, for a conditional append, the key's new `"version"`).
+#[utoipa::path(
+    post,
+    path = "/v1/topics/{topic}/events",
+    operation_id = "publish",
+    tag = "events",
+    params(("topic" = String, Path, description = "The topic's name"), PublishQuery, ("ce-specversion" = Option<String>, Header, description = "Binary mode: `1.0`; with `ce-id`, `ce-source`, `ce-type` and any other attribute as `ce-` headers, and the data as the body")),
+    request_body(description = "CloudEvents in one of the three HTTP modes: structured (one event), batched (all or nothing), or binary (any other content type, the attributes in `ce-` headers).", content((crate::openapi::CloudEvent = "application/cloudevents+json"), (Vec<crate::openapi::CloudEvent> = "application/cloudevents-batch+json"), ("application/octet-stream"))),
+    responses(
+        (status = 200, description = "Stored and durable: one result per event, in order.", body = keel_api::publish::PublishResults),
+        (status = 409, description = "A conditional append found the key at another version (`current_version`).", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The content type is not one keel reads.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The disk is full.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn publish(
     State(state): State<AppState>,
     Path(topic): Path<String>,

@@ -13,18 +13,31 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// Query of a read.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// First offset to read (default: the partition's first kept offset).
     from: Option<u64>,
     /// Most records to return (default 100, at most 1000).
+    #[param(minimum = 1)]
     max: Option<usize>,
     /// Milliseconds to long-poll when there is nothing yet (default 0, at most 30000).
+    #[param(maximum = 30000)]
     wait: Option<u64>,
 }
 
 /// Reads records: `{"records": [{"offset", "timestamp", "event"}], "next_offset"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/partitions/{partition}/events",
+    operation_id = "readPartition",
+    tag = "events",
+    params(("topic" = String, Path, description = "The topic's name"), ("partition" = u32, Path, description = "The partition, from 0"), ReadQuery),
+    responses(
+        (status = 200, description = "Records from `from` on (none yet: an empty list).", body = keel_api::read::Records),
+    ),
+)]
 pub async fn read(
     State(state): State<AppState>,
     Path((topic, partition)): Path<(String, String)>,
@@ -39,6 +52,12 @@ pub async fn read(
             "partition must be a whole number, got {partition:?}"
         ))
     })?;
+    let wait_limit = keel_engine::limits::READ_WAIT_MS_MAX;
+    if query.wait.is_some_and(|wait| wait > wait_limit) {
+        return Err(ApiError::bad_request(format!(
+            "wait must be at most {wait_limit} (milliseconds)"
+        )));
+    }
     let wait = Duration::from_millis(query.wait.unwrap_or(0));
     if query.max == Some(0) {
         return Err(ApiError::bad_request("max must be at least 1"));

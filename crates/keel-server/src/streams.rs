@@ -12,7 +12,8 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// Query of a key stream read.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// First version to return (default 1).
@@ -23,6 +24,16 @@ pub struct StreamQuery {
 
 /// Reads a key's events: `{"key", "records": [{"version", "partition", "offset", "timestamp",
 /// "event"}], "version", "next_version"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}/keys/{key}/events",
+    operation_id = "readKeyStream",
+    tag = "events",
+    params(("topic" = String, Path, description = "The topic's name"), ("key" = String, Path, description = "The events' partition key"), StreamQuery),
+    responses(
+        (status = 200, description = "The key's events from `from_version` on.", body = keel_api::streams::KeyStream),
+    ),
+)]
 pub async fn read(
     State(state): State<AppState>,
     Path((topic, key)): Path<(String, String)>,

@@ -26,6 +26,20 @@ use crate::state::AppState;
 
 /// `PUT /v1/subscriptions/{name}`: 201 when created; 200 when it exists with this spec, or
 /// was updated in place to it; 409 when the spec changes a member that cannot change.
+#[utoipa::path(
+    put,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "putSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::subscriptions::SubscriptionSpec,
+    responses(
+        (status = 201, description = "Created (a new push subscription's signing secret is shown in this answer only).", body = keel_api::subscriptions::CreatedSubscription),
+        (status = 200, description = "It exists with this spec, or was updated in place to it (`changed`).", body = keel_api::subscriptions::CreatedSubscription),
+        (status = 409, description = "The spec changes a member that cannot change.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The disk is full.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -51,6 +65,15 @@ pub async fn create(
 }
 
 /// `GET /v1/subscriptions`: the subscriptions the caller's scopes cover.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions",
+    operation_id = "listSubscriptions",
+    tag = "subscriptions",
+    responses(
+        (status = 200, description = "The subscriptions the caller's scopes cover.", body = keel_api::subscriptions::SubscriptionList),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -74,6 +97,16 @@ pub async fn list(
 }
 
 /// `GET /v1/subscriptions/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "getSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "The subscription, its progress and its sink's health.", body = keel_api::subscriptions::SubscriptionInfo),
+    ),
+)]
 pub async fn describe(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -82,6 +115,16 @@ pub async fn describe(
 }
 
 /// `DELETE /v1/subscriptions/{name}`: 204.
+#[utoipa::path(
+    delete,
+    path = "/v1/subscriptions/{name}",
+    operation_id = "deleteSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 204, description = "Deleted."),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -91,6 +134,17 @@ pub async fn delete(
 }
 
 /// `POST /v1/subscriptions/{name}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/pause",
+    operation_id = "pauseSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Paused.", body = keel_api::subscriptions::SubscriptionInfo),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -99,6 +153,17 @@ pub async fn pause(
 }
 
 /// `POST /v1/subscriptions/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/resume",
+    operation_id = "resumeSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    responses(
+        (status = 200, description = "Resumed.", body = keel_api::subscriptions::SubscriptionInfo),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -107,6 +172,18 @@ pub async fn resume(
 }
 
 /// `POST /v1/subscriptions/{name}/seek` with `{"to": "earliest" | "latest" | {"time": …}}`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/seek",
+    operation_id = "seekSubscription",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::subscriptions::SeekRequest,
+    responses(
+        (status = 200, description = "Moved: delivery goes on from the new position.", body = keel_api::subscriptions::SubscriptionInfo),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn seek(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -119,6 +196,18 @@ pub async fn seek(
 
 /// `POST /v1/subscriptions/{name}/secret/rotate` with `{"overlap": "24h", "secret": …}`
 /// (both optional): the new secret, shown in this answer only.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/secret/rotate",
+    operation_id = "rotateSecret",
+    tag = "subscriptions",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = Option<keel_api::subscriptions::RotateSecretRequest>,
+    responses(
+        (status = 200, description = "The new secret, shown in this answer only.", body = keel_api::subscriptions::RotatedSecret),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -182,6 +271,18 @@ fn encode_messages(messages: &[PulledMessage]) -> String {
 }
 
 /// `POST /v1/subscriptions/{name}/pull` with `{"max": 100, "wait": "5s"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/pull",
+    operation_id = "pull",
+    tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = Option<keel_api::pull::PullRequest>,
+    responses(
+        (status = 200, description = "Messages to settle by their ack ids (none within `wait`: an empty list).", body = keel_api::pull::Pulled),
+        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn pull(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -214,6 +315,18 @@ pub async fn pull(
 }
 
 /// `POST /v1/subscriptions/{name}/ack`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/ack",
+    operation_id = "ack",
+    tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::pull::SettleRequest,
+    responses(
+        (status = 200, description = "Settles: the events are done (with a stateful handler's state and events to emit, in `acks`).", body = keel_api::pull::AckResult),
+        (status = 409, description = "Stale: state or events for a delivery that is no longer current (`stale_ack_ids`); or the subscription's kind does not allow this.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn ack(
     state: State<AppState>,
     name: Path<String>,
@@ -224,6 +337,18 @@ pub async fn ack(
 }
 
 /// `POST /v1/subscriptions/{name}/nack`.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/nack",
+    operation_id = "nack",
+    tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::pull::SettleRequest,
+    responses(
+        (status = 200, description = "Delivers the events again, after `delay` or the retry policy's backoff.", body = keel_api::pull::AckResult),
+        (status = 409, description = "Stale: state or events for a delivery that is no longer current (`stale_ack_ids`); or the subscription's kind does not allow this.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn nack(
     state: State<AppState>,
     name: Path<String>,
@@ -234,6 +359,18 @@ pub async fn nack(
 }
 
 /// `POST /v1/subscriptions/{name}/reject`: dead-letters the events.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{name}/reject",
+    operation_id = "reject",
+    tag = "delivery",
+    params(("name" = String, Path, description = "The subscription's name")),
+    request_body = keel_api::pull::SettleRequest,
+    responses(
+        (status = 200, description = "Dead-letters the events.", body = keel_api::pull::AckResult),
+        (status = 409, description = "Stale: state or events for a delivery that is no longer current (`stale_ack_ids`); or the subscription's kind does not allow this.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn reject(
     state: State<AppState>,
     name: Path<String>,

@@ -15,6 +15,20 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 /// `PUT /v1/topics/{topic}`: 201 when created, 200 when it exists with this configuration.
+#[utoipa::path(
+    put,
+    path = "/v1/topics/{topic}",
+    operation_id = "putTopic",
+    tag = "topics",
+    params(("topic" = String, Path, description = "The topic's name")),
+    request_body = Option<keel_api::topics::TopicConfig>,
+    responses(
+        (status = 201, description = "Created.", body = keel_api::topics::TopicInfo),
+        (status = 200, description = "It exists with this configuration.", body = keel_api::topics::TopicInfo),
+        (status = 409, description = "It exists with another configuration.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The disk is full.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -43,6 +57,15 @@ pub async fn create(
 }
 
 /// `GET /v1/topics`: the topics the caller's scopes cover.
+#[utoipa::path(
+    get,
+    path = "/v1/topics",
+    operation_id = "listTopics",
+    tag = "topics",
+    responses(
+        (status = 200, description = "The topics the caller's scopes cover.", body = keel_api::topics::TopicList),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -55,6 +78,16 @@ pub async fn list(
 }
 
 /// `GET /v1/topics/{topic}`.
+#[utoipa::path(
+    get,
+    path = "/v1/topics/{topic}",
+    operation_id = "getTopic",
+    tag = "topics",
+    params(("topic" = String, Path, description = "The topic's name")),
+    responses(
+        (status = 200, description = "The topic.", body = keel_api::topics::TopicInfo),
+    ),
+)]
 pub async fn describe(
     State(state): State<AppState>,
     Path(topic): Path<String>,
@@ -65,7 +98,8 @@ pub async fn describe(
 }
 
 /// Query of a delete.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Delete the topic's subscriptions too.
@@ -75,6 +109,17 @@ pub struct DeleteQuery {
 
 /// `DELETE /v1/topics/{topic}[?force=true]`: 204; 409 while subscriptions read the topic,
 /// unless forced.
+#[utoipa::path(
+    delete,
+    path = "/v1/topics/{topic}",
+    operation_id = "deleteTopic",
+    tag = "topics",
+    params(("topic" = String, Path, description = "The topic's name"), DeleteQuery),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 409, description = "Subscriptions read the topic (named in `subscriptions`); delete them first, or force.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     Path(topic): Path<String>,
