@@ -103,7 +103,7 @@ pub(crate) fn new_token() -> NewToken {
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
     NewToken {
         text: format!("{TOKEN_PREFIX}{id}_{secret}"),
-        secret_sha256: hex(&Sha256::digest(secret.as_bytes())),
+        secret_sha256: String::from_utf8_lossy(&sha256_hex(&secret)).into_owned(),
         id,
     }
 }
@@ -128,6 +128,18 @@ pub fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A SHA-256 in lower-case hex, on the stack: checking a token runs on every request, so it
+/// allocates nothing.
+fn sha256_hex(text: &str) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (index, byte) in sha256(text).iter().enumerate() {
+        out[2 * index] = DIGITS[usize::from(byte >> 4)];
+        out[2 * index + 1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    out
 }
 
 /// The tokens as last stored, by id: what each request is checked against.
@@ -188,8 +200,8 @@ impl TokenCache {
     pub(crate) fn check(&self, text: &str, now_ms: i64) -> Option<Arc<TokenRecord>> {
         let (id, secret) = split(text)?;
         let token = self.by_id.read().expect("tokens lock").get(id).cloned()?;
-        let presented = hex(&sha256(secret));
-        let valid = equal_in_constant_time(presented.as_bytes(), token.secret_sha256.as_bytes());
+        let presented = sha256_hex(secret);
+        let valid = equal_in_constant_time(&presented, token.secret_sha256.as_bytes());
         (valid && !token.expired(now_ms)).then_some(token)
     }
 }

@@ -102,62 +102,61 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            refuse_oversized,
+            bound_request,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_deadline,
-        ))
-        .layer(axum::middleware::from_fn(problem::plain_errors_as_problems))
         .with_state(state)
 }
 
-/// Answers 413 at once to a request whose `Content-Length` is over `request_bytes_max`,
-/// before any of its body is read: a flood of oversized requests costs keel no memory.
-async fn refuse_oversized(
+/// Every request's outer bounds, in one layer (each layer costs its clone of the service
+/// stack on every request): a body declared over `request_bytes_max` is refused at once, a
+/// request is ended after `request_timeout`, and an error answer that is not a problem
+/// (axum's own) is made one.
+async fn bound_request(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if let Some(refused) = refuse_oversized(&state, &request) {
+        return refused.into_response();
+    }
+    let response = match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => deadline_passed(state.request_timeout).into_response(),
+    };
+    problem::plain_errors_as_problems(response).await
+}
+
+/// 413 for a request whose `Content-Length` is over `request_bytes_max`, before any of its
+/// body is read: a flood of oversized requests costs keel no memory.
+fn refuse_oversized(state: &AppState, request: &axum::extract::Request) -> Option<ApiError> {
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+        .and_then(|value| value.parse::<u64>().ok())?;
     let limit = state.request_bytes_max;
-    match declared {
-        Some(length) if length > limit as u64 => ApiError::new(
+    (declared > limit as u64).then(|| {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the request body ({length} bytes) is over the limit of {limit} bytes; send fewer events per batch"
+                "the request body ({declared} bytes) is over the limit of {limit} bytes; send fewer events per batch"
             ),
         )
-        .into_response(),
-        _ => next.run(request).await,
-    }
+    })
 }
 
-/// Ends a request that takes longer than `request_timeout` from its head to its answer,
+/// The 408 of a request that took longer than `request_timeout` from its head to its answer,
 /// such as one whose body never finishes arriving. A publish cut off after its events were
 /// queued may still store them (at-least-once); publishing again is deduplicated.
-async fn request_deadline(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let timeout = state.request_timeout;
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let timeout_text = keel_engine::duration::format(timeout);
-            let detail = format!(
-                "the request took longer than {timeout_text}: its body did not arrive in time, or keel is overloaded. A publish may have been stored; publishing it again is deduplicated"
-            );
-            ApiError::new(StatusCode::REQUEST_TIMEOUT, detail).into_response()
-        }
-    }
+fn deadline_passed(timeout: std::time::Duration) -> ApiError {
+    let timeout_text = keel_engine::duration::format(timeout);
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        format!(
+            "the request took longer than {timeout_text}: its body did not arrive in time, or keel is overloaded. A publish may have been stored; publishing it again is deduplicated"
+        ),
+    )
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -167,11 +167,7 @@ const PLAIN_ERROR_BYTES_MAX: usize = 4096;
 /// with an empty 405) into `application/problem+json`
 /// with the same status, its text as the detail, and its other headers (`Allow`) kept: every
 /// error keel answers is a problem, as the OpenAPI document says.
-pub(crate) async fn plain_errors_as_problems(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+pub(crate) async fn plain_errors_as_problems(response: Response) -> Response {
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE);
     let plain = content_type.is_none_or(|value| {

@@ -12,9 +12,31 @@ use crate::limits::RESPONSE_BYTES_MAX_DEFAULT;
 use crate::problem::ApiError;
 use crate::rate_limit::RateLimiter;
 
-/// Shared state of the HTTP handlers.
+/// Shared state of the HTTP handlers: one `Arc`, so the clone that every middleware and
+/// extractor makes of it per request is one reference count, not one per member (counts
+/// every core touches: under load, each shared count costs a cache line moving between
+/// cores). Setting a member (before serving) goes through [`Arc::make_mut`]: a clone keeps
+/// what it had, as with a plain value.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut Shared {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The members of [`AppState`].
+#[derive(Clone)]
+pub struct Shared {
     engine: Arc<OnceLock<Engine>>,
     /// Largest request body accepted.
     pub request_bytes_max: usize,
@@ -35,7 +57,7 @@ pub struct AppState {
 impl AppState {
     /// State whose engine is still recovering.
     pub fn new(request_bytes_max: usize, request_timeout: std::time::Duration) -> Self {
-        Self {
+        AppState(Arc::new(Shared {
             engine: Arc::new(OnceLock::new()),
             request_bytes_max,
             request_timeout,
@@ -47,7 +69,7 @@ impl AppState {
             auth: Auth::default(),
             rate_limits: Arc::default(),
             response_budget: Arc::new(ResponseBudget::new(RESPONSE_BYTES_MAX_DEFAULT)),
-        }
+        }))
     }
 
     /// Trusts the CA certificates of `pem` (besides the system's roots) when forwarding to
