@@ -62,7 +62,7 @@ pub struct ListQuery {
     params(("name" = String, Path, description = "The subscription's name"), ListQuery),
     responses(
         (status = 200, description = "Entries, oldest first.", body = keel_api::dead_letters::EntryPage),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn list(
@@ -99,7 +99,7 @@ pub async fn list(
     params(("name" = String, Path, description = "The subscription's name"), ("id" = String, Path, description = "The entry's id, `{partition}-{offset}`")),
     responses(
         (status = 200, description = "The entry with its attempts.", body = keel_api::dead_letters::Entry),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn show(
@@ -121,7 +121,7 @@ pub async fn show(
     request_body = keel_api::dead_letters::RedriveRequest,
     responses(
         (status = 200, description = "Delivered again.", body = keel_api::dead_letters::Redriven),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn redrive(
@@ -170,7 +170,7 @@ fn check_entry_id(id: &str) -> Result<(), ApiError> {
     params(("name" = String, Path, description = "The subscription's name")),
     responses(
         (status = 200, description = "Deleted every entry not being redriven.", body = keel_api::dead_letters::Purged),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn purge(

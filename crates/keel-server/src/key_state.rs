@@ -30,7 +30,7 @@ fn view(stored: &StoredKeyState) -> KeyState<'_> {
     params(("name" = String, Path, description = "The subscription's name"), ("key" = String, Path, description = "The key")),
     responses(
         (status = 200, description = "The key's state, its version and the event that made it.", body = keel_api::state::KeyState),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn show(
@@ -62,7 +62,7 @@ pub struct ListQuery {
     params(("name" = String, Path, description = "The subscription's name"), ListQuery),
     responses(
         (status = 200, description = "Keys with state, in key order.", body = keel_api::state::StateList),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn list(
@@ -104,7 +104,7 @@ pub async fn list(
     responses(
         (status = 200, description = "Every key's state dropped; the topic replays from the start.", body = keel_api::subscriptions::SubscriptionInfo),
         (status = 405, description = "POST names another key than `rebuild`.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn rebuild(

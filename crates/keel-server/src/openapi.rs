@@ -34,6 +34,9 @@ use crate::{
     topics,
 };
 
+/// The 409 of the operations on a subscription whose kind or state can refuse them.
+pub(crate) const SUBSCRIPTION_CONFLICT: &str = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.";
+
 /// The security scheme's name: a bearer token (`Authorization: Bearer keel_…`).
 const BEARER: &str = "bearer";
 

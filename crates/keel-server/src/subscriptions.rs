@@ -142,7 +142,7 @@ pub async fn delete(
     params(("name" = String, Path, description = "The subscription's name")),
     responses(
         (status = 200, description = "Paused.", body = keel_api::subscriptions::SubscriptionInfo),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn pause(
@@ -161,7 +161,7 @@ pub async fn pause(
     params(("name" = String, Path, description = "The subscription's name")),
     responses(
         (status = 200, description = "Resumed.", body = keel_api::subscriptions::SubscriptionInfo),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn resume(
@@ -181,7 +181,7 @@ pub async fn resume(
     request_body = keel_api::subscriptions::SeekRequest,
     responses(
         (status = 200, description = "Moved: delivery goes on from the new position.", body = keel_api::subscriptions::SubscriptionInfo),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn seek(
@@ -205,7 +205,7 @@ pub async fn seek(
     request_body = Option<keel_api::subscriptions::RotateSecretRequest>,
     responses(
         (status = 200, description = "The new secret, shown in this answer only.", body = keel_api::subscriptions::RotatedSecret),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn rotate_secret(
@@ -280,7 +280,7 @@ fn encode_messages(messages: &[PulledMessage]) -> String {
     request_body = Option<keel_api::pull::PullRequest>,
     responses(
         (status = 200, description = "Messages to settle by their ack ids (none within `wait`: an empty list).", body = keel_api::pull::Pulled),
-        (status = 409, description = "The subscription's kind or state does not allow this (a push subscription cannot be pulled, a paused one…): the detail says which.", body = keel_api::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = crate::openapi::SUBSCRIPTION_CONFLICT, body = keel_api::problem::Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn pull(
